@@ -1,0 +1,241 @@
+"""SQLite store: the embedded default. Durable (WAL), one machine, zero setup.
+
+One connection per thread (sqlite3 connections are not shareable across threads);
+writes take ``BEGIN IMMEDIATE`` so the config-version check and the writes are atomic
+even with several processes on one file. Watchers in this process are called after a
+commit; other processes on the same file see changes through the gateway's version poll.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from gateway.store.base import Conflict, Document, StoreUnavailable, Write
+from gateway.store.watchers import Watchers
+
+__all__ = ["SQLiteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    collection TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (collection, key)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    grp TEXT NOT NULL, field TEXT NOT NULL, value NUMERIC NOT NULL,
+    PRIMARY KEY (grp, field)
+);
+CREATE TABLE IF NOT EXISTS records (
+    ns TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (ns, key)
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('config_version', 0);
+"""
+
+
+class SQLiteStore:
+    """The embedded store. ``path`` is a file, or ``:memory:``-like tests use a temp file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        self._clock = clock
+        self._local = threading.local()
+        self._watchers = Watchers()
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=True)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+            self._local.conn = conn
+        return conn
+
+    # -- config documents -------------------------------------------------------------
+    def config_version(self) -> int:
+        row = self._conn().execute("SELECT value FROM meta WHERE name='config_version'").fetchone()
+        return int(row[0])
+
+    def get(self, collection: str, key: str) -> Document | None:
+        row = (
+            self._conn()
+            .execute("SELECT doc FROM docs WHERE collection=? AND key=?", (collection, key))
+            .fetchone()
+        )
+        return json.loads(row[0]) if row else None
+
+    def list(self, collection: str) -> list[Document]:
+        rows = (
+            self._conn()
+            .execute("SELECT doc FROM docs WHERE collection=? ORDER BY key", (collection,))
+            .fetchall()
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def snapshot(self, collections: tuple[str, ...]) -> tuple[int, dict[str, dict[str, Document]]]:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            version = self.config_version()
+            out: dict[str, dict[str, Document]] = {c: {} for c in collections}
+            marks = ",".join("?" * len(collections))
+            for coll, key, doc in conn.execute(
+                f"SELECT collection, key, doc FROM docs WHERE collection IN ({marks}) ORDER BY key",
+                collections,
+            ):
+                out[coll][key] = json.loads(doc)
+        finally:
+            conn.execute("COMMIT")
+        return version, out
+
+    def commit(self, writes: list[Write], *, expect_version: int | None = None) -> int:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite store is locked or unwritable: {exc}") from exc
+        try:
+            version = self.config_version()
+            if expect_version is not None and version != expect_version:
+                raise Conflict(f"config version moved from {expect_version} to {version}")
+            for w in writes:
+                if w.doc is None:
+                    conn.execute("DELETE FROM docs WHERE collection=? AND key=?", (w.collection, w.key))
+                else:
+                    conn.execute(
+                        "INSERT INTO docs (collection, key, doc) VALUES (?, ?, ?) "
+                        "ON CONFLICT (collection, key) DO UPDATE SET doc=excluded.doc",
+                        (w.collection, w.key, json.dumps(w.doc, separators=(",", ":"))),
+                    )
+            version += 1
+            conn.execute("UPDATE meta SET value=? WHERE name='config_version'", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._watchers.notify(version)
+        return version
+
+    def watch(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        return self._watchers.add(callback)
+
+    # -- counters ---------------------------------------------------------------------
+    def add_counters(self, batch: Mapping[str, Mapping[str, int | float]]) -> None:
+        rows = [(grp, f, v) for grp, fields in batch.items() for f, v in fields.items()]
+        if not rows:
+            return
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO counters (grp, field, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (grp, field) DO UPDATE SET value = value + excluded.value",
+                rows,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def counters(self, group: str) -> dict[str, float]:
+        rows = self._conn().execute("SELECT field, value FROM counters WHERE grp=?", (group,)).fetchall()
+        return {f: v for f, v in rows}
+
+    def counter_groups(self, prefix: str) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        rows = self._conn().execute(
+            "SELECT grp, field, value FROM counters WHERE substr(grp, 1, ?) = ?", (len(prefix), prefix)
+        )
+        for grp, f, v in rows:
+            out.setdefault(grp, {})[f] = v
+        return out
+
+    # -- expiring records -------------------------------------------------------------
+    def put_records(self, namespace: str, records: Mapping[str, Document], ttl_s: float) -> None:
+        if not records:
+            return
+        expires = self._clock() + ttl_s
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO records (ns, key, doc, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (ns, key) DO UPDATE SET doc=excluded.doc, expires_at=excluded.expires_at",
+                [(namespace, k, json.dumps(d, separators=(",", ":")), expires) for k, d in records.items()],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def get_record(self, namespace: str, key: str) -> Document | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT doc FROM records WHERE ns=? AND key=? AND expires_at > ?",
+                (namespace, key, self._clock()),
+            )
+            .fetchone()
+        )
+        return json.loads(row[0]) if row else None
+
+    def list_records(self, namespace: str) -> dict[str, Document]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT key, doc FROM records WHERE ns=? AND expires_at > ? ORDER BY key",
+                (namespace, self._clock()),
+            )
+            .fetchall()
+        )
+        return {k: json.loads(d) for k, d in rows}
+
+    def claim(self, namespace: str, key: str, ttl_s: float) -> bool:
+        now = self._clock()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "DELETE FROM records WHERE ns=? AND key=? AND expires_at <= ?", (namespace, key, now)
+            )
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO records (ns, key, doc, expires_at) VALUES (?, ?, '{}', ?)",
+                (namespace, key, now + ttl_s),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return cur.rowcount == 1
+
+    def purge_expired(self) -> int:
+        """Delete expired records (called periodically by the control plane); returns how many."""
+        conn = self._conn()
+        cur = conn.execute("DELETE FROM records WHERE expires_at <= ?", (self._clock(),))
+        return cur.rowcount
+
+    # -- lifecycle --------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,176 @@
+"""The model-version registry domain: what a model version is and what makes one valid.
+
+Plain frozen dataclasses; the HTTP edge (pydantic) and the store (JSON documents) convert
+to and from these through ``to_dict``/``from_dict``. Validation lives here, once, so the
+API, ``meshgate apply`` and the store all reject the same things with the same words.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "NAME_PATTERN",
+    "PROTOCOLS",
+    "Model",
+    "ModelVersion",
+    "RegistryError",
+    "validate_endpoint",
+    "validate_name",
+]
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+PROTOCOLS = frozenset({"v2"})
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+
+
+class RegistryError(ValueError):
+    """Invalid registry input; ``field`` names what was wrong (e.g. ``endpoints[1]``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def validate_name(value: object, field: str = "name") -> str:
+    """Model and version names: lowercase, URL- and key-safe, at most 63 characters."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise RegistryError(
+            field, f"invalid name {value!r}: use 1-63 characters [a-z0-9._-] starting with [a-z0-9]"
+        )
+    return value
+
+
+def validate_endpoint(value: object, field: str = "endpoint") -> str:
+    """An endpoint is an absolute http(s) URL of a host and port, with no path, query or credentials."""
+    if not isinstance(value, str):
+        raise RegistryError(field, f"expected a URL string, got {type(value).__name__}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise RegistryError(field, f"invalid URL {value!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise RegistryError(field, f"invalid URL {value!r}: scheme must be http or https")
+    if not parts.hostname:
+        raise RegistryError(field, f"invalid URL {value!r}: no host")
+    if parts.username or parts.password:
+        raise RegistryError(field, f"invalid URL {value!r}: credentials are not allowed in endpoints")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise RegistryError(field, f"invalid URL {value!r}: give scheme://host:port only, no path or query")
+    del port  # parsed only to reject out-of-range ports
+    return value.rstrip("/")
+
+
+def _validate_labels(labels: object) -> dict[str, str]:
+    if not isinstance(labels, Mapping):
+        raise RegistryError("labels", "expected an object of string keys and string values")
+    out: dict[str, str] = {}
+    for key, val in labels.items():
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+            raise RegistryError(f"labels.{key}", "invalid label key")
+        if not isinstance(val, str) or len(val) > 256:
+            raise RegistryError(f"labels.{key}", "label values are strings of at most 256 characters")
+        out[key] = val
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One deployable version of a model, served at one or more endpoints."""
+
+    model: str
+    version: str
+    endpoints: tuple[str, ...]
+    protocol: str = "v2"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+    policy: Mapping[str, Any] | None = None
+    identity: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        version: str,
+        endpoints: Iterable[object],
+        *,
+        protocol: object = "v2",
+        labels: object = None,
+        policy: Mapping[str, Any] | None = None,
+        identity: object = None,
+        created_at: float | None = None,
+    ) -> ModelVersion:
+        """Validate raw input into a ModelVersion; raises RegistryError naming the bad field."""
+        validate_name(model, "model")
+        validate_name(version, "version")
+        if isinstance(endpoints, str | bytes) or not isinstance(endpoints, Iterable):
+            raise RegistryError("endpoints", "expected a list of URLs")
+        eps = tuple(validate_endpoint(e, f"endpoints[{i}]") for i, e in enumerate(endpoints))
+        if not eps:
+            raise RegistryError("endpoints", "at least one endpoint is required")
+        if len(set(eps)) != len(eps):
+            raise RegistryError("endpoints", "duplicate endpoint")
+        if protocol not in PROTOCOLS:
+            raise RegistryError("protocol", f"unsupported protocol {protocol!r} (supported: v2)")
+        if identity is not None and (not isinstance(identity, str) or not identity.startswith("spiffe://")):
+            raise RegistryError("identity", "expected a SPIFFE ID such as spiffe://meshgate.local/model/m/v1")
+        return cls(
+            model=model,
+            version=version,
+            endpoints=eps,
+            protocol=str(protocol),
+            labels=_validate_labels(labels or {}),
+            created_at=time.time() if created_at is None else created_at,
+            policy=dict(policy) if policy is not None else None,
+            identity=identity,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "endpoints": list(self.endpoints),
+            "protocol": self.protocol,
+            "labels": dict(self.labels),
+            "created_at": self.created_at,
+            "policy": dict(self.policy) if self.policy is not None else None,
+            "identity": self.identity,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelVersion:
+        return cls.create(
+            d["model"],
+            d["version"],
+            d["endpoints"],
+            protocol=d.get("protocol", "v2"),
+            labels=d.get("labels") or {},
+            policy=d.get("policy"),
+            identity=d.get("identity"),
+            created_at=d.get("created_at", 0.0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A model: its versions and the version that unpinned, unrouted requests go to."""
+
+    name: str
+    default_version: str | None
+    versions: Mapping[str, ModelVersion]
+    policy: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "default_version": self.default_version,
+            "policy": dict(self.policy) if self.policy is not None else None,
+            "versions": [v.to_dict() for _, v in sorted(self.versions.items())],
+        }
