@@ -1,0 +1,70 @@
+"""meshgate's HTTP/1.1 engine: a callback-style server and an upstream keep-alive pool.
+
+Built on uvloop (when the process installs it) and httptools. The data plane's routing runs in
+the server's callback path: `handler(request, responder)` is a plain function, no coroutine per
+request; the upstream pool answers through `callback(response, error)`.
+
+    server = await start_server(handler, "127.0.0.1", 8080, limits=ServerLimits())
+    endpoint = UpstreamPool().endpoint("http://127.0.0.1:9000")
+
+    def handler(request: Request, responder: Responder) -> None:
+        if request.body is None:  # larger than limits.buffered_body_bytes: streamed
+            endpoint.forward_stream(request, responder, request.method, request.target,
+                                    proxy_headers(request), 30.0, on_done)
+            return
+
+        def done(response, error):
+            if error is not None:
+                responder.respond(error.status, JSON_HEADERS, error_body(error.reason, error.message))
+            else:
+                relay(response, responder, [], on_done)
+
+        handle = endpoint.send(request.method, request.target, proxy_headers(request),
+                               request.body, 30.0, done)
+        responder.on_disconnect(handle.cancel)
+"""
+
+from ._errors import (
+    CANCELLED,
+    REASON_STATUS,
+    UPSTREAM_BAD_RESPONSE,
+    UPSTREAM_RESET,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNREACHABLE,
+    UpstreamError,
+)
+from ._headers import HOP_BY_HOP, JSON_HEADERS, Headers, error_body, proxy_headers
+from ._pool import Endpoint, Handle, UpstreamPool, UpstreamResponse, relay, upstream_error
+from ._server import Handler, Request, Responder, Server, ServerLimits, start_server, status_line
+from ._stream import BodyStream, StreamError, pipe
+
+__all__ = [
+    "CANCELLED",
+    "HOP_BY_HOP",
+    "JSON_HEADERS",
+    "REASON_STATUS",
+    "UPSTREAM_BAD_RESPONSE",
+    "UPSTREAM_RESET",
+    "UPSTREAM_TIMEOUT",
+    "UPSTREAM_UNREACHABLE",
+    "BodyStream",
+    "Endpoint",
+    "Handle",
+    "Handler",
+    "Headers",
+    "Request",
+    "Responder",
+    "Server",
+    "ServerLimits",
+    "StreamError",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "error_body",
+    "pipe",
+    "proxy_headers",
+    "relay",
+    "start_server",
+    "status_line",
+    "upstream_error",
+]

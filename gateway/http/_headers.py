@@ -1,0 +1,78 @@
+"""Header helpers shared by the server and the upstream pool: hop-by-hop filtering in one pass."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._server import Request
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 7.6.1 connection-specific fields, plus the framing fields each hop sets for itself.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# What a proxy drops before forwarding a request: hop-by-hop, and the fields the next hop gets fresh.
+_DROP_FORWARD: frozenset[bytes] = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_XFF = b"x-forwarded-for"
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """Extra header names a `Connection` header declares hop-by-hop (rare; empty when none)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    tokens -= {b"close", b"keep-alive", b""}
+    return frozenset(tokens)
+
+
+def proxy_headers(request: Request, extra: Iterable[tuple[bytes, bytes]] = ()) -> Headers:
+    """The headers to forward upstream for `request`, in one pass.
+
+    Drops hop-by-hop fields (and any the client's `Connection` header names), `host`,
+    `content-length` and `expect` (the upstream pool sets framing itself), appends the client
+    address to `x-forwarded-for`, then appends `extra`.
+    """
+    client_ip = request.client[0].encode("latin-1")
+    out: Headers = []
+    xff: bytes | None = None
+    listed = False
+    for item in request.headers:
+        name = item[0]
+        if name in _DROP_FORWARD:
+            if name == b"connection":
+                listed = True
+            continue
+        if name == _XFF:
+            xff = item[1] if xff is None else xff + b", " + item[1]
+            continue
+        out.append(item)
+    if listed:
+        tokens = connection_tokens(request.headers)
+        if tokens:
+            out = [item for item in out if item[0] not in tokens]
+    out.append((_XFF, client_ip if xff is None else xff + b", " + client_ip))
+    out.extend(extra)
+    return out
+
+
+def error_body(code: str, message: str) -> bytes:
+    """meshgate's error document: `{"error": {"code", "message"}}`."""
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
