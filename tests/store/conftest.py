@@ -1,21 +1,40 @@
-"""Backends the store contract suite runs against. Each test gets a fresh, isolated store."""
+"""Backends the store contract suite runs against. Each test gets a fresh, isolated store:
+SQLite in a temp file, Redis on 127.0.0.1:6379 under a key prefix of its own (deleted after)."""
 
 from __future__ import annotations
 
 import pytest
 
+from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
+from tests.redis_server import (
+    SHARED_REDIS_URL,
+    delete_prefix,
+    private_redis,
+    shared_redis_or_fail,
+    unique_prefix,
+)
 
-BACKENDS = ["sqlite"]
+__all__ = ["private_redis"]
+
+BACKENDS = ["sqlite", "redis"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "meshgate.db")
+        cleanup = None
+    elif request.param == "redis":
+        shared_redis_or_fail()
+        prefix = unique_prefix()
+        s = RedisStore(SHARED_REDIS_URL, prefix=prefix)
+        cleanup = prefix
     else:  # pragma: no cover - every listed backend is handled above
         raise AssertionError(request.param)
     try:
         yield s
     finally:
         s.close()
+        if cleanup is not None:
+            delete_prefix(SHARED_REDIS_URL, cleanup)
