@@ -22,8 +22,12 @@ def test_ztest_matches_statsmodels(sc, nc, st, nt, alpha):
     z, p = proportions_ztest([st, sc], [nt, nc])
     lo, hi = confint_proportions_2indep(st, nt, sc, nc, method="wald", compare="diff", alpha=alpha)
     assert_allclose([r.statistic, r.p_value], [z, p], rtol=1e-6, atol=1e-12)
-    assert_allclose([r.abs_lift.estimate, r.abs_lift.ci.lower, r.abs_lift.ci.upper],
-                    [st / nt - sc / nc, lo, hi], rtol=1e-6, atol=1e-12)
+    assert_allclose(
+        [r.abs_lift.estimate, r.abs_lift.ci.lower, r.abs_lift.ci.upper],
+        [st / nt - sc / nc, lo, hi],
+        rtol=1e-6,
+        atol=1e-12,
+    )
 
 
 def test_relative_lift_uses_the_delta_method():
@@ -31,8 +35,11 @@ def test_relative_lift_uses_the_delta_method():
     r = two_proportion_ztest(c, t)
     var = 0.13 * 0.87 / 1000 / 0.1**2 + 0.1 * 0.9 / 1000 * 0.13**2 / 0.1**4
     half = scipy.stats.norm.ppf(0.975) * math.sqrt(var)
-    assert_allclose([r.rel_lift.estimate, r.rel_lift.ci.lower, r.rel_lift.ci.upper],
-                    [0.3, 0.3 - half, 0.3 + half], rtol=1e-9)
+    assert_allclose(
+        [r.rel_lift.estimate, r.rel_lift.ci.lower, r.rel_lift.ci.upper],
+        [0.3, 0.3 - half, 0.3 + half],
+        rtol=1e-9,
+    )
 
 
 WELCH_CASES = [

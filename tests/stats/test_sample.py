@@ -19,8 +19,11 @@ def test_moments_match_numpy():
 def test_shards_add_up_to_the_whole():
     xs = np.random.default_rng(8).normal(3.0, 2.0, size=1000)
     whole = SampleStats.from_values(xs)
-    merged = SampleStats.from_values(xs[:10]) + SampleStats.from_values(xs[10:700]) + SampleStats.from_values(
-        xs[700:])
+    merged = (
+        SampleStats.from_values(xs[:10])
+        + SampleStats.from_values(xs[10:700])
+        + SampleStats.from_values(xs[700:])
+    )
     assert merged.n == whole.n
     assert_allclose([merged.sum, merged.sum_sq], [whole.sum, whole.sum_sq], rtol=1e-12)
     assert SampleStats.empty() + whole == whole
