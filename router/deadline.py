@@ -1,0 +1,65 @@
+"""Request deadlines: the policy's `request_ms`, shortened (never extended) by the client's
+``x-meshgate-timeout-ms``; each attempt gets ``min(per_try_ms, remaining)``; the remaining
+time is passed upstream in the same header so nested calls share one budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from router.policy import TimeoutPolicy
+
+__all__ = ["TIMEOUT_HEADER", "Deadline", "DeadlineHeaderError", "parse_timeout_header"]
+
+TIMEOUT_HEADER = "x-meshgate-timeout-ms"
+
+
+class DeadlineHeaderError(ValueError):
+    """The client's timeout header is not a positive whole number of milliseconds (400)."""
+
+
+def parse_timeout_header(value: str | bytes) -> int:
+    """``x-meshgate-timeout-ms`` as milliseconds; raises DeadlineHeaderError when malformed."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    if not (0 < len(text) <= 12 and text.isascii() and text.isdigit() and int(text) > 0):
+        raise DeadlineHeaderError(
+            f"{TIMEOUT_HEADER} must be a positive whole number of milliseconds, got {text[:40]!r}"
+        )
+    return int(text)
+
+
+class Deadline:
+    """One request's deadline on the monotonic clock `now`."""
+
+    __slots__ = ("_now", "expires_at", "per_try_s", "started_at")
+
+    def __init__(self, policy: TimeoutPolicy, now: Callable[[], float], client_ms: int | None = None) -> None:
+        budget_ms = policy.request_ms if client_ms is None else min(policy.request_ms, client_ms)
+        self._now = now
+        self.started_at = now()
+        self.expires_at = self.started_at + budget_ms / 1000.0
+        self.per_try_s = None if policy.per_try_ms is None else policy.per_try_ms / 1000.0
+
+    @classmethod
+    def from_header(
+        cls, policy: TimeoutPolicy, now: Callable[[], float], header: str | bytes | None
+    ) -> Deadline:
+        """Start a deadline from the client's header value (None when absent)."""
+        return cls(policy, now, None if header is None else parse_timeout_header(header))
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.expires_at - self._now())
+
+    def expired(self) -> bool:
+        return self._now() >= self.expires_at
+
+    def try_timeout_s(self) -> float:
+        """Timeout for the next attempt: the per-try timeout, cut to what remains."""
+        remaining = self.remaining_s()
+        return remaining if self.per_try_s is None or self.per_try_s > remaining else self.per_try_s
+
+    def header_value(self) -> str:
+        """Remaining whole milliseconds for the upstream's ``x-meshgate-timeout-ms`` (at least 1;
+        do not send when `expired()`)."""
+        return str(max(1, int(self.remaining_s() * 1000.0)))
