@@ -158,15 +158,24 @@ def metric_spec(spec: MetricKind | MetricSpec) -> MetricSpec:
     return spec if isinstance(spec, MetricSpec) else MetricSpec(spec)
 
 
-def compare(spec: MetricSpec, control: SampleStats, treatment: SampleStats, alpha: float,
-            target_n: float = DEFAULT_TARGET_N) -> Comparison:
+def compare(
+    spec: MetricSpec,
+    control: SampleStats,
+    treatment: SampleStats,
+    alpha: float,
+    target_n: float = DEFAULT_TARGET_N,
+) -> Comparison:
     """Run the frequentist, Bayesian and sequential comparison suited to the metric's kind."""
     if spec.kind == "binary":
-        frequentist, bayesian = two_proportion_ztest(control, treatment, alpha), beta_binomial(
-            control, treatment, alpha)
+        frequentist, bayesian = (
+            two_proportion_ztest(control, treatment, alpha),
+            beta_binomial(control, treatment, alpha),
+        )
     else:
-        frequentist, bayesian = welch_ttest(control, treatment, alpha), normal_posterior(
-            control, treatment, alpha)
+        frequentist, bayesian = (
+            welch_ttest(control, treatment, alpha),
+            normal_posterior(control, treatment, alpha),
+        )
     return Comparison(frequentist, bayesian, sequential_test(control, treatment, alpha, target_n))
 
 
@@ -176,8 +185,15 @@ def _direction(lift: Lift, higher_is_better: bool) -> Verdict:
     return "better" if (lift.estimate > 0) == higher_is_better else "worse"
 
 
-def verdict(engine: Engine, comparison: Comparison, p_adjusted: float, seq_p_adjusted: float,
-            chance_to_beat: float, alpha: float, higher_is_better: bool) -> Verdict:
+def verdict(
+    engine: Engine,
+    comparison: Comparison,
+    p_adjusted: float,
+    seq_p_adjusted: float,
+    chance_to_beat: float,
+    alpha: float,
+    higher_is_better: bool,
+) -> Verdict:
     """The engine's call on one arm; anything short of its evidence bar is "inconclusive"."""
     if engine == "bayesian":
         if not comparison.bayesian.informative:
@@ -185,16 +201,22 @@ def verdict(engine: Engine, comparison: Comparison, p_adjusted: float, seq_p_adj
         if chance_to_beat >= 1.0 - alpha:
             return "better"
         return "worse" if chance_to_beat <= alpha else "inconclusive"
-    result, p = ((comparison.frequentist, p_adjusted) if engine == "frequentist"
-                 else (comparison.sequential, seq_p_adjusted))
+    result, p = (
+        (comparison.frequentist, p_adjusted)
+        if engine == "frequentist"
+        else (comparison.sequential, seq_p_adjusted)
+    )
     if not result.informative or p >= alpha:
         return "inconclusive"
     return _direction(result.abs_lift, higher_is_better)
 
 
 def _headline(engine: Engine, comparison: Comparison) -> tuple[Lift, Lift]:
-    result = {"frequentist": comparison.frequentist, "bayesian": comparison.bayesian,
-              "sequential": comparison.sequential}[engine]
+    result = {
+        "frequentist": comparison.frequentist,
+        "bayesian": comparison.bayesian,
+        "sequential": comparison.sequential,
+    }[engine]
     return result.abs_lift, result.rel_lift
 
 
@@ -208,8 +230,15 @@ def holm_family(results: list[FrequentistResult] | list[SequentialResult]) -> li
     return adjusted
 
 
-def analyze_metric(name: str, spec: MetricSpec, control: str, arm_stats: Mapping[str, SampleStats],
-                   alpha: float, engine: Engine, target_n: float = DEFAULT_TARGET_N) -> MetricResults:
+def analyze_metric(
+    name: str,
+    spec: MetricSpec,
+    control: str,
+    arm_stats: Mapping[str, SampleStats],
+    alpha: float,
+    engine: Engine,
+    target_n: float = DEFAULT_TARGET_N,
+) -> MetricResults:
     """One metric's rows: control first, then each treatment with Holm-adjusted p-values."""
     base = arm_stats[control]
     treatments = [a for a in arm_stats if a != control]
@@ -220,23 +249,38 @@ def analyze_metric(name: str, spec: MetricSpec, control: str, arm_stats: Mapping
     for arm, comp, pa, sa in zip(treatments, comparisons, p_adj, seq_adj, strict=True):
         bayes, up = comp.bayesian, spec.higher_is_better
         chance = bayes.chance_to_beat_control if up else 1.0 - bayes.chance_to_beat_control
-        loss, loss_control = ((bayes.expected_loss_treatment, bayes.expected_loss_control) if up
-                              else (bayes.expected_loss_control, bayes.expected_loss_treatment))
+        loss, loss_control = (
+            (bayes.expected_loss_treatment, bayes.expected_loss_control)
+            if up
+            else (bayes.expected_loss_control, bayes.expected_loss_treatment)
+        )
         abs_lift, rel_lift = _headline(engine, comp)
-        rows.append(ArmResult(
-            arm=arm, is_control=False, n=arm_stats[arm].n, mean=arm_stats[arm].mean,
-            abs_lift=abs_lift, rel_lift=rel_lift,
-            p_value=comp.frequentist.p_value, p_value_adjusted=pa,
-            chance_to_beat_control=chance, expected_loss=loss, expected_loss_control=loss_control,
-            sequential_ci=comp.sequential.abs_lift.ci, sequential_rel_ci=comp.sequential.rel_lift.ci,
-            sequential_p_value=comp.sequential.p_value, sequential_p_value_adjusted=sa,
-            verdict=verdict(engine, comp, pa, sa, chance, alpha, up),
-        ))
+        rows.append(
+            ArmResult(
+                arm=arm,
+                is_control=False,
+                n=arm_stats[arm].n,
+                mean=arm_stats[arm].mean,
+                abs_lift=abs_lift,
+                rel_lift=rel_lift,
+                p_value=comp.frequentist.p_value,
+                p_value_adjusted=pa,
+                chance_to_beat_control=chance,
+                expected_loss=loss,
+                expected_loss_control=loss_control,
+                sequential_ci=comp.sequential.abs_lift.ci,
+                sequential_rel_ci=comp.sequential.rel_lift.ci,
+                sequential_p_value=comp.sequential.p_value,
+                sequential_p_value_adjusted=sa,
+                verdict=verdict(engine, comp, pa, sa, chance, alpha, up),
+            )
+        )
     return MetricResults(name, spec.kind, spec.higher_is_better, tuple(rows))
 
 
-def _arm_stats(metric: str, arms: tuple[str, ...],
-               stats: Mapping[str, Mapping[str, SampleStats]]) -> dict[str, SampleStats]:
+def _arm_stats(
+    metric: str, arms: tuple[str, ...], stats: Mapping[str, Mapping[str, SampleStats]]
+) -> dict[str, SampleStats]:
     """The metric's stats for every configured arm; an arm without feedback yet is empty."""
     given = stats.get(metric, {})
     unknown = sorted(set(given) - set(arms))
@@ -245,10 +289,16 @@ def _arm_stats(metric: str, arms: tuple[str, ...],
     return {a: given.get(a, SampleStats.empty()) for a in arms}
 
 
-def analyze_experiment(control: str, metrics: Mapping[str, MetricKind | MetricSpec],
-                       stats: Mapping[str, Mapping[str, SampleStats]], counts: Mapping[str, int],
-                       weights: Mapping[str, float], alpha: float = 0.05, engine: Engine = "sequential",
-                       target_n: float = DEFAULT_TARGET_N) -> ExperimentResults:
+def analyze_experiment(
+    control: str,
+    metrics: Mapping[str, MetricKind | MetricSpec],
+    stats: Mapping[str, Mapping[str, SampleStats]],
+    counts: Mapping[str, int],
+    weights: Mapping[str, float],
+    alpha: float = 0.05,
+    engine: Engine = "sequential",
+    target_n: float = DEFAULT_TARGET_N,
+) -> ExperimentResults:
     """The results table of an experiment.
 
     control: the control arm's name; metrics: name -> kind or MetricSpec; stats: metric -> arm ->
@@ -266,8 +316,9 @@ def analyze_experiment(control: str, metrics: Mapping[str, MetricKind | MetricSp
         raise StatsInputError(f"stats given for undeclared metrics {unknown}")
     arms = (control, *(a for a in weights if a != control))
     results = tuple(
-        analyze_metric(name, metric_spec(spec), control, _arm_stats(name, arms, stats), alpha, engine,
-                       target_n)
+        analyze_metric(
+            name, metric_spec(spec), control, _arm_stats(name, arms, stats), alpha, engine, target_n
+        )
         for name, spec in metrics.items()
     )
     return ExperimentResults(control, engine, alpha, results, srm)

@@ -94,8 +94,9 @@ class _Beta:
 def _over_quantiles(dist: _Beta, fn: Callable[[float], float], hint: float) -> float:
     """E[fn(X)] for X ~ dist, integrating fn(ppf(u)) over u in (0, 1); `hint` marks the steep part."""
     u_hint = min(max(dist.cdf(hint), 1e-12), 1.0 - 1e-12)
-    value, _ = integrate.quad(lambda u: fn(dist.ppf(u)), 0.0, 1.0, points=[u_hint], limit=200,
-                              epsabs=1e-12, epsrel=1e-10)
+    value, _ = integrate.quad(
+        lambda u: fn(dist.ppf(u)), 0.0, 1.0, points=[u_hint], limit=200, epsabs=1e-12, epsrel=1e-10
+    )
     return value
 
 
@@ -108,13 +109,15 @@ def _beta_beats(c: _Beta, t: _Beta) -> tuple[float, float]:
     else:
         # condition on c = x: P(t > x) and E[(t - x)+] = mean_t (1 - F_t'(x)) - x (1 - F_t(x))
         chance = _over_quantiles(c, lambda x: 1.0 - t.cdf(x), t.mean)
-        gain = _over_quantiles(c, lambda x: t.mean * (1.0 - t.shifted().cdf(x)) - x * (1.0 - t.cdf(x)),
-                               t.mean)
+        gain = _over_quantiles(
+            c, lambda x: t.mean * (1.0 - t.shifted().cdf(x)) - x * (1.0 - t.cdf(x)), t.mean
+        )
     return min(max(chance, 0.0), 1.0), max(gain, 0.0)
 
 
-def beta_binomial(control: SampleStats, treatment: SampleStats, alpha: float = 0.05,
-                  prior: BetaPrior = BetaPrior()) -> BayesianResult:
+def beta_binomial(
+    control: SampleStats, treatment: SampleStats, alpha: float = 0.05, prior: BetaPrior = BetaPrior()
+) -> BayesianResult:
     """Beta-Binomial comparison of two binary arms; credible intervals at level 1 - alpha."""
     alpha = check_alpha(alpha)
     check_binary(control, "control")
@@ -127,7 +130,8 @@ def beta_binomial(control: SampleStats, treatment: SampleStats, alpha: float = 0
     loss_treatment = max(loss_control - (t.mean - c.mean), 0.0)
     crit = float(special.ndtri(1.0 - alpha / 2.0))
     abs_lift, rel_lift = lift_moments(c.mean, c.variance, t.mean, t.variance).lifts(
-        lambda var: crit * math.sqrt(var))
+        lambda var: crit * math.sqrt(var)
+    )
     return BayesianResult(chance, loss_treatment, loss_control, abs_lift, rel_lift)
 
 
@@ -136,8 +140,9 @@ def normal_posterior(control: SampleStats, treatment: SampleStats, alpha: float 
     alpha = check_alpha(alpha)
     if control.n < 2 or treatment.n < 2:
         return BayesianResult.uninformative()
-    moments = lift_moments(control.mean, control.variance / control.n,
-                           treatment.mean, treatment.variance / treatment.n)
+    moments = lift_moments(
+        control.mean, control.variance / control.n, treatment.mean, treatment.variance / treatment.n
+    )
     if moments.abs_variance <= 0:
         return BayesianResult.uninformative()
     mu, sigma = moments.abs_estimate, math.sqrt(moments.abs_variance)
@@ -147,5 +152,6 @@ def normal_posterior(control: SampleStats, treatment: SampleStats, alpha: float 
     loss_treatment = sigma * density - mu * float(special.ndtr(-z))
     crit = float(special.ndtri(1.0 - alpha / 2.0))
     abs_lift, rel_lift = moments.lifts(lambda var: crit * math.sqrt(var))
-    return BayesianResult(float(special.ndtr(z)), max(loss_treatment, 0.0), max(loss_control, 0.0),
-                          abs_lift, rel_lift)
+    return BayesianResult(
+        float(special.ndtr(z)), max(loss_treatment, 0.0), max(loss_control, 0.0), abs_lift, rel_lift
+    )

@@ -51,8 +51,9 @@ def check_binary(stats: SampleStats, name: str) -> None:
         raise StatsInputError(f"{name} is not a binary metric (need sum == sum_sq within [0, n]): {stats}")
 
 
-def two_proportion_ztest(control: SampleStats, treatment: SampleStats,
-                         alpha: float = 0.05) -> FrequentistResult:
+def two_proportion_ztest(
+    control: SampleStats, treatment: SampleStats, alpha: float = 0.05
+) -> FrequentistResult:
     """Two-sided z-test of equal proportions.
 
     The test uses the pooled proportion under the null (as statsmodels' `proportions_ztest`); the
@@ -68,8 +69,12 @@ def two_proportion_ztest(control: SampleStats, treatment: SampleStats,
     se_null = math.sqrt(pooled * (1.0 - pooled) * (1.0 / control.n + 1.0 / treatment.n))
     if se_null == 0:
         return FrequentistResult.uninformative()
-    moments = lift_moments(control.mean, control.bernoulli_variance / control.n,
-                           treatment.mean, treatment.bernoulli_variance / treatment.n)
+    moments = lift_moments(
+        control.mean,
+        control.bernoulli_variance / control.n,
+        treatment.mean,
+        treatment.bernoulli_variance / treatment.n,
+    )
     z = moments.abs_estimate / se_null
     crit = float(special.ndtri(1.0 - alpha / 2.0))
     abs_lift, rel_lift = moments.lifts(lambda var: crit * math.sqrt(var))

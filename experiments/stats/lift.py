@@ -32,8 +32,9 @@ class LiftMoments:
         )
 
 
-def lift_moments(control_mean: float, control_mean_var: float, treatment_mean: float,
-                 treatment_mean_var: float) -> LiftMoments:
+def lift_moments(
+    control_mean: float, control_mean_var: float, treatment_mean: float, treatment_mean_var: float
+) -> LiftMoments:
     """Lift estimates from each arm's mean and the variance of that mean (e.g. variance / n).
 
     With a zero control mean the relative lift is undefined: estimate 0 and infinite variance.
@@ -43,8 +44,9 @@ def lift_moments(control_mean: float, control_mean_var: float, treatment_mean: f
         return LiftMoments(treatment_mean - control_mean, abs_variance, 0.0, math.inf)
     c2 = control_mean * control_mean
     rel_variance = treatment_mean_var / c2 + control_mean_var * treatment_mean * treatment_mean / (c2 * c2)
-    return LiftMoments(treatment_mean - control_mean, abs_variance, treatment_mean / control_mean - 1.0,
-                       rel_variance)
+    return LiftMoments(
+        treatment_mean - control_mean, abs_variance, treatment_mean / control_mean - 1.0, rel_variance
+    )
 
 
 def _lift(estimate: float, variance: float, halfwidth: Callable[[float], float]) -> Lift:

@@ -62,8 +62,10 @@ class _Design:
     def power(self, n_control: float, alpha: float) -> float:
         crit = float(special.ndtri(1.0 - alpha / 2.0))
         shift = abs(self.mde) * math.sqrt(n_control)
-        return float(special.ndtr((shift - crit * self.s_null) / self.s_alt)
-                     + special.ndtr((-shift - crit * self.s_null) / self.s_alt))
+        return float(
+            special.ndtr((shift - crit * self.s_null) / self.s_alt)
+            + special.ndtr((-shift - crit * self.s_null) / self.s_alt)
+        )
 
     def n_control(self, alpha: float, power: float) -> float:
         crit = float(special.ndtri(1.0 - alpha / 2.0))
@@ -120,20 +122,23 @@ def _plan(design: _Design, alpha: float, power: float, arms: int, ratio: float) 
     )
 
 
-def sample_size_proportions(baseline: float, mde: float, alpha: float = 0.05, power: float = 0.8,
-                            arms: int = 2, ratio: float = 1.0) -> SampleSizePlan:
+def sample_size_proportions(
+    baseline: float, mde: float, alpha: float = 0.05, power: float = 0.8, arms: int = 2, ratio: float = 1.0
+) -> SampleSizePlan:
     """Units per arm to detect an absolute change `mde` of a `baseline` rate (two-sided z-test)."""
     return _plan(_proportion_design(baseline, mde, ratio), alpha, power, arms, ratio)
 
 
-def sample_size_means(sd: float, mde: float, alpha: float = 0.05, power: float = 0.8, arms: int = 2,
-                      ratio: float = 1.0) -> SampleSizePlan:
+def sample_size_means(
+    sd: float, mde: float, alpha: float = 0.05, power: float = 0.8, arms: int = 2, ratio: float = 1.0
+) -> SampleSizePlan:
     """Units per arm to detect an absolute change `mde` of a metric with standard deviation `sd`."""
     return _plan(_means_design(sd, mde, ratio), alpha, power, arms, ratio)
 
 
-def power_proportions(baseline: float, mde: float, n_control: float, alpha: float = 0.05,
-                      ratio: float = 1.0) -> float:
+def power_proportions(
+    baseline: float, mde: float, n_control: float, alpha: float = 0.05, ratio: float = 1.0
+) -> float:
     """Power of the two-sided z-test with `n_control` control units and ratio * n_control treated."""
     return _proportion_design(baseline, mde, ratio).power(n_control, check_alpha(alpha))
 

@@ -44,20 +44,25 @@ def sequential_rho(alpha: float, target_n: float = DEFAULT_TARGET_N, two_sided: 
     return math.sqrt((-2.0 * math.log(a) + math.log(-2.0 * math.log(a) + 1.0)) / target_n)
 
 
-def cs_radius(estimate_variance: float, n: int, alpha: float, target_n: float = DEFAULT_TARGET_N,
-              two_sided: bool = True) -> float:
+def cs_radius(
+    estimate_variance: float, n: int, alpha: float, target_n: float = DEFAULT_TARGET_N, two_sided: bool = True
+) -> float:
     """Radius of the confidence sequence for an estimate with variance `estimate_variance` after n."""
     rho = sequential_rho(alpha, target_n, two_sided)
     if n <= 0:
         return math.inf
     nr2 = n * rho * rho
-    log_term = math.log(math.sqrt(nr2 + 1.0) / alpha) if two_sided else math.log(
-        1.0 + math.sqrt(nr2 + 1.0) / (2.0 * alpha))
+    log_term = (
+        math.log(math.sqrt(nr2 + 1.0) / alpha)
+        if two_sided
+        else math.log(1.0 + math.sqrt(nr2 + 1.0) / (2.0 * alpha))
+    )
     return math.sqrt(estimate_variance * 2.0 * (nr2 + 1.0) / nr2 * log_term)
 
 
-def sequential_p_value(estimate: float, estimate_variance: float, n: int, alpha: float,
-                       target_n: float = DEFAULT_TARGET_N) -> float:
+def sequential_p_value(
+    estimate: float, estimate_variance: float, n: int, alpha: float, target_n: float = DEFAULT_TARGET_N
+) -> float:
     """Two-sided always-valid p-value for "the difference is 0" (rho fixed by alpha and target_n)."""
     if estimate_variance <= 0 or n <= 0:
         return 1.0
@@ -79,8 +84,12 @@ def _arm_variance(stats: SampleStats) -> float:
 def _moments(control: SampleStats, treatment: SampleStats) -> LiftMoments | None:
     if control.n < 2 or treatment.n < 2:
         return None
-    moments = lift_moments(control.mean, _arm_variance(control) / control.n,
-                           treatment.mean, _arm_variance(treatment) / treatment.n)
+    moments = lift_moments(
+        control.mean,
+        _arm_variance(control) / control.n,
+        treatment.mean,
+        _arm_variance(treatment) / treatment.n,
+    )
     return moments if moments.abs_variance > 0 else None
 
 
@@ -106,8 +115,9 @@ class SequentialResult:
         }
 
 
-def sequential_test(control: SampleStats, treatment: SampleStats, alpha: float = 0.05,
-                    target_n: float = DEFAULT_TARGET_N) -> SequentialResult:
+def sequential_test(
+    control: SampleStats, treatment: SampleStats, alpha: float = 0.05, target_n: float = DEFAULT_TARGET_N
+) -> SequentialResult:
     """Two-sided always-valid test of treatment vs control: peek after every batch if you like."""
     alpha = check_alpha(alpha)
     moments = _moments(control, treatment)
@@ -145,9 +155,15 @@ class NonInferiorityResult:
         }
 
 
-def sequential_noninferiority(baseline: SampleStats, candidate: SampleStats, margin: float,
-                              alpha: float = 0.05, higher_is_better: bool = False, *,
-                              target_n: float = DEFAULT_TARGET_N) -> NonInferiorityResult:
+def sequential_noninferiority(
+    baseline: SampleStats,
+    candidate: SampleStats,
+    margin: float,
+    alpha: float = 0.05,
+    higher_is_better: bool = False,
+    *,
+    target_n: float = DEFAULT_TARGET_N,
+) -> NonInferiorityResult:
     """Is the candidate no worse than the baseline by more than `margin`? Safe to ask after every batch.
 
     harm = candidate - baseline for a lower-is-better metric (error rate, latency), baseline -
@@ -168,16 +184,19 @@ def sequential_noninferiority(baseline: SampleStats, candidate: SampleStats, mar
         raise StatsInputError(f"non-inferiority needs alpha < 0.5, got {alpha!r}")
     moments = _moments(baseline, candidate)
     if moments is None:
-        return NonInferiorityResult("continue", 0.0, Interval.unbounded(), margin, alpha,
-                                    "not enough data: each arm needs 2 observations with some spread")
+        reason = "not enough data: each arm needs 2 observations with some spread"
+        return NonInferiorityResult("continue", 0.0, Interval.unbounded(), margin, alpha, reason)
     harm = -moments.abs_estimate if higher_is_better else moments.abs_estimate
-    ci = Interval.around(harm, cs_radius(moments.abs_variance, baseline.n + candidate.n, alpha, target_n,
-                                         two_sided=False))
+    n = baseline.n + candidate.n
+    ci = Interval.around(harm, cs_radius(moments.abs_variance, n, alpha, target_n, two_sided=False))
+    decision: Decision
     if ci.lower > margin:
-        return NonInferiorityResult("fail", harm, ci, margin, alpha,
-                                    f"candidate is worse by at least {ci.lower:.4g} > margin {margin:.4g}")
-    if ci.upper < margin:
-        return NonInferiorityResult("pass", harm, ci, margin, alpha,
-                                    f"candidate is worse by at most {ci.upper:.4g} < margin {margin:.4g}")
-    return NonInferiorityResult("continue", harm, ci, margin, alpha,
-                                f"harm bounds [{ci.lower:.4g}, {ci.upper:.4g}] contain margin {margin:.4g}")
+        decision, reason = "fail", f"candidate is worse by at least {ci.lower:.4g} > margin {margin:.4g}"
+    elif ci.upper < margin:
+        decision, reason = "pass", f"candidate is worse by at most {ci.upper:.4g} < margin {margin:.4g}"
+    else:
+        decision, reason = (
+            "continue",
+            f"harm bounds [{ci.lower:.4g}, {ci.upper:.4g}] contain margin {margin:.4g}",
+        )
+    return NonInferiorityResult(decision, harm, ci, margin, alpha, reason)

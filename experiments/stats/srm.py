@@ -57,8 +57,9 @@ def _validated(counts: Mapping[str, int], weights: Mapping[str, float]) -> tuple
     return tuple(counts)
 
 
-def srm_check(counts: Mapping[str, int], weights: Mapping[str, float],
-              threshold: float = SRM_THRESHOLD) -> SrmResult:
+def srm_check(
+    counts: Mapping[str, int], weights: Mapping[str, float], threshold: float = SRM_THRESHOLD
+) -> SrmResult:
     """Chi-square goodness of fit of `counts` (units per arm) against `weights` (any positive scale).
 
     Arms with weight 0 take no part in the test, but any unit seen in one is a mismatch by itself
@@ -72,8 +73,16 @@ def srm_check(counts: Mapping[str, int], weights: Mapping[str, float],
     expected = tuple(total * weights[a] / total_weight for a in arms)
     leaked = [a for a in arms if weights[a] == 0 and counts[a] > 0]
     if leaked:
-        return SrmResult(arms, observed, expected, math.inf, 0, 0.0, True,
-                         f"arms with weight 0 received units: {', '.join(leaked)}")
+        return SrmResult(
+            arms,
+            observed,
+            expected,
+            math.inf,
+            0,
+            0.0,
+            True,
+            f"arms with weight 0 received units: {', '.join(leaked)}",
+        )
     tested = [i for i, a in enumerate(arms) if weights[a] > 0]
     df = len(tested) - 1
     if total == 0 or df < 1:
@@ -81,6 +90,9 @@ def srm_check(counts: Mapping[str, int], weights: Mapping[str, float],
     chi2 = math.fsum((observed[i] - expected[i]) ** 2 / expected[i] for i in tested)
     p = float(special.chdtrc(df, chi2))
     flagged = p < threshold
-    reason = (f"sample ratio mismatch: p = {p:.3g} < {threshold:g}" if flagged
-              else f"split matches the weights (p = {p:.3g})")
+    reason = (
+        f"sample ratio mismatch: p = {p:.3g} < {threshold:g}"
+        if flagged
+        else f"split matches the weights (p = {p:.3g})"
+    )
     return SrmResult(arms, observed, expected, chi2, df, p, flagged, reason)
