@@ -401,9 +401,9 @@ class HttpProtocol(asyncio.Protocol):
             self._deadline = 0.0
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: answer what is pending, then close.
-        self._stop_reading()
-        return bool(self._responders)
+        # A client that stops sending has gone away (as nginx treats it): close, and so cancel
+        # the upstream calls still in flight for it.
+        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -638,11 +638,11 @@ class Server:
         self._sweeper: asyncio.TimerHandle | None = None
         self._tick = min(max(min(limits.header_timeout, limits.keepalive_timeout) / 4, 0.01), 1.0)
         self._all_closed: asyncio.Future[None] | None = None
+        self._port = 0
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        return self._port
 
     @property
     def sockets(self) -> tuple:
@@ -699,5 +699,6 @@ async def start_server(
         backlog=backlog,
         reuse_port=reuse_port or None,
     )
+    server._port = server._server.sockets[0].getsockname()[1]
     server._sweeper = loop.call_later(server._tick, server._sweep)
     return server
