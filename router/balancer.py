@@ -9,9 +9,9 @@ at once) and a large penalty plus its in-flight count while busy (so traffic doe
 onto an unknown). P2C draws two distinct available endpoints at random and takes the
 cheaper.
 
-meshgate addition: a failed attempt is observed as taking at least `failure_penalty_s`
-(1 s), so an endpoint that fails fast does not look fast and attract traffic until outlier
-ejection catches it.
+Failures are observed like successes, with their real latency (as Linkerd and Envoy do):
+an endpoint that fails fast looks fast until outlier ejection takes it out after
+`consecutive_failures`, which keeps ejection prompt and predictable.
 
 Endpoints are addressed by index; their `EndpointLoad` objects can be handed to a new
 balancer when the route table is rebuilt, so estimates survive. `available(i, now)` (the
@@ -29,7 +29,6 @@ from collections.abc import Callable, Collection, Sequence
 
 __all__ = [
     "DECAY_S",
-    "FAILURE_PENALTY_S",
     "Balancer",
     "EndpointLoad",
     "P2CEwmaBalancer",
@@ -38,7 +37,6 @@ __all__ = [
 ]
 
 DECAY_S = 10.0
-FAILURE_PENALTY_S = 1.0
 _UNMEASURED_PENALTY = 1e6  # seconds-equivalent; Finagle's "Penalty"
 
 Available = Callable[[int, float], bool]
@@ -59,9 +57,9 @@ class EndpointLoad:
 
 class Balancer:
     """Shared bookkeeping; subclasses choose. Call `begin(i)` when an attempt is sent and
-    exactly one of `finish(i, latency_s, failed)` / `cancel(i)` when it ends."""
+    exactly one of `finish(i, latency_s)` / `cancel(i)` when it ends."""
 
-    __slots__ = ("_available", "_cursor", "_decay_s", "_eps", "_failure_penalty_s", "_now", "rng")
+    __slots__ = ("_available", "_cursor", "_decay_s", "_eps", "_now", "rng")
 
     def __init__(
         self,
@@ -70,14 +68,12 @@ class Balancer:
         now: Callable[[], float],
         rng: random.Random,
         decay_s: float = DECAY_S,
-        failure_penalty_s: float = FAILURE_PENALTY_S,
     ) -> None:
         self._eps = [e if isinstance(e, EndpointLoad) else EndpointLoad(e) for e in endpoints]
         self._available = available
         self._now = now
         self.rng = rng
         self._decay_s = decay_s
-        self._failure_penalty_s = failure_penalty_s
         self._cursor = 0  # round robin's next position
 
     @property
@@ -94,11 +90,9 @@ class Balancer:
         """The attempt ended without a verdict on the endpoint (the client went away)."""
         self._eps[i].in_flight -= 1
 
-    def finish(self, i: int, latency_s: float, failed: bool = False) -> None:
+    def finish(self, i: int, latency_s: float) -> None:
         e = self._eps[i]
         e.in_flight -= 1
-        if failed and latency_s < self._failure_penalty_s:
-            latency_s = self._failure_penalty_s
         now = self._now()
         if not e.measured:
             e.cost = latency_s

@@ -64,17 +64,6 @@ def test_peak_ewma_jumps_up_and_decays_down():
     assert bal.snapshot(0)["ewma_ms"] == pytest.approx(500 * w + 100 * (1 - w), rel=1e-6)
 
 
-def test_failures_look_slow():
-    clock = FakeClock(0.0)
-    bal = P2CEwmaBalancer(["a", "b"], always, clock, random.Random(5))
-    bal.begin(0)
-    bal.finish(0, 0.001, failed=True)
-    bal.begin(1)
-    bal.finish(1, 0.050)
-    assert bal.snapshot(0)["ewma_ms"] == 1000.0
-    assert all(bal.pick() == 1 for _ in range(10))
-
-
 def test_p2c_skips_unavailable_and_excluded_endpoints():
     clock = FakeClock(0.0)
     down = {1, 3}
