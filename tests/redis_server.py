@@ -26,6 +26,7 @@ __all__ = [
     "private_redis",
     "shared_redis_or_fail",
     "unique_prefix",
+    "wait_for",
 ]
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -65,6 +66,16 @@ def shared_redis_or_fail(url: str = SHARED_REDIS_URL) -> None:
         pytest.fail(f"no Redis at {url} ({exc}); start one with .ci/ensure-services")
     finally:
         client.close()
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until true (a bounded wait, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    assert predicate()
 
 
 def _free_port() -> int:
