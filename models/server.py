@@ -329,7 +329,7 @@ class _HttpConnection(asyncio.Protocol):
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon or not name or name[-1:] in b" \t" or name[:1] in b" \t":
+            if not colon or not name or b" " in name or b"\t" in name:
                 raise _HttpError(400, f"malformed header line {line[:200]!r}")
             name = name.lower()
             value = value.strip(b" \t")
