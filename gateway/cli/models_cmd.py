@@ -1,0 +1,124 @@
+"""``meshgate models``: register, list, show, set-default, remove."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from gateway.cli.admin_client import AdminClient, CliError
+from gateway.cli.output import print_json, print_table
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    models = sub.add_parser("models", help="register and manage model versions")
+    msub = models.add_subparsers(dest="models_cmd", required=True)
+
+    reg = msub.add_parser("register", parents=[common], help="register (or replace) a model version")
+    reg.add_argument("model")
+    reg.add_argument("version")
+    reg.add_argument("--endpoint", action="append", required=True, help="http(s)://host:port (repeatable)")
+    reg.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
+    reg.add_argument("--policy", help="traffic policy YAML/JSON file for this version")
+    reg.add_argument("--identity", help="SPIFFE ID the endpoints must present (mTLS)")
+    reg.set_defaults(func=_register)
+
+    ls = msub.add_parser("list", parents=[common], help="list models")
+    ls.set_defaults(func=_list)
+
+    show = msub.add_parser("show", parents=[common], help="show one model")
+    show.add_argument("model")
+    show.set_defaults(func=_show)
+
+    sd = msub.add_parser("set-default", parents=[common], help="route unpinned traffic to a version")
+    sd.add_argument("model")
+    sd.add_argument("version")
+    sd.set_defaults(func=_set_default)
+
+    rm = msub.add_parser("remove", parents=[common], help="remove a version (or a whole model)")
+    rm.add_argument("model")
+    rm.add_argument("version", nargs="?", help="omit to remove the model and all its versions")
+    rm.set_defaults(func=_remove)
+
+
+def load_data_file(path: str) -> dict:
+    """A YAML or JSON file holding one mapping (JSON is YAML)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CliError(f"{path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CliError(f"--label {pair!r}: expected key=value")
+        out[key] = value
+    return out
+
+
+def _register(args: argparse.Namespace, client: AdminClient) -> None:
+    body = {"endpoints": args.endpoint, "labels": _labels(args.label)}
+    if args.policy:
+        body["policy"] = load_data_file(args.policy)
+    if args.identity:
+        body["identity"] = args.identity
+    mv = client.request("PUT", f"/v1/models/{args.model}/versions/{args.version}", json=body)
+    if args.json:
+        print_json(mv)
+    else:
+        print(f"registered {mv['model']}/{mv['version']} -> {', '.join(mv['endpoints'])}")
+
+
+def _list(args: argparse.Namespace, client: AdminClient) -> None:
+    data = client.get("/v1/models")
+    if args.json:
+        print_json(data)
+        return
+    rows = [
+        (m["name"], m["default_version"], ", ".join(v["version"] for v in m["versions"]))
+        for m in data["models"]
+    ]
+    print_table("models", ["model", "default", "versions"], rows)
+
+
+def _show(args: argparse.Namespace, client: AdminClient) -> None:
+    m = client.get(f"/v1/models/{args.model}")
+    if args.json:
+        print_json(m)
+        return
+    rows = [
+        (
+            v["version"] + (" (default)" if v["version"] == m["default_version"] else ""),
+            ", ".join(v["endpoints"]),
+            v["protocol"],
+            v.get("identity"),
+            ", ".join(f"{k}={val}" for k, val in v["labels"].items()),
+        )
+        for v in m["versions"]
+    ]
+    print_table(f"model {m['name']}", ["version", "endpoints", "protocol", "identity", "labels"], rows)
+
+
+def _set_default(args: argparse.Namespace, client: AdminClient) -> None:
+    m = client.request("PATCH", f"/v1/models/{args.model}", json={"default_version": args.version})
+    print(f"{m['name']}: default version is now {m['default_version']}")
+
+
+def _remove(args: argparse.Namespace, client: AdminClient) -> None:
+    if args.version:
+        client.request("DELETE", f"/v1/models/{args.model}/versions/{args.version}")
+        print(f"removed {args.model}/{args.version}")
+    else:
+        client.request("DELETE", f"/v1/models/{args.model}")
+        print(f"removed model {args.model}")

@@ -1,0 +1,71 @@
+"""Keep a gateway's route table in step with the store's config version.
+
+A store watcher (in-process callbacks for SQLite, pub/sub for Redis) wakes the loop as
+soon as a write lands; a periodic version poll is the safety net against missed messages
+and against other processes writing the same SQLite file. Reads and compilation run in a
+thread; only the final swap touches the event loop. While the store is unreachable the
+gateway keeps serving its last table and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from experiments.routes import COLLECTIONS, build_route_table
+from gateway.store import Store, StoreUnavailable
+from router.table import RouteTable
+
+__all__ = ["ConfigSync"]
+
+log = logging.getLogger("meshgate.config")
+
+
+class ConfigSync:
+    def __init__(self, store: Store, on_table: Callable[[RouteTable], None], *, poll_s: float = 1.0) -> None:
+        self.store = store
+        self.on_table = on_table
+        self.poll_s = poll_s
+        self.version = -1
+        self.failures = 0
+        self._wake = asyncio.Event()
+        self._unwatch: Callable[[], None] | None = None
+
+    def _load(self) -> RouteTable | None:
+        version = self.store.config_version()
+        if version == self.version:
+            return None
+        version, snap = self.store.snapshot(COLLECTIONS)
+        return build_route_table(version, snap)
+
+    async def refresh(self) -> bool:
+        """Rebuild now if the version moved; True when a new table was swapped in."""
+        table = await asyncio.to_thread(self._load)
+        if table is None or table.config_version <= self.version:
+            return False
+        self.version = table.config_version
+        self.on_table(table)
+        log.info("route table at config version %d (%d models)", table.config_version, len(table.models))
+        return True
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._unwatch = self.store.watch(lambda _v: loop.call_soon_threadsafe(self._wake.set))
+        backoff = self.poll_s
+        try:
+            while True:
+                try:
+                    await self.refresh()
+                    self.failures, backoff = 0, self.poll_s
+                except StoreUnavailable as exc:
+                    self.failures += 1
+                    backoff = min(backoff * 2, 30.0)
+                    log.warning("store unavailable, serving config version %d: %s", self.version, exc)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+        finally:
+            if self._unwatch is not None:
+                self._unwatch()

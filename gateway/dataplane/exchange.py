@@ -1,0 +1,271 @@
+"""One proxied request, driven by callbacks: attempts, retries, fallback, deadline, shadow.
+
+No coroutine per request: the engine calls ``Exchange.start`` from its protocol callback,
+each upstream attempt completes through a callback, and backoff is a ``call_later``. The
+policy order lives in ``router.resilience.VersionRuntime``; this class only walks it:
+
+    admit (breaker, concurrency) -> pick endpoint (balancer, ejection) -> send with the
+    per-try timeout inside the deadline -> classify -> feed back -> retry on another
+    endpoint while the budget allows -> fallback version -> answer with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from gateway.dataplane.responses import REASON_STATUS
+from gateway.http import UpstreamError, UpstreamResponse
+from router.deadline import Deadline
+from router.resilience import QUEUED, RETRY_BUDGET_EXHAUSTED
+from router.retry import Outcome, classify_status
+from router.table import Choice, ModelRoute
+
+if TYPE_CHECKING:
+    from gateway.dataplane.plane import DataPlane
+    from gateway.http import Request, Responder
+    from router.resilience import VersionRuntime
+
+__all__ = ["Exchange"]
+
+Headers = list[tuple[bytes, bytes]]
+
+_ERROR_OUTCOME = {
+    "upstream_unreachable": Outcome.CONNECT_FAILURE,
+    "upstream_reset": Outcome.RESET,
+    "upstream_bad_response": Outcome.RESET,
+    "upstream_timeout": Outcome.TIMEOUT,
+}
+_FINAL = frozenset({Outcome.SUCCESS, Outcome.CLIENT_ERROR})
+_TIMEOUT_HEADER = b"x-meshgate-timeout-ms"
+_MESSAGES = {
+    "breaker_open": "the circuit breaker is open after repeated failures",
+    "overloaded": "too many requests in flight and queued",
+}
+
+
+class Exchange:
+    __slots__ = (
+        "_admitted",
+        "_attempt",
+        "_body",
+        "_chain",
+        "_ep",
+        "_ep_t0",
+        "_handle",
+        "_headers",
+        "_last_error",
+        "_last_response",
+        "_method",
+        "_plane",
+        "_request",
+        "_responder",
+        "_rt",
+        "_target",
+        "_timer",
+        "_tried",
+        "attempts",
+        "choice",
+        "deadline",
+        "done",
+        "fallback",
+        "model",
+        "request_id",
+        "t0",
+        "version",
+    )
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        request: Request,
+        responder: Responder,
+        model: ModelRoute,
+        choice: Choice,
+        target: bytes,
+        headers: Headers,
+        deadline: Deadline,
+        request_id: str,
+    ) -> None:
+        self._plane = plane
+        self._request = request
+        self._responder = responder
+        self.model = model
+        self.choice = choice
+        self._method = request.method
+        self._target = target
+        self._headers = headers
+        self._body = request.body or b""
+        self.deadline = deadline
+        self.request_id = request_id
+        self.t0 = time.monotonic()
+        self._chain = model.versions[choice.version].fallback
+        self.version = choice.version
+        self.fallback = False
+        self.done = False
+        self.attempts = 0
+        self._rt: VersionRuntime | None = None
+        self._admitted = False
+        self._attempt = 0
+        self._tried: set[int] = set()
+        self._ep = -1
+        self._ep_t0 = 0.0
+        self._handle = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_response: UpstreamResponse | None = None
+        self._last_error: str | None = None
+
+    # -- flow -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._responder.on_disconnect(self._client_gone)
+        self._enter(self.version)
+
+    def _enter(self, version: str) -> None:
+        """Start on ``version``: admission, then the first attempt."""
+        vr = self.model.versions[version]
+        rt = self._plane.runtime(self.model.name, vr)
+        self.version, self._rt, self._attempt, self._tried = version, rt, 0, set()
+        reason = rt.admit(self)
+        if reason is None:
+            self._admitted = True
+            self._try()
+        elif reason == QUEUED:  # a slot frees up -> resume(); the deadline bounds the wait
+            self._timer = asyncio.get_running_loop().call_later(
+                self.deadline.remaining_s(), self._queue_timeout
+            )
+        else:
+            self._version_failed(reason, f"{self.model.name}/{version}: {_MESSAGES.get(reason, reason)}")
+
+    def resume(self) -> None:
+        """Called by the plane when a released slot was handed to this queued exchange."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._admitted = True
+        if self.done:  # gave up meanwhile: pass the slot on
+            self._release()
+        else:
+            self._try()
+
+    def _queue_timeout(self) -> None:
+        self._timer = None
+        if self._rt.cancel(self):
+            self._finish_error(
+                "deadline_exceeded", "the request deadline passed while queued for a free slot"
+            )
+
+    def _try(self) -> None:
+        self._timer = None
+        rt = self._rt
+        deadline = self.deadline
+        if deadline.expired():
+            self._version_failed(
+                "deadline_exceeded", "the request deadline passed before an attempt could start"
+            )
+            return
+        ep = rt.pick(self._tried)
+        if ep is None and self._tried:
+            ep = rt.pick(())  # every endpoint tried once: a second try may still land
+        if ep is None:
+            self._version_failed(
+                "no_healthy_endpoint",
+                f"{self.model.name}/{self.version}: every endpoint is ejected or unhealthy",
+            )
+            return
+        self._ep, self._ep_t0 = ep, time.monotonic()
+        self._tried.add(ep)
+        self._attempt += 1
+        self.attempts += 1
+        rt.begin(ep)
+        headers = [*self._headers, (_TIMEOUT_HEADER, deadline.header_value().encode())]
+        endpoint = self._plane.endpoint(self.model.versions[self.version], ep)
+        self._handle = endpoint.send(
+            self._method, self._target, headers, self._body, deadline.try_timeout_s(), self._on_result
+        )
+
+    def _on_result(self, response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+        self._handle = None
+        if self.done:
+            return
+        now = time.monotonic()
+        rt = self._rt
+        if response is not None:
+            outcome = classify_status(response.status)
+            problem = self._plane.check_peer(self.model.versions[self.version], response)
+            if problem is not None:
+                outcome, response, error = Outcome.RESET, None, problem
+        else:
+            outcome = _ERROR_OUTCOME.get(error.reason, Outcome.RESET)
+            if outcome is Outcome.TIMEOUT and self.deadline.expired():
+                outcome = Outcome.DEADLINE
+        rt.finish(self._ep, outcome, now - self._ep_t0)
+        if outcome in _FINAL:
+            self._reply_upstream(response)
+            return
+        self._last_response, self._last_error = response, (error.reason if error else "upstream_5xx")
+        if outcome is Outcome.DEADLINE:
+            self._finish_error("deadline_exceeded", "the request deadline passed while waiting for the model")
+            return
+        delay = rt.retry_delay(self._attempt, outcome, self.deadline.remaining_s())
+        if not isinstance(delay, str):
+            self._plane.stats.retries += 1
+            self._timer = asyncio.get_running_loop().call_later(delay, self._try)
+            return
+        if delay == RETRY_BUDGET_EXHAUSTED:
+            self._plane.stats.budget_exhausted += 1
+        if self._last_response is None and delay == RETRY_BUDGET_EXHAUSTED:
+            self._last_error = RETRY_BUDGET_EXHAUSTED
+        self._version_failed(self._last_error, error.message if error else "the model answered with an error")
+
+    def _version_failed(self, reason: str, message: str) -> None:
+        """This version cannot serve: follow the fallback chain, else answer why."""
+        self._release()
+        if reason != "deadline_exceeded" and self._chain:
+            nxt, self._chain = self._chain[0], self._chain[1:]
+            if nxt in self.model.versions:
+                self.fallback = True
+                self._enter(nxt)
+                return
+        if self._last_response is not None and reason in ("upstream_5xx", "retry_budget_exhausted"):
+            self._reply_upstream(self._last_response, error_reason="upstream_5xx")
+            return
+        self._finish_error(reason, message)
+
+    # -- endings --------------------------------------------------------------------------
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            waiter = self._rt.release()
+            if waiter is not None:  # the freed slot goes to exactly one queued exchange
+                waiter.resume()
+
+    def _reply_upstream(self, response: UpstreamResponse, error_reason: str | None = None) -> None:
+        self._release()
+        self.done = True
+        extra = self._plane.response_headers(self)
+        if error_reason is not None:
+            extra.append((b"x-meshgate-error", error_reason.encode()))
+        self._responder.respond(response.status, [*response.headers, *extra], response.body)
+        self._plane.completed(self, response.status, error_reason, response)
+
+    def _finish_error(self, reason: str, message: str) -> None:
+        self._release()
+        self.done = True
+        self._plane.reply_error(self._responder, reason, message, self)
+        self._plane.completed(self, REASON_STATUS[reason], reason, None)
+
+    def _client_gone(self) -> None:
+        """The caller hung up: stop everything; the attempt counts as neither success nor failure."""
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._rt.abort(self._ep)
+        elif not self._admitted and self._rt is not None:
+            self._rt.cancel(self)  # still queued for a slot
+        self._release()
+        self._plane.completed(self, 499, "client_closed", None)

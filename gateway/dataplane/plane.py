@@ -1,0 +1,249 @@
+"""The data plane: routes Open Inference Protocol requests on the current route table.
+
+``DataPlane.handle`` is the engine's request callback. It parses only what it routes on
+(path, a few headers), picks the version synchronously from the immutable route table and
+hands the request to an ``Exchange``. The table is swapped whole when the config version
+changes; per-version resilience state (breaker, balancer, ejections) is carried over.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.responses import error_response
+from gateway.http import Request, Responder, UpstreamPool, UpstreamResponse, proxy_headers
+from router.choose import choose_version
+from router.deadline import Deadline, DeadlineHeaderError
+from router.resilience import VersionRuntime
+from router.table import Choice, ModelRoute, RouteTable, VersionRoute
+
+__all__ = ["DataPlane", "PlaneStats"]
+
+log = logging.getLogger("meshgate.dataplane")
+
+_MODELS = "/v2/models/"
+_ATTR = b"x-meshgate-attr-"
+_KEY = b"x-meshgate-key"
+_RID = b"x-request-id"
+_TIMEOUT = b"x-meshgate-timeout-ms"
+_OFREP = "/ofrep/v1/evaluate/flags"
+
+
+@dataclass(slots=True)
+class PlaneStats:
+    """Process-local counters the health API and metrics read."""
+
+    requests: int = 0
+    retries: int = 0
+    budget_exhausted: int = 0
+    errors: int = 0
+
+
+class DataPlane:
+    """Routing state of one gateway process and the request entry point."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        *,
+        rng: random.Random | None = None,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool = pool
+        self.table = RouteTable.empty()
+        self.loaded = False
+        self.rng = rng or random.Random()
+        self.now = now
+        self.stats = PlaneStats()
+        self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
+        self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
+        self._runtimes: dict[tuple[str, str], VersionRuntime] = {}
+        self._targets: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+
+    # -- configuration ----------------------------------------------------------------------
+    def set_table(self, table: RouteTable) -> None:
+        """Swap in a new route table, keeping resilience state for unchanged endpoints."""
+        runtimes: dict[tuple[str, str], VersionRuntime] = {}
+        targets: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        for model in table.models.values():
+            for vr in model.versions.values():
+                key = (model.name, vr.version)
+                old = self._runtimes.get(key)
+                runtimes[key] = (
+                    old.rebuild(vr.endpoints, vr.policy)
+                    if old is not None
+                    else VersionRuntime(vr.endpoints, vr.policy, now=self.now, rng=self.rng)
+                )
+                base = f"/v2/models/{model.name}/versions/{vr.version}"
+                targets[key] = (f"{base}/infer".encode(), base.encode())
+        self._runtimes, self._targets = runtimes, targets
+        self.table = table
+        self.loaded = True
+
+    def runtime(self, model: str, vr: VersionRoute) -> VersionRuntime:
+        return self._runtimes[(model, vr.version)]
+
+    def runtimes(self) -> dict[tuple[str, str], VersionRuntime]:
+        return dict(self._runtimes)
+
+    def endpoint(self, vr: VersionRoute, index: int):
+        return self.pool.endpoint(vr.endpoints[index])
+
+    def check_peer(self, vr: VersionRoute, response: UpstreamResponse):
+        """Hook for the mesh: verify the upstream's identity (None = fine)."""
+        return None
+
+    # -- requests -----------------------------------------------------------------------
+    def handle(self, request: Request, responder: Responder) -> None:
+        self.stats.requests += 1
+        path = request.path
+        if path.startswith(_MODELS):
+            self._model_request(request, responder, path[len(_MODELS) :])
+            return
+        if path == "/v2/health/live":
+            self._reply(responder, 200, b'{"live":true}')
+        elif path == "/v2/health/ready":
+            if self.loaded:
+                self._reply(responder, 200, b'{"ready":true}')
+            else:
+                self._reply(responder, 503, b'{"ready":false}')
+        elif path == "/v2" or path == "/v2/":
+            self._reply(responder, 200, b'{"name":"meshgate","version":"0.1.0","extensions":[]}')
+        else:
+            route = self.extra_routes.get(path)
+            if route is None and path.startswith(_OFREP):
+                route = self.extra_routes.get(_OFREP)
+            if route is not None:
+                route(request, responder)
+            else:
+                self.reply_error(responder, "not_found", f"no route for {path}")
+
+    def _model_request(self, request: Request, responder: Responder, rest: str) -> None:
+        parts = rest.split("/")
+        name = parts[0]
+        n = len(parts)
+        if n >= 3 and parts[1] == "versions":
+            pinned, action = parts[2], parts[3] if n == 4 else ("" if n == 3 else None)
+        else:
+            pinned, action = None, parts[1] if n == 2 else ("" if n == 1 else None)
+        if action not in ("infer", "", "ready"):
+            self.reply_error(responder, "not_found", f"no route for {request.path}")
+            return
+        expect = b"POST" if action == "infer" else b"GET"
+        if request.method != expect:
+            self.reply_error(
+                responder,
+                "method_not_allowed",
+                f"{request.path} takes {expect.decode()}, not {request.method.decode()}",
+            )
+            return
+        model = self.table.models.get(name)
+        if model is None:
+            self.reply_error(responder, "model_not_found", f"model {name!r} is not registered")
+            return
+        key = rid = timeout = None
+        attrs: dict[str, str] = {}
+        split_header = model.split.key_header if model.split is not None else _KEY
+        for hname, value in request.headers:
+            if hname == _KEY or (hname == split_header and key is None):
+                key = value.decode("latin-1")
+            elif hname == _RID:
+                rid = value.decode("latin-1")
+            elif hname == _TIMEOUT:
+                timeout = value
+            elif hname.startswith(_ATTR):
+                attrs[hname[len(_ATTR) :].decode("latin-1")] = value.decode("latin-1")
+        if pinned is not None:
+            if pinned not in model.versions:
+                self.reply_error(
+                    responder,
+                    "version_not_found",
+                    f"model {name!r} has no version {pinned!r} "
+                    f"(versions: {', '.join(sorted(model.versions))})",
+                )
+                return
+            choice = Choice(pinned, reason="PINNED")
+        else:
+            choice = choose_version(model, key, attrs, self.rng)
+            if choice is None:
+                self.reply_error(responder, "no_endpoint", f"model {name!r} has no default version")
+                return
+        vr = model.versions[choice.version]
+        try:
+            deadline = Deadline.from_header(vr.policy.timeouts, self.now, timeout)
+        except DeadlineHeaderError as exc:
+            self.reply_error(responder, "bad_request", str(exc))
+            return
+        infer_target, meta_target = self._targets[(name, choice.version)]
+        target = infer_target if action == "infer" else (meta_target + b"/ready" if action else meta_target)
+        headers = request_headers(request, rid, timeout is not None)
+        rid = rid or headers[-1][1].decode()
+        Exchange(self, request, responder, model, choice, target, headers, deadline, rid).start()
+
+    # -- answers ------------------------------------------------------------------------
+    def response_headers(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
+        out = [
+            (b"x-meshgate-version", ex.version.encode()),
+            (b"x-meshgate-request-id", ex.request_id.encode()),
+        ]
+        if ex.choice.experiment is not None:
+            out.append((b"x-meshgate-experiment", ex.choice.experiment.encode()))
+            out.append((b"x-meshgate-arm", ex.choice.arm.encode()))
+        if ex.choice.flag is not None:
+            out.append((b"x-meshgate-flag", ex.choice.flag.encode()))
+        if ex.fallback:
+            out.append((b"x-meshgate-fallback", b"1"))
+        return out
+
+    def reply_error(
+        self, responder: Responder, reason: str, message: str, ex: Exchange | None = None
+    ) -> None:
+        self.stats.errors += 1
+        status, headers, body = error_response(reason, message, self.response_headers(ex) if ex else None)
+        responder.respond(status, headers, body)
+
+    @staticmethod
+    def _reply(responder: Responder, status: int, body: bytes) -> None:
+        responder.respond(status, [(b"content-type", b"application/json")], body)
+
+    def completed(
+        self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
+    ) -> None:
+        for observe in self.observers:
+            try:
+                observe(ex, status, reason, response)
+            except Exception:
+                log.exception("request observer failed")
+
+
+def request_headers(
+    request: Request, request_id: str | None, drop_timeout: bool
+) -> list[tuple[bytes, bytes]]:
+    """Headers for the upstream: the client's minus hop-by-hop ones, with a request id.
+
+    When the client sent none, a fresh id is the last header. The client's own timeout
+    header is dropped (the exchange sends the remaining deadline instead).
+    """
+    headers = proxy_headers(request, () if request_id else ((_RID, secrets.token_hex(12).encode()),))
+    if drop_timeout:
+        headers = [h for h in headers if h[0] != _TIMEOUT]
+    return headers
+
+
+def route_summary(model: ModelRoute) -> dict:
+    """A JSON view of a model's route (for the health API and the dashboard)."""
+    return {
+        "default_version": model.default_version,
+        "versions": {v: list(vr.endpoints) for v, vr in model.versions.items()},
+        "experiment": model.split.experiment if model.split else None,
+        "flags": [f.key for f in model.flags],
+        "shadow": {"version": model.shadow.version, "percent": model.shadow.percent}
+        if model.shadow
+        else None,
+    }

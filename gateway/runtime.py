@@ -1,0 +1,159 @@
+"""Process assembly: the pieces a meshgate process runs, started and stopped in one place.
+
+``meshgate up`` = control plane + data plane in one process on one event loop (uvloop);
+``meshgate control`` and ``meshgate gateway`` run one half each. Start order: store ->
+route table -> data port -> admin port; stop order is the reverse, and counters are
+flushed last so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from gateway.config_sync import ConfigSync
+from gateway.control.app import ControlPlane, create_admin_app
+from gateway.control.auth import load_or_create_token
+from gateway.dataplane.plane import DataPlane
+from gateway.http import Server, ServerLimits, UpstreamPool, start_server
+from gateway.store import Store, open_store
+
+__all__ = ["ProcessOptions", "default_store_url", "run", "run_process"]
+
+log = logging.getLogger("meshgate")
+
+
+@dataclass
+class ProcessOptions:
+    """What ``up``/``gateway``/``control`` take on the command line."""
+
+    data_dir: str = ".meshgate"
+    store_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    max_body_bytes: int = 64 * 1024 * 1024
+    run_data_plane: bool = True
+    run_control_plane: bool = True
+    on_ready: Callable[[Running], None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def default_store_url(data_dir: str) -> str:
+    return f"sqlite:///{Path(data_dir) / 'meshgate.db'}"
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: signals are ours, not uvicorn's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Running:
+    """Handles on a running process's parts (tests and the demo read ports from here)."""
+
+    options: ProcessOptions
+    store: Store
+    plane: DataPlane | None = None
+    data_server: Server | None = None
+    admin: _EmbeddedUvicorn | None = None
+    sync: ConfigSync | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def data_port(self) -> int | None:
+        return self.data_server.port if self.data_server else None
+
+    @property
+    def admin_port(self) -> int | None:
+        if self.admin is None or not self.admin.servers:
+            return None
+        return self.admin.servers[0].sockets[0].getsockname()[1]
+
+
+async def _start(opts: ProcessOptions) -> Running:
+    store = open_store(opts.store_url or default_store_url(opts.data_dir))
+    running = Running(opts, store)
+    if opts.run_data_plane:
+        pool = UpstreamPool()
+        plane = DataPlane(pool)
+        running.plane = plane
+        running.sync = ConfigSync(store, plane.set_table)
+        await running.sync.refresh()
+        running.tasks.append(asyncio.create_task(running.sync.run(), name="config-sync"))
+        limits = ServerLimits(
+            max_body_bytes=opts.max_body_bytes, buffered_body_bytes=min(1 << 20, opts.max_body_bytes)
+        )
+        running.data_server = await start_server(plane.handle, opts.host, opts.port, limits=limits)
+    if opts.run_control_plane:
+        token = load_or_create_token(opts.data_dir)
+        cp = ControlPlane(store=store, token=token, data_dir=opts.data_dir)
+        app = create_admin_app(cp)
+        config = uvicorn.Config(
+            app,
+            host=opts.admin_host,
+            port=opts.admin_port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+        running.admin = _EmbeddedUvicorn(config)
+        running.tasks.append(asyncio.create_task(running.admin.serve(), name="admin"))
+        while not running.admin.started:
+            if running.tasks[-1].done():
+                running.tasks[-1].result()  # raises the bind error
+                raise RuntimeError(f"admin server failed to start on {opts.admin_host}:{opts.admin_port}")
+            await asyncio.sleep(0.01)
+    return running
+
+
+async def _stop(running: Running) -> None:
+    if running.admin is not None:
+        running.admin.should_exit = True
+    if running.data_server is not None:
+        running.data_server.close()
+        await running.data_server.wait_closed()
+    for task in running.tasks:
+        if task.get_name() != "admin":
+            task.cancel()
+    await asyncio.gather(*running.tasks, return_exceptions=True)
+    if running.plane is not None:
+        await running.plane.pool.aclose()
+    running.store.close()
+
+
+async def run(opts: ProcessOptions, until: Awaitable[None] | None = None) -> None:
+    """Run until ``until`` completes (or forever), then stop cleanly."""
+    running = await _start(opts)
+    try:
+        if opts.on_ready is not None:
+            opts.on_ready(running)
+        await (until if until is not None else asyncio.Event().wait())
+    finally:
+        await _stop(running)
+
+
+def run_process(opts: ProcessOptions) -> None:
+    """Blocking entry point: uvloop, SIGINT/SIGTERM stop the process cleanly."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run(opts, stop.wait())
+
+    import uvloop
+
+    uvloop.run(main())

@@ -1,0 +1,32 @@
+"""Pick the version for one request: flag rule, then experiment arm, then the default."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from router.flags import Reason, evaluate
+from router.table import Choice, ModelRoute
+
+__all__ = ["choose_version"]
+
+_PINS = frozenset({Reason.TARGETING_MATCH, Reason.SPLIT})
+
+
+def choose_version(
+    route: ModelRoute, key: str | None, attributes: Mapping[str, Any], rng: random.Random
+) -> Choice | None:
+    """The version that serves an unpinned request, and why; None when the model has none."""
+    for flag in route.flags:  # only TARGETING_MATCH and SPLIT pin; DEFAULT leaves the caller to the split
+        result = evaluate(flag, key, attributes)
+        if result.reason in _PINS and result.value in route.versions:
+            return Choice(result.value, flag=flag.key, reason=result.reason.value)
+    split = route.split
+    if split is not None:
+        arm = split.assign(key, rng)
+        if arm is not None:
+            return Choice(arm, experiment=split.experiment, arm=arm, keyed=key is not None, reason="SPLIT")
+    if route.default_version is None:
+        return None
+    return Choice(route.default_version)

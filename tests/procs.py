@@ -1,0 +1,164 @@
+"""Real processes for integration tests: meshgate commands on free loopback ports, always stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+__all__ = ["MESHGATE", "Mesh", "Proc", "free_port", "model_server", "oip_digits", "running_mesh", "wait_http"]
+
+MESHGATE = [sys.executable, "-m", "gateway"]
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+class Proc:
+    """A child process whose output goes to a log file (read it when a test fails)."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None, cwd: str | None = None) -> None:
+        self.args = args
+        self.log = log
+        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            args, stdout=self._fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._fh.close()
+        return self.popen.returncode
+
+
+@contextmanager
+def model_server(tmp: Path, model: str, version: str, *extra: str) -> Iterator[str]:
+    """``meshgate serve-model`` on a free port; yields its base URL."""
+    port = free_port()
+    proc = Proc(
+        [*MESHGATE, "serve-model", model, "--version", version, "--port", str(port), *extra],
+        tmp / f"model-{model}-{version}-{port}.log",
+    )
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_http(f"{url}/v2/health/ready", proc.popen)
+        yield url
+    finally:
+        proc.stop()
+
+
+class Mesh:
+    """A running ``meshgate up`` with an authenticated admin client and a data-plane client."""
+
+    def __init__(self, proc: Proc, data_dir: Path, port: int, admin_port: int) -> None:
+        self.proc = proc
+        self.data_dir = data_dir
+        self.url = f"http://{HOST}:{port}"
+        self.admin_url = f"http://{HOST}:{admin_port}"
+        self.token = (data_dir / "admin.token").read_text().strip()
+        self.admin = httpx.Client(
+            base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=10.0
+        )
+        self.data = httpx.Client(base_url=self.url, timeout=30.0)
+
+    def register(self, model: str, version: str, *endpoints: str, **body) -> httpx.Response:
+        resp = self.admin.put(
+            f"/v1/models/{model}/versions/{version}", json={"endpoints": list(endpoints), **body}
+        )
+        assert resp.status_code in (200, 201), resp.text
+        return resp
+
+    def wait_routable(self, model: str, timeout: float = 5.0) -> None:
+        """Wait until the data plane knows ``model`` (config propagation is asynchronous)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.data.get(f"/v2/models/{model}/ready")
+            if r.headers.get("x-meshgate-error") != "model_not_found":
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"model {model} not routable after {timeout}s")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MESHGATE_ADMIN_URL": self.admin_url, "MESHGATE_TOKEN": self.token}
+        res = subprocess.run(
+            [*MESHGATE, *args], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"meshgate {' '.join(args)} failed ({res.returncode}): {res.stderr}")
+        return res
+
+    def close(self) -> None:
+        self.admin.close()
+        self.data.close()
+
+
+@contextmanager
+def running_mesh(data_dir: Path, *extra: str, log_name: str = "mesh.log") -> Iterator[Mesh]:
+    port, admin_port = free_port(), free_port()
+    proc = Proc(
+        [
+            *MESHGATE,
+            "up",
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        data_dir.parent / log_name,
+    )
+    try:
+        wait_http(f"http://{HOST}:{admin_port}/healthz", proc.popen)
+        wait_http(f"http://{HOST}:{port}/v2/health/live", proc.popen)
+        mesh = Mesh(proc, data_dir, port, admin_port)
+        try:
+            yield mesh
+        finally:
+            mesh.close()
+    finally:
+        code = proc.stop()
+        assert code == 0, f"meshgate up exited with {code}:\n{proc.output()[-3000:]}"
+
+
+def oip_digits(pixels: list[list[float]]) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "pixels", "shape": [len(pixels), 64], "datatype": "FP32", "data": pixels}]}
+    ).encode()
