@@ -122,7 +122,8 @@ class P2CEwmaBalancer(Balancer):
     __slots__ = ()
 
     def pick(self, exclude: Collection[int] = ()) -> int | None:
-        n = len(self._eps)
+        eps = self._eps
+        n = len(eps)
         now = self._now()
         rand = self.rng.random
         if n >= 2:  # fast path: both random draws usable
@@ -131,8 +132,8 @@ class P2CEwmaBalancer(Balancer):
             if b >= a:
                 b += 1
             ok = self._available
-            if a not in exclude and b not in exclude and ok(a, now) and ok(b, now):
-                return a if self._load(a, now) <= self._load(b, now) else b
+            if (not exclude or (a not in exclude and b not in exclude)) and ok(a, now) and ok(b, now):
+                return a if self._load(eps[a], now) <= self._load(eps[b], now) else b
         cands = self._candidates(exclude, now)
         if len(cands) <= 1:
             return cands[0] if cands else None
@@ -142,14 +143,14 @@ class P2CEwmaBalancer(Balancer):
         if ib >= ia:
             ib += 1
         a, b = cands[ia], cands[ib]
-        return a if self._load(a, now) <= self._load(b, now) else b
+        return a if self._load(eps[a], now) <= self._load(eps[b], now) else b
 
-    def _load(self, i: int, now: float) -> float:
-        e = self._eps[i]
+    def _load(self, e: EndpointLoad, now: float) -> float:
         if not e.measured:
             return _UNMEASURED_PENALTY + e.in_flight if e.in_flight else 0.0
-        e.cost *= math.exp((e.stamp - now) / self._decay_s)  # reading decays (tower's PeakEwma)
-        e.stamp = now
+        if e.stamp != now:  # reading decays (tower's PeakEwma)
+            e.cost *= math.exp((e.stamp - now) / self._decay_s)
+            e.stamp = now
         return e.cost * (e.in_flight + 1)
 
 

@@ -53,7 +53,7 @@ class WindowCounter:
     last call (at most `buckets`). Totals are exact to one bucket's width.
     """
 
-    __slots__ = ("_a", "_b", "_epoch", "_now", "_width", "a", "b", "buckets")
+    __slots__ = ("_a", "_b", "_edge", "_epoch", "_i", "_now", "_width", "a", "b", "buckets")
 
     def __init__(self, window_s: float, now: Callable[[], float], buckets: int = WINDOW_BUCKETS) -> None:
         self.buckets = buckets
@@ -62,11 +62,15 @@ class WindowCounter:
         self._a = [0] * buckets
         self._b = [0] * buckets
         self._epoch = int(now() // self._width)  # index of the current bucket since time 0
+        self._i = self._epoch % buckets  # its place in the ring
+        self._edge = (self._epoch + 1) * self._width  # when it ends
         self.a = 0
         self.b = 0
 
-    def _advance(self) -> int:
-        epoch = int(self._now() // self._width)
+    def _roll(self) -> int:
+        """Move to the bucket of now, clearing the ones skipped; returns its ring index."""
+        t = self._now()
+        epoch = int(t // self._width)
         gap = epoch - self._epoch
         if gap > 0:
             a, b, n = self._a, self._b, self.buckets
@@ -81,10 +85,12 @@ class WindowCounter:
                     self.b -= b[i]
                     a[i] = b[i] = 0
             self._epoch = epoch
-        return epoch % self.buckets
+            self._i = epoch % n
+            self._edge = (epoch + 1) * self._width
+        return self._i
 
     def add(self, a: int = 0, b: int = 0) -> None:
-        i = self._advance()
+        i = self._i if self._now() < self._edge else self._roll()
         self._a[i] += a
         self._b[i] += b
         self.a += a
@@ -92,13 +98,16 @@ class WindowCounter:
 
     def totals(self) -> tuple[int, int]:
         """(a, b) over the window as of now."""
-        self._advance()
+        self._roll()
         return self.a, self.b
 
     def clear(self) -> None:
         self._a[:] = [0] * self.buckets
         self._b[:] = [0] * self.buckets
         self.a = self.b = 0
+
+
+_CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
 class CircuitBreaker:
@@ -126,7 +135,7 @@ class CircuitBreaker:
         self._now = now
         self._on_transition = on_transition
         self._window = WindowCounter(policy.window_s, now)  # a = calls, b = failures
-        self.state = BreakerState.CLOSED
+        self.state = _CLOSED
         self.opened_at = 0.0
         self._probes_out = 0  # half-open: probes admitted and not yet reported
         self._probe_successes = 0
@@ -139,13 +148,13 @@ class CircuitBreaker:
     def allow(self) -> bool:
         """May a request go to this version now? In half-open this takes a probe slot."""
         state = self.state
-        if state is BreakerState.CLOSED:
+        if state is _CLOSED:
             return True
         now = self._now()
-        if state is BreakerState.OPEN:
+        if state is _OPEN:
             if now - self.opened_at < self._cfg.open_s:
                 return False
-            self._to(BreakerState.HALF_OPEN, now, f"open for {self._cfg.open_s:g} s")
+            self._to(_HALF_OPEN, now, f"open for {self._cfg.open_s:g} s")
             self._start_round(now)
         cfg = self._cfg
         if self._probes_out + self._probe_successes >= cfg.half_open_probes:
@@ -159,7 +168,7 @@ class CircuitBreaker:
     def abandon(self) -> None:
         """An admitted request never reached the model (rejected later, cancelled): in
         half-open its probe slot is given back; otherwise nothing happens."""
-        if self.state is BreakerState.HALF_OPEN and self._probes_out > 0:
+        if self.state is _HALF_OPEN and self._probes_out > 0:
             self._probes_out -= 1
 
     def record(self, failed: bool, latency_s: float = 0.0) -> None:
@@ -168,12 +177,12 @@ class CircuitBreaker:
         if not failed and cfg.slow_call_ms is not None and latency_s * 1000.0 >= cfg.slow_call_ms:
             failed = True
         state = self.state
-        if state is BreakerState.CLOSED:
+        if state is _CLOSED:
             window = self._window
             window.add(1, 1 if failed else 0)
             if failed and window.a >= cfg.min_calls and window.b >= cfg.failure_rate * window.a:
                 self._open(f"{window.b} of {window.a} calls failed in {cfg.window_s:g} s")
-        elif state is BreakerState.HALF_OPEN:
+        elif state is _HALF_OPEN:
             if self._probes_out > 0:
                 self._probes_out -= 1
             if failed:
@@ -184,7 +193,7 @@ class CircuitBreaker:
             if self._probe_successes >= cfg.half_open_probes:
                 self._window.clear()
                 reason = f"{cfg.half_open_probes} probes succeeded"
-                self._to(BreakerState.CLOSED, self._probe_activity, reason)
+                self._to(_CLOSED, self._probe_activity, reason)
         # open: late results of calls admitted before opening say nothing new
 
     def snapshot(self) -> dict[str, object]:
@@ -195,9 +204,9 @@ class CircuitBreaker:
             "failures": failures,
             "failure_rate": failures / calls if calls else 0.0,
         }
-        if self.state is BreakerState.OPEN:
+        if self.state is _OPEN:
             out["reopens_in_s"] = max(0.0, self.opened_at + self._cfg.open_s - self._now())
-        elif self.state is BreakerState.HALF_OPEN:
+        elif self.state is _HALF_OPEN:
             out["probes_in_flight"] = self._probes_out
             out["probe_successes"] = self._probe_successes
         return out
@@ -211,7 +220,7 @@ class CircuitBreaker:
         now = self._now()
         self.opened_at = now
         self._window.clear()
-        self._to(BreakerState.OPEN, now, reason)
+        self._to(_OPEN, now, reason)
 
     def _to(self, new: BreakerState, now: float, reason: str) -> None:
         old, self.state = self.state, new

@@ -40,12 +40,10 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"  # the per-try timeout fired
     DEADLINE = "deadline"  # the request deadline fired
 
-    @property
-    def failed(self) -> bool:
-        """Does this count against the model? 4xx (429 included) do not. A deadline does:
-        Envoy feeds route timeouts to outlier detection too, and a hanging model must trip
-        the breaker."""
-        return self in _FAILURES
+    #: Does this count against the model? 4xx (429 included) do not. A deadline does: Envoy
+    #: feeds route timeouts to outlier detection too, and a hanging model must trip the
+    #: breaker. (A plain attribute set below: this is read on every response.)
+    failed: bool
 
 
 _FAILURES = frozenset(
@@ -58,6 +56,8 @@ _FAILURES = frozenset(
         Outcome.DEADLINE,
     }
 )
+for _outcome in Outcome:
+    _outcome.failed = _outcome in _FAILURES
 
 #: What each `retries.retry_on` value retries. DEADLINE and CLIENT_ERROR are never retried.
 RETRY_ON_OUTCOMES: dict[str, frozenset[Outcome]] = {
