@@ -394,9 +394,6 @@ def evaluate(flag: CompiledFlag, targeting_key: str | None, attributes: Mapping[
     return flag.default
 
 
-_PINS = frozenset({Reason.TARGETING_MATCH, Reason.SPLIT})
-
-
 def route_version(
     flags: Sequence[CompiledFlag], key: str | None, attributes: Mapping[str, Any]
 ) -> tuple[str, Evaluation] | None:
@@ -410,6 +407,7 @@ def route_version(
     """
     for flag in flags:
         result = evaluate(flag, key, attributes)
-        if result.reason in _PINS:
+        reason = result.reason
+        if reason is Reason.TARGETING_MATCH or reason is Reason.SPLIT:
             return result.value, result
     return None

@@ -57,3 +57,29 @@ def test_two_salts_are_independent():
     # The same unit in a 10% rollout of one flag is no more likely to be in another's 10%.
     both = np.count_nonzero((a < 1000) & (b < 1000))
     assert stats.binomtest(both, len(KEYS), 0.01).pvalue > 0.001
+
+
+def test_benchmark_runs_and_its_candidates_agree_on_the_range():
+    from benchmarks import bench_hashing
+
+    assert bench_hashing.HASHES["blake2b-64 (router.hashing.bucket)"] is bucket
+    for candidate in bench_hashing.HASHES.values():
+        assert all(0 <= candidate("s", k) < BUCKETS for k in KEYS[:100])
+    result = bench_hashing.run(quick=True)
+    assert set(result["hash_ns"]) == set(bench_hashing.HASHES)
+    assert len(result["evaluate_ns"]) == 9
+    assert all(ns > 0 for ns in (*result["hash_ns"].values(), *result["evaluate_ns"].values()))
+
+
+def test_benchmark_scenarios_are_what_their_names_say():
+    from benchmarks import bench_hashing
+
+    results = {name: fn() for name, fn in bench_hashing._evaluation_cases().items()}
+    reasons = [r.reason for r in list(results.values())[:6]]
+    match = "TARGETING_MATCH"
+    assert reasons == ["DISABLED", match, match, match, "DEFAULT", "SPLIT"]
+    assert results["route_version over 2 model flags, no pin"] is None
+    single, bulk = list(results.values())[-2:]
+    assert single[0] == 200
+    assert b'"reason":"TARGETING_MATCH"' in single[1]
+    assert bulk[0] == 200
