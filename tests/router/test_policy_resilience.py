@@ -262,3 +262,22 @@ def test_budgeted_retries_under_a_storm_stay_within_the_budget():
     assert retries <= 0.2 * requests + 10 * 30 + 100
     assert retries >= 0.2 * requests  # and the budget is actually used
     assert rt.snapshot()["retry_budget"]["limit_exceeded"] > 0
+
+
+def test_health_checks_take_endpoints_out_of_the_pick():
+    rt, _, _ = runtime(
+        {"health_check": {"unhealthy_threshold": 2, "healthy_threshold": 1}}, endpoints=["a", "b"]
+    )
+    assert rt.health_check(0, False) and not rt.health_check(0, False)
+    assert all(rt.pick() == 1 for _ in range(20))
+    assert rt.snapshot()["endpoints"][0]["health_check"] == "unhealthy"
+    assert rt.health_check(0, True)
+    assert {rt.pick() for _ in range(50)} == {0, 1}
+
+
+def test_queued_requests_count_in_the_retry_budget():
+    rt, _, _ = runtime({"limits": {"max_in_flight": 1, "max_queued": 5}})
+    rt.admit()
+    rt.admit("w1")
+    assert rt.admit() == OVERLOADED
+    assert rt.snapshot()["retry_budget"]["requests"] == 2
