@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from gateway.mesh.ca import MeshCA
 from gateway.mesh.identity import peer_identity
@@ -32,6 +33,15 @@ def store(tmp_path: Path):
         yield s
     finally:
         s.close()
+
+
+def make_csr(key, uris: tuple[str, ...] = (MODEL,)) -> str:
+    """A CSR made with ``key``, asking for ``uris`` as URI SANs (none when empty)."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    if uris:
+        sans = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris])
+        builder = builder.add_extension(sans, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def write_pair(directory: Path, name: str, key_pem: str, cert_pem: str) -> tuple[Path, Path]:

@@ -17,16 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.mesh.ca import CLOCK_SKEW_S, CAError, MeshCA, read_bundle
 from gateway.mesh.identity import model_id
-from tests.mesh.conftest import MODEL, write_pair
-
-
-def _csr(key, uris=(MODEL,)) -> str:
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    if uris:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False
-        )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+from tests.mesh.conftest import MODEL, make_csr, write_pair
 
 
 def _openssl_verify(tmp_path, bundle_pem: str, cert_pem: str) -> subprocess.CompletedProcess[str]:
@@ -123,7 +114,7 @@ def test_name_constraints_stop_a_leaf_for_another_trust_domain(ca, tmp_path):
 
 def test_sign_csr_issues_exactly_the_allowed_identity(ca):
     key = ec.generate_private_key(ec.SECP256R1())
-    for csr in (_csr(key), _csr(key, uris=())):
+    for csr in (make_csr(key), make_csr(key, uris=())):
         cert = x509.load_pem_x509_certificate(ca.sign_csr(csr, MODEL, lifetime_s=600).encode())
         assert cert.public_key() == key.public_key()
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -131,11 +122,11 @@ def test_sign_csr_issues_exactly_the_allowed_identity(ca):
 
 
 @pytest.mark.parametrize(
-    ("make_csr", "identity", "code", "words"),
+    ("build_csr", "identity", "code", "words"),
     [
         (lambda: "not a csr", MODEL, "bad_csr", "cannot parse"),
         (
-            lambda: _csr(
+            lambda: make_csr(
                 ec.generate_private_key(ec.SECP256R1()), uris=("spiffe://meshgate.local/gateway/x",)
             ),
             MODEL,
@@ -143,29 +134,34 @@ def test_sign_csr_issues_exactly_the_allowed_identity(ca):
             "asks for",
         ),
         (
-            lambda: _csr(ec.generate_private_key(ec.SECP256R1()), uris=(MODEL, MODEL + "x")),
+            lambda: make_csr(ec.generate_private_key(ec.SECP256R1()), uris=(MODEL, MODEL + "x")),
             MODEL,
             "bad_csr",
             "asks for",
         ),
-        (lambda: _csr(rsa.generate_private_key(65537, 1024)), MODEL, "bad_csr", "too weak"),
+        (lambda: make_csr(rsa.generate_private_key(65537, 1024)), MODEL, "bad_csr", "too weak"),
         (
-            lambda: _csr(ec.generate_private_key(ec.SECP256R1())),
+            lambda: make_csr(ec.generate_private_key(ec.SECP256R1())),
             "spiffe://other.td/model/digits/v2",
             "bad_identity",
             "outside",
         ),
-        (lambda: _csr(ec.generate_private_key(ec.SECP256R1())), "model/digits", "bad_identity", "invalid"),
+        (
+            lambda: make_csr(ec.generate_private_key(ec.SECP256R1())),
+            "model/digits",
+            "bad_identity",
+            "invalid",
+        ),
     ],
 )
-def test_sign_csr_refuses_bad_requests(ca, make_csr, identity, code, words):
+def test_sign_csr_refuses_bad_requests(ca, build_csr, identity, code, words):
     with pytest.raises(CAError, match=words) as info:
-        ca.sign_csr(make_csr(), identity)
+        ca.sign_csr(build_csr(), identity)
     assert info.value.code == code
 
 
 def test_a_csr_whose_signature_does_not_verify_is_refused(ca):
-    pem = _csr(ec.generate_private_key(ec.SECP256R1()))
+    pem = make_csr(ec.generate_private_key(ec.SECP256R1()))
     der = bytearray(x509.load_pem_x509_csr(pem.encode()).public_bytes(serialization.Encoding.DER))
     der[-5] ^= 0x01  # flip a bit of the signature
     tampered = "-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der)).decode()
