@@ -135,13 +135,13 @@ class Flag:
                 if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
                     raise FlagError(f"variants.{name}", f"a flag that routes model {model!r} needs "
                                     f"version names as variant values, got {value!r}")
-        salt = d.get("salt", key)
+        salt = _optional(d, "salt", key)
         if not isinstance(salt, str) or not 0 < len(salt) <= MAX_SALT:
             raise FlagError("salt", f"expected a non-empty string of at most {MAX_SALT} characters")
-        description = d.get("description", "")
+        description = _optional(d, "description", "")
         if not isinstance(description, str):
             raise FlagError("description", f"expected a string, got {_kind(description)}")
-        rules = d.get("rules", [])
+        rules = _optional(d, "rules", [])
         if not isinstance(rules, list):
             raise FlagError("rules", f"expected a list of rules, got {_kind(rules)}")
         flag = cls(
@@ -234,6 +234,12 @@ def _yaml_hint(value: object) -> str:
     return "; YAML reads on/off/yes/no as booleans: quote the name" if isinstance(value, bool) else ""
 
 
+def _optional(d: Mapping, name: str, default: Any) -> Any:
+    """An optional field; null counts as absent, as YAML writes an empty ``rules:``."""
+    value = d.get(name)
+    return default if value is None else value
+
+
 def _join(path: str, name: str) -> str:
     return name if path == "flag" else f"{path}.{name}"
 
@@ -286,7 +292,7 @@ def _rule(data: object, variants: Mapping[str, Any], path: str) -> Rule:
     d = _fields(data, path, required=(), optional=("conditions", "variant", "rollout"))
     if ("variant" in d) == ("rollout" in d):
         raise FlagError(path, "give either a variant or a rollout")
-    conditions = d.get("conditions", [])
+    conditions = _optional(d, "conditions", [])
     if not isinstance(conditions, list):
         raise FlagError(f"{path}.conditions", f"expected a list of conditions, got {_kind(conditions)}")
     parsed = tuple(_condition(c, f"{path}.conditions[{i}]") for i, c in enumerate(conditions))

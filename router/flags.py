@@ -132,7 +132,9 @@ _SEMVER = re.compile(
 SemverKey = tuple[int, int, int, tuple[Any, ...]]
 
 
-@lru_cache(maxsize=4096)
+MAX_SEMVER = 256  # longer is no real version: refuse it before the regex spends time on it
+
+
 def parse_semver(text: str) -> SemverKey | None:
     """A key ordering versions by semver 2.0 precedence, or None when ``text`` is not one.
 
@@ -141,6 +143,11 @@ def parse_semver(text: str) -> SemverKey | None:
     below alphanumeric ones, a longer identifier list wins a tie; build metadata is ignored.
     A leading ``v`` is accepted, as app versions in headers often carry one.
     """
+    return _parse_semver(text) if len(text) <= MAX_SEMVER else None
+
+
+@lru_cache(maxsize=4096)  # callers send few distinct versions; parse each once
+def _parse_semver(text: str) -> SemverKey | None:
     match = _SEMVER.fullmatch(text)
     if match is None:
         return None

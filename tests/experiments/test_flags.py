@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from experiments.flags import Flag, FlagError, compile_for_model, validate_for_model
+from experiments.flags import Flag, FlagError, Rule, compile_for_model, validate_for_model
 from router.flags import Reason, evaluate, route_version
 from router.hashing import bucket
 
@@ -40,7 +40,10 @@ def test_defaults_and_round_trip():
 
 def test_round_trip_of_every_field_and_json_value():
     data = base(
-        enabled=False, model=None, salt="s2", description="beta cohort",
+        enabled=False,
+        model=None,
+        salt="s2",
+        description="beta cohort",
         variants={"a": {"nested": [1, 2.5, None, "x"]}, "b": [True], "c": 3, "d": "s", "e": False},
         default_variant="e",
         rules=[
@@ -59,8 +62,10 @@ def test_round_trip_of_every_field_and_json_value():
     out = flag.to_dict()
     assert out["description"] == "beta cohort"
     assert out["rules"][0]["conditions"][0] == {"attribute": "x", "op": "exists"}
-    assert out["rules"][1] == {"conditions": [], "rollout": [{"variant": "b", "weight": 0.5},
-                                                              {"variant": "c", "weight": 0}]}
+    assert out["rules"][1] == {
+        "conditions": [],
+        "rollout": [{"variant": "b", "weight": 0.5}, {"variant": "c", "weight": 0}],
+    }
 
 
 def test_flag_keeps_a_private_copy_of_its_values():
@@ -98,6 +103,16 @@ rules:
     flag = Flag.from_dict(yaml.safe_load(text))
     assert flag.model == "digits"
     assert evaluate(flag.compile(), None, {"app-version": "2.1.0", "build": "101"}).value == "v2"
+
+
+def test_yaml_empty_optional_fields_count_as_absent():
+    flag = Flag.from_dict(
+        yaml.safe_load("key: f\nvariants: {a: 1}\ndefault_variant: a\nsalt:\ndescription:\nrules:\n")
+    )
+    assert (flag.salt, flag.description, flag.rules) == ("f", "", ())
+    rules = yaml.safe_load("- conditions:\n  variant: a\n")
+    flag = Flag.from_dict({"key": "f", "variants": {"a": 1}, "default_variant": "a", "rules": rules})
+    assert flag.rules == (Rule((), "a"),)
 
 
 def test_yaml_boolean_variant_names_get_a_hint():

@@ -121,10 +121,16 @@ def test_semver_precedence_chain_from_the_spec():
 
 
 @pytest.mark.parametrize(
-    "text", ["1.2", "1", "01.2.3", "1.2.3-01", "1.2.3-", "1.2.3+", "a.b.c", "1.2.3.4", " 1.2.3", "1.2.3-é"]
+    "text",
+    ["1.2", "1", "01.2.3", "1.2.3-01", "1.2.3-", "1.2.3+", "a.b.c", "1.2.3.4", " 1.2.3", "1.2.3-é"],
 )
 def test_not_semver(text):
     assert parse_semver(text) is None
+
+
+def test_semver_length_is_capped_before_parsing():
+    assert parse_semver("1.0.0-" + "a" * 250) is not None
+    assert parse_semver("1.0.0-" + "a" * 251) is None  # 257 characters: refused unparsed
 
 
 def test_attribute_coercion():
