@@ -1,13 +1,17 @@
-"""A minimal proxy on the engine: every request goes to one upstream. Used by the tests and the benchmark.
+"""A minimal proxy on the engine: each request goes to one upstream, split by weight.
 
-Run alone: `python -m tests.engine.proxy_app --upstream http://127.0.0.1:9000 --port 0`; it prints
-`LISTENING <port>` once it accepts connections.
+Used by the tests and by `benchmarks.bench_proxy`. Run alone:
+`python -m tests.engine.proxy_app --upstream http://127.0.0.1:9000 [--upstream URL --weights 90,10]`;
+it prints `LISTENING <port>` once it accepts connections.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import itertools
+import random
 import sys
 
 import uvloop
@@ -29,19 +33,32 @@ from gateway.http import (
 
 
 class ProxyApp:
-    """Forwards everything to one endpoint; answers upstream failures with meshgate's error JSON."""
+    """Forwards each request to an endpoint picked by weight; upstream failures become error JSON."""
 
-    __slots__ = ("endpoint", "outcomes", "timeout")
+    __slots__ = ("_bounds", "_endpoints", "_random", "outcomes", "timeout")
 
-    def __init__(self, pool: UpstreamPool, upstream: str, timeout: float = 30.0) -> None:
-        self.endpoint = pool.endpoint(upstream)
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        upstreams: list[str],
+        weights: list[float] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        weights = weights or [1.0] * len(upstreams)
+        if len(weights) != len(upstreams) or min(weights) <= 0:
+            raise ValueError("one positive weight per upstream")
+        self._endpoints = [pool.endpoint(url) for url in upstreams]
+        total = sum(weights)
+        self._bounds = [w / total for w in itertools.accumulate(weights)][:-1]
+        self._random = random.Random(7).random
         self.timeout = timeout
         self.outcomes: list[tuple[int, str | None]] = []  # (status, error reason), for tests
 
     def __call__(self, request: Request, responder: Responder) -> None:
         headers = proxy_headers(request)
+        endpoint = self._endpoints[bisect.bisect(self._bounds, self._random())]
         if request.body is None:
-            self.endpoint.forward_stream(
+            endpoint.forward_stream(
                 request, responder, request.method, request.target, headers, self.timeout, self._done
             )
             return
@@ -55,7 +72,7 @@ class ProxyApp:
             if not responder.disconnected:
                 responder.respond(error.status, JSON_HEADERS, error_body(error.reason, error.message))
 
-        handle = self.endpoint.send(
+        handle = endpoint.send(
             request.method, request.target, headers, request.body, self.timeout, answered
         )
         responder.on_disconnect(handle.cancel)
@@ -66,16 +83,21 @@ class ProxyApp:
 
 
 async def serve_proxy(
-    upstream: str, host: str = "127.0.0.1", port: int = 0, limits: ServerLimits | None = None
+    upstream: str | list[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: ServerLimits | None = None,
+    weights: list[float] | None = None,
 ) -> tuple[Server, ProxyApp, UpstreamPool]:
     pool = UpstreamPool()
-    app = ProxyApp(pool, upstream)
+    app = ProxyApp(pool, [upstream] if isinstance(upstream, str) else upstream, weights)
     server = await start_server(app, host, port, limits=limits or ServerLimits())
     return server, app, pool
 
 
 async def _main(args: argparse.Namespace) -> None:
-    server, _, pool = await serve_proxy(args.upstream, args.host, args.port)
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    server, _, pool = await serve_proxy(args.upstream, args.host, args.port, weights=weights)
     print(f"LISTENING {server.port}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -86,7 +108,8 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--upstream", action="append", required=True, help="repeat for a split")
+    parser.add_argument("--weights", help="comma-separated, one per --upstream, e.g. 90,10")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
