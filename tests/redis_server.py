@@ -88,13 +88,16 @@ class RedisServer:
     """A private ``redis-server`` in ``directory``: ``start``, ``kill`` (SIGKILL), ``start`` again
     on the same port (its AOF restores the data), ``stop``."""
 
-    def __init__(self, directory: Path, *, persistent: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, persistent: bool = True, port: int | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; the fault tests need a private Redis")
         self.binary = binary
         self.directory = directory
         self.persistent = persistent
+        self.args = args
         self.port = port or _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -115,6 +118,7 @@ class RedisServer:
                 *persistence,
                 "--enable-debug-command", "local",
                 "--logfile", str(self.directory / "redis.log"),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -61,16 +61,19 @@ class _WriteBehind:
 
     def _hold(self, outer: str, inner: str, value: Any, merge: bool) -> None:
         with self._lock:
-            entries = self._pending.get(outer)
-            if entries is not None and inner in entries:
-                entries[inner] = entries[inner] + value if merge else value
-            elif self._size >= self._limit:
-                self.dropped += 1
-            else:
-                if entries is None:
-                    entries = self._pending[outer] = {}
-                entries[inner] = value
-                self._size += 1
+            self._hold_locked(outer, inner, value, merge)
+
+    def _hold_locked(self, outer: str, inner: str, value: Any, merge: bool) -> None:
+        entries = self._pending.get(outer)
+        if entries is not None and inner in entries:
+            entries[inner] = entries[inner] + value if merge else value
+        elif self._size >= self._limit:
+            self.dropped += 1
+        else:
+            if entries is None:
+                entries = self._pending[outer] = {}
+            entries[inner] = value
+            self._size += 1
 
     def flush(self, store: Store) -> bool:
         """Send the batch a failed flush left in flight (if any), then everything pending.
@@ -108,6 +111,11 @@ class _WriteBehind:
         raise NotImplementedError
 
 
+def _check_delta(group: str, field: str, delta: object) -> None:
+    if type(delta) is not int and type(delta) is not float:
+        raise TypeError(f"counter {group}/{field} delta must be int or float, got {delta!r}")
+
+
 class CounterBuffer(_WriteBehind):
     """Experiment counters (``group -> field -> delta``), summed in memory, flushed as one batch.
 
@@ -123,9 +131,16 @@ class CounterBuffer(_WriteBehind):
         self._seq = 0
 
     def add(self, group: str, field: str, delta: int | float) -> None:
-        if type(delta) is not int and type(delta) is not float:
-            raise TypeError(f"counter {group}/{field} delta must be int or float, got {delta!r}")
+        _check_delta(group, field, delta)
         self._hold(group, field, delta, merge=True)
+
+    def add_many(self, group: str, deltas: Mapping[str, int | float]) -> None:
+        """Several fields of one group under one lock (one request's outcome: n, sum, sum², bucket)."""
+        for field, delta in deltas.items():
+            _check_delta(group, field, delta)
+        with self._lock:
+            for field, delta in deltas.items():
+                self._hold_locked(group, field, delta, merge=True)
 
     def _started(self) -> None:
         self._seq += 1

@@ -67,8 +67,8 @@ return {1, v}
 
 # Add one slot's share of a counter batch; with a writer sequence, at most once.
 # KEYS: tag index set, writer high-water mark, group hashes...
-# ARGV: seq ('' = no dedup, KEYS[2] unused), writer ttl ms, then per group
-# (name, field count, then per field: field, delta).
+# ARGV: seq ('' = no dedup, KEYS[2] unused), writer ttl ms, JSON [[group, [[field, delta]...]]...]
+# aligned with KEYS[3..] (deltas as strings: cjson would round floats to 14 digits).
 # Integers stay exact with HINCRBY; a float delta or a field that already holds a
 # float (HINCRBY refuses it) goes through HINCRBYFLOAT.
 _ADD_LUA = """
@@ -77,20 +77,18 @@ if ARGV[1] ~= '' then
   if tonumber(ARGV[1]) <= hwm then return 0 end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 end
-local a = 3
-for i = 3, #KEYS do
-  redis.call('SADD', KEYS[1], ARGV[a])
-  local n = tonumber(ARGV[a + 1])
-  a = a + 2
-  for _ = 1, n do
-    local f, d = ARGV[a], ARGV[a + 1]
+local groups = cjson.decode(ARGV[3])
+for i, g in ipairs(groups) do
+  local key = KEYS[i + 2]
+  redis.call('SADD', KEYS[1], g[1])
+  for _, fd in ipairs(g[2]) do
+    local f, d = fd[1], fd[2]
     if string.find(d, '[.eE]') then
-      redis.call('HINCRBYFLOAT', KEYS[i], f, d)
+      redis.call('HINCRBYFLOAT', key, f, d)
     else
-      local r = redis.pcall('HINCRBY', KEYS[i], f, d)
-      if type(r) == 'table' and r['err'] then redis.call('HINCRBYFLOAT', KEYS[i], f, d) end
+      local r = redis.pcall('HINCRBY', key, f, d)
+      if type(r) == 'table' and r['err'] then redis.call('HINCRBYFLOAT', key, f, d) end
     end
-    a = a + 2
   end
 end
 return 1
@@ -335,13 +333,10 @@ class RedisStore:
         for tag, groups in by_tag.items():
             writer_key = self.keys.counter_writer(tag, once[0]) if once else self.keys.counter_index(tag)
             keys = [self.keys.counter_index(tag), writer_key, *(self.keys.counter(g) for g, _ in groups)]
-            args: list[str | int] = ["" if once is None else once[1], _WRITER_TTL_MS]
-            for group, fields in groups:
-                args += [group, len(fields)]
-                for field, value in fields.items():
-                    args += [field, _delta(group, field, value)]
+            payload = [[g, [[f, _delta(g, f, v)] for f, v in fields.items()]] for g, fields in groups]
+            seq = "" if once is None else once[1]
             # EVAL (not EVALSHA) inside MULTI: a missing script cannot fail half a batch.
-            pipe.eval(_ADD_LUA, len(keys), *keys, *args)
+            pipe.eval(_ADD_LUA, len(keys), *keys, seq, _WRITER_TTL_MS, json.dumps(payload))
         with self._io("adding counters"):
             _, *applied = pipe.execute()
         return any(applied)
@@ -430,21 +425,29 @@ class RedisStore:
             return False
 
     def persistence_warning(self) -> str | None:
-        """A warning when Redis would lose everything on restart (neither AOF nor RDB on)."""
+        """A warning when Redis may lose meshgate's state: neither AOF nor RDB is on (a restart
+        loses it all), or an ``allkeys-*`` eviction policy may drop config and counters."""
         with self._io("reading persistence settings"):
             try:
-                aof = self._client.config_get("appendonly").get("appendonly") == "yes"
-                rdb: bool | None = bool(self._client.config_get("save").get("save"))
+                conf = self._client.config_get("appendonly", "save", "maxmemory-policy")
+                aof, rdb = conf.get("appendonly") == "yes", bool(conf.get("save"))
+                policy = conf.get("maxmemory-policy", "")
             except redis.ResponseError:  # CONFIG is often renamed or disabled on managed Redis
                 aof = str(self._client.info("persistence").get("aof_enabled")) == "1"
-                rdb = None
-        if aof or rdb:
-            return None
-        how = "RDB snapshots are off" if rdb is False else "RDB settings are unreadable (CONFIG denied)"
-        return (
-            f"Redis at {self._display} has AOF off and {how}: a restart loses every model, experiment "
-            "and counter. Run it with `appendonly yes` and `appendfsync everysec` (see docs/redis.md)."
-        )
+                rdb, policy = None, ""
+        problems = []
+        if not (aof or rdb):
+            how = "RDB snapshots are off" if rdb is False else "RDB settings are unreadable (CONFIG denied)"
+            problems.append(
+                f"Redis at {self._display} has AOF off and {how}: a restart loses every model, "
+                "experiment and counter. Run it with `appendonly yes` and `appendfsync everysec`."
+            )
+        if policy.startswith("allkeys"):
+            problems.append(
+                f"Redis at {self._display} evicts any key under memory pressure (maxmemory-policy "
+                f"{policy}): use `noeviction` so config and counters are never dropped."
+            )
+        return " ".join([*problems, "See docs/redis.md."]) if problems else None
 
     def close(self) -> None:
         with self._watch_lock:

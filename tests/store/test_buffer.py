@@ -95,6 +95,16 @@ def test_record_bound_drops_new_keys_and_counts_them():
     assert buf.pending("join", "r1") == {"a": 3}
 
 
+def test_add_many_holds_one_requests_fields_together():
+    buf = CounterBuffer(max_cells=3)
+    buf.add_many("exp:{ab}:arm:v1", {"n": 1, "sum": 0.5})
+    buf.add_many("exp:{ab}:arm:v1", {"n": 1, "sum": 0.25, "sq": 0.1, "b3": 1})  # 2 new cells, 1 fits
+    assert (buf.size, buf.dropped) == (3, 1)
+    with pytest.raises(TypeError, match="b4"):
+        buf.add_many("exp:{ab}:arm:v1", {"n": 1, "b4": None})
+    assert buf._pending == {"exp:{ab}:arm:v1": {"n": 2, "sum": 0.75, "sq": 0.1}}  # nothing of a bad call
+
+
 def test_buffers_reject_bad_input():
     with pytest.raises(TypeError, match="int or float"):
         CounterBuffer().add("g", "n", "1")

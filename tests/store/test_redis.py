@@ -289,21 +289,28 @@ def test_killed_pubsub_connections_are_rebuilt(private_redis: RedisServer):
 
 
 def test_persistence_warning(tmp_path):
-    volatile = RedisServer(tmp_path / "volatile", persistent=False)
-    durable = RedisServer(tmp_path / "durable")
-    for server in (volatile, durable):
-        server.directory.mkdir()
-        server.start()
-    stores = [RedisStore(s.url, prefix="t") for s in (volatile, durable)]
+    servers = {
+        "volatile": RedisServer(tmp_path / "volatile", persistent=False),
+        "durable": RedisServer(tmp_path / "durable"),
+        "evicting": RedisServer(tmp_path / "evicting", args=("--maxmemory-policy", "allkeys-lru")),
+    }
+    stores = {}
     try:
-        warning = stores[0].persistence_warning()
-        assert warning is not None
-        assert "appendonly yes" in warning and "docs/redis.md" in warning
-        assert stores[1].persistence_warning() is None
+        for name, server in servers.items():
+            server.directory.mkdir()
+            server.start()
+            stores[name] = RedisStore(server.url, prefix="t")
+        volatile = stores["volatile"].persistence_warning()
+        assert volatile is not None
+        assert "AOF off" in volatile and "appendonly yes" in volatile and "docs/redis.md" in volatile
+        assert stores["durable"].persistence_warning() is None
+        evicting = stores["evicting"].persistence_warning()
+        assert evicting is not None
+        assert "allkeys-lru" in evicting and "noeviction" in evicting and "AOF" not in evicting
     finally:
-        for s in stores:
+        for s in stores.values():
             s.close()
-        for server in (volatile, durable):
+        for server in servers.values():
             server.stop()
 
 
