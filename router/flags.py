@@ -9,8 +9,12 @@ nothing of YAML, HTTP or the registry.
 
 Semantics, following OpenFeature reasons:
 
-- a disabled flag answers its default variant with reason ``DISABLED`` (not an error, as
-  flagd and OpenFeature's reason list describe it: the flag management system turned it off);
+- a disabled flag answers its default variant with reason ``DISABLED`` and no error code,
+  as OpenFeature defines that reason ("disabled in the management system"). flagd today
+  answers ``FLAG_DISABLED`` (a 404 ``FLAG_NOT_FOUND`` over OFREP), which makes callers log
+  errors for a deliberate switch-off; its proposed change returns ``DISABLED`` without an
+  error too, but defers to the code default, where meshgate returns the declared default
+  variant so that OFREP clients and the data plane agree on the value;
 - rules are tried in order; the first whose conditions all hold decides: a fixed variant
   gives ``TARGETING_MATCH``, a rollout gives ``SPLIT`` by ``bucket(salt, targeting key)``;
 - a rollout reached without a targeting key answers the default variant with reason ``ERROR``
