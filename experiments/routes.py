@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from experiments.flags import Flag
+from router.flags import CompiledFlag
 from router.policy import PolicyError, TrafficPolicy, fallback_chain, merge
 from router.table import ModelRoute, RouteTable, Shadow, Split, VersionRoute
 
@@ -36,9 +37,9 @@ def _split_for(exp: Mapping[str, Any], versions: Mapping[str, VersionRoute]) -> 
     ranges = {arm: [tuple(r) for r in rs] for arm, rs in exp.get("ranges", {}).items() if arm in versions}
     if not ranges:
         return None
-    return Split.compile(
-        exp["name"], exp.get("salt") or exp["name"], exp.get("key_header") or "x-meshgate-key", ranges
-    )
+    metrics = {m["name"]: m.get("kind", "binary") for m in exp.get("metrics", [])}
+    salt = exp.get("salt") or exp["name"]
+    return Split.compile(exp["name"], salt, exp.get("key_header") or "x-meshgate-key", ranges, metrics)
 
 
 def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]]) -> RouteTable:
@@ -48,13 +49,16 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
     experiments = {
         e["model"]: e for e in snap.get("experiments", {}).values() if e.get("status") in ACTIVE_STATUSES
     }
-    flags_by_model: dict[str, list] = {}
+    flags: dict[str, CompiledFlag] = {}
+    flags_by_model: dict[str, list[CompiledFlag]] = {}
     for key, doc in sorted(snap.get("flags", {}).items()):
-        if doc.get("model"):
-            try:
-                flags_by_model.setdefault(doc["model"], []).append(Flag.from_dict(doc).compile())
-            except ValueError as exc:
-                log.warning("flag %s skipped: %s", key, exc)
+        try:
+            flags[key] = compiled = Flag.from_dict(doc).compile()
+        except ValueError as exc:
+            log.warning("flag %s skipped: %s", key, exc)
+            continue
+        if compiled.model:
+            flags_by_model.setdefault(compiled.model, []).append(compiled)
 
     models: dict[str, ModelRoute] = {}
     for name, mdoc in snap.get("models", {}).items():
@@ -83,4 +87,4 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
             flags=tuple(flags_by_model.get(name, ())),
             shadow=shadow,
         )
-    return RouteTable(config_version, models)
+    return RouteTable(config_version, models, flags)

@@ -21,6 +21,7 @@ import uvicorn
 from gateway.config_sync import ConfigSync
 from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.auth import load_or_create_token
+from gateway.dataplane.measure import FEEDBACK_PATH, Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server
 from gateway.store import Store, open_store
@@ -66,6 +67,7 @@ class Running:
     options: ProcessOptions
     store: Store
     plane: DataPlane | None = None
+    measurement: Measurement | None = None
     data_server: Server | None = None
     admin: _EmbeddedUvicorn | None = None
     sync: ConfigSync | None = None
@@ -89,9 +91,14 @@ async def _start(opts: ProcessOptions) -> Running:
         pool = UpstreamPool()
         plane = DataPlane(pool)
         running.plane = plane
+        measurement = Measurement(store)
+        plane.observers.append(measurement.observe)
+        plane.extra_routes[FEEDBACK_PATH] = measurement.handle_feedback
+        running.measurement = measurement
         running.sync = ConfigSync(store, plane.set_table)
         await running.sync.refresh()
         running.tasks.append(asyncio.create_task(running.sync.run(), name="config-sync"))
+        running.tasks.append(asyncio.create_task(measurement.run_flusher(), name="flusher"))
         limits = ServerLimits(
             max_body_bytes=opts.max_body_bytes, buffered_body_bytes=min(1 << 20, opts.max_body_bytes)
         )

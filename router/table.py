@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.hashing import bucket
@@ -46,10 +46,16 @@ class Split:
     key_header: bytes  # lowercase header carrying the unit id (default x-meshgate-key)
     arms: tuple[str, ...]  # arm index -> version
     lookup: bytes  # BUCKETS entries, NO_ARM where unallocated
+    metrics: Mapping[str, str] = field(default_factory=dict)  # feedback metric -> "binary" | "continuous"
 
     @classmethod
     def compile(
-        cls, experiment: str, salt: str, key_header: str, ranges: Mapping[str, list[tuple[int, int]]]
+        cls,
+        experiment: str,
+        salt: str,
+        key_header: str,
+        ranges: Mapping[str, list[tuple[int, int]]],
+        metrics: Mapping[str, str] | None = None,
     ) -> Split:
         arms = tuple(ranges)
         if len(arms) >= NO_ARM:
@@ -58,7 +64,7 @@ class Split:
         for idx, arm in enumerate(arms):
             for start, end in ranges[arm]:
                 table[start:end] = bytes([idx]) * (end - start)
-        return cls(experiment, salt, key_header.lower().encode(), arms, bytes(table))
+        return cls(experiment, salt, key_header.lower().encode(), arms, bytes(table), dict(metrics or {}))
 
     def assign(self, key: str | None, rng: random.Random) -> str | None:
         """The arm (version) for a unit; a unit with no key gets a random bucket."""
@@ -101,6 +107,7 @@ class Choice:
 class RouteTable:
     config_version: int
     models: Mapping[str, ModelRoute]
+    flags: Mapping[str, Any] = field(default_factory=dict)  # every compiled flag by key (OFREP)
 
     @classmethod
     def empty(cls) -> RouteTable:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from experiments.ofrep import OfrepService
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.responses import error_response
 from gateway.http import Request, Responder, UpstreamPool, UpstreamResponse, proxy_headers
@@ -63,6 +64,7 @@ class DataPlane:
         self.stats = PlaneStats()
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
         self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
+        self.ofrep = OfrepService({}, 0)
         self._runtimes: dict[tuple[str, str], VersionRuntime] = {}
         self._targets: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 
@@ -83,6 +85,8 @@ class DataPlane:
                 base = f"/v2/models/{model.name}/versions/{vr.version}"
                 targets[key] = (f"{base}/infer".encode(), base.encode())
         self._runtimes, self._targets = runtimes, targets
+        if table.config_version != self.table.config_version or not self.loaded:
+            self.ofrep = OfrepService(table.flags, table.config_version)
         self.table = table
         self.loaded = True
 
@@ -115,14 +119,30 @@ class DataPlane:
                 self._reply(responder, 503, b'{"ready":false}')
         elif path == "/v2" or path == "/v2/":
             self._reply(responder, 200, b'{"name":"meshgate","version":"0.1.0","extensions":[]}')
+        elif path.startswith(_OFREP):
+            self._ofrep(request, responder, path[len(_OFREP) :])
         else:
             route = self.extra_routes.get(path)
-            if route is None and path.startswith(_OFREP):
-                route = self.extra_routes.get(_OFREP)
             if route is not None:
                 route(request, responder)
             else:
                 self.reply_error(responder, "not_found", f"no route for {path}")
+
+    def _ofrep(self, request: Request, responder: Responder, rest: str) -> None:
+        """OpenFeature remote evaluation of the current flags (OFREP)."""
+        if request.method != b"POST":
+            self.reply_error(responder, "method_not_allowed", "OFREP evaluation takes POST")
+            return
+        body = request.body or b""
+        if rest in ("", "/"):
+            inm = request.header(b"if-none-match")
+            status, out, headers = self.ofrep.evaluate_bulk(body, inm.decode("latin-1") if inm else None)
+        elif rest.startswith("/") and "/" not in rest[1:]:
+            status, out, headers = self.ofrep.evaluate(rest[1:], body)
+        else:
+            self.reply_error(responder, "not_found", f"no route for {request.path}")
+            return
+        responder.respond(status, headers, out)
 
     def _model_request(self, request: Request, responder: Responder, rest: str) -> None:
         parts = rest.split("/")

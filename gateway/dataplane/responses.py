@@ -19,7 +19,7 @@ REASON_STATUS: dict[str, int] = {
     "model_not_found": 404,
     "version_not_found": 404,
     "unknown_request": 404,
-    "expired": 404,
+    "unknown_metric": 422,
     "conflict": 409,
     "payload_too_large": 413,
     "unauthorized": 403,

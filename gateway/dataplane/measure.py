@@ -1,0 +1,223 @@
+"""Experiment measurement on the data plane: per-arm counters, join records, feedback.
+
+Every request an experiment routed adds its outcome to the arm's counter group (requests,
+errors, latency moments and histogram) and leaves a short-lived join record under its
+request id, both through write-behind buffers flushed every second: the hot path never
+waits for the store. ``POST /v1/feedback`` later joins an outcome (a conversion, a label)
+to the arm through that record, on any gateway, and counts it once per request and metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from experiments.counters import arm_group, latency_bucket_field, metric_fields
+from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.responses import error_response, json_response
+from gateway.http import Request, Responder, UpstreamResponse
+from gateway.store import Store, StoreUnavailable
+from gateway.store.buffer import CounterBuffer, RecordBuffer
+
+__all__ = ["FEEDBACK_PATH", "JOIN_NAMESPACE", "Measurement"]
+
+log = logging.getLogger("meshgate.measure")
+
+FEEDBACK_PATH = "/v1/feedback"
+JOIN_NAMESPACE = "join"
+_FEEDBACK_NAMESPACE = "feedback"
+_MAX_EVENTS = 1000
+_MAX_ID = 200
+
+
+class FeedbackError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Measurement:
+    """Counters and join records for experiments, and the feedback endpoint that reads them."""
+
+    def __init__(
+        self, store: Store, *, join_ttl_s: float = 24 * 3600.0, flush_interval_s: float = 1.0
+    ) -> None:
+        self.store = store
+        self.join_ttl_s = join_ttl_s
+        self.flush_interval_s = flush_interval_s
+        self.counters = CounterBuffer()
+        self.records = RecordBuffer(join_ttl_s)
+
+    # -- the data path (event-loop thread, no I/O) -----------------------------------------
+    def observe(
+        self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
+    ) -> None:
+        choice = ex.choice
+        if choice.experiment is None or reason == "client_closed":
+            return
+        latency = time.monotonic() - ex.t0
+        error = 1 if status >= 500 else 0
+        self.counters.add_many(
+            arm_group(choice.experiment, choice.arm),
+            {
+                "requests": 1,
+                "errors": error,
+                "unkeyed": 0 if choice.keyed else 1,
+                "lat_n": 1,
+                "lat_sum": latency,
+                "lat_sumsq": latency * latency,
+                latency_bucket_field(latency): 1,
+            },
+        )
+        split = ex.model.split
+        metrics = split.metrics if split is not None and split.experiment == choice.experiment else {}
+        self.records.put(
+            JOIN_NAMESPACE, ex.request_id, {"e": choice.experiment, "a": choice.arm, "m": dict(metrics)}
+        )
+
+    # -- background ---------------------------------------------------------------------
+    async def run_flusher(self) -> None:
+        """Flush both buffers every interval, and once more when cancelled (shutdown)."""
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval_s)
+                await self.flush()
+        finally:
+            await self.flush()
+
+    async def flush(self) -> bool:
+        ok_records = await asyncio.to_thread(self.records.flush, self.store)
+        ok_counters = await asyncio.to_thread(self.counters.flush, self.store)
+        if not (ok_records and ok_counters):
+            log.warning(
+                "store unavailable; holding %d counter cells and %d join records in memory",
+                self.counters.size,
+                self.records.size,
+            )
+        return ok_records and ok_counters
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pending_counter_cells": self.counters.size,
+            "pending_join_records": self.records.size,
+            "dropped_counter_increments": self.counters.dropped,
+            "dropped_join_records": self.records.dropped,
+            "last_error": self.counters.last_error or self.records.last_error,
+        }
+
+    # -- POST /v1/feedback --------------------------------------------------------------
+    def handle_feedback(self, request: Request, responder: Responder) -> None:
+        if request.method != b"POST":
+            _send(responder, error_response("method_not_allowed", "POST a feedback event or a list of them"))
+            return
+        try:
+            events, single = _parse_feedback(request.body or b"")
+        except FeedbackError as exc:
+            _send(responder, error_response(exc.reason, exc.message))
+            return
+        asyncio.get_running_loop().create_task(self._feedback(events, single, responder))
+
+    async def _feedback(
+        self, events: list[tuple[str, str, float]], single: bool, responder: Responder
+    ) -> None:
+        try:
+            results = [await self._one(*event) for event in events]
+        except StoreUnavailable as exc:
+            _send(
+                responder,
+                error_response(
+                    "store_unavailable", f"feedback not recorded, retry: {exc}", [(b"retry-after", b"1")]
+                ),
+            )
+            return
+        if single and results[0]["status"] not in ("accepted", "duplicate"):
+            res = results[0]
+            _send(responder, error_response(res["status"], res["message"]))
+            return
+        accepted = sum(r["status"] == "accepted" for r in results)
+        duplicates = sum(r["status"] == "duplicate" for r in results)
+        _send(
+            responder,
+            json_response(200, {"accepted": accepted, "duplicates": duplicates, "results": results}),
+        )
+
+    async def _one(self, request_id: str, metric: str, value: float) -> dict[str, Any]:
+        record = self.records.pending(JOIN_NAMESPACE, request_id)
+        if record is None:
+            record = await asyncio.to_thread(self.store.get_record, JOIN_NAMESPACE, request_id)
+        out: dict[str, Any] = {"request_id": request_id, "metric": metric}
+        if record is None:
+            hours = self.join_ttl_s / 3600
+            return {
+                **out,
+                "status": "unknown_request",
+                "message": f"request id {request_id!r} is unknown or expired: feedback joins requests that an "
+                f"experiment routed within the last {hours:g} h",
+            }
+        kind = record["m"].get(metric)
+        if kind is None:
+            declared = ", ".join(sorted(record["m"])) or "none"
+            return {
+                **out,
+                "status": "unknown_metric",
+                "message": f"experiment {record['e']!r} declares no metric {metric!r} (declared: {declared})",
+            }
+        if kind == "binary" and value not in (0, 1):
+            return {
+                **out,
+                "status": "bad_request",
+                "message": f"metric {metric!r} is binary: value must be 0, 1, true or false, got {value!r}",
+            }
+        key = f"{request_id}:{metric}"
+        if not await asyncio.to_thread(self.store.claim, _FEEDBACK_NAMESPACE, key, self.join_ttl_s):
+            return {**out, "status": "duplicate", "experiment": record["e"], "arm": record["a"]}
+        n, s, ss = metric_fields(metric)
+        self.counters.add_many(arm_group(record["e"], record["a"]), {n: 1, s: value, ss: value * value})
+        return {**out, "status": "accepted", "experiment": record["e"], "arm": record["a"]}
+
+
+def _send(responder: Responder, answer: tuple[int, list[tuple[bytes, bytes]], bytes]) -> None:
+    if not responder.done:
+        responder.respond(*answer)
+
+
+def _parse_feedback(body: bytes) -> tuple[list[tuple[str, str, float]], bool]:
+    """Validate the whole body before anything is recorded: all events or none."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FeedbackError("bad_request", f"feedback body is not valid JSON: {exc}") from None
+    single = isinstance(doc, dict)
+    items = [doc] if single else doc
+    if not isinstance(items, list) or not items:
+        raise FeedbackError(
+            "bad_request", 'send {"request_id", "metric", "value"} or a non-empty list of them'
+        )
+    if len(items) > _MAX_EVENTS:
+        raise FeedbackError("bad_request", f"at most {_MAX_EVENTS} feedback events per request")
+    events = []
+    for i, item in enumerate(items):
+        where = "" if single else f"[{i}]"
+        if not isinstance(item, dict):
+            raise FeedbackError("bad_request", f"{where or 'body'}: expected an object")
+        unknown = set(item) - {"request_id", "metric", "value"}
+        if unknown:
+            raise FeedbackError("bad_request", f"{where}{sorted(unknown)[0]}: unknown field")
+        rid, metric, value = item.get("request_id"), item.get("metric"), item.get("value")
+        if not isinstance(rid, str) or not 0 < len(rid) <= _MAX_ID:
+            raise FeedbackError(
+                "bad_request", f"{where}request_id: expected the x-meshgate-request-id of a request"
+            )
+        if not isinstance(metric, str) or not metric:
+            raise FeedbackError("bad_request", f"{where}metric: expected a metric name")
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise FeedbackError("bad_request", f"{where}value: expected a finite number or a boolean")
+        events.append((rid, metric, value))
+    return events, single
