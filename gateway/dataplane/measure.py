@@ -156,8 +156,8 @@ class Measurement:
             return {
                 **out,
                 "status": "unknown_request",
-                "message": f"request id {request_id!r} is unknown or expired: feedback joins requests that an "
-                f"experiment routed within the last {hours:g} h",
+                "message": f"request id {request_id!r} is unknown or expired: feedback joins requests "
+                f"that an experiment routed within the last {hours:g} h",
             }
         kind = record["m"].get(metric)
         if kind is None:
