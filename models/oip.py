@@ -45,6 +45,8 @@ DATATYPES: dict[str, np.dtype] = {
 }
 _DATATYPE_OF_DTYPE = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
 _DATATYPE_LIST = ", ".join(DATATYPES)
+_decode = json.JSONDecoder().decode
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class OipError(ValueError):
@@ -140,7 +142,7 @@ def parse_infer_request(body: bytes, specs: tuple[TensorSpec, ...] | None = None
     if not body:
         raise OipError("body", "empty; expected a JSON infer request")
     try:
-        doc = json.loads(body)
+        doc = _decode(body.decode())  # JSON is UTF-8 (RFC 8259); skips loads' encoding sniffing
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OipError("body", f"invalid JSON ({exc})") from exc
     _expect("body", doc, dict, "a JSON object")
@@ -373,7 +375,7 @@ def encode_infer_response(
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = outputs
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _encode(doc).encode()
 
 
 def metadata_document(

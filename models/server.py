@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import signal
-import sys
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -82,13 +81,26 @@ _Handler = Callable[[bytes, dict[bytes, bytes]], _Reply]
 class _App:
     """Routing and handlers for one model version; everything here is synchronous."""
 
-    __slots__ = ("_faults", "_model", "_recent", "date_line", "max_body", "routes")
+    __slots__ = (
+        "_faults",
+        "_model",
+        "_recent",
+        "connections",
+        "connections_total",
+        "date_line",
+        "max_body",
+        "requests_total",
+        "routes",
+    )
 
     def __init__(self, model: Model, faults: Faults, max_body: int, debug: bool) -> None:
         self._model = model
         self._faults = FaultInjector(faults)
         self._recent: deque[tuple[bytes, bytes, bytes | None, bytes | None]] = deque(maxlen=DEBUG_RING_SIZE)
         self.max_body = max_body
+        self.connections: set[_HttpConnection] = set()
+        self.connections_total = 0
+        self.requests_total = 0
         self.date_line = b""
         self.refresh_date()
         ok = _reply(200, model.metadata())
@@ -106,6 +118,7 @@ class _App:
         if debug:
             routes[b"/v2/debug/requests"] = (b"GET", self._debug_requests)
             routes[b"/v2/debug/faults"] = (b"POST", self._set_faults)
+            routes[b"/v2/debug/stats"] = (b"GET", self._stats)
         self.routes = routes
 
     def refresh_date(self) -> None:
@@ -159,6 +172,17 @@ class _App:
         ]
         return _reply(200, {"requests": requests})
 
+    def _stats(self, body: bytes, headers: dict[bytes, bytes]) -> _Reply:
+        """Connection and request counts: lets tests see whether a client reuses connections."""
+        return _reply(
+            200,
+            {
+                "connections_open": len(self.connections),
+                "connections_total": self.connections_total,
+                "requests_total": self.requests_total,
+            },
+        )
+
     def _set_faults(self, body: bytes, headers: dict[bytes, bytes]) -> _Reply:
         if not body:
             return _reply(200, {"faults": self._faults.faults.to_json()})
@@ -207,7 +231,6 @@ class _HttpConnection(asyncio.Protocol):
         "_chunk_left",
         "_chunk_state",
         "_chunks",
-        "_conns",
         "_content_length",
         "_done",
         "_headers",
@@ -225,9 +248,8 @@ class _HttpConnection(asyncio.Protocol):
         "last_seen",
     )
 
-    def __init__(self, app: _App, conns: set[_HttpConnection]) -> None:
+    def __init__(self, app: _App) -> None:
         self._app = app
-        self._conns = conns
         self._loop = asyncio.get_running_loop()
         self._answers: deque[_Answer] = deque()
         self._buf = bytearray()
@@ -245,12 +267,13 @@ class _HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._conns.add(self)
+        self._app.connections.add(self)
+        self._app.connections_total += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = True
         self._transport = None
-        self._conns.discard(self)
+        self._app.connections.discard(self)
         if self._linger is not None:
             self._linger.cancel()
         for answer in self._answers:
@@ -268,9 +291,9 @@ class _HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client is done sending: close once its pending answers are written (True keeps
-        the write side open until then)."""
+        the write side open until then), or now if one of them hangs: the client has gone."""
         self._done = True
-        return bool(self._answers)
+        return bool(self._answers) and all(answer.ready or answer.timer for answer in self._answers)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._loop.time()
@@ -469,6 +492,7 @@ class _HttpConnection(asyncio.Protocol):
         else:
             status, payload, delay = route[1](body, self._headers)
         if not path.startswith(b"/v2/debug/"):
+            app.requests_total += 1
             app.record(method, path, self._headers)
         self._emit(status, payload, delay, close=not self._keep_alive, allow=allow)
 
@@ -542,12 +566,11 @@ class _HttpConnection(asyncio.Protocol):
 class ModelServer:
     """A listening model server; `close()` stops it. Made by `start_model_server`."""
 
-    __slots__ = ("_app", "_conns", "_server", "_ticker", "host", "model", "port")
+    __slots__ = ("_app", "_server", "_ticker", "host", "model", "port")
 
-    def __init__(self, server: asyncio.Server, app: _App, conns: set[_HttpConnection], model: Model) -> None:
+    def __init__(self, server: asyncio.Server, app: _App, model: Model) -> None:
         self._server = server
         self._app = app
-        self._conns = conns
         self._ticker: asyncio.TimerHandle | None = None
         self.model = model
         self.host, self.port = server.sockets[0].getsockname()[:2]
@@ -562,7 +585,7 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         self._app.refresh_date()
         now = loop.time()
-        for conn in list(self._conns):
+        for conn in list(self._app.connections):
             conn.close_if_idle(now, idle_timeout)
         self._ticker = loop.call_later(1.0, self.tick, idle_timeout)
 
@@ -570,7 +593,7 @@ class ModelServer:
         if self._ticker is not None:
             self._ticker.cancel()
         self._server.close()
-        for conn in list(self._conns):
+        for conn in list(self._app.connections):
             conn.close()
         await self._server.wait_closed()
 
@@ -589,10 +612,9 @@ async def start_model_server(
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
     app = _App(model, faults, max_body_bytes, debug_endpoints)
-    conns: set[_HttpConnection] = set()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _HttpConnection(app, conns), host, port, backlog=1024)
-    model_server = ModelServer(server, app, conns, model)
+    server = await loop.create_server(lambda: _HttpConnection(app), host, port, backlog=1024)
+    model_server = ModelServer(server, app, model)
     model_server.tick(idle_timeout_s)
     return model_server
 
@@ -657,7 +679,4 @@ def run_model_server(
     except ImportError:
         asyncio.run(main())
     else:
-        if sys.version_info >= (3, 12):
-            asyncio.run(main(), loop_factory=uvloop.new_event_loop)
-        else:
-            uvloop.run(main())
+        uvloop.run(main())

@@ -78,7 +78,17 @@ def test_hang_is_never_answered_until_the_client_gives_up(
     server = serve("digits", "v1", faults=Faults(hang_rate=1.0))
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + INFER, content=body, timeout=httpx.Timeout(5.0, read=0.3))
-    assert httpx.get(server.url + "/v2/health/live").status_code == 200
+    with httpx.Client(base_url=server.url) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        for _ in range(200):  # the hung connection is dropped once the client has gone
+            if client.get("/v2/debug/stats").json()["connections_open"] == 1:
+                break
+            time.sleep(0.01)
+        assert client.get("/v2/debug/stats").json() == {
+            "connections_open": 1,
+            "connections_total": 2,
+            "requests_total": 2,
+        }
 
 
 def test_faults_change_at_runtime(serve: Callable[..., ThreadedServer], body: bytes) -> None:

@@ -323,3 +323,22 @@ def test_debug_ring_records_trace_headers(digits_v1: ThreadedServer, holdout: tu
         {"method": "POST", "path": INFER, "traceparent": traceparent, "x-request-id": None},
         {"method": "GET", "path": "/v2/health/live", "traceparent": None, "x-request-id": "rid-1"},
     ]
+
+
+def test_stats_show_connection_reuse(serve: Callable[..., ThreadedServer]) -> None:
+    server = serve("echo", "v1")
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(5):
+            assert client.get("/v2/health/live").status_code == 200
+        stats = client.get("/v2/debug/stats").json()
+    assert stats == {"connections_open": 1, "connections_total": 1, "requests_total": 5}
+
+
+def test_idle_keep_alive_connections_are_closed(
+    serve: Callable[..., ThreadedServer], raw: Callable[..., RawClient]
+) -> None:
+    server = serve("echo", "v1", idle_timeout_s=0.2)
+    client = raw(server.port)
+    client.send(http_request("GET", "/v2/health/live"))
+    assert client.read_json()[0] == 200
+    assert client.at_eof()  # the server's sweep closes it (within the socket timeout of 10 s)
