@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from ._deadlines import DeadlineWheel
 from ._errors import (
     CANCELLED,
     UPSTREAM_BAD_RESPONSE,
@@ -77,6 +78,7 @@ class Handle:
 
     __slots__ = (
         "_body",
+        "_bucket",
         "_callback",
         "_conn",
         "_endpoint",
@@ -85,7 +87,6 @@ class Handle:
         "_retried",
         "_state",
         "_stream_body",
-        "_timer",
     )
 
     _WAITING, _SENT, _ANSWERED, _DONE = 0, 1, 2, 3
@@ -108,7 +109,7 @@ class Handle:
         self._conn: _Connection | None = None
         self._state = self._WAITING
         self._retried = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._bucket: set | None = None  # its deadline-wheel bucket while armed
 
     @property
     def done(self) -> bool:
@@ -125,7 +126,7 @@ class Handle:
         self._state = self._DONE
 
     def _on_timeout(self) -> None:
-        self._timer = None
+        self._bucket = None
         conn = self._conn
         if conn is not None and conn.exchange is self:
             conn.exchange = None
@@ -134,18 +135,18 @@ class Handle:
 
     def _answer(self, response: UpstreamResponse) -> None:
         self._state = self._ANSWERED
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._bucket is not None:
+            self._bucket.discard(self)
+            self._bucket = None
         self._callback(response, None)
 
     def _fail(self, error: UpstreamError) -> None:
         if self._state >= self._ANSWERED:
             return
         self._state = self._DONE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._bucket is not None:
+            self._bucket.discard(self)
+            self._bucket = None
         self._callback(None, error)
 
 
@@ -269,10 +270,10 @@ class _Connection(asyncio.Protocol):
         exchange._state = Handle._SENT
         self.got_bytes = False
         body = exchange._body
-        if body:
-            self.transport.writelines((exchange._head, body))
+        if len(body) > 65536:
+            self.transport.writelines((exchange._head, body))  # no copy of a large body
         else:
-            self.transport.write(exchange._head)
+            self.transport.write(exchange._head + body if body else exchange._head)
         stream = exchange._stream_body
         if stream is not None:
             self._chunked_request = stream.length is None
@@ -533,7 +534,7 @@ class Endpoint:
         if self._closed:
             exchange._fail(UpstreamError(CANCELLED, "the upstream pool is closed"))
             return
-        exchange._timer = self.pool._loop.call_later(timeout, exchange._on_timeout)
+        exchange._bucket = self.pool._wheel.add(exchange, timeout)
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -677,12 +678,19 @@ class UpstreamPool:
         self.max_buffered_response = max_buffered_response
         self._endpoints: dict[str, Endpoint] = {}
         self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._wheel_ref: DeadlineWheel | None = None
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
         if self._loop_ref is None:
             self._loop_ref = asyncio.get_running_loop()
         return self._loop_ref
+
+    @property
+    def _wheel(self) -> DeadlineWheel:
+        if self._wheel_ref is None:
+            self._wheel_ref = DeadlineWheel(self._loop)
+        return self._wheel_ref
 
     def endpoint(
         self,
@@ -705,3 +713,5 @@ class UpstreamPool:
         self._endpoints.clear()
         for endpoint in endpoints:
             await endpoint.aclose()
+        if self._wheel_ref is not None:
+            self._wheel_ref.close()

@@ -156,7 +156,7 @@ class Responder:
         self._keep_alive = True
         self._pending: list[bytes] | None = None  # output held while an earlier response is unfinished
         self._pending_bytes = 0
-        self._disconnect_cbs: list[Callable[[], None]] | None = None
+        self._disconnect_cbs: Callable[[], None] | list[Callable[[], None]] | None = None
         self._writable_cbs: list[Callable[[], None]] | None = None
         self.disconnected = False
 
@@ -173,9 +173,13 @@ class Responder:
         if self.disconnected:
             callback()
         elif self._state != self._DONE:
-            if self._disconnect_cbs is None:
-                self._disconnect_cbs = []
-            self._disconnect_cbs.append(callback)
+            callbacks = self._disconnect_cbs
+            if callbacks is None:
+                self._disconnect_cbs = callback  # the common case: one listener, no list
+            elif isinstance(callbacks, list):
+                callbacks.append(callback)
+            else:
+                self._disconnect_cbs = [callbacks, callback]
 
     def _head(self, status: int, headers: Headers, length: int | None) -> list[bytes]:
         request = self.request
@@ -188,7 +192,7 @@ class Responder:
                 parts += (name, b": ", value, b"\r\n")
         if length is not None:
             if status not in _NO_BODY_STATUS and status >= 200:
-                parts += (b"content-length: ", str(length).encode(), b"\r\n")
+                parts.append(b"content-length: %d\r\n" % length)
         elif request.http_version == "1.1":
             self._chunked = True
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -286,9 +290,10 @@ class Responder:
         self.disconnected = True
         self._writable_cbs = None
         callbacks, self._disconnect_cbs = self._disconnect_cbs, None
-        if callbacks and self._state != self._DONE:
-            for callback in callbacks:
-                callback()
+        if callbacks is None or self._state == self._DONE:
+            return
+        for callback in callbacks if isinstance(callbacks, list) else (callbacks,):
+            callback()
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -601,9 +606,10 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- timeouts (checked by the server's sweep, not a timer per request) -----------------------
     def _set_deadline(self, head: bool) -> None:
-        limits = self._limits
-        timeout = limits.header_timeout if head else limits.keepalive_timeout
-        self._deadline = self._loop.time() + timeout
+        if head:
+            self._deadline = self._loop.time() + self._limits.header_timeout
+        else:  # on every response: the sweep's clock is precise enough and costs nothing
+            self._deadline = self._server.now + self._limits.keepalive_timeout
         self._deadline_is_head = head
 
     def _expire(self) -> None:
@@ -639,6 +645,7 @@ class Server:
         self._tick = min(max(min(limits.header_timeout, limits.keepalive_timeout) / 4, 0.01), 1.0)
         self._all_closed: asyncio.Future[None] | None = None
         self._port = 0
+        self.now = loop.time()  # refreshed by every sweep; a coarse clock for idle deadlines
 
     @property
     def port(self) -> int:
@@ -649,7 +656,7 @@ class Server:
         return tuple(self._server.sockets) if self._server is not None else ()
 
     def _sweep(self) -> None:
-        now = self.loop.time()
+        self.now = now = self.loop.time()
         for conn in list(self._connections):
             if conn._deadline and now >= conn._deadline:
                 conn._expire()
