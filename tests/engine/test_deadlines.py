@@ -28,8 +28,6 @@ async def test_items_fire_in_deadline_order_and_disarmed_ones_never() -> None:
     wheel.add(early, 0.03)
     disarmed = Item("disarmed", fired)
     wheel.add(disarmed, 0.05).discard(disarmed)
-    await asyncio.sleep(0.01)
-    assert fired == []
     await asyncio.sleep(0.3)
     assert fired == ["early", "late"]
     wheel.add(Item("closed", fired), 0.01)
