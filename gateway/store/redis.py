@@ -45,14 +45,25 @@ _WRITER_TTL_MS = 7 * 24 * 3600 * 1000
 # Record-index trimming tolerates this much clock skew between gateways (the record's
 # own native TTL is the truth; the index only lists candidates).
 _INDEX_SKEW_MS = 60_000
-# Redis replies that mean "not available now" rather than "your request is wrong".
+# The config watcher reconnects with exponential backoff between these bounds.
 _MIN_BACKOFF_S, _MAX_BACKOFF_S = 0.05, 5.0
-_UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY")
+# Redis replies that mean "not available now" rather than "your request is wrong": the
+# classes redis-py maps, and the codes it leaves as plain ResponseError text.
+_UNAVAILABLE_ERRORS = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+_UNAVAILABLE_CODES = re.compile(r"\b(MISCONF|BUSY|NOREPLICAS)\b")
 
+# Scripts start with a ``#!lua`` shebang: Redis 7 then refuses a write script up front when
+# it is out of memory or a read-only replica, instead of failing it halfway.
+#
 # Atomically: check the expected version, apply puts/deletes, bump and announce it.
 # KEYS: version, collection hashes...; ARGV: expect ('' = any), channel, then per write
 # (op 'p'|'d', collection key index, key, json).
-_COMMIT_LUA = """
+_COMMIT_LUA = """#!lua
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= v then return {0, v} end
 for i = 3, #ARGV, 4 do
@@ -71,7 +82,7 @@ return {1, v}
 # aligned with KEYS[3..] (deltas as strings: cjson would round floats to 14 digits).
 # Integers stay exact with HINCRBY; a float delta or a field that already holds a
 # float (HINCRBY refuses it) goes through HINCRBYFLOAT.
-_ADD_LUA = """
+_ADD_LUA = """#!lua
 if ARGV[1] ~= '' then
   local hwm = tonumber(redis.call('GET', KEYS[2]) or '0')
   if tonumber(ARGV[1]) <= hwm then return 0 end
@@ -242,7 +253,7 @@ class RedisStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis store {self._display} is unreachable ({what}): {exc}") from exc
         except redis.ResponseError as exc:
-            if str(exc).startswith(_UNAVAILABLE_REPLIES):
+            if isinstance(exc, _UNAVAILABLE_ERRORS) or _UNAVAILABLE_CODES.search(str(exc)):
                 raise StoreUnavailable(f"Redis store {self._display} refused {what}: {exc}") from exc
             raise
 

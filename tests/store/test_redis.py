@@ -241,6 +241,36 @@ def test_store_unavailable_while_redis_is_down_then_recovers(private_redis: Redi
         store.close()
 
 
+def test_a_full_or_read_only_redis_refuses_writes_as_unavailable(private_redis: RedisServer):
+    store = RedisStore(private_redis.url, prefix="t")
+    admin = private_redis.client()
+    try:
+        v = store.commit([Write("models", "m", {"n": 1})])
+        writes = {
+            "commit": lambda: store.commit([Write("models", "m", {"n": 2}), Write("flags", "f", {})]),
+            "add_counters": lambda: store.add_counters({"exp:{e}:arm:a": {"n": 1}}),
+            "put_records": lambda: store.put_records("join", {"r": {}}, ttl_s=60),
+            "claim": lambda: store.claim("fb", "r", ttl_s=60),
+        }
+        for setting, reason in (
+            (lambda: admin.config_set("maxmemory", 1), "maxmemory"),
+            (lambda: admin.replicaof("127.0.0.1", 1), "read only replica"),
+        ):
+            setting()
+            for call in writes.values():
+                with pytest.raises(StoreUnavailable, match=f"refused.*{reason}"):
+                    call()
+            assert store.get("models", "m") == {"n": 1}  # reads still work
+            admin.config_set("maxmemory", 0)
+            admin.replicaof("NO", "ONE")
+        assert store.config_version() == v  # no refused commit left half a write behind
+        assert store.get("flags", "f") is None
+        assert store.counters("exp:{e}:arm:a") == {}
+    finally:
+        admin.close()
+        store.close()
+
+
 def test_password_never_appears_in_errors():
     store = RedisStore("redis://:hunter2@127.0.0.1:1/0", prefix="t")  # nothing listens on port 1
     try:
