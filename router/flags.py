@@ -407,8 +407,9 @@ def evaluate(flag: CompiledFlag, targeting_key: str | None, attributes: Mapping[
 
 def route_version(
     flags: Sequence[CompiledFlag], key: str | None, attributes: Mapping[str, Any]
-) -> tuple[str, Evaluation] | None:
-    """The version pinned by the first of a model's routing flags that targets this caller.
+) -> tuple[CompiledFlag, Evaluation] | None:
+    """The first of a model's routing flags that pins this caller, with its evaluation
+    (whose ``value`` is the pinned version).
 
     Only ``TARGETING_MATCH`` and ``SPLIT`` pin: a flag that did not select the caller
     (``DEFAULT``), is off (``DISABLED``) or could not bucket them (``ERROR``) leaves the
@@ -420,5 +421,5 @@ def route_version(
         result = evaluate(flag, key, attributes)
         reason = result.reason
         if reason is Reason.TARGETING_MATCH or reason is Reason.SPLIT:
-            return result.value, result
+            return flag, result
     return None

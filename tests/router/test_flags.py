@@ -288,15 +288,15 @@ def test_route_version_pins_only_on_targeting_match_or_split():
     flags = [beta, ramp]
     pinned = route_version(flags, None, {"tier": "beta", "region": "eu"})
     assert pinned is not None
-    assert pinned[0] == "v2"
+    assert pinned[0] is beta and pinned[1].value == "v2"
     assert (pinned[1].reason, pinned[1].variant) == (Reason.TARGETING_MATCH, "new")
     # DEFAULT of both flags: nothing is pinned, the split and the model default apply.
     assert route_version(flags, "k", {"tier": "free", "region": "us"}) is None
     # The rollout pins by its own buckets.
     for key in KEYS[:300]:
-        version, result = route_version(flags, key, {"region": "eu"})
-        assert result.reason is Reason.SPLIT
-        assert version == ("v2" if bucket("b-ramp", key) < 5000 else "v1")
+        flag, result = route_version(flags, key, {"region": "eu"})
+        assert flag is ramp and result.reason is Reason.SPLIT
+        assert result.value == ("v2" if bucket("b-ramp", key) < 5000 else "v1")
     # No targeting key: the rollout errs and does not pin.
     assert route_version(flags, None, {"region": "eu"}) is None
     # A disabled flag does not pin.
