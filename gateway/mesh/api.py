@@ -111,6 +111,13 @@ class TokenBody(BaseModel):
     single_use: bool = True
 
 
+class RotateBody(BaseModel):
+    step: Literal["prepare", "activate", "drop-retired"] = Field(
+        description="prepare: trust a next root; activate (a leaf lifetime later): sign with it; "
+        "drop-retired (another leaf lifetime later): stop trusting the old one"
+    )
+
+
 class TokenResponse(BaseModel):
     token: str
     identities: list[str]
@@ -163,7 +170,7 @@ def ca_public_router(
 
 
 def ca_admin_router(ca: MeshCA, store: Store, *, tokens: JoinTokens | None = None) -> APIRouter:
-    """``POST /v1/ca/tokens`` (join tokens) and ``POST /v1/ca/rotate`` (new root, old one kept)."""
+    """``POST /v1/ca/tokens`` (join tokens) and ``POST /v1/ca/rotate`` (root rotation steps)."""
     join = tokens if tokens is not None else JoinTokens.open(ca.data_dir)
     router = APIRouter(route_class=_MeshRoute, tags=["ca"])
 
@@ -185,9 +192,14 @@ def ca_admin_router(ca: MeshCA, store: Store, *, tokens: JoinTokens | None = Non
         )
 
     @router.post("/v1/ca/rotate", response_model=BundleResponse)
-    def rotate() -> BundleResponse:
-        """Sign with a new root from now on; both roots stay in the published bundle."""
-        ca.rotate_root()
+    def rotate(body: RotateBody) -> BundleResponse:
+        """One step of a root rotation (see :mod:`gateway.mesh.ca`); the new bundle is published."""
+        if body.step == "prepare":
+            ca.prepare_root()
+        elif body.step == "activate":
+            ca.activate_root()
+        else:
+            ca.drop_retired_roots()
         ca.publish(store)
         return _bundle(ca)
 

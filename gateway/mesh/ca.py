@@ -3,19 +3,23 @@
 Choices, and why:
 
 * **Root lifetime 10 years.** Linkerd's most reported identity outage is an expired trust
-  anchor rotated by hand; a long-lived root that is rotated deliberately (``rotate_root``,
-  which keeps the old root in the bundle) avoids that cliff. The root's key never signs
-  anything but certificates, and it lives 0600 in the data dir.
+  anchor rotated by hand; a long-lived root, rotated deliberately in three steps, avoids that
+  cliff. The root's key signs nothing but certificates and lives 0600 in the data dir.
+* **Root rotation, bundle first**: ``prepare_root`` adds the next root to the bundle without
+  signing with it; once every workload has renewed (one leaf lifetime), ``activate_root``
+  signs with it and keeps the old root trusted; one more leaf lifetime later,
+  ``drop_retired_roots``. Switching the signer first would hand new-root leaves to peers that
+  do not trust that root yet.
 * **Name constraints.** The root carries a critical ``permittedSubtrees`` URI constraint on
   the trust domain, so even a leaf signed by mistake cannot name another trust domain, and
   OpenSSL checks this on every handshake.
 * **Leaves** carry exactly one URI SAN (the SPIFFE ID), ``digitalSignature``, serverAuth and
   clientAuth, a notBefore backdated by a minute for clock skew, and never outlive the root.
   Default lifetime 24 h (as Istio and Linkerd), at most 30 days.
-* **Bundle**: the active root followed by retired roots that are still valid, so workloads
-  keep trusting leaves from the old root while they rotate onto the new one.
+* **Bundle**: the active root, the prepared next root, then retired roots still valid.
 
-Files in the data dir: ``ca.key`` (0600), ``ca.crt`` and ``ca-retired.pem`` (public).
+Files in the data dir: ``ca.key`` (0600) and ``ca.crt``; ``ca-next.key`` (0600) and
+``ca-next.crt`` while a rotation is prepared; ``ca-retired.pem``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -67,6 +72,8 @@ CLOCK_SKEW_S = 60
 
 KEY_FILE = "ca.key"
 CERT_FILE = "ca.crt"
+NEXT_KEY_FILE = "ca-next.key"
+NEXT_CERT_FILE = "ca-next.crt"
 RETIRED_FILE = "ca-retired.pem"
 BUNDLE_COLLECTION, BUNDLE_KEY = "ca", "bundle"
 
@@ -129,24 +136,48 @@ def _check_key(public_key: object) -> None:
         raise CAError("bad_csr", f"unsupported key type {type(public_key).__name__}: use EC P-256")
 
 
+@dataclass(frozen=True, slots=True)
+class _Root:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def load(cls, key_path: Path, cert_path: Path) -> _Root | None:
+        """The pair at these paths, None when absent; CAError when it is unusable."""
+        if not key_path.exists():
+            return None
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CAError("not_initialised", f"cannot read {key_path} / {cert_path}: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+            raise CAError("not_initialised", f"{key_path} is not the EC key of {cert_path}")
+        return cls(key, cert)
+
+    def save(self, key_path: Path, cert_path: Path) -> None:
+        write_private(key_path, private_key_pem(self.key))
+        write_public(cert_path, _pem(self.cert))
+
+
 class MeshCA:
     """The mesh CA. Build with :meth:`init` (create or load) or :meth:`load` (must exist)."""
 
     def __init__(
         self,
         data_dir: Path,
-        key: ec.EllipticCurvePrivateKey,
-        root: x509.Certificate,
+        active: _Root,
         retired: list[x509.Certificate],
         *,
+        next_root: _Root | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.data_dir = data_dir
-        self._key = key
-        self.root = root
+        self._active = active
+        self._next = next_root
         self._retired = retired
         self._now = now
-        self.trust_domain = self._constrained_domain(root)
+        self.trust_domain = self._constrained_domain(active.cert)
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -171,29 +202,24 @@ class MeshCA:
                     f"the CA in {directory} is for trust domain {ca.trust_domain!r}, not {trust_domain!r}",
                 )
             return ca
-        key, root = cls._new_root(trust_domain, now())
-        ca = cls(directory, key, root, [], now=now)
+        ca = cls(directory, cls._new_root(trust_domain, now()), [], now=now)
         ca._save()
         return ca
 
     @classmethod
     def load(cls, data_dir: str | os.PathLike[str], *, now: Callable[[], float] = time.time) -> MeshCA:
         directory = Path(data_dir)
-        try:
-            key_pem = (directory / KEY_FILE).read_bytes()
-            cert_pem = (directory / CERT_FILE).read_text()
-        except FileNotFoundError:
-            raise CAError("not_initialised", f"no mesh CA in {directory}: run `meshgate ca init`") from None
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CAError("not_initialised", f"{directory / KEY_FILE} is not an EC private key")
+        active = _Root.load(directory / KEY_FILE, directory / CERT_FILE)
+        if active is None:
+            raise CAError("not_initialised", f"no mesh CA in {directory}: run `meshgate ca init`")
+        next_root = _Root.load(directory / NEXT_KEY_FILE, directory / NEXT_CERT_FILE)
         retired_path = directory / RETIRED_FILE
         retired_pem = retired_path.read_text() if retired_path.exists() else ""
         retired = load_certificates(retired_pem) if retired_pem.strip() else []
-        return cls(directory, key, x509.load_pem_x509_certificate(cert_pem.encode()), retired, now=now)
+        return cls(directory, active, retired, next_root=next_root, now=now)
 
     @staticmethod
-    def _new_root(trust_domain: str, now: float) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    def _new_root(trust_domain: str, now: float) -> _Root:
         key = ec.generate_private_key(ec.SECP256R1())
         # A fresh suffix makes every root's subject unique, so chain building never confuses
         # the active root with a retired one during rotation.
@@ -236,7 +262,7 @@ class MeshCA:
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256())
         )
-        return key, root
+        return _Root(key, root)
 
     @staticmethod
     def _constrained_domain(root: x509.Certificate) -> str:
@@ -251,19 +277,27 @@ class MeshCA:
         return uris[0]
 
     def _save(self) -> None:
+        """Write every file; in an order where a crash at any point leaves every root on disk."""
         write_public(self.data_dir / RETIRED_FILE, "".join(_pem(c) for c in self._retired))
-        write_private(
-            self.data_dir / KEY_FILE,
-            private_key_pem(self._key),
-        )
-        write_public(self.data_dir / CERT_FILE, _pem(self.root))
+        if self._next is not None:
+            self._next.save(self.data_dir / NEXT_KEY_FILE, self.data_dir / NEXT_CERT_FILE)
+        self._active.save(self.data_dir / KEY_FILE, self.data_dir / CERT_FILE)
+        if self._next is None:
+            (self.data_dir / NEXT_KEY_FILE).unlink(missing_ok=True)
+            (self.data_dir / NEXT_CERT_FILE).unlink(missing_ok=True)
 
     # -- trust bundle ----------------------------------------------------------------
     @property
+    def root(self) -> x509.Certificate:
+        """The root that signs leaves now."""
+        return self._active.cert
+
+    @property
     def roots(self) -> tuple[x509.Certificate, ...]:
-        """The active root first, then retired roots that have not expired."""
+        """The trust bundle: the active root, the prepared next root, retired roots not expired."""
         now = _utc(self._now())
-        return (self.root, *(c for c in self._retired if c.not_valid_after_utc > now))
+        prepared = () if self._next is None else (self._next.cert,)
+        return (self.root, *prepared, *(c for c in self._retired if c.not_valid_after_utc > now))
 
     def bundle_pem(self) -> str:
         return "".join(_pem(c) for c in self.roots)
@@ -272,19 +306,28 @@ class MeshCA:
     def fingerprint(self) -> str:
         return fingerprint(self.root)
 
-    def rotate_root(self) -> None:
-        """Start signing with a new root; the old one stays in the bundle until dropped or expired.
+    @property
+    def next_root(self) -> x509.Certificate | None:
+        return None if self._next is None else self._next.cert
 
-        Roll-out: rotate, publish the bundle, let every workload pick it up and renew (one half
-        life of the leaves), then :meth:`drop_retired_roots`.
-        """
-        key, root = self._new_root(self.trust_domain, self._now())
-        self._retired = [self.root, *self._retired]
-        self._key, self.root = key, root
+    def prepare_root(self) -> x509.Certificate:
+        """Step 1: create the next root and trust it, without signing with it (idempotent)."""
+        if self._next is None:
+            self._next = self._new_root(self.trust_domain, self._now())
+            self._save()
+        return self._next.cert
+
+    def activate_root(self) -> None:
+        """Step 2, at least one leaf lifetime after step 1: sign with the prepared root; the old
+        root stays trusted (retired) for the leaves it signed."""
+        if self._next is None:
+            raise CAError("bad_request", "no prepared root to activate: prepare one first")
+        self._retired = [self._active.cert, *self._retired]
+        self._active, self._next = self._next, None
         self._save()
 
     def drop_retired_roots(self) -> int:
-        """Stop trusting every retired root; returns how many were dropped."""
+        """Step 3, one leaf lifetime after step 2: stop trusting retired roots; returns how many."""
         dropped = len(self._retired)
         self._retired = []
         self._save()
@@ -357,7 +400,7 @@ class MeshCA:
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
             )
-            .sign(self._key, hashes.SHA256())
+            .sign(self._active.key, hashes.SHA256())
         )
 
     def issue(self, identity: str | SpiffeId, lifetime_s: float = DEFAULT_LEAF_LIFETIME_S) -> tuple[str, str]:

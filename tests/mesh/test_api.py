@@ -208,11 +208,20 @@ def test_token_response_describes_the_token(api, ca):
     assert time.time() + 50 < body["expires_at"] <= time.time() + 60
 
 
-def test_rotate_root_publishes_both_roots(api, ca, store):
+def test_root_rotation_steps_publish_the_bundle(api, ca, store):
     old = ca.fingerprint
-    body = httpx.post(f"{api.url}/v1/ca/rotate").json()
-    assert body["fingerprints"] == [ca.fingerprint, old]
-    assert store.get("ca", "bundle")["fingerprints"] == [ca.fingerprint, old]
+
+    def step(name: str) -> httpx.Response:
+        return httpx.post(f"{api.url}/v1/ca/rotate", json={"step": name})
+
+    assert _error(step("activate"), 400) == "bad_request"  # nothing prepared
+    assert _error(step("rotate-everything"), 400) == "bad_request"
+    prepared = step("prepare").json()["fingerprints"]
+    assert prepared[0] == old and len(prepared) == 2
+    assert store.get("ca", "bundle")["fingerprints"] == prepared
+    assert step("activate").json()["fingerprints"] == [prepared[1], old] == [ca.fingerprint, old]
+    assert step("drop-retired").json()["fingerprints"] == [ca.fingerprint]
+    assert store.get("ca", "bundle")["fingerprints"] == [ca.fingerprint]
 
 
 def test_a_workload_joins_once_and_renews_with_proofs_over_http(api, tmp_path):

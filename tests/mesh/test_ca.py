@@ -179,27 +179,46 @@ def test_lifetime_is_bounded(ca):
         ca.issue(MODEL, lifetime_s=365 * 86400)
 
 
-def test_root_rotation_keeps_old_leaves_valid_and_signs_with_the_new_root(ca, tmp_path):
+def test_root_rotation_trusts_the_next_root_before_signing_with_it(ca, tmp_path):
     _, old_leaf = ca.issue(MODEL)
-    old_fp = ca.fingerprint
-    ca.rotate_root()
-    assert ca.fingerprint != old_fp
-    assert len(ca.roots) == 2
+    old_root = ca.root
+    with pytest.raises(CAError) as info:
+        ca.activate_root()
+    assert info.value.code == "bad_request"
+    # Step 1: the next root is trusted, the old one still signs.
+    next_root = ca.prepare_root()
+    assert ca.prepare_root() == next_root  # idempotent
+    assert ca.roots == (old_root, next_root)
+    assert x509.load_pem_x509_certificate(ca.issue(MODEL)[1].encode()).issuer == old_root.subject
+    assert MeshCA.load(ca.data_dir).roots == (old_root, next_root)
+    # Step 2: the next root signs, the old one stays trusted.
+    ca.activate_root()
+    assert ca.root == next_root and ca.roots == (next_root, old_root) and ca.next_root is None
     _, new_leaf = ca.issue(MODEL)
-    assert x509.load_pem_x509_certificate(new_leaf.encode()).issuer == ca.root.subject
+    assert x509.load_pem_x509_certificate(new_leaf.encode()).issuer == next_root.subject
     for leaf in (old_leaf, new_leaf):
         assert _openssl_verify(tmp_path, ca.bundle_pem(), leaf).returncode == 0
     reloaded = MeshCA.load(ca.data_dir)
-    assert reloaded.fingerprint == ca.fingerprint and len(reloaded.roots) == 2
+    assert reloaded.root == next_root and reloaded.roots == (next_root, old_root)
+    assert not (ca.data_dir / "ca-next.key").exists()
+    # Step 3: the old root is dropped.
     assert ca.drop_retired_roots() == 1
     assert _openssl_verify(tmp_path, ca.bundle_pem(), old_leaf).returncode != 0
-    assert len(MeshCA.load(ca.data_dir).roots) == 1
+    assert MeshCA.load(ca.data_dir).roots == (next_root,)
+
+
+def test_a_mismatched_key_and_certificate_are_refused_on_load(ca, tmp_path):
+    other = MeshCA.init(tmp_path / "other")
+    (ca.data_dir / "ca.crt").write_bytes((other.data_dir / "ca.crt").read_bytes())
+    with pytest.raises(CAError, match="is not the EC key of"):
+        MeshCA.load(ca.data_dir)
 
 
 def test_expired_retired_roots_leave_the_bundle(tmp_path):
     clock = [time.time()]
     ca = MeshCA.init(tmp_path / "ca", now=lambda: clock[0])
-    ca.rotate_root()
+    ca.prepare_root()
+    ca.activate_root()
     assert len(ca.roots) == 2
     clock[0] += 11 * 365 * 86400
     assert ca.roots == (ca.root,)
@@ -212,7 +231,7 @@ def test_publish_writes_the_bundle_document_only_when_it_changes(ca, store):
     assert read_bundle(store) == ca.bundle_pem()
     doc = store.get("ca", "bundle")
     assert doc["trust_domain"] == "meshgate.local" and doc["fingerprints"] == [ca.fingerprint]
-    ca.rotate_root()
+    ca.prepare_root()
     assert ca.publish(store) is True and store.config_version() == version + 1
 
 

@@ -226,3 +226,40 @@ def test_the_ca_refuses_bad_renewal_proofs(ca, tmp_path):
     old_key_pem, old_pem = MeshCA.load(ca.data_dir, now=lambda: time.time() - 7200).issue(MODEL, 600)
     old_key = load_pem_private_key(old_key_pem.encode(), None)
     assert "expired" in refused(make_proof(csr_pem, old_pem, old_key))
+
+
+def test_workloads_keep_talking_through_a_root_rotation(ca, tmp_path):
+    """Bundle first: after `prepare` every renewal carries the next root into the live contexts,
+    so leaves of the new root are trusted the moment `activate` starts issuing them."""
+
+    async def main():
+        server_id = WorkloadIdentity(MODEL, tmp_path / "server", local_signer(ca))
+        client_id = WorkloadIdentity(GATEWAY, tmp_path / "client", local_signer(ca))
+        await server_id.start()
+        await client_id.start()
+        try:
+            client_ctx = client_id.client_context()
+            async with echo_server(server_id.server_context()) as server:
+                old = await connect(server.port, client_ctx)
+                next_root = ca.prepare_root()
+                await server_id.rotate()
+                await client_id.rotate()
+                ca.activate_root()
+                await client_id.rotate()  # the client now presents a leaf of the new root
+                issuer = x509.load_pem_x509_certificate(client_id.certificate_pem.encode()).issuer
+                assert issuer == next_root.subject
+                fresh = await connect(server.port, client_ctx)
+                assert (await fresh.ask()).startswith(GATEWAY + " ")
+                await server_id.rotate()  # and the server too
+                newest = await connect(server.port, client_ctx)
+                assert newest.server_serial == server_id.serial
+                assert (await newest.ask()).startswith(GATEWAY + " ")
+                assert (await old.ask()).startswith(GATEWAY + " ")
+                for conn in (old, fresh, newest):
+                    await conn.close()
+                assert server.accepted == [GATEWAY] * 3
+        finally:
+            await server_id.aclose()
+            await client_id.aclose()
+
+    asyncio.run(main())
