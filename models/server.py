@@ -106,19 +106,19 @@ class _App:
         ok = _reply(200, model.metadata())
         ready = _reply(200, {"name": model.name, "ready": True})
         base = f"/v2/models/{model.name}"
-        routes: dict[bytes, tuple[bytes, _Handler]] = {
-            b"/v2/health/live": (b"GET", _constant(_reply(200, {"live": True}))),
-            b"/v2/health/ready": (b"GET", _constant(_reply(200, {"ready": True}))),
-            b"/v2": (b"GET", _constant(_reply(200, {"name": "meshgate-model-server", "extensions": []}))),
+        routes: dict[bytes, dict[bytes, _Handler]] = {
+            b"/v2/health/live": {b"GET": _constant(_reply(200, {"live": True}))},
+            b"/v2/health/ready": {b"GET": _constant(_reply(200, {"ready": True}))},
+            b"/v2": {b"GET": _constant(_reply(200, {"name": "meshgate-model-server", "extensions": []}))},
         }
         for prefix in (base, f"{base}/versions/{model.version}"):
-            routes[prefix.encode()] = (b"GET", _constant(ok))
-            routes[f"{prefix}/ready".encode()] = (b"GET", _constant(ready))
-            routes[f"{prefix}/infer".encode()] = (b"POST", self._infer)
+            routes[prefix.encode()] = {b"GET": _constant(ok)}
+            routes[f"{prefix}/ready".encode()] = {b"GET": _constant(ready)}
+            routes[f"{prefix}/infer".encode()] = {b"POST": self._infer}
         if debug:
-            routes[b"/v2/debug/requests"] = (b"GET", self._debug_requests)
-            routes[b"/v2/debug/faults"] = (b"POST", self._set_faults)
-            routes[b"/v2/debug/stats"] = (b"GET", self._stats)
+            routes[b"/v2/debug/requests"] = {b"GET": self._debug_requests}
+            routes[b"/v2/debug/faults"] = {b"GET": self._get_faults, b"POST": self._set_faults}
+            routes[b"/v2/debug/stats"] = {b"GET": self._stats}
         self.routes = routes
 
     def refresh_date(self) -> None:
@@ -183,9 +183,11 @@ class _App:
             },
         )
 
+    def _get_faults(self, body: bytes, headers: dict[bytes, bytes]) -> _Reply:
+        return _reply(200, {"faults": self._faults.faults.to_json()})
+
     def _set_faults(self, body: bytes, headers: dict[bytes, bytes]) -> _Reply:
-        if not body:
-            return _reply(200, {"faults": self._faults.faults.to_json()})
+        """Replace all knobs (missing fields take their defaults, so `{}` heals the server)."""
         try:
             faults = Faults.from_json(json.loads(body))
         except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
@@ -485,12 +487,12 @@ class _HttpConnection(asyncio.Protocol):
         allow = None
         if route is None:
             status, payload, delay = app.not_found(path)
-        elif route[0] != method:
-            allow = route[0]
+        elif (handler := route.get(method)) is None:
+            allow = b", ".join(route)
             message = f"method {method.decode()} not allowed on {path.decode()}; use {allow.decode()}"
             status, payload, delay = 405, _error(message), 0.0
         else:
-            status, payload, delay = route[1](body, self._headers)
+            status, payload, delay = handler(body, self._headers)
         if not path.startswith(b"/v2/debug/"):
             app.requests_total += 1
             app.record(method, path, self._headers)

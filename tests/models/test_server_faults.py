@@ -100,7 +100,7 @@ def test_faults_change_at_runtime(serve: Callable[..., ThreadedServer], body: by
         assert client.post(INFER, content=body).status_code == 200
         assert client.post("/v2/debug/faults", json={"fail_after": 1}).status_code == 200
         assert [client.post(INFER, content=body).status_code for _ in range(3)] == [200, 500, 500]
-        assert client.post("/v2/debug/faults").json()["faults"]["fail_after"] == 1
+        assert client.get("/v2/debug/faults").json()["faults"]["fail_after"] == 1
 
 
 @pytest.mark.parametrize(
@@ -110,6 +110,7 @@ def test_faults_change_at_runtime(serve: Callable[..., ThreadedServer], body: by
         (b'{"eror_rate": 0.5}', "faults: unknown fault field(s) eror_rate"),
         (b"[1]", "faults: body: expected a JSON object"),
         (b"{", "faults: Expecting property name"),
+        (b"", "faults: Expecting value"),
     ],
 )
 def test_invalid_runtime_faults_are_rejected(

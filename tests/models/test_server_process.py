@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
 import sys
 
 import httpx
+import pytest
 
+from models.server import serve_model
 from models.zoo import digits_holdout, load_model
 from tests.models._support import infer_body
 
@@ -45,3 +48,24 @@ def test_run_model_server_in_a_process() -> None:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_serve_model_announces_itself_and_stops_when_cancelled(capsys: pytest.CaptureFixture[str]) -> None:
+    async def scenario() -> str:
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            serve_model(load_model("echo", "v7"), host="127.0.0.1", port=0, ready_event=ready)
+        )
+        await asyncio.wait_for(ready.wait(), 10)
+        url = re.fullmatch(r"serving echo v7 on (http://127\.0\.0\.1:\d+)\n", capsys.readouterr().out)
+        assert url, "no listening line"
+        async with httpx.AsyncClient(base_url=url.group(1)) as client:
+            assert (await client.get("/v2/models/echo/versions/v7/ready")).status_code == 200
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return url.group(1)
+
+    url = asyncio.run(scenario())
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/v2/health/live")
