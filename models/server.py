@@ -39,7 +39,6 @@ DEBUG_RING_SIZE = 256
 LINGER_S = 2.0  # how long a closing connection drains what the client still sends
 
 _REASONS = {
-    100: "Continue",
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
@@ -570,26 +569,27 @@ class ModelServer:
 
     __slots__ = ("_app", "_server", "_ticker", "host", "model", "port")
 
-    def __init__(self, server: asyncio.Server, app: _App, model: Model) -> None:
+    def __init__(self, server: asyncio.Server, app: _App, model: Model, idle_timeout_s: float) -> None:
         self._server = server
         self._app = app
         self._ticker: asyncio.TimerHandle | None = None
         self.model = model
         self.host, self.port = server.sockets[0].getsockname()[:2]
+        self._tick(idle_timeout_s)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def tick(self, idle_timeout: float) -> None:
+    def _tick(self, idle_timeout: float) -> None:
         """Once a second: refresh the Date header and close idle keep-alive connections."""
         loop = asyncio.get_running_loop()
         self._app.refresh_date()
         now = loop.time()
         for conn in list(self._app.connections):
             conn.close_if_idle(now, idle_timeout)
-        self._ticker = loop.call_later(1.0, self.tick, idle_timeout)
+        self._ticker = loop.call_later(1.0, self._tick, idle_timeout)
 
     async def close(self) -> None:
         if self._ticker is not None:
@@ -616,9 +616,7 @@ async def start_model_server(
     app = _App(model, faults, max_body_bytes, debug_endpoints)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _HttpConnection(app), host, port, backlog=1024)
-    model_server = ModelServer(server, app, model)
-    model_server.tick(idle_timeout_s)
-    return model_server
+    return ModelServer(server, app, model, idle_timeout_s)
 
 
 async def serve_model(
@@ -659,6 +657,7 @@ def run_model_server(
     port: int = 0,
     faults: Faults = Faults(),  # noqa: B008 - frozen, so a shared default is safe
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    debug_endpoints: bool = True,
 ) -> None:
     """Blocking entry point for `meshgate serve-model`: uvloop when importable, stops on SIGINT/SIGTERM.
 
@@ -674,7 +673,14 @@ def run_model_server(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve_model(model, host=host, port=port, faults=faults, max_body_bytes=max_body_bytes)
+            await serve_model(
+                model,
+                host=host,
+                port=port,
+                faults=faults,
+                max_body_bytes=max_body_bytes,
+                debug_endpoints=debug_endpoints,
+            )
 
     try:
         import uvloop
