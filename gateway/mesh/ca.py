@@ -414,6 +414,26 @@ class MeshCA:
         cert = self._leaf(key.public_key(), spiffe, lifetime_s)
         return private_key_pem(key), _pem(cert)
 
+    def issue_to(
+        self,
+        out_dir: str | os.PathLike[str],
+        identity: str | SpiffeId,
+        lifetime_s: float = DEFAULT_LEAF_LIFETIME_S,
+    ) -> tuple[Path, Path, Path]:
+        """``meshgate ca issue --out DIR``: write ``<id>.key`` (0600), ``<id>.crt`` and ``bundle.pem``.
+
+        ``<id>`` is the identity's path with ``/`` as ``-`` (``model-digits-v2``), so one directory
+        can hold several identities. Returns (cert, key, bundle) paths, the order
+        :func:`gateway.mesh.tls.server_context` takes them in.
+        """
+        spiffe = self._identity(identity)
+        key_pem, cert_pem = self.issue(spiffe, lifetime_s)
+        directory = private_dir(out_dir)
+        stem = spiffe.uri.split("/", 3)[3].replace("/", "-")
+        key = write_private(directory / f"{stem}.key", key_pem)
+        cert = write_public(directory / f"{stem}.crt", cert_pem)
+        return cert, key, write_public(directory / "bundle.pem", self.bundle_pem())
+
     def check_csr(
         self, csr_pem: str, identity: str | SpiffeId
     ) -> tuple[x509.CertificateSigningRequest, SpiffeId]:

@@ -44,24 +44,6 @@ def make_csr(key, uris: tuple[str, ...] = (MODEL,)) -> str:
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
-def write_pair(directory: Path, name: str, key_pem: str, cert_pem: str) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
-    key.write_text(key_pem)
-    key.chmod(0o600)
-    cert.write_text(cert_pem)
-    return cert, key
-
-
-def issue_files(ca: MeshCA, directory: Path, identity: str, lifetime_s: float = 3600) -> tuple[Path, Path]:
-    """Issue ``identity`` and write it as (cert file, key file)."""
-    return write_pair(
-        directory,
-        identity.rsplit("/", 2)[-2] + "-" + identity.rsplit("/", 1)[-1],
-        *ca.issue(identity, lifetime_s),
-    )
-
-
 @dataclass
 class EchoServer:
     """Answers each line with the caller's SPIFFE ID and certificate serial (hex)."""

@@ -16,8 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.mesh.ca import CLOCK_SKEW_S, CAError, MeshCA, read_bundle
-from gateway.mesh.identity import model_id
-from tests.mesh.conftest import MODEL, make_csr, write_pair
+from tests.mesh.conftest import MODEL, make_csr
 
 
 def _openssl_verify(tmp_path, bundle_pem: str, cert_pem: str) -> subprocess.CompletedProcess[str]:
@@ -235,9 +234,16 @@ def test_publish_writes_the_bundle_document_only_when_it_changes(ca, store):
     assert ca.publish(store) is True and store.config_version() == version + 1
 
 
-def test_issue_files_are_usable_by_openssl_and_keys_private(ca, tmp_path):
-    cert, key = write_pair(tmp_path / "out", "digits", *ca.issue(model_id("digits", "v2")))
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+def test_issue_to_writes_private_keys_usable_by_openssl(ca, tmp_path):
+    cert, key, bundle = ca.issue_to(tmp_path / "certs", "model/digits/v2")
+    gw_cert, gw_key, _ = ca.issue_to(tmp_path / "certs", "gateway/gw1")
+    assert (cert.name, key.name, gw_key.name) == (
+        "model-digits-v2.crt",
+        "model-digits-v2.key",
+        "gateway-gw1.key",
+    )
+    assert stat.S_IMODE(key.stat().st_mode) == stat.S_IMODE(gw_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "certs").stat().st_mode) == 0o700
     out = subprocess.run(
         ["openssl", "x509", "-in", cert, "-noout", "-ext", "subjectAltName"],
         capture_output=True,
@@ -245,3 +251,9 @@ def test_issue_files_are_usable_by_openssl_and_keys_private(ca, tmp_path):
         check=True,
     )
     assert MODEL in out.stdout
+    check = subprocess.run(
+        ["openssl", "verify", "-CAfile", bundle, cert, gw_cert], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    with pytest.raises(CAError):
+        ca.issue_to(tmp_path / "certs", "model/digits")

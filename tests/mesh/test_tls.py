@@ -14,17 +14,17 @@ import pytest
 from gateway.mesh.ca import MeshCA
 from gateway.mesh.identity import compile_patterns
 from gateway.mesh.tls import client_context, server_context, verify_peer
-from tests.mesh.conftest import GATEWAY, MODEL, connect, echo_server, exchange, issue_files
+from tests.mesh.conftest import GATEWAY, MODEL, connect, echo_server, exchange
 
 
 @pytest.fixture
 def server_ctx(ca, tmp_path) -> ssl.SSLContext:
-    cert, key = issue_files(ca, tmp_path / "server", MODEL)
+    cert, key = ca.issue_to(tmp_path / "server", MODEL)[:2]
     return server_context(cert, key, ca.bundle_pem())
 
 
 def _client(ca: MeshCA, tmp_path, identity: str = GATEWAY, *, bundle: str | None = None, lifetime_s=3600):
-    cert, key = issue_files(ca, tmp_path / "client", identity, lifetime_s)
+    cert, key = ca.issue_to(tmp_path / "client", identity, lifetime_s)[:2]
     return client_context(cert, key, bundle if bundle is not None else ca.bundle_pem())
 
 
@@ -127,7 +127,7 @@ def test_asyncio_server_refuses_before_the_handler_runs(ca, tmp_path, server_ctx
 
 def test_client_refuses_a_server_from_another_ca(ca, tmp_path):
     other = MeshCA.init(tmp_path / "other-ca")
-    cert, key = issue_files(other, tmp_path / "server", MODEL)
+    cert, key = other.issue_to(tmp_path / "server", MODEL)[:2]
     foreign_server = server_context(cert, key, ca.bundle_pem())
 
     async def main():
@@ -140,9 +140,9 @@ def test_client_refuses_a_server_from_another_ca(ca, tmp_path):
 
 def test_verify_peer_rejects_a_valid_certificate_for_another_identity(ca, tmp_path):
     """The gateway's check: the chain is fine, but it is not the registered identity."""
-    impostor_cert, impostor_key = issue_files(
-        ca, tmp_path / "impostor", "spiffe://meshgate.local/model/digits/v1"
-    )
+    impostor_cert, impostor_key = ca.issue_to(
+        tmp_path / "impostor", "spiffe://meshgate.local/model/digits/v1"
+    )[:2]
     impostor = server_context(impostor_cert, impostor_key, ca.bundle_pem())
 
     async def main():
@@ -167,7 +167,7 @@ def test_verify_peer_rejects_a_valid_certificate_for_another_identity(ca, tmp_pa
 
 
 def test_server_without_client_certificates_for_plain_clients(ca, tmp_path):
-    cert, key = issue_files(ca, tmp_path / "server", MODEL)
+    cert, key = ca.issue_to(tmp_path / "server", MODEL)[:2]
     ctx = server_context(cert, key, ca.bundle_pem(), require_client_cert=False)
     plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     plain.check_hostname = False
@@ -182,7 +182,7 @@ def test_server_without_client_certificates_for_plain_clients(ca, tmp_path):
 
 
 def test_contexts_refuse_old_protocols_and_bad_bundles(ca, tmp_path):
-    cert, key = issue_files(ca, tmp_path / "server", MODEL)
+    cert, key = ca.issue_to(tmp_path / "server", MODEL)[:2]
     ctx = server_context(cert, key, ca.bundle_pem())
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2 and ctx.verify_mode == ssl.CERT_REQUIRED
     client = client_context(cert, key, ca.data_dir / "ca.crt")  # a Path is a bundle file
