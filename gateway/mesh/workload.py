@@ -122,6 +122,7 @@ class WorkloadIdentity:
         self._bundle = ""
         self._refresh_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._rotating = asyncio.Lock()  # a manual rotate() and the timer's never interleave
         self.rotations = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -164,12 +165,14 @@ class WorkloadIdentity:
 
     def server_context(self, *, require_client_cert: bool = True) -> ssl.SSLContext:
         """A mesh server context that follows every rotation."""
+        self._current()
         ctx = server_context(self.identity_file, None, self._bundle, require_client_cert=require_client_cert)
         self._contexts.add(ctx)
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
         """A mesh client context (for the upstream pool) that follows every rotation."""
+        self._current()
         ctx = client_context(self.identity_file, None, self._bundle)
         self._contexts.add(ctx)
         return ctx
@@ -193,15 +196,20 @@ class WorkloadIdentity:
             self._task = None
 
     async def rotate(self) -> None:
-        """Renew now: new key, CSR, signature, checks, then the files and every live context."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr_pem = _csr(key, self.identity)
-        current, renewal = self._creds, None
-        if current is not None and self._now() < current.not_after:
-            renewal = make_proof(csr_pem, current.cert_pem, current.key)
-        issued = await self._signer(SignRequest(self.identity, csr_pem, renewal))
-        self._install(self._checked(key, issued), issued.bundle)
-        self.rotations += current is not None  # renewals only, not the first certificate
+        """Renew now: new key, CSR, signature, checks, then the files and every live context.
+
+        With a current certificate still valid, the signer gets a renewal proof; once it has
+        expired (renewals failed for half a lifetime), only a new join token can help.
+        """
+        async with self._rotating:
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr_pem = _csr(key, self.identity)
+            current, renewal = self._creds, None
+            if current is not None and self._now() < current.not_after:
+                renewal = make_proof(csr_pem, current.cert_pem, current.key)
+            issued = await self._signer(SignRequest(self.identity, csr_pem, renewal))
+            self._install(self._checked(key, issued), issued.bundle)
+            self.rotations += current is not None  # renewals only, not the first certificate
 
     # -- internals -------------------------------------------------------------------
     def _checked(self, key: ec.EllipticCurvePrivateKey, issued: Issued) -> _Credentials:

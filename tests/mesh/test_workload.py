@@ -263,3 +263,11 @@ def test_workloads_keep_talking_through_a_root_rotation(ca, tmp_path):
             await client_id.aclose()
 
     asyncio.run(main())
+
+
+def test_contexts_need_a_certificate_first(ca, tmp_path):
+    wi = WorkloadIdentity(MODEL, tmp_path / "svid", local_signer(ca))
+    with pytest.raises(RuntimeError, match="await start"):
+        wi.server_context()
+    with pytest.raises(RuntimeError, match="await start"):
+        wi.client_context()
