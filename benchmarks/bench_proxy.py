@@ -1,11 +1,13 @@
 """Proxy cost side by side, in one run: the upstream directly, meshgate's engine, and nginx (90/10 split).
 
-    python -m benchmarks.bench_proxy [--duration 10] [--upstream model|static|both] [--profile]
+    python -m benchmarks.bench_proxy [--duration 5] [--rounds 3] [--upstream model|static|both] [--profile]
 
 For each upstream kind, two upstream processes (weights 90 and 10) are started; each proxy is
 driven with wrk -t1 -c32 and -c1 with an 84-byte Open Inference Protocol body. Reported per
 target: requests/s, p50/p99, non-2xx, and the proxy's CPU per request (utime+stime deltas from
-/proc of the proxy's processes divided by the requests served). Writes
+/proc of the proxy's processes divided by the requests served). Targets are measured in
+interleaved rounds and each figure is the median over rounds, so that background load on a
+shared machine hits every target alike; errors are summed. Writes
 benchmarks/results/proxy.json and prints a markdown table.
 
 Upstream kinds: `model` is the reference model server (models.server, `sum` v1/v2) — what the
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -93,7 +96,19 @@ def measure(url: str, pids: list[int], connections: int, duration: float) -> dic
     return result
 
 
-def bench_kind(kind: str, duration: float, profile: bool) -> dict:
+def median_of(runs: list[dict]) -> dict:
+    """Median of each figure over rounds (errors and requests summed), keeping every round's rps."""
+    out = dict(runs[0])
+    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "duration_s"):
+        values = [run[key] for run in runs if run[key] is not None]
+        out[key] = round(statistics.median(values), 1) if values else None
+    for key in ("requests", "non_2xx", "socket_errors", "errors"):
+        out[key] = sum(run[key] for run in runs)
+    out["rounds_rps"] = [run["rps"] for run in runs]
+    return out
+
+
+def bench_kind(kind: str, duration: float, rounds: int, profile: bool) -> dict:
     with ExitStack() as stack:
         primary, primary_url = stack.enter_context(running(*upstream_command(kind, "v1")))
         _, secondary_url = stack.enter_context(running(*upstream_command(kind, "v2")))
@@ -113,13 +128,16 @@ def bench_kind(kind: str, duration: float, profile: bool) -> dict:
         except NginxMissing as exc:
             nginx_note = str(exc)
             print(nginx_note, file=sys.stderr)
-        rows: dict[str, dict] = {}
-        for name, (url, pids) in targets.items():
-            rows[name] = {
-                "c32": measure(url, pids, 32, duration),
-                "c1": measure(url, pids, 1, duration),
-            }
-            print(f"[{kind}] {name}: {json.dumps(rows[name])}", file=sys.stderr)
+        runs: dict[str, dict[str, list[dict]]] = {name: {"c32": [], "c1": []} for name in targets}
+        for i in range(rounds):
+            for name, (url, pids) in targets.items():
+                for label, connections in (("c32", 32), ("c1", 1)):
+                    result = measure(url, pids, connections, duration)
+                    runs[name][label].append(result)
+                    print(f"[{kind} round {i + 1}] {name} {label}: {json.dumps(result)}", file=sys.stderr)
+        rows = {
+            name: {label: median_of(r) for label, r in by_label.items()} for name, by_label in runs.items()
+        }
         if profile:
             rows["meshgate"]["profile"] = profile_meshgate(targets["meshgate"][0], meshgate.pid, duration)
     return {"rows": rows, "nginx": nginx_note, "ratios": ratios(rows)}
@@ -212,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "static-upstream"])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument("--upstream", choices=["model", "static", "both"], default="both")
     parser.add_argument("--profile", action="store_true", help="py-spy the meshgate proxy at saturation")
     args = parser.parse_args(argv)
@@ -226,8 +245,11 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "body_bytes": len(BODY),
         "duration_s": args.duration,
+        "rounds": args.rounds,
+        "load_average_before": os.getloadavg(),
         "kinds": {
-            kind: bench_kind(kind, args.duration, args.profile and kind == kinds[-1]) for kind in kinds
+            kind: bench_kind(kind, args.duration, args.rounds, args.profile and kind == kinds[-1])
+            for kind in kinds
         },
     }
     (RESULTS / "proxy.json").write_text(json.dumps(results, indent=2))
@@ -238,9 +260,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve_static() -> None:
     """A fixed-response OIP upstream on the engine (the `static` kind), printing its URL."""
-    import uvloop
-
-    from gateway.http import Request, Responder, start_server
+    from gateway.http import Request, Responder, new_event_loop, start_server, tune_gc
 
     headers = [(b"content-type", b"application/json")]
 
@@ -249,10 +269,11 @@ def serve_static() -> None:
 
     async def serve() -> None:
         server = await start_server(handler, "127.0.0.1", 0)
+        tune_gc()
         print(f"http://127.0.0.1:{server.port}", flush=True)
         await asyncio.Event().wait()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner, suppress(KeyboardInterrupt):
+    with asyncio.Runner(loop_factory=new_event_loop) as runner, suppress(KeyboardInterrupt):
         runner.run(serve())
 
 

@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._headers import HOP_BY_HOP, JSON_HEADERS, Headers, error_body, proxy_headers
 from ._pool import Endpoint, Handle, UpstreamPool, UpstreamResponse, relay, upstream_error
+from ._runtime import new_event_loop, tune_gc
 from ._server import Handler, Request, Responder, Server, ServerLimits, start_server, status_line
 from ._stream import BodyStream, StreamError, pipe
 
@@ -61,10 +62,12 @@ __all__ = [
     "UpstreamPool",
     "UpstreamResponse",
     "error_body",
+    "new_event_loop",
     "pipe",
     "proxy_headers",
     "relay",
     "start_server",
     "status_line",
+    "tune_gc",
     "upstream_error",
 ]

@@ -265,6 +265,8 @@ class _Connection(asyncio.Protocol):
 
     # -- the request side ----------------------------------------------------------------------
     def assign(self, exchange: Handle) -> None:
+        # per-response state is reset here rather than in on_message_begin: one callback fewer
+        self._reset_response()
         self.exchange = exchange
         exchange._conn = self
         exchange._state = Handle._SENT
@@ -308,9 +310,6 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"0\r\n\r\n")
 
     # -- httptools callbacks -------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reset_response()
-
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in _DROP_RESPONSE:
@@ -325,7 +324,9 @@ class _Connection(asyncio.Protocol):
         parser = self._parser
         self._status = status = parser.get_status_code()
         if status < 200:
-            return  # an interim response; the final one follows
+            self._headers = []  # an interim response; the final one follows
+            self._length = None
+            return
         self._keep_alive = parser.should_keep_alive()
         exchange = self.exchange
         if exchange is None:

@@ -14,8 +14,6 @@ import itertools
 import random
 import sys
 
-import uvloop
-
 from gateway.http import (
     JSON_HEADERS,
     Request,
@@ -26,9 +24,11 @@ from gateway.http import (
     UpstreamPool,
     UpstreamResponse,
     error_body,
+    new_event_loop,
     proxy_headers,
     relay,
     start_server,
+    tune_gc,
 )
 
 
@@ -98,6 +98,7 @@ async def serve_proxy(
 async def _main(args: argparse.Namespace) -> None:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     server, _, pool = await serve_proxy(args.upstream, args.host, args.port, weights=weights)
+    tune_gc()
     print(f"LISTENING {server.port}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:
             runner.run(_main(args))
         except KeyboardInterrupt:
