@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.store.base import Document, Store, StoreUnavailable
@@ -59,28 +59,28 @@ class _WriteBehind:
         """Entries held in memory (pending plus in flight)."""
         return self._size
 
-    def _hold(self, outer: str, inner: str, value: Any, merge: bool) -> None:
+    def _hold(self, outer: str, items: Iterable[tuple[str, Any]], merge: bool) -> None:
         with self._lock:
-            self._hold_locked(outer, inner, value, merge)
-
-    def _hold_locked(self, outer: str, inner: str, value: Any, merge: bool) -> None:
-        entries = self._pending.get(outer)
-        if entries is not None and inner in entries:
-            entries[inner] = entries[inner] + value if merge else value
-        elif self._size >= self._limit:
-            self.dropped += 1
-        else:
-            if entries is None:
-                entries = self._pending[outer] = {}
-            entries[inner] = value
-            self._size += 1
+            entries = self._pending.get(outer)
+            for inner, value in items:
+                if entries is not None and inner in entries:
+                    entries[inner] = entries[inner] + value if merge else value
+                elif self._size >= self._limit:
+                    self.dropped += 1
+                else:
+                    if entries is None:
+                        entries = self._pending[outer] = {}
+                    entries[inner] = value
+                    self._size += 1
 
     def flush(self, store: Store) -> bool:
         """Send the batch a failed flush left in flight (if any), then everything pending.
 
         Returns True when all of it was written. On ``StoreUnavailable`` the batch stays
-        in flight for the next flush, ``last_error`` says why and it returns False. Other
-        errors propagate (the batch is kept, too).
+        in flight for the next flush, ``last_error`` says why and it returns False. A batch
+        the store refuses as malformed (``ValueError``/``TypeError``, e.g. a bad counter
+        group name) could never succeed, so it is counted in ``dropped`` and the error is
+        re-raised instead of blocking every later flush.
         """
         with self._flush_lock:
             for _ in range(2 if self._inflight is not None else 1):
@@ -95,10 +95,22 @@ class _WriteBehind:
                 except StoreUnavailable as exc:
                     self.last_error = str(exc)
                     return False
+                except (ValueError, TypeError) as exc:
+                    self.last_error = f"batch dropped: {exc}"
+                    self._discard_inflight()
+                    raise
                 self.last_error = None
                 with self._lock:
                     self._inflight = None
             return True
+
+    def _discard_inflight(self) -> None:
+        with self._lock:
+            if self._inflight is not None:
+                n = sum(len(entries) for entries in self._inflight.values())
+                self._size -= n
+                self.dropped += n
+                self._inflight = None
 
     def _release(self, n: int) -> None:
         with self._lock:
@@ -132,15 +144,13 @@ class CounterBuffer(_WriteBehind):
 
     def add(self, group: str, field: str, delta: int | float) -> None:
         _check_delta(group, field, delta)
-        self._hold(group, field, delta, merge=True)
+        self._hold(group, ((field, delta),), merge=True)
 
     def add_many(self, group: str, deltas: Mapping[str, int | float]) -> None:
         """Several fields of one group under one lock (one request's outcome: n, sum, sum², bucket)."""
         for field, delta in deltas.items():
             _check_delta(group, field, delta)
-        with self._lock:
-            for field, delta in deltas.items():
-                self._hold_locked(group, field, delta, merge=True)
+        self._hold(group, deltas.items(), merge=True)
 
     def _started(self) -> None:
         self._seq += 1
@@ -169,7 +179,7 @@ class RecordBuffer(_WriteBehind):
         self.ttl_s = ttl_s
 
     def put(self, namespace: str, key: str, doc: Document) -> None:
-        self._hold(namespace, key, doc, merge=False)
+        self._hold(namespace, ((key, doc),), merge=False)
 
     def pending(self, namespace: str, key: str) -> Document | None:
         """The newest not-yet-written record for ``key``, if this buffer holds one."""

@@ -116,6 +116,29 @@ def test_buffers_reject_bad_input():
         RecordBuffer(ttl_s=0)
 
 
+def test_a_malformed_batch_is_dropped_counted_and_does_not_block_later_flushes(store):
+    store_rejects = isinstance(store, RedisStore)  # SQLite accepts any name
+    buf, records = CounterBuffer(), RecordBuffer(ttl_s=60)
+    buf.add("exp:{ab}:arm:v1", "n", 1)
+    buf.add("exp:a}b", "n", 1)  # Redis refuses a group with a broken {tag}
+    records.put("join", "r1", {"arm": "v1"})
+    records.put("join:bad", "r2", {"arm": "v1"})  # and a namespace with ':'
+    if not store_rejects:
+        assert buf.flush(store) and records.flush(store)
+        return
+    with pytest.raises(ValueError, match="tag"):
+        buf.flush(store)
+    with pytest.raises(ValueError, match="namespace"):
+        records.flush(store)
+    assert (buf.dropped, buf.size) == (2, 0)
+    assert (records.dropped, records.size) == (1, 0)
+    assert "batch dropped" in (buf.last_error or "")
+    buf.add("exp:{ab}:arm:v1", "n", 5)
+    assert buf.flush(store) is True
+    assert store.counters("exp:{ab}:arm:v1") == {"n": 5}
+    assert store.get_record("join", "r1") == {"arm": "v1"}  # written before the bad namespace
+
+
 # -- faults on a private Redis ----------------------------------------------------------
 @pytest.fixture
 def private_store(private_redis: RedisServer):
