@@ -137,9 +137,11 @@ class CounterBuffer(_WriteBehind):
 
     __slots__ = ("_seq", "writer")
 
-    def __init__(self, *, max_cells: int = 50_000, writer: str | None = None) -> None:
+    def __init__(self, *, max_cells: int = 50_000) -> None:
         super().__init__(max_cells)
-        self.writer = writer or uuid.uuid4().hex
+        # Random per buffer, never reused: a restarted gateway reusing an id would start again
+        # at seq 1, below its old high-water mark, and its batches would be skipped.
+        self.writer = uuid.uuid4().hex
         self._seq = 0
 
     def add(self, group: str, field: str, delta: int | float) -> None:
