@@ -15,7 +15,7 @@ from typing import Any
 from experiments.flags import Flag
 from router.flags import CompiledFlag
 from router.policy import PolicyError, TrafficPolicy, fallback_chain, merge
-from router.table import ModelRoute, RouteTable, Shadow, Split, VersionRoute
+from router.table import ModelRoute, RouteTable, Split, VersionRoute
 
 __all__ = ["ACTIVE_STATUSES", "COLLECTIONS", "build_route_table", "compile_policies"]
 
@@ -74,10 +74,6 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
             )
             for v, d in vdocs.items()
         }
-        shadow_policy = TrafficPolicy.from_dict(mdoc["policy"]).shadow if mdoc.get("policy") else None
-        shadow = None
-        if shadow_policy is not None and shadow_policy.version in versions:
-            shadow = Shadow(shadow_policy.version, shadow_policy.percent)
         exp = experiments.get(name)
         models[name] = ModelRoute(
             name=name,
@@ -85,6 +81,5 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
             versions=versions,
             split=_split_for(exp, versions) if exp else None,
             flags=tuple(flags_by_model.get(name, ())),
-            shadow=shadow,
         )
     return RouteTable(config_version, models, flags)

@@ -20,7 +20,7 @@ from typing import Any
 
 from router.hashing import bucket
 
-__all__ = ["NO_ARM", "Choice", "ModelRoute", "RouteTable", "Shadow", "Split", "VersionRoute"]
+__all__ = ["NO_ARM", "Choice", "ModelRoute", "RouteTable", "Split", "VersionRoute"]
 
 BUCKETS = 10_000
 NO_ARM = 255  # bucket not allocated to any arm: the default version serves it
@@ -74,21 +74,12 @@ class Split:
 
 
 @dataclass(frozen=True, slots=True)
-class Shadow:
-    """Mirror ``percent`` of the model's requests to ``version`` (never waited for)."""
-
-    version: str
-    percent: float
-
-
-@dataclass(frozen=True, slots=True)
 class ModelRoute:
     name: str
     default_version: str | None
     versions: Mapping[str, VersionRoute]
     split: Split | None = None
     flags: tuple[Any, ...] = ()  # router.flags compiled flags that route this model
-    shadow: Shadow | None = None
 
 
 @dataclass(frozen=True, slots=True)

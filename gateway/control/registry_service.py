@@ -8,12 +8,15 @@ optimistic transaction, so two control planes on one Redis cannot corrupt a mode
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from experiments.routes import compile_policies
 from gateway.control.errors import ApiError
 from gateway.control.transact import transact
 from gateway.store import Store, Write
 from models.registry import Model, ModelVersion, validate_name
+from router.policy import PolicyError, validate_fallbacks
 
 __all__ = ["RegistryService", "load_models"]
 
@@ -30,6 +33,28 @@ def load_models(snap: Mapping[str, Mapping[str, dict]]) -> dict[str, Model]:
         name: Model(name, doc.get("default_version"), versions.get(name, {}), doc.get("policy"))
         for name, doc in snap.get("models", {}).items()
     }
+
+
+def check_policies(
+    model_policy: Mapping[str, Any] | None, version_policies: Mapping[str, Mapping[str, Any] | None]
+) -> None:
+    """Every version's effective policy compiles, and fallback/shadow targets form no cycle.
+
+    Raises PolicyError with a path such as ``versions.v1.fallback_version``. A model-wide
+    shadow never mirrors the shadow version to itself, so that case is not an error.
+    """
+    policies = compile_policies(model_policy, version_policies)
+    validate_fallbacks(
+        {
+            v: replace(p, shadow=None) if p.shadow and p.shadow.version == v else p
+            for v, p in policies.items()
+        },
+        set(version_policies),
+    )
+
+
+def _policy_error(exc: PolicyError, status: int = 422) -> ApiError:
+    return ApiError(status, "invalid_policy" if status == 422 else "conflict", f"policy: {exc}")
 
 
 def _model_doc(model: Model, **changes: Any) -> dict[str, Any]:
@@ -101,6 +126,10 @@ class RegistryService:
                 changes["default_version"] = default_version
             if set_policy:
                 changes["policy"] = dict(policy) if policy is not None else None
+                try:
+                    check_policies(changes["policy"], {v: d.policy for v, d in model.versions.items()})
+                except PolicyError as exc:
+                    raise _policy_error(exc) from None
             return [Write("models", name, _model_doc(model, **changes))], None
 
         transact(self.store, _COLLS, plan)
@@ -124,6 +153,11 @@ class RegistryService:
                 )
                 raise ApiError.conflict(f"{name}/{version} is the default version; {hint}")
             _refuse_if_in_experiment(snap, name, version)
+            rest = {v: d.policy for v, d in model.versions.items() if v != version}
+            try:
+                check_policies(model.policy, rest)
+            except PolicyError as exc:
+                raise _policy_error(exc, 409) from None
             return [Write("versions", f"{name}/{version}", None)], None
 
         transact(self.store, _COLLS, plan)

@@ -24,6 +24,7 @@ from router.table import Choice, ModelRoute
 
 if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.shadow import ShadowCopy
     from gateway.http import Request, Responder
     from router.resilience import VersionRuntime
 
@@ -72,6 +73,7 @@ class Exchange:
         "fallback",
         "model",
         "request_id",
+        "shadow",
         "t0",
         "version",
     )
@@ -105,6 +107,7 @@ class Exchange:
         self.fallback = False
         self.done = False
         self.attempts = 0
+        self.shadow: ShadowCopy | None = None
         self._rt: VersionRuntime | None = None
         self._admitted = False
         self._attempt = 0

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from experiments.ofrep import OfrepService
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.responses import error_response
+from gateway.dataplane.shadow import ShadowCopy, ShadowStats
 from gateway.http import Request, Responder, UpstreamPool, UpstreamResponse, proxy_headers
 from router.choose import choose_version
 from router.deadline import Deadline, DeadlineHeaderError
 from router.resilience import VersionRuntime
-from router.table import Choice, ModelRoute, RouteTable, VersionRoute
+from router.table import Choice, RouteTable, VersionRoute
 
 __all__ = ["DataPlane", "PlaneStats"]
 
@@ -67,6 +68,7 @@ class DataPlane:
         self.ofrep = OfrepService({}, 0)
         self._runtimes: dict[tuple[str, str], VersionRuntime] = {}
         self._targets: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._shadows: dict[tuple[str, str, str], ShadowStats] = {}
 
     # -- configuration ----------------------------------------------------------------------
     def set_table(self, table: RouteTable) -> None:
@@ -204,7 +206,64 @@ class DataPlane:
         target = infer_target if action == "infer" else (meta_target + b"/ready" if action else meta_target)
         headers = request_headers(request, rid, timeout is not None)
         rid = rid or headers[-1][1].decode()
-        Exchange(self, request, responder, model, choice, target, headers, deadline, rid).start()
+        ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid)
+        if action == "infer" and request.body is not None:
+            shadow = self._runtimes[(name, choice.version)].shadow_version()
+            if shadow is not None and shadow != choice.version and shadow in model.versions:
+                ex.shadow = ShadowCopy.start(
+                    self,
+                    model,
+                    choice.version,
+                    shadow,
+                    target,
+                    headers,
+                    request.body,
+                    deadline.try_timeout_s(),
+                )
+        ex.start()
+
+    # -- views --------------------------------------------------------------------------
+    def health(self, model: str) -> dict | None:
+        """Resilience state of a model's versions in this process (None: not routed here)."""
+        route = self.table.models.get(model)
+        if route is None:
+            return None
+        shadows = self.shadow_report(model)
+        return {
+            "model": model,
+            "config_version": self.table.config_version,
+            "default_version": route.default_version,
+            "experiment": route.split.experiment if route.split else None,
+            "versions": {
+                v: {
+                    "endpoints": list(vr.endpoints),
+                    "fallback": list(vr.fallback),
+                    **self._runtimes[(model, v)].snapshot(),
+                    "shadows": shadows.get(v, []),
+                }
+                for v, vr in sorted(route.versions.items())
+            },
+            "gateway": {
+                "requests": self.stats.requests,
+                "retries": self.stats.retries,
+                "retry_budget_exhausted": self.stats.budget_exhausted,
+                "errors": self.stats.errors,
+            },
+        }
+
+    def shadow_stats(self, model: str, version: str, shadow: str) -> ShadowStats:
+        key = (model, version, shadow)
+        stats = self._shadows.get(key)
+        if stats is None:
+            stats = self._shadows[key] = ShadowStats(shadow)
+        return stats
+
+    def shadow_report(self, model: str) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for (m, version, _), stats in sorted(self._shadows.items()):
+            if m == model:
+                out.setdefault(version, []).append(stats.to_dict())
+        return out
 
     # -- answers ------------------------------------------------------------------------
     def response_headers(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
@@ -235,6 +294,8 @@ class DataPlane:
     def completed(
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
     ) -> None:
+        if ex.shadow is not None:
+            ex.shadow.primary_done(response)
         for observe in self.observers:
             try:
                 observe(ex, status, reason, response)
@@ -254,16 +315,3 @@ def request_headers(
     if drop_timeout:
         headers = [h for h in headers if h[0] != _TIMEOUT]
     return headers
-
-
-def route_summary(model: ModelRoute) -> dict:
-    """A JSON view of a model's route (for the health API and the dashboard)."""
-    return {
-        "default_version": model.default_version,
-        "versions": {v: list(vr.endpoints) for v, vr in model.versions.items()},
-        "experiment": model.split.experiment if model.split else None,
-        "flags": [f.key for f in model.flags],
-        "shadow": {"version": model.shadow.version, "percent": model.shadow.percent}
-        if model.shadow
-        else None,
-    }
