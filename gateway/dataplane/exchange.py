@@ -55,7 +55,6 @@ class Exchange:
         "_ep",
         "_ep_t0",
         "_handle",
-        "_headers",
         "_last_error",
         "_last_response",
         "_method",
@@ -71,10 +70,12 @@ class Exchange:
         "deadline",
         "done",
         "fallback",
+        "headers",
         "model",
         "request_id",
         "shadow",
         "t0",
+        "trace",
         "version",
     )
 
@@ -97,7 +98,8 @@ class Exchange:
         self.choice = choice
         self._method = request.method
         self._target = target
-        self._headers = headers
+        self.headers = headers  # sent upstream; start hooks may add to it (traceparent)
+        self.trace: object = None  # set by a tracing hook
         self._body = request.body or b""
         self.deadline = deadline
         self.request_id = request_id
@@ -180,7 +182,7 @@ class Exchange:
         self._attempt += 1
         self.attempts += 1
         rt.begin(ep)
-        headers = [*self._headers, (_TIMEOUT_HEADER, deadline.header_value().encode())]
+        headers = [*self.headers, (_TIMEOUT_HEADER, deadline.header_value().encode())]
         endpoint = self._plane.endpoint(self.model.versions[self.version], ep)
         self._handle = endpoint.send(
             self._method, self._target, headers, self._body, deadline.try_timeout_s(), self._on_result
@@ -202,6 +204,7 @@ class Exchange:
             if outcome is Outcome.TIMEOUT and self.deadline.expired():
                 outcome = Outcome.DEADLINE
         rt.finish(self._ep, outcome, now - self._ep_t0)
+        self._plane.attempted(self, self._ep, outcome, response, error, self._ep_t0, now)
         if outcome in _FINAL:
             self._reply_upstream(response)
             return

@@ -19,13 +19,14 @@ from experiments.ofrep import OfrepService
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.responses import error_response
 from gateway.dataplane.shadow import ShadowCopy, ShadowStats
-from gateway.http import Request, Responder, UpstreamPool, UpstreamResponse, proxy_headers
+from gateway.http import Request, Responder, UpstreamError, UpstreamPool, UpstreamResponse, proxy_headers
 from router.choose import choose_version
 from router.deadline import Deadline, DeadlineHeaderError
 from router.resilience import VersionRuntime
+from router.retry import Outcome
 from router.table import Choice, RouteTable, VersionRoute
 
-__all__ = ["DataPlane", "PlaneStats"]
+__all__ = ["AttemptInfo", "DataPlane", "PlaneStats"]
 
 log = logging.getLogger("meshgate.dataplane")
 
@@ -35,6 +36,20 @@ _KEY = b"x-meshgate-key"
 _RID = b"x-request-id"
 _TIMEOUT = b"x-meshgate-timeout-ms"
 _OFREP = "/ofrep/v1/evaluate/flags"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """One upstream attempt, for telemetry (times on the monotonic clock)."""
+
+    version: str
+    endpoint: str
+    attempt: int  # 1-based, across fallbacks
+    outcome: str
+    status: int | None
+    error: str | None
+    start: float
+    end: float
 
 
 @dataclass(slots=True)
@@ -63,6 +78,9 @@ class DataPlane:
         self.rng = rng or random.Random()
         self.now = now
         self.stats = PlaneStats()
+        # Hooks, in the order a request meets them (telemetry and measurement plug in here):
+        self.on_start: list[Callable[[Exchange], None]] = []  # before the first attempt
+        self.on_attempt: list[Callable[[Exchange, AttemptInfo], None]] = []  # after each attempt
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
         self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
         self.ofrep = OfrepService({}, 0)
@@ -220,6 +238,8 @@ class DataPlane:
                     request.body,
                     deadline.try_timeout_s(),
                 )
+        for hook in self.on_start:
+            hook(ex)
         ex.start()
 
     # -- views --------------------------------------------------------------------------
@@ -290,6 +310,31 @@ class DataPlane:
     @staticmethod
     def _reply(responder: Responder, status: int, body: bytes) -> None:
         responder.respond(status, [(b"content-type", b"application/json")], body)
+
+    def attempted(
+        self,
+        ex: Exchange,
+        ep: int,
+        outcome: Outcome,
+        response: UpstreamResponse | None,
+        error: UpstreamError | None,
+        start: float,
+        end: float,
+    ) -> None:
+        if self.on_attempt:
+            vr = ex.model.versions[ex.version]
+            info = AttemptInfo(
+                ex.version,
+                vr.endpoints[ep],
+                ex.attempts,
+                outcome.value,
+                response.status if response is not None else None,
+                error.reason if error is not None else None,
+                start,
+                end,
+            )
+            for hook in self.on_attempt:
+                hook(ex, info)
 
     def completed(
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
