@@ -21,6 +21,7 @@ import uvicorn
 from gateway.config_sync import ConfigSync
 from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.auth import load_or_create_token
+from gateway.control.canary_loop import run_canary_loop
 from gateway.dataplane.measure import FEEDBACK_PATH, Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server
@@ -105,7 +106,12 @@ async def _start(opts: ProcessOptions) -> Running:
         running.data_server = await start_server(plane.handle, opts.host, opts.port, limits=limits)
     if opts.run_control_plane:
         token = load_or_create_token(opts.data_dir)
-        cp = ControlPlane(store=store, token=token, data_dir=opts.data_dir)
+        cp = ControlPlane(
+            store=store,
+            token=token,
+            data_dir=opts.data_dir,
+            health=running.plane.health if running.plane else None,
+        )
         app = create_admin_app(cp)
         config = uvicorn.Config(
             app,
@@ -116,6 +122,7 @@ async def _start(opts: ProcessOptions) -> Running:
             access_log=False,
         )
         running.admin = _EmbeddedUvicorn(config)
+        running.tasks.append(asyncio.create_task(run_canary_loop(cp), name="canary-loop"))
         running.tasks.append(asyncio.create_task(running.admin.serve(), name="admin"))
         while not running.admin.started:
             if running.tasks[-1].done():

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import models_cmd, process_cmd
+from gateway.cli import apply_cmd, canary_cmd, experiments_cmd, flags_cmd, models_cmd, process_cmd
 from gateway.cli.admin_client import AdminClient, CliError
 
 __all__ = ["main"]
@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     process_cmd.add_parsers(sub)
     models_cmd.add_parser(sub, common)
+    experiments_cmd.add_parser(sub, common)
+    canary_cmd.add_parser(sub, common)
+    flags_cmd.add_parser(sub, common)
+    apply_cmd.add_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,292 @@
+"""``meshgate experiments``: start, list, show, results, weights, stop, pause, resume, plan."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import Any
+
+from gateway.cli.admin_client import AdminClient, CliError
+from gateway.cli.output import console, print_json, print_table
+
+__all__ = ["add_parser", "print_events", "weights_arg"]
+
+
+def weights_arg(pairs: list[str], flag: str = "--arm") -> dict[str, float]:
+    """``v1=50`` pairs into ``{"v1": 50.0}``."""
+    out: dict[str, float] = {}
+    for pair in pairs:
+        version, sep, weight = pair.partition("=")
+        try:
+            out[version] = float(weight)
+        except ValueError:
+            raise CliError(f"{flag} {pair!r}: expected version=weight, e.g. v1=50") from None
+        if not sep or not version:
+            raise CliError(f"{flag} {pair!r}: expected version=weight, e.g. v1=50")
+    return out
+
+
+def _metric_arg(text: str) -> dict[str, Any]:
+    """``accuracy``, ``accuracy:binary`` or ``latency_ms:continuous:lower``."""
+    name, _, rest = text.partition(":")
+    kind, _, direction = rest.partition(":")
+    if direction not in ("", "higher", "lower"):
+        raise CliError(f"--metric {text!r}: the direction is 'higher' or 'lower'")
+    return {"name": name, "kind": kind or "binary", "higher_is_better": direction != "lower"}
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    exp = sub.add_parser("experiments", help="A/B experiments: start, results, stop, plan")
+    esub = exp.add_subparsers(dest="experiments_cmd", required=True)
+
+    start = esub.add_parser("start", parents=[common], help="start an A/B experiment on a model")
+    start.add_argument("name")
+    start.add_argument("--model", required=True)
+    start.add_argument("--arm", action="append", required=True, help="version=weight (repeatable)")
+    start.add_argument("--control", help="the control arm (default: the first --arm)")
+    start.add_argument(
+        "--metric", action="append", default=[], help="name[:binary|continuous[:higher|lower]] (repeatable)"
+    )
+    start.add_argument("--key-header", help="header carrying the unit id (default x-meshgate-key)")
+    start.add_argument("--engine", choices=["sequential", "frequentist", "bayesian"])
+    start.add_argument("--alpha", type=float)
+    start.add_argument("--salt", help="hash salt (default: the name)")
+    start.set_defaults(func=_start)
+
+    ls = esub.add_parser("list", parents=[common], help="list experiments")
+    ls.add_argument("--model")
+    ls.set_defaults(func=_list)
+
+    for cmd, text in (
+        ("show", "show one experiment and its events"),
+        ("results", "per-arm results: lifts, intervals, p-values, chance to beat control, SRM"),
+        ("stop", "stop: routing returns to the default version; results stay readable"),
+        ("pause", "pause: routing stays as is"),
+        ("resume", "resume a paused experiment"),
+    ):
+        p = esub.add_parser(cmd, parents=[common], help=text)
+        p.add_argument("name")
+        p.set_defaults(func=_ACTIONS[cmd])
+
+    w = esub.add_parser("weights", parents=[common], help="change weights (units move only as required)")
+    w.add_argument("name")
+    w.add_argument("--arm", action="append", required=True, help="version=weight (repeatable)")
+    w.set_defaults(func=_weights)
+
+    plan = esub.add_parser("plan", help="sample size per arm for a binary metric (local, no server)")
+    plan.add_argument("--baseline", type=float, required=True, help="the control's rate, e.g. 0.10")
+    plan.add_argument("--mde", type=float, required=True, help="absolute change to detect, e.g. 0.02")
+    plan.add_argument("--alpha", type=float, default=0.05)
+    plan.add_argument("--power", type=float, default=0.8)
+    plan.add_argument("--arms", type=int, default=2, help="arms including the control (default 2)")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=_plan)
+
+
+def _start(args: argparse.Namespace, client: AdminClient) -> None:
+    weights = weights_arg(args.arm)
+    body: dict[str, Any] = {
+        "name": args.name,
+        "model": args.model,
+        "arms": [{"version": v, "weight": w} for v, w in weights.items()],
+        "metrics": [_metric_arg(m) for m in args.metric],
+    }
+    optional = {"control": args.control, "key_header": args.key_header, "engine": args.engine}
+    optional.update(alpha=args.alpha, salt=args.salt)
+    body.update({k: v for k, v in optional.items() if v is not None})
+    exp = client.request("POST", "/v1/experiments", json=body)
+    if args.json:
+        print_json(exp)
+    else:
+        arms = ", ".join(f"{a['version']}={a['weight']:g}" for a in exp["arms"])
+        print(f"started {exp['name']} on {exp['model']}: {arms} (control {exp['control']}, {exp['engine']})")
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _list(args: argparse.Namespace, client: AdminClient) -> None:
+    data = client.get("/v1/experiments", model=args.model)
+    if args.json:
+        print_json(data)
+        return
+    rows = [
+        (
+            e["name"],
+            e["model"],
+            e["kind"],
+            e["status"],
+            ", ".join(f"{a['version']}={a['weight']:g}" for a in e["arms"]),
+            ", ".join(m["name"] for m in e["metrics"]),
+            _when(e["created_at"]),
+        )
+        for e in data["experiments"]
+    ]
+    print_table("experiments", ["name", "model", "kind", "status", "weights", "metrics", "started"], rows)
+
+
+def print_events(events: list[dict]) -> None:
+    print_table(
+        "events", ["time", "event", "reason"], [(_when(e["time"]), e["type"], e["reason"]) for e in events]
+    )
+
+
+def _show(args: argparse.Namespace, client: AdminClient) -> None:
+    e = client.get(f"/v1/experiments/{args.name}")
+    if args.json:
+        print_json(e)
+        return
+    console.print(
+        f"[bold]{e['name']}[/bold] ({e['kind']}) on model {e['model']}: {e['status']}; "
+        f"control {e['control']}; engine {e['engine']} (alpha {e['alpha']:g}); key header {e['key_header']}"
+    )
+    print_table(
+        "arms",
+        ["version", "weight", "buckets"],
+        [
+            (a["version"], f"{a['weight']:g}", sum(hi - lo for lo, hi in e["ranges"].get(a["version"], [])))
+            for a in e["arms"]
+        ],
+    )
+    print_events(e["events"])
+
+
+def _fmt(x: float | None, pct: bool = False, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 100:.{max(digits - 2, 1)}f}%" if pct else f"{x:.{digits}g}"
+
+
+def _lift(lift: dict | None, pct: bool) -> str:
+    if lift is None:
+        return "-"
+    lo, hi = lift["ci"]
+    return f"{_fmt(lift['estimate'], pct)} [{_fmt(lo, pct)}, {_fmt(hi, pct)}]"
+
+
+def print_results(r: dict) -> None:
+    console.print(
+        f"[bold]{r['name']}[/bold] on {r['model']} ({r['status']}): control {r['control']}, "
+        f"{r['engine']} engine, alpha {r['alpha']:g}"
+    )
+    print_table(
+        "traffic",
+        [
+            "arm",
+            "weight",
+            "requests",
+            "errors",
+            "error rate",
+            "unkeyed",
+            "mean ms",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+        ],
+        [
+            (
+                a["arm"],
+                _fmt(a["weight"]),
+                a["requests"],
+                a["errors"],
+                _fmt(a["error_rate"], pct=True, digits=4),
+                a["unkeyed"],
+                *(_fmt(a["latency_ms"][k]) for k in ("mean", "p50", "p95", "p99")),
+            )
+            for a in r["arms"]
+        ],
+    )
+    for m in r["metrics"]:
+        pct = m["kind"] == "binary"
+        direction = "higher" if m["higher_is_better"] else "lower"
+        print_table(
+            f"{m['name']} ({m['kind']}, {direction} is better)",
+            ["arm", "n", "mean", "lift", "relative lift", "p-value", "chance to beat control", "verdict"],
+            [
+                (
+                    a["arm"] + (" (control)" if a["is_control"] else ""),
+                    a["n"],
+                    _fmt(a["mean"], pct=pct, digits=4),
+                    _lift(a["abs_lift"], pct),
+                    _lift(a["rel_lift"], True),
+                    _fmt(
+                        a["sequential_p_value_adjusted"]
+                        if r["engine"] == "sequential"
+                        else a["p_value_adjusted"]
+                    ),
+                    _fmt(a["chance_to_beat_control"], pct=True),
+                    a["verdict"] or "-",
+                )
+                for a in m["arms"]
+            ],
+        )
+    srm = r["srm"]
+    if srm["flagged"]:
+        console.print(
+            f"[bold red]WARNING: {srm['reason']}[/bold red]: assignment or logging is broken; "
+            "do not trust these results"
+        )
+    else:
+        console.print(f"SRM check: {srm['reason']}")
+
+
+def _results(args: argparse.Namespace, client: AdminClient) -> None:
+    r = client.get(f"/v1/experiments/{args.name}/results")
+    if args.json:
+        print_json(r)
+    else:
+        print_results(r)
+
+
+def _action(verb: str):
+    def run(args: argparse.Namespace, client: AdminClient) -> None:
+        e = client.request("POST", f"/v1/experiments/{args.name}/{verb}")
+        if args.json:
+            print_json(e)
+        else:
+            print(f"{e['name']}: {e['status']} ({e['events'][-1]['reason']})")
+
+    return run
+
+
+def _weights(args: argparse.Namespace, client: AdminClient) -> None:
+    e = client.request("PATCH", f"/v1/experiments/{args.name}", json={"weights": weights_arg(args.arm)})
+    if args.json:
+        print_json(e)
+    else:
+        print(f"{e['name']}: " + ", ".join(f"{a['version']}={a['weight']:g}" for a in e["arms"]))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from experiments.stats import StatsInputError, sample_size_proportions
+
+    try:
+        plan = sample_size_proportions(
+            args.baseline, args.mde, alpha=args.alpha, power=args.power, arms=args.arms
+        )
+    except StatsInputError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print_json(plan.to_dict())
+        return 0
+    print(
+        f"to detect {args.baseline:g} -> {args.baseline + args.mde:g} (mde {args.mde:+g}) "
+        f"with power {args.power:g} at alpha {args.alpha:g}:"
+    )
+    print(
+        f"  {plan.n_control} units in the control, {plan.n_treatment} in each treatment, "
+        f"{plan.total} in total"
+    )
+    if args.arms > 2:
+        print(f"  ({args.arms - 1} comparisons at alpha {plan.alpha_per_comparison:.3g} each, Bonferroni)")
+    return 0
+
+
+_ACTIONS = {
+    "show": _show,
+    "results": _results,
+    "stop": _action("stop"),
+    "pause": _action("pause"),
+    "resume": _action("resume"),
+}
