@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.dataplane.responses import REASON_STATUS
-from gateway.http import UpstreamError, UpstreamResponse
+from gateway.http import UpstreamError, UpstreamResponse, relay
 from router.deadline import Deadline
 from router.resilience import QUEUED, RETRY_BUDGET_EXHAUSTED
 from router.retry import Outcome, classify_status
@@ -44,6 +44,10 @@ _MESSAGES = {
     "breaker_open": "the circuit breaker is open after repeated failures",
     "overloaded": "too many requests in flight and queued",
 }
+
+
+def _ignore(status: int, error: UpstreamError | None) -> None:
+    """Relay completion: the exchange already recorded its outcome when the head arrived."""
 
 
 class Exchange:
@@ -100,7 +104,7 @@ class Exchange:
         self._target = target
         self.headers = headers  # sent upstream; start hooks may add to it (traceparent)
         self.trace: object = None  # set by a tracing hook
-        self._body = request.body or b""
+        self._body = request.body  # None: streamed (larger than the engine's buffered limit)
         self.deadline = deadline
         self.request_id = request_id
         self.t0 = time.monotonic()
@@ -184,9 +188,34 @@ class Exchange:
         rt.begin(ep)
         headers = [*self.headers, (_TIMEOUT_HEADER, deadline.header_value().encode())]
         endpoint = self._plane.endpoint(self.model.versions[self.version], ep)
+        if self._body is None:  # a streamed body cannot be replayed: one attempt, piped both ways
+            self._handle = endpoint.forward_stream(
+                self._request, self._responder, self._method, self._target, headers,
+                deadline.try_timeout_s(), self._on_stream_done, self._plane.response_headers(self),
+            )  # fmt: skip
+            return
         self._handle = endpoint.send(
             self._method, self._target, headers, self._body, deadline.try_timeout_s(), self._on_result
         )
+
+    def _on_stream_done(self, status: int, error: UpstreamError | None) -> None:
+        """End of a streamed exchange: no retry or fallback is possible, the body is gone."""
+        self._handle = None
+        if self.done:
+            return
+        now = time.monotonic()
+        if error is None:
+            outcome = classify_status(status)
+        else:
+            outcome = _ERROR_OUTCOME.get(error.reason, Outcome.RESET)
+        self._rt.finish(self._ep, outcome, now - self._ep_t0)
+        self._plane.attempted(self, self._ep, outcome, None, error, self._ep_t0, now)
+        if error is not None and not self._responder.started:
+            self._finish_error(error.reason, error.message)
+            return
+        self._release()
+        self.done = True
+        self._plane.completed(self, status, error.reason if error else None, None)
 
     def _on_result(self, response: UpstreamResponse | None, error: UpstreamError | None) -> None:
         self._handle = None
@@ -251,7 +280,7 @@ class Exchange:
         extra = self._plane.response_headers(self)
         if error_reason is not None:
             extra.append((b"x-meshgate-error", error_reason.encode()))
-        self._responder.respond(response.status, [*response.headers, *extra], response.body)
+        relay(response, self._responder, extra, _ignore)  # one write, or streamed with backpressure
         self._plane.completed(self, response.status, error_reason, response)
 
     def _finish_error(self, reason: str, message: str) -> None:

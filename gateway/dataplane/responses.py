@@ -35,6 +35,7 @@ REASON_STATUS: dict[str, int] = {
     "upstream_5xx": 502,
     "peer_identity_mismatch": 502,
     "upstream_timeout": 504,
+    "cancelled": 499,
     "deadline_exceeded": 504,
 }
 

@@ -124,7 +124,8 @@ class ShadowCopy:
         return copy
 
     def primary_done(self, response: UpstreamResponse | None) -> None:
-        self._arrive(primary=response if response is not None and response.status == 200 else None)
+        ok = response is not None and response.status == 200 and response.stream is None
+        self._arrive(primary=response if ok else None)
 
     def _arrive(self, *, primary: Any = False, shadow: Any = False) -> None:
         if primary is not False:

@@ -190,3 +190,20 @@ def test_oversize_body_is_413(tmp_path, digits):
         r = mesh.data.post("/v2/models/digits/infer", content=_body(20))
         assert r.status_code == 413
         assert mesh.data.post("/v2/models/digits/infer", content=_body(1)).status_code == 200
+
+
+def test_large_bodies_stream_through_both_ways(tmp_path):
+    """A 3 MB tensor is streamed to the model and its 3 MB answer streamed back, unchanged."""
+    data = [float(i % 1000) for i in range(450_000)]
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [len(data)], "datatype": "FP32", "data": data}]}
+    ).encode()
+    assert len(body) > 2 * 1024 * 1024
+    with model_server(tmp_path, "echo", "v1") as echo, running_mesh(tmp_path / "data") as mesh:
+        mesh.register("echo", "v1", echo)
+        mesh.wait_routable("echo")
+        direct = httpx.post(f"{echo}/v2/models/echo/versions/v1/infer", content=body, timeout=60)
+        via = mesh.data.post("/v2/models/echo/infer", content=body)
+        assert via.status_code == 200, via.text[:300]
+        assert via.headers["x-meshgate-version"] == "v1"
+        assert via.content == direct.content
