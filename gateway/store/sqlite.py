@@ -42,12 +42,20 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('config_version', 0);
 class SQLiteStore:
     """The embedded store. ``path`` is a file, or ``:memory:``-like tests use a temp file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        purge_interval_s: float = 60.0,
+    ) -> None:
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
         self._clock = clock
         self._local = threading.local()
         self._watchers = Watchers()
+        self._purged_at = 0.0
+        self._purge_interval_s = purge_interval_s  # expired records are deleted at most this often
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn().executescript(_SCHEMA)
 
@@ -166,10 +174,16 @@ class SQLiteStore:
     def put_records(self, namespace: str, records: Mapping[str, Document], ttl_s: float) -> None:
         if not records:
             return
-        expires = self._clock() + ttl_s
+        now = self._clock()
+        expires = now + ttl_s
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if (
+                now - self._purged_at >= self._purge_interval_s
+            ):  # expired rows go with the writes that add rows
+                self._purged_at = now
+                conn.execute("DELETE FROM records WHERE expires_at <= ?", (now,))
             conn.executemany(
                 "INSERT INTO records (ns, key, doc, expires_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (ns, key) DO UPDATE SET doc=excluded.doc, expires_at=excluded.expires_at",
@@ -219,12 +233,6 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
         return cur.rowcount == 1
-
-    def purge_expired(self) -> int:
-        """Delete expired records (called periodically by the control plane); returns how many."""
-        conn = self._conn()
-        cur = conn.execute("DELETE FROM records WHERE expires_at <= ?", (self._clock(),))
-        return cur.rowcount
 
     # -- lifecycle --------------------------------------------------------------------
     def ping(self) -> bool:

@@ -23,7 +23,7 @@ BACKENDS = ["sqlite", "redis"]
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
     if request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "meshgate.db")
+        s = SQLiteStore(tmp_path / "meshgate.db", purge_interval_s=0.0)
         cleanup = None
     elif request.param == "redis":
         shared_redis_or_fail()

@@ -149,3 +149,22 @@ def _wait_for(predicate, timeout: float = 2.0) -> None:
             return
         time.sleep(0.02)
     assert predicate()
+
+
+def test_expired_records_do_not_accumulate(store):
+    """Writers keep adding join records; expired ones must eventually leave storage."""
+    store.put_records("join", {f"r{i}": {"a": i} for i in range(50)}, ttl_s=0.05)
+    import time
+
+    time.sleep(0.1)
+    store.put_records("join", {"fresh": {"a": 1}}, ttl_s=60)
+    assert store.list_records("join") == {"fresh": {"a": 1}}
+    assert _stored_record_count(store, "join") == 1
+
+
+def _stored_record_count(store, namespace: str) -> int:
+    """Rows (SQLite) or keys (Redis) physically held for a namespace, expired or not."""
+    if hasattr(store, "_conn"):
+        return store._conn().execute("SELECT COUNT(*) FROM records WHERE ns=?", (namespace,)).fetchone()[0]
+    client = store._client
+    return sum(1 for _ in client.scan_iter(match=store.keys.record(namespace, "*")))
