@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from math import isfinite
 from types import MappingProxyType
@@ -44,7 +44,6 @@ __all__ = [
     "FlagError",
     "RolloutShare",
     "Rule",
-    "compile_for_model",
     "validate_for_model",
 ]
 
@@ -199,11 +198,6 @@ def validate_for_model(flag: Flag, versions: Collection[str]) -> None:
             known = ", ".join(sorted(versions)) or "none registered"
             raise FlagError(f"variants.{name}", f"unknown version {value!r} of model {flag.model!r} "
                             f"(known: {known})")
-
-
-def compile_for_model(flags: Iterable[Flag], model: str) -> tuple[CompiledFlag, ...]:
-    """The compiled flags that route ``model``, in key order (the order ``route_version`` tries)."""
-    return tuple(f.compile() for f in sorted(flags, key=lambda f: f.key) if f.model == model)
 
 
 # ---------------------------------------------------------------- validation helpers

@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from experiments.flags import Flag, FlagError, Rule, compile_for_model, validate_for_model
-from router.flags import Reason, evaluate, route_version
+from experiments.flags import Flag, FlagError, Rule, validate_for_model
+from router.flags import Reason, evaluate
 from router.hashing import bucket
 
 
@@ -239,16 +239,3 @@ def test_model_flag_needs_version_names_and_known_versions():
     validate_for_model(Flag.from_dict(base()), set())  # routes no model: nothing to check
 
 
-def test_compile_for_model_selects_and_orders_by_key():
-    later = Flag.from_dict(base(key="z-all", model="digits", rules=[{"variant": "beta"}]))
-    staff_rule = {"conditions": [{"attribute": "tier", "op": "equals", "value": "staff"}], "variant": "beta"}
-    first = Flag.from_dict(
-        base(key="a-staff", model="digits", variants={"stable": "v1", "beta": "v3"}, rules=[staff_rule])
-    )
-    other = Flag.from_dict(base(key="b-other", model="iris", rules=[{"variant": "beta"}]))
-    plain = Flag.from_dict(base(key="c-plain"))
-    compiled = compile_for_model([later, other, plain, first], "digits")
-    assert [c.key for c in compiled] == ["a-staff", "z-all"]
-    assert route_version(compiled, None, {"tier": "staff"})[0] == "v3"
-    assert route_version(compiled, None, {"tier": "free"})[0] == "v2"
-    assert compile_for_model([plain], "digits") == ()
