@@ -9,7 +9,6 @@ version, and the experiment's verdict. Ctrl-C stops everything cleanly.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from gateway.cli.experiments_cmd import print_results
 from models.zoo import digits_holdout
 
 __all__ = ["run_demo"]
@@ -194,8 +194,8 @@ def run_demo(*, requests: int, port: int = 0, admin_port: int = 0, data_dir: str
         print(f"done in {elapsed:.1f}s ({requests / elapsed:.0f} requests/s)\n")
         print("\n".join(_summary(results)))
         time.sleep(1.2)  # one counter flush interval, so the results include every request
-        report = admin.get("/v1/experiments/digits-ab/results").json()
-        print("\n" + _experiment_lines(report))
+        print()
+        print_results(admin.get("/v1/experiments/digits-ab/results").json())
         errors = sum(r["status"] != 200 for r in results)
     return 0 if errors == 0 else 1
 
@@ -208,22 +208,3 @@ def _wait_routable(url: str, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError("the gateway never routed the digits model")
-
-
-def _experiment_lines(report: dict) -> str:
-    lines = [f"experiment {report['name']}: {report.get('status', '')}"]
-    srm = report.get("srm") or {}
-    if srm:
-        lines.append(
-            f"  sample-ratio check: p = {srm.get('p_value', float('nan')):.3g}"
-            f"{'  MISMATCH' if srm.get('mismatch') else ''}"
-        )
-    for metric in report.get("metrics", []):
-        for arm in metric.get("arms", []):
-            if arm.get("is_control"):
-                continue
-            lines.append(
-                f"  {metric['name']}: {arm['arm']} vs control "
-                f"{json.dumps({k: arm.get(k) for k in ('abs_lift', 'p_value', 'verdict')})}"
-            )
-    return "\n".join(lines)

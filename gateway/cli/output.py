@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,7 +12,8 @@ from rich.table import Table
 
 __all__ = ["console", "print_json", "print_table"]
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, the demo under test) gets room for wide tables instead of 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def print_json(data: Any) -> None:
