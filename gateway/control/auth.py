@@ -1,19 +1,32 @@
-"""Admin authentication: one bearer token, created on first start, compared in constant time."""
+"""Admin authentication: one bearer token, created on first start, compared in constant time.
+
+The dashboard signs in once with the token and then holds a session cookie instead: an
+expiry, a nonce and an HMAC over both, keyed by a key derived from the token (so the cookie
+is never the token, and a new token ends every session). The cookie is HttpOnly and
+SameSite=Strict, and it only authorises reads (GET/HEAD): a forged cross-site write has
+nothing to ride on.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Request
 
 from gateway.control.errors import ApiError
 
-__all__ = ["TOKEN_FILE", "AdminAuth", "load_or_create_token", "read_token"]
+__all__ = ["SESSION_COOKIE", "SESSION_TTL_S", "TOKEN_FILE", "AdminAuth", "load_or_create_token", "read_token"]
 
 TOKEN_FILE = "admin.token"
+SESSION_COOKIE = "meshgate_session"
+SESSION_TTL_S = 12 * 3600
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def load_or_create_token(data_dir: str | os.PathLike[str]) -> str:
@@ -38,13 +51,32 @@ def read_token(data_dir: str | os.PathLike[str]) -> str:
 
 
 class AdminAuth:
-    """FastAPI dependency: ``Authorization: Bearer <token>``."""
+    """FastAPI dependency: ``Authorization: Bearer <token>``, or a dashboard session cookie for reads."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, now: Callable[[], float] = time.time) -> None:
         self._token = token.encode()
+        self._session_key = hmac.new(self._token, b"meshgate-ui-session-v1", hashlib.sha256).digest()
+        self._now = now
 
     def check(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(presented.encode(), self._token)
+
+    def _mac(self, payload: str) -> str:
+        return hmac.new(self._session_key, payload.encode(), hashlib.sha256).hexdigest()
+
+    def new_session(self) -> str:
+        """A session cookie value: ``<expiry>.<nonce>.<hmac>`` (no token inside)."""
+        payload = f"{int(self._now()) + SESSION_TTL_S}.{secrets.token_urlsafe(12)}"
+        return f"{payload}.{self._mac(payload)}"
+
+    def check_session(self, value: str | None) -> bool:
+        if not value or len(value) > 200:
+            return False
+        payload, _, mac = value.rpartition(".")
+        expiry = payload.partition(".")[0]
+        if not expiry.isdigit() or not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+            return False
+        return int(expiry) > self._now()
 
     def __call__(self, request: Request) -> None:
         header = request.headers.get("authorization")
@@ -52,6 +84,8 @@ class AdminAuth:
             scheme, _, value = header.partition(" ")
             if scheme.lower() == "bearer" and self.check(value.strip()):
                 return
+        elif request.method in _SAFE_METHODS and self.check_session(request.cookies.get(SESSION_COOKIE)):
+            return
         raise ApiError(
             401, "unauthorized", "missing or invalid admin token: send Authorization: Bearer <token>"
         )

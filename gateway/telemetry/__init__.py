@@ -1,0 +1,100 @@
+"""Telemetry of a meshgate process: traces, Prometheus metrics, the access log.
+
+``install_telemetry(running)`` is the one call process assembly makes: it reads the
+``OTEL_*``/``MESHGATE_*`` environment and the process options, hangs the hooks on the data
+plane (tracing first, so the access log sees the trace id), starts the background task
+(metric refresh, log flushes) and hands the admin app what ``/metrics``, ``/v1/overview`` and
+``/ui`` need. Settings:
+
+- ``OTEL_TRACES_EXPORTER`` (none | console | otlp), ``OTEL_TRACES_SAMPLER``/``_ARG``: tracing.
+- ``MESHGATE_METRICS=off``: no metric hooks (``/metrics`` answers 404).
+- ``MESHGATE_ACCESS_LOG`` (stdout | stderr | path | off), or ``--access-log/--no-access-log``.
+- ``PROMETHEUS_MULTIPROC_DIR``: metrics shared by several worker processes.
+- ``ProcessOptions.extra``: ``access_log`` (bool, the command-line flag), ``span_exporter``
+  (an SDK ``SpanExporter`` fed synchronously: tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from gateway.telemetry.access_log import AccessLog, access_log_target
+from gateway.telemetry.metrics import Metrics, mark_worker_dead, set_certificate_expiry
+from gateway.telemetry.tracing import TelemetryConfigError, Tracing, tracing_from_env
+
+if TYPE_CHECKING:
+    from gateway.runtime import Running
+
+__all__ = [
+    "AccessLog",
+    "Metrics",
+    "Telemetry",
+    "TelemetryConfigError",
+    "Tracing",
+    "install_telemetry",
+    "mark_worker_dead",
+    "set_certificate_expiry",
+]
+
+
+class Telemetry:
+    """The telemetry parts of one process (any of them may be off)."""
+
+    def __init__(
+        self,
+        running: Running,
+        tracing: Tracing | None,
+        metrics: Metrics | None,
+        access_log: AccessLog | None,
+    ) -> None:
+        self.running = running
+        self.tracing = tracing
+        self.metrics = metrics
+        self.access_log = access_log
+
+    def install(self) -> None:
+        plane = self.running.plane
+        if plane is None:
+            return
+        if self.tracing is not None:
+            self.tracing.install(plane)
+        if self.metrics is not None:
+            self.metrics.install(plane)
+        if self.access_log is not None:
+            self.access_log.install(plane)
+
+    async def run(self) -> None:
+        """Refresh metrics and flush the log until cancelled; then flush spans and lines."""
+        try:
+            await asyncio.gather(
+                *(part.run() for part in (self.metrics, self.access_log) if part is not None)
+            )
+            await asyncio.Event().wait()  # nothing to run: wait for the shutdown
+        finally:
+            if self.access_log is not None:
+                self.access_log.close()
+            if self.tracing is not None:
+                await asyncio.to_thread(self.tracing.shutdown)
+
+
+def _metrics_on(env: Mapping[str, str]) -> bool:
+    return env.get("MESHGATE_METRICS", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def install_telemetry(running: Running, env: Mapping[str, str] | None = None) -> Telemetry:
+    """Set up tracing, metrics and the access log for ``running``; see the module docstring."""
+    env = os.environ if env is None else env
+    extra = running.options.extra
+    tracing = tracing_from_env(env, exporter=extra.get("span_exporter")) if running.plane else None
+    metrics = Metrics() if _metrics_on(env) else None
+    target = access_log_target(env, extra.get("access_log")) if running.plane else None
+    access_log = AccessLog.open(target) if target is not None else None
+    telemetry = Telemetry(running, tracing, metrics, access_log)
+    telemetry.install()
+    running.tasks.append(asyncio.create_task(telemetry.run(), name="telemetry"))
+    if running.admin is not None:  # what /metrics, /v1/overview and /ui read
+        running.admin.config.app.state.telemetry = telemetry
+    return telemetry

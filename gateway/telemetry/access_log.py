@@ -1,0 +1,148 @@
+"""Structured access log: one JSON line per inference request.
+
+Fields: ``time`` (UTC, RFC 3339, ms), ``request_id``, ``trace_id`` (null when untraced),
+``model``, ``version`` (the one that answered), ``experiment``, ``arm``, ``status``,
+``reason`` (meshgate's reason code, null on success), ``duration_ms``, ``attempts``
+(upstream attempts), ``fallback``. Never a header value other than the request id and trace
+id, never a body: tokens and payloads cannot leak through it.
+
+Lines are buffered in memory and written in one call every ``flush_interval_s`` (and when
+many are pending, and on shutdown), so the hot path never makes a system call for them.
+The log is on by default; ``MESHGATE_ACCESS_LOG`` (off | stdout | stderr | a file path) or
+``--access-log/--no-access-log`` switches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TextIO
+
+from gateway.telemetry.tracing import TelemetryConfigError, trace_id_of
+
+if TYPE_CHECKING:
+    from gateway.dataplane.exchange import Exchange
+    from gateway.dataplane.plane import DataPlane
+    from gateway.http import UpstreamResponse
+
+__all__ = ["AccessLog", "access_log_target"]
+
+_OFF = frozenset({"off", "0", "false", "no", "none"})
+_ON = frozenset({"on", "1", "true", "yes", "stdout"})
+_MAX_PENDING = 2048
+
+
+def access_log_target(env: Mapping[str, str], flag: bool | None = None) -> str | None:
+    """Where the log goes: "stdout", "stderr", a file path, or None (off).
+
+    ``flag`` is the command line's ``--access-log``/``--no-access-log`` and wins over the
+    environment's ``MESHGATE_ACCESS_LOG``; the default is stdout.
+    """
+    if flag is False:
+        return None
+    raw = env.get("MESHGATE_ACCESS_LOG", "").strip()
+    low = raw.lower()
+    if low in _OFF:
+        return "stdout" if flag else None
+    if not raw or low in _ON:
+        return "stdout"
+    if low == "stderr":
+        return "stderr"
+    return raw
+
+
+class AccessLog:
+    """The observer that formats lines, and the writer that flushes them."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        wall: Callable[[], float] = time.time,
+        flush_interval_s: float = 0.5,
+        close_stream: bool = False,
+    ) -> None:
+        self._stream = stream
+        self._wall = wall
+        self.flush_interval_s = flush_interval_s
+        self._close = close_stream
+        self._pending: list[str] = []
+        self._second = -1
+        self._prefix = ""
+        self.dropped = 0
+
+    @classmethod
+    def open(cls, target: str) -> AccessLog:
+        if target == "stdout":
+            return cls(sys.stdout)
+        if target == "stderr":
+            return cls(sys.stderr)
+        try:
+            stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise TelemetryConfigError(f"cannot open the access log {target}: {exc.strerror}") from None
+        return cls(stream, close_stream=True)
+
+    def install(self, plane: DataPlane) -> None:
+        plane.observers.append(self.observe)
+
+    def _time(self) -> str:
+        now = self._wall()
+        second = int(now)
+        if second != self._second:  # format the date once a second
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+    def observe(
+        self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
+    ) -> None:
+        choice = ex.choice
+        line = json.dumps(
+            {
+                "time": self._time(),
+                "request_id": ex.request_id,
+                "trace_id": trace_id_of(ex),
+                "model": ex.model.name,
+                "version": ex.version,
+                "experiment": choice.experiment,
+                "arm": choice.arm,
+                "status": status,
+                "reason": reason,
+                "duration_ms": round((time.monotonic() - ex.t0) * 1000.0, 3),
+                "attempts": ex.attempts,
+                "fallback": ex.fallback,
+            },
+            ensure_ascii=True,
+        )
+        pending = self._pending
+        pending.append(line)
+        if len(pending) >= _MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        try:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            self.dropped += len(lines)  # a closed or broken stream must not break serving
+
+    def close(self) -> None:
+        self.flush()
+        if self._close:
+            self._stream.close()
+
+    async def run(self) -> None:
+        """Flush every interval; flush and close when cancelled (shutdown)."""
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval_s)
+                self.flush()
+        finally:
+            self.close()

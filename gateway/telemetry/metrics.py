@@ -1,0 +1,344 @@
+"""Prometheus metrics of a gateway process, served at ``/metrics`` on the admin port.
+
+Per request the cost is one dict lookup on ``(model, version, code, reason, experiment, arm)``
+that yields pre-bound label children (a counter, a histogram, an arm counter), and one lookup
+per upstream attempt: ``labels()`` is never called on the hot path. State that the data plane
+already keeps (breakers, ejections, EWMA, in-flight, retry counters, config version) is copied
+into gauges by ``refresh()``, once a second and on every scrape, never per request.
+
+Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before prometheus_client
+is imported), every value lives in a per-process mmap file in that directory and ``render()``
+adds them up with ``MultiProcessCollector``. Gauges use the ``live*`` modes, so a process
+manager must call ``mark_worker_dead(pid)`` when a worker exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from gateway.dataplane.exchange import Exchange
+    from gateway.dataplane.plane import AttemptInfo, DataPlane
+    from gateway.http import UpstreamResponse
+
+__all__ = [
+    "BREAKER_STATE_VALUES",
+    "CONTENT_TYPE",
+    "Metrics",
+    "mark_worker_dead",
+    "set_certificate_expiry",
+]
+
+log = logging.getLogger("meshgate.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_UPSTREAM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# identity -> not-after (Unix seconds); copied into every process's gauge on refresh
+_CERT_EXPIRY: dict[str, float] = {}
+
+
+def set_certificate_expiry(identity: str, expires_at: float | None) -> None:
+    """Record when this process's certificate for ``identity`` (a SPIFFE ID) expires.
+
+    Call it after every issue or rotation; ``None`` forgets the identity. Exposed as
+    ``meshgate_certificate_expiry_timestamp_seconds{identity}``.
+    """
+    if expires_at is None:
+        _CERT_EXPIRY.pop(identity, None)
+    else:
+        _CERT_EXPIRY[identity] = float(expires_at)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """For process managers: drop a dead worker's live gauges (multiprocess mode only)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _multiprocess.mark_process_dead(pid)
+
+
+class _Entry:
+    """Pre-bound children for one (model, version, code, reason, experiment, arm)."""
+
+    __slots__ = ("arm", "duration", "key", "n", "requests")
+
+    def __init__(self, key: tuple, requests, duration, arm) -> None:
+        self.key = key
+        self.requests = requests
+        self.duration = duration
+        self.arm = arm
+        self.n = 0  # requests seen by this process (traffic shares for the dashboard)
+
+
+class Metrics:
+    """The metric families of one process and the hooks that feed them."""
+
+    def __init__(
+        self,
+        *,
+        multiproc_dir: str | None = None,
+        now: Callable[[], float] = time.monotonic,
+        window_s: float = 60.0,
+    ) -> None:
+        self.multiproc_dir = (
+            multiproc_dir if multiproc_dir is not None else os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        )
+        self._now = now
+        self._window_s = window_s
+        reg = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "meshgate_requests",
+            "Inference requests answered, by model, final version, HTTP status code and meshgate reason",
+            ["model", "version", "code", "reason"],
+            registry=reg,
+        )
+        self.request_duration = Histogram(
+            "meshgate_request_duration_seconds",
+            "Time from routing to the answer, retries and fallbacks included",
+            ["model", "version"],
+            buckets=_REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.upstream_duration = Histogram(
+            "meshgate_upstream_duration_seconds",
+            "Duration of one upstream attempt",
+            ["model", "version", "endpoint"],
+            buckets=_UPSTREAM_BUCKETS,
+            registry=reg,
+        )
+        self.upstream_attempts = Counter(
+            "meshgate_upstream_attempts",
+            "Upstream attempts by outcome (success, client_error, server_error, timeout, ...)",
+            ["model", "version", "endpoint", "outcome"],
+            registry=reg,
+        )
+        self.arm_requests = Counter(
+            "meshgate_experiment_arm_requests",
+            "Requests an experiment assigned to each arm",
+            ["experiment", "arm"],
+            registry=reg,
+        )
+        self.fallbacks = Counter(
+            "meshgate_fallbacks", "Requests answered by a fallback version", ["model"], registry=reg
+        )
+        self.retries = Counter("meshgate_retries", "Upstream retries (not counting fallbacks)", registry=reg)
+        self.budget_exhausted = Counter(
+            "meshgate_retry_budget_exhausted",
+            "Retries refused because the retry budget was spent",
+            registry=reg,
+        )
+        self.ejections = Counter(
+            "meshgate_endpoint_ejections",
+            "Times an endpoint was ejected by outlier detection (seen by the refresh)",
+            ["model", "version", "endpoint"],
+            registry=reg,
+        )
+        self.breaker_state = Gauge(
+            "meshgate_breaker_state",
+            "Circuit breaker of a version: 0 closed, 1 half-open, 2 open (max over workers)",
+            ["model", "version"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.ejected = Gauge(
+            "meshgate_endpoint_ejected",
+            "1 while an endpoint is ejected by outlier detection",
+            ["model", "version", "endpoint"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.ewma = Gauge(
+            "meshgate_endpoint_latency_ewma_seconds",
+            "Peak-EWMA latency the balancer sees for an endpoint",
+            ["model", "version", "endpoint"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.in_flight = Gauge(
+            "meshgate_in_flight_requests",
+            "Requests holding a concurrency slot of a version",
+            ["model", "version"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.queued = Gauge(
+            "meshgate_queued_requests",
+            "Requests waiting for a concurrency slot of a version",
+            ["model", "version"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.config_version = Gauge(
+            "meshgate_config_version",
+            "Config version of the route table in use",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.cert_expiry = Gauge(
+            "meshgate_certificate_expiry_timestamp_seconds",
+            "When the workload certificate expires (Unix time)",
+            ["identity"],
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self._entries: dict[tuple, _Entry] = {}
+        self._upstream: dict[tuple, tuple] = {}
+        self._plane: DataPlane | None = None
+        self._seen_retries = 0
+        self._seen_exhausted = 0
+        self._was_ejected: set[tuple[str, str, str]] = set()
+        self._labelled: dict[Gauge, set[tuple[str, ...]]] = {}
+        self._history: deque[tuple[float, dict[tuple[str, str], int]]] = deque()
+
+    def install(self, plane: DataPlane) -> None:
+        self._plane = plane
+        plane.on_attempt.append(self.on_attempt)
+        plane.observers.append(self.observe)
+
+    # -- hot path -----------------------------------------------------------------------
+    def observe(
+        self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
+    ) -> None:
+        choice = ex.choice
+        key = (ex.model.name, ex.version, status, reason, choice.experiment, choice.arm)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entry(key)
+        entry.n += 1
+        entry.requests.inc()
+        entry.duration.observe(time.monotonic() - ex.t0)
+        if entry.arm is not None:
+            entry.arm.inc()
+        if ex.fallback:
+            self.fallbacks.labels(ex.model.name).inc()
+
+    def _entry(self, key: tuple) -> _Entry:
+        model, version, status, reason, experiment, arm = key
+        entry = self._entries[key] = _Entry(
+            key,
+            self.requests.labels(model, version, str(status), reason or "none"),
+            self.request_duration.labels(model, version),
+            self.arm_requests.labels(experiment, arm) if experiment is not None else None,
+        )
+        return entry
+
+    def on_attempt(self, ex: Exchange, info: AttemptInfo) -> None:
+        key = (ex.model.name, info.version, info.endpoint, info.outcome)
+        children = self._upstream.get(key)
+        if children is None:
+            children = self._upstream[key] = (
+                self.upstream_duration.labels(*key[:3]),
+                self.upstream_attempts.labels(*key),
+            )
+        children[0].observe(info.end - info.start)
+        children[1].inc()
+
+    # -- from the data plane's state --------------------------------------------------------
+    def refresh(self) -> None:
+        """Copy breaker, ejection, EWMA, in-flight, retry and config state into the metrics."""
+        seen: dict[Gauge, set[tuple[str, ...]]] = {}
+
+        def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+            gauge.labels(*labels).set(value)
+            seen.setdefault(gauge, set()).add(labels)
+
+        for identity, expires_at in _CERT_EXPIRY.items():
+            put(self.cert_expiry, (identity,), expires_at)
+        plane = self._plane
+        if plane is not None:
+            self.config_version.set(plane.table.config_version)
+            stats = plane.stats
+            if stats.retries > self._seen_retries:
+                self.retries.inc(stats.retries - self._seen_retries)
+            if stats.budget_exhausted > self._seen_exhausted:
+                self.budget_exhausted.inc(stats.budget_exhausted - self._seen_exhausted)
+            self._seen_retries, self._seen_exhausted = stats.retries, stats.budget_exhausted
+            ejected_now: set[tuple[str, str, str]] = set()
+            for (model, version), rt in plane.runtimes().items():
+                snap = rt.snapshot()
+                put(
+                    self.breaker_state,
+                    (model, version),
+                    BREAKER_STATE_VALUES.get(snap["breaker"]["state"], 0),
+                )
+                put(self.in_flight, (model, version), snap["limits"]["in_flight"])
+                put(self.queued, (model, version), snap["limits"]["queued"])
+                for ep in snap["endpoints"]:
+                    labels = (model, version, ep["endpoint"])
+                    put(self.ejected, labels, 1 if ep["ejected"] else 0)
+                    if ep["ewma_ms"] is not None:
+                        put(self.ewma, labels, ep["ewma_ms"] / 1000.0)
+                    if ep["ejected"]:
+                        ejected_now.add(labels)
+                        if labels not in self._was_ejected:
+                            self.ejections.labels(*labels).inc()
+            self._was_ejected = ejected_now
+        for gauge, old in self._labelled.items():
+            for labels in old - seen.get(gauge, set()):
+                gauge.remove(*labels)  # a version or endpoint that is gone
+        self._labelled = seen
+        self._remember_traffic()
+
+    def _remember_traffic(self) -> None:
+        totals: dict[tuple[str, str], int] = {}
+        for entry in self._entries.values():
+            mv = (entry.key[0], entry.key[1])
+            totals[mv] = totals.get(mv, 0) + entry.n
+        now = self._now()
+        history = self._history
+        history.append((now, totals))
+        while len(history) > 2 and history[1][0] <= now - self._window_s:
+            history.popleft()
+
+    def traffic(self) -> dict[tuple[str, str], dict[str, float]]:
+        """Per (model, version) in this process over the last window: requests, rate, share."""
+        if not self._history:
+            return {}
+        (t0, first), (t1, last) = self._history[0], self._history[-1]
+        span = t1 - t0
+        deltas = {mv: n - first.get(mv, 0) for mv, n in last.items()}
+        per_model: dict[str, int] = {}
+        for (model, _), d in deltas.items():
+            per_model[model] = per_model.get(model, 0) + d
+        return {
+            mv: {
+                "requests": d,
+                "rps": d / span if span > 0 else 0.0,
+                "share": d / per_model[mv[0]] if per_model[mv[0]] else 0.0,
+                "window_s": span,
+            }
+            for mv, d in deltas.items()
+        }
+
+    async def run(self, period_s: float = 1.0) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("metrics refresh failed")
+            await asyncio.sleep(period_s)
+
+    # -- exposition ---------------------------------------------------------------------
+    def render(self) -> bytes:
+        """Refresh, then the exposition."""
+        self.refresh()
+        return self.exposition()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this process, or every worker in multiprocess mode."""
+        if self.multiproc_dir:
+            registry = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(registry, self.multiproc_dir)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
