@@ -25,7 +25,8 @@ from gateway.control.canary_loop import run_canary_loop
 from gateway.dataplane.measure import FEEDBACK_PATH, Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server
-from gateway.store import Store, open_store
+from gateway.registration import Registration, register_gateway
+from gateway.store import Store, StoreUnavailable, open_store
 
 __all__ = ["ProcessOptions", "default_store_url", "run", "run_process"]
 
@@ -38,6 +39,7 @@ class ProcessOptions:
 
     data_dir: str = ".meshgate"
     store_url: str | None = None
+    store_prefix: str = "meshgate"  # namespaces Redis keys (several meshes or tests on one Redis)
     host: str = "127.0.0.1"
     port: int = 8080
     admin_host: str = "127.0.0.1"
@@ -45,6 +47,10 @@ class ProcessOptions:
     max_body_bytes: int = 64 * 1024 * 1024
     run_data_plane: bool = True
     run_control_plane: bool = True
+    workers: int = 1  # data-plane processes on one port (gateway.supervisor runs them)
+    worker: int | None = None  # this process's index among them
+    gateway_id: str | None = None  # the id it registers under (default: a new one)
+    reuse_port: bool = False
     on_ready: Callable[[Running], None] | None = None
     extra: dict = field(default_factory=dict)
 
@@ -72,6 +78,7 @@ class Running:
     data_server: Server | None = None
     admin: _EmbeddedUvicorn | None = None
     sync: ConfigSync | None = None
+    registration: Registration | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -86,7 +93,7 @@ class Running:
 
 
 async def _start(opts: ProcessOptions) -> Running:
-    store = open_store(opts.store_url or default_store_url(opts.data_dir))
+    store = open_store(opts.store_url or default_store_url(opts.data_dir), prefix=opts.store_prefix)
     running = Running(opts, store)
     if opts.run_data_plane:
         pool = UpstreamPool()
@@ -97,14 +104,22 @@ async def _start(opts: ProcessOptions) -> Running:
         plane.extra_routes[FEEDBACK_PATH] = measurement.handle_feedback
         running.measurement = measurement
         running.sync = ConfigSync(store, plane.set_table)
-        await running.sync.refresh()
+        try:
+            await running.sync.refresh()
+        except StoreUnavailable as exc:  # not ready until the store answers; config-sync retries
+            log.warning("store unavailable at start, no route table yet: %s", exc)
         running.tasks.append(asyncio.create_task(running.sync.run(), name="config-sync"))
         running.tasks.append(asyncio.create_task(measurement.run_flusher(), name="flusher"))
         limits = ServerLimits(
             max_body_bytes=opts.max_body_bytes, buffered_body_bytes=min(1 << 20, opts.max_body_bytes)
         )
-        running.data_server = await start_server(plane.handle, opts.host, opts.port, limits=limits)
+        running.data_server = await start_server(
+            plane.handle, opts.host, opts.port, limits=limits, reuse_port=opts.reuse_port
+        )
+        running.registration = register_gateway(running)
+        running.tasks.append(asyncio.create_task(running.registration.run(), name="registration"))
     if opts.run_control_plane:
+        _warn_persistence(store)
         token = load_or_create_token(opts.data_dir)
         cp = ControlPlane(
             store=store,
@@ -130,6 +145,17 @@ async def _start(opts: ProcessOptions) -> Running:
                 raise RuntimeError(f"admin server failed to start on {opts.admin_host}:{opts.admin_port}")
             await asyncio.sleep(0.01)
     return running
+
+
+def _warn_persistence(store: Store) -> None:
+    """The control plane says at start when the store may lose the mesh's state (Redis only)."""
+    check = getattr(store, "persistence_warning", None)
+    try:
+        warning = check() if check is not None else None
+    except StoreUnavailable as exc:
+        warning = f"cannot check the store's persistence settings: {exc}"
+    if warning:
+        log.warning(warning)
 
 
 async def _stop(running: Running) -> None:

@@ -1,4 +1,4 @@
-"""Commands that run processes: ``up``, ``serve-model``, ``demo``."""
+"""Commands that run processes: ``up``, ``control``, ``gateway``, ``serve-model``, ``demo``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
     p.add_argument(
         "--store", help="sqlite:///path (default sqlite:///<data-dir>/meshgate.db) or redis://host:port/db"
     )
+    p.add_argument(
+        "--store-prefix",
+        default="meshgate",
+        help="namespace of every Redis key, so several meshes can share one Redis (default meshgate)",
+    )
     if data:
         p.add_argument("--host", default="127.0.0.1", help="data-plane bind address (default 127.0.0.1)")
         p.add_argument("--port", type=_port, default=8080, help="data-plane port (default 8080)")
@@ -51,6 +56,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="run the embedded mesh: control plane + data plane + SQLite")
     _process_options(up, data=True, admin=True)
     up.set_defaults(func=_up)
+
+    control = sub.add_parser("control", help="run the control plane alone (admin API, canary loop)")
+    _process_options(control, data=False, admin=True)
+    control.set_defaults(func=_control)
+
+    gateway = sub.add_parser("gateway", help="run a data-plane gateway alone (inference, feedback, OFREP)")
+    _process_options(gateway, data=True, admin=False)
+    gateway.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="data-plane processes sharing the port through SO_REUSEPORT, about one per core (default 1)",
+    )
+    gateway.set_defaults(func=_gateway)
 
     sm = sub.add_parser("serve-model", help="serve an example model over the Open Inference Protocol")
     sm.add_argument("model", help="example model: digits, echo or sum")
@@ -84,28 +103,68 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _up(args: argparse.Namespace) -> int:
-    from gateway.runtime import ProcessOptions, run_process
+def _options(args: argparse.Namespace, *, data: bool, admin: bool):
+    from gateway.runtime import ProcessOptions
 
     _setup_logging(args.log_level)
     opts = ProcessOptions(
         data_dir=args.data_dir,
         store_url=args.store,
-        host=args.host,
-        port=args.port,
-        admin_host=args.admin_host,
-        admin_port=args.admin_port,
-        max_body_bytes=args.max_body_bytes,
+        store_prefix=args.store_prefix,
+        run_data_plane=data,
+        run_control_plane=admin,
         on_ready=_announce,
     )
-    run_process(opts)
+    if data:
+        opts.host, opts.port, opts.max_body_bytes = args.host, args.port, args.max_body_bytes
+    if admin:
+        opts.admin_host, opts.admin_port = args.admin_host, args.admin_port
+    return opts
+
+
+def _run(opts) -> int:
+    from gateway.runtime import run_process
+
+    try:
+        run_process(opts)
+    except ValueError as exc:  # a bad store URL or prefix
+        raise CliError(str(exc)) from None
     return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    return _run(_options(args, data=True, admin=True))
+
+
+def _control(args: argparse.Namespace) -> int:
+    return _run(_options(args, data=False, admin=True))
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    opts = _options(args, data=True, admin=False)
+    if args.workers == 1:
+        return _run(opts)
+    from gateway.registration import new_gateway_id
+    from gateway.supervisor import SupervisorError, run_workers
+
+    opts.workers, opts.gateway_id = args.workers, new_gateway_id()
+
+    def announce(port: int) -> None:
+        print(f"data plane on http://{opts.host}:{port} ({opts.workers} workers)", flush=True)
+        print(f"gateway id {opts.gateway_id}-w0..{opts.workers - 1}", flush=True)
+
+    try:
+        return run_workers(opts, announce, log_level=args.log_level)
+    except SupervisorError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _announce(running) -> None:
     opts = running.options
     if running.data_port:
         print(f"data plane on http://{opts.host}:{running.data_port}", flush=True)
+    if running.registration is not None:
+        print(f"gateway id {running.registration.identity.id}", flush=True)
     if running.admin_port:
         print(
             f"control plane on http://{opts.admin_host}:{running.admin_port} "

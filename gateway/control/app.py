@@ -17,6 +17,7 @@ from gateway.control.errors import install_error_handlers
 from gateway.control.experiments_api import experiments_router
 from gateway.control.experiments_service import ExperimentsService
 from gateway.control.flags_api import FlagService, flags_router
+from gateway.control.gateways_api import gateways_router
 from gateway.control.health_api import health_router
 from gateway.control.models_api import models_router
 from gateway.control.registry_service import RegistryService
@@ -63,4 +64,5 @@ def create_admin_app(cp: ControlPlane) -> FastAPI:
     app.include_router(experiments_router(cp.experiments, cp.health), dependencies=auth)
     app.include_router(flags_router(cp.flags), dependencies=auth)
     app.include_router(apply_router(cp.apply), dependencies=auth)
+    app.include_router(gateways_router(cp.store), dependencies=auth)
     return app
