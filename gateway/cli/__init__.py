@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import apply_cmd, canary_cmd, experiments_cmd, flags_cmd, models_cmd, process_cmd
+from gateway.cli import apply_cmd, canary_cmd, experiments_cmd, flags_cmd, mesh_cmd, models_cmd, process_cmd
 from gateway.cli.admin_client import AdminClient, CliError
 
 __all__ = ["main"]
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary_cmd.add_parser(sub, common)
     flags_cmd.add_parser(sub, common)
     apply_cmd.add_parser(sub, common)
+    mesh_cmd.add_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,432 @@
+"""``meshgate sidecar``: mTLS and authorization beside a model server that knows nothing of TLS.
+
+Inbound (``--listen``): terminates mTLS with this workload's identity
+(``spiffe://<td>/model/<name>/<version>``), reads the caller's verified SPIFFE ID, checks it
+against the model's authorization policy, and forwards to the plaintext ``--upstream`` on
+localhost through the engine's keep-alive pool. A refused caller gets 403
+``x-meshgate-error: unauthorized`` and its identity is logged.
+
+Outbound (``--outbound``, optional): a plaintext port on 127.0.0.1 where the model calls other
+models by name (``/v2/models/{other}/infer``). Requests go over mTLS, with this workload's
+identity, to a gateway's mesh port (``--gateway``), which applies the full routing policies and
+the target's authorization against *this* caller, then calls the target's sidecar with its own
+gateway identity. The sidecar accepts only a gateway identity on the other end.
+
+Credentials: the first certificate is paid for with the join token (``--join-token`` or
+``MESHGATE_JOIN_TOKEN``), renewals at half life with the current key; a restart reuses a valid
+certificate on disk. The policy is read from the control plane's ``POST /v1/mesh/authz`` with a
+proof made with the current certificate's key (:mod:`gateway.mesh.policies`), at start and then
+every ``--policy-refresh`` seconds; while the control plane is unreachable the last policy holds.
+
+The process imports only the engine, ``gateway.mesh`` and the standard library (no numpy,
+FastAPI, data plane or experiments), so it stays small. ``meshgate sidecar`` re-executes
+``python -m gateway.mesh.sidecar`` so that the CLI's own imports do not stay resident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gateway.http import (
+    JSON_HEADERS,
+    Endpoint,
+    Request,
+    Responder,
+    Server,
+    ServerLimits,
+    StreamError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    proxy_headers,
+    relay,
+    start_server,
+)
+from gateway.mesh.authz import AuthzPolicy, Decision
+from gateway.mesh.identity import (
+    DEFAULT_TRUST_DOMAIN,
+    IdentityError,
+    compile_patterns,
+    model_id,
+    peer_identity,
+)
+from gateway.mesh.policies import sign_policy_proof
+from gateway.mesh.signers import SignError, control_plane_signer
+from gateway.mesh.tls import PEER_IDENTITY_MISMATCH, UNAUTHORIZED, verify_peer
+from gateway.mesh.tokens import TokenError
+from gateway.mesh.workload import RotationError, WorkloadIdentity
+
+__all__ = ["PolicySource", "Sidecar", "SidecarConfig", "SidecarError", "main", "run_sidecar"]
+
+log = logging.getLogger("meshgate.sidecar")
+
+_MODELS = "/v2/models/"
+_DECISION_CACHE = 1024  # distinct peer certificates remembered between policy changes
+
+
+class SidecarError(Exception):
+    """Why the sidecar cannot start (printed as ``error: ...`` with exit status 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    model: str
+    version: str
+    listen: tuple[str, int]
+    upstream: str
+    control: str
+    join_token: str
+    data_dir: Path
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    outbound: tuple[str, int] | None = None
+    gateway: str | None = None
+    cert_lifetime_s: float | None = None
+    policy_refresh_s: float = 10.0
+    timeout_s: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if (self.outbound is None) != (self.gateway is None):
+            raise SidecarError(
+                "--outbound and --gateway go together: the outbound port forwards to a gateway"
+            )
+        if self.gateway is not None and urlsplit(self.gateway).scheme != "https":
+            raise SidecarError(
+                f"--gateway must be the https:// URL of a gateway's mesh port, not {self.gateway}"
+            )
+        if self.policy_refresh_s <= 0 or self.timeout_s <= 0:
+            raise SidecarError("--policy-refresh and --timeout must be positive")
+
+
+class PolicySource:
+    """Reads this model's policy from the control plane with a proof made with our certificate."""
+
+    def __init__(self, pool: UpstreamPool, control: str, identity: WorkloadIdentity, model: str) -> None:
+        parts = urlsplit(control)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SidecarError(f"--control must be the control plane's http(s)://host:port, not {control!r}")
+        self._endpoint = pool.endpoint(f"{parts.scheme}://{parts.netloc}")
+        self._target = (parts.path.rstrip("/") + "/v1/mesh/authz").encode()
+        self._identity = identity
+        self._model = model
+
+    async def fetch(self, timeout_s: float = 10.0) -> AuthzPolicy:
+        proof = sign_policy_proof(str(self._identity.identity_file), self._model, time.time())
+        try:
+            response = await self._endpoint.request(
+                b"POST", self._target, JSON_HEADERS, json.dumps(proof).encode(), timeout_s
+            )
+        except UpstreamError as exc:
+            raise SidecarError(f"cannot read the policy from the control plane: {exc.message}") from exc
+        try:
+            doc = json.loads(response.body or b"")
+        except ValueError:
+            doc = {}
+        if response.status != 200:
+            error = doc.get("error", {}) if isinstance(doc, dict) else {}
+            raise SidecarError(
+                f"the control plane refused the policy read ({response.status} {error.get('code')}): "
+                f"{error.get('message')}"
+            )
+        policies = [] if doc["allow"] is None else [{"model": self._model, "allow": doc["allow"]}]
+        return AuthzPolicy.compile(policies, default=doc["default"], trust_domain=doc["trust_domain"])
+
+
+class Sidecar:
+    """The running sidecar: identity, policy, the inbound and (optional) outbound listeners."""
+
+    def __init__(self, config: SidecarConfig, identity: WorkloadIdentity, pool: UpstreamPool) -> None:
+        self.config = config
+        self.identity = identity
+        self.pool = pool
+        self.policy = PolicySource(pool, config.control, identity, config.model)
+        self.authz = AuthzPolicy(trust_domain=config.trust_domain)
+        self.inbound: Server | None = None
+        self.outbound: Server | None = None
+        self.denied = 0
+        self._decisions: dict[bytes, Decision] = {}  # peer certificate DER -> decision, per policy
+        self._gateways = compile_patterns(f"spiffe://{config.trust_domain}/gateway/*")
+        self._upstream = pool.endpoint(config.upstream)
+        self._gateway: Endpoint | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.identity.start()
+        self.set_policy(await self.policy.fetch())
+        self.inbound = await start_server(
+            self._handle_inbound,
+            *cfg.listen,
+            ssl=self.identity.server_context(),
+            limits=ServerLimits(max_body_bytes=cfg.max_body_bytes),
+        )
+        if cfg.outbound is not None and cfg.gateway is not None:
+            self._gateway = self.pool.endpoint(cfg.gateway, ssl=self.identity.client_context())
+            # Outbound bodies are buffered, so the gateway's identity is checked before any byte goes back.
+            limits = ServerLimits(max_body_bytes=cfg.max_body_bytes, buffered_body_bytes=cfg.max_body_bytes)
+            self.outbound = await start_server(self._handle_outbound, *cfg.outbound, limits=limits)
+        self._refresher = asyncio.create_task(self._refresh_forever(), name="policy-refresh")
+
+    async def aclose(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        for server in (self.inbound, self.outbound):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        await self.identity.aclose()
+        await self.pool.aclose()
+
+    def set_policy(self, authz: AuthzPolicy) -> None:
+        if authz != self.authz:
+            self.authz = authz
+            self._decisions = {}
+            policy = authz.models.get(self.config.model)
+            allowed = (
+                [p.text for p in policy.allow] if policy is not None else f"mesh default {authz.default}"
+            )
+            log.info("policy for model %s: %s", self.config.model, allowed)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.policy_refresh_s)
+            try:
+                self.set_policy(await self.policy.fetch())
+            except (SidecarError, OSError, ValueError, KeyError) as exc:
+                log.warning("policy refresh failed, keeping the last policy: %s", exc)
+
+    # -- inbound: mesh -> model --------------------------------------------------------
+    def _decide(self, request: Request) -> Decision:
+        der = request.peer_cert_der or b""
+        decision = self._decisions.get(der)
+        if decision is None:
+            if len(self._decisions) >= _DECISION_CACHE:
+                self._decisions.clear()
+            decision = self._decisions[der] = self.authz.decide(
+                self.config.model, peer_identity(request.peer_cert)
+            )
+        return decision
+
+    def _handle_inbound(self, request: Request, responder: Responder) -> None:
+        decision = self._decide(request)
+        if not decision.allowed:
+            self.denied += 1
+            caller = peer_identity(request.peer_cert)
+            log.warning(
+                "denied %s calling model %s/%s (%s)",
+                caller or "a certificate without a mesh identity",
+                self.config.model,
+                self.config.version,
+                decision.value,
+            )
+            _reply_error(responder, 403, UNAUTHORIZED, f"{caller} may not call model {self.config.model!r}")
+            return
+        self._forward(self._upstream, request, responder, None)
+
+    # -- outbound: model -> gateway mesh port -> other model ----------------------------
+    def _handle_outbound(self, request: Request, responder: Responder) -> None:
+        if not request.path.startswith(_MODELS) or self._gateway is None:
+            _reply_error(
+                responder, 404, "not_found", f"the outbound port routes /v2/models/..., not {request.path}"
+            )
+            return
+        self._forward(self._gateway, request, responder, self._check_gateway)
+
+    def _check_gateway(self, response: UpstreamResponse) -> str | None:
+        if verify_peer(response.peer_cert, self._gateways):
+            return None
+        return f"the mesh port presented {peer_identity(response.peer_cert)}, not a gateway identity"
+
+    # -- forwarding --------------------------------------------------------------------
+    def _forward(
+        self,
+        endpoint: Endpoint,
+        request: Request,
+        responder: Responder,
+        check: Callable[[UpstreamResponse], str | None] | None,
+    ) -> None:
+        headers = proxy_headers(request)
+
+        def finished(status: int, error: UpstreamError | None) -> None:
+            if error is not None:  # before the answer started the client still needs one
+                log.warning("exchange failed (%d %s): %s", status, error.reason, error.message)
+                _reply_error(responder, error.status, error.reason, error.message)
+
+        if request.body is None:  # a large inbound body: streamed both ways
+            endpoint.forward_stream(
+                request, responder, request.method, request.target, headers, self.config.timeout_s, finished
+            )
+            return
+
+        def done(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            if response is None:
+                finished(error.status if error else 502, error)
+                return
+            problem = check(response) if check is not None else None
+            if problem is not None:
+                log.warning("outbound call refused: %s", problem)
+                if response.stream is not None:
+                    response.stream.fail(StreamError(502, PEER_IDENTITY_MISMATCH, problem))
+                _reply_error(responder, 502, PEER_IDENTITY_MISMATCH, problem)
+                return
+            relay(response, responder, [], finished)
+
+        handle = endpoint.send(
+            request.method, request.target, headers, request.body, self.config.timeout_s, done
+        )
+        responder.on_disconnect(handle.cancel)
+
+
+def _reply_error(responder: Responder, status: int, reason: str, message: str) -> None:
+    """The data plane's shape: ``x-meshgate-error`` for machines, the OIP ``{"error": msg}`` body."""
+    if not responder.started:
+        body = json.dumps({"error": message}).encode()
+        responder.respond(status, [*JSON_HEADERS, (b"x-meshgate-error", reason.encode())], body)
+
+
+# -- process ---------------------------------------------------------------------------
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the model this sidecar serves")
+    p.add_argument("--version", required=True, help="its version (the identity is model/<model>/<version>)")
+    p.add_argument(
+        "--listen", type=_address, default=("0.0.0.0", 15443), help="mTLS port (default 0.0.0.0:15443)"
+    )
+    p.add_argument(
+        "--upstream", required=True, help="the model server, plaintext (e.g. http://127.0.0.1:9002)"
+    )
+    p.add_argument(
+        "--control", default="http://127.0.0.1:8081", help="control plane URL (certificates, policy)"
+    )
+    p.add_argument("--join-token", help="join token for the first certificate (env MESHGATE_JOIN_TOKEN)")
+    p.add_argument("--data-dir", default=".meshgate", help="where identity/<id>/ keeps key and certificate")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p.add_argument(
+        "--outbound", type=_address, help="plaintext port for the model's own calls (127.0.0.1:15001)"
+    )
+    p.add_argument("--gateway", help="https:// URL of a gateway's mesh port, for --outbound")
+    p.add_argument("--cert-lifetime", type=_positive, help="ask for certificates this many seconds long")
+    p.add_argument("--policy-refresh", type=_positive, default=10.0, help="seconds between policy reads")
+    p.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for an answer head")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def config_from_args(args: argparse.Namespace) -> SidecarConfig:
+    token = args.join_token or os.environ.get("MESHGATE_JOIN_TOKEN")
+    if not token:
+        raise SidecarError(
+            "a join token is needed: --join-token T or MESHGATE_JOIN_TOKEN (meshgate ca token)"
+        )
+    try:
+        identity = model_id(args.model, args.version, args.trust_domain)
+    except IdentityError as exc:
+        raise SidecarError(str(exc)) from None
+    stem = identity.uri.split("/", 3)[3].replace("/", "-")
+    return SidecarConfig(
+        model=args.model,
+        version=args.version,
+        listen=args.listen,
+        upstream=args.upstream,
+        control=args.control,
+        join_token=token,
+        data_dir=Path(args.data_dir) / "identity" / stem,
+        trust_domain=args.trust_domain,
+        outbound=args.outbound,
+        gateway=args.gateway,
+        cert_lifetime_s=args.cert_lifetime,
+        policy_refresh_s=args.policy_refresh,
+        timeout_s=args.timeout,
+    )
+
+
+def build(config: SidecarConfig) -> Sidecar:
+    try:
+        signer = control_plane_signer(config.control, config.join_token, lifetime_s=config.cert_lifetime_s)
+    except TokenError as exc:
+        raise SidecarError(f"the join token is unusable: {exc.message}") from None
+    identity = WorkloadIdentity(
+        model_id(config.model, config.version, config.trust_domain), config.data_dir, signer
+    )
+    return Sidecar(config, identity, UpstreamPool())
+
+
+async def run_sidecar(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:
+    sidecar = build(config)
+    try:
+        try:
+            await sidecar.start()
+        except SignError as exc:
+            raise SidecarError(
+                f"the control plane refused a certificate ({exc.code}): {exc.message}"
+            ) from None
+        except RotationError as exc:
+            raise SidecarError(str(exc)) from None
+        except OSError as exc:
+            raise SidecarError(f"cannot listen: {exc.strerror or exc}") from None
+        where = f"https://{config.listen[0]}:{sidecar.inbound.port if sidecar.inbound else 0}"
+        out = ""
+        if sidecar.outbound is not None and config.outbound is not None:
+            out = f"; outbound on http://{config.outbound[0]}:{sidecar.outbound.port} -> {config.gateway}"
+        print(f"sidecar {sidecar.identity.identity} on {where} (mTLS) -> {config.upstream}{out}", flush=True)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await sidecar.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshgate sidecar", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per certificate request is noise
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_sidecar(config_from_args(args), stop)
+
+    import uvloop
+
+    try:
+        uvloop.run(serve())
+    except SidecarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
