@@ -126,7 +126,10 @@ class _Plan:
         if not known:
             raise _invalid(f"{path}.versions", f"model {name!r} has no versions: declare at least one")
         default = (
-            spec.get("default_version") or (existing or {}).get("default_version") or next(iter(versions))
+            spec.get("default_version")
+            or (existing or {}).get("default_version")
+            or next(iter(versions), None)
+            or min(known)
         )
         if default not in known:
             raise _invalid(
@@ -199,13 +202,16 @@ class _Plan:
 
     def canary(self, spec: object, path: str, now: float) -> None:
         spec = _mapping(spec, path)
-        model, candidate = spec.get("model"), spec.get("candidate")
+        for key in ("model", "candidate"):
+            if not isinstance(spec.get(key), str):
+                raise _invalid(f"{path}.{key}", "required: a name")
+        model, candidate = spec["model"], spec["candidate"]
         for doc in self.work["experiments"].values():
             cfg = doc.get("canary") or {}
             if doc["model"] == model and cfg.get("candidate") == candidate:
                 self.note("canary", doc["name"], "unchanged", doc["status"])
                 return
-        mdoc = self.work["models"].get(model) if isinstance(model, str) else None
+        mdoc = self.work["models"].get(model)
         if mdoc is None:
             raise ApiError.not_found(f"{path}.model: model {model!r} is not registered")
         try:

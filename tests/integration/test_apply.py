@@ -105,6 +105,7 @@ def test_apply_dry_run_writes_nothing(mesh, digits, tmp_path):
             lambda d: d.update(canaries=[{"model": "digits", "candidate": "v2"}]),
             "already has a running experiment",
         ),
+        (lambda d: d.update(canaries=[{"model": "digits"}]), "canaries[0].candidate: required"),
     ],
 )
 def test_an_invalid_file_writes_nothing(mesh, digits, tmp_path, mutate, needle):
