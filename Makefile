@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	./.ci/ensure-services
+	./.ci/ensure-browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -6,7 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import apply_cmd, canary_cmd, experiments_cmd, flags_cmd, mesh_cmd, models_cmd, process_cmd
+from gateway.cli import (
+    apply_cmd,
+    canary_cmd,
+    experiments_cmd,
+    flags_cmd,
+    mesh_cmd,
+    models_cmd,
+    process_cmd,
+    status_cmd,
+)
 from gateway.cli.admin_client import AdminClient, CliError
 
 __all__ = ["main"]
@@ -39,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags_cmd.add_parser(sub, common)
     apply_cmd.add_parser(sub, common)
     mesh_cmd.add_parser(sub, common)
+    status_cmd.add_parser(sub, common)
     return parser
 
 

@@ -132,7 +132,7 @@ function modelsPage(data) {
   return data.models.map((m) => h("div", { class: "card", "data-model": m.name },
     h("div", { class: "head" }, h("h2", { text: m.name }),
       h("span", { class: "muted" }, `default ${m.default_version || "–"}`),
-      m.experiment ? pill(`${m.experiment_kind} ${m.experiment}`, "warn") : null),
+      m.experiment ? pill(`${m.experiment_kind === "canary" ? "canary" : "experiment"} ${m.experiment}`, "warn") : null),
     h("table", {},
       h("thead", {}, h("tr", {}, ...["version", "traffic (configured / live)", "configured", "live", "live rps", "breaker", "in flight"]
         .map((c, i) => h("th", { class: i > 1 ? "num" : null, text: c })))),

@@ -374,3 +374,85 @@ def test_access_log_has_one_json_line_per_request_with_its_fields_and_no_secrets
     text = env.access_log.read_text()
     assert "s3cret" not in text and "authorization" not in text.lower()
     assert '"inputs"' not in text  # no bodies
+
+
+# -- meshgate status -------------------------------------------------------------------------
+def _status(env, *args: str, token: str | None = None):
+    import os
+    import subprocess
+
+    from tests.procs import MESHGATE
+
+    run_env = {
+        **os.environ,
+        "MESHGATE_ADMIN_URL": env.admin_url,
+        "MESHGATE_TOKEN": token or env.token,
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [*MESHGATE, "status", *args],
+        capture_output=True,
+        text=True,
+        env=run_env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_status_prints_models_endpoints_and_the_experiment(env):
+    for i in range(10):
+        _infer(env, key=f"status-{i}")
+    res = _status(env)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "models" in out and "endpoints" in out
+    assert "digits" in out and "v1 (default)" in out and "v2" in out
+    assert env.models["v2"] in out
+    assert "experiment ab on digits" in out and "v1 (control)" in out
+    assert "error_rate" in out and "sample ratio check" in out
+    data = json.loads(_status(env, "--json").stdout)
+    digits = next(m for m in data["models"] if m["name"] == "digits")
+    assert digits["experiment"] == "ab"
+    assert {v["version"] for v in digits["versions"]} == {"v1", "v2"}
+    assert sum(v["live_share"] for v in digits["versions"]) == pytest.approx(1.0)
+    assert all(v["breaker"] in ("closed", "open", "half_open") for v in digits["versions"])
+    ab = next(e for e in data["experiments"] if e["name"] == "ab")
+    assert [a["arm"] for a in ab["results"]["arms"]] == ["v1", "v2"]
+
+
+def test_status_with_a_wrong_token_says_so(env):
+    res = _status(env, token="wrong")
+    assert res.returncode == 1
+    assert "401" in res.stderr and "admin token" in res.stderr
+
+
+# -- dashboard session -----------------------------------------------------------------------
+def test_the_session_cookie_reads_but_never_writes_and_a_wrong_token_gets_no_cookie(env):
+    import httpx
+
+    with httpx.Client(base_url=env.admin_url, timeout=10.0) as browser:
+        assert browser.get("/ui/session").json() == {"signed_in": False}
+        r = browser.post("/ui/session", json={"token": "wrong"})
+        assert r.status_code == 401 and "meshgate_session" not in r.cookies
+        assert browser.post("/ui/session", json={}).status_code == 422
+        r = browser.post("/ui/session", json={"token": env.token})
+        assert r.status_code == 204
+        set_cookie = r.headers["set-cookie"].lower()
+        assert (
+            "httponly" in set_cookie
+            and "samesite=strict" in set_cookie
+            and env.token.lower() not in set_cookie
+        )
+        assert browser.get("/ui/session").json() == {"signed_in": True}
+        assert browser.get("/v1/overview").status_code == 200
+        assert browser.get("/metrics").status_code == 200
+        assert browser.get("/v1/models").status_code == 200
+        r = browser.post("/v1/experiments", json={"name": "x", "model": "digits", "arms": {"v1": 1, "v2": 1}})
+        assert r.status_code == 401  # writes need the bearer token
+        assert browser.delete("/ui/session").status_code == 204
+        assert browser.get("/v1/overview").status_code == 401
+        r = browser.get("/ui/")
+        assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
+        assert browser.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
+        assert browser.get("/ui/../auth.py").status_code == 404
+        assert browser.get("/ui/secrets.txt").status_code == 404

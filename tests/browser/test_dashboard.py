@@ -1,0 +1,144 @@
+"""The dashboard in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Never downloads a browser: ``./.ci/ensure-browser`` installs Debian's package in the test
+command, and when it is missing this test fails and says so. A screenshot of each page is
+written to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from models.zoo import digits_holdout
+from tests.procs import model_server, oip_digits
+from tests.telemetry.helpers import in_process_mesh
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dashboard")
+    with (
+        model_server(tmp, "digits", "v1") as v1,
+        model_server(tmp, "digits", "v2") as v2,
+        in_process_mesh(tmp / "data", {"MESHGATE_ACCESS_LOG": "off"}) as m,
+    ):
+        m.register("digits", "v1", v1)
+        m.register("digits", "v2", v2)
+        m.register("ranker", "r1", v1)
+        m.register("ranker", "r2", v2)
+        r = m.admin.post(
+            "/v1/experiments",
+            json={"name": "ab", "model": "digits", "arms": {"v1": 50, "v2": 50}, "metrics": ["accuracy"]},
+        )
+        assert r.status_code == 201, r.text
+        r = m.admin.post("/v1/canaries", json={"model": "ranker", "candidate": "r2", "steps": [10, 50, 100]})
+        assert r.status_code == 201, r.text
+        x, _ = digits_holdout()
+        seen = set()
+        for i in range(400):  # bounded: until both arms have traffic (config propagates first)
+            resp = m.data.post(
+                "/v2/models/digits/infer",
+                content=oip_digits([x[i % len(x)].tolist()]),
+                headers={"x-meshgate-key": f"user-{i}"},
+            )
+            assert resp.status_code == 200
+            if "x-meshgate-arm" in resp.headers:
+                seen.add(resp.headers["x-meshgate-arm"])
+            if len(seen) == 2 and i >= 200:
+                break
+        assert seen == {"v1", "v2"}
+        yield m
+
+
+def _browser(playwright):
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"Debian's chromium is not installed at {CHROMIUM}: run ./.ci/ensure-browser "
+            "(apt-get install -y chromium); this test never downloads a browser"
+        )
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+
+
+def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mesh):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(f"{mesh.admin_url}/ui")
+            expect(page.locator("#signin-form")).to_be_visible()
+
+            page.fill("#token", "not-the-token")
+            page.click("#signin-form button[type=submit]")
+            expect(page.locator("#signin-error")).to_contain_text("wrong admin token")
+            problems.clear()  # the refused sign-in is a 401 the browser reports; it is expected
+
+            page.fill("#token", mesh.token)
+            page.click("#signin-form button[type=submit]")
+            expect(page.locator('[data-model="digits"]')).to_be_visible()
+            expect(page.locator('[data-model="digits"]')).to_contain_text("experiment ab")
+            expect(page.locator('[data-model="digits"] tbody tr')).to_have_count(
+                2 + 2
+            )  # versions + endpoints
+            cookie = next(c for c in context.cookies() if c["name"] == "meshgate_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert mesh.token not in cookie["value"]
+            assert mesh.token not in page.url
+            page.screenshot(path=str(ARTIFACTS / "dashboard-models.png"), full_page=True)
+
+            page.click('nav a[data-page="experiments"]')
+            card = page.locator('[data-experiment="ab"]')
+            expect(card).to_be_visible()
+            expect(card.locator('[data-arm="v1"]')).to_be_visible()
+            expect(card.locator('[data-arm="v2"]')).to_be_visible()
+            expect(card).to_contain_text("Sample ratio check")
+            expect(card.locator("svg.forest").first).to_be_visible()
+            expect(card).to_contain_text("chance to beat control")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-experiments.png"), full_page=True)
+
+            page.click('nav a[data-page="canaries"]')
+            canary = page.locator("[data-canary]")
+            expect(canary).to_be_visible()
+            expect(canary).to_contain_text("candidate r2")
+            expect(canary.locator(".steps span.current")).to_have_text("10%")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-canaries.png"), full_page=True)
+
+            # it refreshes by itself: new traffic shows without a reload
+            before = page.locator("#status").inner_text()
+            page.wait_for_function(
+                "before => document.getElementById('status').textContent !== before",
+                arg=before,
+                timeout=10_000,
+            )
+
+            page.click("#signout")
+            expect(page.locator("#signin-form")).to_be_visible()
+            assert not [c for c in context.cookies() if c["name"] == "meshgate_session"]
+        finally:
+            browser.close()
+    assert problems == [], problems
+    assert (ARTIFACTS / "dashboard-experiments.png").stat().st_size > 10_000

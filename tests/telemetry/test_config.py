@@ -1,0 +1,161 @@
+"""Telemetry settings and the pieces that need no process: trace context, sessions, log targets."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from gateway.control.auth import SESSION_TTL_S, AdminAuth
+from gateway.telemetry.access_log import AccessLog, access_log_target
+from gateway.telemetry.tracing import DEFAULT_RATIO, TelemetryConfigError, TracingConfig, parse_traceparent
+
+TID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SID = "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (f"00-{TID}-{SID}-01", (int(TID, 16), int(SID, 16), True)),
+        (f"00-{TID}-{SID}-00", (int(TID, 16), int(SID, 16), False)),
+        (f"00-{TID}-{SID}-03", (int(TID, 16), int(SID, 16), True)),  # other flag bits ignored
+        (f"01-{TID}-{SID}-01-future-fields", (int(TID, 16), int(SID, 16), True)),  # newer version
+        (f"00-{TID}-{SID}-01-extra", None),  # version 00 has exactly four fields
+        (f"ff-{TID}-{SID}-01", None),  # version ff is invalid
+        (f"00-{'0' * 32}-{SID}-01", None),  # all-zero trace id
+        (f"00-{TID}-{'0' * 16}-01", None),  # all-zero span id
+        (f"00-{TID.upper()}-{SID}-01", None),  # upper-case hex
+        (f"00-{TID[:-1]}_-{SID}-01", None),  # int() would accept "_"; the spec does not
+        (f"00-{TID}-{SID}", None),
+        ("", None),
+    ],
+)
+def test_parse_traceparent(header, expected):
+    assert parse_traceparent(header.encode()) == expected
+
+
+def test_tracing_is_off_unless_an_exporter_is_chosen():
+    assert not TracingConfig.from_env({}).enabled
+    assert not TracingConfig.from_env({"OTEL_TRACES_EXPORTER": "none"}).enabled
+    assert not TracingConfig.from_env(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}
+    ).enabled
+    assert not TracingConfig.from_env(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_off"}
+    ).enabled
+
+
+def test_default_sampling_is_parent_based_at_the_default_ratio():
+    config = TracingConfig.from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert config.enabled and config.exporters == ("console",)
+    assert (config.sampler, config.ratio) == ("parentbased_traceidratio", DEFAULT_RATIO)
+
+
+def test_a_chosen_ratio_sampler_without_argument_samples_everything_as_the_spec_says():
+    config = TracingConfig.from_env(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "traceidratio"}
+    )
+    assert config.ratio == 1.0
+    config = TracingConfig.from_env(
+        {
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_TRACES_SAMPLER": "TraceIdRatio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        }
+    )
+    assert (config.sampler, config.ratio) == ("traceidratio", 0.25)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "unknown exporter 'zipkin'"),
+        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "not supported"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "ratio in [0, 1]"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "ratio in [0, 1]"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_variable_named(env, message):
+    with pytest.raises(TelemetryConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TracingConfig.from_env(env)
+
+
+def test_otlp_without_the_optional_package_says_what_to_install():
+    try:
+        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.fail("opentelemetry-exporter-otlp-proto-http is installed; this test checks its absence")
+    from gateway.telemetry.tracing import Tracing
+
+    with pytest.raises(TelemetryConfigError, match="pip install opentelemetry-exporter-otlp-proto-http"):
+        Tracing(TracingConfig.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
+
+
+# -- dashboard sessions ------------------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_session_is_an_hmac_not_the_token_and_expires():
+    clock = Clock()
+    auth = AdminAuth("the-admin-token", now=clock)
+    value = auth.new_session()
+    assert "the-admin-token" not in value
+    assert auth.check_session(value)
+    assert auth.new_session() != value  # a nonce in each
+    clock.t += SESSION_TTL_S + 1
+    assert not auth.check_session(value)
+
+
+@pytest.mark.parametrize(
+    "mangle", [lambda v: v[:-1] + ("0" if v[-1] != "0" else "1"), lambda v: "9" + v, lambda v: ""]
+)
+def test_a_tampered_session_is_refused(mangle):
+    auth = AdminAuth("the-admin-token")
+    assert not auth.check_session(mangle(auth.new_session()))
+    assert not auth.check_session(None)
+
+
+def test_a_new_token_ends_every_session():
+    old = AdminAuth("old-token").new_session()
+    assert not AdminAuth("new-token").check_session(old)
+
+
+# -- access log ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("env", "flag", "target"),
+    [
+        ({}, None, "stdout"),
+        ({"MESHGATE_ACCESS_LOG": "off"}, None, None),
+        ({"MESHGATE_ACCESS_LOG": "off"}, True, "stdout"),
+        ({"MESHGATE_ACCESS_LOG": "/tmp/x.log"}, None, "/tmp/x.log"),
+        ({"MESHGATE_ACCESS_LOG": "/tmp/x.log"}, False, None),
+        ({"MESHGATE_ACCESS_LOG": "stderr"}, None, "stderr"),
+        ({"MESHGATE_ACCESS_LOG": "1"}, None, "stdout"),
+    ],
+)
+def test_access_log_target(env, flag, target):
+    assert access_log_target(env, flag) == target
+
+
+def test_access_log_cannot_open_a_missing_directory(tmp_path):
+    with pytest.raises(TelemetryConfigError, match="cannot open the access log"):
+        AccessLog.open(str(tmp_path / "missing" / "access.log"))
+
+
+def test_access_log_buffers_and_flushes_whole_lines():
+    out = io.StringIO()
+    log = AccessLog(out, wall=lambda: 1_700_000_000.25)
+    assert log._time() == "2023-11-14T22:13:20.250Z"
+    log._pending.extend([json.dumps({"a": 1}), json.dumps({"a": 2})])
+    assert out.getvalue() == ""
+    log.flush()
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [{"a": 1}, {"a": 2}]
