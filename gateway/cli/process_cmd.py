@@ -106,6 +106,8 @@ def _setup_logging(level: str) -> None:
 def _options(args: argparse.Namespace, *, data: bool, admin: bool):
     from gateway.runtime import ProcessOptions
 
+    if (args.store or "").startswith("memory:") and not (data and admin):
+        raise CliError("a memory:// store lives inside one process: use it with `meshgate up`")
     _setup_logging(args.log_level)
     opts = ProcessOptions(
         data_dir=args.data_dir,

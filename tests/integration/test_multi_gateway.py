@@ -495,6 +495,7 @@ def test_control_warns_when_redis_does_not_persist(mesh):
         (["gateway", "--workers", "0"], "expected a positive integer"),
         (["gateway", "--store", "ftp://nowhere"], "unsupported store URL"),
         (["control", "--store", SHARED_REDIS_URL, "--store-prefix", "bad prefix"], "must match"),
+        (["gateway", "--store", "memory://"], "use it with `meshgate up`"),
     ],
 )
 def test_process_commands_refuse_bad_options(tmp_path, args, needle):
@@ -516,14 +517,18 @@ def test_process_commands_refuse_bad_options(tmp_path, args, needle):
     assert needle in res.stderr, res.stderr
 
 
-def test_up_runs_on_redis(tmp_path, digits):
-    shared_redis_or_fail()
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+def test_up_runs_on_store(tmp_path, digits, backend):
+    """`meshgate up --store redis://...` keeps its state in Redis; `memory://` in the process."""
+    store_url = SHARED_REDIS_URL if backend == "redis" else "memory://"
     prefix = unique_prefix()
     port, admin_port = free_port(), free_port()
     with ExitStack() as stack:
-        stack.callback(delete_prefix, SHARED_REDIS_URL, prefix)
+        if backend == "redis":
+            shared_redis_or_fail()
+            stack.callback(delete_prefix, SHARED_REDIS_URL, prefix)
         proc = Proc(
-            [*MESHGATE, "up", "--store", SHARED_REDIS_URL, "--store-prefix", prefix, "--port", str(port),
+            [*MESHGATE, "up", "--store", store_url, "--store-prefix", prefix, "--port", str(port),
              "--admin-port", str(admin_port), "--data-dir", str(tmp_path / "data")],
             tmp_path / "up.log",
         )  # fmt: skip
@@ -539,9 +544,10 @@ def test_up_runs_on_redis(tmp_path, digits):
         url = f"http://{HOST}:{port}"
         wait_until(lambda: httpx.get(f"{url}/v2/models/digits/ready").status_code == 200, what="routable")
         assert httpx.post(f"{url}/v2/models/digits/infer", content=digits_body()).status_code == 200
-        store = RedisStore(SHARED_REDIS_URL, prefix=prefix)
-        stack.callback(store.close)
-        assert store.get("models", "digits") is not None  # the state lives in Redis, under the prefix
+        if backend == "redis":
+            store = RedisStore(SHARED_REDIS_URL, prefix=prefix)
+            stack.callback(store.close)
+            assert store.get("models", "digits") is not None  # the state lives in Redis, under the prefix
         gateways = admin.get("/v1/gateways").json()["gateways"]
         assert [g["address"] for g in gateways] == [url]
         assert proc.stop() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
 from tests.redis_server import (
@@ -17,13 +18,16 @@ from tests.redis_server import (
 
 __all__ = ["private_redis"]
 
-BACKENDS = ["sqlite", "redis"]
+BACKENDS = ["sqlite", "redis", "memory"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "meshgate.db", purge_interval_s=0.0)
+        cleanup = None
+    elif request.param == "memory":
+        s = MemoryStore()
         cleanup = None
     elif request.param == "redis":
         shared_redis_or_fail()

@@ -163,7 +163,9 @@ def test_expired_records_do_not_accumulate(store):
 
 
 def _stored_record_count(store, namespace: str) -> int:
-    """Rows (SQLite) or keys (Redis) physically held for a namespace, expired or not."""
+    """Rows (SQLite), keys (Redis) or entries (memory) physically held for a namespace, expired or not."""
+    if hasattr(store, "stored_records"):
+        return store.stored_records(namespace)
     if hasattr(store, "_conn"):
         return store._conn().execute("SELECT COUNT(*) FROM records WHERE ns=?", (namespace,)).fetchone()[0]
     client = store._client
