@@ -2,9 +2,9 @@
 
 Per request the cost is one dict lookup on ``(model, version, code, reason, experiment, arm)``
 that yields pre-bound label children (a counter, a histogram, an arm counter), and one lookup
-per upstream attempt: ``labels()`` is never called on the hot path. State that the data plane
-already keeps (breakers, ejections, EWMA, in-flight, retry counters, config version) is copied
-into gauges by ``refresh()``, once a second and on every scrape, never per request.
+per upstream attempt (a histogram child): ``labels()`` is never called on the hot path. State
+that the data plane already keeps (breakers, ejections, EWMA, in-flight, retry counters,
+config version) is copied into gauges by ``refresh()``, once a second and on every scrape, never per request.
 
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before prometheus_client
 is imported), every value lives in a per-process mmap file in that directory and ``render()``
@@ -112,15 +112,10 @@ class Metrics:
         )
         self.upstream_duration = Histogram(
             "meshgate_upstream_duration_seconds",
-            "Duration of one upstream attempt",
-            ["model", "version", "endpoint"],
-            buckets=_UPSTREAM_BUCKETS,
-            registry=reg,
-        )
-        self.upstream_attempts = Counter(
-            "meshgate_upstream_attempts",
-            "Upstream attempts by outcome (success, client_error, server_error, timeout, ...)",
+            "Duration of one upstream attempt by outcome (success, client_error, server_error, "
+            "timeout, ...); its _count counts attempts",
             ["model", "version", "endpoint", "outcome"],
+            buckets=_UPSTREAM_BUCKETS,
             registry=reg,
         )
         self.arm_requests = Counter(
@@ -193,7 +188,7 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self._entries: dict[tuple, _Entry] = {}
-        self._upstream: dict[tuple, tuple] = {}
+        self._upstream: dict[tuple, Histogram] = {}
         self._plane: DataPlane | None = None
         self._seen_retries = 0
         self._seen_exhausted = 0
@@ -235,14 +230,10 @@ class Metrics:
 
     def on_attempt(self, ex: Exchange, info: AttemptInfo) -> None:
         key = (ex.model.name, info.version, info.endpoint, info.outcome)
-        children = self._upstream.get(key)
-        if children is None:
-            children = self._upstream[key] = (
-                self.upstream_duration.labels(*key[:3]),
-                self.upstream_attempts.labels(*key),
-            )
-        children[0].observe(info.end - info.start)
-        children[1].inc()
+        child = self._upstream.get(key)
+        if child is None:
+            child = self._upstream[key] = self.upstream_duration.labels(*key)
+        child.observe(info.end - info.start)
 
     # -- from the data plane's state --------------------------------------------------------
     def refresh(self) -> None:

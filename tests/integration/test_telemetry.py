@@ -242,8 +242,8 @@ def test_metrics_count_known_traffic_with_the_right_labels(env):
     v2 = env.models["v2"]
     attempts = _value(
         after,
-        "meshgate_upstream_attempts",
-        "meshgate_upstream_attempts_total",
+        "meshgate_upstream_duration_seconds",
+        "meshgate_upstream_duration_seconds_count",
         model="digits",
         version="v2",
         endpoint=v2,
@@ -287,8 +287,8 @@ def test_retries_and_ejections_show_in_metrics(env):
     assert _value(families, "meshgate_retries", "meshgate_retries_total") >= 1
     failures = _value(
         families,
-        "meshgate_upstream_attempts",
-        "meshgate_upstream_attempts_total",
+        "meshgate_upstream_duration_seconds",
+        "meshgate_upstream_duration_seconds_count",
         model="digits",
         version="v1",
         outcome="connect_failure",
