@@ -20,7 +20,7 @@ from router.policy import PolicyError, validate_fallbacks
 
 __all__ = ["RegistryService", "load_models"]
 
-_COLLS = ("models", "versions", "experiments")
+_COLLS = ("models", "versions", "experiments", "flags")
 
 
 def load_models(snap: Mapping[str, Mapping[str, dict]]) -> dict[str, Model]:
@@ -152,7 +152,7 @@ class RegistryService:
                     else f"remove the whole model instead (DELETE /v1/models/{name})"
                 )
                 raise ApiError.conflict(f"{name}/{version} is the default version; {hint}")
-            _refuse_if_in_experiment(snap, name, version)
+            _refuse_if_in_use(snap, name, version)
             rest = {v: d.policy for v, d in model.versions.items() if v != version}
             try:
                 check_policies(model.policy, rest)
@@ -170,20 +170,28 @@ class RegistryService:
             model = load_models(snap).get(name)
             if model is None:
                 raise ApiError.not_found(f"model {name!r} is not registered")
-            _refuse_if_in_experiment(snap, name, None)
+            _refuse_if_in_use(snap, name, None)
             writes = [Write("versions", f"{name}/{v}", None) for v in model.versions]
             return [*writes, Write("models", name, None)], None
 
         transact(self.store, _COLLS, plan)
 
 
-def _refuse_if_in_experiment(snap: Mapping[str, Mapping[str, dict]], model: str, version: str | None) -> None:
+def _refuse_if_in_use(snap: Mapping[str, Mapping[str, dict]], model: str, version: str | None) -> None:
+    """409 while a running experiment or a routing flag still sends traffic to the version."""
+    what = f"{model}/{version}" if version else f"model {model!r}"
     for exp in snap.get("experiments", {}).values():
         if exp.get("model") != model or exp.get("status") not in ("running", "paused"):
             continue
         if version is None or version in [a["version"] for a in exp.get("arms", [])]:
-            what = f"{model}/{version}" if version else f"model {model!r}"
             raise ApiError.conflict(f"{what} is part of experiment {exp['name']!r}; stop it first")
+    for flag in snap.get("flags", {}).values():
+        if flag.get("model") != model:
+            continue
+        if version is None or version in flag.get("variants", {}).values():
+            raise ApiError.conflict(
+                f"{what} is a variant of routing flag {flag['key']!r}; change or delete it first"
+            )
 
 
 def _fields(mv: ModelVersion) -> dict[str, Any]:

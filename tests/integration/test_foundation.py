@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -83,15 +84,21 @@ def test_default_switching_and_removal_through_api_and_cli(mesh, digits):
 
 
 def _wait_version(mesh, version: str) -> None:
-    import time
+    _eventually(
+        lambda: mesh.data.post("/v2/models/digits/infer", content=_body(1)),
+        lambda r: r.headers.get("x-meshgate-version") == version,
+    )
 
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        r = mesh.data.post("/v2/models/digits/infer", content=_body(1))
-        if r.headers.get("x-meshgate-version") == version:
-            return
+
+def _eventually(call, ok, timeout: float = 5.0):
+    """Config reaches the data plane asynchronously: retry ``call`` until ``ok`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = call()
+        if ok(result) or time.monotonic() > deadline:
+            assert ok(result), f"condition never held; last result: {result}"
+            return result
         time.sleep(0.05)
-    raise AssertionError(f"default never switched to {version}")
 
 
 def test_replace_returns_200_and_keeps_created_time(mesh, digits):
@@ -207,3 +214,28 @@ def test_large_bodies_stream_through_both_ways(tmp_path):
         assert via.status_code == 200, via.text[:300]
         assert via.headers["x-meshgate-version"] == "v1"
         assert via.content == direct.content
+
+
+def test_versions_in_use_by_a_routing_flag_cannot_be_removed(mesh, digits):
+    mesh.register("digits", "v1", digits["v1"])
+    mesh.register("digits", "v2", digits["v2"])
+    flag = {
+        "key": "beta",
+        "model": "digits",
+        "variants": {"stable": "v1", "beta": "v2"},
+        "default_variant": "stable",
+        "rules": [
+            {"conditions": [{"attribute": "tier", "op": "equals", "value": "beta"}], "variant": "beta"}
+        ],
+    }
+    assert mesh.admin.put("/v1/flags/beta", json=flag).status_code == 201
+    r = mesh.admin.delete("/v1/models/digits/versions/v2")
+    assert r.status_code == 409 and "beta" in r.json()["error"]["message"]
+    assert mesh.admin.delete("/v1/models/digits").status_code == 409
+    mesh.wait_routable("digits")
+    routed = mesh.data.post(
+        "/v2/models/digits/infer", content=_body(1), headers={"x-meshgate-attr-tier": "beta"}
+    )
+    assert routed.headers["x-meshgate-version"] == "v2" and routed.headers["x-meshgate-flag"] == "beta"
+    assert mesh.admin.delete("/v1/flags/beta").status_code == 204
+    assert mesh.admin.delete("/v1/models/digits/versions/v2").status_code == 204
