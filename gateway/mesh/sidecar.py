@@ -53,6 +53,7 @@ from gateway.http import (
     proxy_headers,
     relay,
     start_server,
+    tune_gc,
 )
 from gateway.mesh.authz import AuthzPolicy, Decision
 from gateway.mesh.identity import (
@@ -394,6 +395,7 @@ async def run_sidecar(config: SidecarConfig, stop: asyncio.Event | None = None) 
         out = ""
         if sidecar.outbound is not None and config.outbound is not None:
             out = f"; outbound on http://{config.outbound[0]}:{sidecar.outbound.port} -> {config.gateway}"
+        tune_gc()
         print(f"sidecar {sidecar.identity.identity} on {where} (mTLS) -> {config.upstream}{out}", flush=True)
         await (stop or asyncio.Event()).wait()
     finally:

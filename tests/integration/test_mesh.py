@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 
@@ -613,3 +614,32 @@ def test_sidecar_imports_only_the_engine_the_mesh_and_the_stdlib() -> None:
     for heavy in ("numpy", "scipy", "fastapi", "starlette", "pydantic", "uvicorn", "experiments", "router",
                   "gateway.dataplane", "gateway.control", "yaml", "redis"):  # fmt: skip
         assert heavy not in loaded, f"the sidecar imports {heavy}"
+
+
+def test_separate_gateway_joins_with_a_token_and_calls_the_sidecar(
+    mesh: Mesh, tmp: Path, echo_sidecar: Sidecar
+) -> None:
+    """``meshgate gateway`` without the CA: its identity comes from the control plane with a join token."""
+    set_policy(mesh, "echo", None)
+    token = make_token(mesh, "gateway/*")
+    port, mesh_port = free_port(), free_port()
+    store = f"sqlite:///{mesh.data_dir / 'meshgate.db'}"
+    proc = Proc(
+        [*MESHGATE, "gateway", "--port", str(port), "--mesh-port", str(mesh_port), "--store", store,
+         "--data-dir", str(tmp / "gw2"), "--join-token", token, "--control", mesh.admin_url],
+        tmp / "gateway2.log",
+    )  # fmt: skip
+    try:
+        wait_for_line(proc, "mesh port on https://")
+        resp = wait_until(
+            lambda: (
+                (r := httpx.post(f"http://{HOST}:{port}/v2/models/echo/infer", content=BODY)).status_code
+                == 200
+                and r
+            ),
+            what="the second gateway routing echo",
+        )
+        assert resp.headers["x-meshgate-version"] == "v1"
+        assert f"gateway identity {TD}/gateway/" in proc.output()
+    finally:
+        assert proc.stop() == 0, proc.output()[-3000:]
