@@ -22,6 +22,7 @@ from gateway.config_sync import ConfigSync
 from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.auth import load_or_create_token
 from gateway.control.canary_loop import run_canary_loop
+from gateway.dataplane.health_checks import HealthChecker
 from gateway.dataplane.measure import FEEDBACK_PATH, Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server
@@ -110,6 +111,7 @@ async def _start(opts: ProcessOptions) -> Running:
             log.warning("store unavailable at start, no route table yet: %s", exc)
         running.tasks.append(asyncio.create_task(running.sync.run(), name="config-sync"))
         running.tasks.append(asyncio.create_task(measurement.run_flusher(), name="flusher"))
+        running.tasks.append(asyncio.create_task(HealthChecker(plane).run(), name="health-checks"))
         limits = ServerLimits(
             max_body_bytes=opts.max_body_bytes, buffered_body_bytes=min(1 << 20, opts.max_body_bytes)
         )

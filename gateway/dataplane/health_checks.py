@@ -1,0 +1,123 @@
+"""Active health checks: GET each endpoint's OIP ready path for versions whose policy asks.
+
+Passive outlier ejection only learns from real traffic; a version that gets little traffic,
+or an endpoint that is up but not ready (loading weights, draining), needs a probe. For
+every version whose effective policy has ``health_check``, this process GETs
+``/v2/models/{m}/versions/{v}/ready`` on each endpoint every ``interval_s``, through the
+same upstream pool the data plane uses (so mTLS and the peer-identity check apply), with
+``timeout_ms`` for the whole check. A 200 is a pass; anything else (other statuses,
+connection errors, timeouts, a peer with the wrong identity) is a failure. Results feed
+``VersionRuntime.health_check``, whose thresholds decide when the balancer skips or takes
+back the endpoint.
+
+State is per process, like the rest of the resilience state (Envoy checks from every
+proxy too). Endpoints are tracked by (model, version, URL), so route-table rebuilds keep
+their schedule, and a check whose version or endpoint vanished meanwhile is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway.http import UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.dataplane.plane import DataPlane
+    from router.policy import HealthCheckPolicy
+    from router.table import VersionRoute
+
+__all__ = ["HealthChecker"]
+
+log = logging.getLogger("meshgate.health_checks")
+
+#: Longest sleep between scans: new policies and tables are picked up within this time.
+MAX_IDLE_S = 0.5
+
+_Key = tuple[str, str, str]  # (model, version, endpoint URL)
+
+
+class HealthChecker:
+    """Schedules one check at a time per endpoint; `run()` is the process's task."""
+
+    def __init__(self, plane: DataPlane, *, now: Callable[[], float] = time.monotonic) -> None:
+        self._plane = plane
+        self._now = now
+        self._due: dict[_Key, float] = {}
+        self._running: dict[_Key, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        """Check forever (until cancelled, which also cancels checks in flight)."""
+        try:
+            while True:
+                await asyncio.sleep(self.tick())
+        finally:
+            tasks = list(self._running.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def tick(self) -> float:
+        """Start the checks that are due; the seconds until the next one may be."""
+        now = self._now()
+        wake = now + MAX_IDLE_S
+        seen: set[_Key] = set()
+        for (model, version), rt in self._plane.runtimes().items():
+            hc = rt.policy.health_check
+            if hc is None:
+                continue
+            for url in rt.endpoints:
+                key = (model, version, url)
+                seen.add(key)
+                due = self._due.get(key, now)
+                if due <= now and key not in self._running:
+                    self._due[key] = due = now + hc.interval_s
+                    task = asyncio.create_task(self._check(key, hc), name=f"health-check {url}")
+                    self._running[key] = task
+                    task.add_done_callback(lambda _t, key=key: self._running.pop(key, None))
+                wake = min(wake, due)
+        for key in self._due.keys() - seen:
+            del self._due[key]
+        return max(0.0, wake - now)
+
+    async def _check(self, key: _Key, hc: HealthCheckPolicy) -> None:
+        model, version, url = key
+        vr = self._version(model, version)
+        if vr is None or url not in vr.endpoints:
+            return
+        endpoint = self._plane.endpoint(vr, vr.endpoints.index(url))
+        target = f"/v2/models/{model}/versions/{version}/ready".encode()
+        timeout = hc.timeout_ms / 1000.0
+        try:
+            async with asyncio.timeout(timeout):
+                response = await endpoint.request(b"GET", target, timeout=timeout)
+            ok = response.status == 200 and self._plane.check_peer(vr, response) is None
+        except (UpstreamError, TimeoutError):
+            ok = False
+        self._record(key, ok)
+
+    def _version(self, model: str, version: str) -> VersionRoute | None:
+        route = self._plane.table.models.get(model)
+        return route.versions.get(version) if route is not None else None
+
+    def _record(self, key: _Key, ok: bool) -> None:
+        """Feed the result to the version's current runtime (the table may have changed)."""
+        model, version, url = key
+        vr = self._version(model, version)
+        if vr is None or url not in vr.endpoints:
+            return
+        rt = self._plane.runtime(model, vr)
+        i = rt.endpoints.index(url)
+        was = rt.outlier.endpoints[i].hc_ok
+        now_ok = rt.health_check(i, ok)
+        if now_ok != was:
+            log.warning(
+                "%s/%s endpoint %s is now %s (active health check)",
+                model,
+                version,
+                url,
+                "healthy" if now_ok else "unhealthy",
+            )
