@@ -134,6 +134,10 @@ class Exchange:
         """Start on ``version``: admission, then the first attempt."""
         vr = self.model.versions[version]
         rt = self._plane.runtime(self.model.name, vr)
+        if version != self.version:  # a fallback: the upstream path names the version served
+            base = f"/v2/models/{self.model.name}/versions/"
+            rest = self._target[len(base) + len(self.version) :]
+            self._target = f"{base}{version}".encode() + rest
         self.version, self._rt, self._attempt, self._tried = version, rt, 0, set()
         reason = rt.admit(self)
         if reason is None:
