@@ -26,8 +26,10 @@ from gateway.dataplane.health_checks import HealthChecker
 from gateway.dataplane.measure import FEEDBACK_PATH, Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server
-from gateway.registration import Registration, register_gateway
+from gateway.mesh.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
+from gateway.registration import Registration, new_gateway_id, register_gateway
 from gateway.store import Store, StoreUnavailable, open_store
+from gateway.telemetry import install_telemetry
 
 __all__ = ["ProcessOptions", "default_store_url", "run", "run_process"]
 
@@ -52,6 +54,13 @@ class ProcessOptions:
     worker: int | None = None  # this process's index among them
     gateway_id: str | None = None  # the id it registers under (default: a new one)
     reuse_port: bool = False
+    trust_domain: str = "meshgate.local"  # the mesh CA's, created at the first control-plane start
+    cert_lifetime_s: float | None = None  # workload certificates (default 24 h; tests use seconds)
+    mesh_port: int | None = None  # the data plane over mTLS for mesh workloads (off by default)
+    join_token: str | None = None  # a gateway without the CA in-process gets its identity with it
+    control_url: str | None = None  # ... from this control plane
+    tls_cert: str | None = None  # TLS for plain clients on the data port (ordinary certificate)
+    tls_key: str | None = None
     on_ready: Callable[[Running], None] | None = None
     extra: dict = field(default_factory=dict)
 
@@ -80,6 +89,7 @@ class Running:
     admin: _EmbeddedUvicorn | None = None
     sync: ConfigSync | None = None
     registration: Registration | None = None
+    mesh: GatewayMesh | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -96,6 +106,7 @@ class Running:
 async def _start(opts: ProcessOptions) -> Running:
     store = open_store(opts.store_url or default_store_url(opts.data_dir), prefix=opts.store_prefix)
     running = Running(opts, store)
+    ca = open_ca(opts.data_dir, store, opts.trust_domain) if opts.run_control_plane else None
     if opts.run_data_plane:
         pool = UpstreamPool()
         plane = DataPlane(pool)
@@ -115,8 +126,24 @@ async def _start(opts: ProcessOptions) -> Running:
         limits = ServerLimits(
             max_body_bytes=opts.max_body_bytes, buffered_body_bytes=min(1 << 20, opts.max_body_bytes)
         )
+        opts.gateway_id = opts.gateway_id or new_gateway_id()
+        running.mesh = await start_gateway_mesh(
+            plane,
+            store,
+            opts.gateway_id,
+            data_dir=opts.data_dir,
+            ca=ca,
+            control_url=opts.control_url,
+            join_token=opts.join_token,
+            trust_domain=opts.trust_domain,
+            lifetime_s=opts.cert_lifetime_s,
+            mesh_host=opts.host,
+            mesh_port=opts.mesh_port,
+            limits=limits,
+        )
+        tls = public_tls_context(opts.tls_cert, opts.tls_key) if opts.tls_cert and opts.tls_key else None
         running.data_server = await start_server(
-            plane.handle, opts.host, opts.port, limits=limits, reuse_port=opts.reuse_port
+            plane.handle, opts.host, opts.port, ssl=tls, limits=limits, reuse_port=opts.reuse_port
         )
         running.registration = register_gateway(running)
         running.tasks.append(asyncio.create_task(running.registration.run(), name="registration"))
@@ -128,6 +155,8 @@ async def _start(opts: ProcessOptions) -> Running:
             token=token,
             data_dir=opts.data_dir,
             health=running.plane.health if running.plane else None,
+            ca=ca,
+            cert_lifetime_s=opts.cert_lifetime_s,
         )
         app = create_admin_app(cp)
         config = uvicorn.Config(
@@ -146,6 +175,7 @@ async def _start(opts: ProcessOptions) -> Running:
                 running.tasks[-1].result()  # raises the bind error
                 raise RuntimeError(f"admin server failed to start on {opts.admin_host}:{opts.admin_port}")
             await asyncio.sleep(0.01)
+    install_telemetry(running)
     return running
 
 
@@ -166,6 +196,8 @@ async def _stop(running: Running) -> None:
     if running.data_server is not None:
         running.data_server.close()
         await running.data_server.wait_closed()
+    if running.mesh is not None:
+        await running.mesh.aclose()
     for task in running.tasks:
         if task.get_name() != "admin":
             task.cancel()

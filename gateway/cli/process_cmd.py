@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from gateway.cli import mesh_cmd
 from gateway.cli.admin_client import CliError
 
 __all__ = ["add_parsers"]
@@ -46,9 +47,16 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
             default=64 * 1024 * 1024,
             help="largest accepted request body; larger ones get 413 (default 64 MiB)",
         )
+        p.add_argument(
+            "--access-log",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="one JSON line per request on stdout (default on; env MESHGATE_ACCESS_LOG=off|stderr|path)",
+        )
     if admin:
         p.add_argument("--admin-host", default="127.0.0.1", help="admin bind address (default loopback only)")
         p.add_argument("--admin-port", type=_port, default=8081, help="admin port (default 8081)")
+    mesh_cmd.add_process_options(p, data=data, admin=admin)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -119,8 +127,10 @@ def _options(args: argparse.Namespace, *, data: bool, admin: bool):
     )
     if data:
         opts.host, opts.port, opts.max_body_bytes = args.host, args.port, args.max_body_bytes
+        opts.extra["access_log"] = args.access_log
     if admin:
         opts.admin_host, opts.admin_port = args.admin_host, args.admin_port
+    mesh_cmd.apply_process_options(args, opts, data=data, admin=admin)
     return opts
 
 
@@ -165,6 +175,7 @@ def _announce(running) -> None:
     opts = running.options
     if running.data_port:
         print(f"data plane on http://{opts.host}:{running.data_port}", flush=True)
+    mesh_cmd.announce(running)
     if running.registration is not None:
         print(f"gateway id {running.registration.identity.id}", flush=True)
     if running.admin_port:

@@ -20,7 +20,10 @@ from gateway.control.flags_api import FlagService, flags_router
 from gateway.control.gateways_api import gateways_router
 from gateway.control.health_api import health_router
 from gateway.control.models_api import models_router
+from gateway.control.policies_api import mount_mesh
 from gateway.control.registry_service import RegistryService
+from gateway.control.telemetry_api import telemetry_router
+from gateway.mesh.ca import DEFAULT_LEAF_LIFETIME_S, MeshCA
 from gateway.store import Store
 
 __all__ = ["ControlPlane", "create_admin_app"]
@@ -34,6 +37,8 @@ class ControlPlane:
     token: str
     data_dir: str
     health: Callable[[str], dict | None] | None = None  # the co-located data plane's health view
+    ca: MeshCA | None = None  # the mesh CA: its routes and /v1/policies are mounted when set
+    cert_lifetime_s: float | None = None  # the longest workload certificate it signs (default 24 h)
     registry: RegistryService = field(init=False)
     experiments: ExperimentsService = field(init=False)
     flags: FlagService = field(init=False)
@@ -64,5 +69,8 @@ def create_admin_app(cp: ControlPlane) -> FastAPI:
     app.include_router(experiments_router(cp.experiments, cp.health), dependencies=auth)
     app.include_router(flags_router(cp.flags), dependencies=auth)
     app.include_router(apply_router(cp.apply), dependencies=auth)
+    if cp.ca is not None:
+        mount_mesh(app, cp.store, cp.ca, auth, lifetime_s=cp.cert_lifetime_s or DEFAULT_LEAF_LIFETIME_S)
     app.include_router(gateways_router(cp.store), dependencies=auth)
+    app.include_router(telemetry_router(cp))  # /metrics, /v1/overview, /ui: guarded per route
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,17 @@ from experiments.ofrep import OfrepService
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.responses import error_response
 from gateway.dataplane.shadow import ShadowCopy, ShadowStats
-from gateway.http import Request, Responder, UpstreamError, UpstreamPool, UpstreamResponse, proxy_headers
+from gateway.http import (
+    Endpoint,
+    Request,
+    Responder,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    proxy_headers,
+)
+from gateway.mesh.identity import uri_sans
+from gateway.mesh.tls import PEER_IDENTITY_MISMATCH
 from router.choose import choose_version
 from router.deadline import Deadline, DeadlineHeaderError
 from router.resilience import VersionRuntime
@@ -36,7 +47,6 @@ _KEY = b"x-meshgate-key"
 _RID = b"x-request-id"
 _TIMEOUT = b"x-meshgate-timeout-ms"
 _OFREP = "/ofrep/v1/evaluate/flags"
-_RETRY_AFTER = (b"retry-after", b"1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +82,10 @@ class DataPlane:
         *,
         rng: random.Random | None = None,
         now: Callable[[], float] = time.monotonic,
+        mesh_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.pool = pool
+        self.mesh_tls = mesh_tls  # the gateway identity's client context, for https endpoints
         self.table = RouteTable.empty()
         self.loaded = False
         self.rng = rng or random.Random()
@@ -117,12 +129,25 @@ class DataPlane:
     def runtimes(self) -> dict[tuple[str, str], VersionRuntime]:
         return dict(self._runtimes)
 
-    def endpoint(self, vr: VersionRoute, index: int):
-        return self.pool.endpoint(vr.endpoints[index])
+    def endpoint(self, vr: VersionRoute, index: int) -> Endpoint:
+        """https endpoints present the gateway's mesh identity (SNI is the endpoint's host)."""
+        return self.pool.endpoint(vr.endpoints[index], ssl=self.mesh_tls)
 
-    def check_peer(self, vr: VersionRoute, response: UpstreamResponse):
-        """Hook for the mesh: verify the upstream's identity (None = fine)."""
-        return None
+    def check_peer(self, vr: VersionRoute, response: UpstreamResponse) -> UpstreamError | None:
+        """A version registered with an identity must answer over TLS with exactly that SPIFFE ID.
+
+        The chain was verified in the handshake; this checks *who*. A mismatch is
+        ``peer_identity_mismatch`` (502), and the attempt counts as a failed one.
+        """
+        expected = vr.identity
+        if expected is None:
+            return None
+        presented = uri_sans(response.peer_cert)
+        if presented == (expected,):
+            return None
+        who = ", ".join(presented) if presented else "no SPIFFE identity (plaintext or no URI SAN)"
+        message = f"{vr.version}: the endpoint presented {who}, not the registered {expected}"
+        return UpstreamError(PEER_IDENTITY_MISMATCH, message)
 
     # -- requests -----------------------------------------------------------------------
     def handle(self, request: Request, responder: Responder) -> None:
@@ -305,10 +330,7 @@ class DataPlane:
         self, responder: Responder, reason: str, message: str, ex: Exchange | None = None
     ) -> None:
         self.stats.errors += 1
-        extra = self.response_headers(ex) if ex else []
-        if reason == "overloaded":  # shed load: ask the client to come back (Envoy sends none; we do)
-            extra.append(_RETRY_AFTER)
-        status, headers, body = error_response(reason, message, extra)
+        status, headers, body = error_response(reason, message, self.response_headers(ex) if ex else None)
         responder.respond(status, headers, body)
 
     @staticmethod
