@@ -47,6 +47,7 @@ _KEY = b"x-meshgate-key"
 _RID = b"x-request-id"
 _TIMEOUT = b"x-meshgate-timeout-ms"
 _OFREP = "/ofrep/v1/evaluate/flags"
+_RETRY_AFTER = (b"retry-after", b"1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +331,10 @@ class DataPlane:
         self, responder: Responder, reason: str, message: str, ex: Exchange | None = None
     ) -> None:
         self.stats.errors += 1
-        status, headers, body = error_response(reason, message, self.response_headers(ex) if ex else None)
+        extra = self.response_headers(ex) if ex else []
+        if reason == "overloaded":  # shed load: ask the client to come back (Envoy sends none; we do)
+            extra.append(_RETRY_AFTER)
+        status, headers, body = error_response(reason, message, extra)
         responder.respond(status, headers, body)
 
     @staticmethod
