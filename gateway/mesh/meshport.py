@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING
 from gateway.dataplane.responses import error_response
 from gateway.http import Request, Responder, Server, ServerLimits, start_server
 from gateway.mesh.authz import AuthzPolicy, Decision, PolicyError
-from gateway.mesh.ca import MeshCA
+from gateway.mesh.ca import CAError, MeshCA
 from gateway.mesh.identity import DEFAULT_TRUST_DOMAIN, gateway_id, peer_identity
 from gateway.mesh.policies import load_authz
-from gateway.mesh.signers import control_plane_signer, local_signer
+from gateway.mesh.signers import SignError, control_plane_signer, local_signer
 from gateway.mesh.tls import UNAUTHORIZED
+from gateway.mesh.tokens import TokenError
 from gateway.mesh.workload import WorkloadIdentity
 from gateway.store.base import Store, StoreUnavailable
 
@@ -76,7 +77,10 @@ def gateway_identity(
     if ca is not None:
         signer = local_signer(ca) if lifetime_s is None else local_signer(ca, lifetime_s)
     elif control_url is not None and join_token is not None:
-        signer = control_plane_signer(control_url, join_token, lifetime_s=lifetime_s)
+        try:
+            signer = control_plane_signer(control_url, join_token, lifetime_s=lifetime_s)
+        except TokenError as exc:
+            raise ValueError(f"the join token is unusable: {exc.message}") from None
     else:
         raise ValueError("a gateway identity needs the CA in-process, or a control plane URL and join token")
     return WorkloadIdentity(spiffe, directory, signer)
@@ -161,7 +165,10 @@ def open_ca(
     data_dir: str | os.PathLike[str], store: Store, trust_domain: str = DEFAULT_TRUST_DOMAIN
 ) -> MeshCA:
     """The control plane's CA (``<data-dir>/ca``, created on first start), its bundle published."""
-    ca = MeshCA.init(Path(data_dir) / "ca", trust_domain)
+    try:
+        ca = MeshCA.init(Path(data_dir) / "ca", trust_domain)
+    except CAError as exc:  # e.g. the CA there is for another trust domain
+        raise ValueError(exc.message) from None
     ca.publish(store)
     return ca
 
@@ -228,7 +235,12 @@ async def start_gateway_mesh(
         trust_domain=trust_domain,
         lifetime_s=lifetime_s,
     )
-    await identity.start()
+    try:
+        await identity.start()
+    except SignError as exc:
+        raise ValueError(
+            f"the control plane refused this gateway's certificate ({exc.code}): {exc.message}"
+        ) from None
     mesh.identity = identity
     plane.mesh_tls = identity.client_context()
     if mesh_port is not None:
