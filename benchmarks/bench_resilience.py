@@ -1,0 +1,220 @@
+"""Resilience cost, in one run: the routing decision (us/request) and a real gateway's throughput
+with policies off, at their defaults and all on.
+
+    python -m benchmarks.bench_resilience [--duration 5] [--rounds 3] [--requests 200000]
+
+1. Decision: `benchmarks.bench_policies`' scenarios (admit -> pick -> begin -> finish ->
+   release with every policy on, 4 endpoints, 1% of attempts failing), best and median of 5.
+2. Data plane: one ``meshgate up`` process (SQLite, one worker) in front of two fixed-response
+   upstreams (`bench_proxy`'s static kind, so that the gateway and not a model is the
+   bottleneck), three models routed to the same upstreams that differ only in policy:
+
+   - ``off``: ``{"retries": {"enabled": false}}`` -- no retry bookkeeping; the breaker,
+     limiter, balancer and ejection cannot be removed from the path (they are O(1) gates);
+   - ``defaults``: no policy (the built-in Envoy/Linkerd defaults);
+   - ``all-on``: bench_policies' ALL_ON (per-try timeout, retries, slow-call breaker,
+     success-rate ejection, active health checks, 5% shadow copies to another version).
+
+   Each is driven with wrk -t1 -c32 and -c1 in interleaved rounds; figures are medians over
+   rounds, with the gateway's CPU per request from /proc. Shadow copies are extra upstream
+   requests the gateway sends, so ``all-on`` does 5% more work by design.
+
+Writes benchmarks/results/resilience.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+from benchmarks.bench_policies import ALL_ON, SCENARIOS
+from benchmarks.bench_proxy import BODY, cpu_seconds, machine, median_of, running, upstream_command
+from benchmarks.load import run_load
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "resilience.json"
+POLICIES: dict[str, dict | None] = {
+    "off": {"retries": {"enabled": False}},
+    "defaults": None,
+    "all-on": ALL_ON,
+}
+# The static upstream answers any path, so each policy gets its own model name.
+MODELS = {"off": "sum", "defaults": "echo", "all-on": "digits"}
+
+
+def bench_decisions(requests: int, repeat: int) -> list[dict]:
+    rows = []
+    for name, fn in SCENARIOS.items():
+        runs = [fn(requests) / requests * 1e6 for _ in range(repeat)]
+        rows.append(
+            {
+                "scenario": name,
+                "us_per_request_best": round(min(runs), 3),
+                "us_per_request_median": round(statistics.median(runs), 3),
+            }
+        )
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"meshgate up exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@contextmanager
+def gateway(data_dir: Path) -> Iterator[tuple[str, httpx.Client, int]]:
+    """``meshgate up`` on free ports: (data URL, admin client, pid)."""
+    port, admin_port = _free_port(), _free_port()
+    command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
+    command += ["--data-dir", str(data_dir), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{admin_port}/healthz", process)
+        _wait(f"http://127.0.0.1:{port}/v2/health/live", process)
+        token = (data_dir / "admin.token").read_text().strip()
+        headers = {"authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", headers=headers, timeout=10.0) as admin:
+            yield f"http://127.0.0.1:{port}", admin, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def register(admin: httpx.Client, data_url: str, endpoints: list[str]) -> None:
+    """One model per policy (v1 default, v0 the shadow target), then wait until each routes."""
+    for label, model in MODELS.items():
+        for version, policy in (("v0", None), ("v1", POLICIES[label])):
+            body: dict = {"endpoints": endpoints}
+            if policy is not None:
+                body["policy"] = policy
+            admin.put(f"/v1/models/{model}/versions/{version}", json=body).raise_for_status()
+        admin.patch(f"/v1/models/{model}", json={"default_version": "v1"}).raise_for_status()
+    for model in MODELS.values():
+        for _ in range(100):
+            r = httpx.post(f"{data_url}/v2/models/{model}/infer", content=BODY)
+            if r.status_code == 200 and r.headers.get("x-meshgate-version") == "v1":
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{model} never routed to v1: {r.status_code} {r.text}")
+
+
+def measure(url: str, pid: int, connections: int, duration: float) -> dict:
+    run_load(url, method="POST", body=BODY, connections=connections, duration=1)  # warm-up
+    before = cpu_seconds([pid])
+    result = run_load(url, method="POST", body=BODY, connections=connections, duration=duration)
+    spent = cpu_seconds([pid]) - before
+    result["cpu_us_per_request"] = round(spent / result["requests"] * 1e6, 1) if result["requests"] else None
+    return result
+
+
+def bench_plane(duration: float, rounds: int) -> dict:
+    with ExitStack() as stack:
+        upstreams = [stack.enter_context(running(*upstream_command("static", v)))[1] for v in ("v1", "v2")]
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-resilience-")))
+        data_url, admin, pid = stack.enter_context(gateway(data_dir))
+        register(admin, data_url, upstreams)
+        runs: dict[str, dict[str, list[dict]]] = {label: {"c32": [], "c1": []} for label in POLICIES}
+        for i in range(rounds):
+            for label, model in MODELS.items():
+                for conn_label, connections in (("c32", 32), ("c1", 1)):
+                    result = measure(f"{data_url}/v2/models/{model}/infer", pid, connections, duration)
+                    runs[label][conn_label].append(result)
+                    print(f"[round {i + 1}] {label} {conn_label}: {json.dumps(result)}", file=sys.stderr)
+        health = admin.get("/v1/models/digits/health").json()["versions"]["v1"]
+    rows = {label: {c: median_of(r) for c, r in by_conn.items()} for label, by_conn in runs.items()}
+    off = rows["off"]["c32"]["rps"]
+    return {
+        "rows": rows,
+        "all_on_vs_off_rps_c32": round(rows["all-on"]["c32"]["rps"] / off, 3) if off else None,
+        "defaults_vs_off_rps_c32": round(rows["defaults"]["c32"]["rps"] / off, 3) if off else None,
+        "all_on_shadows": health["shadows"],
+    }
+
+
+def table(decisions: list[dict], plane: dict) -> str:
+    lines = ["| decision scenario | best us/req | median us/req |", "|---|---|---|"]
+    for row in decisions:
+        lines.append(
+            f"| {row['scenario']} | {row['us_per_request_best']:.2f} | {row['us_per_request_median']:.2f} |"
+        )
+    lines += [
+        "",
+        "| policies | rps @32 | p50 @32 (us) | p99 @32 (us) | gateway CPU/req @32 (us) | errors @32 "
+        "| rps @1 | p50 @1 (us) | p99 @1 (us) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in plane["rows"].items():
+        c32, c1 = row["c32"], row["c1"]
+        lines.append(
+            f"| {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
+            f"| {c32['cpu_us_per_request']} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
+            f"| {c1['p99_us']:,.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"- all-on / off rps @32 = {plane['all_on_vs_off_rps_c32']}, "
+        f"defaults / off = {plane['defaults_vs_off_rps_c32']}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument("--requests", type=int, default=200_000, help="decisions per decision run")
+    parser.add_argument("--repeat", type=int, default=5, help="decision runs per scenario")
+    args = parser.parse_args(argv)
+    decisions = bench_decisions(args.requests, args.repeat)
+    plane = bench_plane(args.duration, args.rounds)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "benchmark": "resilience",
+        "command": "python -m benchmarks.bench_resilience "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "load_average_before": os.getloadavg(),
+        "policies": {label: POLICIES[label] for label in MODELS},
+        "decision": decisions,
+        "data_plane": plane,
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(decisions, plane))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
