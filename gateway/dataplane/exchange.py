@@ -125,6 +125,11 @@ class Exchange:
         self._last_response: UpstreamResponse | None = None
         self._last_error: str | None = None
 
+    @property
+    def request(self) -> Request:
+        """The caller's request (read-only): telemetry reads its headers (traceparent)."""
+        return self._request
+
     # -- flow -----------------------------------------------------------------------------
     def start(self) -> None:
         self._responder.on_disconnect(self._client_gone)
