@@ -1,0 +1,371 @@
+"""Scale-out: what the store costs the data plane, and what more gateway processes buy.
+
+    python -m benchmarks.bench_scaleout [--duration 5] [--rounds 3] [--redis redis://127.0.0.1:6379/0]
+
+Every target fronts one fixed-response upstream (``bench_proxy static-upstream``, so the
+gateway and not the model is the bottleneck) for model ``sum`` with an A/B experiment on
+v1/v2: every request is counted and leaves a join record, i.e. the write-behind path runs.
+
+* ``stores``: one ``meshgate up`` each on ``memory://``, SQLite and Redis, driven with wrk
+  -t1 -c32. The hot path never awaits the store, so throughput should not depend on it;
+  the figures show whether the once-a-second flush is felt. For Redis it also reports the
+  Redis server's CPU per gateway request and the memory each request's join record costs
+  (record key vs its entry in the namespace's expiry index).
+* ``scaleout``: ``meshgate control`` + gateways on Redis: 1, 2 and 3 ``meshgate gateway``
+  processes on their own ports (one wrk per gateway, 32 connections split between them,
+  throughput summed, p50/p99 the worst gateway's), and one gateway with ``--workers`` 1, 2
+  and 3 on one port. CAVEAT: this machine has 2 cores shared by wrk, the upstream, Redis
+  and every gateway process, so more processes cannot scale linearly here; the figures
+  show the overhead and the ceiling, not the many-machine behaviour.
+
+Targets are measured in interleaved rounds and each figure is the median over rounds.
+Writes ``benchmarks/results/scaleout.json`` and ``scaleout.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import redis
+
+from benchmarks.bench_proxy import BODY, cpu_seconds, machine, median_of, running
+from benchmarks.load import run_load
+from gateway.store.redis import RedisKeys
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+HOST = "127.0.0.1"
+MESHGATE = [sys.executable, "-m", "gateway"]
+CONNECTIONS = 32
+EXPERIMENT = {
+    "name": "bench-ab",
+    "model": "sum",
+    "arms": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@contextmanager
+def meshgate(args: list[str], log: Path, ready_url: str) -> Iterator[subprocess.Popen]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*MESHGATE, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(ready_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Admin:
+    """The control plane's API, enough to set the benchmark's model and experiment up."""
+
+    def __init__(self, port: int, data_dir: Path) -> None:
+        token = (data_dir / "admin.token").read_text().strip()
+        self.client = httpx.Client(
+            base_url=f"http://{HOST}:{port}", headers={"authorization": f"Bearer {token}"}, timeout=10.0
+        )
+
+    def setup(self, upstream: str) -> None:
+        for version in ("v1", "v2"):
+            r = self.client.put(f"/v1/models/sum/versions/{version}", json={"endpoints": [upstream]})
+            r.raise_for_status()
+        self.client.post("/v1/experiments", json=EXPERIMENT).raise_for_status()
+
+    def gateway_pids(self, address: str) -> list[int]:
+        return [
+            g["pid"] for g in self.client.get("/v1/gateways").json()["gateways"] if g["address"] == address
+        ]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def wait_experiment(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = httpx.post(f"{url}/v2/models/sum/infer", content=BODY, timeout=5.0)
+        if r.headers.get("x-meshgate-experiment") == EXPERIMENT["name"]:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} never routed through the experiment")
+
+
+def drive(urls: list[str], pids: list[int], duration: float) -> dict:
+    """One wrk per URL at once (connections split), summed; p50/p99 of the worst target."""
+    target = "/v2/models/sum/infer"
+    per = max(1, CONNECTIONS // len(urls))
+    for url in urls:
+        run_load(url + target, method="POST", body=BODY, connections=per, duration=1)  # warm-up
+    results: list[dict] = [{}] * len(urls)
+
+    def one(i: int) -> None:
+        results[i] = run_load(urls[i] + target, method="POST", body=BODY, connections=per, duration=duration)
+
+    before = cpu_seconds(pids)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(urls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spent = cpu_seconds(pids) - before
+    out = {
+        "tool": results[0]["tool"],
+        "requests": sum(r["requests"] for r in results),
+        "duration_s": max(r["duration_s"] for r in results),
+        "rps": round(sum(r["rps"] for r in results), 1),
+        "p50_us": max(r["p50_us"] for r in results),
+        "p99_us": max(r["p99_us"] for r in results),
+        "non_2xx": sum(r["non_2xx"] for r in results),
+        "socket_errors": sum(r["socket_errors"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+    }
+    out["cpu_us_per_request"] = round(spent / out["requests"] * 1e6, 1) if out["requests"] else None
+    return out
+
+
+def interleave(targets: dict[str, tuple[list[str], list[int]]], duration: float, rounds: int) -> dict:
+    runs: dict[str, list[dict]] = {name: [] for name in targets}
+    for i in range(rounds):
+        for name, (urls, pids) in targets.items():
+            result = drive(urls, pids, duration)
+            runs[name].append(result)
+            print(f"[round {i + 1}] {name}: {json.dumps(result)}", file=sys.stderr)
+    return {name: median_of(r) for name, r in runs.items()}
+
+
+def redis_pid(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
+def join_record_memory(url: str, prefix: str) -> dict:
+    """Bytes per join record in Redis: the record key, and its member in the expiry index."""
+    keys = RedisKeys(prefix)
+    client = redis.Redis.from_url(url)
+    try:
+        index = keys.record_index("join")
+        members = client.zcard(index)
+        index_bytes = client.memory_usage(index) or 0
+        sample = [m.decode() for m in client.zrange(index, 0, 199)]
+        record_bytes = [client.memory_usage(keys.record("join", m)) or 0 for m in sample]
+    finally:
+        client.close()
+    return {
+        "join_records": members,
+        "record_bytes_each": round(sum(record_bytes) / len(record_bytes), 1) if record_bytes else None,
+        "index_bytes_each": round(index_bytes / members, 1) if members else None,
+    }
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        for pattern in RedisKeys(prefix).patterns():
+            batch = list(client.scan_iter(match=pattern, count=1000))
+            for i in range(0, len(batch), 1000):
+                client.delete(*batch[i : i + 1000])
+    finally:
+        client.close()
+
+
+def bench_stores(tmp: Path, upstream: str, redis_url: str, duration: float, rounds: int) -> dict:
+    prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    stores = {
+        "memory": "memory://",
+        "sqlite": f"sqlite:///{tmp / 'sqlite' / 'meshgate.db'}",
+        "redis": redis_url,
+    }
+    try:
+        with ExitStack() as stack:
+            targets: dict[str, tuple[list[str], list[int]]] = {}
+            for name, store in stores.items():
+                port, admin_port, data_dir = _free_port(), _free_port(), tmp / name
+                args = ["up", "--store", store, "--store-prefix", prefix, "--port", str(port)]
+                args += [
+                    "--admin-port",
+                    str(admin_port),
+                    "--data-dir",
+                    str(data_dir),
+                    "--log-level",
+                    "warning",
+                ]
+                proc = stack.enter_context(
+                    meshgate(args, tmp / f"up-{name}.log", f"http://{HOST}:{admin_port}/healthz")
+                )
+                admin = Admin(admin_port, data_dir)
+                stack.callback(admin.close)
+                admin.setup(upstream)
+                url = f"http://{HOST}:{port}"
+                wait_experiment(url)
+                targets[name] = ([url], [proc.pid])
+            rpid = redis_pid(redis_url)
+            cpu_before = cpu_seconds([rpid])
+            rows = interleave(targets, duration, rounds)
+            redis_cpu = cpu_seconds([rpid]) - cpu_before
+        redis_requests = rows["redis"]["requests"]
+        extra = {
+            # other tenants of the shared Redis add to this: an upper bound
+            "redis_server_cpu_us_per_request": round(redis_cpu / redis_requests * 1e6, 2)
+            if redis_requests
+            else None,
+            **join_record_memory(redis_url, prefix),
+        }
+    finally:
+        delete_prefix(redis_url, prefix)
+    return {"rows": rows, "redis": extra}
+
+
+def bench_scaleout(tmp: Path, upstream: str, redis_url: str, duration: float, rounds: int) -> dict:
+    prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    common = ["--store", redis_url, "--store-prefix", prefix, "--log-level", "warning"]
+    try:
+        with ExitStack() as stack:
+            admin_port = _free_port()
+            control_dir = tmp / "control"
+            stack.enter_context(
+                meshgate(
+                    ["control", *common, "--admin-port", str(admin_port), "--data-dir", str(control_dir)],
+                    tmp / "control.log",
+                    f"http://{HOST}:{admin_port}/healthz",
+                )
+            )
+            admin = Admin(admin_port, control_dir)
+            stack.callback(admin.close)
+            admin.setup(upstream)
+
+            def gateway(name: str, *extra: str) -> str:
+                port = _free_port()
+                url = f"http://{HOST}:{port}"
+                args = ["gateway", *common, "--port", str(port), "--data-dir", str(tmp / name), *extra]
+                stack.enter_context(meshgate(args, tmp / f"{name}.log", f"{url}/v2/health/ready"))
+                wait_experiment(url)
+                return url
+
+            singles = [gateway(f"gateway-{i}") for i in range(3)]
+            workers = {n: gateway(f"workers-{n}", "--workers", str(n)) for n in (2, 3)}
+            time.sleep(1.5)  # every worker has sent a heartbeat: their pids are listed
+            targets: dict[str, tuple[list[str], list[int]]] = {}
+            for n in (1, 2, 3):
+                urls = singles[:n]
+                targets[f"{n} gateway{'s' if n > 1 else ''}"] = (
+                    urls,
+                    [p for u in urls for p in admin.gateway_pids(u)],
+                )
+            targets["--workers 1"] = ([singles[0]], admin.gateway_pids(singles[0]))
+            for n, url in workers.items():
+                pids = admin.gateway_pids(url)
+                if len(pids) != n:
+                    raise RuntimeError(f"--workers {n} registered {len(pids)} workers")
+                targets[f"--workers {n}"] = ([url], pids)
+            rows = interleave(targets, duration, rounds)
+    finally:
+        delete_prefix(redis_url, prefix)
+    return {"rows": rows}
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| part | target | rps @32 | p50 (us) | p99 (us) | gateway CPU/req (us) | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for part in ("stores", "scaleout"):
+        for name, row in results[part]["rows"].items():
+            lines.append(
+                f"| {part} | {name} | {row['rps']:,.0f} | {row['p50_us']:,.0f} | {row['p99_us']:,.0f} "
+                f"| {row['cpu_us_per_request']} | {row['errors']} |"
+            )
+    r = results["stores"]["redis"]
+    lines += [
+        "",
+        f"- Redis server CPU per gateway request: {r['redis_server_cpu_us_per_request']} us "
+        "(upper bound: the shared Redis serves other clients too)",
+        f"- Redis memory per request's join record: {r['record_bytes_each']} B for the record key, "
+        f"{r['index_bytes_each']} B for its expiry-index entry ({r['join_records']} records at the end)",
+        f"- machine: {results['machine']['cores']} cores ({results['machine']['cpu']}); wrk, the upstream, "
+        "Redis and every gateway share them, so process counts above 1 cannot scale linearly here",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis for the redis targets")
+    parser.add_argument("--part", choices=["stores", "scaleout", "both"], default="both")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.rounds < 1:
+        parser.error("--duration must be > 0 and --rounds >= 1")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "command": "python -m benchmarks.bench_scaleout "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "connections": CONNECTIONS,
+        "load_average_before": os.getloadavg(),
+    }
+    with tempfile.TemporaryDirectory(prefix="meshgate-scaleout-") as tmp_name, ExitStack() as stack:
+        tmp = Path(tmp_name)
+        _, upstream = stack.enter_context(
+            running([sys.executable, "-m", "benchmarks.bench_proxy", "static-upstream"], "http://")
+        )
+        if args.part in ("stores", "both"):
+            results["stores"] = bench_stores(tmp, upstream, args.redis, args.duration, args.rounds)
+        if args.part in ("scaleout", "both"):
+            results["scaleout"] = bench_scaleout(tmp, upstream, args.redis, args.duration, args.rounds)
+    results["load_average_after"] = os.getloadavg()
+    (RESULTS / "scaleout.json").write_text(json.dumps(results, indent=2))
+    if args.part == "both":
+        markdown = table(results)
+        (RESULTS / "scaleout.md").write_text(markdown + "\n")
+        print(markdown)
+    else:
+        print(json.dumps(results[args.part], indent=2))
+
+
+if __name__ == "__main__":
+    main()
