@@ -15,7 +15,10 @@ interleaved rounds (medians), each with wrk -c32 and an 84-byte OIP body:
   with an exporter chosen).
 
 Reported per configuration: requests/s, p50/p99 (us), gateway CPU per request (us) and the
-change against ``off``. Writes benchmarks/results/telemetry.json and a markdown table.
+change against ``off``. On a shared machine the end-to-end figures swing by tens of percent
+between runs, so the run also times each hook in-process (``hook_costs``: microseconds per
+request, the same Exchange-shaped record every time), which is what the defaults are chosen
+on. Writes benchmarks/results/telemetry.json and a markdown table.
 """
 
 from __future__ import annotations
@@ -131,6 +134,71 @@ def measure(url: str, pid: int, connections: int, duration: float) -> dict:
     return result
 
 
+def hook_costs(n: int = 20000) -> dict[str, float]:
+    """Microseconds per request spent in each telemetry hook, timed in this process."""
+    import io
+    import timeit
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.dataplane.plane import AttemptInfo
+    from gateway.telemetry.access_log import AccessLog
+    from gateway.telemetry.metrics import Metrics
+    from gateway.telemetry.tracing import DEFAULT_RATIO, Tracing, TracingConfig
+
+    headers = [(b"host", b"gw"), (b"content-type", b"application/json"), (b"content-length", b"84")]
+    request = SimpleNamespace(headers=headers, method=b"POST", path="/v2/models/sum/infer")
+    choice = SimpleNamespace(experiment="ab", arm="v1", flag=None, reason="EXPERIMENT")
+    model = SimpleNamespace(name="sum", versions={})
+    info = AttemptInfo("v1", "http://127.0.0.1:9001", 1, "success", 200, None, 0.0, 0.001)
+
+    def exchange() -> SimpleNamespace:
+        return SimpleNamespace(
+            request=request,
+            trace=None,
+            headers=list(headers),
+            choice=choice,
+            model=model,
+            version="v1",
+            request_id="0123456789abcdef01234567",
+            t0=time.monotonic(),
+            attempts=1,
+            fallback=False,
+        )
+
+    def per_request(hooks: list, count: int = n) -> float:
+        def one() -> None:
+            ex = exchange()
+            for hook in hooks:
+                hook(ex)
+
+        baseline = timeit.timeit(exchange, number=count)
+        return round((timeit.timeit(one, number=count) - baseline) / count * 1e6, 2)
+
+    def tracing(ratio: float, exporter) -> list:
+        t = Tracing(TracingConfig(("console",), "traceidratio", ratio), exporter=exporter)
+        return [t.on_start, lambda ex: t.on_attempt(ex, info), lambda ex: t.on_complete(ex, 200, None, None)]
+
+    metrics = Metrics(multiproc_dir="")
+    log = AccessLog(open(os.devnull, "w"))  # noqa: SIM115 - a benchmark's sink
+    out = {
+        "tracing_unsampled": per_request(tracing(0.0, InMemorySpanExporter())),
+        "tracing_sampled_in_memory": per_request(tracing(1.0, InMemorySpanExporter()), n // 10),
+        "tracing_sampled_console": per_request(tracing(1.0, ConsoleSpanExporter(out=io.StringIO())), n // 10),
+        "metrics": per_request(
+            [lambda ex: metrics.on_attempt(ex, info), lambda ex: metrics.observe(ex, 200, None, None)]
+        ),
+        "access_log": per_request([lambda ex: log.observe(ex, 200, None, None)]),
+    }
+    out["tracing_default_expected"] = round(
+        out["tracing_unsampled"] + DEFAULT_RATIO * out["tracing_sampled_console"], 2
+    )
+    log.close()
+    return out
+
+
 def summarise(runs: list[dict]) -> dict:
     out = {key: round(statistics.median(r[key] for r in runs), 1) for key in ("rps", "p50_us", "p99_us")}
     cpu = [r["cpu_us_per_request"] for r in runs if r["cpu_us_per_request"] is not None]
@@ -177,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[name].append(result)
                 print(f"[round {i + 1}] {name}: {json.dumps(result)}", file=sys.stderr)
     rows = {name: summarise(r) for name, r in runs.items()}
+    hooks = hook_costs()
     results = {
         "command": "python -m benchmarks.bench_telemetry "
         + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -186,10 +255,15 @@ def main(argv: list[str] | None = None) -> None:
         "connections": args.connections,
         "configs": CONFIGS,
         "rows": rows,
+        "hook_costs_us": hooks,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "telemetry.json").write_text(json.dumps(results, indent=2))
-    markdown = table(rows)
+    markdown = (
+        table(rows)
+        + "\n\nhook costs in-process (us per request): "
+        + ", ".join(f"{k} {v}" for k, v in hooks.items())
+    )
     (RESULTS / "telemetry.md").write_text(markdown + "\n")
     print(markdown)
 
