@@ -236,8 +236,12 @@ class DataPlane:
                 )
                 return
             choice = Choice(pinned, reason="PINNED")
-        else:
-            choice = choose_version(model, key, attrs, self.rng)
+        else:  # metadata and readiness describe the default version; only inference is split
+            choice = (
+                choose_version(model, key, attrs, self.rng)
+                if action == "infer"
+                else (Choice(model.default_version) if model.default_version else None)
+            )
             if choice is None:
                 self.reply_error(responder, "no_endpoint", f"model {name!r} has no default version")
                 return
