@@ -1,10 +1,12 @@
 """Prometheus metrics of a gateway process, served at ``/metrics`` on the admin port.
 
 Per request the cost is one dict lookup on ``(model, version, code, reason, experiment, arm)``
-that yields pre-bound label children (a counter, a histogram, an arm counter), and one lookup
-per upstream attempt (a histogram child): ``labels()`` is never called on the hot path. State
-that the data plane already keeps (breakers, ejections, EWMA, in-flight, retry counters,
-config version) is copied into gauges by ``refresh()``, once a second and on every scrape, never per request.
+that yields a tally with pre-bound label children (a counter, a histogram, an arm counter),
+and one lookup per upstream attempt; the hot path adds to the tally's plain numbers and a
+bisected bucket, and ``publish`` hands the differences to prometheus_client (no lock or mmap
+write per request; ``labels()`` never runs on the hot path). State that the data plane
+already keeps (breakers, ejections, EWMA, in-flight, retry counters, config version) is
+copied into gauges by ``refresh()``, once a second and on every scrape, never per request.
 
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before prometheus_client
 is imported), every value lives in a per-process mmap file in that directory and ``render()``
@@ -18,6 +20,7 @@ import asyncio
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -68,17 +71,57 @@ def mark_worker_dead(pid: int) -> None:
         _multiprocess.mark_process_dead(pid)
 
 
-class _Entry:
-    """Pre-bound children for one (model, version, code, reason, experiment, arm)."""
+class _Tally:
+    """Plain-Python counts for one label set, published into its metric children by ``publish``.
 
-    __slots__ = ("arm", "duration", "key", "n", "requests")
+    The hot path only adds to ints and floats here (no lock, no mmap write); ``publish`` moves
+    the difference since the last call into prometheus_client's children, once a second and
+    before every scrape, in single- and multi-process mode alike.
+    """
 
-    def __init__(self, key: tuple, requests, duration, arm) -> None:
+    __slots__ = (
+        "arm",
+        "buckets",
+        "counter",
+        "histogram",
+        "key",
+        "n",
+        "sent",
+        "sent_buckets",
+        "sent_sum",
+        "sum",
+    )
+
+    def __init__(
+        self, key: tuple, counter: Counter | None, histogram: Histogram, arm: Counter | None
+    ) -> None:
         self.key = key
-        self.requests = requests
-        self.duration = duration
+        self.counter = counter
+        self.histogram = histogram
         self.arm = arm
-        self.n = 0  # requests seen by this process (traffic shares for the dashboard)
+        self.n = 0  # observations in this process (also the dashboard's traffic shares)
+        self.sum = 0.0
+        self.buckets = [0] * (len(histogram._upper_bounds))  # per bucket, not cumulative; last: +Inf
+        self.sent = 0
+        self.sent_sum = 0.0
+        self.sent_buckets = [0] * len(self.buckets)
+
+    def publish(self) -> None:
+        delta = self.n - self.sent
+        if not delta:
+            return
+        if self.counter is not None:
+            self.counter.inc(delta)
+        if self.arm is not None:
+            self.arm.inc(delta)
+        # Histogram.observe() in bulk: its per-bucket values and sum (prometheus_client 0.2x
+        # keeps non-cumulative bucket values in _buckets, one per upper bound, +Inf last)
+        h = self.histogram
+        h._sum.inc(self.sum - self.sent_sum)
+        for i, (now, sent) in enumerate(zip(self.buckets, self.sent_buckets, strict=True)):
+            if now != sent:
+                h._buckets[i].inc(now - sent)
+        self.sent, self.sent_sum, self.sent_buckets = self.n, self.sum, list(self.buckets)
 
 
 class Metrics:
@@ -187,8 +230,8 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemin",
         )
-        self._entries: dict[tuple, _Entry] = {}
-        self._upstream: dict[tuple, Histogram] = {}
+        self._entries: dict[tuple, _Tally] = {}
+        self._upstream: dict[tuple, _Tally] = {}
         self._plane: DataPlane | None = None
         self._seen_retries = 0
         self._seen_exhausted = 0
@@ -207,33 +250,35 @@ class Metrics:
     ) -> None:
         choice = ex.choice
         key = (ex.model.name, ex.version, status, reason, choice.experiment, choice.arm)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entry(key)
-        entry.n += 1
-        entry.requests.inc()
-        entry.duration.observe(time.monotonic() - ex.t0)
-        if entry.arm is not None:
-            entry.arm.inc()
+        tally = self._entries.get(key)
+        if tally is None:
+            tally = self._entry(key)
+        elapsed = time.monotonic() - ex.t0
+        tally.n += 1
+        tally.sum += elapsed
+        tally.buckets[bisect_left(_REQUEST_BUCKETS, elapsed)] += 1
         if ex.fallback:
             self.fallbacks.labels(ex.model.name).inc()
 
-    def _entry(self, key: tuple) -> _Entry:
+    def _entry(self, key: tuple) -> _Tally:
         model, version, status, reason, experiment, arm = key
-        entry = self._entries[key] = _Entry(
+        tally = self._entries[key] = _Tally(
             key,
             self.requests.labels(model, version, str(status), reason or "none"),
             self.request_duration.labels(model, version),
             self.arm_requests.labels(experiment, arm) if experiment is not None else None,
         )
-        return entry
+        return tally
 
     def on_attempt(self, ex: Exchange, info: AttemptInfo) -> None:
         key = (ex.model.name, info.version, info.endpoint, info.outcome)
-        child = self._upstream.get(key)
-        if child is None:
-            child = self._upstream[key] = self.upstream_duration.labels(*key)
-        child.observe(info.end - info.start)
+        tally = self._upstream.get(key)
+        if tally is None:
+            tally = self._upstream[key] = _Tally(key, None, self.upstream_duration.labels(*key), None)
+        elapsed = info.end - info.start
+        tally.n += 1
+        tally.sum += elapsed
+        tally.buckets[bisect_left(_UPSTREAM_BUCKETS, elapsed)] += 1
 
     # -- from the data plane's state --------------------------------------------------------
     def refresh(self) -> None:
@@ -244,6 +289,8 @@ class Metrics:
             gauge.labels(*labels).set(value)
             seen.setdefault(gauge, set()).add(labels)
 
+        for tally in (*self._entries.values(), *self._upstream.values()):
+            tally.publish()
         for identity, expires_at in _CERT_EXPIRY.items():
             put(self.cert_expiry, (identity,), expires_at)
         plane = self._plane
@@ -313,12 +360,17 @@ class Metrics:
         }
 
     async def run(self, period_s: float = 1.0) -> None:
-        while True:
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("metrics refresh failed")
-            await asyncio.sleep(period_s)
+        """Refresh every period; publish the last tallies when cancelled (a worker stopping)."""
+        try:
+            while True:
+                try:
+                    self.refresh()
+                except Exception:
+                    log.exception("metrics refresh failed")
+                await asyncio.sleep(period_s)
+        finally:
+            for tally in (*self._entries.values(), *self._upstream.values()):
+                tally.publish()
 
     # -- exposition ---------------------------------------------------------------------
     def render(self) -> bytes:
