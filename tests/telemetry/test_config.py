@@ -159,3 +159,29 @@ def test_access_log_buffers_and_flushes_whole_lines():
     assert out.getvalue() == ""
     log.flush()
     assert [json.loads(line) for line in out.getvalue().splitlines()] == [{"a": 1}, {"a": 2}]
+
+
+def test_access_log_lines_escape_what_the_caller_controls():
+    from types import SimpleNamespace
+
+    out = io.StringIO()
+    log = AccessLog(out)
+    nasty = 'id "quoted" \\ back\nslash \u00e9 \x00'
+    ex = SimpleNamespace(
+        request=SimpleNamespace(headers=[(b"traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")]),
+        trace=None,
+        request_id=nasty,
+        model=SimpleNamespace(name="m"),
+        version="v1",
+        choice=SimpleNamespace(experiment=None, arm=None),
+        t0=0.0,
+        attempts=2,
+        fallback=True,
+    )
+    log.observe(ex, 502, "upstream_5xx", None)
+    log.flush()
+    (line,) = out.getvalue().splitlines()
+    row = json.loads(line)
+    assert row["request_id"] == nasty and row["trace_id"] == "a" * 32
+    assert (row["status"], row["reason"], row["attempts"], row["fallback"]) == (502, "upstream_5xx", 2, True)
+    assert row["experiment"] is None and isinstance(row["duration_ms"], float)
