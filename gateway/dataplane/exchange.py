@@ -239,7 +239,7 @@ class Exchange:
                 outcome, response, error = Outcome.RESET, None, problem
         else:
             outcome = _ERROR_OUTCOME.get(error.reason, Outcome.RESET)
-            if outcome is Outcome.TIMEOUT and self.deadline.expired():
+            if outcome is Outcome.TIMEOUT and self._timed_out_on_deadline():
                 outcome = Outcome.DEADLINE
         rt.finish(self._ep, outcome, now - self._ep_t0)
         self._plane.attempted(self, self._ep, outcome, response, error, self._ep_t0, now)
@@ -260,6 +260,13 @@ class Exchange:
         if self._last_response is None and delay == RETRY_BUDGET_EXHAUSTED:
             self._last_error = RETRY_BUDGET_EXHAUSTED
         self._version_failed(self._last_error, error.message if error else "the model answered with an error")
+
+    def _timed_out_on_deadline(self) -> bool:
+        """Was the attempt's timeout the rest of the request deadline rather than a shorter
+        per-try timeout? (The pool's timer runs on the loop's clock, which can fire a little
+        before ``deadline.expired()`` turns true on the monotonic clock.)"""
+        d = self.deadline
+        return d.expired() or d.per_try_s is None or self._ep_t0 + d.per_try_s >= d.expires_at
 
     def _version_failed(self, reason: str, message: str) -> None:
         """This version cannot serve: follow the fallback chain, else answer why."""
