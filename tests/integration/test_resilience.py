@@ -73,6 +73,7 @@ class _Stub:
 
     def __init__(self) -> None:
         self.ready_status = 200
+        self.ready_delay_s = 0.0
         self.infer_status = 200
         self.infer_body = b'{"model_name":"digits","outputs":[]}'
         self.infer_headers: list[dict[str, str]] = []
@@ -92,6 +93,7 @@ class _Stub:
             def do_GET(self) -> None:
                 if self.path.endswith("/ready"):
                     stub.ready_checks += 1
+                    time.sleep(stub.ready_delay_s)
                     self._answer(
                         stub.ready_status,
                         b'{"ready":%s}' % (b"true" if stub.ready_status == 200 else b"false"),
@@ -276,6 +278,24 @@ def test_failing_version_falls_back_and_breaker_recloses_after_healing(mesh, ser
         tries=20,
     )
     assert "open" in states
+
+
+def test_version_with_every_endpoint_ejected_falls_back(mesh, servers):
+    _faults(servers["b"], error_rate=1.0)
+    mesh.register("digits", "v2", servers["v2"])
+    mesh.register(
+        "digits",
+        "v1",
+        servers["b"],
+        policy={"fallback_version": "v2", "circuit_breaker": {"min_calls": 100_000}},
+    )
+    assert mesh.admin.patch("/v1/models/digits", json={"default_version": "v1"}).status_code == 200
+    _eventually("v1 becoming the default", lambda: _health(mesh)["default_version"] == "v1")
+    responses = _send(mesh, 30)
+    assert all(r.status_code == 200 and r.headers["x-meshgate-fallback"] == "1" for r in responses)
+    v1 = _health(mesh)["versions"]["v1"]
+    assert v1["breaker"]["state"] == "closed" and v1["available_endpoints"] == 0
+    assert v1["endpoints"][0]["ejected"]  # one endpoint of one may always be ejected (Envoy)
 
 
 # -- retries and the retry budget --------------------------------------------------------------------
@@ -513,6 +533,12 @@ def test_endpoint_failing_its_ready_check_is_skipped_until_it_recovers(mesh, ser
         "the stub being healthy again", lambda: _endpoint(mesh, "v1", stub.url)["health_check"] == "healthy"
     )
     _eventually("the stub taking traffic again", lambda: _send(mesh, 1) and len(stub.infer_headers) > seen)
+
+    stub.ready_delay_s = 1.0  # checks that time out (timeout_ms 500) fail too
+    _eventually(
+        "a slow ready check marking the stub unhealthy",
+        lambda: _endpoint(mesh, "v1", stub.url)["health_check"] == "unhealthy",
+    )
 
 
 def test_health_checks_stop_when_the_policy_drops_them(mesh, stub):
