@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from router.policy import HealthCheckPolicy
     from router.table import VersionRoute
 
-__all__ = ["HealthChecker"]
+__all__ = ["MAX_IDLE_S", "HealthChecker"]
 
 log = logging.getLogger("meshgate.health_checks")
 
@@ -48,6 +48,16 @@ class HealthChecker:
         self._now = now
         self._due: dict[_Key, float] = {}
         self._running: dict[_Key, asyncio.Task[None]] = {}
+
+    @property
+    def scheduled(self) -> frozenset[tuple[str, str, str]]:
+        """The (model, version, endpoint URL) triples being checked."""
+        return frozenset(self._due)
+
+    @property
+    def in_flight(self) -> int:
+        """Checks started and not finished."""
+        return len(self._running)
 
     async def run(self) -> None:
         """Check forever (until cancelled, which also cancels checks in flight)."""

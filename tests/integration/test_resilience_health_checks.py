@@ -1,0 +1,210 @@
+"""HealthChecker in-process: a real DataPlane and pool, real ready endpoints on loopback, a fake clock.
+
+The end-to-end test (test_resilience) shows an unhealthy endpoint being skipped through a
+real ``meshgate up``; these pin the scheduling: who is checked, how often, never twice at
+once, and what happens to results for endpoints that left the route table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.dataplane.health_checks import MAX_IDLE_S, HealthChecker
+from gateway.dataplane.plane import DataPlane
+from gateway.http import Request, Responder, UpstreamPool, start_server
+from router.policy import TrafficPolicy
+from router.table import ModelRoute, RouteTable, VersionRoute
+
+pytestmark = pytest.mark.anyio
+
+_CHECKED = {
+    "health_check": {"interval_s": 5, "timeout_ms": 2000, "unhealthy_threshold": 2, "healthy_threshold": 1}
+}
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict]:
+    return ("asyncio", {"use_uvloop": True})
+
+
+class ReadyServer:
+    """A ready endpoint on the engine: answers `status`, or holds answers while `hold` is set."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.paths: list[str] = []
+        self.hold: asyncio.Event | None = None
+        self.server = None
+
+    def handle(self, request: Request, responder: Responder) -> None:
+        self.paths.append(request.path)
+        if self.hold is not None:
+            asyncio.get_running_loop().create_task(self._later(responder))
+        else:
+            responder.respond(self.status, [(b"content-type", b"application/json")], b"{}")
+
+    async def _later(self, responder: Responder) -> None:
+        await self.hold.wait()
+        responder.respond(self.status, [(b"content-type", b"application/json")], b"{}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[ReadyServer]]:
+    out = [ReadyServer(), ReadyServer()]
+    for s in out:
+        s.server = await start_server(s.handle, "127.0.0.1", 0)
+    try:
+        yield out
+    finally:
+        for s in out:
+            if s.hold is not None:
+                s.hold.set()
+            s.server.close()
+            await s.server.wait_closed()
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[DataPlane]:
+    p = DataPlane(UpstreamPool())
+    try:
+        yield p
+    finally:
+        await p.pool.aclose()
+
+
+def _table(version: int, versions: dict[str, tuple[tuple[str, ...], dict | None]]) -> RouteTable:
+    routes = {
+        v: VersionRoute(v, endpoints, None, TrafficPolicy.from_dict(policy))
+        for v, (endpoints, policy) in versions.items()
+    }
+    return RouteTable(version, {"m": ModelRoute("m", next(iter(routes)), routes)})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def _settle(checker: HealthChecker) -> None:
+    """Let every check in flight finish (they are loopback round trips)."""
+    for _ in range(200):
+        if not checker.in_flight:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("health checks did not finish")
+
+
+async def test_only_versions_with_a_health_check_policy_are_checked_once_per_interval(plane, servers):
+    a, b = servers
+    plane.set_table(_table(1, {"v1": ((a.url,), _CHECKED), "v2": ((b.url,), None)}))
+    clock = Clock()
+    checker = HealthChecker(plane, now=clock)
+    assert checker.tick() == MAX_IDLE_S  # rescans at least this often, to see new tables
+    await _settle(checker)
+    assert a.paths == ["/v2/models/m/versions/v1/ready"] and b.paths == []
+    clock.t += 4.9
+    checker.tick()
+    await _settle(checker)
+    assert len(a.paths) == 1
+    clock.t += 0.1
+    checker.tick()
+    await _settle(checker)
+    assert len(a.paths) == 2
+
+
+async def test_sleeps_until_the_next_check_is_due(plane, servers):
+    a, _ = servers
+    fast = {"health_check": {"interval_s": 0.2}}
+    plane.set_table(_table(1, {"v1": ((a.url,), fast)}))
+    clock = Clock()
+    checker = HealthChecker(plane, now=clock)
+    assert checker.tick() == pytest.approx(0.2)
+    clock.t += 0.15
+    assert checker.tick() == pytest.approx(0.05)
+    await _settle(checker)
+
+
+async def test_a_slow_check_is_never_doubled(plane, servers):
+    a, _ = servers
+    a.hold = asyncio.Event()
+    plane.set_table(_table(1, {"v1": ((a.url,), _CHECKED)}))
+    clock = Clock()
+    checker = HealthChecker(plane, now=clock)
+    checker.tick()
+    for _ in range(3):
+        clock.t += 10
+        checker.tick()
+        await asyncio.sleep(0.05)
+    assert len(a.paths) == 1
+    a.hold.set()
+    await _settle(checker)
+    clock.t += 10
+    checker.tick()
+    await _settle(checker)
+    assert len(a.paths) == 2
+
+
+async def test_results_feed_the_runtime_thresholds(plane, servers):
+    a, b = servers
+    b.status = 503
+    plane.set_table(_table(1, {"v1": ((a.url, b.url), _CHECKED)}))
+    clock = Clock()
+    checker = HealthChecker(plane, now=clock)
+    rt = plane.runtimes()[("m", "v1")]
+    for expected in (True, False):  # unhealthy_threshold 2: the second failure takes b out
+        checker.tick()
+        await _settle(checker)
+        assert rt.snapshot()["endpoints"][1]["health_check"] == ("healthy" if expected else "unhealthy")
+        clock.t += 5
+    assert rt.pick() == 0 and rt.pick(exclude=(0,)) == 0  # b is skipped even when a is excluded
+    b.status = 200
+    checker.tick()
+    await _settle(checker)
+    assert rt.snapshot()["endpoints"][1]["health_check"] == "healthy"  # healthy_threshold 1
+
+
+async def test_endpoints_leaving_the_table_are_forgotten_and_late_results_dropped(plane, servers):
+    a, b = servers
+    b.hold = asyncio.Event()
+    plane.set_table(_table(1, {"v1": ((a.url, b.url), _CHECKED)}))
+    clock = Clock()
+    checker = HealthChecker(plane, now=clock)
+    checker.tick()
+    await asyncio.sleep(0.05)  # a answered; b's check is still out
+    plane.set_table(_table(2, {"v1": ((a.url,), _CHECKED)}))
+    checker.tick()
+    assert {key[2] for key in checker.scheduled} == {a.url}
+    b.hold.set()  # b's late answer has nowhere to go: no error, no state
+    await _settle(checker)
+    rt = plane.runtimes()[("m", "v1")]
+    assert rt.endpoints == (a.url,)
+    plane.set_table(_table(3, {"v1": ((a.url,), None)}))  # the policy no longer asks
+    clock.t += 10
+    checker.tick()
+    await _settle(checker)
+    assert checker.scheduled == frozenset() and len(a.paths) == 1  # no check once the policy dropped it
+
+
+async def test_run_stops_cleanly_with_a_check_in_flight(plane, servers):
+    a, _ = servers
+    a.hold = asyncio.Event()
+    plane.set_table(_table(1, {"v1": ((a.url,), _CHECKED)}))
+    task = asyncio.create_task(HealthChecker(plane).run())
+    for _ in range(100):
+        if a.paths:
+            break
+        await asyncio.sleep(0.01)
+    assert a.paths
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
