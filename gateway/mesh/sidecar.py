@@ -411,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per certificate request is noise
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -1,0 +1,176 @@
+"""What keeps the sidecar small, tested in-process: the engine-based signer and stdlib PEM reading.
+
+The sidecar process itself (its imported modules, its RSS) is tested in
+tests/integration/test_mesh.py, on a real ``meshgate sidecar``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
+
+from gateway.mesh._pem import certificate_ders, fingerprints
+from gateway.mesh.api import ca_public_router
+from gateway.mesh.ca import MeshCA, fingerprint
+from gateway.mesh.signers import SignError, control_plane_signer
+from gateway.mesh.tokens import JoinTokens
+from gateway.mesh.workload import WorkloadIdentity
+from tests.mesh.conftest import MODEL
+
+
+def _server_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed server certificate for 127.0.0.1 (what an https control plane might present)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "control plane")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "server.crt", directory / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture
+def https_control(ca: MeshCA, store, tmp_path: Path) -> Iterator[tuple[str, JoinTokens, Path]]:
+    """The CA's real signing route on uvicorn over TLS; yields its URL, the token issuer, its CA file."""
+    cert_file, key_file = _server_certificate(tmp_path)
+    tokens = JoinTokens.open(ca.data_dir)
+    app = FastAPI()
+    app.include_router(ca_public_router(ca, store, tokens=tokens, lifetime_s=3600))
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):  # bounded wait for the listener
+            if server.started:
+                break
+            time.sleep(0.02)
+        assert server.started, "uvicorn did not start"
+        yield f"https://127.0.0.1:{sock.getsockname()[1]}", tokens, cert_file
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_the_stdlib_fingerprints_are_the_cas(ca: MeshCA) -> None:
+    next_root = ca.prepare_root()
+    assert fingerprints(ca.bundle_pem()) == {fingerprint(ca.root), fingerprint(next_root)}
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        fingerprints("not a bundle")
+    corrupt = "-----BEGIN CERTIFICATE-----\nMIIB=x\n-----END CERTIFICATE-----\n"
+    with pytest.raises(ValueError, match="corrupt PEM"):
+        certificate_ders(corrupt)
+
+
+def test_the_signer_trusts_an_https_control_plane_only_through_the_given_ca(https_control, tmp_path) -> None:
+    url, tokens, ca_file = https_control
+
+    async def main() -> None:
+        pinned = tokens.create([MODEL])  # the CA's fingerprint is pinned in the token
+        trusted = WorkloadIdentity(MODEL, tmp_path / "a", control_plane_signer(url, pinned, verify=ca_file))
+        await trusted.start()
+        await trusted.aclose()
+        assert trusted.certificate_pem.startswith("-----BEGIN CERTIFICATE-----")
+        # The system CAs do not know the control plane's certificate: the handshake fails.
+        system = control_plane_signer(url, tokens.create([MODEL]))
+        with pytest.raises(SignError) as info:
+            await WorkloadIdentity(MODEL, tmp_path / "b", system).start()
+        assert info.value.code == "control_plane_unreachable" and info.value.status is None
+        assert "certificate" in info.value.message.lower()
+
+    asyncio.run(main())
+
+
+def test_a_bad_verify_option_is_refused_when_the_signer_is_made(tmp_path) -> None:
+    token = JoinTokens.open(tmp_path / "ca").create([MODEL])
+    with pytest.raises(ValueError, match="verify must be"):
+        control_plane_signer("https://127.0.0.1:1", token, verify=False)
+
+
+async def _answering(raw: bytes) -> tuple[asyncio.Server, str]:
+    """A server that answers every request with ``raw`` (a whole HTTP response) and closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def _http(status: str, body: bytes) -> bytes:
+    return f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "status", "words"),
+    [
+        (_http("200 OK", b"hello"), "control_plane_error", None, "unreadable"),
+        (
+            _http("200 OK", b'{"certificate": "x", "bundle": "junk"}'),
+            "control_plane_error",
+            None,
+            "unreadable",
+        ),
+        (_http("502 Bad Gateway", b"oops"), "control_plane_error", 502, "oops"),
+        (
+            _http("403 Forbidden", b'{"error": {"code": "forged", "message": "bad mac"}}'),
+            "forged",
+            403,
+            "bad mac",
+        ),
+    ],
+)
+def test_control_plane_answers_become_sign_errors(tmp_path, raw, code, status, words) -> None:
+    token = JoinTokens.open(tmp_path / "ca").create([MODEL])
+
+    async def main() -> None:
+        server, url = await _answering(raw)
+        try:
+            with pytest.raises(SignError) as info:
+                await WorkloadIdentity(MODEL, tmp_path / "svid", control_plane_signer(url, token)).start()
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert (info.value.code, info.value.status) == (code, status)
+        assert words in info.value.message
+
+    asyncio.run(main())
