@@ -51,7 +51,7 @@ class Measurement:
         self.join_ttl_s = join_ttl_s
         self.flush_interval_s = flush_interval_s
         self.counters = CounterBuffer()
-        self.records = RecordBuffer(join_ttl_s)
+        self.records = RecordBuffer(join_ttl_s, listed=False)  # feedback reads them by request id
 
     # -- the data path (event-loop thread, no I/O) -----------------------------------------
     def observe(

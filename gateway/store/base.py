@@ -93,7 +93,13 @@ class Store(Protocol):
         ...
 
     # -- expiring records -------------------------------------------------------------
-    def put_records(self, namespace: str, records: Mapping[str, Document], ttl_s: float) -> None: ...
+    def put_records(
+        self, namespace: str, records: Mapping[str, Document], ttl_s: float, *, listed: bool = True
+    ) -> None:
+        """Write records that expire after ``ttl_s``. ``listed=False`` says they are only ever
+        read by key (join records, one per request): a backend may then leave them out of
+        ``list_records`` and save the per-record index that listing needs."""
+        ...
 
     def get_record(self, namespace: str, key: str) -> Document | None: ...
 

@@ -172,13 +172,14 @@ class RecordBuffer(_WriteBehind):
     longer. ``pending`` lets a gateway join feedback to its own records before they land.
     """
 
-    __slots__ = ("ttl_s",)
+    __slots__ = ("listed", "ttl_s")
 
-    def __init__(self, ttl_s: float, *, max_records: int = 100_000) -> None:
+    def __init__(self, ttl_s: float, *, max_records: int = 100_000, listed: bool = True) -> None:
         if ttl_s <= 0:
             raise ValueError(f"record TTL must be > 0 s, got {ttl_s}")
         super().__init__(max_records)
         self.ttl_s = ttl_s
+        self.listed = listed  # False: read by key only (see Store.put_records)
 
     def put(self, namespace: str, key: str, doc: Document) -> None:
         self._hold(namespace, ((key, doc),), merge=False)
@@ -194,7 +195,7 @@ class RecordBuffer(_WriteBehind):
     def _send(self, store: Store, batch: dict[str, dict[str, Any]]) -> None:
         for namespace in list(batch):
             records = batch[namespace]
-            store.put_records(namespace, records, self.ttl_s)
+            store.put_records(namespace, records, self.ttl_s, listed=self.listed)
             with self._lock:  # written namespaces leave the retry set one by one
                 del batch[namespace]
             self._release(len(records))

@@ -116,7 +116,10 @@ class MemoryStore:
         self._records.setdefault(namespace, {})[key] = (expires, doc)
         heapq.heappush(self._expiry, (expires, namespace, key))
 
-    def put_records(self, namespace: str, records: Mapping[str, Document], ttl_s: float) -> None:
+    def put_records(
+        self, namespace: str, records: Mapping[str, Document], ttl_s: float, *, listed: bool = True
+    ) -> None:
+        """``listed`` changes nothing here: one dict serves reads by key and listing."""
         encoded = [(key, _dump(doc)) for key, doc in records.items()]
         with self._lock:
             now = self._now()

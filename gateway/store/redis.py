@@ -383,7 +383,11 @@ class RedisStore:
         }
 
     # -- expiring records -------------------------------------------------------------
-    def put_records(self, namespace: str, records: Mapping[str, Document], ttl_s: float) -> None:
+    def put_records(
+        self, namespace: str, records: Mapping[str, Document], ttl_s: float, *, listed: bool = True
+    ) -> None:
+        """``listed=False`` skips the expiry index: measured ~120 B of Redis memory and a ZADD
+        per record (a join record itself is ~150 B), for records nobody lists."""
         if not records:
             return
         ttl_ms = max(1, int(ttl_s * 1000))
@@ -392,8 +396,9 @@ class RedisStore:
         pipe = self._client.pipeline(transaction=True)
         for key, doc in records.items():
             pipe.set(self.keys.record(namespace, key), json.dumps(doc, separators=(",", ":")), px=ttl_ms)
-        pipe.zadd(index, {key: now_ms + ttl_ms for key in records})
-        self._trim_index(pipe, index, now_ms, ttl_ms)
+        if listed:
+            pipe.zadd(index, {key: now_ms + ttl_ms for key in records})
+            self._trim_index(pipe, index, now_ms, ttl_ms)
         with self._io(f"writing {namespace} records"):
             pipe.execute()
 

@@ -171,7 +171,10 @@ class SQLiteStore:
         return out
 
     # -- expiring records -------------------------------------------------------------
-    def put_records(self, namespace: str, records: Mapping[str, Document], ttl_s: float) -> None:
+    def put_records(
+        self, namespace: str, records: Mapping[str, Document], ttl_s: float, *, listed: bool = True
+    ) -> None:
+        """``listed`` changes nothing here: the (ns, key) primary key serves both reads."""
         if not records:
             return
         now = self._clock()

@@ -36,6 +36,8 @@ from tests.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_
 HOST = "127.0.0.1"
 # The bound: a write through the control plane reaches every gateway within 1 s.
 PROPAGATION_BOUND_S = 1.0
+# Starting a process imports FastAPI, numpy and scipy: seconds on a busy 2-core machine.
+START_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -81,7 +83,7 @@ class Cluster:
             [*self._args("control", "control"), "--admin-port", str(self.admin_port)],
             self.tmp / "control.log",
         )
-        wait_http(f"http://{HOST}:{self.admin_port}/healthz", self.control.popen)
+        wait_http(f"http://{HOST}:{self.admin_port}/healthz", self.control.popen, START_TIMEOUT_S)
         token = (self.tmp / "control" / "admin.token").read_text().strip()
         self.admin = httpx.Client(
             base_url=f"http://{HOST}:{self.admin_port}",
@@ -99,7 +101,7 @@ class Cluster:
         return gw
 
     def wait_ready(self, gw: Gateway) -> None:
-        wait_http(f"{gw.url}/v2/health/live", gw.proc.popen)
+        wait_http(f"{gw.url}/v2/health/live", gw.proc.popen, START_TIMEOUT_S)
         wait_until(lambda: httpx.get(f"{gw.url}/v2/health/ready").status_code == 200, what="gateway ready")
 
     def stop_gateway(self, gw: Gateway) -> None:
@@ -533,7 +535,7 @@ def test_up_runs_on_store(tmp_path, digits, backend):
             tmp_path / "up.log",
         )  # fmt: skip
         stack.callback(proc.stop)
-        wait_http(f"http://{HOST}:{admin_port}/healthz", proc.popen)
+        wait_http(f"http://{HOST}:{admin_port}/healthz", proc.popen, START_TIMEOUT_S)
         token = (tmp_path / "data" / "admin.token").read_text().strip()
         admin = httpx.Client(
             base_url=f"http://{HOST}:{admin_port}", headers={"authorization": f"Bearer {token}"}

@@ -116,6 +116,16 @@ def test_records_expire(store):
     assert store.get_record("beats", "g1") is None
 
 
+def test_unlisted_records_are_read_by_key_and_expire(store):
+    store.put_records("join", {"r1": {"arm": "v1"}}, ttl_s=60, listed=False)
+    store.put_records("join", {"r2": {"arm": "v2"}}, ttl_s=0.1, listed=False)
+    assert store.get_record("join", "r1") == {"arm": "v1"}
+    _wait_for(lambda: store.get_record("join", "r2") is None, timeout=3)
+    assert store.get_record("join", "r1") == {"arm": "v1"}
+    if hasattr(store, "keys"):  # Redis: no expiry index was built for them
+        assert store._client.exists(store.keys.record_index("join")) == 0
+
+
 def test_claim_is_true_exactly_once(store):
     results = []
 
