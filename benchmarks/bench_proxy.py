@@ -1,18 +1,32 @@
-"""Proxy cost side by side, in one run: the upstream directly, meshgate's engine, and nginx (90/10 split).
+"""The real gateway's cost side by side, in one run: the upstream directly, meshgate, nginx (90/10).
 
-    python -m benchmarks.bench_proxy [--duration 5] [--rounds 3] [--upstream model|static|both] [--profile]
+    python -m benchmarks.bench_proxy [--duration 4] [--rounds 3] [--upstream model|static|both]
+                                     [--targets direct,engine,meshgate,meshgate_quiet,nginx] [--profile]
 
-For each upstream kind, two upstream processes (weights 90 and 10) are started; each proxy is
-driven with wrk -t1 -c32 and -c1 with an 84-byte Open Inference Protocol body. Reported per
-target: requests/s, p50/p99, non-2xx, and the proxy's CPU per request (utime+stime deltas from
-/proc of the proxy's processes divided by the requests served). Targets are measured in
-interleaved rounds and each figure is the median over rounds, so that background load on a
-shared machine hits every target alike; errors are summed. Writes
-benchmarks/results/proxy.json and prints a markdown table.
+Per upstream kind, two upstream processes (v1 weight 90, v2 weight 10) and these targets:
 
-Upstream kinds: `model` is the reference model server (models.server, `sum` v1/v2) — what the
-mesh fronts in practice, but its numpy inference caps throughput; `static` is a fixed-response
-server on the engine, so that the proxy, not the model, is the bottleneck.
+- ``direct``: the v1 upstream itself (its CPU is the upstream's, for scale);
+- ``meshgate``: ``python -m gateway up`` (temp data dir, free ports) with the two versions
+  registered and a 90/10 A/B experiment (``POST /v1/experiments``), default policies and
+  telemetry at its defaults (metrics on, JSON access log to a file, experiment counters);
+- ``meshgate_quiet``: the same with metrics and the access log off (``MESHGATE_METRICS=off``,
+  ``--no-access-log``; the experiment's counters stay: they are the product);
+- ``engine``: the HTTP engine alone as a 90/10 proxy (``tests.engine.proxy_app``: no routing,
+  no policies, no telemetry), to separate the engine's cost from the data plane's;
+- ``nginx``: 90/10 (``split_clients``) with upstream keep-alive.
+
+One meshgate process of each configuration fronts both kinds (models ``echo`` and ``static``).
+Load is ``wrk -t1`` at 32 and at 1 connection, ``POST /v2/models/<model>/infer`` with an 84-byte
+Open Inference Protocol body and a random ``x-meshgate-key`` per request (so that the sticky
+experiment split applies). Reported per target: requests/s, p50/p99, non-2xx and socket errors,
+and the proxy's CPU per request (utime+stime deltas of the proxy's processes from /proc divided
+by the requests served). Targets are measured in interleaved rounds and each figure is the
+median over rounds (a shared machine's background load then hits every target alike); errors
+are summed. Writes benchmarks/results/proxy.json and proxy.md and prints the table.
+
+Upstream kinds: ``model`` is the reference model server with the ``echo`` model (what the mesh
+fronts); ``static`` is a fixed-response server on the engine (~14 us per request), so that the
+proxy, not the upstream, is the bottleneck.
 """
 
 from __future__ import annotations
@@ -23,13 +37,17 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
+
+import httpx
 
 from benchmarks.load import WRK, run_load
 from benchmarks.nginx import NginxMissing, nginx_proxy
@@ -43,6 +61,11 @@ STATIC_REPLY = (
     b'"outputs":[{"name":"sum","shape":[1],"datatype":"FP64","data":[12.0]}]}'
 )
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+KEY_HEADER = "x-meshgate-key"
+KINDS = ("model", "static")
+TARGETS = ("direct", "engine", "meshgate", "meshgate_quiet", "nginx")
+MODEL_OF = {"model": "echo", "static": "static"}  # the model name each kind is registered under
+WEIGHTS = (("v1", 90), ("v2", 10))
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -52,6 +75,14 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLOCK_TICK
+
+
+def with_children(pid: int) -> list[int]:
+    """`pid` and its direct children (a supervisor's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    with suppress(OSError):
+        return [pid, *(int(p) for p in children.read_text().split())]
+    return [pid]
 
 
 def _spawn(command: list[str], marker: str) -> tuple[subprocess.Popen, str]:
@@ -65,32 +96,115 @@ def _spawn(command: list[str], marker: str) -> tuple[subprocess.Popen, str]:
     return process, line.split()[-1]
 
 
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def running(command: list[str], marker: str) -> Iterator[tuple[subprocess.Popen, str]]:
     process, word = _spawn(command, marker)
     try:
         yield process, word
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 def upstream_command(kind: str, version: str) -> tuple[list[str], str]:
     if kind == "model":
-        code = f"from models.server import run_model_server; run_model_server('sum', '{version}', port=0)"
+        model = MODEL_OF[kind]
+        code = f"from models.server import run_model_server; run_model_server('{model}', '{version}', port=0)"
         return [sys.executable, "-c", code], "serving"
     return [sys.executable, "-m", "benchmarks.bench_proxy", "static-upstream"], "http://"
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode} before {url} answered")
+        with suppress(httpx.TransportError):
+            httpx.get(url, timeout=1.0)
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@contextmanager
+def meshgate_up(
+    directory: Path, upstreams: dict[str, list[str]], quiet: bool
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``meshgate up`` fronting each kind's upstreams as a model with a 90/10 A/B experiment."""
+    port, admin_port = _free_port(), _free_port()
+    data_dir = directory / "data"
+    command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
+    command += ["--data-dir", str(data_dir), "--log-level", "warning"]
+    env = dict(os.environ)
+    if quiet:
+        command.append("--no-access-log")
+        env["MESHGATE_METRICS"] = "off"
+    with open(directory / "stdout.log", "wb") as out:  # the access log (JSON lines) lands here
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{admin_port}/healthz", process)
+        token = (data_dir / "admin.token").read_text().strip()
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{admin_port}",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=10,
+        ) as admin:
+            for kind, urls in upstreams.items():
+                model = MODEL_OF[kind]
+                for (version, _), upstream in zip(WEIGHTS, urls, strict=True):
+                    answer = admin.put(
+                        f"/v1/models/{model}/versions/{version}", json={"endpoints": [upstream]}
+                    )
+                    answer.raise_for_status()
+                experiment = {
+                    "name": f"bench-{model}",
+                    "model": model,
+                    "control": WEIGHTS[0][0],
+                    "arms": [{"version": v, "weight": w} for v, w in WEIGHTS],
+                    "metrics": [],
+                }
+                admin.post("/v1/experiments", json=experiment).raise_for_status()
+                _wait_split(f"{url}/v2/models/{model}/infer", process)
+        yield process, url
+    finally:
+        _stop(process)
+
+
+def _wait_split(url: str, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Wait until the gateway's route table has the experiment (config propagation is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"meshgate exited with {process.returncode}")
+        answer = httpx.post(url, content=BODY, headers={KEY_HEADER: "probe"}, timeout=5)
+        if answer.status_code == 200 and "x-meshgate-experiment" in answer.headers:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} is not split by the experiment after {timeout}s")
+
+
 def measure(url: str, pids: list[int], connections: int, duration: float) -> dict:
-    target = url + "/v2/models/sum/infer"
-    run_load(target, method="POST", body=BODY, connections=connections, duration=1)  # warm-up
+    load = {"method": "POST", "body": BODY, "connections": connections, "key_header": KEY_HEADER}
+    run_load(url, duration=1, **load)  # warm-up
     before = cpu_seconds(pids)
-    result = run_load(target, method="POST", body=BODY, connections=connections, duration=duration)
+    result = run_load(url, duration=duration, **load)
     spent = cpu_seconds(pids) - before
     result["cpu_us_per_request"] = round(spent / result["requests"] * 1e6, 1) if result["requests"] else None
     return result
@@ -108,100 +222,118 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
-def bench_kind(kind: str, duration: float, rounds: int, profile: bool) -> dict:
+def start_targets(
+    stack: ExitStack, kinds: list[str], wanted: list[str]
+) -> tuple[dict[tuple[str, str], tuple[str, list[int]]], dict[str, int], str | None]:
+    """Every process, started once: {(kind, target): (url, pids)}, meshgate pids by name, nginx note."""
+    upstreams: dict[str, list[str]] = {}
+    targets: dict[tuple[str, str], tuple[str, list[int]]] = {}
+    nginx_note = None
+    for kind in kinds:
+        procs = [stack.enter_context(running(*upstream_command(kind, v))) for v, _ in WEIGHTS]
+        upstreams[kind] = [url for _, url in procs]
+        path = f"/v2/models/{MODEL_OF[kind]}/infer"
+        if "direct" in wanted:
+            targets[(kind, "direct")] = (upstreams[kind][0] + path, [procs[0][0].pid])
+        if "engine" in wanted:
+            command = [sys.executable, "-m", "tests.engine.proxy_app", "--weights", "90,10"]
+            for url in upstreams[kind]:
+                command += ["--upstream", url]
+            engine, port = stack.enter_context(running(command, "LISTENING"))
+            targets[(kind, "engine")] = (f"http://127.0.0.1:{port}{path}", [engine.pid])
+        if "nginx" in wanted:
+            try:
+                nginx = stack.enter_context(
+                    nginx_proxy([(url, w) for url, (_, w) in zip(upstreams[kind], WEIGHTS, strict=True)])
+                )
+                targets[(kind, "nginx")] = (nginx.url + path, nginx.pids())
+            except NginxMissing as exc:
+                nginx_note = str(exc)
+                print(nginx_note, file=sys.stderr)
+    gateways: dict[str, int] = {}
+    for name in ("meshgate", "meshgate_quiet"):
+        if name not in wanted:
+            continue
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-")))
+        process, url = stack.enter_context(meshgate_up(directory, upstreams, quiet=name == "meshgate_quiet"))
+        gateways[name] = process.pid
+        for kind in kinds:
+            targets[(kind, name)] = (f"{url}/v2/models/{MODEL_OF[kind]}/infer", with_children(process.pid))
+    return targets, gateways, nginx_note
+
+
+def bench(kinds: list[str], wanted: list[str], duration: float, rounds: int, profile: bool) -> dict:
     with ExitStack() as stack:
-        primary, primary_url = stack.enter_context(running(*upstream_command(kind, "v1")))
-        _, secondary_url = stack.enter_context(running(*upstream_command(kind, "v2")))
-        upstreams = [(primary_url, 90), (secondary_url, 10)]
-        proxy_cmd = [sys.executable, "-m", "tests.engine.proxy_app", "--weights", "90,10"]
-        for url, _ in upstreams:
-            proxy_cmd += ["--upstream", url]
-        meshgate, meshgate_port = stack.enter_context(running(proxy_cmd, "LISTENING"))
-        targets: dict[str, tuple[str, list[int]]] = {
-            "direct": (primary_url, [primary.pid]),
-            "meshgate": (f"http://127.0.0.1:{meshgate_port}", [meshgate.pid]),
-        }
-        nginx_note = None
-        try:
-            nginx = stack.enter_context(nginx_proxy(upstreams))
-            targets["nginx"] = (nginx.url, nginx.pids())
-        except NginxMissing as exc:
-            nginx_note = str(exc)
-            print(nginx_note, file=sys.stderr)
-        runs: dict[str, dict[str, list[dict]]] = {name: {"c32": [], "c1": []} for name in targets}
+        targets, gateways, nginx_note = start_targets(stack, kinds, wanted)
+        runs: dict[tuple[str, str], dict[str, list[dict]]] = {key: {"c32": [], "c1": []} for key in targets}
         for i in range(rounds):
-            for name, (url, pids) in targets.items():
+            for (kind, name), (url, pids) in targets.items():
                 for label, connections in (("c32", 32), ("c1", 1)):
                     result = measure(url, pids, connections, duration)
-                    runs[name][label].append(result)
-                    print(f"[{kind} round {i + 1}] {name} {label}: {json.dumps(result)}", file=sys.stderr)
+                    runs[(kind, name)][label].append(result)
+                    print(f"[round {i + 1}] {kind} {name} {label}: {json.dumps(result)}", file=sys.stderr)
+        profile_path = None
+        if profile and "meshgate" in gateways:
+            kind = kinds[-1]
+            profile_path = profile_meshgate(targets[(kind, "meshgate")][0], gateways["meshgate"], duration)
+    out: dict[str, dict] = {}
+    for kind in kinds:
         rows = {
-            name: {label: median_of(r) for label, r in by_label.items()} for name, by_label in runs.items()
+            name: {label: median_of(r) for label, r in runs[(k, name)].items()}
+            for (k, name) in targets
+            if k == kind
         }
-        if profile:
-            rows["meshgate"]["profile"] = profile_meshgate(targets["meshgate"][0], meshgate.pid, duration)
-    return {"rows": rows, "nginx": nginx_note, "ratios": ratios(rows)}
+        out[kind] = {"rows": rows, "ratios": ratios(rows)}
+    return {"kinds": out, "nginx": nginx_note, "profile": profile_path}
 
 
 def ratios(rows: dict[str, dict]) -> dict:
+    """Each proxy against the goals of issue 3: added p50 at 1 connection, rps and CPU vs nginx."""
     out: dict[str, float | None] = {}
-    mesh, direct, nginx = rows["meshgate"], rows["direct"], rows.get("nginx")
-    out["meshgate_added_p50_us_c1"] = round(mesh["c1"]["p50_us"] - direct["c1"]["p50_us"], 1)
-    if nginx is not None:
-        out["nginx_added_p50_us_c1"] = round(nginx["c1"]["p50_us"] - direct["c1"]["p50_us"], 1)
-        out["rps_ratio_c32"] = round(mesh["c32"]["rps"] / nginx["c32"]["rps"], 3)
-        cpu_m, cpu_n = mesh["c32"]["cpu_us_per_request"], nginx["c32"]["cpu_us_per_request"]
-        out["cpu_ratio_c32"] = round(cpu_m / cpu_n, 3) if cpu_m and cpu_n else None
+    direct, nginx = rows.get("direct"), rows.get("nginx")
+    for name, row in rows.items():
+        if name == "direct":
+            continue
+        if direct is not None:
+            out[f"{name}_added_p50_us_c1"] = round(row["c1"]["p50_us"] - direct["c1"]["p50_us"], 1)
+        if nginx is not None and name != "nginx":
+            out[f"{name}_rps_ratio_c32"] = round(row["c32"]["rps"] / nginx["c32"]["rps"], 3)
+            cpu, cpu_n = row["c32"]["cpu_us_per_request"], nginx["c32"]["cpu_us_per_request"]
+            out[f"{name}_cpu_ratio_c32"] = round(cpu / cpu_n, 3) if cpu and cpu_n else None
     return out
 
 
 def profile_meshgate(url: str, pid: int, duration: float) -> str | None:
-    """py-spy the proxy at saturation; returns the path of the collapsed-stack profile, if py-spy exists."""
+    """py-spy the gateway at saturation (Python frames, no idle); returns the raw collapsed-stack file."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         print("py-spy is not installed (pip install py-spy); skipping the profile", file=sys.stderr)
         return None
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "proxy-profile.txt"
-    recorder = subprocess.Popen(
-        [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(int(duration)),
-            "--rate",
-            "500",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = [py_spy, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "500"]
+    command += ["--format", "raw", "--output", str(out), "--nonblocking"]
+    recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    run_load(url + "/v2/models/sum/infer", method="POST", body=BODY, connections=32, duration=duration)
+    run_load(url, method="POST", body=BODY, connections=32, duration=duration, key_header=KEY_HEADER)
     recorder.wait(duration + 30)
     return str(out.relative_to(ROOT))
 
 
 def table(results: dict) -> str:
     lines = [
-        "| upstream | target | rps @32 | p50 @32 (us) | p99 @32 (us) | CPU/req @32 (us) | non-2xx @32 "
-        "| rps @1 | p50 @1 (us) | p99 @1 (us) | non-2xx @1 |",
+        "| upstream | target | rps @32 | p50 @32 (us) | p99 @32 (us) | CPU/req @32 (us) | errors @32 "
+        "| rps @1 | p50 @1 (us) | p99 @1 (us) | errors @1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, result in results["kinds"].items():
         for name, row in result["rows"].items():
             c32, c1 = row["c32"], row["c1"]
-            cpu = c32["cpu_us_per_request"]
             label = f"{name} (upstream CPU)" if name == "direct" else name
             lines.append(
                 f"| {kind} | {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
-                f"| {cpu} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} | {c1['p99_us']:,.0f} "
-                f"| {c1['errors']} |"
+                f"| {c32['cpu_us_per_request']} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
+                f"| {c1['p99_us']:,.0f} | {c1['errors']} |"
             )
     lines.append("")
     for kind, result in results["kinds"].items():
@@ -225,20 +357,31 @@ def machine() -> dict:
     }
 
 
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = set(names) - set(TARGETS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "static-upstream"])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
-    parser.add_argument("--upstream", choices=["model", "static", "both"], default="both")
-    parser.add_argument("--profile", action="store_true", help="py-spy the meshgate proxy at saturation")
+    parser.add_argument("--upstream", choices=[*KINDS, "both"], default="both")
+    parser.add_argument("--targets", type=_names, default=list(TARGETS), help="comma-separated subset")
+    parser.add_argument("--profile", action="store_true", help="py-spy the meshgate gateway at saturation")
     args = parser.parse_args(argv)
     if args.mode == "static-upstream":
         serve_static()
         return
-    kinds = ["model", "static"] if args.upstream == "both" else [args.upstream]
+    kinds = list(KINDS) if args.upstream == "both" else [args.upstream]
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {
         "command": "python -m benchmarks.bench_proxy " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -247,10 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "load_average_before": os.getloadavg(),
-        "kinds": {
-            kind: bench_kind(kind, args.duration, args.rounds, args.profile and kind == kinds[-1])
-            for kind in kinds
-        },
+        **bench(kinds, args.targets, args.duration, args.rounds, args.profile),
+        "load_average_after": os.getloadavg(),
     }
     (RESULTS / "proxy.json").write_text(json.dumps(results, indent=2))
     markdown = table(results)

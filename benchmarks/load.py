@@ -4,6 +4,10 @@
              connections=32, duration=10.0)
     -> {"tool", "requests", "duration_s", "rps", "p50_us", "p99_us", "non_2xx", "socket_errors", "errors"}
 
+`key_header="x-meshgate-key"` sends a random routing key per request (cycling through 1,000 keys
+drawn with a fixed seed before the load starts, so that the load tool spends nothing per request
+on them): a sticky split then applies to the load as it does to real users.
+
 Both tools keep `connections` keep-alive connections busy for `duration` seconds and count every
 response that is not 2xx/3xx as an error (wrk's "Non-2xx or 3xx responses").
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +34,7 @@ wrk.method = %(method)s
 wrk.body = %(body)s
 wrk.headers["Content-Type"] = "application/json"
 %(headers)s
+%(keys)s
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -38,6 +44,28 @@ done = function(summary, latency, requests)
     e.status, e.connect + e.read + e.write + e.timeout))
 end
 """
+
+
+# Requests with a random key in `header`, formatted once per thread; `request` only cycles them.
+# The seed is fixed: every run draws the same keys, so a sticky split lands the same way.
+_WRK_KEYS = """
+local requests, n, i = {}, %(count)d, 0
+init = function(args)
+  math.randomseed(%(seed)d)
+  for k = 1, n do
+    local headers = {}
+    for name, value in pairs(wrk.headers) do headers[name] = value end
+    headers[%(header)s] = string.format("user-%%08x", math.random(0, 2147483647))
+    requests[k] = wrk.format(nil, nil, headers)
+  end
+end
+request = function()
+  i = i %% n + 1
+  return requests[i]
+end
+"""
+_KEYS = 1000
+_SEED = 20261127
 
 
 def _lua_string(data: bytes) -> str:
@@ -68,6 +96,7 @@ def _run_wrk(
     connections: int,
     duration: float,
     threads: int,
+    key_header: str | None,
 ) -> dict:
     header_lines = "\n".join(
         f"wrk.headers[{_lua_string(k.encode())}] = {_lua_string(v.encode())}" for k, v in headers.items()
@@ -76,6 +105,9 @@ def _run_wrk(
         "method": _lua_string(method.encode()),
         "body": _lua_string(body),
         "headers": header_lines,
+        "keys": _WRK_KEYS % {"count": _KEYS, "seed": _SEED, "header": _lua_string(key_header.encode())}
+        if key_header
+        else "",
     }
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
@@ -117,15 +149,22 @@ async def _python_load(
     connections: int,
     duration: float,
     max_requests: int,
+    key_header: str | None,
 ) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (
-        f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"{extra}Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    rng = random.Random(_SEED)
+    keys = [f"{key_header}: user-{rng.getrandbits(31):08x}\r\n" for _ in range(_KEYS)] if key_header else [""]
+    requests = [
+        (
+            f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"{extra}{key}Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for key in keys
+    ]
     latencies: list[float] = []
     counts = {"non_2xx": 0, "socket": 0, "sent": 0}
     deadline = time.perf_counter() + duration
@@ -140,7 +179,7 @@ async def _python_load(
             while time.perf_counter() < deadline and counts["sent"] < max_requests:
                 counts["sent"] += 1
                 started = time.perf_counter()
-                writer.write(request)
+                writer.write(requests[counts["sent"] % len(requests)])
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
                 length = 0
@@ -186,6 +225,7 @@ def run_load(
     threads: int = 1,
     max_requests: int = 2_000_000,
     tool: str = "auto",
+    key_header: str | None = None,
 ) -> dict:
     """Drive `url` with keep-alive load and summarise it (latencies in microseconds).
 
@@ -199,5 +239,7 @@ def run_load(
     if use_wrk:
         if WRK is None:
             raise RuntimeError("wrk is not installed (apt-get install wrk)")
-        return _run_wrk(url, method, body, headers or {}, connections, duration, threads)
-    return asyncio.run(_python_load(url, method, body, headers or {}, connections, duration, max_requests))
+        return _run_wrk(url, method, body, headers or {}, connections, duration, threads, key_header)
+    return asyncio.run(
+        _python_load(url, method, body, headers or {}, connections, duration, max_requests, key_header)
+    )

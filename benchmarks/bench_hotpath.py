@@ -1,0 +1,210 @@
+"""The data plane's Python cost per proxied request, in process, without sockets.
+
+    python -m benchmarks.bench_hotpath [--requests 20000] [--repeat 5] [--profile CONFIG]
+
+Everything a proxied request runs except the kernel: the client's request bytes go into the
+engine's server protocol (``HttpProtocol.data_received``), the data plane routes it (path,
+headers, experiment split, deadline, ``Exchange``, resilience policies), the upstream pool
+writes the upstream request on a keep-alive connection, the upstream's response bytes go into
+that connection's parser, and the response is written back to the client. Transports are
+null objects that keep nothing, so the figure is the Python (and C extension) time of the path:
+what a change to the hot path saves or costs, measured without the noise of a shared machine.
+
+Configurations (the same request bytes every time; 1,000 routing keys cycled):
+
+- ``engine``: the engine alone with the test proxy handler (``tests.engine.proxy_app``);
+- ``plane``: the data plane with no hooks (a 90/10 A/B experiment on the model);
+- ``measure``: + the experiment measurement observer (per-arm counters, join records);
+- ``defaults``: + Prometheus metrics and the JSON access log (to a null stream): what
+  ``meshgate up`` runs with its defaults;
+- ``pinned``: the data plane, no hooks, ``/versions/v1/infer`` (no experiment).
+
+Reported: CPU microseconds per request (process time, best of ``--repeat`` runs of ``--requests``
+requests: a loaded machine slows the figure less than wall time would) and
+garbage-collector runs per 10k requests (generation 0, with ``gateway.http.tune_gc`` applied as
+the processes apply it). ``--profile CONFIG`` prints cProfile's top functions for one
+configuration. Writes benchmarks/results/hotpath.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import json
+import pstats
+import random
+import time
+from collections.abc import Callable
+
+from benchmarks.bench_proxy import BODY, RESULTS, STATIC_REPLY, machine
+from gateway.dataplane.measure import Measurement
+from gateway.dataplane.plane import DataPlane
+from gateway.http import ServerLimits, UpstreamPool, new_event_loop, tune_gc
+from gateway.http._pool import _Connection
+from gateway.http._server import HttpProtocol, Server
+from gateway.store.memory import MemoryStore
+from gateway.telemetry.access_log import AccessLog
+from gateway.telemetry.metrics import Metrics
+from router.policy import TrafficPolicy
+from router.table import ModelRoute, RouteTable, Split, VersionRoute
+from tests.engine.proxy_app import ProxyApp
+
+CONFIGS = ("engine", "plane", "measure", "defaults", "pinned")
+UPSTREAMS = ("http://127.0.0.1:9001", "http://127.0.0.1:9002")
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (
+    len(STATIC_REPLY),
+    STATIC_REPLY,
+)
+
+
+class NullTransport:
+    """What the protocols call on a transport, keeping nothing; `on_write` sees each write."""
+
+    def __init__(self, peer: tuple[str, int], on_write: Callable[[bytes], None] | None = None) -> None:
+        self._peer = peer
+        self.on_write = on_write
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        if self.on_write is not None:
+            self.on_write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.write(b"".join(parts))
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._peer if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        raise RuntimeError("the benchmark's connection was closed: the request failed")
+
+
+def route_table() -> RouteTable:
+    policy = TrafficPolicy()
+    versions = {
+        v: VersionRoute(v, (url,), None, policy) for v, url in zip(("v1", "v2"), UPSTREAMS, strict=True)
+    }
+    split = Split.compile("bench", "bench", "x-meshgate-key", {"v1": [(0, 9000)], "v2": [(9000, 10000)]})
+    return RouteTable(1, {"static": ModelRoute("static", "v1", versions, split)})
+
+
+class Rig:
+    """One engine server connection and one keep-alive upstream connection per endpoint, all null."""
+
+    def __init__(self, config: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = UpstreamPool()
+        if config == "engine":
+            handler = ProxyApp(self.pool, list(UPSTREAMS), [90, 10])
+        else:
+            plane = DataPlane(self.pool, rng=random.Random(7))
+            plane.set_table(route_table())
+            if config in ("measure", "defaults"):
+                plane.observers.append(Measurement(MemoryStore()).observe)
+            if config == "defaults":
+                Metrics().install(plane)
+                AccessLog(io.StringIO(), flush_interval_s=3600).install(plane)
+            handler = plane.handle
+        self.answers: list[_Connection] = []
+        for url in UPSTREAMS:
+            endpoint = self.pool.endpoint(url)
+            conn = _Connection(endpoint)
+            conn.connection_made(
+                NullTransport(("127.0.0.1", 9001), lambda _d, c=conn: self.answers.append(c))
+            )
+            endpoint._opened += 1
+            endpoint._idle.append(conn)
+        self.client = NullTransport(("127.0.0.1", 40000))
+        server = Server(loop, ServerLimits())
+        self.protocol = HttpProtocol(handler, ServerLimits(), server)
+        self.protocol.connection_made(self.client)
+        path = b"/v2/models/static/versions/v1/infer" if config == "pinned" else b"/v2/models/static/infer"
+        rng = random.Random(20261127)
+        self.requests = [
+            b"POST %b HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+            b"x-meshgate-key: user-%08x\r\nContent-Length: %d\r\n\r\n%b"
+            % (path, rng.getrandbits(31), len(BODY), BODY)
+            for _ in range(1000)
+        ]
+
+    def run(self, n: int) -> float:
+        """Proxy `n` requests; CPU seconds taken (process time: other processes' load does not count)."""
+        requests, answers, feed = self.requests, self.answers, self.protocol.data_received
+        written = self.client.writes
+        started = time.process_time()
+        for i in range(n):
+            feed(requests[i % 1000])
+            answers.pop().data_received(RESPONSE)
+        elapsed = time.process_time() - started
+        if self.client.writes - written != n:
+            raise RuntimeError("not every request was answered")
+        return elapsed
+
+
+async def measure(config: str, requests: int, repeat: int) -> dict:
+    rig = Rig(config, asyncio.get_running_loop())
+    rig.run(2000)  # warm caches and the route's first-use paths
+    tune_gc()
+    best = float("inf")
+    collections = gc.get_stats()[0]["collections"]
+    for _ in range(repeat):
+        best = min(best, rig.run(requests))
+    gc_runs = gc.get_stats()[0]["collections"] - collections
+    return {
+        "us_per_request": round(best / requests * 1e6, 2),
+        "gc0_per_10k": round(gc_runs / (requests * repeat) * 10_000, 2),
+    }
+
+
+async def profile(config: str, requests: int) -> str:
+    rig = Rig(config, asyncio.get_running_loop())
+    rig.run(2000)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    rig.run(requests)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument("--profile", choices=CONFIGS, help="print cProfile's top functions for one config")
+    args = parser.parse_args(argv)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        if args.profile:
+            print(runner.run(profile(args.profile, args.requests)))
+            return
+        configs = [c for c in args.configs.split(",") if c]
+        results = {config: runner.run(measure(config, args.requests, args.repeat)) for config in configs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"machine": machine(), "requests": args.requests, "repeat": args.repeat, "configs": results}
+    (RESULTS / "hotpath.json").write_text(json.dumps(out, indent=2))
+    print("| config | us/request | gc gen-0 runs per 10k |\n|---|---|---|")
+    for config, row in results.items():
+        print(f"| {config} | {row['us_per_request']} | {row['gc0_per_10k']} |")
+
+
+if __name__ == "__main__":
+    main()
