@@ -100,11 +100,19 @@ def mesh(tmp_path, private_redis: RedisServer, digits) -> Iterator[Cluster]:
 
 
 def test_redis_killed_under_load(mesh, private_redis, digits):
+    serving, other = mesh.gateways
+    # a request whose feedback will arrive, at the other gateway, while Redis is down
+    fb = httpx.post(
+        f"{serving.url}/v2/models/digits/infer", content=digits_body(3), headers={"x-meshgate-key": "fb"}
+    )
+    assert fb.headers["x-meshgate-experiment"] == AB["name"]
+    event = {"request_id": fb.headers["x-meshgate-request-id"], "metric": "accuracy", "value": 1}
     for gw in mesh.gateways:  # the fixture's probe requests have landed
         wait_until(lambda gw=gw: gw.status()["measurement"]["pending_counter_cells"] == 0, what="probes")
     store = mesh.store()
     try:
         before = {a: c.requests for a, c in arm_totals(store, AB["name"]).items()}
+        wait_until(lambda: store.get_record("join", event["request_id"]) is not None, what="the join record")
     finally:
         store.close()
     with Load(mesh.gateways) as load:
@@ -131,6 +139,10 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
             assert m["dropped_counter_increments"] == 0 and m["dropped_join_records"] == 0
             assert "unreachable" in m["last_error"]
             assert held["ready"] is True
+        # feedback cannot be joined without the store: refused with retry-after, not lost
+        refused = httpx.post(f"{other.url}/v1/feedback", json=event)
+        assert refused.status_code == 503 and refused.headers["x-meshgate-error"] == "store_unavailable"
+        assert refused.headers["retry-after"] == "1"
 
         private_redis.start()  # same port; the AOF restores everything acknowledged
         at_restart = load.total()
@@ -157,6 +169,21 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
             what="buffers drained",
         )["measurement"]
         assert m["dropped_counter_increments"] == 0 and m["last_error"] is None
+
+    # the client's retry of the refused feedback is joined and counted once
+    accepted = httpx.post(f"{other.url}/v1/feedback", json=event)
+    assert accepted.status_code == 200 and accepted.json()["accepted"] == 1, accepted.text
+    arm = fb.headers["x-meshgate-arm"]
+    store = mesh.store()
+    try:
+        wait_until(
+            lambda: (
+                (m := arm_totals(store, AB["name"])[arm].metrics.get("accuracy")) is not None and m.n == 1
+            ),
+            what="the feedback counted",
+        )
+    finally:
+        store.close()
 
     # the control plane writes again, and the write reaches both gateways
     times = propagation_times(
