@@ -7,11 +7,13 @@ is deliberately dumb: it reserves the port, starts the workers as fresh interpre
 waits until each one listens, and on SIGTERM/SIGINT stops them all (each flushes its
 counters on the way out). A worker that dies on its own brings the whole gateway down
 with a non-zero exit, so the process manager above (systemd, Kubernetes) restarts it
-rather than a half-sized gateway running on unnoticed.
+rather than a half-sized gateway running on unnoticed; a supervisor that dies (even by
+SIGKILL) takes its workers with it (Linux parent-death signal), so none is orphaned.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -37,6 +39,7 @@ log = logging.getLogger("meshgate.supervisor")
 
 _READY_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _WORKER_CODE = "import sys; from gateway.supervisor import worker_main; sys.exit(worker_main())"
 
 
@@ -75,7 +78,15 @@ class _Worker:
         child = dataclasses.replace(opts, workers=1, worker=index, gateway_id=gateway_id, reuse_port=True)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, _options_json(child), str(write_fd), log_level],
+                [
+                    sys.executable,
+                    "-c",
+                    _WORKER_CODE,
+                    _options_json(child),
+                    str(write_fd),
+                    log_level,
+                    str(os.getpid()),
+                ],
                 pass_fds=(write_fd,),
                 stdin=subprocess.DEVNULL,
             )
@@ -159,8 +170,17 @@ def run_workers(
             signal.signal(sig, handler)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux for a SIGTERM when the supervisor dies, even by SIGKILL: no orphaned workers."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_main() -> int:
-    """Entry point of one worker: ``python -c ... <options json> <ready fd> <log level>``."""
+    """Entry point of one worker: ``python -c ... <options json> <ready fd> <log level> <parent pid>``."""
+    _die_with_parent(int(sys.argv[4]))
     from gateway.runtime import ProcessOptions, run_process
 
     raw, ready_fd, level = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

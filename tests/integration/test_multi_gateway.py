@@ -471,6 +471,40 @@ def test_a_dead_worker_stops_the_gateway_with_an_error(mesh):
         mesh.gateways.remove(gw)
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_exit_when_the_supervisor_is_killed(mesh):
+    gw = mesh.spawn_gateway("--workers", "2")
+    try:
+        mesh.wait_ready(gw)
+        mine = wait_until(
+            lambda: (
+                (
+                    w := [
+                        g for g in mesh.admin.get("/v1/gateways").json()["gateways"] if g["address"] == gw.url
+                    ]
+                )
+                and len(w) == 2
+                and w
+            ),
+            what="both workers registered",
+        )
+        gw.proc.popen.kill()
+        gw.proc.popen.wait(10)
+        wait_until(lambda: all(_gone(g["pid"]) for g in mine), what="the orphaned workers gone")
+        # they stopped cleanly (SIGTERM): deregistered, not left to expire
+        listed = {g["address"] for g in mesh.admin.get("/v1/gateways").json()["gateways"]}
+        assert gw.url not in listed
+    finally:
+        gw.proc.stop()
+        mesh.gateways.remove(gw)
+
+
 # -- the CLI and the persistence warning -------------------------------------------------------
 
 
