@@ -12,6 +12,9 @@ v1/v2: every request is counted and leaves a join record, i.e. the write-behind 
   Redis server's CPU per gateway request and the memory each request's join record costs
   (the record key, and expiry-index entries: none, join records are written unlisted;
   before that change the index cost 115-137 B per request on top of the 152 B record).
+* ``flush``: the gateway CPU one join record costs in the flusher thread (``put_records`` of
+  5000 records, process time, median of 5) per backend. That thread shares the GIL with
+  the event loop, so this is the part of the write-behind the hot path can feel.
 * ``scaleout``: ``meshgate control`` + gateways on Redis: 1, 2 and 3 ``meshgate gateway``
   processes on their own ports (one wrk per gateway, 32 connections split between them,
   throughput summed, p50/p99 the worst gateway's), and one gateway with ``--workers`` 1, 2
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +48,7 @@ import redis
 
 from benchmarks.bench_proxy import BODY, cpu_seconds, machine, median_of, running
 from benchmarks.load import run_load
+from gateway.store import open_store
 from gateway.store.redis import RedisKeys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,6 +265,29 @@ def bench_stores(tmp: Path, upstream: str, redis_url: str, duration: float, roun
     return {"rows": rows, "redis": extra}
 
 
+def flush_costs(tmp: Path, redis_url: str, records: int = 5000, reps: int = 5) -> dict:
+    """Gateway CPU (us) per join record written with ``put_records(..., listed=False)``."""
+    prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    urls = {"memory": "memory://", "sqlite": f"sqlite:///{tmp / 'flush.db'}", "redis": redis_url}
+    out = {}
+    try:
+        for name, url in urls.items():
+            store = open_store(url, prefix=prefix)
+            try:
+                costs = []
+                for _ in range(reps):
+                    batch = {uuid.uuid4().hex: {"e": "bench-ab", "a": "v1", "m": {}} for _ in range(records)}
+                    started = time.process_time()
+                    store.put_records("join", batch, 60.0, listed=False)
+                    costs.append((time.process_time() - started) / records * 1e6)
+                out[name] = round(statistics.median(costs), 2)
+            finally:
+                store.close()
+    finally:
+        delete_prefix(redis_url, prefix)
+    return out
+
+
 def bench_scaleout(tmp: Path, upstream: str, redis_url: str, duration: float, rounds: int) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
     common = ["--store", redis_url, "--store-prefix", prefix, "--log-level", "warning"]
@@ -326,6 +354,8 @@ def table(results: dict) -> str:
         "(upper bound: the shared Redis serves other clients too)",
         f"- Redis memory per request's join record: {r['record_bytes_each']} B for the record key, "
         f"{r['index_bytes_each']} B for expiry-index entries ({r['index_entries']} indexed)",
+        "- gateway CPU per join record in the flusher thread (us): "
+        + ", ".join(f"{k} {v}" for k, v in results["flush_cpu_us_per_record"].items()),
         f"- machine: {results['machine']['cores']} cores ({results['machine']['cpu']}); wrk, the upstream, "
         "Redis and every gateway share them, so process counts above 1 cannot scale linearly here",
     ]
@@ -358,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         _, upstream = stack.enter_context(
             running([sys.executable, "-m", "benchmarks.bench_proxy", "static-upstream"], "http://")
         )
+        results["flush_cpu_us_per_record"] = flush_costs(tmp, args.redis)
         if args.part in ("stores", "both"):
             results["stores"] = bench_stores(tmp, upstream, args.redis, args.duration, args.rounds)
         if args.part in ("scaleout", "both"):
