@@ -229,9 +229,15 @@ def test_failing_endpoint_is_ejected_and_clients_barely_notice(mesh, servers):
     _faults(servers["b"], error_rate=1.0)
     mesh.register("digits", "v1", servers["a"], servers["b"], policy={"retries": {"retry_on": ["5xx"]}})
     mesh.wait_routable("digits")
-    responses = _send(mesh, 200)
+    # P2C prefers b while its failures are fast; on a busy machine one slow failure can make it
+    # look slow (peak EWMA) for a while, so send batches until it has failed 5 times (bounded).
+    responses: list[httpx.Response] = []
+    for _ in range(20):
+        responses += _send(mesh, 50)
+        if _endpoint(mesh, "v1", servers["b"])["ejected"]:
+            break
     ok = sum(r.status_code == 200 for r in responses)
-    assert ok >= 198, f"only {ok}/200 succeeded"
+    assert ok >= 0.99 * len(responses), f"only {ok}/{len(responses)} succeeded"
     bad = _endpoint(mesh, "v1", servers["b"])
     good = _endpoint(mesh, "v1", servers["a"])
     assert bad["ejected"] and "consecutive failures" in bad["ejection_reason"]
