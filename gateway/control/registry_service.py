@@ -89,6 +89,12 @@ class RegistryService:
             stored = mv
             if not created:  # keep the original creation time on replace
                 stored = ModelVersion(**{**_fields(mv), "created_at": model.versions[mv.version].created_at})
+            policies = {v: d.policy for v, d in model.versions.items()} if model else {}
+            policies[mv.version] = mv.policy
+            try:
+                check_policies(model.policy if model else None, policies)
+            except PolicyError as exc:
+                raise _policy_error(exc) from None
             if model is None:
                 writes.append(
                     Write(

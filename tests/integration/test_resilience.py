@@ -594,15 +594,10 @@ _BAD_POLICIES = [
 ]
 
 
-#: The registry checks policies on PATCH /v1/models/{m} and on DELETE of a version, but
-#: RegistryService.put_version does not call check_policies yet (reported to the lead).
-_PUT_UNCHECKED = pytest.mark.xfail(
-    strict=True, reason="RegistryService.put_version does not validate the version's policy yet"
-)
 _NOWHERE = f"http://{HOST}:9"
 
 
-@pytest.mark.parametrize("via", ["model", pytest.param("version", marks=_PUT_UNCHECKED)])
+@pytest.mark.parametrize("via", ["model", "version"])
 @pytest.mark.parametrize(("policy", "needle"), _BAD_POLICIES, ids=[n for _, n in _BAD_POLICIES])
 def test_bad_policy_is_422_naming_the_field(mesh, via, policy, needle):
     mesh.register("sum", "v1", _NOWHERE)
@@ -631,7 +626,6 @@ def test_removing_a_fallback_target_is_409(mesh):
     assert [v["version"] for v in mesh.admin.get("/v1/models/sum").json()["versions"]] == ["v1", "v2", "v3"]
 
 
-@_PUT_UNCHECKED
 def test_fallback_cycle_is_422(mesh):
     mesh.register("sum", "v1", _NOWHERE)
     mesh.register("sum", "v2", _NOWHERE, policy={"fallback_version": "v1"})
@@ -664,7 +658,6 @@ def test_cli_registers_a_policy_file(mesh):
     assert len(_health(mesh)["versions"]["v2"]["endpoints"]) == 2
 
 
-@_PUT_UNCHECKED
 def test_cli_refuses_a_bad_policy_file(mesh, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("retries:\n  retry_on: [5xx, sometimes]\n")
