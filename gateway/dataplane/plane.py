@@ -92,6 +92,7 @@ class DataPlane:
         self.rng = rng or random.Random()
         self.now = now
         self.stats = PlaneStats()
+        self.rejected: dict[str, int] = {}  # refused before routing (no exchange), by reason
         # Hooks, in the order a request meets them (telemetry and measurement plug in here):
         self.on_start: list[Callable[[Exchange], None]] = []  # before the first attempt
         self.on_attempt: list[Callable[[Exchange, AttemptInfo], None]] = []  # after each attempt
@@ -335,6 +336,8 @@ class DataPlane:
         self, responder: Responder, reason: str, message: str, ex: Exchange | None = None
     ) -> None:
         self.stats.errors += 1
+        if ex is None:  # no observer sees these: telemetry publishes the tally
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
         extra = self.response_headers(ex) if ex else []
         if reason == "overloaded":  # shed load: ask the client to come back (Envoy sends none; we do)
             extra.append(_RETRY_AFTER)
