@@ -8,6 +8,13 @@ write per request; ``labels()`` never runs on the hot path). State that the data
 already keeps (breakers, ejections, EWMA, in-flight, retry counters, config version) is
 copied into gauges by ``refresh()``, once a second and on every scrape, never per request.
 
+Requests refused before routing (unknown model 404, wrong method 405, a bad
+``x-meshgate-timeout-ms`` 400, no route) have no model or version the gateway could trust:
+they count in ``meshgate_requests_total`` with ``model=""`` and ``version=""`` (the model name
+in the path is the caller's, unbounded), so ``sum(meshgate_requests_total)`` is every request
+the data plane answered with an inference or error document. They come from the data
+plane's ``rejected`` tally, published like the others.
+
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before prometheus_client
 is imported), every value lives in a per-process mmap file in that directory and ``render()``
 adds them up with ``MultiProcessCollector``. Gauges use the ``live*`` modes, so a process
@@ -28,6 +35,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.dataplane.responses import REASON_STATUS
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
@@ -65,10 +74,14 @@ def set_certificate_expiry(identity: str, expires_at: float | None) -> None:
         _CERT_EXPIRY[identity] = float(expires_at)
 
 
-def mark_worker_dead(pid: int) -> None:
-    """For process managers: drop a dead worker's live gauges (multiprocess mode only)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _multiprocess.mark_process_dead(pid)
+def mark_worker_dead(pid: int, directory: str | None = None) -> None:
+    """For process managers: drop a dead worker's live gauges (multiprocess mode only).
+
+    ``directory`` is the workers' ``PROMETHEUS_MULTIPROC_DIR`` (default: this process's).
+    """
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        _multiprocess.mark_process_dead(pid, directory)
 
 
 class _Tally:
@@ -142,7 +155,8 @@ class Metrics:
         reg = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "meshgate_requests",
-            "Inference requests answered, by model, final version, HTTP status code and meshgate reason",
+            "Requests answered, by model, final version, HTTP status code and meshgate reason "
+            "(model and version empty: refused before routing)",
             ["model", "version", "code", "reason"],
             registry=reg,
         )
@@ -235,6 +249,7 @@ class Metrics:
         self._plane: DataPlane | None = None
         self._seen_retries = 0
         self._seen_exhausted = 0
+        self._seen_rejected: dict[str, int] = {}
         self._was_ejected: set[tuple[str, str, str]] = set()
         self._labelled: dict[Gauge, set[tuple[str, ...]]] = {}
         self._history: deque[tuple[float, dict[tuple[str, str], int]]] = deque()
@@ -289,8 +304,7 @@ class Metrics:
             gauge.labels(*labels).set(value)
             seen.setdefault(gauge, set()).add(labels)
 
-        for tally in (*self._entries.values(), *self._upstream.values()):
-            tally.publish()
+        self._publish()
         for identity, expires_at in _CERT_EXPIRY.items():
             put(self.cert_expiry, (identity,), expires_at)
         plane = self._plane
@@ -369,8 +383,20 @@ class Metrics:
                     log.exception("metrics refresh failed")
                 await asyncio.sleep(period_s)
         finally:
-            for tally in (*self._entries.values(), *self._upstream.values()):
-                tally.publish()
+            self._publish()
+
+    def _publish(self) -> None:
+        """Hand the hot path's tallies and the plane's rejections to prometheus_client."""
+        for tally in (*self._entries.values(), *self._upstream.values()):
+            tally.publish()
+        if self._plane is None:
+            return
+        seen = self._seen_rejected
+        for reason, n in self._plane.rejected.items():
+            delta = n - seen.get(reason, 0)
+            if delta:
+                self.requests.labels("", "", str(REASON_STATUS.get(reason, 500)), reason).inc(delta)
+                seen[reason] = n
 
     # -- exposition ---------------------------------------------------------------------
     def render(self) -> bytes:
