@@ -29,7 +29,7 @@ from gateway.http import Server, ServerLimits, UpstreamPool, start_server
 from gateway.mesh.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
 from gateway.registration import Registration, new_gateway_id, register_gateway
 from gateway.store import Store, StoreUnavailable, open_store
-from gateway.telemetry import install_telemetry
+from gateway.telemetry import install_telemetry, serve_metrics
 
 __all__ = ["ProcessOptions", "default_store_url", "run", "run_process"]
 
@@ -61,6 +61,8 @@ class ProcessOptions:
     control_url: str | None = None  # ... from this control plane
     tls_cert: str | None = None  # TLS for plain clients on the data port (ordinary certificate)
     tls_key: str | None = None
+    metrics_host: str = "127.0.0.1"  # GET /metrics without the admin port (meshgate gateway)
+    metrics_port: int | None = None
     on_ready: Callable[[Running], None] | None = None
     extra: dict = field(default_factory=dict)
 
@@ -175,7 +177,7 @@ async def _start(opts: ProcessOptions) -> Running:
                 running.tasks[-1].result()  # raises the bind error
                 raise RuntimeError(f"admin server failed to start on {opts.admin_host}:{opts.admin_port}")
             await asyncio.sleep(0.01)
-    install_telemetry(running)
+    await serve_metrics(install_telemetry(running))
     return running
 
 

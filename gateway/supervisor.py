@@ -9,6 +9,12 @@ counters on the way out). A worker that dies on its own brings the whole gateway
 with a non-zero exit, so the process manager above (systemd, Kubernetes) restarts it
 rather than a half-sized gateway running on unnoticed; a supervisor that dies (even by
 SIGKILL) takes its workers with it (Linux parent-death signal), so none is orphaned.
+
+With ``--metrics-port`` the supervisor serves ``/metrics`` itself: the workers write their
+metrics into one ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory, removed at stop,
+unless the environment names one) and a scrape adds them all up, so it never depends on
+which worker the kernel picks. Workers that exit are marked dead there (their live gauges
+leave the sum; their counters stay).
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -72,10 +80,12 @@ def _options_json(opts: ProcessOptions) -> str:
 class _Worker:
     __slots__ = ("index", "proc", "ready_fd")
 
-    def __init__(self, index: int, opts: ProcessOptions, log_level: str) -> None:
+    def __init__(self, index: int, opts: ProcessOptions, log_level: str, env: dict[str, str]) -> None:
         read_fd, write_fd = os.pipe()
         gateway_id = f"{opts.gateway_id}-w{index}"
-        child = dataclasses.replace(opts, workers=1, worker=index, gateway_id=gateway_id, reuse_port=True)
+        child = dataclasses.replace(
+            opts, workers=1, worker=index, gateway_id=gateway_id, reuse_port=True, metrics_port=None
+        )
         try:
             self.proc = subprocess.Popen(
                 [
@@ -89,6 +99,7 @@ class _Worker:
                 ],
                 pass_fds=(write_fd,),
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
         except BaseException:
             os.close(read_fd)
@@ -142,13 +153,18 @@ def run_workers(
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers: list[_Worker] = []
     reserved = _reserve(opts.host, opts.port)
+    metrics: _WorkerMetrics | None = None
     try:
         opts = dataclasses.replace(
             opts, port=reserved.getsockname()[1], gateway_id=opts.gateway_id or new_gateway_id()
         )
+        env = dict(os.environ)
+        if opts.metrics_port is not None:
+            metrics = _WorkerMetrics(opts.metrics_host, opts.metrics_port)
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics.directory
         deadline = time.monotonic() + _READY_TIMEOUT_S
         for index in range(opts.workers):
-            workers.append(_Worker(index, opts, log_level))
+            workers.append(_Worker(index, opts, log_level, env))
         for worker in workers:
             worker.wait_ready(deadline)
         reserved.close()
@@ -166,8 +182,39 @@ def run_workers(
         codes = [w.stop(deadline) for w in workers]
         if any(codes):
             log.info("worker exit codes: %s", codes)
+        if metrics is not None:
+            metrics.close([w.proc.pid for w in workers])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _WorkerMetrics:
+    """The workers' shared metrics directory and the supervisor's ``/metrics`` on it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from gateway.telemetry.exposition import MetricsThread, aggregate_exposition
+
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.owned = not given
+        self.directory = given or tempfile.mkdtemp(prefix="meshgate-metrics-")
+        try:
+            self.server = MetricsThread(lambda: aggregate_exposition(self.directory), host, port)
+        except OSError as exc:
+            self._remove()
+            raise SupervisorError(str(exc)) from None
+        log.info("metrics of all workers on http://%s:%d/metrics", host, self.server.port)
+
+    def close(self, pids: list[int]) -> None:
+        from gateway.telemetry import mark_worker_dead
+
+        self.server.close()
+        for pid in pids:
+            mark_worker_dead(pid, self.directory)
+        self._remove()
+
+    def _remove(self) -> None:
+        if self.owned:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _die_with_parent(parent: int) -> None:

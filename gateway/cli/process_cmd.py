@@ -77,6 +77,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="data-plane processes sharing the port through SO_REUSEPORT, about one per core (default 1)",
     )
+    gateway.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve GET /metrics (Prometheus, no auth; all workers summed) on this port (default off)",
+    )
+    gateway.add_argument(
+        "--metrics-host", default="127.0.0.1", help="/metrics bind address (default loopback only)"
+    )
     gateway.set_defaults(func=_gateway)
 
     sm = sub.add_parser("serve-model", help="serve an example model over the Open Inference Protocol")
@@ -154,6 +163,7 @@ def _control(args: argparse.Namespace) -> int:
 
 def _gateway(args: argparse.Namespace) -> int:
     opts = _options(args, data=True, admin=False)
+    opts.metrics_host, opts.metrics_port = args.metrics_host, args.metrics_port
     if args.workers == 1:
         return _run(opts)
     from gateway.registration import new_gateway_id

@@ -10,6 +10,8 @@ plane (tracing first, so the access log sees the trace id), starts the backgroun
 - ``MESHGATE_METRICS=off``: no metric hooks (``/metrics`` answers 404).
 - ``MESHGATE_ACCESS_LOG`` (stdout | stderr | path | off), or ``--access-log/--no-access-log``.
 - ``PROMETHEUS_MULTIPROC_DIR``: metrics shared by several worker processes.
+- ``ProcessOptions.metrics_port``/``metrics_host``: ``/metrics`` on a port of its own, for a
+  gateway without the admin port (``serve_metrics``; see ``gateway.telemetry.exposition``).
 - ``ProcessOptions.extra``: ``access_log`` (bool, the command-line flag), ``span_exporter``
   (an SDK ``SpanExporter`` fed synchronously: tests).
 """
@@ -17,16 +19,21 @@ plane (tracing first, so the access log sees the trace id), starts the backgroun
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from gateway.http import Server
 from gateway.telemetry.access_log import AccessLog, access_log_target
+from gateway.telemetry.exposition import start_metrics_server
 from gateway.telemetry.metrics import Metrics, mark_worker_dead, set_certificate_expiry
 from gateway.telemetry.tracing import TelemetryConfigError, Tracing, tracing_from_env
 
 if TYPE_CHECKING:
     from gateway.runtime import Running
+
+log = logging.getLogger("meshgate.telemetry")
 
 __all__ = [
     "AccessLog",
@@ -36,6 +43,7 @@ __all__ = [
     "Tracing",
     "install_telemetry",
     "mark_worker_dead",
+    "serve_metrics",
     "set_certificate_expiry",
 ]
 
@@ -54,6 +62,7 @@ class Telemetry:
         self.tracing = tracing
         self.metrics = metrics
         self.access_log = access_log
+        self.metrics_server: Server | None = None  # /metrics on its own port (serve_metrics)
 
     def install(self) -> None:
         plane = self.running.plane
@@ -74,6 +83,9 @@ class Telemetry:
             )
             await asyncio.Event().wait()  # nothing to run: wait for the shutdown
         finally:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                await self.metrics_server.wait_closed()
             if self.access_log is not None:
                 self.access_log.close()
             if self.tracing is not None:
@@ -98,3 +110,23 @@ def install_telemetry(running: Running, env: Mapping[str, str] | None = None) ->
     if running.admin is not None:  # what /metrics, /v1/overview and /ui read
         running.admin.config.app.state.telemetry = telemetry
     return telemetry
+
+
+async def serve_metrics(telemetry: Telemetry) -> Server | None:
+    """Start ``/metrics`` on ``--metrics-host:--metrics-port`` when the options ask for it.
+
+    Closed with the telemetry task. Raises ValueError (a clear message for the command line)
+    when metrics are off or the port cannot be bound.
+    """
+    opts = telemetry.running.options
+    if opts.metrics_port is None:
+        return None
+    if telemetry.metrics is None:
+        raise ValueError("--metrics-port needs metrics: unset MESHGATE_METRICS=off")
+    try:
+        server = await start_metrics_server(telemetry.metrics.render, opts.metrics_host, opts.metrics_port)
+    except OSError as exc:
+        raise ValueError(str(exc)) from None
+    telemetry.metrics_server = server
+    log.info("metrics on http://%s:%d/metrics", opts.metrics_host, server.port)
+    return server
