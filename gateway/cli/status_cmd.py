@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from rich.markup import escape
+
 from gateway.cli.admin_client import AdminClient
 from gateway.cli.output import console, print_json, print_table
 
@@ -53,11 +55,43 @@ def _status(args: argparse.Namespace, client: AdminClient) -> None:
     else:
         head += "; no data plane in this process (health and live shares come from gateways)"
     console.print(head, markup=False)
+    _gateways(data.get("gateways", []))
     _models(data["models"])
     for exp in data["experiments"]:
         _experiment(exp)
     for canary in data["canaries"]:
         _canary(canary)
+
+
+def _gateways(gateways: list[dict[str, Any]]) -> None:
+    """The live data plane: one row per gateway process (per worker with --workers)."""
+    if not gateways:
+        console.print("no live gateways (none has sent a heartbeat within its TTL)")
+        return
+    print_table(
+        "gateways",
+        ["id", "address", "version", "last seen", "ready", "config", "requests", "buffered", "dropped"],
+        [
+            (
+                g["id"],
+                g["address"],
+                g["version"],
+                f"{g['age_s']:.1f}s ago",
+                "yes" if g["ready"] else "no",
+                g["config_version"],
+                g["requests"],
+                g["buffered"],
+                g["dropped"],
+            )
+            for g in gateways
+        ],
+    )
+    for g in gateways:
+        if g["dropped"]:
+            console.print(
+                f"[bold red]gateway {escape(g['id'])} dropped {g['dropped']} counter updates or join "
+                f"records (store: {escape(str(g['last_error']))})[/bold red]"
+            )
 
 
 def _models(models: list[dict[str, Any]]) -> None:

@@ -2,8 +2,10 @@
 
 Models and versions with configured weights and live traffic shares (this process, last
 minute), each endpoint's health (breaker, ejection, EWMA), experiments with their results,
-and canaries with their timeline. Store reads run in a worker thread; the data plane's
-health view is read on the event loop that owns it.
+and canaries with their timeline, and the live data plane: every gateway whose heartbeat
+is within its TTL (id, address, version, last seen, readiness, config version, requests,
+counter buffers). Store reads run in a worker thread; the data plane's health view is read
+on the event loop that owns it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.control.canary_loop import breaker_states
 from gateway.control.errors import ApiError
+from gateway.registration import list_gateways
 
 if TYPE_CHECKING:
     from gateway.control.app import ControlPlane
@@ -65,6 +68,27 @@ def _version_row(
     return row
 
 
+def _gateway_row(doc: dict[str, Any]) -> dict[str, Any]:
+    """One heartbeat record, trimmed to what an operator reads first."""
+    m = doc.get("measurement") or {}
+    return {
+        "id": doc["id"],
+        "address": doc.get("address"),
+        "version": doc.get("version"),
+        "worker": doc.get("worker"),
+        "pid": doc.get("pid"),
+        "started": doc.get("started"),
+        "last_seen": doc.get("last_seen"),
+        "age_s": doc["age_s"],
+        "ready": doc.get("ready"),
+        "config_version": doc.get("config_version"),
+        "requests": doc.get("requests"),
+        "buffered": (m.get("pending_counter_cells") or 0) + (m.get("pending_join_records") or 0),
+        "dropped": (m.get("dropped_counter_increments") or 0) + (m.get("dropped_join_records") or 0),
+        "last_error": m.get("last_error"),
+    }
+
+
 def _results(cp: ControlPlane, name: str) -> dict[str, Any]:
     try:
         return cp.experiments.results(name)
@@ -83,6 +107,10 @@ def _read_store(cp: ControlPlane) -> tuple[list, list, dict[str, dict], dict[str
             if cur is None or (e.active, e.created_at) > (cur.active, cur.created_at):
                 latest_canary[e.model] = e
     return models, experiments, results, latest_canary
+
+
+def _read_gateways(cp: ControlPlane) -> list[dict[str, Any]]:
+    return [_gateway_row(doc) for doc in list_gateways(cp.store)]
 
 
 async def build_overview(cp: ControlPlane, telemetry: Telemetry | None) -> dict[str, Any]:
@@ -109,9 +137,7 @@ async def build_overview(cp: ControlPlane, telemetry: Telemetry | None) -> dict[
                 "experiment": exp.name if exp is not None else None,
                 "experiment_kind": exp.kind if exp is not None else None,
                 "versions": [
-                    _version_row(
-                        m, v, configured.get(v, 0.0), traffic.get((m.name, v)), health.get(m.name)
-                    )
+                    _version_row(m, v, configured.get(v, 0.0), traffic.get((m.name, v)), health.get(m.name))
                     for v in sorted(m.versions)
                 ],
             }
@@ -136,6 +162,7 @@ async def build_overview(cp: ControlPlane, telemetry: Telemetry | None) -> dict[
             "metrics": metrics is not None,
             "access_log": telemetry.access_log is not None if telemetry else False,
         },
+        "gateways": await asyncio.to_thread(_read_gateways, cp),
         "models": model_rows,
         "experiments": [
             {**_summary(e), "results": results.get(e.name)} for e in experiments if e.kind == "ab"

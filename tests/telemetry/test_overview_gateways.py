@@ -1,0 +1,88 @@
+"""The live data plane in ``/v1/overview`` and ``meshgate status``: one row per gateway heartbeat,
+with its readiness, config version, requests and counter buffers; dropped data is called out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from gateway.registration import GATEWAYS_NAMESPACE
+from gateway.runtime import default_store_url
+from gateway.store import open_store
+from tests.procs import MESHGATE
+from tests.telemetry.helpers import in_process_mesh
+
+# a gateway on another machine whose store writes are failing (as its heartbeat would say)
+OTHER = {
+    "address": "http://10.0.0.9:8080",
+    "version": "0.1.0",
+    "pid": 4242,
+    "worker": None,
+    "started": 0.0,
+    "interval_s": 1.0,
+    "config_version": 3,
+    "ready": True,
+    "requests": 1234,
+    "models": 1,
+    "measurement": {
+        "pending_counter_cells": 7,
+        "pending_join_records": 5,
+        "dropped_counter_increments": 2,
+        "dropped_join_records": 1,
+        "last_error": "[Errno 111] connection refused",
+    },
+}
+
+
+def _wait_for_gateways(mesh, ids: set[str]) -> list[dict]:
+    deadline = time.monotonic() + 10.0
+    while True:
+        rows = mesh.admin.get("/v1/overview").json()["gateways"]
+        if ids <= {g["id"] for g in rows} or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_overview_and_status_list_the_live_gateways(tmp_path):
+    data_dir = tmp_path / "data"
+    with in_process_mesh(data_dir, {"MESHGATE_ACCESS_LOG": "off"}) as mesh:
+        own = mesh.running.registration.identity.id
+        store = open_store(default_store_url(str(data_dir)))
+        try:
+            store.put_records(GATEWAYS_NAMESPACE, {"other-gw": {**OTHER, "last_seen": time.time()}}, 30.0)
+            store.put_records(
+                GATEWAYS_NAMESPACE, {"gone-gw": {**OTHER, "last_seen": time.time(), "stopped": True}}, 30.0
+            )
+        finally:
+            store.close()
+        rows = {g["id"]: g for g in _wait_for_gateways(mesh, {own, "other-gw"})}
+        assert set(rows) == {own, "other-gw"}  # a stopped gateway is not listed
+        mine = rows[own]
+        assert mine["address"] == mesh.url and mine["ready"] is True
+        assert mine["config_version"] == mesh.running.plane.table.config_version
+        assert mine["pid"] == os.getpid() and mine["age_s"] >= 0
+        assert (mine["buffered"], mine["dropped"]) == (0, 0)
+        other = rows["other-gw"]
+        assert (other["buffered"], other["dropped"], other["requests"]) == (12, 3, 1234)
+        assert other["address"] == OTHER["address"] and other["config_version"] == 3
+
+        res = subprocess.run(
+            [*MESHGATE, "status"],
+            capture_output=True,
+            text=True,
+            env={
+                **os.environ,
+                "MESHGATE_ADMIN_URL": mesh.admin_url,
+                "MESHGATE_TOKEN": mesh.token,
+                "COLUMNS": "250",
+            },
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "gateways" in out and own in out and "other-gw" in out and "gone-gw" not in out
+    assert "10.0.0.9:8080" in out and "1234" in out
+    assert "gateway other-gw dropped 3 counter updates or join records" in out
+    assert "[Errno 111] connection refused" in out  # printed as text, not read as markup
