@@ -5,7 +5,7 @@
 
 const REFRESH_MS = 2000;
 const SVG_NS = "http://www.w3.org/2000/svg";
-const PAGES = ["models", "experiments", "canaries"];
+const PAGES = ["models", "experiments", "canaries", "gateways"];
 let timer = null;
 let latest = null;
 
@@ -116,7 +116,8 @@ function render() {
     (dp ? ` · data plane v${dp.config_version} · ${dp.requests.toLocaleString("en")} requests` : " · no data plane here") +
     ` · updated ${new Date(latest.generated_at * 1000).toLocaleTimeString()}`;
   const target = $(`page-${page}`);
-  const content = page === "models" ? modelsPage(latest) : page === "experiments" ? experimentsPage(latest) : canariesPage(latest);
+  const pages = { models: modelsPage, experiments: experimentsPage, canaries: canariesPage, gateways: gatewaysPage };
+  const content = pages[page](latest);
   target.replaceChildren(...content);
 }
 
@@ -257,6 +258,30 @@ function canariesPage(data) {
       : h("p", { class: "muted", text: "no events yet" }));
     return card;
   });
+}
+
+// The live data plane: one row per gateway process heartbeat (per worker with --workers).
+function gatewaysPage(data) {
+  const gateways = data.gateways || [];
+  if (!gateways.length) return [h("p", { class: "muted", text: "No live gateways (none has sent a heartbeat within its TTL)." })];
+  const dropping = gateways.filter((g) => g.dropped);
+  return [h("div", { class: "card" },
+    h("div", { class: "head" }, h("h2", { text: "gateways" }), h("span", { class: "muted", text: `${gateways.length} live` })),
+    ...dropping.map((g) => h("div", { class: "banner bad", role: "alert" },
+      `Gateway ${g.id} dropped ${g.dropped} counter updates or join records (store: ${g.last_error || "unreachable"}).`)),
+    h("table", { class: "gateways" },
+      h("thead", {}, h("tr", {}, ...["id", "address", "version", "last seen", "ready", "config", "requests", "buffered", "dropped"]
+        .map((c, i) => h("th", { class: i > 4 ? "num" : null, text: c })))),
+      h("tbody", {}, ...gateways.map((g) => h("tr", { "data-gateway": g.id },
+        h("td", { text: g.id }),
+        h("td", { text: g.address || "–" }),
+        h("td", { text: g.version || "–" }),
+        h("td", { text: `${num(g.age_s, 1)} s ago` }),
+        h("td", {}, g.ready ? pill("ready", "ok") : pill("not ready", "warn")),
+        h("td", { class: "num", text: g.config_version ?? "–" }),
+        h("td", { class: "num", text: g.requests === null || g.requests === undefined ? "–" : g.requests.toLocaleString("en") }),
+        h("td", { class: "num", text: g.buffered }),
+        h("td", { class: "num" }, g.dropped ? pill(String(g.dropped), "bad") : "0"))))))];
 }
 
 function checksList(checks) {
