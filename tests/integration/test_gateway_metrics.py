@@ -7,6 +7,8 @@ key prefix of this test's own, and a real digits model server.
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +156,29 @@ def test_two_workers_one_scrape_counts_every_request(control):
     finally:
         gw.stop()
     assert not directory.exists(), "the supervisor removes the metrics directory it made"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_metrics_port_is_a_clear_error(control, workers):
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run(
+            [
+                *control.args("gateway", f"taken-{workers}"),
+                "--port",
+                str(free_port()),
+                "--metrics-port",
+                str(port),
+                "--workers",
+                workers,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert f"cannot serve /metrics on {HOST}:{port}" in res.stderr
+    assert "Traceback" not in res.stderr
