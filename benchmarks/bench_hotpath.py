@@ -1,6 +1,6 @@
 """The data plane's Python cost per proxied request, in process, without sockets.
 
-    python -m benchmarks.bench_hotpath [--requests 20000] [--repeat 5] [--profile CONFIG]
+    python -m benchmarks.bench_hotpath [--requests 500] [--repeat 200] [--profile CONFIG]
 
 Everything a proxied request runs except the kernel: the client's request bytes go into the
 engine's server protocol (``HttpProtocol.data_received``), the data plane routes it (path,
@@ -19,11 +19,12 @@ Configurations (the same request bytes every time; 1,000 routing keys cycled):
   ``meshgate up`` runs with its defaults;
 - ``pinned``: the data plane, no hooks, ``/versions/v1/infer`` (no experiment).
 
-Reported: CPU microseconds per request (process time, best of ``--repeat`` runs of ``--requests``
-requests: a loaded machine slows the figure less than wall time would) and
-garbage-collector runs per 10k requests (generation 0, with ``gateway.http.tune_gc`` applied as
-the processes apply it). ``--profile CONFIG`` prints cProfile's top functions for one
-configuration. Writes benchmarks/results/hotpath.json.
+Reported: CPU microseconds per request (process time) — the best of ``--repeat`` short runs of
+``--requests`` requests, the configurations interleaved run by run: on a shared machine the other
+processes' load inflates a long run by +-20% (caches and hyperthreads are shared), the quietest of
+many short runs moves by a few percent — and garbage-collector runs per 10k requests (generation
+0, with ``gateway.http.tune_gc`` applied as the processes apply it). ``--profile CONFIG`` prints
+cProfile's top functions for one configuration. Writes benchmarks/results/hotpath.json.
 """
 
 from __future__ import annotations
@@ -156,18 +157,26 @@ class Rig:
         return elapsed
 
 
-async def measure(config: str, requests: int, repeat: int) -> dict:
-    rig = Rig(config, asyncio.get_running_loop())
-    rig.run(2000)  # warm caches and the route's first-use paths
+async def measure(configs: list[str], requests: int, repeat: int) -> dict[str, dict]:
+    """Every configuration, interleaved run by run; the best run of each."""
+    loop = asyncio.get_running_loop()
+    rigs = {config: Rig(config, loop) for config in configs}
+    for rig in rigs.values():
+        rig.run(2000)  # warm caches and the route's first-use paths
     tune_gc()
-    best = float("inf")
-    collections = gc.get_stats()[0]["collections"]
+    best = dict.fromkeys(configs, float("inf"))
+    gc_runs = dict.fromkeys(configs, 0)
     for _ in range(repeat):
-        best = min(best, rig.run(requests))
-    gc_runs = gc.get_stats()[0]["collections"] - collections
+        for config, rig in rigs.items():
+            collections = gc.get_stats()[0]["collections"]
+            best[config] = min(best[config], rig.run(requests))
+            gc_runs[config] += gc.get_stats()[0]["collections"] - collections
     return {
-        "us_per_request": round(best / requests * 1e6, 2),
-        "gc0_per_10k": round(gc_runs / (requests * repeat) * 10_000, 2),
+        config: {
+            "us_per_request": round(best[config] / requests * 1e6, 2),
+            "gc0_per_10k": round(gc_runs[config] / (requests * repeat) * 10_000, 2),
+        }
+        for config in configs
     }
 
 
@@ -187,17 +196,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=500, help="requests per run")
+    parser.add_argument("--repeat", type=int, default=200, help="runs per configuration")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--profile", choices=CONFIGS, help="print cProfile's top functions for one config")
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         if args.profile:
-            print(runner.run(profile(args.profile, args.requests)))
+            print(runner.run(profile(args.profile, args.requests * args.repeat)))
             return
         configs = [c for c in args.configs.split(",") if c]
-        results = {config: runner.run(measure(config, args.requests, args.repeat)) for config in configs}
+        results = runner.run(measure(configs, args.requests, args.repeat))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"machine": machine(), "requests": args.requests, "repeat": args.repeat, "configs": results}
     (RESULTS / "hotpath.json").write_text(json.dumps(out, indent=2))

@@ -25,7 +25,7 @@ from router.table import Choice, ModelRoute
 if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane
     from gateway.dataplane.shadow import ShadowCopy
-    from gateway.http import Request, Responder
+    from gateway.http import Endpoint, Request, Responder
     from router.resilience import VersionRuntime
 
 __all__ = ["Exchange"]
@@ -38,8 +38,9 @@ _ERROR_OUTCOME = {
     "upstream_bad_response": Outcome.RESET,
     "upstream_timeout": Outcome.TIMEOUT,
 }
-_FINAL = frozenset({Outcome.SUCCESS, Outcome.CLIENT_ERROR})
-_TIMEOUT_HEADER = b"x-meshgate-timeout-ms"
+_SUCCESS = Outcome.SUCCESS
+_CLIENT_ERROR = Outcome.CLIENT_ERROR
+_TIMEOUT_LINE = b"x-meshgate-timeout-ms: %d\r\n"
 _MESSAGES = {
     "breaker_open": "the circuit breaker is open after repeated failures",
     "overloaded": "too many requests in flight and queued",
@@ -56,6 +57,7 @@ class Exchange:
         "_attempt",
         "_body",
         "_chain",
+        "_endpoints",
         "_ep",
         "_ep_t0",
         "_handle",
@@ -115,9 +117,10 @@ class Exchange:
         self.attempts = 0
         self.shadow: ShadowCopy | None = None
         self._rt: VersionRuntime | None = None
+        self._endpoints: tuple[Endpoint, ...] = ()
         self._admitted = False
         self._attempt = 0
-        self._tried: set[int] = set()
+        self._tried: tuple[int, ...] = ()  # endpoint indexes tried on this version
         self._ep = -1
         self._ep_t0 = 0.0
         self._handle = None
@@ -138,12 +141,14 @@ class Exchange:
     def _enter(self, version: str) -> None:
         """Start on ``version``: admission, then the first attempt."""
         vr = self.model.versions[version]
-        rt = self._plane.runtime(self.model.name, vr)
+        plane = self._plane
+        rt = plane.runtime(self.model.name, vr)
+        self._endpoints = plane.endpoints(self.model.name, vr)
         if version != self.version:  # a fallback: the upstream path names the version served
             base = f"/v2/models/{self.model.name}/versions/"
             rest = self._target[len(base) + len(self.version) :]
             self._target = f"{base}{version}".encode() + rest
-        self.version, self._rt, self._attempt, self._tried = version, rt, 0, set()
+        self.version, self._rt, self._attempt, self._tried = version, rt, 0, ()
         reason = rt.admit(self)
         if reason is None:
             self._admitted = True
@@ -176,13 +181,16 @@ class Exchange:
         self._timer = None
         rt = self._rt
         deadline = self.deadline
-        if deadline.expired():
+        # one clock read answers expired(), try_timeout_s() and header_value() alike
+        remaining = deadline.remaining_s()
+        if remaining <= 0.0:
             self._version_failed(
                 "deadline_exceeded", "the request deadline passed before an attempt could start"
             )
             return
-        ep = rt.pick(self._tried)
-        if ep is None and self._tried:
+        tried = self._tried
+        ep = rt.pick(tried)
+        if ep is None and tried:
             ep = rt.pick(())  # every endpoint tried once: a second try may still land
         if ep is None:
             self._version_failed(
@@ -191,20 +199,22 @@ class Exchange:
             )
             return
         self._ep, self._ep_t0 = ep, time.monotonic()
-        self._tried.add(ep)
+        self._tried = (*tried, ep)
         self._attempt += 1
         self.attempts += 1
         rt.begin(ep)
-        headers = [*self.headers, (_TIMEOUT_HEADER, deadline.header_value().encode())]
-        endpoint = self._plane.endpoint(self.model.versions[self.version], ep)
+        per_try = deadline.per_try_s
+        timeout = remaining if per_try is None or per_try > remaining else per_try
+        remaining_ms = _TIMEOUT_LINE % max(1, int(remaining * 1000.0))  # the upstream shares the deadline
+        endpoint = self._endpoints[ep]
         if self._body is None:  # a streamed body cannot be replayed: one attempt, piped both ways
             self._handle = endpoint.forward_stream(
-                self._request, self._responder, self._method, self._target, headers,
-                deadline.try_timeout_s(), self._on_stream_done, self._plane.response_headers(self),
+                self._request, self._responder, self._method, self._target, self.headers, timeout,
+                self._on_stream_done, self._plane.response_headers(self), remaining_ms,
             )  # fmt: skip
             return
         self._handle = endpoint.send(
-            self._method, self._target, headers, self._body, deadline.try_timeout_s(), self._on_result
+            self._method, self._target, self.headers, self._body, timeout, self._on_result, remaining_ms
         )
 
     def _on_stream_done(self, status: int, error: UpstreamError | None) -> None:
@@ -218,7 +228,8 @@ class Exchange:
         else:
             outcome = _ERROR_OUTCOME.get(error.reason, Outcome.RESET)
         self._rt.finish(self._ep, outcome, now - self._ep_t0)
-        self._plane.attempted(self, self._ep, outcome, None, error, self._ep_t0, now)
+        if self._plane.on_attempt:
+            self._plane.attempted(self, self._ep, outcome, None, error, self._ep_t0, now)
         if error is not None and not self._responder.started:
             self._finish_error(error.reason, error.message)
             return
@@ -233,17 +244,16 @@ class Exchange:
         now = time.monotonic()
         rt = self._rt
         if response is not None:
-            outcome = classify_status(response.status)
-            problem = self._plane.check_peer(self.model.versions[self.version], response)
-            if problem is not None:
-                outcome, response, error = Outcome.RESET, None, problem
+            status = response.status
+            outcome = _SUCCESS if 200 <= status < 400 else classify_status(status)
         else:
             outcome = _ERROR_OUTCOME.get(error.reason, Outcome.RESET)
             if outcome is Outcome.TIMEOUT and self._timed_out_on_deadline():
                 outcome = Outcome.DEADLINE
         rt.finish(self._ep, outcome, now - self._ep_t0)
-        self._plane.attempted(self, self._ep, outcome, response, error, self._ep_t0, now)
-        if outcome in _FINAL:
+        if self._plane.on_attempt:
+            self._plane.attempted(self, self._ep, outcome, response, error, self._ep_t0, now)
+        if outcome is _SUCCESS or outcome is _CLIENT_ERROR:
             self._reply_upstream(response)
             return
         self._last_response, self._last_error = response, (error.reason if error else "upstream_5xx")

@@ -9,8 +9,8 @@ changes; per-version resilience state (breaker, balancer, ejections) is carried 
 from __future__ import annotations
 
 import logging
+import os
 import random
-import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -21,7 +21,9 @@ from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.responses import error_response
 from gateway.dataplane.shadow import ShadowCopy, ShadowStats
 from gateway.http import (
+    DROP_FORWARD,
     Endpoint,
+    PeerVerifier,
     Request,
     Responder,
     UpstreamError,
@@ -48,6 +50,41 @@ _RID = b"x-request-id"
 _TIMEOUT = b"x-meshgate-timeout-ms"
 _OFREP = "/ofrep/v1/evaluate/flags"
 _RETRY_AFTER = (b"retry-after", b"1")
+# Not forwarded: hop-by-hop and framing fields, and the client's timeout (the exchange sends the
+# remaining deadline instead).
+_DROP_UPSTREAM = DROP_FORWARD | {_TIMEOUT}
+
+
+class _RequestIds:
+    """Fresh request ids: 96 random bits as 24 hex digits (like ``secrets.token_hex(12)``).
+
+    The bits come from the OS in batches, one ``os.urandom`` call per 1,024 ids instead of one
+    per request. They must stay unguessable rather than a counter: feedback joins outcomes to a
+    request by its id, so one id must not reveal its neighbours. A forked child starts afresh.
+    """
+
+    __slots__ = ("_buf", "_pos")
+    _SIZE = 12
+    _BATCH = 1024 * _SIZE
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def next(self) -> str:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = os.urandom(self._BATCH)
+            pos = 0
+        self._pos = pos + self._SIZE
+        return self._buf[pos : pos + self._SIZE].hex()
+
+
+_request_ids = _RequestIds()
+os.register_at_fork(after_in_child=_request_ids.reset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +123,9 @@ class DataPlane:
         mesh_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.pool = pool
-        self.mesh_tls = mesh_tls  # the gateway identity's client context, for https endpoints
+        self._mesh_tls = mesh_tls
+        self._endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self._verifiers: dict[tuple[str, str], PeerVerifier] = {}
         self.table = RouteTable.empty()
         self.loaded = False
         self.rng = rng or random.Random()
@@ -120,6 +159,7 @@ class DataPlane:
                 base = f"/v2/models/{model.name}/versions/{vr.version}"
                 targets[key] = (f"{base}/infer".encode(), base.encode())
         self._runtimes, self._targets = runtimes, targets
+        self._endpoints = {}
         if table.config_version != self.table.config_version or not self.loaded:
             self.ofrep = OfrepService(table.flags, table.config_version)
         self.table = table
@@ -131,25 +171,54 @@ class DataPlane:
     def runtimes(self) -> dict[tuple[str, str], VersionRuntime]:
         return dict(self._runtimes)
 
+    @property
+    def mesh_tls(self) -> ssl.SSLContext | None:
+        """The gateway identity's client context, for https endpoints."""
+        return self._mesh_tls
+
+    @mesh_tls.setter
+    def mesh_tls(self, context: ssl.SSLContext | None) -> None:
+        self._mesh_tls = context
+        self._endpoints = {}
+
     def endpoint(self, vr: VersionRoute, index: int) -> Endpoint:
-        """https endpoints present the gateway's mesh identity (SNI is the endpoint's host)."""
-        return self.pool.endpoint(vr.endpoints[index], ssl=self.mesh_tls)
+        """https endpoints present the gateway's mesh identity (SNI is the endpoint's host).
+
+        A version registered with an identity gets endpoints that check it on every new
+        connection, before any request is sent on it (``peer_identity_mismatch``, 502).
+        """
+        return self.pool.endpoint(
+            vr.endpoints[index], ssl=self._mesh_tls, verify_peer=self._verifier(vr.version, vr.identity)
+        )
+
+    def endpoints(self, model: str, vr: VersionRoute) -> tuple[Endpoint, ...]:
+        """A version's endpoints by index, looked up once per route table."""
+        key = (model, vr.version)
+        found = self._endpoints.get(key)
+        if found is None:
+            found = self._endpoints[key] = tuple(self.endpoint(vr, i) for i in range(len(vr.endpoints)))
+        return found
+
+    def _verifier(self, version: str, identity: str | None) -> PeerVerifier | None:
+        """One verifier per (version, identity), so the pool caches one endpoint per URL and identity."""
+        if identity is None:
+            return None
+        key = (version, identity)
+        verifier = self._verifiers.get(key)
+        if verifier is None:
+
+            def verifier(peer_cert: dict | None) -> UpstreamError | None:
+                return _identity_problem(version, identity, peer_cert)
+
+            self._verifiers[key] = verifier
+        return verifier
 
     def check_peer(self, vr: VersionRoute, response: UpstreamResponse) -> UpstreamError | None:
-        """A version registered with an identity must answer over TLS with exactly that SPIFFE ID.
-
-        The chain was verified in the handshake; this checks *who*. A mismatch is
-        ``peer_identity_mismatch`` (502), and the attempt counts as a failed one.
-        """
-        expected = vr.identity
-        if expected is None:
+        """The identity check of ``endpoint`` on a response already received (the pool has made
+        it when the connection was made: callers on ``endpoint`` need not repeat it)."""
+        if vr.identity is None:
             return None
-        presented = uri_sans(response.peer_cert)
-        if presented == (expected,):
-            return None
-        who = ", ".join(presented) if presented else "no SPIFFE identity (plaintext or no URI SAN)"
-        message = f"{vr.version}: the endpoint presented {who}, not the registered {expected}"
-        return UpstreamError(PEER_IDENTITY_MISMATCH, message)
+        return _identity_problem(vr.version, vr.identity, response.peer_cert)
 
     # -- requests -----------------------------------------------------------------------
     def handle(self, request: Request, responder: Responder) -> None:
@@ -254,8 +323,7 @@ class DataPlane:
             return
         infer_target, meta_target = self._targets[(name, choice.version)]
         target = infer_target if action == "infer" else (meta_target + b"/ready" if action else meta_target)
-        headers = request_headers(request, rid, timeout is not None)
-        rid = rid or headers[-1][1].decode()
+        headers, rid = request_headers(request, rid)
         ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid)
         if action == "infer" and request.body is not None:
             shadow = self._runtimes[(name, choice.version)].shadow_version()
@@ -385,15 +453,27 @@ class DataPlane:
                 log.exception("request observer failed")
 
 
-def request_headers(
-    request: Request, request_id: str | None, drop_timeout: bool
-) -> list[tuple[bytes, bytes]]:
-    """Headers for the upstream: the client's minus hop-by-hop ones, with a request id.
+def _identity_problem(version: str, expected: str, peer_cert: dict | None) -> UpstreamError | None:
+    """A version registered with an identity must answer over TLS with exactly that SPIFFE ID.
 
-    When the client sent none, a fresh id is the last header. The client's own timeout
-    header is dropped (the exchange sends the remaining deadline instead).
+    The chain was verified in the handshake; this checks *who*. A mismatch is
+    ``peer_identity_mismatch`` (502), and the attempt counts as a failed one.
     """
-    headers = proxy_headers(request, () if request_id else ((_RID, secrets.token_hex(12).encode()),))
-    if drop_timeout:
-        headers = [h for h in headers if h[0] != _TIMEOUT]
-    return headers
+    presented = uri_sans(peer_cert)
+    if presented == (expected,):
+        return None
+    who = ", ".join(presented) if presented else "no SPIFFE identity (plaintext or no URI SAN)"
+    message = f"{version}: the endpoint presented {who}, not the registered {expected}"
+    return UpstreamError(PEER_IDENTITY_MISMATCH, message)
+
+
+def request_headers(request: Request, request_id: str | None) -> tuple[list[tuple[bytes, bytes]], str]:
+    """Headers for the upstream and the request id: the client's headers minus hop-by-hop ones
+    and its timeout (the exchange sends the remaining deadline instead), in one pass.
+
+    When the client sent no id, a fresh one is the last header.
+    """
+    if request_id:
+        return proxy_headers(request, (), _DROP_UPSTREAM), request_id
+    request_id = _request_ids.next()
+    return proxy_headers(request, ((_RID, request_id.encode()),), _DROP_UPSTREAM), request_id

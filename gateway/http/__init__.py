@@ -33,14 +33,15 @@ from ._errors import (
     UPSTREAM_UNREACHABLE,
     UpstreamError,
 )
-from ._headers import HOP_BY_HOP, JSON_HEADERS, Headers, error_body, proxy_headers
-from ._pool import Endpoint, Handle, UpstreamPool, UpstreamResponse, relay, upstream_error
+from ._headers import DROP_FORWARD, HOP_BY_HOP, JSON_HEADERS, Headers, error_body, proxy_headers
+from ._pool import Endpoint, Handle, PeerVerifier, UpstreamPool, UpstreamResponse, relay, upstream_error
 from ._runtime import new_event_loop, tune_gc
 from ._server import Handler, Request, Responder, Server, ServerLimits, start_server, status_line
 from ._stream import BodyStream, StreamError, pipe
 
 __all__ = [
     "CANCELLED",
+    "DROP_FORWARD",
     "HOP_BY_HOP",
     "JSON_HEADERS",
     "REASON_STATUS",
@@ -53,6 +54,7 @@ __all__ = [
     "Handle",
     "Handler",
     "Headers",
+    "PeerVerifier",
     "Request",
     "Responder",
     "Server",

@@ -26,7 +26,8 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 # What a proxy drops before forwarding a request: hop-by-hop, and the fields the next hop gets fresh.
-_DROP_FORWARD: frozenset[bytes] = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# A caller that drops more passes `DROP_FORWARD | {...}`, computed once.
+DROP_FORWARD: frozenset[bytes] = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _XFF = b"x-forwarded-for"
 
 
@@ -40,12 +41,15 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def proxy_headers(request: Request, extra: Iterable[tuple[bytes, bytes]] = ()) -> Headers:
+def proxy_headers(
+    request: Request, extra: Iterable[tuple[bytes, bytes]] = (), drop: frozenset[bytes] = DROP_FORWARD
+) -> Headers:
     """The headers to forward upstream for `request`, in one pass.
 
     Drops hop-by-hop fields (and any the client's `Connection` header names), `host`,
-    `content-length` and `expect` (the upstream pool sets framing itself), appends the client
-    address to `x-forwarded-for`, then appends `extra`.
+    `content-length` and `expect` (the upstream pool sets framing itself) — or whatever `drop`
+    lists, a superset of `DROP_FORWARD` —, appends the client address to `x-forwarded-for`,
+    then appends `extra`.
     """
     client_ip = request.client[0].encode("latin-1")
     out: Headers = []
@@ -53,7 +57,7 @@ def proxy_headers(request: Request, extra: Iterable[tuple[bytes, bytes]] = ()) -
     listed = False
     for item in request.headers:
         name = item[0]
-        if name in _DROP_FORWARD:
+        if name in drop:
             if name == b"connection":
                 listed = True
             continue

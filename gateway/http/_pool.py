@@ -3,6 +3,11 @@
 Per endpoint, a stack of idle connections and a FIFO of waiters: a released connection goes to
 exactly one waiter, in O(1) (the httpcore trap of rescanning every connection for every waiter
 is what this avoids). One exchange is one `Handle`; its callback is called exactly once.
+
+Over TLS, an endpoint may check who answered before any request goes out (`verify_peer`, run
+once per connection right after the handshake), and resumes TLS sessions: the last session
+ticket an endpoint received is offered on its next handshake (an abbreviated handshake, no
+certificate exchange), which is what makes fresh connections to a mesh sidecar cheap.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ _SET_BY_POOL: frozenset[bytes] = HOP_BY_HOP | {b"host", b"content-length", b"exp
 _DROP_RESPONSE: frozenset[bytes] = HOP_BY_HOP | {b"content-length"}
 
 UpstreamCallback = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
+# Who answered a TLS handshake: the verified certificate (`SSLObject.getpeercert()`, None over
+# plaintext) -> None to accept the connection, or the error every waiting request fails with.
+PeerVerifier = Callable[[dict | None], UpstreamError | None]
 
 
 class UpstreamResponse:
@@ -174,6 +182,7 @@ class _Connection(asyncio.Protocol):
         "peer_cert",
         "peer_cert_der",
         "served",
+        "ssl_object",
         "transport",
     )
 
@@ -187,6 +196,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.peer_cert: dict | None = None
         self.peer_cert_der: bytes | None = None
+        self.ssl_object: ssl_module.SSLObject | None = None  # until its session is saved
         self._write_paused = False
         self._writable_cb: Callable[[], None] | None = None
         self._chunked_request = False
@@ -210,6 +220,8 @@ class _Connection(asyncio.Protocol):
         if ssl_object is not None:
             self.peer_cert = ssl_object.getpeercert() or None
             self.peer_cert_der = ssl_object.getpeercert(binary_form=True)
+            self.ssl_object = ssl_object
+            self.endpoint._handshake_done(ssl_object)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -389,6 +401,9 @@ class _Connection(asyncio.Protocol):
         """The exchange is over on this connection: reuse it, or close it."""
         self.exchange = None
         self.served += 1
+        if self.ssl_object is not None:  # the first exchange is over: its session ticket has arrived
+            self.endpoint._save_session(self.ssl_object)
+            self.ssl_object = None
         if self._keep_alive and not self.closed:
             self.endpoint._release(self)
         else:
@@ -404,6 +419,36 @@ class _HeadDone(Exception):
     """Stops the parser after a HEAD response's head (its body length is not a body)."""
 
 
+class _Resuming:
+    """An SSL context that offers a saved session: `create_connection` has no `session=`.
+
+    Both event loops (asyncio's and uvloop's SSL protocol) only call `wrap_bio(...)` on the
+    context they are given, so this stands in for the endpoint's context for one connection and
+    adds the session; everything else about the handshake is the real context's.
+    """
+
+    __slots__ = ("_context", "_session")
+
+    def __init__(self, context: ssl_module.SSLContext, session: ssl_module.SSLSession) -> None:
+        self._context = context
+        self._session = session
+
+    def wrap_bio(
+        self,
+        incoming: ssl_module.MemoryBIO,
+        outgoing: ssl_module.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+    ) -> ssl_module.SSLObject:
+        return self._context.wrap_bio(
+            incoming,
+            outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=self._session,
+        )
+
+
 class Endpoint:
     """One upstream origin (scheme, host, port): its connections, idle stack and waiters."""
 
@@ -413,6 +458,7 @@ class Endpoint:
         url: str,
         ssl: ssl_module.SSLContext | None,
         server_hostname: str | None,
+        verify_peer: PeerVerifier | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -430,6 +476,10 @@ class Endpoint:
         if ":" in self.host:
             authority = f"[{self.host}]" if self.port == default_port else f"[{self.host}]:{self.port}"
         self.host_header = authority.encode("idna")
+        self.verify_peer = verify_peer
+        self.tls_handshakes = 0  # TLS connections made, and how many of them resumed a session
+        self.tls_resumed = 0
+        self._session: ssl_module.SSLSession | None = None
         self._idle: list[_Connection] = []
         self._waiters: deque[Handle] = deque()
         self._opened = 0  # connections open or opening
@@ -445,13 +495,15 @@ class Endpoint:
         body: bytes,
         timeout: float,
         callback: UpstreamCallback,
+        extra_head: bytes = b"",
     ) -> Handle:
         """Send a request; `callback(response, error)` is called exactly once.
 
         `headers` should come from `proxy_headers` (any host, framing or hop-by-hop fields in it
-        are skipped); `timeout` covers waiting for a connection, connecting and the response head.
+        are skipped); `extra_head` is more header lines, already serialised (`b"name: value\\r\\n"`);
+        `timeout` covers waiting for a connection, connecting and the response head.
         """
-        framing = b"content-length: %d\r\n\r\n" % len(body)
+        framing = extra_head + b"content-length: %d\r\n\r\n" % len(body)
         head = _request_head(method, target, self.host_header, headers, framing)
         exchange = Handle(self, head, body, callback, method == b"HEAD", None)
         self._start(exchange, timeout)
@@ -467,6 +519,7 @@ class Endpoint:
         timeout: float,
         on_done: Callable[[int, UpstreamError | None], None],
         response_headers: Headers = (),  # type: ignore[assignment]
+        extra_head: bytes = b"",
     ) -> Handle:
         """Proxy a streamed request body upstream and the response back, backpressure both ways.
 
@@ -477,9 +530,9 @@ class Endpoint:
         if stream is None:
             raise ValueError("forward_stream needs a streamed request (request.stream)")
         if stream.length is None:
-            framing = b"transfer-encoding: chunked\r\n\r\n"
+            framing = extra_head + b"transfer-encoding: chunked\r\n\r\n"
         else:
-            framing = b"content-length: %d\r\n\r\n" % stream.length
+            framing = extra_head + b"content-length: %d\r\n\r\n" % stream.length
         head = _request_head(method, target, self.host_header, headers, framing)
 
         def on_response(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
@@ -582,13 +635,16 @@ class Endpoint:
 
     async def _connect(self) -> None:
         loop = self.pool._loop
+        ssl = self.ssl
+        if ssl is not None and self._session is not None:
+            ssl = _Resuming(ssl, self._session)  # type: ignore[assignment]
         try:
             async with asyncio.timeout(self.pool.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self),
                     self.host,
                     self.port,
-                    ssl=self.ssl,
+                    ssl=ssl,
                     server_hostname=self.server_hostname,
                 )
         except (OSError, TimeoutError) as exc:
@@ -604,7 +660,26 @@ class Endpoint:
         if self._closed:
             conn.abort()
             return
+        if self.verify_peer is not None:
+            problem = self.verify_peer(conn.peer_cert)
+            if problem is not None:  # nothing was sent; the next waiter gets a fresh connection
+                if self._has_waiters():
+                    self._waiters.popleft()._fail(problem)
+                conn.abort()
+                return
         self._release(conn)
+
+    def _handshake_done(self, ssl_object: ssl_module.SSLObject) -> None:
+        self.tls_handshakes += 1
+        if ssl_object.session_reused:
+            self.tls_resumed += 1
+
+    def _save_session(self, ssl_object: ssl_module.SSLObject) -> None:
+        """Keep the newest resumable session (TLS 1.3 tickets come after the handshake)."""
+        if self.pool.tls_session_reuse:
+            session = ssl_object.session
+            if session is not None and session.has_ticket:
+                self._session = session
 
     async def aclose(self) -> None:
         self._closed = True
@@ -635,16 +710,13 @@ def relay(
     on_done: Callable[[int, UpstreamError | None], None],
 ) -> None:
     """Send an upstream response to the client: in one write, or streamed with backpressure."""
-    headers = response.headers
-    if extra_headers:
-        headers = headers + list(extra_headers)
     stream = response.stream
     if stream is None:
         if not responder.disconnected:
-            responder.respond(response.status, headers, response.body or b"")
+            responder.respond(response.status, response.headers, response.body or b"", extra_headers)
         on_done(response.status, None)
         return
-    responder.start(response.status, headers, response.length)
+    responder.start(response.status, response.headers, response.length, extra_headers)
     responder.on_disconnect(lambda: stream.fail(StreamError(499, CANCELLED, "the client went away")))
 
     def finished(error: Exception | None) -> None:
@@ -669,6 +741,7 @@ class UpstreamPool:
         max_connections_per_endpoint: int = 256,
         connect_timeout: float = 2.0,
         max_buffered_response: int = 1 << 20,
+        tls_session_reuse: bool = True,
     ) -> None:
         if max_connections_per_endpoint < 1:
             raise ValueError("max_connections_per_endpoint must be at least 1")
@@ -677,7 +750,8 @@ class UpstreamPool:
         self.max_connections_per_endpoint = max_connections_per_endpoint
         self.connect_timeout = connect_timeout
         self.max_buffered_response = max_buffered_response
-        self._endpoints: dict[str, Endpoint] = {}
+        self.tls_session_reuse = tls_session_reuse  # offer each endpoint's last TLS session again
+        self._endpoints: dict[str | tuple[str, PeerVerifier], Endpoint] = {}
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._wheel_ref: DeadlineWheel | None = None
 
@@ -699,11 +773,19 @@ class UpstreamPool:
         *,
         ssl: ssl_module.SSLContext | None = None,
         server_hostname: str | None = None,
+        verify_peer: PeerVerifier | None = None,
     ) -> Endpoint:
-        """The endpoint for `url` (created once, then cached)."""
-        endpoint = self._endpoints.get(url)
+        """The endpoint for `url` (created once, then cached; per `verify_peer` when one is given).
+
+        `verify_peer(peer_cert)` runs on every new connection right after its handshake, before
+        any request is sent on it: an `UpstreamError` closes the connection and fails the waiting
+        request with it (pass the same callable each time: it is part of the cache key).
+        """
+        key = url if verify_peer is None else (url, verify_peer)
+        endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._endpoints[url] = Endpoint(self, url.rstrip("/"), ssl, server_hostname)
+            endpoint = Endpoint(self, url.rstrip("/"), ssl, server_hostname, verify_peer)
+            self._endpoints[key] = endpoint
         return endpoint
 
     def __repr__(self) -> str:

@@ -23,9 +23,7 @@ from ._stream import BodyStream, StreamError
 
 log = logging.getLogger("meshgate.http")
 
-_STATUS_LINES: dict[int, bytes] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus
-}
+_STATUS_LINES: dict[int, bytes] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Fields the Responder sets itself; a handler passing them would corrupt the framing.
 _FRAMING: frozenset[bytes] = frozenset(
@@ -108,7 +106,9 @@ class Request:
 
     @property
     def path(self) -> str:
-        raw = self.target.split(b"?", 1)[0]
+        raw = self.target
+        if b"?" in raw:
+            raw = raw.split(b"?", 1)[0]
         text = raw.decode("latin-1")
         return unquote(text) if b"%" in raw else text
 
@@ -181,13 +181,18 @@ class Responder:
             else:
                 self._disconnect_cbs = [callbacks, callback]
 
-    def _head(self, status: int, headers: Headers, length: int | None) -> list[bytes]:
+    def _head(self, status: int, headers: Headers, length: int | None, extra: Headers = ()) -> list[bytes]:  # type: ignore[assignment]
         request = self.request
-        conn = self._conn
-        request_done = request.stream is None or request.stream.complete
-        self._keep_alive = keep = request.keep_alive and conn._accepting and request_done
-        parts = [status_line(status)]
+        stream = request.stream
+        self._keep_alive = keep = (
+            request.keep_alive and self._conn._accepting and (stream is None or stream.complete)
+        )
+        line = _STATUS_LINES.get(status)
+        parts = [line if line is not None else status_line(status)]
         for name, value in headers:
+            if name not in _FRAMING:
+                parts += (name, b": ", value, b"\r\n")
+        for name, value in extra:
             if name not in _FRAMING:
                 parts += (name, b": ", value, b"\r\n")
         if length is not None:
@@ -206,26 +211,35 @@ class Responder:
             parts.append(b"\r\n")
         return parts
 
-    def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
-        """The whole response in one write; `content-length` and `connection` are added here."""
+    def respond(self, status: int, headers: Headers, body: bytes = b"", extra: Headers = ()) -> None:  # type: ignore[assignment]
+        """The whole response in one write; `content-length` and `connection` are added here.
+
+        `extra` headers follow `headers` (a proxy's own next to the upstream's, without a copy).
+        """
         if self._state != self._IDLE:
             raise RuntimeError("response already started")
         self._state = self._DONE
         if self.disconnected:
             return
-        parts = self._head(status, headers, len(body))
+        parts = self._head(status, headers, len(body), extra)
         if body and not self._head_only:
             parts.append(body)
         self._emit(b"".join(parts))
         self._conn._response_done(self)
 
-    def start(self, status: int, headers: Headers, length: int | None = None) -> None:
+    def start(
+        self,
+        status: int,
+        headers: Headers,
+        length: int | None = None,
+        extra: Headers = (),  # type: ignore[assignment]
+    ) -> None:
         """Begin a streamed response; chunked unless `length` is given."""
         if self._state != self._IDLE:
             raise RuntimeError("response already started")
         self._state = self._STREAMING
         if not self.disconnected:
-            self._emit(b"".join(self._head(status, headers, length)))
+            self._emit(b"".join(self._head(status, headers, length, extra)))
 
     def write(self, chunk: bytes) -> bool:
         """Send a chunk; False means the client is slow: wait for `on_writable` before more."""
