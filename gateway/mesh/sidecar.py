@@ -19,8 +19,10 @@ proof made with the current certificate's key (:mod:`gateway.mesh.policies`), at
 every ``--policy-refresh`` seconds; while the control plane is unreachable the last policy holds.
 
 The process imports only the engine, ``gateway.mesh`` and the standard library (no numpy,
-FastAPI, data plane or experiments), so it stays small. ``meshgate sidecar`` re-executes
-``python -m gateway.mesh.sidecar`` so that the CLI's own imports do not stay resident.
+FastAPI, httpx, data plane or experiments), so it stays small. ``meshgate sidecar`` re-executes
+``python -m gateway.mesh.sidecar`` so that the CLI's own imports do not stay resident. Key, CSR
+and policy proofs are made by short-lived children (:mod:`gateway.mesh.keyhelper`), so that
+``cryptography`` is not mapped here either; certificates are checked with ``ssl``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ from gateway.mesh.identity import (
     model_id,
     peer_identity,
 )
-from gateway.mesh.policies import sign_policy_proof
+from gateway.mesh.keyhelper import HelperKeys
+from gateway.mesh.proofbook import ProofBook
 from gateway.mesh.signers import SignError, control_plane_signer
 from gateway.mesh.tls import PEER_IDENTITY_MISMATCH, UNAUTHORIZED, verify_peer
 from gateway.mesh.tokens import TokenError
@@ -119,17 +121,20 @@ class SidecarConfig:
 class PolicySource:
     """Reads this model's policy from the control plane with a proof made with our certificate."""
 
-    def __init__(self, pool: UpstreamPool, control: str, identity: WorkloadIdentity, model: str) -> None:
+    def __init__(self, pool: UpstreamPool, control: str, proofs: ProofBook, model: str) -> None:
         parts = urlsplit(control)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SidecarError(f"--control must be the control plane's http(s)://host:port, not {control!r}")
         self._endpoint = pool.endpoint(f"{parts.scheme}://{parts.netloc}")
         self._target = (parts.path.rstrip("/") + "/v1/mesh/authz").encode()
-        self._identity = identity
+        self._proofs = proofs
         self._model = model
 
     async def fetch(self, timeout_s: float = 10.0) -> AuthzPolicy:
-        proof = sign_policy_proof(str(self._identity.identity_file), self._model, time.time())
+        try:
+            proof = await self._proofs.current()
+        except RotationError as exc:
+            raise SidecarError(f"cannot sign a policy proof: {exc}") from exc
         try:
             response = await self._endpoint.request(
                 b"POST", self._target, JSON_HEADERS, json.dumps(proof).encode(), timeout_s
@@ -153,11 +158,15 @@ class PolicySource:
 class Sidecar:
     """The running sidecar: identity, policy, the inbound and (optional) outbound listeners."""
 
-    def __init__(self, config: SidecarConfig, identity: WorkloadIdentity, pool: UpstreamPool) -> None:
+    def __init__(
+        self, config: SidecarConfig, identity: WorkloadIdentity, pool: UpstreamPool, keys: HelperKeys
+    ) -> None:
         self.config = config
         self.identity = identity
         self.pool = pool
-        self.policy = PolicySource(pool, config.control, identity, config.model)
+        self.keys = keys
+        self.proofs = ProofBook(keys, identity, config.model)
+        self.policy = PolicySource(pool, config.control, self.proofs, config.model)
         self.authz = AuthzPolicy(trust_domain=config.trust_domain)
         self.inbound: Server | None = None
         self.outbound: Server | None = None
@@ -195,6 +204,7 @@ class Sidecar:
                 server.close()
                 await server.wait_closed()
         await self.identity.aclose()
+        await self.keys.aclose()
         await self.pool.aclose()
 
     def set_policy(self, authz: AuthzPolicy) -> None:
@@ -401,10 +411,11 @@ def build(config: SidecarConfig) -> Sidecar:
         signer = control_plane_signer(config.control, config.join_token, lifetime_s=config.cert_lifetime_s)
     except TokenError as exc:
         raise SidecarError(f"the join token is unusable: {exc.message}") from None
+    keys = HelperKeys(config.data_dir)  # cryptography runs in child processes, never in the sidecar
     identity = WorkloadIdentity(
-        model_id(config.model, config.version, config.trust_domain), config.data_dir, signer
+        model_id(config.model, config.version, config.trust_domain), config.data_dir, signer, keys=keys
     )
-    return Sidecar(config, identity, UpstreamPool())
+    return Sidecar(config, identity, UpstreamPool(), keys)
 
 
 async def run_sidecar(config: SidecarConfig, stop: asyncio.Event | None = None) -> None:

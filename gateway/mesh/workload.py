@@ -1,10 +1,13 @@
 """A workload's own identity (an SVID source): local key, CSR, certificate, rotation at half life.
 
-The private key is generated here and never leaves the process (a fresh key at every
+The private key is generated on the workload and never leaves it (a fresh key at every
 renewal). Certificates come from a pluggable async *signer*: :func:`gateway.mesh.signers.local_signer`
 when the CA is in the same process, :func:`gateway.mesh.signers.control_plane_signer` over HTTP.
-The first certificate is paid for with the join token; renewals with a :class:`RenewalProof`
-made with the current key.
+The first certificate is paid for with the join token; renewals with a renewal proof made with
+the current key. The key work itself (key, CSR, proof, checks of the answer) is pluggable too
+(:class:`KeyWork`): in this process (:class:`gateway.mesh.keys.LocalKeys`, the default), or in a
+short-lived child process (:class:`gateway.mesh.keyhelper.HelperKeys`), so that this module
+imports no ``cryptography`` and a sidecar never loads it.
 
 Rotation reloads the new chain into the *same* ``SSLContext`` objects the server and the
 upstream pool already hold. OpenSSL copies the certificate and key into each connection when
@@ -30,18 +33,25 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.mesh._files import private_dir, write_private, write_public
-from gateway.mesh.ca import issued_by, load_certificates, private_key_pem
-from gateway.mesh.identity import SpiffeId, parse_identity, peer_identity
-from gateway.mesh.proof import RenewalProof, make_proof
+from gateway.mesh.identity import SpiffeId, parse_identity
 from gateway.mesh.tls import client_context, load_bundle, server_context
 
-__all__ = ["Issued", "RotationError", "SignRequest", "Signer", "WorkloadIdentity"]
+if TYPE_CHECKING:
+    from gateway.mesh.proof import RenewalProof
+
+__all__ = [
+    "Credentials",
+    "Issued",
+    "KeyRequest",
+    "KeyWork",
+    "RotationError",
+    "SignRequest",
+    "Signer",
+    "WorkloadIdentity",
+]
 
 log = logging.getLogger("meshgate.mesh")
 
@@ -70,24 +80,35 @@ class RotationError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Credentials:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
+class Credentials:
+    """A checked key and certificate, with what the workload reads from the certificate."""
+
+    key_pem: str  # unencrypted PKCS#8
     cert_pem: str
-
-    @property
-    def not_after(self) -> float:
-        return self.cert.not_valid_after_utc.timestamp()
+    serial: int
+    not_after: float  # Unix seconds
 
 
-def _csr(key: ec.EllipticCurvePrivateKey, identity: SpiffeId) -> str:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), False)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
+@dataclass(frozen=True, slots=True)
+class KeyRequest:
+    """A new key and its CSR; ``renewal`` is the proof made with the current key (None: first)."""
+
+    key_pem: str
+    csr_pem: str
+    renewal: RenewalProof | None
+
+
+class KeyWork(Protocol):
+    """Where keys are made and signer answers checked (see :mod:`gateway.mesh.keys`)."""
+
+    async def request(self, identity: SpiffeId, current: Credentials | None) -> KeyRequest:
+        """A fresh key and CSR for ``identity``; with ``current``, a renewal proof made with its key."""
+        ...
+
+    async def check(self, identity: SpiffeId, key_pem: str, issued: Issued, now: float) -> Credentials:
+        """The credentials, or RotationError when the certificate is not for this key and identity,
+        does not chain to the bundle, or has expired."""
+        ...
 
 
 class WorkloadIdentity:
@@ -95,7 +116,8 @@ class WorkloadIdentity:
 
     ``refresh_fraction`` 0.5 renews at half the remaining life of each certificate (Istio's
     default); a failed renewal is retried with exponential backoff from ``retry_s[0]`` to
-    ``retry_s[1]`` while the current certificate keeps serving.
+    ``retry_s[1]`` while the current certificate keeps serving. ``keys`` does the key work
+    (default: :class:`gateway.mesh.keys.LocalKeys`, in this process).
     """
 
     def __init__(
@@ -107,9 +129,15 @@ class WorkloadIdentity:
         refresh_fraction: float = 0.5,
         retry_s: tuple[float, float] = (1.0, 30.0),
         now: Callable[[], float] = time.time,
+        keys: KeyWork | None = None,
     ) -> None:
         if not 0 < refresh_fraction < 1:
             raise ValueError(f"refresh_fraction {refresh_fraction} must be in (0, 1)")
+        if keys is None:
+            from gateway.mesh.keys import LocalKeys  # cryptography, for processes that have it anyway
+
+            keys = LocalKeys()
+        self._keys = keys
         self.identity = identity if isinstance(identity, SpiffeId) else parse_identity(identity)
         self.directory = Path(directory)
         self._signer = signer
@@ -118,7 +146,7 @@ class WorkloadIdentity:
         self._now = now
         # Contexts handed out; weak, so a context its owner dropped is not kept alive by rotation.
         self._contexts: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
-        self._creds: _Credentials | None = None
+        self._creds: Credentials | None = None
         self._bundle = ""
         self._refresh_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -141,7 +169,7 @@ class WorkloadIdentity:
     def bundle_pem(self) -> str:
         return self._bundle
 
-    def _current(self) -> _Credentials:
+    def _current(self) -> Credentials:
         if self._creds is None:
             raise RuntimeError("the workload identity has no certificate yet: await start() first")
         return self._creds
@@ -152,7 +180,7 @@ class WorkloadIdentity:
 
     @property
     def serial(self) -> int:
-        return self._current().cert.serial_number
+        return self._current().serial
 
     @property
     def not_after(self) -> float:
@@ -181,7 +209,7 @@ class WorkloadIdentity:
     async def start(self) -> None:
         """Get a certificate (reusing a valid one on disk) and start the rotation task."""
         private_dir(self.directory)
-        restored = self._restore()
+        restored = await self._restore()
         if restored is None:
             await self.rotate()
         else:
@@ -202,53 +230,34 @@ class WorkloadIdentity:
         expired (renewals failed for half a lifetime), only a new join token can help.
         """
         async with self._rotating:
-            key = ec.generate_private_key(ec.SECP256R1())
-            csr_pem = _csr(key, self.identity)
-            current, renewal = self._creds, None
-            if current is not None and self._now() < current.not_after:
-                renewal = make_proof(csr_pem, current.cert_pem, current.key)
-            issued = await self._signer(SignRequest(self.identity, csr_pem, renewal))
-            self._install(self._checked(key, issued), issued.bundle)
+            current = self._creds
+            valid = current if current is not None and self._now() < current.not_after else None
+            request = await self._keys.request(self.identity, valid)
+            issued = await self._signer(SignRequest(self.identity, request.csr_pem, request.renewal))
+            creds = await self._keys.check(self.identity, request.key_pem, issued, self._now())
+            self._install(creds, issued.bundle)
             self.rotations += current is not None  # renewals only, not the first certificate
 
     # -- internals -------------------------------------------------------------------
-    def _checked(self, key: ec.EllipticCurvePrivateKey, issued: Issued) -> _Credentials:
-        """Refuse a certificate that would break our contexts or name someone else."""
-        try:
-            cert = x509.load_pem_x509_certificate(issued.certificate.encode())
-            roots = load_certificates(issued.bundle)
-        except ValueError as exc:
-            raise RotationError(f"the signer returned unreadable PEM: {exc}") from None
-        if cert.public_key() != key.public_key():
-            raise RotationError("the signed certificate is not for the key this workload generated")
-        if peer_identity(cert) != self.identity:
-            raise RotationError(f"the signed certificate does not name {self.identity}")
-        if not issued_by(cert, roots):
-            raise RotationError("the signed certificate does not chain to the trust bundle")
-        if self._now() >= cert.not_valid_after_utc.timestamp():
-            raise RotationError("the signed certificate has already expired")
-        return _Credentials(key, cert, issued.certificate)
-
-    def _restore(self) -> tuple[_Credentials, str] | None:
+    async def _restore(self) -> tuple[Credentials, str] | None:
         """The certificate a previous run left, if it is still ours and valid."""
         try:
             pem = self.identity_file.read_text()
             bundle = self.bundle_file.read_text()
-            key = serialization.load_pem_private_key(pem.encode(), password=None)
-        except (FileNotFoundError, ValueError):
-            return None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
+        except FileNotFoundError:
             return None
         start = pem.find("-----BEGIN CERTIFICATE-----")
         if start < 0:
             return None
         try:
-            return self._checked(key, Issued(pem[start:], bundle)), bundle
+            return await self._keys.check(
+                self.identity, pem[:start], Issued(pem[start:], bundle), self._now()
+            ), bundle
         except RotationError:
             return None
 
-    def _install(self, creds: _Credentials, bundle: str) -> None:
-        write_private(self.identity_file, private_key_pem(creds.key) + creds.cert_pem)
+    def _install(self, creds: Credentials, bundle: str) -> None:
+        write_private(self.identity_file, creds.key_pem + creds.cert_pem)
         if bundle != self._bundle:
             write_public(self.bundle_file, bundle)
         for ctx in list(self._contexts):
@@ -261,7 +270,7 @@ class WorkloadIdentity:
         log.info(
             "identity %s: certificate serial %x valid until %.0f, renewing at %.0f",
             self.identity,
-            creds.cert.serial_number,
+            creds.serial,
             creds.not_after,
             self._refresh_at,
         )

@@ -1,4 +1,5 @@
-"""What keeps the sidecar small, tested in-process: the engine-based signer and stdlib PEM reading.
+"""What keeps the sidecar small, tested in-process: the engine-based signer, stdlib PEM reading and
+checks, key work in a child process (HelperKeys) and the policy proofs it signs ahead (ProofBook).
 
 The sidecar process itself (its imported modules, its RSS) is tested in
 tests/integration/test_mesh.py, on a real ``meshgate sidecar``.
@@ -13,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,12 +26,19 @@ from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 
 from gateway.mesh._pem import certificate_ders, fingerprints
+from gateway.mesh._sslcheck import check_with_ssl
 from gateway.mesh.api import ca_public_router
 from gateway.mesh.ca import MeshCA, fingerprint
-from gateway.mesh.signers import SignError, control_plane_signer
+from gateway.mesh.identity import parse_identity
+from gateway.mesh.keyhelper import HelperKeys
+from gateway.mesh.policies import PROOF_WINDOW_S, proof_message
+from gateway.mesh.proof import RenewalProof, verify_proof_signature
+from gateway.mesh.proofbook import ProofBook
+from gateway.mesh.signers import SignError, control_plane_signer, local_signer
 from gateway.mesh.tokens import JoinTokens
-from gateway.mesh.workload import WorkloadIdentity
+from gateway.mesh.workload import Issued, RotationError, WorkloadIdentity
 from tests.mesh.conftest import MODEL
+from tests.mesh.test_workload import RecordingSigner
 
 
 def _server_certificate(directory: Path) -> tuple[Path, Path]:
@@ -174,3 +183,105 @@ def test_control_plane_answers_become_sign_errors(tmp_path, raw, code, status, w
         assert words in info.value.message
 
     asyncio.run(main())
+
+
+# -- key work in a child process (HelperKeys) and the stdlib check of the signer's answer --------
+def test_a_workload_rotates_with_the_key_helper_and_renews_with_proofs(ca: MeshCA, tmp_path: Path) -> None:
+    signer = RecordingSigner(ca)  # checks each renewal proof as the control plane does
+    keys = HelperKeys(tmp_path / "svid")
+
+    async def main() -> WorkloadIdentity:
+        wi = WorkloadIdentity(MODEL, tmp_path / "svid", signer, keys=keys)
+        await wi.start()
+        try:
+            serials = [wi.serial]
+            for _ in range(2):
+                await wi.rotate()  # uses the renewal prepared in the background after the last install
+                serials.append(wi.serial)
+        finally:
+            await wi.aclose()
+            await keys.aclose()
+        assert len(set(serials)) == 3 and wi.rotations == 2
+        return wi
+
+    wi = asyncio.run(main())
+    assert [r.renewal is None for r in signer.requests] == [True, False, False]
+    cert = x509.load_pem_x509_certificate(wi.certificate_pem.encode())
+    assert cert.serial_number == wi.serial
+    assert wi.not_after == cert.not_valid_after_utc.timestamp()
+    assert [p.name for p in wi.directory.iterdir() if p.name.startswith(".")] == []  # no scratch key left
+
+
+def test_the_stdlib_check_refuses_what_the_cryptography_check_refuses(ca: MeshCA, tmp_path: Path) -> None:
+    other_ca = MeshCA.init(tmp_path / "other")
+    past_ca = MeshCA.load(ca.data_dir, now=lambda: time.time() - 7200)
+    directory = tmp_path / "svid"
+    directory.mkdir(mode=0o700)
+    key_pem, cert_pem = ca.issue(MODEL, 600)
+    other_key_pem, _ = ca.issue(MODEL, 600)
+    cases = [
+        (other_key_pem, cert_pem, ca.bundle_pem(), "not for the key"),
+        (*ca.issue("spiffe://meshgate.local/model/digits/v1", 600), ca.bundle_pem(), "does not name"),
+        (*other_ca.issue(MODEL, 600), ca.bundle_pem(), "does not chain"),
+        (*past_ca.issue(MODEL, 600), ca.bundle_pem(), "expired"),
+        (key_pem, "garbage", ca.bundle_pem(), "unreadable"),
+    ]
+    identity = parse_identity(MODEL)
+    for key, cert, bundle, words in cases:
+        with pytest.raises(RotationError, match=words):
+            check_with_ssl(identity, key, Issued(cert, bundle), directory, time.time())
+    creds = check_with_ssl(identity, key_pem, Issued(cert_pem, ca.bundle_pem()), directory, time.time())
+    parsed = x509.load_pem_x509_certificate(cert_pem.encode())
+    assert (creds.serial, creds.not_after) == (parsed.serial_number, parsed.not_valid_after_utc.timestamp())
+    with pytest.raises(RotationError, match="expired"):  # the workload's clock is past the expiry
+        check_with_ssl(identity, key_pem, Issued(cert_pem, ca.bundle_pem()), directory, creds.not_after)
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("python", "words"), [("/nonexistent/python", "cannot start"), ("/bin/false", "failed")]
+)
+def test_a_broken_key_helper_is_a_rotation_error(ca: MeshCA, tmp_path: Path, python: str, words: str) -> None:
+    async def main() -> None:
+        wi = WorkloadIdentity(MODEL, tmp_path / "svid", local_signer(ca), keys=HelperKeys(tmp_path, python))
+        with pytest.raises(RotationError, match=words):
+            await wi.start()
+
+    asyncio.run(main())
+
+
+@dataclass
+class _Identity:
+    """What a ProofBook reads of a WorkloadIdentity."""
+
+    identity_file: Path
+    serial: int
+
+
+def test_a_proof_book_always_has_a_proof_the_control_plane_accepts(ca: MeshCA, tmp_path: Path) -> None:
+    key_pem, cert_pem = ca.issue(MODEL, 3600)
+    identity_file = tmp_path / "identity.pem"
+    identity_file.write_text(key_pem + cert_pem)
+    clock = [1_000_000.0]
+    identity = _Identity(identity_file, 1)
+    keys = HelperKeys(tmp_path)
+    book = ProofBook(keys, identity, "digits", size=3, now=lambda: clock[0])  # type: ignore[arg-type]
+
+    async def main() -> list[tuple[float, dict]]:
+        seen = []
+        for step in range(0, 4 * 3 * 480, 97):  # bounded walk over four books' time, 97 s apart
+            clock[0] = 1_000_000.0 + step
+            seen.append((clock[0], await book.current()))
+        identity.serial = 2  # a rotation: the next read signs a new book
+        seen.append((clock[0], await book.current()))
+        return seen
+
+    seen = asyncio.run(main())
+    for now, proof in seen:
+        assert abs(now - proof["timestamp"]) <= PROOF_WINDOW_S - 60, (now, proof["timestamp"])
+        assert proof["model"] == "digits" and proof["certificate"] == cert_pem
+        verify_proof_signature(
+            RenewalProof(proof["certificate"], proof["signature"]),
+            proof_message("digits", proof["timestamp"]),
+        )
+    assert book.signed == 5 and keys.children == 5  # four books over the walk, one after the rotation
