@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from models.registry import NAME_PATTERN
+
+if TYPE_CHECKING:  # parsing DER loads cryptography on demand: the sidecar never needs it
+    from cryptography import x509
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
@@ -40,7 +41,7 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}")
 # What may precede a trailing '*': whole segments, then possibly a partial one.
 _PATTERN_PATH = re.compile(r"(?:/[a-z0-9._-]+)*/[a-z0-9._-]*")
 
-PeerCert = bytes | Mapping[str, Any] | x509.Certificate | None
+PeerCert: TypeAlias = "bytes | Mapping[str, Any] | x509.Certificate | None"
 """A peer certificate as the callers hold it: DER, ``SSLSocket.getpeercert()`` dict, or parsed."""
 
 
@@ -192,6 +193,8 @@ def uri_sans(cert: PeerCert) -> tuple[str, ...]:
         return ()
     if isinstance(cert, Mapping):
         return tuple(value for kind, value in cert.get("subjectAltName", ()) if kind == "URI")
+    from cryptography import x509
+
     parsed = cert if isinstance(cert, x509.Certificate) else x509.load_der_x509_certificate(cert)
     try:
         san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+if TYPE_CHECKING:  # cryptography loads when a proof is made or checked, not at import
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["ProofError", "RenewalProof", "make_proof", "verify_proof_signature"]
 
@@ -33,16 +32,27 @@ class RenewalProof:
 
 
 def _csr_der(csr_pem: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     return x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(Encoding.DER)
 
 
 def make_proof(csr_pem: str, cert_pem: str, key: ec.EllipticCurvePrivateKey) -> RenewalProof:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     signature = key.sign(_csr_der(csr_pem), ec.ECDSA(hashes.SHA256()))
     return RenewalProof(cert_pem, base64.urlsafe_b64encode(signature).decode())
 
 
 def verify_proof_signature(proof: RenewalProof, csr_der: bytes) -> x509.Certificate:
     """Check the signature only and return the proof's certificate (the CA checks chain and identity)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
     try:
         cert = x509.load_pem_x509_certificate(proof.certificate.encode())
         signature = base64.urlsafe_b64decode(proof.signature.encode())

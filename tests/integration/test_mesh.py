@@ -638,11 +638,6 @@ def test_a_running_sidecar_maps_no_heavy_package_and_stays_small(mesh: Mesh, ech
     assert rss_kb < SIDECAR_RSS_GUARD_MB * 1024, f"sidecar VmRSS {rss_kb / 1024:.1f} MB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/mesh/identity.py (x509 at module level) and gateway/mesh/proof.py (RenewalProof's "
-    "module) still import cryptography; the sidecar's own key work runs in gateway.mesh.keyhelper children",
-)
 def test_a_running_sidecar_does_not_map_cryptography(echo_sidecar: Sidecar) -> None:
     assert "cryptography" not in _mapped_packages(echo_sidecar.proc.popen.pid)
 
