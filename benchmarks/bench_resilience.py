@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,8 @@ import httpx
 from benchmarks.bench_policies import ALL_ON, SCENARIOS
 from benchmarks.bench_proxy import BODY, cpu_seconds, machine, median_of, running, upstream_command
 from benchmarks.load import run_load
+from gateway.localproc import HOST, admin_client, free_port, meshgate, read_token, wait_http
+from gateway.localproc import register as register_version
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "resilience.json"
@@ -68,56 +68,24 @@ def bench_decisions(requests: int, repeat: int) -> list[dict]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"meshgate up exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
 @contextmanager
 def gateway(data_dir: Path) -> Iterator[tuple[str, httpx.Client, int]]:
     """``meshgate up`` on free ports: (data URL, admin client, pid)."""
-    port, admin_port = _free_port(), _free_port()
-    command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
-    command += ["--data-dir", str(data_dir), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        _wait(f"http://127.0.0.1:{admin_port}/healthz", process)
-        _wait(f"http://127.0.0.1:{port}/v2/health/live", process)
-        token = (data_dir / "admin.token").read_text().strip()
-        headers = {"authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", headers=headers, timeout=10.0) as admin:
-            yield f"http://127.0.0.1:{port}", admin, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    port, admin_port = free_port(), free_port()
+    args = ["up", "--port", str(port), "--admin-port", str(admin_port)]
+    args += ["--data-dir", str(data_dir), "--log-level", "warning"]
+    with meshgate(args, f"http://{HOST}:{admin_port}/healthz", None, cwd=ROOT) as process:
+        wait_http(f"http://{HOST}:{port}/v2/health/live", process)
+        with admin_client(f"http://{HOST}:{admin_port}", read_token(data_dir)) as admin:
+            yield f"http://{HOST}:{port}", admin, process.pid
 
 
 def register(admin: httpx.Client, data_url: str, endpoints: list[str]) -> None:
     """One model per policy (v1 default, v0 the shadow target), then wait until each routes."""
     for label, model in MODELS.items():
         for version, policy in (("v0", None), ("v1", POLICIES[label])):
-            body: dict = {"endpoints": endpoints}
-            if policy is not None:
-                body["policy"] = policy
-            admin.put(f"/v1/models/{model}/versions/{version}", json=body).raise_for_status()
+            body = {} if policy is None else {"policy": policy}
+            register_version(admin, model, version, *endpoints, **body)
         admin.patch(f"/v1/models/{model}", json={"default_version": "v1"}).raise_for_status()
     for model in MODELS.values():
         for _ in range(100):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import httpx
@@ -48,13 +46,13 @@ import redis
 
 from benchmarks.bench_proxy import BODY, cpu_seconds, machine, median_of, running
 from benchmarks.load import run_load
+from gateway import localproc
+from gateway.localproc import HOST, admin_client, free_port, read_token, register
 from gateway.store import open_store
 from gateway.store.redis import RedisKeys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-HOST = "127.0.0.1"
-MESHGATE = [sys.executable, "-m", "gateway"]
 CONNECTIONS = 32
 EXPERIMENT = {
     "name": "bench-ab",
@@ -63,55 +61,20 @@ EXPERIMENT = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-@contextmanager
-def meshgate(args: list[str], log: Path, ready_url: str) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*MESHGATE, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait(ready_url, proc)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def meshgate(args: list[str], log: Path, ready_url: str) -> AbstractContextManager[subprocess.Popen]:
+    """A meshgate child with this benchmark's patience: ready once healthy (below 500), within 60 s."""
+    return localproc.meshgate(args, ready_url, log, cwd=ROOT, healthy=True, timeout=60.0, stop_timeout=20.0)
 
 
 class Admin:
     """The control plane's API, enough to set the benchmark's model and experiment up."""
 
     def __init__(self, port: int, data_dir: Path) -> None:
-        token = (data_dir / "admin.token").read_text().strip()
-        self.client = httpx.Client(
-            base_url=f"http://{HOST}:{port}", headers={"authorization": f"Bearer {token}"}, timeout=10.0
-        )
+        self.client = admin_client(f"http://{HOST}:{port}", read_token(data_dir))
 
     def setup(self, upstream: str) -> None:
         for version in ("v1", "v2"):
-            r = self.client.put(f"/v1/models/sum/versions/{version}", json={"endpoints": [upstream]})
-            r.raise_for_status()
+            register(self.client, "sum", version, upstream)
         self.client.post("/v1/experiments", json=EXPERIMENT).raise_for_status()
 
     def gateway_pids(self, address: str) -> list[int]:
@@ -229,7 +192,7 @@ def bench_stores(tmp: Path, upstream: str, redis_url: str, duration: float, roun
         with ExitStack() as stack:
             targets: dict[str, tuple[list[str], list[int]]] = {}
             for name, store in stores.items():
-                port, admin_port, data_dir = _free_port(), _free_port(), tmp / name
+                port, admin_port, data_dir = free_port(), free_port(), tmp / name
                 args = ["up", "--store", store, "--store-prefix", prefix, "--port", str(port)]
                 args += [
                     "--admin-port",
@@ -293,7 +256,7 @@ def bench_scaleout(tmp: Path, upstream: str, redis_url: str, duration: float, ro
     common = ["--store", redis_url, "--store-prefix", prefix, "--log-level", "warning"]
     try:
         with ExitStack() as stack:
-            admin_port = _free_port()
+            admin_port = free_port()
             control_dir = tmp / "control"
             stack.enter_context(
                 meshgate(
@@ -307,7 +270,7 @@ def bench_scaleout(tmp: Path, upstream: str, redis_url: str, duration: float, ro
             admin.setup(upstream)
 
             def gateway(name: str, *extra: str) -> str:
-                port = _free_port()
+                port = free_port()
                 url = f"http://{HOST}:{port}"
                 args = ["gateway", *common, "--port", str(port), "--data-dir", str(tmp / name), *extra]
                 stack.enter_context(meshgate(args, tmp / f"{name}.log", f"{url}/v2/health/ready"))

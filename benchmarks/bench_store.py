@@ -30,9 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_scaleout import delete_prefix
 from gateway.store.base import Store, Write
 from gateway.store.buffer import CounterBuffer
-from gateway.store.redis import RedisKeys, RedisStore
+from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
 
 FLUSH_BATCH = {
@@ -131,19 +132,6 @@ def _buffer_add_ns(number: int) -> dict[str, float]:
     }
 
 
-def _delete_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        for pattern in RedisKeys(prefix).patterns():
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i : i + 500])
-    finally:
-        client.close()
-
-
 def run(quick: bool, redis_url: str) -> dict[str, Any]:
     n = 50 if quick else 1000
     out: dict[str, Any] = {"python": sys.version.split()[0], "n": n, "flush_batch_cells": CELLS}
@@ -172,7 +160,7 @@ def run(quick: bool, redis_url: str) -> dict[str, Any]:
                     store.close()
                 out[name] = res
         finally:
-            _delete_prefix(redis_url, prefix)
+            delete_prefix(redis_url, prefix)
     out["counter_buffer_add_ns"] = _buffer_add_ns(10_000 if quick else 200_000)
     return out
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import httpx
 
 from benchmarks.bench_proxy import BODY, RESULTS, ROOT, cpu_seconds, machine, running, upstream_command
 from benchmarks.load import run_load
+from gateway.localproc import HOST, admin_client, free_port, meshgate, read_token, register
 
 OFF = {"OTEL_TRACES_EXPORTER": "none", "MESHGATE_METRICS": "off", "MESHGATE_ACCESS_LOG": "off"}
 CONFIGS: dict[str, dict[str, str]] = {
@@ -54,74 +54,29 @@ CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def mesh(name: str, env: dict[str, str], workdir: Path, upstream: str):
     """A ``meshgate up`` with ``env``, the model ``sum`` routed to ``upstream``; yields (url, pid)."""
     data = workdir / name
     data.mkdir()
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     full_env = {**os.environ, **{k: v.format(dir=data) for k, v in env.items()}}
     for key in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "PROMETHEUS_MULTIPROC_DIR"):
         if key not in env:
             full_env.pop(key, None)
-    out = open(data / "stdout.log", "wb")  # noqa: SIM115 - closed below
-    command = [
-        sys.executable,
-        "-m",
-        "gateway",
-        "up",
-        "--port",
-        str(port),
-        "--admin-port",
-        str(admin_port),
-        "--data-dir",
-        str(data),
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        admin = f"http://127.0.0.1:{admin_port}"
+    args = ["up", "--port", str(port), "--admin-port", str(admin_port), "--data-dir", str(data)]
+    args += ["--log-level", "warning"]
+    admin_url = f"http://{HOST}:{admin_port}"
+    with meshgate(args, f"{admin_url}/healthz", data / "stdout.log", env=full_env, cwd=ROOT) as process:
         deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{name}: meshgate up did not start: {(data / 'stdout.log').read_text()[-2000:]}"
-                )
-            try:
-                httpx.get(f"{admin}/healthz", timeout=1.0)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        token = (data / "admin.token").read_text().strip()
-        r = httpx.put(
-            f"{admin}/v1/models/sum/versions/v1",
-            json={"endpoints": [upstream]},
-            headers={"authorization": f"Bearer {token}"},
-        )
-        r.raise_for_status()
-        url = f"http://127.0.0.1:{port}"
+        with admin_client(admin_url, read_token(data)) as admin:
+            register(admin, "sum", "v1", upstream)
+        url = f"http://{HOST}:{port}"
         while httpx.post(f"{url}/v2/models/sum/infer", content=BODY).status_code != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name}: the model never became routable")
             time.sleep(0.1)
         yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        out.close()
 
 
 def measure(url: str, pid: int, connections: int, duration: float) -> dict:

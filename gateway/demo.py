@@ -9,67 +9,21 @@ version, and the experiment's verdict. Ctrl-C stops everything cleanly.
 from __future__ import annotations
 
 import asyncio
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from gateway.cli.experiments_cmd import print_results
+from gateway.localproc import HOST, admin_client, free_port, meshgate, read_token, register
 from models.zoo import digits_holdout
 
 __all__ = ["run_demo"]
 
-HOST = "127.0.0.1"
 _CONCURRENCY = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(proc.args)} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} did not come up within {timeout:.0f}s")
-
-
-@contextmanager
-def _child(args: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            _wait(ready_url, proc)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 async def _traffic(url: str, n: int, x: np.ndarray, y: np.ndarray) -> list[dict]:
@@ -125,7 +79,7 @@ def _summary(results: list[dict]) -> list[str]:
 
 
 def run_demo(*, requests: int, port: int = 0, admin_port: int = 0, data_dir: str | None = None) -> int:
-    port, admin_port = port or _free_port(), admin_port or _free_port()
+    port, admin_port = port or free_port(), admin_port or free_port()
     with ExitStack() as stack:
         workdir = Path(data_dir) if data_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workdir.mkdir(parents=True, exist_ok=True)
@@ -134,9 +88,9 @@ def run_demo(*, requests: int, port: int = 0, admin_port: int = 0, data_dir: str
         print(f"meshgate demo: state and logs in {workdir}", flush=True)
         models = {}
         for version in ("v1", "v2"):
-            mport = _free_port()
+            mport = free_port()
             stack.enter_context(
-                _child(
+                meshgate(
                     ["serve-model", "digits", "--version", version, "--port", str(mport)],
                     f"http://{HOST}:{mport}/v2/health/ready",
                     logs / f"digits-{version}.log",
@@ -145,7 +99,7 @@ def run_demo(*, requests: int, port: int = 0, admin_port: int = 0, data_dir: str
             models[version] = f"http://{HOST}:{mport}"
             print(f"  model digits {version} serving on {models[version]}", flush=True)
         stack.enter_context(
-            _child(
+            meshgate(
                 [
                     "up",
                     "--port",
@@ -161,18 +115,11 @@ def run_demo(*, requests: int, port: int = 0, admin_port: int = 0, data_dir: str
         )
         url = f"http://{HOST}:{port}"
         print(f"  mesh up: data plane {url}, control plane http://{HOST}:{admin_port}", flush=True)
-        token = (workdir / "state" / "admin.token").read_text().strip()
         admin = stack.enter_context(
-            httpx.Client(
-                base_url=f"http://{HOST}:{admin_port}",
-                timeout=10.0,
-                headers={"authorization": f"Bearer {token}"},
-            )
+            admin_client(f"http://{HOST}:{admin_port}", read_token(workdir / "state"))
         )
         for version, endpoint in models.items():
-            admin.put(
-                f"/v1/models/digits/versions/{version}", json={"endpoints": [endpoint]}
-            ).raise_for_status()
+            register(admin, "digits", version, endpoint)
             print(f"  registered digits {version} -> {endpoint}", flush=True)
         admin.post(
             "/v1/experiments",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,29 +13,19 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["MESHGATE", "Mesh", "Proc", "free_port", "model_server", "oip_digits", "running_mesh", "wait_http"]
+from gateway.localproc import HOST, MESHGATE, admin_client, free_port, read_token, register, stop, wait_http
 
-MESHGATE = [sys.executable, "-m", "gateway"]
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+__all__ = [
+    "HOST",
+    "MESHGATE",
+    "Mesh",
+    "Proc",
+    "free_port",
+    "model_server",
+    "oip_digits",
+    "running_mesh",
+    "wait_http",
+]
 
 
 class Proc:
@@ -56,15 +44,9 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        code = stop(self.popen, sig, timeout)
         self._fh.close()
-        return self.popen.returncode
+        return code
 
 
 @contextmanager
@@ -91,18 +73,12 @@ class Mesh:
         self.data_dir = data_dir
         self.url = f"http://{HOST}:{port}"
         self.admin_url = f"http://{HOST}:{admin_port}"
-        self.token = (data_dir / "admin.token").read_text().strip()
-        self.admin = httpx.Client(
-            base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=10.0
-        )
+        self.token = read_token(data_dir)
+        self.admin = admin_client(self.admin_url, self.token)
         self.data = httpx.Client(base_url=self.url, timeout=30.0)
 
     def register(self, model: str, version: str, *endpoints: str, **body) -> httpx.Response:
-        resp = self.admin.put(
-            f"/v1/models/{model}/versions/{version}", json={"endpoints": list(endpoints), **body}
-        )
-        assert resp.status_code in (200, 201), resp.text
-        return resp
+        return register(self.admin, model, version, *endpoints, **body)
 
     def wait_routable(self, model: str, timeout: float = 5.0) -> None:
         """Wait until the data plane knows ``model`` (config propagation is asynchronous)."""
