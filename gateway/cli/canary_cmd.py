@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from gateway.cli.admin_client import AdminClient
-from gateway.cli.experiments_cmd import print_events
+from gateway.cli.experiments_cmd import lifecycle_action, print_events
 from gateway.cli.output import console, print_json, print_table
 
 __all__ = ["add_parser", "duration_s"]
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     ):
         p = csub.add_parser(cmd, parents=[common], help=text)
         p.add_argument("model")
-        p.set_defaults(func=_status if cmd == "status" else _action(cmd))
+        p.set_defaults(func=_status if cmd == "status" else lifecycle_action("/v1/canaries/{model}", cmd))
 
 
 def _start(args: argparse.Namespace, client: AdminClient) -> None:
@@ -142,14 +142,3 @@ def _status(args: argparse.Namespace, client: AdminClient) -> None:
             [(k["name"], k["status"], k["detail"]) for k in ev["checks"]],
         )
     print_events(s["events"])
-
-
-def _action(verb: str):
-    def run(args: argparse.Namespace, client: AdminClient) -> None:
-        e = client.request("POST", f"/v1/canaries/{args.model}/{verb}")
-        if args.json:
-            print_json(e)
-        else:
-            print(f"{e['name']}: {e['status']} ({e['events'][-1]['reason']})")
-
-    return run

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from gateway.cli.admin_client import AdminClient, CliError
 from gateway.cli.output import console, print_json, print_table
 
-__all__ = ["add_parser", "print_events", "weights_arg"]
+__all__ = ["add_parser", "lifecycle_action", "print_events", "weights_arg"]
 
 
 def weights_arg(pairs: list[str], flag: str = "--arm") -> dict[str, float]:
@@ -239,9 +240,11 @@ def _results(args: argparse.Namespace, client: AdminClient) -> None:
         print_results(r)
 
 
-def _action(verb: str):
+def lifecycle_action(path: str, verb: str) -> Callable[[argparse.Namespace, AdminClient], None]:
+    """A subcommand that POSTs ``verb`` to ``path`` (formatted with the arguments), prints the new status."""
+
     def run(args: argparse.Namespace, client: AdminClient) -> None:
-        e = client.request("POST", f"/v1/experiments/{args.name}/{verb}")
+        e = client.request("POST", f"{path.format_map(vars(args))}/{verb}")
         if args.json:
             print_json(e)
         else:
@@ -286,7 +289,7 @@ def _plan(args: argparse.Namespace) -> int:
 _ACTIONS = {
     "show": _show,
     "results": _results,
-    "stop": _action("stop"),
-    "pause": _action("pause"),
-    "resume": _action("resume"),
+    "stop": lifecycle_action("/v1/experiments/{name}", "stop"),
+    "pause": lifecycle_action("/v1/experiments/{name}", "pause"),
+    "resume": lifecycle_action("/v1/experiments/{name}", "resume"),
 }
