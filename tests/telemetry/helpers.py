@@ -16,6 +16,7 @@ from unittest import mock
 
 import httpx
 
+from gateway.localproc import admin_client, read_token, register
 from gateway.runtime import ProcessOptions, Running, run
 
 __all__ = ["InProcessMesh", "in_process_mesh"]
@@ -26,17 +27,12 @@ class InProcessMesh:
         self.running = running
         self.url = f"http://127.0.0.1:{running.data_port}"
         self.admin_url = f"http://127.0.0.1:{running.admin_port}"
-        self.token = (data_dir / "admin.token").read_text().strip()
-        self.admin = httpx.Client(
-            base_url=self.admin_url, headers={"authorization": f"Bearer {self.token}"}, timeout=10.0
-        )
+        self.token = read_token(data_dir)
+        self.admin = admin_client(self.admin_url, self.token)
         self.data = httpx.Client(base_url=self.url, timeout=30.0)
 
     def register(self, model: str, version: str, *endpoints: str, **body) -> None:
-        r = self.admin.put(
-            f"/v1/models/{model}/versions/{version}", json={"endpoints": list(endpoints), **body}
-        )
-        assert r.status_code in (200, 201), r.text
+        register(self.admin, model, version, *endpoints, **body)
 
     def close(self) -> None:
         self.admin.close()
