@@ -25,7 +25,7 @@ from gateway.control.canary_loop import run_canary_loop
 from gateway.dataplane.health_checks import HealthChecker
 from gateway.dataplane.measure import FEEDBACK_PATH, Measurement
 from gateway.dataplane.plane import DataPlane
-from gateway.http import Server, ServerLimits, UpstreamPool, start_server
+from gateway.http import Server, ServerLimits, UpstreamPool, start_server, tune_gc
 from gateway.mesh.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
 from gateway.registration import Registration, new_gateway_id, register_gateway
 from gateway.store import Store, StoreUnavailable, open_store
@@ -178,6 +178,8 @@ async def _start(opts: ProcessOptions) -> Running:
                 raise RuntimeError(f"admin server failed to start on {opts.admin_host}:{opts.admin_port}")
             await asyncio.sleep(0.01)
     await serve_metrics(install_telemetry(running))
+    if running.plane is not None:
+        tune_gc()  # start-up objects frozen; the young generation collected far less often
     return running
 
 

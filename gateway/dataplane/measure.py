@@ -75,10 +75,13 @@ class Measurement:
             },
         )
         split = ex.model.split
-        metrics = split.metrics if split is not None and split.experiment == choice.experiment else {}
-        self.records.put(
-            JOIN_NAMESPACE, ex.request_id, {"e": choice.experiment, "a": choice.arm, "m": dict(metrics)}
-        )
+        if split is not None and split.metrics and split.experiment == choice.experiment:
+            # feedback needs the join; an experiment without metrics never gets any (no write at all)
+            self.records.put(
+                JOIN_NAMESPACE,
+                ex.request_id,
+                {"e": choice.experiment, "a": choice.arm, "m": dict(split.metrics)},
+            )
 
     # -- background ---------------------------------------------------------------------
     async def run_flusher(self) -> None:
@@ -157,7 +160,7 @@ class Measurement:
                 **out,
                 "status": "unknown_request",
                 "message": f"request id {request_id!r} is unknown or expired: feedback joins requests "
-                f"that an experiment routed within the last {hours:g} h",
+                f"that an experiment with metrics routed within the last {hours:g} h",
             }
         kind = record["m"].get(metric)
         if kind is None:

@@ -146,7 +146,8 @@ class Handle:
         if self._bucket is not None:
             self._bucket.discard(self)
             self._bucket = None
-        self._callback(response, None)
+        callback, self._callback = self._callback, None  # no reference cycle outlives the answer
+        callback(response, None)
 
     def _fail(self, error: UpstreamError) -> None:
         if self._state >= self._ANSWERED:
@@ -155,7 +156,8 @@ class Handle:
         if self._bucket is not None:
             self._bucket.discard(self)
             self._bucket = None
-        self._callback(None, error)
+        callback, self._callback = self._callback, None
+        callback(None, error)
 
 
 class _Connection(asyncio.Protocol):

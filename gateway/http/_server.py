@@ -387,6 +387,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._forget(self)
+        self._parser = None  # parser <-> protocol is a cycle holding the TLS state: break it now
         self._accepting = False
         self._deadline = 0.0
         stream = self._stream
@@ -557,6 +558,7 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport
         while responders and responders[0]._state == Responder._DONE:
             done = responders.popleft()
+            done._disconnect_cbs = None  # the listeners (and the cycles through them) end with the answer
             if not done._keep_alive:
                 self._stop_reading()
                 for later in responders:
