@@ -3,8 +3,10 @@
 Every request an experiment routed adds its outcome to the arm's counter group (requests,
 errors, latency moments and histogram) and leaves a short-lived join record under its
 request id, both through write-behind buffers flushed every second: the hot path never
-waits for the store. ``POST /v1/feedback`` later joins an outcome (a conversion, a label)
-to the arm through that record, on any gateway, and counts it once per request and metric.
+waits for the store. The arm's outcomes are summed in a per-arm tally on the event-loop
+thread (plain numbers, no lock) and enter the counter buffer once per flush.
+``POST /v1/feedback`` later joins an outcome (a conversion, a label) to the arm through
+that record, on any gateway, and counts it once per request and metric.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import json
 import logging
 import math
 import time
+from bisect import bisect_left
 from typing import Any
 
-from experiments.counters import arm_group, latency_bucket_field, metric_fields
+from experiments.counters import LATENCY_BOUNDS_S, arm_group, latency_bucket_field, metric_fields
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.responses import error_response, json_response
 from gateway.http import Request, Responder, UpstreamResponse
@@ -41,6 +44,42 @@ class FeedbackError(Exception):
         self.message = message
 
 
+class _ArmTally:
+    """One arm's outcomes since the last flush, summed on the event-loop thread without a lock.
+
+    ``drain`` hands them to the ``CounterBuffer`` (one locked ``add_many`` per arm and flush
+    instead of one per request); ``lat_n`` is ``requests``, so it is not kept twice.
+    """
+
+    __slots__ = ("buckets", "errors", "group", "lat_sum", "lat_sumsq", "requests", "unkeyed")
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.requests = 0
+        self.errors = 0
+        self.unkeyed = 0
+        self.lat_sum = 0.0
+        self.lat_sumsq = 0.0
+        self.buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+
+    def deltas(self) -> dict[str, int | float]:
+        out: dict[str, int | float] = {
+            "requests": self.requests,
+            "errors": self.errors,
+            "unkeyed": self.unkeyed,
+            "lat_n": self.requests,
+            "lat_sum": self.lat_sum,
+            "lat_sumsq": self.lat_sumsq,
+        }
+        for i, n in enumerate(self.buckets):
+            if n:
+                out[_BUCKET_FIELDS[i]] = n
+        return out
+
+
+_BUCKET_FIELDS = tuple(latency_bucket_field(b) for b in (*LATENCY_BOUNDS_S, math.inf))
+
+
 class Measurement:
     """Counters and join records for experiments, and the feedback endpoint that reads them."""
 
@@ -51,6 +90,7 @@ class Measurement:
         self.join_ttl_s = join_ttl_s
         self.flush_interval_s = flush_interval_s
         self.counters = CounterBuffer()
+        self._arms: dict[tuple[str, str | None], _ArmTally] = {}  # since the last drain
         self.records = RecordBuffer(join_ttl_s, listed=False)  # feedback reads them by request id
 
     # -- the data path (event-loop thread, no I/O) -----------------------------------------
@@ -58,22 +98,22 @@ class Measurement:
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
     ) -> None:
         choice = ex.choice
-        if choice.experiment is None or reason == "client_closed":
+        experiment = choice.experiment
+        if experiment is None or reason == "client_closed":
             return
         latency = time.monotonic() - ex.t0
-        error = 1 if status >= 500 else 0
-        self.counters.add_many(
-            arm_group(choice.experiment, choice.arm),
-            {
-                "requests": 1,
-                "errors": error,
-                "unkeyed": 0 if choice.keyed else 1,
-                "lat_n": 1,
-                "lat_sum": latency,
-                "lat_sumsq": latency * latency,
-                latency_bucket_field(latency): 1,
-            },
-        )
+        key = (experiment, choice.arm)
+        tally = self._arms.get(key)
+        if tally is None:
+            tally = self._arms[key] = _ArmTally(arm_group(experiment, choice.arm))
+        tally.requests += 1
+        if status >= 500:
+            tally.errors += 1
+        if not choice.keyed:
+            tally.unkeyed += 1
+        tally.lat_sum += latency
+        tally.lat_sumsq += latency * latency
+        tally.buckets[bisect_left(LATENCY_BOUNDS_S, latency)] += 1
         split = ex.model.split
         if split is not None and split.metrics and split.experiment == choice.experiment:
             # feedback needs the join; an experiment without metrics never gets any (no write at all)
@@ -93,7 +133,14 @@ class Measurement:
         finally:
             await self.flush()
 
+    def drain(self) -> None:
+        """Move the arms' tallies into the counter buffer (event-loop thread, before a flush)."""
+        arms, self._arms = self._arms, {}  # arms of ended experiments do not linger
+        for tally in arms.values():
+            self.counters.add_many(tally.group, tally.deltas())
+
     async def flush(self) -> bool:
+        self.drain()
         ok_records = await asyncio.to_thread(self.records.flush, self.store)
         ok_counters = await asyncio.to_thread(self.counters.flush, self.store)
         if not (ok_records and ok_counters):
@@ -106,7 +153,7 @@ class Measurement:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "pending_counter_cells": self.counters.size,
+            "pending_counter_cells": self.counters.size + sum(len(t.deltas()) for t in self._arms.values()),
             "pending_join_records": self.records.size,
             "dropped_counter_increments": self.counters.dropped,
             "dropped_join_records": self.records.dropped,

@@ -7,14 +7,18 @@ config-version poll, exactly as it would a write from another process.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
 from experiments.assignment import allocate
 from experiments.counters import ArmCounters, experiment_prefix
+from gateway.dataplane.measure import Measurement
 from gateway.store import Write
+from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
 from models.zoo import digits_holdout
 from tests.procs import model_server, oip_digits, running_mesh
@@ -169,3 +173,49 @@ def test_requests_outside_the_experiment_leave_no_join_record(mesh):
         json={"request_id": r.headers["x-meshgate-request-id"], "metric": "accuracy", "value": 1},
     )
     assert fb.status_code == 404
+
+
+def _exchange(experiment: str | None, arm: str | None, *, keyed: bool = True, age_s: float = 0.0):
+    """What Measurement.observe reads of an exchange (the data plane builds the real ones)."""
+    return SimpleNamespace(
+        choice=SimpleNamespace(experiment=experiment, arm=arm, keyed=keyed),
+        t0=time.monotonic() - age_s,
+        model=SimpleNamespace(split=None),
+        request_id="r",
+    )
+
+
+def test_in_process_tallies_reach_the_store_only_at_a_flush_and_add_up_exactly():
+    store = MemoryStore()
+    m = Measurement(store)
+    served = Counter()
+    for i in range(200):
+        arm = "v1" if i % 3 else "v2"
+        status = 503 if i % 7 == 0 else 200
+        m.observe(_exchange("ab", arm, keyed=i % 5 != 0, age_s=(i % 9) * 0.004), status, None, None)
+        served[arm, status >= 500, i % 5 == 0] += 1
+    m.observe(_exchange("ab", "v1"), 499, "client_closed", None)  # not counted: nobody saw an answer
+    m.observe(_exchange(None, None), 200, None, None)  # no experiment, no counters
+    assert store.counter_groups(experiment_prefix("ab")) == {}
+    assert m.snapshot()["pending_counter_cells"] > 0
+    assert asyncio.run(m.flush())
+    assert m.snapshot()["pending_counter_cells"] == 0
+    for _ in range(2):  # a second flush adds nothing; the next requests add to the totals
+        totals = {
+            g.rsplit(":", 1)[1]: ArmCounters.from_fields(f)
+            for g, f in store.counter_groups(experiment_prefix("ab")).items()
+        }
+        for arm in ("v1", "v2"):
+            c = totals[arm]
+            assert (
+                c.requests
+                == c.latency.n
+                == sum(c.histogram)
+                == sum(n for (a, _, _), n in served.items() if a == arm)
+            )
+            assert c.errors == sum(n for (a, err, _), n in served.items() if a == arm and err)
+            assert c.unkeyed == sum(n for (a, _, unkeyed), n in served.items() if a == arm and unkeyed)
+            assert 0 < c.latency.sum < c.requests * 0.05
+        m.observe(_exchange("ab", "v2", age_s=0.2), 200, None, None)
+        served["v2", False, False] += 1
+        assert asyncio.run(m.flush())
