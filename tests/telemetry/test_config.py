@@ -154,7 +154,6 @@ def test_access_log_cannot_open_a_missing_directory(tmp_path):
 def test_access_log_buffers_and_flushes_whole_lines():
     out = io.StringIO()
     log = AccessLog(out, wall=lambda: 1_700_000_000.25)
-    assert log._time() == "2023-11-14T22:13:20.250Z"
     log._pending.extend([json.dumps({"a": 1}), json.dumps({"a": 2})])
     assert out.getvalue() == ""
     log.flush()
@@ -165,23 +164,51 @@ def test_access_log_lines_escape_what_the_caller_controls():
     from types import SimpleNamespace
 
     out = io.StringIO()
-    log = AccessLog(out)
-    nasty = 'id "quoted" \\ back\nslash \u00e9 \x00'
-    ex = SimpleNamespace(
-        request=SimpleNamespace(headers=[(b"traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")]),
-        trace=None,
-        request_id=nasty,
-        model=SimpleNamespace(name="m"),
-        version="v1",
-        choice=SimpleNamespace(experiment=None, arm=None),
-        t0=0.0,
-        attempts=2,
-        fallback=True,
-    )
-    log.observe(ex, 502, "upstream_5xx", None)
+    clock = iter([1_700_000_000.25, 1_700_000_000.9996, 1_700_000_001.0])
+    log = AccessLog(out, wall=lambda: next(clock))
+    nasty = 'id "quoted" \\ back\nslash \u00e9 \x00\x1f\t \u2028 \U0001f600 </script>'
+    model = 'm"\\\u00e9'
+
+    def exchange(request_id: str, experiment: str | None, traced: bool):
+        traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+        return SimpleNamespace(
+            request=SimpleNamespace(headers=[(b"traceparent", traceparent)] if traced else []),
+            trace=None,
+            request_id=request_id,
+            model=SimpleNamespace(name=model),
+            version="v1",
+            choice=SimpleNamespace(experiment=experiment, arm="v1" if experiment else None),
+            t0=0.0,
+            attempts=2,
+            fallback=True,
+        )
+
+    log.observe(exchange(nasty, None, True), 502, "upstream_5xx", None)
+    log.observe(exchange("plain", None, False), 502, "upstream_5xx", None)  # the same outcome: cached
+    log.observe(exchange("\\", "ab", False), 200, None, None)
     log.flush()
-    (line,) = out.getvalue().splitlines()
-    row = json.loads(line)
-    assert row["request_id"] == nasty and row["trace_id"] == "a" * 32
-    assert (row["status"], row["reason"], row["attempts"], row["fallback"]) == (502, "upstream_5xx", 2, True)
-    assert row["experiment"] is None and isinstance(row["duration_ms"], float)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.isascii() for line in lines)
+    rows = [json.loads(line) for line in lines]
+    assert [r["request_id"] for r in rows] == [nasty, "plain", "\\"]
+    assert [r["trace_id"] for r in rows] == ["a" * 32, None, None]
+    assert [r["time"] for r in rows] == [
+        "2023-11-14T22:13:20.250Z",
+        "2023-11-14T22:13:20.999Z",
+        "2023-11-14T22:13:21.000Z",
+    ]
+    assert all(r["model"] == model and r["version"] == "v1" for r in rows)
+    for row in rows[:2]:
+        assert (row["status"], row["reason"], row["attempts"], row["fallback"]) == (
+            502,
+            "upstream_5xx",
+            2,
+            True,
+        )
+        assert row["experiment"] is None and row["arm"] is None and isinstance(row["duration_ms"], float)
+    assert (rows[2]["experiment"], rows[2]["arm"], rows[2]["status"], rows[2]["reason"]) == (
+        "ab",
+        "v1",
+        200,
+        None,
+    )
