@@ -8,22 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.procs import model_server, running_mesh
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("models")
-    with model_server(tmp, "digits", "v1") as v1, model_server(tmp, "digits", "v2") as v2:
-        yield {"v1": v1, "v2": v2}
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    with running_mesh(tmp_path / "data") as m:
-        yield m
 
 
 def _mesh_doc(digits) -> dict:

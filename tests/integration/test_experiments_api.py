@@ -8,14 +8,7 @@ import time
 import pytest
 
 from models.zoo import digits_holdout
-from tests.procs import model_server, oip_digits, running_mesh
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("models")
-    with model_server(tmp, "digits", "v1") as v1, model_server(tmp, "digits", "v2") as v2:
-        yield {"v1": v1, "v2": v2}
+from tests.procs import oip_digits, running_mesh
 
 
 @pytest.fixture

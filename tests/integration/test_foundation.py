@@ -12,19 +12,6 @@ from models.zoo import digits_holdout
 from tests.procs import free_port, model_server, oip_digits, running_mesh
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("models")
-    with model_server(tmp, "digits", "v1") as v1, model_server(tmp, "digits", "v2") as v2:
-        yield {"v1": v1, "v2": v2}
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    with running_mesh(tmp_path / "data") as m:
-        yield m
-
-
 def _body(n: int = 3) -> bytes:
     x, _ = digits_holdout()
     return oip_digits(x[:n].tolist())
