@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from experiments.ofrep import OfrepService
 from gateway.dataplane.exchange import Exchange
@@ -87,9 +88,12 @@ _request_ids = _RequestIds()
 os.register_at_fork(after_in_child=_request_ids.reset)
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptInfo:
-    """One upstream attempt, for telemetry (times on the monotonic clock)."""
+class AttemptInfo(NamedTuple):
+    """One upstream attempt, for telemetry (times on the monotonic clock).
+
+    A NamedTuple, not a frozen dataclass: one is built per attempt on the hot path, and
+    this is ~3x cheaper to construct.
+    """
 
     version: str
     endpoint: str
