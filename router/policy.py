@@ -5,7 +5,7 @@ dataclasses, checking every field once so that the data path never re-validates.
 `PolicyError(path, message)` naming the exact field, e.g.
 ``retries.retry_on[1]: unknown value 'foo' (allowed: 429, 5xx, ...)``.
 
-Every default below comes from Envoy or Linkerd (see /work/shared/REFERENCES.md); where
+Every default below comes from Envoy or Linkerd (their documented defaults); where
 meshgate differs, the field's docstring says why.
 
 A model may carry a default policy and each version an override: `merge(model, version)`
