@@ -405,24 +405,22 @@ def test_gateway_status_endpoint_takes_get_only(mesh):
 # -- --workers --------------------------------------------------------------------------------
 
 
+def _both_workers(mesh, gw) -> list[dict]:
+    """The heartbeat records of a two-worker gateway, once both workers have registered."""
+
+    def mine() -> list[dict]:
+        return [g for g in mesh.admin.get("/v1/gateways").json()["gateways"] if g["address"] == gw.url]
+
+    return wait_until(lambda: len(w := mine()) == 2 and w, what="both workers registered")
+
+
 def test_workers_share_one_port_and_stop_cleanly(mesh, digits):
     mesh.register("digits", "v1", digits["v1"])
     gw = mesh.spawn_gateway("--workers", "2")
     try:
         mesh.wait_ready(gw)
         wait_until(lambda: "2 workers" in gw.proc.output(), what="the workers announcement")
-        mine = wait_until(
-            lambda: (
-                (
-                    w := [
-                        g for g in mesh.admin.get("/v1/gateways").json()["gateways"] if g["address"] == gw.url
-                    ]
-                )
-                and len(w) == 2
-                and w
-            ),
-            what="both workers registered",
-        )
+        mine = _both_workers(mesh, gw)
         assert sorted(g["worker"] for g in mine) == [0, 1]
         assert len({g["pid"] for g in mine}) == 2
         assert mine[0]["id"].rsplit("-w", 1)[0] == mine[1]["id"].rsplit("-w", 1)[0]
@@ -443,18 +441,7 @@ def test_a_dead_worker_stops_the_gateway_with_an_error(mesh):
     gw = mesh.spawn_gateway("--workers", "2")
     try:
         mesh.wait_ready(gw)
-        mine = wait_until(
-            lambda: (
-                (
-                    w := [
-                        g for g in mesh.admin.get("/v1/gateways").json()["gateways"] if g["address"] == gw.url
-                    ]
-                )
-                and len(w) == 2
-                and w
-            ),
-            what="both workers registered",
-        )
+        mine = _both_workers(mesh, gw)
         os.kill(mine[0]["pid"], signal.SIGKILL)
         code = gw.proc.popen.wait(30)
         assert code == 1
@@ -482,18 +469,7 @@ def test_workers_exit_when_the_supervisor_is_killed(mesh):
     gw = mesh.spawn_gateway("--workers", "2")
     try:
         mesh.wait_ready(gw)
-        mine = wait_until(
-            lambda: (
-                (
-                    w := [
-                        g for g in mesh.admin.get("/v1/gateways").json()["gateways"] if g["address"] == gw.url
-                    ]
-                )
-                and len(w) == 2
-                and w
-            ),
-            what="both workers registered",
-        )
+        mine = _both_workers(mesh, gw)
         gw.proc.popen.kill()
         gw.proc.popen.wait(10)
         wait_until(lambda: all(_gone(g["pid"]) for g in mine), what="the orphaned workers gone")
