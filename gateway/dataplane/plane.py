@@ -38,7 +38,7 @@ from router.choose import choose_version
 from router.deadline import Deadline, DeadlineHeaderError
 from router.resilience import VersionRuntime
 from router.retry import Outcome
-from router.table import Choice, RouteTable, VersionRoute
+from router.table import Choice, ModelRoute, RouteTable, VersionRoute
 
 __all__ = ["AttemptInfo", "DataPlane", "PlaneStats"]
 
@@ -141,6 +141,9 @@ class DataPlane:
         self.on_attempt: list[Callable[[Exchange, AttemptInfo], None]] = []  # after each attempt
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
         self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
+        # Mints the request id when the caller sent none (experiment measurement installs one
+        # whose ids carry their assignment); None: 96 random bits.
+        self.mint_request_id: Callable[[ModelRoute, Choice], str] | None = None
         self.ofrep = OfrepService({}, 0)
         self._runtimes: dict[tuple[str, str], VersionRuntime] = {}
         self._targets: dict[tuple[str, str], tuple[bytes, bytes]] = {}
@@ -327,7 +330,12 @@ class DataPlane:
             return
         infer_target, meta_target = self._targets[(name, choice.version)]
         target = infer_target if action == "infer" else (meta_target + b"/ready" if action else meta_target)
-        headers, rid = request_headers(request, rid)
+        if rid is None:  # no caller's id: a fresh one, which may carry the assignment (feedback)
+            mint = self.mint_request_id
+            rid = mint(model, choice) if mint is not None else _request_ids.next()
+            headers = proxy_headers(request, ((_RID, rid.encode()),), _DROP_UPSTREAM)
+        else:
+            headers = proxy_headers(request, (), _DROP_UPSTREAM)
         ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid)
         if action == "infer" and request.body is not None:
             shadow = self._runtimes[(name, choice.version)].shadow_version()
@@ -469,15 +477,3 @@ def _identity_problem(version: str, expected: str, peer_cert: dict | None) -> Up
     who = ", ".join(presented) if presented else "no SPIFFE identity (plaintext or no URI SAN)"
     message = f"{version}: the endpoint presented {who}, not the registered {expected}"
     return UpstreamError(PEER_IDENTITY_MISMATCH, message)
-
-
-def request_headers(request: Request, request_id: str | None) -> tuple[list[tuple[bytes, bytes]], str]:
-    """Headers for the upstream and the request id: the client's headers minus hop-by-hop ones
-    and its timeout (the exchange sends the remaining deadline instead), in one pass.
-
-    When the client sent no id, a fresh one is the last header.
-    """
-    if request_id:
-        return proxy_headers(request, (), _DROP_UPSTREAM), request_id
-    request_id = _request_ids.next()
-    return proxy_headers(request, ((_RID, request_id.encode()),), _DROP_UPSTREAM), request_id
