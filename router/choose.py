@@ -15,7 +15,8 @@ __all__ = ["choose_version"]
 def choose_version(
     route: ModelRoute, key: str | None, attributes: Mapping[str, Any], rng: random.Random
 ) -> Choice | None:
-    """The version that serves an unpinned request, and why; None when the model has none."""
+    """The version that serves an unpinned request, and why; None when the model has none.
+    Split and default choices are shared objects (a Choice is immutable)."""
     if route.flags:  # only TARGETING_MATCH and SPLIT pin; DEFAULT leaves the caller to the split
         hit = route_version(route.flags, key, attributes)
         if hit is not None and hit[1].value in route.versions:
@@ -23,9 +24,7 @@ def choose_version(
             return Choice(result.value, flag=flag.key, reason=result.reason.value)
     split = route.split
     if split is not None:
-        arm = split.assign(key, rng)
-        if arm is not None:
-            return Choice(arm, experiment=split.experiment, arm=arm, keyed=key is not None, reason="SPLIT")
-    if route.default_version is None:
-        return None
-    return Choice(route.default_version)
+        choice = split.choose(key, rng)
+        if choice is not None:
+            return choice
+    return route.default_choice

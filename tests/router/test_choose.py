@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from experiments.assignment import allocate
 from router.choose import choose_version
 from router.flags import RuleSpec, compile_flag
+from router.hashing import bucket
 from router.policy import TrafficPolicy
-from router.table import ModelRoute, Split, VersionRoute
+from router.table import MEMO_KEYS, NO_ARM, Choice, ModelRoute, Split, VersionRoute
 
 VERSIONS = {
     v: VersionRoute(v, (f"http://127.0.0.1:{i}",), None, TrafficPolicy())
@@ -54,3 +57,42 @@ def test_flag_naming_an_unknown_version_does_not_pin():
     )
     c = choose_version(_route(flags=(ghost,)), "k", {}, random.Random(0))
     assert c.version == "v1"
+
+
+def _uncached(split: Split, key: str) -> Choice | None:
+    """The split's answer for a key computed from scratch: hash, lookup table, a new Choice."""
+    idx = split.lookup[bucket(split.salt, key)]
+    if idx == NO_ARM:
+        return None
+    arm = split.arms[idx]
+    return Choice(arm, experiment=split.experiment, arm=arm, keyed=True, reason="SPLIT")
+
+
+def test_memoised_split_choices_equal_the_uncached_ones_and_the_memo_stays_bounded():
+    # 60% of buckets allocated, so keys without an arm (None, the default) are memoised too
+    split = Split.compile(
+        "ab", "salt-ab", "x-meshgate-key", allocate({"v1": 3, "v2": 3, "v3": 4}, total=6000)
+    )
+    route = _route(split=split)
+    keys = [f"user-{i}" for i in range(MEMO_KEYS + 1500)]
+    for _ in range(2):  # the second pass reads the memo, refilled after it was cleared
+        for key in keys:
+            expected = _uncached(split, key) or route.default_choice
+            assert choose_version(route, key, {}, random.Random(0)) == expected
+            assert len(split._memo) <= MEMO_KEYS
+    answers = {split.choose(key, random.Random(0)) for key in keys}
+    assert {c.version for c in answers if c is not None} == {"v1", "v2", "v3"} and None in answers
+
+
+def test_choices_are_shared_immutable_and_equal_only_to_choices():
+    split = Split.compile("ab", "ab", "x-meshgate-key", allocate({"v1": 1, "v2": 1}))
+    route = _route(split=split)
+    unkeyed = [choose_version(route, None, {}, random.Random(seed)) for seed in range(20)]
+    assert {c.version for c in unkeyed} == {"v1", "v2"}
+    assert all(c.keyed is False and c in split._unkeyed for c in unkeyed)
+    plain = _route()
+    assert choose_version(plain, "k", {}, random.Random(0)) is choose_version(plain, "j", {}, None)
+    assert _route().default_choice == Choice("v1") != ("v1", None, None, True, None, "DEFAULT")
+    assert Choice("v1") != Choice("v1", reason="PINNED") and hash(Choice("v1")) == hash(Choice("v1"))
+    with pytest.raises(AttributeError):
+        unkeyed[0].version = "v9"  # type: ignore[misc]
