@@ -125,6 +125,8 @@ class P2CEwmaBalancer(Balancer):
         eps = self._eps
         n = len(eps)
         now = self._now()
+        if n == 1:  # the only endpoint, excluded or not (a retry in place), if available
+            return 0 if self._available(0, now) else None
         rand = self.rng.random
         if n >= 2:  # fast path: both random draws usable
             a = int(rand() * n)

@@ -98,3 +98,19 @@ def test_p2c_is_deterministic_for_a_seed():
     assert isinstance(
         make_balancer("round-robin", ["a"], always, FakeClock(), random.Random()), RoundRobinBalancer
     )
+
+
+def test_p2c_single_endpoint_fast_path_honours_availability_and_draws_nothing():
+    clock = FakeClock(0.0)
+    down = set()
+    rng = random.Random(5)
+    bal = P2CEwmaBalancer(["only"], lambda i, now: i not in down and now < 10.0, clock, rng)
+    state = rng.getstate()
+    assert bal.pick() == 0 and bal.pick(exclude=(0,)) == 0  # excluded: a retry in place
+    down.add(0)  # ejected or failing health checks
+    assert bal.pick() is None and bal.pick(exclude=(0,)) is None
+    down.clear()
+    assert bal.pick() == 0
+    clock.advance(10.0)  # availability is asked at the balancer's clock
+    assert bal.pick() is None
+    assert rng.getstate() == state  # as before the fast path: one endpoint consumes no draw
