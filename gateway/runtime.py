@@ -23,7 +23,7 @@ from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.auth import load_or_create_token
 from gateway.control.canary_loop import run_canary_loop
 from gateway.dataplane.health_checks import HealthChecker
-from gateway.dataplane.measure import FEEDBACK_PATH, Measurement
+from gateway.dataplane.measure import Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server, tune_gc
 from gateway.mesh.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
@@ -114,8 +114,7 @@ async def _start(opts: ProcessOptions) -> Running:
         plane = DataPlane(pool)
         running.plane = plane
         measurement = Measurement(store)
-        plane.observers.append(measurement.observe)
-        plane.extra_routes[FEEDBACK_PATH] = measurement.handle_feedback
+        measurement.install(plane)  # observes requests, mints their ids, serves /v1/feedback
         running.measurement = measurement
         running.sync = ConfigSync(store, plane.set_table)
         try:

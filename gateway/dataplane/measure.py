@@ -1,12 +1,17 @@
-"""Experiment measurement on the data plane: per-arm counters, join records, feedback.
+"""Experiment measurement on the data plane: per-arm counters, signed request ids, feedback.
 
 Every request an experiment routed adds its outcome to the arm's counter group (requests,
-errors, latency moments and histogram) and leaves a short-lived join record under its
-request id, both through write-behind buffers flushed every second: the hot path never
-waits for the store. The arm's outcomes are summed in a per-arm tally on the event-loop
-thread (plain numbers, no lock) and enter the counter buffer once per flush.
-``POST /v1/feedback`` later joins an outcome (a conversion, a label) to the arm through
-that record, on any gateway, and counts it once per request and metric.
+errors, latency moments and histogram) through a write-behind buffer flushed every second:
+the hot path never waits for the store. The arm's outcomes are summed in a per-arm tally on
+the event-loop thread (plain numbers, no lock) and enter the counter buffer once per flush.
+
+``POST /v1/feedback`` later joins an outcome (a conversion, a label) to the arm, on any
+gateway, and counts it once per request and metric (``store.claim``). The join needs no
+per-request state: the gateway mints the ids of experiment-routed requests so that they
+carry experiment, arm and issue time under the mesh's MAC (``feedback_ids``). Only a request
+whose caller sent its own ``x-request-id`` (which cannot carry the assignment), or one
+served before the gateway had the mesh's key (store down at start), leaves a short-lived
+join record under its id, written behind like the counters.
 """
 
 from __future__ import annotations
@@ -17,14 +22,21 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from experiments.counters import LATENCY_BOUNDS_S, arm_group, latency_bucket_field, metric_fields
 from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.feedback_ids import FeedbackIds, load_or_create_key, looks_signed
+from gateway.dataplane.plane import _request_ids
 from gateway.dataplane.responses import error_response, json_response
 from gateway.http import Request, Responder, UpstreamResponse
 from gateway.store import Store, StoreUnavailable
 from gateway.store.buffer import CounterBuffer, RecordBuffer
+from router.table import Choice, ModelRoute, RouteTable
+
+if TYPE_CHECKING:
+    from gateway.dataplane.plane import DataPlane
 
 __all__ = ["FEEDBACK_PATH", "JOIN_NAMESPACE", "Measurement"]
 
@@ -81,7 +93,11 @@ _BUCKET_FIELDS = tuple(latency_bucket_field(b) for b in (*LATENCY_BOUNDS_S, math
 
 
 class Measurement:
-    """Counters and join records for experiments, and the feedback endpoint that reads them."""
+    """Counters, request ids and join records for experiments, and the feedback endpoint.
+
+    Construction reads (or creates) the mesh's feedback-id key from the store; when the
+    store does not answer, ids stay plain with join records until the flusher gets the key.
+    """
 
     def __init__(
         self, store: Store, *, join_ttl_s: float = 24 * 3600.0, flush_interval_s: float = 1.0
@@ -92,8 +108,48 @@ class Measurement:
         self.counters = CounterBuffer()
         self._arms: dict[tuple[str, str | None], _ArmTally] = {}  # since the last drain
         self.records = RecordBuffer(join_ttl_s, listed=False)  # feedback reads them by request id
+        self._plane: DataPlane | None = None
+        self._running: tuple[RouteTable | None, dict[str, Mapping[str, str]]] = (None, {})
+        key = self._fetch_key()
+        self.ids = None if key is None else FeedbackIds(key)
+
+    def install(self, plane: DataPlane) -> None:
+        """Observe the plane's requests, mint its request ids and serve ``POST /v1/feedback``."""
+        self._plane = plane
+        plane.observers.append(self.observe)
+        plane.extra_routes[FEEDBACK_PATH] = self.handle_feedback
+        plane.mint_request_id = self.mint_request_id
+
+    def _fetch_key(self) -> bytes | None:
+        try:
+            return load_or_create_key(self.store)
+        except (StoreUnavailable, ValueError) as exc:
+            log.warning("no feedback-id key (%s): request ids get join records until there is one", exc)
+            return None
+
+    async def _load_ids(self) -> FeedbackIds | None:
+        """The signer, fetching the key first if the store was down when this process started."""
+        if self.ids is None:
+            key = await asyncio.to_thread(self._fetch_key)
+            if key is not None and self.ids is None:
+                self.ids = FeedbackIds(key)
+        return self.ids
 
     # -- the data path (event-loop thread, no I/O) -----------------------------------------
+    def mint_request_id(self, route: ModelRoute, choice: Choice) -> str:
+        """A signed id when the choice is an arm of an experiment with metrics, else a plain one."""
+        split = route.split
+        ids = self.ids
+        if (
+            ids is None
+            or split is None
+            or not split.metrics
+            or split.experiment != choice.experiment
+            or choice.arm is None
+        ):
+            return _request_ids.next()
+        return ids.mint(split.experiment, choice.arm)
+
     def observe(
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
     ) -> None:
@@ -115,8 +171,14 @@ class Measurement:
         tally.lat_sumsq += latency * latency
         tally.buckets[bisect_left(LATENCY_BOUNDS_S, latency)] += 1
         split = ex.model.split
-        if split is not None and split.metrics and split.experiment == choice.experiment:
-            # feedback needs the join; an experiment without metrics never gets any (no write at all)
+        if (
+            split is not None
+            and split.metrics
+            and split.experiment == choice.experiment
+            and not looks_signed(ex.request_id)
+        ):
+            # feedback needs the join and the id cannot carry it (the caller's own id, or no
+            # key yet); an experiment without metrics never gets any feedback (no write at all)
             self.records.put(
                 JOIN_NAMESPACE,
                 ex.request_id,
@@ -125,10 +187,12 @@ class Measurement:
 
     # -- background ---------------------------------------------------------------------
     async def run_flusher(self) -> None:
-        """Flush both buffers every interval, and once more when cancelled (shutdown)."""
+        """Flush both buffers every interval, and once more when cancelled (shutdown); fetch
+        the feedback-id key until there is one."""
         try:
             while True:
                 await asyncio.sleep(self.flush_interval_s)
+                await self._load_ids()
                 await self.flush()
         finally:
             await self.flush()
@@ -196,12 +260,43 @@ class Measurement:
             json_response(200, {"accepted": accepted, "duplicates": duplicates, "results": results}),
         )
 
+    async def _assignment(self, request_id: str) -> tuple[str, str, Mapping[str, str]] | None:
+        """Experiment, arm and metric kinds of a request: from a signed id (no lookup while
+        the experiment runs here), else from the join record. Raises StoreUnavailable."""
+        if not looks_signed(request_id):
+            record = self.records.pending(JOIN_NAMESPACE, request_id)
+            if record is None:
+                record = await asyncio.to_thread(self.store.get_record, JOIN_NAMESPACE, request_id)
+            return None if record is None else (record["e"], record["a"], record["m"])
+        ids = await self._load_ids()
+        if ids is None:
+            raise StoreUnavailable("the mesh's feedback-id key cannot be read (see the gateway log)")
+        found = ids.verify(request_id, self.join_ttl_s)
+        if found is None:
+            return None
+        experiment, arm = found
+        metrics = self._running_metrics().get(experiment)
+        if metrics is None:  # ended (or not in this gateway's table yet): its stored definition
+            doc = await asyncio.to_thread(self.store.get, "experiments", experiment)
+            if doc is None:
+                return None
+            metrics = {m["name"]: m.get("kind", "binary") for m in doc.get("metrics", [])}
+        return experiment, arm, metrics
+
+    def _running_metrics(self) -> dict[str, Mapping[str, str]]:
+        """Metric kinds of the experiments in the current route table, by experiment."""
+        if self._plane is None:
+            return {}
+        table = self._plane.table
+        if self._running[0] is not table:
+            splits = (m.split for m in table.models.values() if m.split is not None)
+            self._running = (table, {s.experiment: s.metrics for s in splits})
+        return self._running[1]
+
     async def _one(self, request_id: str, metric: str, value: float) -> dict[str, Any]:
-        record = self.records.pending(JOIN_NAMESPACE, request_id)
-        if record is None:
-            record = await asyncio.to_thread(self.store.get_record, JOIN_NAMESPACE, request_id)
+        found = await self._assignment(request_id)
         out: dict[str, Any] = {"request_id": request_id, "metric": metric}
-        if record is None:
+        if found is None:
             hours = self.join_ttl_s / 3600
             return {
                 **out,
@@ -209,13 +304,14 @@ class Measurement:
                 "message": f"request id {request_id!r} is unknown or expired: feedback joins requests "
                 f"that an experiment with metrics routed within the last {hours:g} h",
             }
-        kind = record["m"].get(metric)
+        experiment, arm, metrics = found
+        kind = metrics.get(metric)
         if kind is None:
-            declared = ", ".join(sorted(record["m"])) or "none"
+            declared = ", ".join(sorted(metrics)) or "none"
             return {
                 **out,
                 "status": "unknown_metric",
-                "message": f"experiment {record['e']!r} declares no metric {metric!r} (declared: {declared})",
+                "message": f"experiment {experiment!r} declares no metric {metric!r} (declared: {declared})",
             }
         if kind == "binary" and value not in (0, 1):
             return {
@@ -225,10 +321,10 @@ class Measurement:
             }
         key = f"{request_id}:{metric}"
         if not await asyncio.to_thread(self.store.claim, _FEEDBACK_NAMESPACE, key, self.join_ttl_s):
-            return {**out, "status": "duplicate", "experiment": record["e"], "arm": record["a"]}
+            return {**out, "status": "duplicate", "experiment": experiment, "arm": arm}
         n, s, ss = metric_fields(metric)
-        self.counters.add_many(arm_group(record["e"], record["a"]), {n: 1, s: value, ss: value * value})
-        return {**out, "status": "accepted", "experiment": record["e"], "arm": record["a"]}
+        self.counters.add_many(arm_group(experiment, arm), {n: 1, s: value, ss: value * value})
+        return {**out, "status": "accepted", "experiment": experiment, "arm": arm}
 
 
 def _send(responder: Responder, answer: tuple[int, list[tuple[bytes, bytes]], bytes]) -> None:
