@@ -63,6 +63,8 @@ from router.policy import TrafficPolicy
 from router.retry import Outcome, RetryBudget, backoff_s, retryable_outcomes
 from router.shadow import ShadowChooser
 
+_CLOSED = BreakerState.CLOSED
+
 __all__ = [
     "ATTEMPTS_EXHAUSTED",
     "BREAKER_OPEN",
@@ -159,7 +161,8 @@ class VersionRuntime:
     def admit(self, waiter: Hashable | None = None) -> str | None:
         """None: admitted (holds a slot). QUEUED: `waiter` waits and is returned by a later
         `release()`. BREAKER_OPEN / OVERLOADED: rejected, nothing to release."""
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if breaker.state is not _CLOSED and not breaker.allow():  # closed: allow() is True
             return BREAKER_OPEN
         limiter = self.limiter
         if limiter.try_acquire():
@@ -170,7 +173,7 @@ class VersionRuntime:
             return QUEUED
         if waiter is None:
             limiter.reject()
-        self.breaker.abandon()
+        breaker.abandon()
         return OVERLOADED
 
     def cancel(self, waiter: Hashable) -> bool:
