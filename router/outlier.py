@@ -100,19 +100,22 @@ class OutlierDetector:
     def record(self, i: int, failed: bool) -> None:
         """One attempt's verdict for endpoint `i`."""
         h = self._eps[i]
-        now = self._now()
-        if h.ejected_until and h.ejected_until <= now:
+        cfg = self._cfg
+        # the clock is read only where it matters: a healthy success needs no time
+        if h.ejected_until and h.ejected_until <= self._now():
             self._release(h)
         h.sr_requests += 1
         if failed:
             h.consecutive += 1
-            if h.consecutive >= self._cfg.consecutive_failures and not h.ejected_until:
-                self._try_eject(h, now, f"{h.consecutive} consecutive failures")
+            if h.consecutive >= cfg.consecutive_failures and not h.ejected_until:
+                self._try_eject(h, self._now(), f"{h.consecutive} consecutive failures")
         else:
             h.sr_successes += 1
             h.consecutive = 0
-        if self._cfg.success_rate is not None and now >= self._next_eval:
-            self._evaluate_success_rate(now)
+        if cfg.success_rate is not None:
+            now = self._now()
+            if now >= self._next_eval:
+                self._evaluate_success_rate(now)
 
     def health_check(self, i: int, ok: bool) -> bool:
         """Feed one active health-check result; returns whether the endpoint is now healthy."""
