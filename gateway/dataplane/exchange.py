@@ -23,7 +23,7 @@ from router.retry import Outcome, classify_status
 from router.table import Choice, ModelRoute
 
 if TYPE_CHECKING:
-    from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.plane import DataPlane, VersionState
     from gateway.dataplane.shadow import ShadowCopy
     from gateway.http import Endpoint, Request, Responder
     from router.resilience import VersionRuntime
@@ -68,6 +68,7 @@ class Exchange:
         "_request",
         "_responder",
         "_rt",
+        "_state",
         "_target",
         "_timer",
         "_tried",
@@ -96,6 +97,7 @@ class Exchange:
         headers: Headers,
         deadline: Deadline,
         request_id: str,
+        state: VersionState,
     ) -> None:
         self._plane = plane
         self._request = request
@@ -116,6 +118,7 @@ class Exchange:
         self.done = False
         self.attempts = 0
         self.shadow: ShadowCopy | None = None
+        self._state = state
         self._rt: VersionRuntime | None = None
         self._endpoints: tuple[Endpoint, ...] = ()
         self._admitted = False
@@ -140,14 +143,13 @@ class Exchange:
 
     def _enter(self, version: str) -> None:
         """Start on ``version``: admission, then the first attempt."""
-        vr = self.model.versions[version]
-        plane = self._plane
-        rt = plane.runtime(self.model.name, vr)
-        self._endpoints = plane.endpoints(self.model.name, vr)
+        state = self._state
         if version != self.version:  # a fallback: the upstream path names the version served
-            base = f"/v2/models/{self.model.name}/versions/"
-            rest = self._target[len(base) + len(self.version) :]
-            self._target = f"{base}{version}".encode() + rest
+            state = self._state = self._plane.version_state(self.model.name, version)
+            rest = self._target[len(self._state_target_base(self.version)) :]
+            self._target = self._state_target_base(version) + rest
+        rt = state.runtime
+        self._endpoints = state.endpoints or self._plane.endpoints(state.model, state.route)
         self.version, self._rt, self._attempt, self._tried = version, rt, 0, ()
         reason = rt.admit(self)
         if reason is None:
@@ -159,6 +161,9 @@ class Exchange:
             )
         else:
             self._version_failed(reason, f"{self.model.name}/{version}: {_MESSAGES.get(reason, reason)}")
+
+    def _state_target_base(self, version: str) -> bytes:
+        return f"/v2/models/{self.model.name}/versions/{version}".encode()
 
     def resume(self) -> None:
         """Called by the plane when a released slot was handed to this queued exchange."""
@@ -254,7 +259,16 @@ class Exchange:
         if self._plane.on_attempt:
             self._plane.attempted(self, self._ep, outcome, response, error, self._ep_t0, now)
         if outcome is _SUCCESS or outcome is _CLIENT_ERROR:
-            self._reply_upstream(response)
+            if response.stream is None:  # the common case, inline: one write, no relay
+                if self._admitted:
+                    self._release()
+                self.done = True
+                responder = self._responder
+                if not responder.disconnected:
+                    responder.respond(status, response.headers, response.body or b"", raw=self.header_lines())
+                self._plane.completed(self, status, None, response)
+            else:
+                self._reply_upstream(response)
             return
         self._last_response, self._last_error = response, (error.reason if error else "upstream_5xx")
         if outcome is Outcome.DEADLINE:
@@ -299,6 +313,19 @@ class Exchange:
             waiter = self._rt.release()
             if waiter is not None:  # the freed slot goes to exactly one queued exchange
                 waiter.resume()
+
+    def header_lines(self) -> bytes:
+        """The gateway's response headers, serialised: cached per version where they repeat."""
+        choice = self.choice
+        state = self._state
+        if choice.flag is None and not self.fallback:
+            if choice.experiment is None:
+                return b"%bx-meshgate-request-id: %b\r\n" % (state.version_line, self.request_id.encode())
+            if choice.experiment == state.split_experiment and choice.arm == self.version:
+                return b"%bx-meshgate-request-id: %b\r\n%b" % (
+                    state.version_line, self.request_id.encode(), state.split_lines,
+                )  # fmt: skip
+        return b"".join(b"%b: %b\r\n" % item for item in self._plane.response_headers(self))
 
     def _reply_upstream(self, response: UpstreamResponse, error_reason: str | None = None) -> None:
         self._release()

@@ -50,6 +50,8 @@ _KEY = b"x-meshgate-key"
 _RID = b"x-request-id"
 _TIMEOUT = b"x-meshgate-timeout-ms"
 _OFREP = "/ofrep/v1/evaluate/flags"
+_MAX_PARSED = 4096  # distinct request targets remembered (model paths repeat; a scan must not grow it)
+_NO_ATTRS: dict[str, str] = {}  # shared empty attributes: never written to
 _RETRY_AFTER = (b"retry-after", b"1")
 # Not forwarded: hop-by-hop and framing fields, and the client's timeout (the exchange sends the
 # remaining deadline instead).
@@ -115,6 +117,47 @@ class PlaneStats:
     errors: int = 0
 
 
+class VersionState:
+    """What the hot path needs of one (model, version), looked up once per request.
+
+    Built with each route table: the resilience runtime, the upstream paths and the
+    response header lines that only depend on the version (and on the model's experiment,
+    whose arms are versions), already serialised. Endpoints are resolved on first use (they
+    depend on the mesh TLS context, which can change under a table).
+    """
+
+    __slots__ = (
+        "endpoints",
+        "infer_target",
+        "meta_target",
+        "model",
+        "route",
+        "runtime",
+        "split_experiment",
+        "split_lines",
+        "version_line",
+    )
+
+    def __init__(self, model: ModelRoute, route: VersionRoute, runtime: VersionRuntime) -> None:
+        self.model = model.name
+        self.route = route
+        self.runtime = runtime
+        base = f"/v2/models/{model.name}/versions/{route.version}"
+        self.infer_target = f"{base}/infer".encode()
+        self.meta_target = base.encode()
+        self.endpoints: tuple[Endpoint, ...] | None = None
+        self.version_line = b"x-meshgate-version: %b\r\n" % route.version.encode()
+        split = model.split
+        self.split_experiment = None  # the experiment whose arm this version is, if any
+        self.split_lines = b""
+        if split is not None and route.version in split.arms:
+            self.split_experiment = split.experiment
+            self.split_lines = b"x-meshgate-experiment: %b\r\nx-meshgate-arm: %b\r\n" % (
+                split.experiment.encode(),
+                route.version.encode(),
+            )
+
+
 class DataPlane:
     """Routing state of one gateway process and the request entry point."""
 
@@ -146,26 +189,27 @@ class DataPlane:
         self.mint_request_id: Callable[[ModelRoute, Choice], str] | None = None
         self.ofrep = OfrepService({}, 0)
         self._runtimes: dict[tuple[str, str], VersionRuntime] = {}
-        self._targets: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._versions: dict[str, dict[str, VersionState]] = {}  # model -> version -> state
+        self._parsed: dict[bytes, tuple[str, str | None, str | None] | str] = {}  # target -> route
         self._shadows: dict[tuple[str, str, str], ShadowStats] = {}
 
     # -- configuration ----------------------------------------------------------------------
     def set_table(self, table: RouteTable) -> None:
         """Swap in a new route table, keeping resilience state for unchanged endpoints."""
         runtimes: dict[tuple[str, str], VersionRuntime] = {}
-        targets: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        versions: dict[str, dict[str, VersionState]] = {}
         for model in table.models.values():
+            states = versions[model.name] = {}
             for vr in model.versions.values():
                 key = (model.name, vr.version)
                 old = self._runtimes.get(key)
-                runtimes[key] = (
+                rt = runtimes[key] = (
                     old.rebuild(vr.endpoints, vr.policy)
                     if old is not None
                     else VersionRuntime(vr.endpoints, vr.policy, now=self.now, rng=self.rng)
                 )
-                base = f"/v2/models/{model.name}/versions/{vr.version}"
-                targets[key] = (f"{base}/infer".encode(), base.encode())
-        self._runtimes, self._targets = runtimes, targets
+                states[vr.version] = VersionState(model, vr, rt)
+        self._runtimes, self._versions = runtimes, versions
         self._endpoints = {}
         if table.config_version != self.table.config_version or not self.loaded:
             self.ofrep = OfrepService(table.flags, table.config_version)
@@ -187,6 +231,12 @@ class DataPlane:
     def mesh_tls(self, context: ssl.SSLContext | None) -> None:
         self._mesh_tls = context
         self._endpoints = {}
+        for states in self._versions.values():
+            for state in states.values():
+                state.endpoints = None
+
+    def version_state(self, model: str, version: str) -> VersionState:
+        return self._versions[model][version]
 
     def endpoint(self, vr: VersionRoute, index: int) -> Endpoint:
         """https endpoints present the gateway's mesh identity (SNI is the endpoint's host).
@@ -199,11 +249,14 @@ class DataPlane:
         )
 
     def endpoints(self, model: str, vr: VersionRoute) -> tuple[Endpoint, ...]:
-        """A version's endpoints by index, looked up once per route table."""
+        """A version's endpoints by index, looked up once per route table (and TLS context)."""
         key = (model, vr.version)
         found = self._endpoints.get(key)
         if found is None:
             found = self._endpoints[key] = tuple(self.endpoint(vr, i) for i in range(len(vr.endpoints)))
+            state = self._versions.get(model, {}).get(vr.version)
+            if state is not None and state.route is vr:
+                state.endpoints = found
         return found
 
     def _verifier(self, version: str, identity: str | None) -> PeerVerifier | None:
@@ -230,10 +283,32 @@ class DataPlane:
     # -- requests -----------------------------------------------------------------------
     def handle(self, request: Request, responder: Responder) -> None:
         self.stats.requests += 1
-        path = request.path
+        route = self._parsed.get(request.target)
+        if route is None:
+            route = self._parse(request.target, request.path)
+        if route.__class__ is tuple:
+            self._model_request(request, responder, *route)  # type: ignore[misc]
+        else:
+            self._other_request(request, responder, route)  # type: ignore[arg-type]
+
+    def _parse(self, target: bytes, path: str) -> tuple[str, str | None, str | None] | str:
+        """A request target as ``(model, pinned version, action)`` for model paths (action None:
+        no such route), else the decoded path; cached per target (bounded: targets repeat)."""
+        route: tuple[str, str | None, str | None] | str = path
         if path.startswith(_MODELS):
-            self._model_request(request, responder, path[len(_MODELS) :])
-            return
+            parts = path[len(_MODELS) :].split("/")
+            n = len(parts)
+            if n >= 3 and parts[1] == "versions":
+                pinned, action = parts[2], parts[3] if n == 4 else ("" if n == 3 else None)
+            else:
+                pinned, action = None, parts[1] if n == 2 else ("" if n == 1 else None)
+            route = (parts[0], pinned, action if action in ("infer", "", "ready") else None)
+        if len(self._parsed) >= _MAX_PARSED:
+            self._parsed.clear()
+        self._parsed[target] = route
+        return route
+
+    def _other_request(self, request: Request, responder: Responder, path: str) -> None:
         if path == "/v2/health/live":
             self._reply(responder, 200, b'{"live":true}')
         elif path == "/v2/health/ready":
@@ -268,15 +343,10 @@ class DataPlane:
             return
         responder.respond(status, headers, out)
 
-    def _model_request(self, request: Request, responder: Responder, rest: str) -> None:
-        parts = rest.split("/")
-        name = parts[0]
-        n = len(parts)
-        if n >= 3 and parts[1] == "versions":
-            pinned, action = parts[2], parts[3] if n == 4 else ("" if n == 3 else None)
-        else:
-            pinned, action = None, parts[1] if n == 2 else ("" if n == 1 else None)
-        if action not in ("infer", "", "ready"):
+    def _model_request(
+        self, request: Request, responder: Responder, name: str, pinned: str | None, action: str | None
+    ) -> None:
+        if action is None:
             self.reply_error(responder, "not_found", f"no route for {request.path}")
             return
         expect = b"POST" if action == "infer" else b"GET"
@@ -292,7 +362,7 @@ class DataPlane:
             self.reply_error(responder, "model_not_found", f"model {name!r} is not registered")
             return
         key = rid = timeout = None
-        attrs: dict[str, str] = {}
+        attrs: dict[str, str] = _NO_ATTRS
         split_header = model.split.key_header if model.split is not None else _KEY
         for hname, value in request.headers:
             if hname == _KEY or (hname == split_header and key is None):
@@ -302,6 +372,8 @@ class DataPlane:
             elif hname == _TIMEOUT:
                 timeout = value
             elif hname.startswith(_ATTR):
+                if attrs is _NO_ATTRS:
+                    attrs = {}
                 attrs[hname[len(_ATTR) :].decode("latin-1")] = value.decode("latin-1")
         if pinned is not None:
             if pinned not in model.versions:
@@ -322,23 +394,25 @@ class DataPlane:
             if choice is None:
                 self.reply_error(responder, "no_endpoint", f"model {name!r} has no default version")
                 return
-        vr = model.versions[choice.version]
+        state = self._versions[name][choice.version]
         try:
-            deadline = Deadline.from_header(vr.policy.timeouts, self.now, timeout)
+            deadline = Deadline.from_header(state.route.policy.timeouts, self.now, timeout)
         except DeadlineHeaderError as exc:
             self.reply_error(responder, "bad_request", str(exc))
             return
-        infer_target, meta_target = self._targets[(name, choice.version)]
-        target = infer_target if action == "infer" else (meta_target + b"/ready" if action else meta_target)
+        if action == "infer":
+            target = state.infer_target
+        else:
+            target = state.meta_target + b"/ready" if action else state.meta_target
         if rid is None:  # no caller's id: a fresh one, which may carry the assignment (feedback)
             mint = self.mint_request_id
             rid = mint(model, choice) if mint is not None else _request_ids.next()
             headers = proxy_headers(request, ((_RID, rid.encode()),), _DROP_UPSTREAM)
         else:
             headers = proxy_headers(request, (), _DROP_UPSTREAM)
-        ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid)
+        ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid, state)
         if action == "infer" and request.body is not None:
-            shadow = self._runtimes[(name, choice.version)].shadow_version()
+            shadow = state.runtime.shadow_version()
             if shadow is not None and shadow != choice.version and shadow in model.versions:
                 ex.shadow = ShadowCopy.start(
                     self,

@@ -181,7 +181,14 @@ class Responder:
             else:
                 self._disconnect_cbs = [callbacks, callback]
 
-    def _head(self, status: int, headers: Headers, length: int | None, extra: Headers = ()) -> list[bytes]:  # type: ignore[assignment]
+    def _head(
+        self,
+        status: int,
+        headers: Headers,
+        length: int | None,
+        extra: Headers = (),  # type: ignore[assignment]
+        raw: bytes = b"",
+    ) -> list[bytes]:
         request = self.request
         stream = request.stream
         self._keep_alive = keep = (
@@ -195,6 +202,8 @@ class Responder:
         for name, value in extra:
             if name not in _FRAMING:
                 parts += (name, b": ", value, b"\r\n")
+        if raw:
+            parts.append(raw)
         if length is not None:
             if status not in _NO_BODY_STATUS and status >= 200:
                 parts.append(b"content-length: %d\r\n" % length)
@@ -211,17 +220,26 @@ class Responder:
             parts.append(b"\r\n")
         return parts
 
-    def respond(self, status: int, headers: Headers, body: bytes = b"", extra: Headers = ()) -> None:  # type: ignore[assignment]
+    def respond(
+        self,
+        status: int,
+        headers: Headers,
+        body: bytes = b"",
+        extra: Headers = (),  # type: ignore[assignment]
+        raw: bytes = b"",
+    ) -> None:
         """The whole response in one write; `content-length` and `connection` are added here.
 
-        `extra` headers follow `headers` (a proxy's own next to the upstream's, without a copy).
+        `extra` headers follow `headers` (a proxy's own next to the upstream's, without a copy);
+        `raw` are more header lines already serialised (``b"name: value\\r\\n"``), by the
+        caller's word free of framing fields.
         """
         if self._state != self._IDLE:
             raise RuntimeError("response already started")
         self._state = self._DONE
         if self.disconnected:
             return
-        parts = self._head(status, headers, len(body), extra)
+        parts = self._head(status, headers, len(body), extra, raw)
         if body and not self._head_only:
             parts.append(body)
         self._emit(b"".join(parts))
