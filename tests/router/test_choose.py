@@ -11,7 +11,7 @@ from router.choose import choose_version
 from router.flags import RuleSpec, compile_flag
 from router.hashing import bucket
 from router.policy import TrafficPolicy
-from router.table import MEMO_KEYS, NO_ARM, Choice, ModelRoute, Split, VersionRoute
+from router.table import MEMO_KEY_CHARS, MEMO_KEYS, NO_ARM, Choice, ModelRoute, Split, VersionRoute
 
 VERSIONS = {
     v: VersionRoute(v, (f"http://127.0.0.1:{i}",), None, TrafficPolicy())
@@ -80,6 +80,11 @@ def test_memoised_split_choices_equal_the_uncached_ones_and_the_memo_stays_bound
             expected = _uncached(split, key) or route.default_choice
             assert choose_version(route, key, {}, random.Random(0)) == expected
             assert len(split._memo) <= MEMO_KEYS
+    long_key = "k" * (MEMO_KEY_CHARS + 1)  # hashed, not remembered: the memo's memory stays bounded
+    assert choose_version(route, long_key, {}, None) == (_uncached(split, long_key) or route.default_choice)
+    assert long_key not in split._memo and "k" * MEMO_KEY_CHARS not in split._memo
+    split.choose("k" * MEMO_KEY_CHARS, None)
+    assert "k" * MEMO_KEY_CHARS in split._memo
     answers = {split.choose(key, random.Random(0)) for key in keys}
     assert {c.version for c in answers if c is not None} == {"v1", "v2", "v3"} and None in answers
 
