@@ -364,7 +364,10 @@ class DataPlane:
         key = rid = timeout = None
         attrs: dict[str, str] = _NO_ATTRS
         split_header = model.split.key_header if model.split is not None else _KEY
+        x_only = split_header.startswith(b"x-")  # then every header read here starts with x-
         for hname, value in request.headers:
+            if x_only and not hname.startswith(b"x-"):
+                continue
             if hname == _KEY or (hname == split_header and key is None):
                 key = value.decode("latin-1")
             elif hname == _RID:
