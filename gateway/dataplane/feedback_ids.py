@@ -2,14 +2,13 @@
 
 An id minted for a request that an experiment with metrics routed reads::
 
-    <experiment>~<arm>~<random><tail>
+    <experiment>~<arm>~<38 base64url characters: random | issued | mac>
 
-``random`` is the plane's plain request id (24 hex digits, 96 bits from batched
-``os.urandom``: ids stay unguessable); ``tail`` is 22 base64url characters of the issue time
-(4 bytes, big-endian Unix seconds) and a 12-byte keyed BLAKE2b MAC over everything before
-it (the text ``<experiment>~<arm>~<random>`` and the time bytes). Experiment and version
-names are ``[a-z0-9._-]``, so ``~`` only ever separates, and the whole id is URL- and
-header-safe. Any gateway holding the mesh's key verifies an id without a store lookup.
+``random`` is 12 bytes (96 bits) from the plane's batched ``os.urandom`` source, so ids stay
+unguessable; ``issued`` the issue time (4 bytes, big-endian Unix seconds); ``mac`` a 12-byte
+keyed BLAKE2b over ``<experiment>~<arm>~`` and the 16 bytes before it. Experiment and
+version names are ``[a-z0-9._-]``, so ``~`` only ever separates, and the whole id is URL-
+and header-safe. Any gateway holding the mesh's key verifies an id without a store lookup.
 
 The key is one config document (collection ``secrets``), created by the first gateway that
 needs it with an optimistic commit: gateways starting together all end up with the one
@@ -22,12 +21,15 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import os
 import secrets
 import time
+from binascii import b2a_base64
 from collections.abc import Callable
 
-from gateway.dataplane.plane import _request_ids
+from gateway.dataplane.plane import _request_ids, _RequestIds
 from gateway.store import Conflict, Store, StoreUnavailable, Write
+from router.table import Choice, ModelRoute
 
 __all__ = ["KEY_COLLECTION", "KEY_NAME", "FeedbackIds", "load_or_create_key", "looks_signed"]
 
@@ -35,9 +37,8 @@ KEY_COLLECTION = "secrets"
 KEY_NAME = "feedback-ids"
 _KEY_BYTES = 32
 _MAC_BYTES = 12
-_RANDOM_CHARS = 24  # _request_ids: 12 random bytes as hex
-_TAIL_CHARS = 22  # base64url of 4 time bytes + the MAC, unpadded
-_BODY_CHARS = _RANDOM_CHARS + _TAIL_CHARS
+_SIGNED_BYTES = 12 + 4  # random | issued
+_BODY_CHARS = 38  # base64url of random | issued | mac (28 bytes), unpadded
 _MAX_PREFIXES = 1024  # (experiment, arm) pairs kept pre-hashed; cleared beyond (ended experiments)
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
@@ -48,14 +49,32 @@ def looks_signed(request_id: str) -> bool:
     return len(request_id) > _BODY_CHARS + 3 and request_id[-_BODY_CHARS - 1] == "~"
 
 
-def _tail(raw: bytes) -> str:
-    return binascii.b2a_base64(raw, newline=False)[:-2].translate(_TO_URLSAFE).decode()
+def _encode(raw: bytes) -> str:
+    return b2a_base64(raw, newline=False)[:-2].translate(_TO_URLSAFE).decode()  # (inlined in minting)
+
+
+class _RandomBytes(_RequestIds):
+    """The plane's batched ``os.urandom`` source, handing out the raw bytes instead of hex."""
+
+    __slots__ = ()
+
+    def take(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = os.urandom(self._BATCH)
+            pos = 0
+        self._pos = pos + self._SIZE
+        return self._buf[pos : pos + self._SIZE]
+
+
+_random = _RandomBytes()
+os.register_at_fork(after_in_child=_random.reset)
 
 
 class FeedbackIds:
     """Mints and verifies signed request ids with one key (event-loop thread: no lock)."""
 
-    __slots__ = ("_key", "_now", "_prefixes")
+    __slots__ = ("_issued", "_key", "_now", "_prefixes", "_until")
 
     def __init__(self, key: bytes, *, now: Callable[[], float] = time.time) -> None:
         if len(key) < _KEY_BYTES:
@@ -64,23 +83,37 @@ class FeedbackIds:
         self._now = now
         # (experiment, arm) -> (id prefix, a MAC already fed that prefix): minting copies it
         self._prefixes: dict[tuple[str, str], tuple[str, hashlib.blake2b]] = {}
+        self._until = 0  # the issue-time bytes are encoded once per second, valid until this time
+        self._issued = b""
 
     def _mac(self, prefix: str) -> hashlib.blake2b:
         return hashlib.blake2b(prefix.encode(), key=self._key, digest_size=_MAC_BYTES)
 
-    def mint(self, experiment: str, arm: str) -> str:
-        entry = self._prefixes.get((experiment, arm))
+    def mint_request_id(self, route: ModelRoute, choice: Choice) -> str:
+        """The data plane's id for a request without the caller's: signed when the choice is an
+        arm of an experiment with metrics (feedback may follow), else plain random.
+
+        One call per request (the plane's hook itself): ~1 µs signed, ~0.2 µs plain.
+        """
+        split = route.split
+        arm = choice.arm
+        if split is None or not split.metrics or split.experiment != choice.experiment or arm is None:
+            return _request_ids.next()
+        entry = self._prefixes.get((split.experiment, arm))
         if entry is None:
             if len(self._prefixes) >= _MAX_PREFIXES:
                 self._prefixes.clear()
-            prefix = f"{experiment}~{arm}~"
-            entry = self._prefixes[experiment, arm] = (prefix, self._mac(prefix))
+            prefix = f"{split.experiment}~{arm}~"
+            entry = self._prefixes[split.experiment, arm] = (prefix, self._mac(prefix))
         prefix, base = entry
-        rand = _request_ids.next()
-        issued = int(self._now()).to_bytes(4, "big")
+        now = self._now()
+        if now >= self._until:  # (a clock stepping back keeps the later time a while: harmless)
+            self._until = int(now) + 1
+            self._issued = int(now).to_bytes(4, "big")
+        signed = _random.take() + self._issued
         mac = base.copy()
-        mac.update(rand.encode() + issued)
-        return prefix + rand + _tail(issued + mac.digest())
+        mac.update(signed)
+        return prefix + b2a_base64(signed + mac.digest(), newline=False)[:-2].translate(_TO_URLSAFE).decode()
 
     def verify(self, request_id: str, ttl_s: float) -> tuple[str, str] | None:
         """``(experiment, arm)`` of an id this mesh minted less than ``ttl_s`` ago, else None.
@@ -94,19 +127,17 @@ class FeedbackIds:
         if len(parts) != 3 or len(parts[2]) != _BODY_CHARS:
             return None
         experiment, arm, body = parts
-        tail = body[_RANDOM_CHARS:]
         try:
-            raw = binascii.a2b_base64(tail.encode().translate(_FROM_URLSAFE) + b"==", strict_mode=True)
+            raw = binascii.a2b_base64(body.encode().translate(_FROM_URLSAFE) + b"==", strict_mode=True)
         except binascii.Error:
             return None
-        if len(raw) != 4 + _MAC_BYTES or _tail(raw) != tail:
+        if len(raw) != _SIGNED_BYTES + _MAC_BYTES or _encode(raw) != body:
             return None
-        issued = raw[:4]
         mac = self._mac(f"{experiment}~{arm}~")
-        mac.update(body[:_RANDOM_CHARS].encode() + issued)
-        if not hmac.compare_digest(mac.digest(), raw[4:]):
+        mac.update(raw[:_SIGNED_BYTES])
+        if not hmac.compare_digest(mac.digest(), raw[_SIGNED_BYTES:]):
             return None
-        if self._now() - int.from_bytes(issued, "big") > ttl_s:
+        if self._now() - int.from_bytes(raw[12:_SIGNED_BYTES], "big") > ttl_s:
             return None
         return experiment, arm
 

@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING, Any
 from experiments.counters import LATENCY_BOUNDS_S, arm_group, latency_bucket_field, metric_fields
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.feedback_ids import FeedbackIds, load_or_create_key, looks_signed
-from gateway.dataplane.plane import _request_ids
 from gateway.dataplane.responses import error_response, json_response
 from gateway.http import Request, Responder, UpstreamResponse
 from gateway.store import Store, StoreUnavailable
 from gateway.store.buffer import CounterBuffer, RecordBuffer
-from router.table import Choice, ModelRoute, RouteTable
+from router.table import RouteTable
 
 if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane
@@ -118,7 +117,8 @@ class Measurement:
         self._plane = plane
         plane.observers.append(self.observe)
         plane.extra_routes[FEEDBACK_PATH] = self.handle_feedback
-        plane.mint_request_id = self.mint_request_id
+        if self.ids is not None:  # else the plane's plain ids (with join records) until the key comes
+            plane.mint_request_id = self.ids.mint_request_id
 
     def _fetch_key(self) -> bytes | None:
         try:
@@ -133,23 +133,11 @@ class Measurement:
             key = await asyncio.to_thread(self._fetch_key)
             if key is not None and self.ids is None:
                 self.ids = FeedbackIds(key)
+                if self._plane is not None:
+                    self._plane.mint_request_id = self.ids.mint_request_id
         return self.ids
 
     # -- the data path (event-loop thread, no I/O) -----------------------------------------
-    def mint_request_id(self, route: ModelRoute, choice: Choice) -> str:
-        """A signed id when the choice is an arm of an experiment with metrics, else a plain one."""
-        split = route.split
-        ids = self.ids
-        if (
-            ids is None
-            or split is None
-            or not split.metrics
-            or split.experiment != choice.experiment
-            or choice.arm is None
-        ):
-            return _request_ids.next()
-        return ids.mint(split.experiment, choice.arm)
-
     def observe(
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
     ) -> None:
