@@ -131,6 +131,7 @@ class VersionState:
         "infer_target",
         "meta_target",
         "model",
+        "pinned_choice",
         "route",
         "runtime",
         "split_experiment",
@@ -146,6 +147,7 @@ class VersionState:
         self.infer_target = f"{base}/infer".encode()
         self.meta_target = base.encode()
         self.endpoints: tuple[Endpoint, ...] | None = None
+        self.pinned_choice = Choice(route.version, reason="PINNED")  # shared: choices are immutable
         self.version_line = b"x-meshgate-version: %b\r\n" % route.version.encode()
         split = model.split
         self.split_experiment = None  # the experiment whose arm this version is, if any
@@ -387,12 +389,12 @@ class DataPlane:
                     f"(versions: {', '.join(sorted(model.versions))})",
                 )
                 return
-            choice = Choice(pinned, reason="PINNED")
+            choice = self._versions[name][pinned].pinned_choice
         else:  # metadata and readiness describe the default version; only inference is split
             choice = (
                 choose_version(model, key, attrs, self.rng)
                 if action == "infer"
-                else (Choice(model.default_version) if model.default_version else None)
+                else model.default_choice
             )
             if choice is None:
                 self.reply_error(responder, "no_endpoint", f"model {name!r} has no default version")
