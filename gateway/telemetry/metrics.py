@@ -96,22 +96,33 @@ class _Tally:
         "arm",
         "buckets",
         "counter",
+        "fallback",
+        "fallbacks",
         "histogram",
         "key",
         "n",
         "sent",
         "sent_buckets",
+        "sent_fallbacks",
         "sent_sum",
         "sum",
     )
 
     def __init__(
-        self, key: tuple, counter: Counter | None, histogram: Histogram, arm: Counter | None
+        self,
+        key: tuple,
+        counter: Counter | None,
+        histogram: Histogram,
+        arm: Counter | None = None,
+        fallback: Counter | None = None,  # the family, labelled by the key's model
     ) -> None:
         self.key = key
         self.counter = counter
         self.histogram = histogram
         self.arm = arm
+        self.fallback = fallback
+        self.fallbacks = 0  # of the n, answered by a fallback version
+        self.sent_fallbacks = 0
         self.n = 0  # observations in this process (also the dashboard's traffic shares)
         self.sum = 0.0
         self.buckets = [0] * (len(histogram._upper_bounds))  # per bucket, not cumulative; last: +Inf
@@ -127,6 +138,9 @@ class _Tally:
             self.counter.inc(delta)
         if self.arm is not None:
             self.arm.inc(delta)
+        if self.fallbacks != self.sent_fallbacks:  # the model's series exists once it has one
+            self.fallback.labels(self.key[0]).inc(self.fallbacks - self.sent_fallbacks)
+            self.sent_fallbacks = self.fallbacks
         # Histogram.observe() in bulk: its per-bucket values and sum (prometheus_client 0.2x
         # keeps non-cumulative bucket values in _buckets, one per upper bound, +Inf last)
         h = self.histogram
@@ -273,7 +287,7 @@ class Metrics:
         tally.sum += elapsed
         tally.buckets[bisect_left(_REQUEST_BUCKETS, elapsed)] += 1
         if ex.fallback:
-            self.fallbacks.labels(ex.model.name).inc()
+            tally.fallbacks += 1
 
     def _entry(self, key: tuple) -> _Tally:
         model, version, status, reason, experiment, arm = key
@@ -282,6 +296,7 @@ class Metrics:
             self.requests.labels(model, version, str(status), reason or "none"),
             self.request_duration.labels(model, version),
             self.arm_requests.labels(experiment, arm) if experiment is not None else None,
+            self.fallbacks,
         )
         return tally
 
@@ -289,7 +304,7 @@ class Metrics:
         key = (ex.model.name, info.version, info.endpoint, info.outcome)
         tally = self._upstream.get(key)
         if tally is None:
-            tally = self._upstream[key] = _Tally(key, None, self.upstream_duration.labels(*key), None)
+            tally = self._upstream[key] = _Tally(key, None, self.upstream_duration.labels(*key))
         elapsed = info.end - info.start
         tally.n += 1
         tally.sum += elapsed

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gateway.control.auth import SESSION_TTL_S, AdminAuth
-from gateway.telemetry.access_log import AccessLog, access_log_target
+from gateway.telemetry.access_log import _MAX_PENDING, AccessLog, access_log_target
 from gateway.telemetry.tracing import DEFAULT_RATIO, TelemetryConfigError, TracingConfig, parse_traceparent
 
 TID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -154,15 +154,46 @@ def test_access_log_cannot_open_a_missing_directory(tmp_path):
 def test_access_log_buffers_and_flushes_whole_lines():
     out = io.StringIO()
     log = AccessLog(out, wall=lambda: 1_700_000_000.25)
-    log._pending.extend([json.dumps({"a": 1}), json.dumps({"a": 2})])
+    for rid in ("a", "b"):
+        log.observe(_exchange(rid, None, traced=False), 200, None, None)
     assert out.getvalue() == ""
     log.flush()
-    assert [json.loads(line) for line in out.getvalue().splitlines()] == [{"a": 1}, {"a": 2}]
+    assert out.getvalue().endswith("}\n")
+    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == ["a", "b"]
+    log.flush()  # nothing pending: nothing written
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_access_log_flushes_every_batch_without_waiting():
+    out = io.StringIO()
+    log = AccessLog(out, flush_interval_s=3600)
+    for i in range(_MAX_PENDING + 1):
+        log.observe(_exchange(str(i), "e", traced=False), 200, None, None)
+    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == [
+        str(i) for i in range(_MAX_PENDING)
+    ]
+    log.close()
+    assert len(out.getvalue().splitlines()) == _MAX_PENDING + 1
+
+
+def _exchange(request_id: str, experiment: str | None, traced: bool, model: str = "m", t0: float = 0.0):
+    from types import SimpleNamespace
+
+    traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    return SimpleNamespace(
+        request=SimpleNamespace(headers=[(b"traceparent", traceparent)] if traced else []),
+        trace=None,
+        request_id=request_id,
+        model=SimpleNamespace(name=model),
+        version="v1",
+        choice=SimpleNamespace(experiment=experiment, arm="v1" if experiment else None),
+        t0=t0,
+        attempts=2,
+        fallback=True,
+    )
 
 
 def test_access_log_lines_escape_what_the_caller_controls():
-    from types import SimpleNamespace
-
     out = io.StringIO()
     clock = iter([1_700_000_000.25, 1_700_000_000.9996, 1_700_000_001.0])
     log = AccessLog(out, wall=lambda: next(clock))
@@ -170,18 +201,7 @@ def test_access_log_lines_escape_what_the_caller_controls():
     model = 'm"\\\u00e9'
 
     def exchange(request_id: str, experiment: str | None, traced: bool):
-        traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
-        return SimpleNamespace(
-            request=SimpleNamespace(headers=[(b"traceparent", traceparent)] if traced else []),
-            trace=None,
-            request_id=request_id,
-            model=SimpleNamespace(name=model),
-            version="v1",
-            choice=SimpleNamespace(experiment=experiment, arm="v1" if experiment else None),
-            t0=0.0,
-            attempts=2,
-            fallback=True,
-        )
+        return _exchange(request_id, experiment, traced, model=model)
 
     log.observe(exchange(nasty, None, True), 502, "upstream_5xx", None)
     log.observe(exchange("plain", None, False), 502, "upstream_5xx", None)  # the same outcome: cached
@@ -211,4 +231,21 @@ def test_access_log_lines_escape_what_the_caller_controls():
         "v1",
         200,
         None,
+    )
+
+
+def test_access_log_line_is_byte_for_byte_the_documented_format(monkeypatch):
+    out = io.StringIO()
+    log = AccessLog(out, wall=lambda: 1_700_000_000.0424)
+    monkeypatch.setattr("gateway.telemetry.access_log.time.monotonic", lambda: 100.0125)
+    log.observe(_exchange("r1", "e", traced=True, t0=100.0), 200, None, None)
+    log.observe(_exchange("r2", None, traced=False, t0=99.0), 504, "deadline_exceeded", None)
+    log.flush()
+    assert out.getvalue() == (
+        '{"time":"2023-11-14T22:13:20.042Z","request_id":"r1","trace_id":"' + "a" * 32 + '",'
+        '"model":"m","version":"v1","experiment":"e","arm":"v1","status":200,"reason":null,'
+        '"duration_ms":12.500,"attempts":2,"fallback":true}\n'
+        '{"time":"2023-11-14T22:13:20.042Z","request_id":"r2","trace_id":null,'
+        '"model":"m","version":"v1","experiment":null,"arm":null,"status":504,'
+        '"reason":"deadline_exceeded","duration_ms":1012.500,"attempts":2,"fallback":true}\n'
     )
