@@ -400,11 +400,14 @@ class DataPlane:
                 self.reply_error(responder, "no_endpoint", f"model {name!r} has no default version")
                 return
         state = self._versions[name][choice.version]
-        try:
-            deadline = Deadline.from_header(state.route.policy.timeouts, self.now, timeout)
-        except DeadlineHeaderError as exc:
-            self.reply_error(responder, "bad_request", str(exc))
-            return
+        if timeout is None:
+            deadline = Deadline(state.route.policy.timeouts, self.now)
+        else:
+            try:
+                deadline = Deadline.from_header(state.route.policy.timeouts, self.now, timeout)
+            except DeadlineHeaderError as exc:
+                self.reply_error(responder, "bad_request", str(exc))
+                return
         if action == "infer":
             target = state.infer_target
         else:
@@ -416,7 +419,7 @@ class DataPlane:
         else:
             headers = proxy_headers(request, (), _DROP_UPSTREAM)
         ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid, state)
-        if action == "infer" and request.body is not None:
+        if state.runtime.shadow is not None and action == "infer" and request.body is not None:
             shadow = state.runtime.shadow_version()
             if shadow is not None and shadow != choice.version and shadow in model.versions:
                 ex.shadow = ShadowCopy.start(
