@@ -121,6 +121,34 @@ def test_feedback_joins_the_arm_and_counts_once(mesh):
     assert after.sum == (before.sum if before else 0) + 1
 
 
+def test_feedback_is_joined_at_once_through_the_signed_id(mesh):
+    r = _infer(mesh, "signed-user", 4)
+    rid, arm = r.headers["x-meshgate-request-id"], r.headers["x-meshgate-arm"]
+    assert rid.startswith(f"ab~{arm}~") and len(rid) == len(f"ab~{arm}~") + 38
+    fb = mesh.data.post("/v1/feedback", json={"request_id": rid, "metric": "score", "value": 2.5})
+    assert fb.status_code == 200 and fb.json()["results"][0]["arm"] == arm
+    forged = rid[:-4] + ("AAAA" if rid[-4:] != "AAAA" else "BBBB")
+    fb = mesh.data.post("/v1/feedback", json={"request_id": forged, "metric": "score", "value": 1})
+    assert fb.status_code == 404 and fb.headers["x-meshgate-error"] == "unknown_request"
+
+
+def test_feedback_for_the_callers_own_request_id_joins_through_a_record(mesh):
+    r = mesh.data.post(
+        "/v2/models/digits/infer",
+        content=_body(5),
+        headers={"x-meshgate-key": "own-id-user", "x-request-id": "caller-chosen-id-1"},
+    )
+    assert r.headers["x-meshgate-request-id"] == "caller-chosen-id-1"
+    arm = r.headers["x-meshgate-arm"]
+    event = {"request_id": "caller-chosen-id-1", "metric": "accuracy", "value": 0}
+    fb = mesh.data.post("/v1/feedback", json=event)  # from the gateway's pending record
+    assert fb.status_code == 200 and fb.json()["results"][0]["arm"] == arm
+    deadline = time.monotonic() + 5.0
+    while mesh.store.get_record("join", "caller-chosen-id-1") is None:  # flushed for other gateways
+        assert time.monotonic() < deadline, "the join record never reached the store"
+        time.sleep(0.1)
+
+
 def test_feedback_batch_and_continuous_metric(mesh):
     rids = [_infer(mesh, f"batch-{i}", i).headers["x-meshgate-request-id"] for i in range(5)]
     events = [{"request_id": rid, "metric": "score", "value": 0.5 * i} for i, rid in enumerate(rids)]
