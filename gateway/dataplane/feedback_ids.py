@@ -21,13 +21,12 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from binascii import b2a_base64
 from collections.abc import Callable
 
-from gateway.dataplane.plane import _request_ids, _RequestIds
+from gateway.dataplane.plane import _request_ids
 from gateway.store import Conflict, Store, StoreUnavailable, Write
 from router.table import Choice, ModelRoute
 
@@ -51,24 +50,6 @@ def looks_signed(request_id: str) -> bool:
 
 def _encode(raw: bytes) -> str:
     return b2a_base64(raw, newline=False)[:-2].translate(_TO_URLSAFE).decode()  # (inlined in minting)
-
-
-class _RandomBytes(_RequestIds):
-    """The plane's batched ``os.urandom`` source, handing out the raw bytes instead of hex."""
-
-    __slots__ = ()
-
-    def take(self) -> bytes:
-        pos = self._pos
-        if pos >= len(self._buf):
-            self._buf = os.urandom(self._BATCH)
-            pos = 0
-        self._pos = pos + self._SIZE
-        return self._buf[pos : pos + self._SIZE]
-
-
-_random = _RandomBytes()
-os.register_at_fork(after_in_child=_random.reset)
 
 
 class FeedbackIds:
@@ -110,7 +91,7 @@ class FeedbackIds:
         if now >= self._until:  # (a clock stepping back keeps the later time a while: harmless)
             self._until = int(now) + 1
             self._issued = int(now).to_bytes(4, "big")
-        signed = _random.take() + self._issued
+        signed = _request_ids.take() + self._issued
         mac = base.copy()
         mac.update(signed)
         return prefix + b2a_base64(signed + mac.digest(), newline=False)[:-2].translate(_TO_URLSAFE).decode()

@@ -77,13 +77,17 @@ class _RequestIds:
         self._buf = b""
         self._pos = 0
 
-    def next(self) -> str:
+    def take(self) -> bytes:
+        """12 random bytes (signed feedback ids use them raw)."""
         pos = self._pos
         if pos >= len(self._buf):
             self._buf = os.urandom(self._BATCH)
             pos = 0
         self._pos = pos + self._SIZE
-        return self._buf[pos : pos + self._SIZE].hex()
+        return self._buf[pos : pos + self._SIZE]
+
+    def next(self) -> str:
+        return self.take().hex()
 
 
 _request_ids = _RequestIds()
