@@ -14,7 +14,8 @@ Configurations (the same request bytes every time; 1,000 routing keys cycled):
 
 - ``engine``: the engine alone with the test proxy handler (``tests.engine.proxy_app``);
 - ``plane``: the data plane with no hooks (a 90/10 A/B experiment on the model);
-- ``measure``: + the experiment measurement observer (per-arm counters, join records);
+- ``measure``: + experiment measurement (per-arm counters, and the signed request ids that
+  feedback joins on: the experiment declares a binary metric);
 - ``defaults``: + Prometheus metrics and the JSON access log (to a null stream): what
   ``meshgate up`` runs with its defaults;
 - ``pinned``: the data plane, no hooks, ``/versions/v1/infer`` (no experiment).
@@ -101,7 +102,8 @@ def route_table() -> RouteTable:
     versions = {
         v: VersionRoute(v, (url,), None, policy) for v, url in zip(("v1", "v2"), UPSTREAMS, strict=True)
     }
-    split = Split.compile("bench", "bench", "x-meshgate-key", {"v1": [(0, 9000)], "v2": [(9000, 10000)]})
+    ranges = {"v1": [(0, 9000)], "v2": [(9000, 10000)]}
+    split = Split.compile("bench", "bench", "x-meshgate-key", ranges, {"converted": "binary"})
     return RouteTable(1, {"static": ModelRoute("static", "v1", versions, split)})
 
 
@@ -116,7 +118,7 @@ class Rig:
             plane = DataPlane(self.pool, rng=random.Random(7))
             plane.set_table(route_table())
             if config in ("measure", "defaults"):
-                plane.observers.append(Measurement(MemoryStore()).observe)
+                Measurement(MemoryStore()).install(plane)  # counters, and signed ids for feedback
             if config == "defaults":
                 Metrics().install(plane)
                 AccessLog(io.StringIO(), flush_interval_s=3600).install(plane)

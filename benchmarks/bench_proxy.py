@@ -178,7 +178,7 @@ def meshgate_up(
                     "model": model,
                     "control": WEIGHTS[0][0],
                     "arms": [{"version": v, "weight": w} for v, w in WEIGHTS],
-                    "metrics": [],
+                    "metrics": [{"name": "converted", "kind": "binary"}],  # an A/B test measures something
                 }
                 admin.post("/v1/experiments", json=experiment).raise_for_status()
                 _wait_split(f"{url}/v2/models/{model}/infer", process)
