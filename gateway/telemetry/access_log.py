@@ -40,11 +40,6 @@ _MS = tuple(f'.{ms:03d}Z","request_id":' for ms in range(1000))
 _q = encode_basestring_ascii
 
 
-def _hex(value: str) -> str:
-    """A hex id as a JSON string (nothing to escape)."""
-    return f'"{value}"'
-
-
 def _opt(value: str | None) -> str:
     return "null" if value is None else _q(value)
 
@@ -122,14 +117,14 @@ class AccessLog:
             ex.fallback,
         )
         middle = self._middles.get(key) or self._middle(key)
-        trace_id = trace_id_of(ex.trace, ex.request.headers)
+        trace_id = trace_id_of(ex)
         ms = int(self._wall() * 1000.0) - self._second_ms
         if not 0 <= ms < 1000:  # another second (or the clock went back)
             ms = self._second(ms + self._second_ms)
         lines = self._lines
         lines.append(
             f"{self._prefix}{_MS[ms]}{_q(ex.request_id)},"
-            f'"trace_id":{"null" if trace_id is None else _hex(trace_id)},{middle[0]}'
+            f'"trace_id":{"null" if trace_id is None else _q(trace_id)},{middle[0]}'
             f"{(time.monotonic() - ex.t0) * 1000.0:.3f}{middle[1]}"
         )
         if len(lines) >= _MAX_PENDING:

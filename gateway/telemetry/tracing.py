@@ -40,7 +40,7 @@ from opentelemetry.trace.span import TraceState
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
     from gateway.dataplane.plane import AttemptInfo, DataPlane
-    from gateway.http import Headers, UpstreamResponse
+    from gateway.http import UpstreamResponse
 
 __all__ = [
     "DEFAULT_RATIO",
@@ -185,12 +185,12 @@ class _Trace:
         self.slot = -1  # index of our traceparent in ex.headers
 
 
-def trace_id_of(trace: object, headers: Headers) -> str | None:
-    """A request's trace id (hex) from its ``Exchange.trace`` (set by tracing) or, untraced,
-    the caller's ``traceparent`` among its ``headers``; else None."""
-    if isinstance(trace, _Trace):
-        return f"{trace.trace_id:032x}"
-    for name, value in headers:
+def trace_id_of(ex: Exchange) -> str | None:
+    """The request's trace id (hex), from tracing or the caller's ``traceparent``; else None."""
+    tr = ex.trace
+    if isinstance(tr, _Trace):
+        return f"{tr.trace_id:032x}"
+    for name, value in ex.request.headers:
         if name == _TRACEPARENT:
             parsed = parse_traceparent(value)
             return f"{parsed[0]:032x}" if parsed else None
