@@ -98,16 +98,17 @@ def hook_costs(n: int = 20000) -> dict[str, float]:
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from gateway.dataplane.plane import AttemptInfo
     from gateway.telemetry.access_log import AccessLog
     from gateway.telemetry.metrics import Metrics
     from gateway.telemetry.tracing import DEFAULT_RATIO, Tracing, TracingConfig
+    from router.retry import Outcome
 
     headers = [(b"host", b"gw"), (b"content-type", b"application/json"), (b"content-length", b"84")]
     request = SimpleNamespace(headers=headers, method=b"POST", path="/v2/models/sum/infer")
     choice = SimpleNamespace(experiment="ab", arm="v1", flag=None, reason="EXPERIMENT")
     model = SimpleNamespace(name="sum", versions={})
-    info = AttemptInfo("v1", "http://127.0.0.1:9001", 1, "success", 200, None, 0.0, 0.001)
+    # what the plane hands each on_attempt hook after the exchange
+    attempt = ("http://127.0.0.1:9001", Outcome.SUCCESS, SimpleNamespace(status=200), None, 0.0, 0.001)
 
     def exchange() -> SimpleNamespace:
         return SimpleNamespace(
@@ -135,7 +136,11 @@ def hook_costs(n: int = 20000) -> dict[str, float]:
 
     def tracing(ratio: float, exporter) -> list:
         t = Tracing(TracingConfig(("console",), "traceidratio", ratio), exporter=exporter)
-        return [t.on_start, lambda ex: t.on_attempt(ex, info), lambda ex: t.on_complete(ex, 200, None, None)]
+        return [
+            t.on_start,
+            lambda ex: t.on_attempt(ex, *attempt),
+            lambda ex: t.on_complete(ex, 200, None, None),
+        ]
 
     metrics = Metrics(multiproc_dir="")
     log = AccessLog(open(os.devnull, "w"))  # noqa: SIM115 - a benchmark's sink
@@ -144,7 +149,7 @@ def hook_costs(n: int = 20000) -> dict[str, float]:
         "tracing_sampled_in_memory": per_request(tracing(1.0, InMemorySpanExporter()), n // 10),
         "tracing_sampled_console": per_request(tracing(1.0, ConsoleSpanExporter(out=io.StringIO())), n // 10),
         "metrics": per_request(
-            [lambda ex: metrics.on_attempt(ex, info), lambda ex: metrics.observe(ex, 200, None, None)]
+            [lambda ex: metrics.on_attempt(ex, *attempt), lambda ex: metrics.observe(ex, 200, None, None)]
         ),
         "access_log": per_request([lambda ex: log.observe(ex, 200, None, None)]),
     }

@@ -15,7 +15,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from experiments.ofrep import OfrepService
 from gateway.dataplane.exchange import Exchange
@@ -40,7 +39,7 @@ from router.resilience import VersionRuntime
 from router.retry import Outcome
 from router.table import Choice, ModelRoute, RouteTable, VersionRoute
 
-__all__ = ["AttemptInfo", "DataPlane", "PlaneStats"]
+__all__ = ["AttemptHook", "DataPlane", "PlaneStats"]
 
 log = logging.getLogger("meshgate.dataplane")
 
@@ -94,21 +93,12 @@ _request_ids = _RequestIds()
 os.register_at_fork(after_in_child=_request_ids.reset)
 
 
-class AttemptInfo(NamedTuple):
-    """One upstream attempt, for telemetry (times on the monotonic clock).
-
-    A NamedTuple, not a frozen dataclass: one is built per attempt on the hot path, and
-    this is ~3x cheaper to construct.
-    """
-
-    version: str
-    endpoint: str
-    attempt: int  # 1-based, across fallbacks
-    outcome: str
-    status: int | None
-    error: str | None
-    start: float
-    end: float
+#: ``hook(ex, endpoint, outcome, response, error, start, end)`` after each upstream attempt:
+#: the endpoint's URL, the attempt's Outcome, the upstream's response or error (one is None),
+#: start and end on the monotonic clock. ``ex.version`` and ``ex.attempts`` describe the attempt.
+AttemptHook = Callable[
+    [Exchange, str, Outcome, UpstreamResponse | None, UpstreamError | None, float, float], None
+]
 
 
 @dataclass(slots=True)
@@ -187,7 +177,7 @@ class DataPlane:
         self.rejected: dict[str, int] = {}  # refused before routing (no exchange), by reason
         # Hooks, in the order a request meets them (telemetry and measurement plug in here):
         self.on_start: list[Callable[[Exchange], None]] = []  # before the first attempt
-        self.on_attempt: list[Callable[[Exchange, AttemptInfo], None]] = []  # after each attempt
+        self.on_attempt: list[AttemptHook] = []  # after each attempt
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
         self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
         # Mints the request id when the caller sent none (experiment measurement installs one
@@ -524,20 +514,11 @@ class DataPlane:
         start: float,
         end: float,
     ) -> None:
-        if self.on_attempt:
-            vr = ex.model.versions[ex.version]
-            info = AttemptInfo(
-                ex.version,
-                vr.endpoints[ep],
-                ex.attempts,
-                outcome.value,
-                response.status if response is not None else None,
-                error.reason if error is not None else None,
-                start,
-                end,
-            )
-            for hook in self.on_attempt:
-                hook(ex, info)
+        """Hand one upstream attempt to the hooks: raw values, nothing built per attempt
+        (a hook that wants a record, e.g. tracing for a sampled request, builds its own)."""
+        endpoint = ex.model.versions[ex.version].endpoints[ep]
+        for hook in self.on_attempt:
+            hook(ex, endpoint, outcome, response, error, start, end)
 
     def completed(
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None

@@ -40,8 +40,9 @@ from gateway.dataplane.responses import REASON_STATUS
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
-    from gateway.dataplane.plane import AttemptInfo, DataPlane
-    from gateway.http import UpstreamResponse
+    from gateway.dataplane.plane import DataPlane
+    from gateway.http import UpstreamError, UpstreamResponse
+    from router.retry import Outcome
 
 __all__ = [
     "BREAKER_STATE_VALUES",
@@ -300,12 +301,23 @@ class Metrics:
         )
         return tally
 
-    def on_attempt(self, ex: Exchange, info: AttemptInfo) -> None:
-        key = (ex.model.name, info.version, info.endpoint, info.outcome)
+    def on_attempt(
+        self,
+        ex: Exchange,
+        endpoint: str,
+        outcome: Outcome,
+        response: UpstreamResponse | None,
+        error: UpstreamError | None,
+        start: float,
+        end: float,
+    ) -> None:
+        # the outcome's _value_ (its label): Outcome.value is a property and an Enum hashes
+        # through a Python __hash__, both slower than the plain attribute
+        key = (ex.model.name, ex.version, endpoint, outcome._value_)
         tally = self._upstream.get(key)
         if tally is None:
             tally = self._upstream[key] = _Tally(key, None, self.upstream_duration.labels(*key))
-        elapsed = info.end - info.start
+        elapsed = end - start
         tally.n += 1
         tally.sum += elapsed
         tally.buckets[bisect_left(_UPSTREAM_BUCKETS, elapsed)] += 1

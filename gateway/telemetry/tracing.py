@@ -39,8 +39,9 @@ from opentelemetry.trace.span import TraceState
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
-    from gateway.dataplane.plane import AttemptInfo, DataPlane
-    from gateway.http import UpstreamResponse
+    from gateway.dataplane.plane import DataPlane
+    from gateway.http import UpstreamError, UpstreamResponse
+    from router.retry import Outcome
 
 __all__ = [
     "DEFAULT_RATIO",
@@ -324,37 +325,48 @@ class Tracing:
         tr.slot = len(headers)
         headers.append(header)
 
-    def on_attempt(self, ex: Exchange, info: AttemptInfo) -> None:
+    def on_attempt(
+        self,
+        ex: Exchange,
+        endpoint: str,
+        outcome: Outcome,
+        response: UpstreamResponse | None,
+        error: UpstreamError | None,
+        start: float,
+        end: float,
+    ) -> None:
         tr = ex.trace
         if tr is None or tr.span is None:
-            return
+            return  # not sampled: nothing read, nothing built
+        version, label = ex.version, outcome.value
+        reason = error.reason if error is not None else None
         attributes: dict[str, str | int] = {
             "meshgate.model": ex.model.name,
-            "meshgate.version": info.version,
-            "meshgate.endpoint": info.endpoint,
-            "meshgate.attempt": info.attempt,
-            "meshgate.retry_count": info.attempt - 1,
-            "meshgate.outcome": info.outcome,
-            "meshgate.breaker_state": self._breaker_state(ex, info.version),
+            "meshgate.version": version,
+            "meshgate.endpoint": endpoint,
+            "meshgate.attempt": ex.attempts,
+            "meshgate.retry_count": ex.attempts - 1,
+            "meshgate.outcome": label,
+            "meshgate.breaker_state": self._breaker_state(ex, version),
         }
-        if info.status is not None:
-            attributes["http.response.status_code"] = info.status
-        if info.error is not None:
-            attributes["meshgate.reason"] = info.error
+        if response is not None:
+            attributes["http.response.status_code"] = response.status
+        if reason is not None:
+            attributes["meshgate.reason"] = reason
         if ex.choice.experiment is not None:
             attributes["meshgate.experiment"] = ex.choice.experiment
             attributes["meshgate.arm"] = ex.choice.arm
         self._ids.span_id = tr.next_span_id
         span = self._tracer.start_span(
-            f"upstream {ex.model.name}/{info.version}",
+            f"upstream {ex.model.name}/{version}",
             tr.context,
             SpanKind.CLIENT,
             attributes,
-            start_time=tr.offset_ns + int(info.start * 1e9),
+            start_time=tr.offset_ns + int(start * 1e9),
         )
-        if info.outcome not in _OK_OUTCOMES:
-            span.set_status(Status(StatusCode.ERROR, info.error or info.outcome))
-        span.end(tr.offset_ns + int(info.end * 1e9))
+        if label not in _OK_OUTCOMES:
+            span.set_status(Status(StatusCode.ERROR, reason or label))
+        span.end(tr.offset_ns + int(end * 1e9))
         # the next attempt (if any) goes out under a fresh span id
         tr.next_span_id = self._ids.new_span_id()
         ex.headers[tr.slot] = (_TRACEPARENT, _format(tr.trace_id, tr.next_span_id))

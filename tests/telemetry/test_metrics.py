@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.dataplane.plane import AttemptInfo
 from gateway.telemetry.metrics import _REQUEST_BUCKETS, _UPSTREAM_BUCKETS, Metrics
+from router.retry import Outcome
 
 DURATIONS = [0.0004, 0.0005, 0.0009, 0.001, 0.003, 0.02, 0.02, 0.7, 4.0, 12.0, 99.0]
 
@@ -29,9 +29,9 @@ def test_upstream_tallies_match_observe_bucket_by_bucket():
     reference = Histogram(
         "meshgate_upstream_duration_seconds", "ref", buckets=_UPSTREAM_BUCKETS, registry=registry
     )
-    ex = SimpleNamespace(model=SimpleNamespace(name="m"))
+    ex = SimpleNamespace(model=SimpleNamespace(name="m"), version="v1")
     for i, d in enumerate(DURATIONS):
-        metrics.on_attempt(ex, AttemptInfo("v1", "http://e", 1, "success", 200, None, 0.0, d))
+        metrics.on_attempt(ex, "http://e", Outcome.SUCCESS, None, None, 0.0, d)
         reference.observe(d)
         if i == 4:
             metrics.refresh()  # publishing twice must not count anything twice
@@ -134,10 +134,10 @@ def test_fallbacks_count_per_model_and_the_series_appears_with_the_first():
 
 def test_attempts_count_per_endpoint_and_outcome():
     metrics = Metrics(multiproc_dir="")
-    ex = SimpleNamespace(model=SimpleNamespace(name="m"))
+    ex = SimpleNamespace(model=SimpleNamespace(name="m"), version="v1")
     for outcome, n in (("success", 5), ("server_error", 2), ("timeout", 1)):
-        for i in range(n):
-            metrics.on_attempt(ex, AttemptInfo("v1", "http://e", i + 1, outcome, None, None, 1.0, 1.002))
+        for _ in range(n):
+            metrics.on_attempt(ex, "http://e", Outcome(outcome), None, None, 1.0, 1.002)
     values = _values(metrics.render())
     for outcome, n in (("success", 5), ("server_error", 2), ("timeout", 1)):
         labels = {"model": "m", "version": "v1", "endpoint": "http://e", "outcome": outcome}
