@@ -145,11 +145,11 @@ class Exchange:
         """Start on ``version``: admission, then the first attempt."""
         state = self._state
         if version != self.version:  # a fallback: the upstream path names the version served
+            rest = self._target[len(state.meta_target) :]
             state = self._state = self._plane.version_state(self.model.name, version)
-            rest = self._target[len(self._state_target_base(self.version)) :]
-            self._target = self._state_target_base(version) + rest
+            self._target = state.meta_target + rest
         rt = state.runtime
-        self._endpoints = state.endpoints or self._plane.endpoints(state.model, state.route)
+        self._endpoints = self._plane.endpoints(state)
         self.version, self._rt, self._attempt, self._tried = version, rt, 0, ()
         reason = rt.admit(self)
         if reason is None:
@@ -161,9 +161,6 @@ class Exchange:
             )
         else:
             self._version_failed(reason, f"{self.model.name}/{version}: {_MESSAGES.get(reason, reason)}")
-
-    def _state_target_base(self, version: str) -> bytes:
-        return f"/v2/models/{self.model.name}/versions/{version}".encode()
 
     def resume(self) -> None:
         """Called by the plane when a released slot was handed to this queued exchange."""

@@ -167,7 +167,6 @@ class DataPlane:
     ) -> None:
         self.pool = pool
         self._mesh_tls = mesh_tls
-        self._endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._verifiers: dict[tuple[str, str], PeerVerifier] = {}
         self.table = RouteTable.empty()
         self.loaded = False
@@ -206,7 +205,6 @@ class DataPlane:
                 )
                 states[vr.version] = VersionState(model, vr, rt)
         self._runtimes, self._versions = runtimes, versions
-        self._endpoints = {}
         if table.config_version != self.table.config_version or not self.loaded:
             self.ofrep = OfrepService(table.flags, table.config_version)
         self.table = table
@@ -226,7 +224,6 @@ class DataPlane:
     @mesh_tls.setter
     def mesh_tls(self, context: ssl.SSLContext | None) -> None:
         self._mesh_tls = context
-        self._endpoints = {}
         for states in self._versions.values():
             for state in states.values():
                 state.endpoints = None
@@ -244,15 +241,12 @@ class DataPlane:
             vr.endpoints[index], ssl=self._mesh_tls, verify_peer=self._verifier(vr.version, vr.identity)
         )
 
-    def endpoints(self, model: str, vr: VersionRoute) -> tuple[Endpoint, ...]:
+    def endpoints(self, state: VersionState) -> tuple[Endpoint, ...]:
         """A version's endpoints by index, looked up once per route table (and TLS context)."""
-        key = (model, vr.version)
-        found = self._endpoints.get(key)
+        found = state.endpoints
         if found is None:
-            found = self._endpoints[key] = tuple(self.endpoint(vr, i) for i in range(len(vr.endpoints)))
-            state = self._versions.get(model, {}).get(vr.version)
-            if state is not None and state.route is vr:
-                state.endpoints = found
+            vr = state.route
+            found = state.endpoints = tuple(self.endpoint(vr, i) for i in range(len(vr.endpoints)))
         return found
 
     def _verifier(self, version: str, identity: str | None) -> PeerVerifier | None:
