@@ -1,5 +1,6 @@
 # Set-up is idempotent: a fresh clone needs only `make demo` or `make test`.
-PY ?= python3
+# PY=/path/to/python forces an interpreter; otherwise .ci/make-venv picks the fastest CPython >= 3.11
+PY ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	test -x $(BIN)/python || PY=$(PY) ./.ci/make-venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)

@@ -20,9 +20,11 @@ Load is ``wrk -t1`` at 32 and at 1 connection, ``POST /v2/models/<model>/infer``
 Open Inference Protocol body and a random ``x-meshgate-key`` per request (so that the sticky
 experiment split applies). Reported per target: requests/s, p50/p99, non-2xx and socket errors,
 and the proxy's CPU per request (utime+stime deltas of the proxy's processes from /proc divided
-by the requests served). Targets are measured in interleaved rounds and each figure is the
-median over rounds (a shared machine's background load then hits every target alike); errors
-are summed. Writes benchmarks/results/proxy.json and proxy.md and prints the table.
+by the requests served), also split into user and system time: the system part is the loopback
+TCP stack, about the same for every proxy that makes the same four socket calls per request.
+Targets are measured in interleaved rounds and each figure is the median over rounds (a shared
+machine's background load then hits every target alike); errors are summed.
+Writes benchmarks/results/proxy.json and proxy.md and prints the table.
 
 Upstream kinds: ``model`` is the reference model server with the ``echo`` model (what the mesh
 fronts); ``static`` is a fixed-response server on the engine (~14 us per request), so that the
@@ -69,12 +71,18 @@ WEIGHTS = (("v1", 90), ("v2", 10))
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of `pids` (the system part is mostly the loopback TCP stack)."""
+    user = system = 0
     for pid in pids:
         with suppress(FileNotFoundError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLOCK_TICK, system / CLOCK_TICK
 
 
 def with_children(pid: int) -> list[int]:
@@ -122,6 +130,14 @@ def upstream_command(kind: str, version: str) -> tuple[list[str], str]:
     return [sys.executable, "-m", "benchmarks.bench_proxy", "static-upstream"], "http://"
 
 
+def engine_command(upstreams: list[str], python: str = sys.executable) -> list[str]:
+    """The engine alone as a 90/10 proxy in front of `upstreams`."""
+    command = [python, "-m", "tests.engine.proxy_app", "--weights", ",".join(str(w) for _, w in WEIGHTS)]
+    for url in upstreams:
+        command += ["--upstream", url]
+    return command
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -142,12 +158,12 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> No
 
 @contextmanager
 def meshgate_up(
-    directory: Path, upstreams: dict[str, list[str]], quiet: bool
+    directory: Path, upstreams: dict[str, list[str]], quiet: bool, python: str = sys.executable
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """``meshgate up`` fronting each kind's upstreams as a model with a 90/10 A/B experiment."""
     port, admin_port = _free_port(), _free_port()
     data_dir = directory / "data"
-    command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
+    command = [python, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
     command += ["--data-dir", str(data_dir), "--log-level", "warning"]
     env = dict(os.environ)
     if quiet:
@@ -203,17 +219,24 @@ def _wait_split(url: str, process: subprocess.Popen, timeout: float = 20.0) -> N
 def measure(url: str, pids: list[int], connections: int, duration: float) -> dict:
     load = {"method": "POST", "body": BODY, "connections": connections, "key_header": KEY_HEADER}
     run_load(url, duration=1, **load)  # warm-up
-    before = cpu_seconds(pids)
+    user_before, system_before = cpu_split(pids)
     result = run_load(url, duration=duration, **load)
-    spent = cpu_seconds(pids) - before
-    result["cpu_us_per_request"] = round(spent / result["requests"] * 1e6, 1) if result["requests"] else None
+    user_after, system_after = cpu_split(pids)
+    per_request = 1e6 / result["requests"] if result["requests"] else None
+    for key, spent in (
+        ("cpu_us_per_request", user_after + system_after - user_before - system_before),
+        ("user_us_per_request", user_after - user_before),
+        ("system_us_per_request", system_after - system_before),
+    ):
+        result[key] = round(spent * per_request, 1) if per_request else None
     return result
 
 
 def median_of(runs: list[dict]) -> dict:
     """Median of each figure over rounds (errors and requests summed), keeping every round's rps."""
     out = dict(runs[0])
-    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "duration_s"):
+    cpu = ("cpu_us_per_request", "user_us_per_request", "system_us_per_request")
+    for key in ("rps", "p50_us", "p99_us", *cpu, "duration_s"):
         values = [run[key] for run in runs if run[key] is not None]
         out[key] = round(statistics.median(values), 1) if values else None
     for key in ("requests", "non_2xx", "socket_errors", "errors"):
@@ -236,10 +259,7 @@ def start_targets(
         if "direct" in wanted:
             targets[(kind, "direct")] = (upstreams[kind][0] + path, [procs[0][0].pid])
         if "engine" in wanted:
-            command = [sys.executable, "-m", "tests.engine.proxy_app", "--weights", "90,10"]
-            for url in upstreams[kind]:
-                command += ["--upstream", url]
-            engine, port = stack.enter_context(running(command, "LISTENING"))
+            engine, port = stack.enter_context(running(engine_command(upstreams[kind]), "LISTENING"))
             targets[(kind, "engine")] = (f"http://127.0.0.1:{port}{path}", [engine.pid])
         if "nginx" in wanted:
             try:
@@ -322,9 +342,9 @@ def profile_meshgate(url: str, pid: int, duration: float) -> str | None:
 
 def table(results: dict) -> str:
     lines = [
-        "| upstream | target | rps @32 | p50 @32 (us) | p99 @32 (us) | CPU/req @32 (us) | errors @32 "
-        "| rps @1 | p50 @1 (us) | p99 @1 (us) | errors @1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| upstream | target | rps @32 | p50 @32 (us) | p99 @32 (us) | CPU/req @32 (us) | user + sys (us) "
+        "| errors @32 | rps @1 | p50 @1 (us) | p99 @1 (us) | errors @1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, result in results["kinds"].items():
         for name, row in result["rows"].items():
@@ -332,7 +352,9 @@ def table(results: dict) -> str:
             label = f"{name} (upstream CPU)" if name == "direct" else name
             lines.append(
                 f"| {kind} | {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
-                f"| {c32['cpu_us_per_request']} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
+                f"| {c32['cpu_us_per_request']} "
+                f"| {c32['user_us_per_request']} + {c32['system_us_per_request']} "
+                f"| {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
                 f"| {c1['p99_us']:,.0f} | {c1['errors']} |"
             )
     lines.append("")
@@ -352,6 +374,7 @@ def machine() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        "python_executable": os.path.realpath(sys.executable),  # builds differ: PGO/LTO or not
         "kernel": platform.release(),
         "load_tool": "wrk" if WRK else "python",
     }
