@@ -1,6 +1,5 @@
 # Set-up is idempotent: a fresh clone needs only `make demo` or `make test`.
-# PY=/path/to/python forces an interpreter; otherwise .ci/make-venv picks the fastest CPython >= 3.11
-PY ?=
+PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || PY=$(PY) ./.ci/make-venv $(VENV)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
