@@ -159,11 +159,11 @@ def _fmt(x: float | None, pct: bool = False, digits: int = 3) -> str:
     return f"{x * 100:.{max(digits - 2, 1)}f}%" if pct else f"{x:.{digits}g}"
 
 
-def _lift(lift: dict | None, pct: bool) -> str:
+def _lift(lift: dict | None, pct: bool, scale: float = 1.0) -> str:
     if lift is None:
         return "-"
     lo, hi = lift["ci"]
-    return f"{_fmt(lift['estimate'], pct)} [{_fmt(lo, pct)}, {_fmt(hi, pct)}]"
+    return f"{_fmt(lift['estimate'] * scale, pct)} [{_fmt(lo * scale, pct)}, {_fmt(hi * scale, pct)}]"
 
 
 def print_results(r: dict) -> None:
@@ -201,15 +201,17 @@ def print_results(r: dict) -> None:
     for m in r["metrics"]:
         pct = m["kind"] == "binary"
         direction = "higher" if m["higher_is_better"] else "lower"
+        # the gateway's own latency metric is kept in seconds; read in ms like the traffic table
+        scale, unit = (1000.0, "ms, ") if m["name"] == "latency" else (1.0, "")
         print_table(
-            f"{m['name']} ({m['kind']}, {direction} is better)",
+            f"{m['name']} ({m['kind']}, {unit}{direction} is better)",
             ["arm", "n", "mean", "lift", "relative lift", "p-value", "chance to beat control", "verdict"],
             [
                 (
                     a["arm"] + (" (control)" if a["is_control"] else ""),
                     a["n"],
-                    _fmt(a["mean"], pct=pct, digits=4),
-                    _lift(a["abs_lift"], pct),
+                    _fmt(None if a["mean"] is None else a["mean"] * scale, pct=pct, digits=4),
+                    _lift(a["abs_lift"], pct, scale),
                     _lift(a["rel_lift"], True),
                     _fmt(
                         a["sequential_p_value_adjusted"]

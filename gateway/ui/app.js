@@ -215,17 +215,21 @@ function experimentsPage(data) {
         h("td", { class: "num", text: num(a.latency_ms.p50) }),
         h("td", { class: "num", text: num(a.latency_ms.p99) }))))));
     for (const m of r.metrics) {
-      card.append(h("h3", {}, `${m.name} `, h("span", { class: "muted", text: `(${m.kind}, ${m.higher_is_better ? "higher" : "lower"} is better)` })));
-      card.append(h("table", {},
+      const ms = m.name === "latency";  // the gateway's own latency metric is kept in seconds
+      const mean = (x) => num(x === null || x === undefined ? x : ms ? x * 1000 : x, 4);
+      // the p-value the verdict uses: the experiment's engine, Holm-adjusted over its arms
+      const p = (a) => r.engine === "sequential" ? a.sequential_p_value_adjusted : a.p_value_adjusted;
+      card.append(h("h3", {}, `${m.name} `, h("span", { class: "muted", text: `(${m.kind}, ${ms ? "ms, " : ""}${m.higher_is_better ? "higher" : "lower"} is better)` })));
+      card.append(h("table", { "data-metric": m.name },
         h("thead", {}, h("tr", {}, ...["arm", "n", "mean", "relative lift [interval]", "p-value", "chance to beat control", "verdict"]
           .map((c, i) => h("th", { class: i ? "num" : null, text: c })))),
         h("tbody", {}, ...m.arms.map((a) => h("tr", {},
           h("td", { text: a.arm + (a.is_control ? " (control)" : "") }),
           h("td", { class: "num", text: a.n.toLocaleString("en") }),
-          h("td", { class: "num", text: num(a.mean, 4) }),
+          h("td", { class: "num mean", text: mean(a.mean) }),
           h("td", { class: "num", text: a.is_control || !a.rel_lift ? "–"
             : `${pct(a.rel_lift.estimate)} [${pct(a.rel_lift.ci[0])}, ${pct(a.rel_lift.ci[1])}]` }),
-          h("td", { class: "num", text: pval(a.sequential_p_value ?? a.p_value) }),
+          h("td", { class: "num p-value", title: p(a), text: pval(p(a)) }),
           h("td", { class: "num", text: pct(a.chance_to_beat_control) }),
           h("td", { class: "num", text: a.verdict || "–" }))))));
       if (m.arms.some((a) => !a.is_control && a.rel_lift)) card.append(intervalPlot(m, r.control));

@@ -8,6 +8,7 @@ written to tests/artifacts/.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,13 @@ def mesh(tmp_path_factory):
         m.register("ranker", "r2", v2)
         r = m.admin.post(
             "/v1/experiments",
-            json={"name": "ab", "model": "digits", "arms": {"v1": 50, "v2": 50}, "metrics": ["accuracy"]},
+            json={
+                "name": "ab",
+                "model": "digits",
+                "arms": {"v1": 50, "v2": 50},
+                "metrics": ["accuracy"],
+                "engine": "frequentist",  # the page must show this engine's p, not the sequential one
+            },
         )
         assert r.status_code == 201, r.text
         r = m.admin.post("/v1/canaries", json={"model": "ranker", "candidate": "r2", "steps": [10, 50, 100]})
@@ -63,6 +70,19 @@ def mesh(tmp_path_factory):
                 break
         assert seen == {"v1", "v2"}
         yield m
+
+
+def _settled_latency(mesh) -> dict:
+    """The latency metric's results once two reads a second apart agree (counters flush late)."""
+    previous = None
+    for _ in range(30):  # bounded
+        results = mesh.admin.get("/v1/experiments/ab/results").json()
+        latency = next(m for m in results["metrics"] if m["name"] == "latency")
+        if latency == previous:
+            return latency
+        previous = latency
+        time.sleep(1.0)
+    raise AssertionError("the experiment's latency results kept changing")
 
 
 def _browser(playwright):
@@ -118,6 +138,17 @@ def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mes
             expect(card).to_contain_text("Sample ratio check")
             expect(card.locator("svg.forest").first).to_be_visible()
             expect(card).to_contain_text("chance to beat control")
+            latency = _settled_latency(mesh)  # the page refreshes itself: compare once counters settle
+            page.wait_for_timeout(2_500)
+            rows = card.locator('table[data-metric="latency"] tbody tr')
+            expect(card).to_contain_text("latency (continuous, ms, lower is better)")
+            for i, arm in enumerate(latency["arms"]):  # control first, as the API lists them
+                shown_ms = float(rows.nth(i).locator("td.mean").inner_text())
+                assert shown_ms == pytest.approx(arm["mean"] * 1000, abs=1e-4)  # seconds shown as ms
+            treatment = latency["arms"][1]
+            assert treatment["p_value_adjusted"] != treatment["sequential_p_value_adjusted"]
+            shown_p = float(rows.nth(1).locator("td.p-value").get_attribute("title"))
+            assert shown_p == pytest.approx(treatment["p_value_adjusted"], rel=1e-9)
             page.screenshot(path=str(ARTIFACTS / "dashboard-experiments.png"), full_page=True)
 
             page.click('nav a[data-page="canaries"]')

@@ -1,0 +1,71 @@
+"""`meshgate experiments results` renders the gateway's latency metric in ms, other metrics as they are."""
+
+from __future__ import annotations
+
+from gateway.cli.experiments_cmd import print_results
+from gateway.cli.output import console
+
+
+def _arm(name: str, mean: float, lift: float | None, control: bool = False) -> dict:
+    return {
+        "arm": name,
+        "is_control": control,
+        "n": 300,
+        "mean": mean,
+        "abs_lift": None if lift is None else {"estimate": lift, "ci": (lift * 0.5, lift * 1.5)},
+        "rel_lift": None if lift is None else {"estimate": 0.25, "ci": (0.1, 0.4)},
+        "p_value_adjusted": None if control else 0.01,
+        "sequential_p_value_adjusted": None,
+        "chance_to_beat_control": None if control else 0.99,
+        "verdict": None if control else "worse",
+    }
+
+
+RESULTS = {
+    "name": "ab",
+    "model": "digits",
+    "status": "running",
+    "control": "v1",
+    "engine": "frequentist",
+    "alpha": 0.05,
+    "arms": [
+        {
+            "arm": arm,
+            "weight": 50,
+            "requests": 300,
+            "errors": 0,
+            "error_rate": 0.0,
+            "unkeyed": 0,
+            "latency_ms": {"mean": 0.4, "p50": 0.5, "p95": 0.9, "p99": 2.0},
+        }
+        for arm in ("v1", "v2")
+    ],
+    "metrics": [
+        {
+            "name": "latency",
+            "kind": "continuous",
+            "higher_is_better": False,
+            "arms": [_arm("v1", 0.000378, None, control=True), _arm("v2", 0.000472, 0.000094)],
+        },
+        {
+            "name": "score",
+            "kind": "continuous",
+            "higher_is_better": True,
+            "arms": [_arm("v1", 0.5, None, control=True), _arm("v2", 0.625, 0.125)],
+        },
+    ],
+    "srm": {"flagged": False, "reason": "split matches the weights (p = 0.87)"},
+}
+
+
+def test_latency_in_ms_and_other_metrics_unscaled() -> None:
+    with console.capture() as captured:
+        print_results(RESULTS)
+    text = captured.get()
+    assert "latency (continuous, ms, lower is better)" in text
+    latency_table = text.split("latency (continuous")[1].split("score (continuous")[0]
+    assert "0.378" in latency_table and "0.472" in latency_table  # seconds shown as ms
+    assert "0.094 [0.047, 0.141]" in latency_table  # the lift and its interval scaled alike
+    assert "0.000378" not in latency_table
+    score_table = text.split("score (continuous, higher is better)")[1]
+    assert "0.625" in score_table and "0.125 [0.0625, 0.188]" in score_table
