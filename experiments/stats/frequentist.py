@@ -54,31 +54,36 @@ def check_binary(stats: SampleStats, name: str) -> None:
 def two_proportion_ztest(
     control: SampleStats, treatment: SampleStats, alpha: float = 0.05
 ) -> FrequentistResult:
-    """Two-sided z-test of equal proportions.
+    """Two-sided z-test of equal proportions (Wald: unpooled variance, as GrowthBook's engine).
 
-    The test uses the pooled proportion under the null (as statsmodels' `proportions_ztest`); the
-    intervals use the unpooled Wald variance p(1-p)/n of each arm, because under the alternative
-    the arms differ.
+    The statistic divides the difference by the same standard error as the interval, each arm's
+    p(1-p)/n, so p < alpha exactly when the interval excludes 0; a test with the pooled variance
+    (statsmodels' `proportions_ztest`) disagrees with the Wald interval when the arms differ in
+    size, and could call a winner whose interval crosses 0. An all-or-nothing arm (0 or n
+    successes) uses the add-one variance instead of 0; when both arms together saw no variation
+    at all there is nothing to test.
     """
     alpha = check_alpha(alpha)
     check_binary(control, "control")
     check_binary(treatment, "treatment")
     if control.n < 2 or treatment.n < 2:
         return FrequentistResult.uninformative()
-    pooled = (control.sum + treatment.sum) / (control.n + treatment.n)
-    se_null = math.sqrt(pooled * (1.0 - pooled) * (1.0 / control.n + 1.0 / treatment.n))
-    if se_null == 0:
+    if control.sum + treatment.sum in (0.0, float(control.n + treatment.n)):
         return FrequentistResult.uninformative()
     moments = lift_moments(
         control.mean,
-        control.bernoulli_variance / control.n,
+        _wald_variance(control) / control.n,
         treatment.mean,
-        treatment.bernoulli_variance / treatment.n,
+        _wald_variance(treatment) / treatment.n,
     )
-    z = moments.abs_estimate / se_null
+    z = moments.abs_estimate / math.sqrt(moments.abs_variance)
     crit = float(special.ndtri(1.0 - alpha / 2.0))
     abs_lift, rel_lift = moments.lifts(lambda var: crit * math.sqrt(var))
     return FrequentistResult(z, math.inf, float(2.0 * special.ndtr(-abs(z))), abs_lift, rel_lift)
+
+
+def _wald_variance(stats: SampleStats) -> float:
+    return stats.add_one_variance if stats.all_or_nothing else stats.bernoulli_variance
 
 
 def welch_ttest(control: SampleStats, treatment: SampleStats, alpha: float = 0.05) -> FrequentistResult:

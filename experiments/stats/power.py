@@ -1,7 +1,9 @@
 """Power and sample size for the two tests meshgate runs, before an experiment starts.
 
 Normal approximation of the test statistic D / SE. For a proportion, SE under the null uses the
-pooled proportion and under the alternative each arm's own p(1 - p), like the z-test itself:
+pooled proportion and under the alternative each arm's own p(1 - p), as statsmodels plans (the
+z-test itself is Wald, each arm's p(1 - p) throughout; for unequal arms the two plans differ by a few
+percent, for equal arms by under 0.1%):
 
     n_control = ((z_{1-a/2} * s_null + z_{power} * s_alt) / mde)^2
     s_null^2 = pbar (1 - pbar) (1 + 1/r),  s_alt^2 = p_c (1 - p_c) + p_t (1 - p_t) / r

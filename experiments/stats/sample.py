@@ -71,5 +71,17 @@ class SampleStats:
         p = self.mean
         return max(p * (1.0 - p), 0.0)
 
+    @property
+    def all_or_nothing(self) -> bool:
+        """Every observation is 0, or every one is 1: no spread that a variance could measure."""
+        return self.n > 0 and self.sum == self.sum_sq and self.sum in (0.0, float(self.n))
+
+    @property
+    def add_one_variance(self) -> float:
+        """p~(1 - p~) with p~ = (successes + 1) / (n + 2): the Laplace variance an all-or-nothing arm
+        uses instead of 0, so a candidate failing every request is not certain-but-unmeasurable."""
+        p = (self.sum + 1.0) / (self.n + 2.0)
+        return p * (1.0 - p)
+
     def to_dict(self) -> dict[str, float]:
         return {"n": self.n, "sum": self.sum, "sum_sq": self.sum_sq}

@@ -74,11 +74,7 @@ def sequential_p_value(
 
 def _arm_variance(stats: SampleStats) -> float:
     """Sample variance, or the add-one variance for an arm that is constantly 0 or constantly 1."""
-    variance = stats.variance
-    if variance == 0 and stats.sum == stats.sum_sq and stats.sum in (0.0, float(stats.n)):
-        p = (stats.sum + 1.0) / (stats.n + 2.0)
-        return p * (1.0 - p)
-    return variance
+    return stats.add_one_variance if stats.all_or_nothing else stats.variance
 
 
 def _moments(control: SampleStats, treatment: SampleStats) -> LiftMoments | None:

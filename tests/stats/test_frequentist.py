@@ -1,5 +1,6 @@
-"""z-test, Welch and Holm against statsmodels/scipy; A/A false-positive rates; interval coverage."""
+"""Wald z-test, Welch and Holm against statsmodels/scipy; A/A false-positive rates; interval coverage."""
 
+import itertools
 import math
 
 import numpy as np
@@ -7,19 +8,21 @@ import pytest
 import scipy.stats
 from numpy.testing import assert_allclose
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.proportion import confint_proportions_2indep
+from statsmodels.stats.proportion import test_proportions_2indep as wald_test_2indep
 from statsmodels.stats.weightstats import ttest_ind
 
 from experiments.stats import SampleStats, StatsInputError, holm_adjust, two_proportion_ztest, welch_ttest
 
-PROPORTIONS = [(90, 1000, 120, 1100), (5, 40, 1, 35), (4800, 50000, 5100, 50000), (0, 200, 7, 180)]
+PROPORTIONS = [(90, 1000, 120, 1100), (5, 40, 1, 35), (4800, 50000, 5100, 50000), (20, 1000, 6, 100)]
 
 
 @pytest.mark.parametrize(("sc", "nc", "st", "nt"), PROPORTIONS)
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
 def test_ztest_matches_statsmodels(sc, nc, st, nt, alpha):
     r = two_proportion_ztest(SampleStats.binary(sc, nc), SampleStats.binary(st, nt), alpha)
-    z, p = proportions_ztest([st, sc], [nt, nc])
+    ref = wald_test_2indep(st, nt, sc, nc, method="wald", compare="diff", correction=False)
+    z, p = ref.statistic, ref.pvalue
     lo, hi = confint_proportions_2indep(st, nt, sc, nc, method="wald", compare="diff", alpha=alpha)
     assert_allclose([r.statistic, r.p_value], [z, p], rtol=1e-6, atol=1e-12)
     assert_allclose(
@@ -27,6 +30,30 @@ def test_ztest_matches_statsmodels(sc, nc, st, nt, alpha):
         [st / nt - sc / nc, lo, hi],
         rtol=1e-6,
         atol=1e-12,
+    )
+
+
+def test_ztest_p_value_agrees_with_its_interval_when_arm_sizes_differ():
+    # 2% of 1,000 against 6% of 100: the pooled test said p = 0.012 ("better") while the 95%
+    # interval of the difference, [-0.007, 0.087], crossed 0
+    r = two_proportion_ztest(SampleStats.binary(20, 1000), SampleStats.binary(6, 100))
+    assert r.p_value > 0.05 and not r.abs_lift.ci.excludes(0.0)
+    for (sc, nc), (st, nt) in itertools.product(
+        [(0, 1000), (20, 1000), (40, 1000), (500, 1000), (3, 40)],
+        [(0, 100), (1, 100), (6, 100), (7, 100), (100, 100)],
+    ):
+        for alpha in (0.05, 0.01):
+            r = two_proportion_ztest(SampleStats.binary(sc, nc), SampleStats.binary(st, nt), alpha)
+            assert (r.p_value < alpha) == r.abs_lift.ci.excludes(0.0), (sc, nc, st, nt, alpha)
+
+
+def test_ztest_all_or_nothing_arm_uses_the_add_one_variance():
+    r = two_proportion_ztest(SampleStats.binary(0, 200), SampleStats.binary(7, 180))
+    pc = 1 / 202
+    se = math.sqrt(pc * (1 - pc) / 200 + (7 / 180) * (173 / 180) / 180)
+    assert_allclose([r.statistic, r.p_value], [(7 / 180) / se, 2 * scipy.stats.norm.sf((7 / 180) / se)])
+    assert_allclose(
+        [r.abs_lift.ci.lower, r.abs_lift.ci.upper], 7 / 180 + np.array([-1, 1]) * 1.959964 * se, rtol=1e-6
     )
 
 
@@ -76,9 +103,9 @@ def test_ztest_degenerate_input_is_uninformative(control, treatment):
     assert not r.informative and r.p_value == 1.0 and not r.abs_lift.ci.bounded
 
 
-def test_ztest_all_or_nothing_keeps_its_p_value_but_cannot_bound_the_lift():
+def test_ztest_all_or_nothing_keeps_its_p_value_and_bounds_the_lift():
     r = two_proportion_ztest(SampleStats.binary(0, 100), SampleStats.binary(100, 100))
-    assert r.p_value < 1e-40 and r.abs_lift.estimate == 1.0 and not r.abs_lift.ci.bounded
+    assert r.p_value < 1e-40 and r.abs_lift.estimate == 1.0 and r.abs_lift.ci.lower > 0.9
 
 
 @pytest.mark.parametrize(
