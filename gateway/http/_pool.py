@@ -238,7 +238,7 @@ class _Connection(asyncio.Protocol):
         if exchange is None or exchange._state != Handle._SENT:
             return
         self.exchange = None
-        if self._status and self._length is None and not self._chunked:
+        if self._status >= 200 and self._length is None and not self._chunked:
             self._complete_buffered(exchange)  # a close-delimited body ends with the connection
         elif not self.got_bytes and self.served and not exchange._retried and exchange._stream_body is None:
             exchange._retried = True  # a stale keep-alive connection: replay once on a fresh one
@@ -259,11 +259,16 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadDone):
                 return
-            exchange = self.exchange
-            self.exchange = None
-            self.abort()
-            if exchange is not None:
-                exchange._fail(UpstreamError(UPSTREAM_BAD_RESPONSE, f"malformed response: {exc}"))
+            self._bad_response(f"malformed response: {exc}")
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101 nobody asked for
+            self._bad_response(f"unrequested protocol switch ({self._status} from {self.endpoint.url})")
+
+    def _bad_response(self, message: str) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.abort()
+        if exchange is not None:
+            exchange._fail(UpstreamError(UPSTREAM_BAD_RESPONSE, message))
 
     def eof_received(self) -> bool | None:
         return None
