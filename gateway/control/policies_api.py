@@ -30,9 +30,10 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.params import Depends
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from gateway.control.errors import ApiError
+from gateway.control.schemas import StrictBody
 from gateway.control.transact import transact
 from gateway.mesh.api import ca_admin_router, ca_public_router
 from gateway.mesh.authz import DEFAULTS, AuthzPolicy, ModelPolicy, PolicyError
@@ -57,20 +58,20 @@ __all__ = ["PolicyService", "mesh_authz_router", "mount_mesh", "policies_router"
 _COLLS = ("models", COLLECTION, SETTINGS_COLLECTION)
 
 
-class AllowBody(BaseModel):
+class AllowBody(StrictBody):
     allow: list[str] = Field(description="caller identities: SPIFFE IDs or prefixes ending in *")
 
 
-class PatchBody(BaseModel):
+class PatchBody(StrictBody):
     add: list[str] = Field(default_factory=list, description="patterns to allow")
     remove: list[str] = Field(default_factory=list, description="patterns to stop allowing")
 
 
-class DefaultBody(BaseModel):
+class DefaultBody(StrictBody):
     default: str = Field(description=f"mesh default for models without a policy: one of {list(DEFAULTS)}")
 
 
-class ProofBody(BaseModel):
+class ProofBody(StrictBody):
     model: str
     timestamp: float = Field(description="Unix seconds when the proof was signed")
     certificate: str = Field(description="PEM of the caller's current mesh certificate")
@@ -123,6 +124,8 @@ class PolicyService:
 
     def patch(self, model: str, add: list[str], remove: list[str]) -> ModelPolicy:
         """Add and remove patterns (compared in their full form) in one transaction."""
+        if not add and not remove:  # else an absent policy would be created empty, denying every caller
+            raise ApiError.invalid("body: give add or remove (or both): a list of patterns")
         added = [p.text for p in self._policy(model, add).allow]
         removed = {p.text for p in self._policy(model, remove).allow}
 

@@ -6,14 +6,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ModelPatch", "VersionBody"]
+__all__ = ["ModelPatch", "StrictBody", "VersionBody"]
 
 
-class _Strict(BaseModel):
+class StrictBody(BaseModel):
+    """A request body that refuses unknown fields: a misspelt field would otherwise be dropped silently."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class VersionBody(_Strict):
+class VersionBody(StrictBody):
     endpoints: list[str] = Field(min_length=1, description="http(s)://host:port of each replica")
     protocol: str = Field("v2", description="v2 = Open Inference Protocol")
     labels: dict[str, str] = Field(default_factory=dict)
@@ -21,6 +23,6 @@ class VersionBody(_Strict):
     identity: str | None = Field(None, description="SPIFFE ID the endpoints must present (mTLS)")
 
 
-class ModelPatch(_Strict):
+class ModelPatch(StrictBody):
     default_version: str | None = None
     policy: dict[str, Any] | None = Field(None, description="model-wide default traffic policy")
