@@ -29,7 +29,7 @@ from ._errors import (
     UPSTREAM_UNREACHABLE,
     UpstreamError,
 )
-from ._headers import HOP_BY_HOP, Headers
+from ._headers import HOP_BY_HOP, Headers, connection_tokens
 from ._server import Request, Responder
 from ._stream import BodyStream, StreamError, pipe
 
@@ -37,6 +37,8 @@ from ._stream import BodyStream, StreamError, pipe
 _SET_BY_POOL: frozenset[bytes] = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 # Response fields that describe the upstream hop only; the Responder sets framing for the client.
 _DROP_RESPONSE: frozenset[bytes] = HOP_BY_HOP | {b"content-length"}
+# Connection header values that name no other field (the common ones: no parsing for them).
+_PLAIN_CONNECTION: frozenset[bytes] = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 UpstreamCallback = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
 # Who answered a TLS handshake: the verified certificate (`SSLObject.getpeercert()`, None over
@@ -171,6 +173,7 @@ class _Connection(asyncio.Protocol):
         "_headers",
         "_keep_alive",
         "_length",
+        "_listed",
         "_parser",
         "_response",
         "_status",
@@ -202,6 +205,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._writable_cb: Callable[[], None] | None = None
         self._chunked_request = False
+        self._listed: frozenset[bytes] | None = None  # fields the Connection header names; reset on use
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -336,12 +340,20 @@ class _Connection(asyncio.Protocol):
                 self._length = int(value)
             elif name == b"transfer-encoding":
                 self._chunked = True
+            elif name == b"connection" and value not in _PLAIN_CONNECTION:
+                listed = connection_tokens(((name, value),))
+                if listed:
+                    self._listed = listed if self._listed is None else self._listed | listed
             return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._status = status = parser.get_status_code()
+        listed = self._listed
+        if listed is not None:  # hop-by-hop by the upstream's word (RFC 9110 7.6.1)
+            self._listed = None
+            self._headers = [item for item in self._headers if item[0] not in listed]
         if status < 200:
             self._headers = []  # an interim response; the final one follows
             self._length = None

@@ -1,5 +1,5 @@
 """Upstream answers a proxy must not pass on as they came: interim (1xx) heads without a final
-response, and an unrequested protocol switch."""
+response, an unrequested protocol switch, and fields the upstream's Connection header names."""
 
 from __future__ import annotations
 
@@ -60,3 +60,14 @@ async def test_interim_responses_before_the_final_one_are_dropped() -> None:
     async with raw_upstream(answer_with(raw)) as port, pool_for() as pool:
         response = await pool.endpoint(f"http://{HOST}:{port}").request(b"GET", b"/", timeout=2.0)
     assert (response.status, response.body, response.headers) == (200, b"ok", [(b"x-final", b"1")])
+
+
+async def test_fields_named_by_the_upstreams_connection_header_are_not_passed_on() -> None:
+    # RFC 9110 7.6.1: a proxy removes every field the Connection header lists, both ways.
+    raw = (
+        b"HTTP/1.1 200 OK\r\nx-before: secret\r\nConnection: X-Before, keep-alive, x-after\r\n"
+        b"x-kept: yes\r\nx-after: secret\r\ncontent-length: 2\r\n\r\nok"
+    )
+    async with raw_upstream(answer_with(raw)) as port, pool_for() as pool:
+        response = await pool.endpoint(f"http://{HOST}:{port}").request(b"GET", b"/", timeout=2.0)
+    assert response.headers == [(b"x-kept", b"yes")]
