@@ -1,6 +1,7 @@
 """Request deadlines: the policy's `request_ms`, shortened (never extended) by the client's
-``x-meshgate-timeout-ms``; each attempt gets ``min(per_try_ms, remaining)``; the remaining
-time is passed upstream in the same header so nested calls share one budget.
+``x-meshgate-timeout-ms``; each attempt gets ``min(per_try_ms, remaining)``, and that
+attempt timeout is passed upstream in the same header (as Envoy's
+``x-envoy-expected-rq-timeout-ms``) so nested calls share one budget.
 """
 
 from __future__ import annotations

@@ -207,16 +207,17 @@ class Exchange:
         rt.begin(ep)
         per_try = deadline.per_try_s
         timeout = remaining if per_try is None or per_try > remaining else per_try
-        remaining_ms = _TIMEOUT_LINE % max(1, int(remaining * 1000.0))  # the upstream shares the deadline
+        # the upstream is told when this attempt is abandoned (Envoy's x-envoy-expected-rq-timeout-ms)
+        timeout_line = _TIMEOUT_LINE % max(1, int(timeout * 1000.0))
         endpoint = self._endpoints[ep]
         if self._body is None:  # a streamed body cannot be replayed: one attempt, piped both ways
             self._handle = endpoint.forward_stream(
                 self._request, self._responder, self._method, self._target, self.headers, timeout,
-                self._on_stream_done, self._plane.response_headers(self), remaining_ms,
+                self._on_stream_done, self._plane.response_headers(self), timeout_line,
             )  # fmt: skip
             return
         self._handle = endpoint.send(
-            self._method, self._target, self.headers, self._body, timeout, self._on_result, remaining_ms
+            self._method, self._target, self.headers, self._body, timeout, self._on_result, timeout_line
         )
 
     def _on_stream_done(self, status: int, error: UpstreamError | None) -> None:
