@@ -3,8 +3,8 @@
 Binary metrics: independent Beta-Binomial posteriors (default prior Beta(1, 1)). The chance to beat
 control P(p_t > p_c) and the expected losses are one-dimensional integrals over the quantiles of one
 posterior, done by adaptive quadrature: deterministic, no Monte Carlo. Credible intervals for the
-lifts use a normal approximation of the posterior of the difference (and the delta method for the
-relative lift), as GrowthBook does.
+lifts use a normal approximation of the posterior of the difference (and Fieller's interval for the
+relative lift, `experiments.stats.lift`).
 
 Continuous metrics: a normal approximation with a flat prior, D = t - c ~ N(mean_t - mean_c,
 var_t/n_t + var_c/n_c), where everything has a closed form.
@@ -129,9 +129,7 @@ def beta_binomial(
     chance, loss_control = _beta_beats(c, t)
     loss_treatment = max(loss_control - (t.mean - c.mean), 0.0)
     crit = float(special.ndtri(1.0 - alpha / 2.0))
-    abs_lift, rel_lift = lift_moments(c.mean, c.variance, t.mean, t.variance).lifts(
-        lambda var: crit * math.sqrt(var)
-    )
+    abs_lift, rel_lift = lift_moments(c.mean, c.variance, t.mean, t.variance).lifts(crit)
     return BayesianResult(chance, loss_treatment, loss_control, abs_lift, rel_lift)
 
 
@@ -151,7 +149,7 @@ def normal_posterior(control: SampleStats, treatment: SampleStats, alpha: float 
     loss_control = sigma * density + mu * float(special.ndtr(z))
     loss_treatment = sigma * density - mu * float(special.ndtr(-z))
     crit = float(special.ndtri(1.0 - alpha / 2.0))
-    abs_lift, rel_lift = moments.lifts(lambda var: crit * math.sqrt(var))
+    abs_lift, rel_lift = moments.lifts(crit)
     return BayesianResult(
         float(special.ndtr(z)), max(loss_treatment, 0.0), max(loss_control, 0.0), abs_lift, rel_lift
     )

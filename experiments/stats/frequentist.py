@@ -2,7 +2,7 @@
 
 Both tests answer "is the treatment mean different from the control mean?" with a two-sided
 p-value, and give confidence intervals for the absolute lift (t - c) and the relative lift
-(t/c - 1, delta method). Degenerate input (an arm with n <= 1, no variance) gives the explicit
+((t - c)/|c|, Fieller's interval). Degenerate input (an arm with n <= 1, no variance) gives the explicit
 uninformative result: p = 1, unbounded intervals, `informative=False`.
 """
 
@@ -78,7 +78,7 @@ def two_proportion_ztest(
     )
     z = moments.abs_estimate / math.sqrt(moments.abs_variance)
     crit = float(special.ndtri(1.0 - alpha / 2.0))
-    abs_lift, rel_lift = moments.lifts(lambda var: crit * math.sqrt(var))
+    abs_lift, rel_lift = moments.lifts(crit)
     return FrequentistResult(z, math.inf, float(2.0 * special.ndtr(-abs(z))), abs_lift, rel_lift)
 
 
@@ -102,7 +102,7 @@ def welch_ttest(control: SampleStats, treatment: SampleStats, alpha: float = 0.0
     moments = lift_moments(control.mean, vc, treatment.mean, vt)
     t = moments.abs_estimate / math.sqrt(se2)
     crit = float(special.stdtrit(df, 1.0 - alpha / 2.0))
-    abs_lift, rel_lift = moments.lifts(lambda var: crit * math.sqrt(var))
+    abs_lift, rel_lift = moments.lifts(crit)
     return FrequentistResult(t, df, float(2.0 * special.stdtr(df, -abs(t))), abs_lift, rel_lift)
 
 

@@ -120,7 +120,7 @@ def sequential_test(
     if moments is None:
         return SequentialResult.uninformative()
     n = control.n + treatment.n
-    abs_lift, rel_lift = moments.lifts(lambda var: cs_radius(var, n, alpha, target_n))
+    abs_lift, rel_lift = moments.lifts(cs_radius(1.0, n, alpha, target_n))
     p = sequential_p_value(moments.abs_estimate, moments.abs_variance, n, alpha, target_n)
     return SequentialResult(abs_lift, rel_lift, p)
 

@@ -160,3 +160,36 @@ def test_sharded_counters_from_many_gateways_find_the_planned_effect():
 def test_bad_input_is_rejected_with_a_clear_message(overrides, match):
     with pytest.raises(StatsInputError, match=match):
         _results(**overrides)
+
+
+@pytest.mark.parametrize("engine", ["frequentist", "sequential"])
+def test_a_verdict_never_sits_beside_an_interval_that_crosses_zero(engine):
+    # the dashboard shows the relative lift's interval next to the verdict
+    for n, sc, st in [
+        (1000, 100, 130),
+        (10000, 1000, 1100),
+        (10000, 1000, 1130),
+        (400, 40, 62),
+        (3000, 2700, 2760),
+    ]:
+        for nt in (n, n // 4):
+            treated = SampleStats.binary(st * nt // n, nt)
+            stats = {"m": {"a": SampleStats.binary(sc, n), "b": treated}}
+            results = analyze_experiment(
+                "a", {"m": "binary"}, stats, {"a": n, "b": nt}, {"a": n, "b": nt}, engine=engine
+            )
+            row = _rows(results, "m")["b"]
+            if row.verdict != "inconclusive":
+                assert row.abs_lift.ci.excludes(0.0) and row.rel_lift.ci.excludes(0.0), (n, sc, st, nt)
+
+
+def test_relative_lift_over_a_negative_baseline_points_the_way_of_the_verdict():
+    stats = {
+        "profit": {
+            "a": SampleStats.from_values([-10.0, -12.0, -8.0] * 50),
+            "b": SampleStats.from_values([-5.0, -7.0, -3.0] * 50),
+        }
+    }
+    results = analyze_experiment("a", {"profit": "continuous"}, stats, {"a": 150, "b": 150}, {"a": 1, "b": 1})
+    row = _rows(results, "profit")["b"]
+    assert row.verdict == "better" and row.rel_lift.estimate > 0 and row.rel_lift.ci.lower > 0

@@ -57,16 +57,43 @@ def test_ztest_all_or_nothing_arm_uses_the_add_one_variance():
     )
 
 
-def test_relative_lift_uses_the_delta_method():
+def test_relative_lift_uses_fiellers_interval():
     c, t = SampleStats.binary(100, 1000), SampleStats.binary(130, 1000)
     r = two_proportion_ztest(c, t)
-    var = 0.13 * 0.87 / 1000 / 0.1**2 + 0.1 * 0.9 / 1000 * 0.13**2 / 0.1**4
-    half = scipy.stats.norm.ppf(0.975) * math.sqrt(var)
+    k, vc, vt = scipy.stats.norm.ppf(0.975), 0.1 * 0.9 / 1000, 0.13 * 0.87 / 1000
+    # each end r - 1 solves (t - r c)^2 = k^2 (Var t + r^2 Var c)
+    for end in (r.rel_lift.ci.lower, r.rel_lift.ci.upper):
+        ratio = end + 1.0
+        assert_allclose((0.13 - ratio * 0.1) ** 2, k * k * (vt + ratio * ratio * vc), rtol=1e-9)
     assert_allclose(
-        [r.rel_lift.estimate, r.rel_lift.ci.lower, r.rel_lift.ci.upper],
-        [0.3, 0.3 - half, 0.3 + half],
-        rtol=1e-9,
+        [r.rel_lift.estimate, r.rel_lift.ci.lower, r.rel_lift.ci.upper], [0.3, 0.018391, 0.674718], atol=1e-6
     )
+    # p = 0.035: the relative interval excludes 0 as the absolute one does (the delta method's
+    # symmetric interval was [-0.019, 0.619] beside this p-value)
+    assert r.p_value < 0.05 and r.abs_lift.ci.lower > 0 and r.rel_lift.ci.lower > 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_relative_and_absolute_intervals_agree_on_zero(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        nc, nt = (int(x) for x in rng.integers(2, 400, 2))
+        xc, xt = rng.normal(rng.normal(0, 2), rng.uniform(0.1, 5), nc), rng.normal(rng.normal(0, 2), 3, nt)
+        r = welch_ttest(SampleStats.from_values(xc), SampleStats.from_values(xt))
+        assert r.abs_lift.ci.excludes(0.0) == (r.p_value < 0.05)
+        if r.rel_lift.ci.bounded:
+            assert r.rel_lift.ci.excludes(0.0) == r.abs_lift.ci.excludes(0.0)
+            assert not r.rel_lift.ci.excludes(r.rel_lift.estimate)
+
+
+def test_relative_lift_over_a_negative_control_mean_has_the_sign_of_the_difference():
+    control = SampleStats.from_values([-10.0, -12.0, -8.0, -11.0, -9.0] * 20)
+    treatment = SampleStats.from_values([-5.0, -7.0, -3.0, -6.0, -4.0] * 20)
+    r = welch_ttest(control, treatment)
+    assert r.abs_lift.estimate == pytest.approx(5.0) and r.rel_lift.estimate == pytest.approx(0.5)
+    assert 0 < r.rel_lift.ci.lower < 0.5 < r.rel_lift.ci.upper
+    worse = welch_ttest(treatment, control)  # -5 -> -10 is twice as bad: -100%
+    assert worse.rel_lift.estimate == pytest.approx(-1.0) and worse.rel_lift.ci.upper < 0
 
 
 WELCH_CASES = [
