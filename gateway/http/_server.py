@@ -30,6 +30,8 @@ _FRAMING: frozenset[bytes] = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
 )
 _NO_BODY_STATUS = frozenset({204, 304})
+#: How long a closing connection keeps reading (and discarding) a body the client still sends.
+LINGER_S = 2.0
 
 # Reasons to stop reading a connection, as bits: reading resumes when none is left.
 _PAUSE_BODY = 1  # a streamed request body's consumer is full
@@ -582,7 +584,7 @@ class HttpProtocol(asyncio.Protocol):
                 for later in responders:
                     later._lost()
                 responders.clear()
-                transport.close()
+                self._close_after_response()
                 return
             if responders:
                 nxt = responders[0]
@@ -599,6 +601,20 @@ class HttpProtocol(asyncio.Protocol):
             self._resume(_PAUSE_PIPELINE)
             if not self._in_head and self._accepting:
                 self._set_deadline(False)
+
+    def _close_after_response(self) -> None:
+        """Close once the last response is written; while the client is still sending a body,
+        half-close and discard what it sends for up to `LINGER_S` first (nginx's lingering
+        close): closing with unread data sends a reset, which can destroy the response (a 502
+        for a streamed request whose upstream was down) before the client has read it."""
+        transport = self._transport
+        stream = self._stream
+        if stream is None or stream.complete or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # the response is followed by a FIN, not a reset
+        transport.resume_reading()  # data_received discards: _accepting is False
+        self._loop.call_later(LINGER_S, transport.close)
 
     def _reject(self, status: int, code: str, message: str) -> None:
         """Answer a bad request (after the responses before it) and close the connection."""
