@@ -29,12 +29,13 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
+from pydantic import ValidationError
 
 from experiments import canary
 from experiments.counters import ArmCounters
 from experiments.experiment import Experiment, ExperimentError, reweight
 from experiments.routes import compile_policies
-from gateway.control.errors import ApiError
+from gateway.control.errors import ApiError, validation_text
 from gateway.control.experiments_service import (
     COLLECTIONS,
     ExperimentsService,
@@ -43,6 +44,7 @@ from gateway.control.experiments_service import (
     plan_create,
 )
 from gateway.control.flags_api import parse_flag, plan_put_flag
+from gateway.control.schemas import VersionBody
 from gateway.control.transact import transact
 from gateway.store import Store, Write
 from models.registry import ModelVersion, RegistryError, validate_name
@@ -53,7 +55,6 @@ __all__ = ["ApplyService", "apply_router"]
 Snapshot = dict[str, dict[str, dict]]
 _SECTIONS = ("models", "experiments", "canaries", "flags")
 _MODEL_FIELDS = ("default_version", "policy", "versions")
-_VERSION_FIELDS = ("endpoints", "protocol", "labels", "policy", "identity")
 #: What may not change on an existing experiment (the weights may).
 _FIXED = ("model", "kind", "control", "metrics", "engine", "alpha", "salt", "key_header")
 
@@ -125,6 +126,10 @@ class _Plan:
         known = self.versions(name)
         if not known:
             raise _invalid(f"{path}.versions", f"model {name!r} has no versions: declare at least one")
+        if not isinstance(spec.get("default_version") or "", str):
+            raise _invalid(
+                f"{path}.default_version", f"expected a version name, got {spec['default_version']!r}"
+            )
         default = (
             spec.get("default_version")
             or (existing or {}).get("default_version")
@@ -149,18 +154,22 @@ class _Plan:
         self._record("model", "models", name, existing, doc)
 
     def version(self, model: str, version: str, spec: Mapping, path: str) -> None:
-        _unknown(spec, _VERSION_FIELDS, path)
+        _unknown(spec, tuple(VersionBody.model_fields), path)
+        try:  # the schema of PUT /v1/models/{m}/versions/{v}; null counts as absent, as YAML writes it
+            body = VersionBody.model_validate({k: v for k, v in spec.items() if v is not None})
+        except ValidationError as exc:
+            raise _invalid(path, validation_text(exc.errors())) from None
         key = f"{model}/{version}"
         existing = self.work["versions"].get(key)
         try:
             mv = ModelVersion.create(
                 model,
                 version,
-                spec.get("endpoints") or [],
-                protocol=spec.get("protocol", "v2"),
-                labels=spec.get("labels") or {},
-                policy=spec.get("policy"),
-                identity=spec.get("identity"),
+                body.endpoints,
+                protocol=body.protocol,
+                labels=body.labels,
+                policy=body.policy,
+                identity=body.identity,
                 created_at=existing["created_at"] if existing else time.time(),
             )
             compile_policies(None, {version: mv.policy})

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +20,7 @@ from gateway.store import Conflict as StoreConflict
 from gateway.store import StoreUnavailable
 from models.registry import RegistryError
 
-__all__ = ["ApiError", "install_error_handlers"]
+__all__ = ["ApiError", "install_error_handlers", "validation_text"]
 
 log = logging.getLogger("meshgate.control")
 
@@ -51,6 +53,15 @@ def error_response(
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+def validation_text(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one line, each prefixed with the field it is about."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     errors = exc.errors()
     for err in errors:
@@ -60,11 +71,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
                 "bad_json",
                 f"request body is not valid JSON: {err.get('ctx', {}).get('error', '')}".strip(),
             )
-    parts = []
-    for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
-        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return 422, "invalid", "; ".join(parts) or "invalid request"
+    return 422, "invalid", validation_text(errors)
 
 
 _STATUS_CODES = {
