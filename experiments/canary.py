@@ -18,7 +18,9 @@ The checks, on the counters since the canary started (both arms' counters start 
 * **breaker** -- the candidate's circuit breaker is open: roll back at once. The loop passes
   ``None`` when no gateway health source is available; the check is then skipped.
 * **feedback metric** (optional ``metric: {name, margin, kind, higher_is_better}``) -- the same
-  non-inferiority test and rules as the error rate, on the metric's feedback.
+  non-inferiority test and rules as the error rate, on the metric's feedback; except that at the
+  end of a step with too little feedback to compare (fewer than 2 observations on an arm) the
+  step waits for it rather than passing: a gate the operator asked for is never skipped silently.
 * **p99 latency** (optional) -- at the end of a step: candidate p99 <= ``max_p99_ms``, and
   candidate p99 <= ``max_p99_ratio`` x baseline p99 (differences under ``P99_SLACK_MS`` are
   ignored: the histogram cannot resolve them).
@@ -63,6 +65,7 @@ __all__ = [
 ]
 
 P99_SLACK_MS = 5.0
+GATE_PREFIX = "metric:"  # the feedback gate's check is named metric:<name>
 MAX_STEPS = 20
 CheckStatus = Literal["pass", "fail", "pending", "skip"]
 Action = Literal["idle", "wait", "advance", "promote", "rollback"]
@@ -238,8 +241,12 @@ def _noninferiority(
 
 
 def _settle(check: Check) -> Check:
-    """At a step's end an undecided non-inferiority test passes only if the observed harm is in the margin."""
-    if check.status != "pending":
+    """At a step's end an undecided non-inferiority test passes only if the observed harm is in the margin.
+
+    A feedback gate with no data to compare stays pending (the step waits for feedback): its
+    "harm" of 0 is no observation, and passing it would ramp on a gate that never looked.
+    """
+    if check.status != "pending" or (check.name.startswith(GATE_PREFIX) and not _compared(check)):
         return check
     harm, margin = check.evidence["harm"], check.evidence["margin"]
     if harm <= margin:
@@ -247,6 +254,11 @@ def _settle(check: Check) -> Check:
     return replace(
         check, status="fail", detail=f"observed harm {harm:.4g} > margin {margin:.4g} (not yet conclusive)"
     )
+
+
+def _compared(check: Check) -> bool:
+    """Did the non-inferiority test have data on both arms (a bounded interval on the harm)?"""
+    return None not in check.evidence["ci"]
 
 
 def _latency_checks(config: CanaryConfig, obs: Observation) -> list[Check]:
@@ -310,7 +322,7 @@ def evaluate(exp: Experiment, obs: Observation, now: float) -> Evaluation:
         gate = config.gate
         checks.append(
             _noninferiority(
-                f"metric:{gate.metric.name}",
+                f"{GATE_PREFIX}{gate.metric.name}",
                 _gate_stats(gate, obs.baseline),
                 _gate_stats(gate, obs.candidate),
                 gate.margin,
@@ -337,6 +349,10 @@ def evaluate(exp: Experiment, obs: Observation, now: float) -> Evaluation:
         return Evaluation(
             "rollback", f"{failed.name}: {failed.detail}", tuple(settled), step_requests, elapsed
         )
+    waiting = next((c for c in settled if c.status == "pending"), None)
+    if waiting is not None:
+        reason = f"{where}: {waiting.name}: {waiting.detail}"
+        return Evaluation("wait", reason, tuple(settled), step_requests, elapsed)
     last = progress.step == len(config.steps) - 1
     if last:
         reason = f"all {len(config.steps)} steps passed"

@@ -230,6 +230,19 @@ def test_feedback_metric_gate(clock):
     assert canary.evaluate(exp, same, clock()).action == "advance"
 
 
+def test_a_feedback_gate_without_feedback_waits_instead_of_passing(clock):
+    exp = start(clock, steps=[50, 100], metric={"name": "accuracy", "margin": 0.02})
+    clock.advance(30)
+    silent = obs(arm(2000), arm(500))  # plenty of requests, no feedback yet
+    ev = canary.evaluate(exp, silent, clock())
+    assert ev.action == "wait" and ev.reason.startswith("step 1/2 (50%): metric:accuracy: not enough data")
+    assert canary.tick(exp, silent, clock()) is exp
+    one_sided = obs(arm(2000, metric=("accuracy", 2000, 1800)), arm(500))
+    assert canary.evaluate(exp, one_sided, clock()).action == "wait"
+    fed = obs(arm(2000, metric=("accuracy", 2000, 1800)), arm(500, metric=("accuracy", 40, 36)))
+    assert canary.evaluate(exp, fed, clock()).action == "advance"
+
+
 def test_paused_canary_does_not_progress_and_resume_restarts_the_step_clock(clock):
     exp = start(clock)
     paused = pause(exp, clock())
