@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 
 from gateway.control.apply import ApplyService, apply_router
 from gateway.control.auth import AdminAuth
+from gateway.control.body_limit import BodyLimit
 from gateway.control.errors import install_error_handlers
 from gateway.control.experiments_api import experiments_router
 from gateway.control.experiments_service import ExperimentsService
@@ -57,6 +58,7 @@ def create_admin_app(cp: ControlPlane) -> FastAPI:
         version="0.1.0",
         description="Register model versions, run experiments and canaries, manage flags and policies.",
     )
+    app.add_middleware(BodyLimit)
     install_error_handlers(app)
     auth = [Depends(AdminAuth(cp.token))]
 
