@@ -111,6 +111,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_conflict(_: Request, exc: StoreConflict) -> JSONResponse:
         return error_response(409, "concurrent_update", f"a concurrent update won; retry: {exc}")
 
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the caller gets the shape every error has, not plain text
+        return error_response(
+            500, "internal", f"the control plane failed on this request ({type(exc).__name__}); see its log"
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
+from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.body_limit import MAX_BODY_BYTES
+from gateway.store import open_store
 from tests.procs import free_port, running_mesh
 
 GUARDED = [
@@ -76,3 +80,21 @@ def test_a_streamed_body_is_cut_at_the_limit_without_the_token(mesh):
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
     assert mesh.admin.get("/healthz").status_code == 200
 
+
+def test_an_unexpected_error_is_a_json_500_without_its_details(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'meshgate.db'}")
+    app = create_admin_app(ControlPlane(store=store, token="t", data_dir=str(tmp_path)))
+
+    @app.get("/v1/boom")
+    def boom() -> dict:
+        raise RuntimeError("secret internals")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+            return await client.get("/v1/boom", headers={"authorization": "Bearer t"})
+
+    r = asyncio.run(call())
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal" and "secret" not in r.text
+    store.close()
