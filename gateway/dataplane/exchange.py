@@ -40,11 +40,18 @@ _ERROR_OUTCOME = {
 }
 _SUCCESS = Outcome.SUCCESS
 _CLIENT_ERROR = Outcome.CLIENT_ERROR
+# failures after which the model's own last answer goes to the client, marked with why
+_PASSED_THROUGH = frozenset({"upstream_5xx", "upstream_rate_limited", "retry_budget_exhausted"})
 _TIMEOUT_LINE = b"x-meshgate-timeout-ms: %d\r\n"
 _MESSAGES = {
     "breaker_open": "the circuit breaker is open after repeated failures",
     "overloaded": "too many requests in flight and queued",
 }
+
+
+def _failed_answer(status: int) -> str:
+    """The reason code for a model's failed answer (a 429 is the model's rate limit, not a 5xx)."""
+    return "upstream_rate_limited" if status == 429 else "upstream_5xx"
 
 
 def _ignore(status: int, error: UpstreamError | None) -> None:
@@ -268,7 +275,7 @@ class Exchange:
             else:
                 self._reply_upstream(response)
             return
-        self._last_response, self._last_error = response, (error.reason if error else "upstream_5xx")
+        self._last_response, self._last_error = response, (error.reason if error else _failed_answer(status))
         if outcome is Outcome.DEADLINE:
             self._finish_error("deadline_exceeded", "the request deadline passed while waiting for the model")
             return
@@ -299,8 +306,9 @@ class Exchange:
                 self.fallback = True
                 self._enter(nxt)
                 return
-        if self._last_response is not None and reason in ("upstream_5xx", "retry_budget_exhausted"):
-            self._reply_upstream(self._last_response, error_reason="upstream_5xx")
+        last = self._last_response
+        if last is not None and reason in _PASSED_THROUGH:
+            self._reply_upstream(last, error_reason=_failed_answer(last.status))
             return
         self._finish_error(reason, message)
 

@@ -33,6 +33,7 @@ REASON_STATUS: dict[str, int] = {
     "upstream_reset": 502,
     "upstream_bad_response": 502,
     "upstream_5xx": 502,
+    "upstream_rate_limited": 429,
     "peer_identity_mismatch": 502,
     "upstream_timeout": 504,
     "cancelled": 499,

@@ -63,3 +63,17 @@ async def test_a_500_is_not_retried_by_default_and_is_passed_through_marked() ->
         "upstream_5xx",
     )
     assert healthy.received == [] and plane.stats.retries == 0
+
+
+async def test_a_429_passed_through_is_marked_rate_limited_not_5xx() -> None:
+    async with (
+        Upstream(lambda got: answer(429, b"slow down", b"retry-after: 2\r\n")).running() as limited,
+        gateway(one_model({"v1": ([limited.url], {})})) as (_plane, port),
+    ):
+        response = await exchange(port, infer())
+    assert (response.status, response.body, response.header("x-meshgate-error")) == (
+        429,
+        b"slow down",
+        "upstream_rate_limited",
+    )
+    assert response.header("retry-after") == "2"  # the model's own advice reaches the client
