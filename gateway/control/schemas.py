@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["ModelPatch", "StrictBody", "VersionBody"]
 
@@ -24,5 +24,13 @@ class VersionBody(StrictBody):
 
 
 class ModelPatch(StrictBody):
-    default_version: str | None = None
+    default_version: str | None = Field(None, description="the version unpinned requests go to")
     policy: dict[str, Any] | None = Field(None, description="model-wide default traffic policy")
+
+    @field_validator("default_version")
+    @classmethod
+    def _not_null(cls, value: str | None) -> str:
+        # absent leaves the default as it is; an explicit null would be accepted and ignored
+        if value is None:
+            raise ValueError("a model always has a default version: name one of its versions")
+        return value
