@@ -176,6 +176,21 @@ class VersionRuntime:
         breaker.abandon()
         return OVERLOADED
 
+    def retry_after_s(self, reason: str) -> float | None:
+        """How long a rejection for `reason` should last: until the breaker half-opens, or until
+        the first ejected endpoint returns. None when unknown (endpoints failing active health
+        checks come back when a check passes)."""
+        now = self._now()
+        if reason == BREAKER_OPEN:
+            breaker = self.breaker
+            if breaker.state is _CLOSED:
+                return None
+            return max(0.0, breaker.opened_at + breaker.policy.open_s - now)  # half-open: 0
+        if reason == NO_HEALTHY_ENDPOINT:
+            ends = [h.ejected_until for h in self.outlier.endpoints if h.hc_ok and h.ejected_until > now]
+            return min(ends) - now if ends else None
+        return None
+
     def cancel(self, waiter: Hashable) -> bool:
         """A queued request gave up (client gone, deadline passed): nothing to release."""
         if self.limiter.cancel(waiter):

@@ -345,7 +345,8 @@ class Exchange:
     def _finish_error(self, reason: str, message: str) -> None:
         self._release()
         self.done = True
-        self._plane.reply_error(self._responder, reason, message, self)
+        retry_after = self._rt.retry_after_s(reason) if self._rt is not None else None
+        self._plane.reply_error(self._responder, reason, message, self, retry_after)
         self._plane.completed(self, REASON_STATUS[reason], reason, None)
 
     def _client_gone(self) -> None:

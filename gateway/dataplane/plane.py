@@ -9,6 +9,7 @@ changes; per-version resilience state (breaker, balancer, ejections) is carried 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import ssl
@@ -483,14 +484,23 @@ class DataPlane:
         return out
 
     def reply_error(
-        self, responder: Responder, reason: str, message: str, ex: Exchange | None = None
+        self,
+        responder: Responder,
+        reason: str,
+        message: str,
+        ex: Exchange | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
+        """A gateway-made error; `retry_after_s`: when the cause (open breaker, ejections) ends."""
         self.stats.errors += 1
         if ex is None:  # no observer sees these: telemetry publishes the tally
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
         extra = self.response_headers(ex) if ex else []
-        if reason == "overloaded":  # shed load: ask the client to come back (Envoy sends none; we do)
+        # ask the client to come back, and when (Envoy sends none; LiteLLM users ask for it)
+        if reason == "overloaded":
             extra.append(_RETRY_AFTER)
+        elif retry_after_s is not None:
+            extra.append((b"retry-after", b"%d" % max(1, math.ceil(retry_after_s))))
         status, headers, body = error_response(reason, message, extra)
         responder.respond(status, headers, body)
 

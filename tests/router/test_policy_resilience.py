@@ -8,6 +8,7 @@ from router.resilience import (
     ATTEMPTS_EXHAUSTED,
     BREAKER_OPEN,
     DEADLINE_EXCEEDED,
+    NO_HEALTHY_ENDPOINT,
     NOT_RETRYABLE,
     OVERLOADED,
     QUEUED,
@@ -281,3 +282,34 @@ def test_queued_requests_count_in_the_retry_budget():
     rt.admit("w1")
     assert rt.admit() == OVERLOADED
     assert rt.snapshot()["retry_budget"]["requests"] == 2
+
+
+def test_retry_after_is_when_the_breaker_half_opens():
+    rt, clock, _ = runtime(
+        {"circuit_breaker": {"min_calls": 4, "open_s": 20}, "outlier": {"consecutive_failures": 1000}}
+    )
+    assert rt.retry_after_s(BREAKER_OPEN) is None  # closed: nothing to wait for
+    for _ in range(4):
+        one_request(rt, clock, Outcome.UNAVAILABLE)
+    assert rt.admit() == BREAKER_OPEN
+    clock.advance(5)
+    assert rt.retry_after_s(BREAKER_OPEN) == pytest.approx(15.0)
+    assert rt.retry_after_s(OVERLOADED) is None
+
+
+def test_retry_after_is_when_the_first_ejected_endpoint_returns():
+    rt, clock, _ = runtime(
+        {"outlier": {"consecutive_failures": 1, "base_ejection_s": 10, "max_ejection_percent": 100}},
+        endpoints=["a", "b"],
+    )
+    one_request(rt, clock, Outcome.CONNECT_FAILURE)  # ejects one endpoint for 10 s
+    clock.advance(3)
+    one_request(rt, clock, Outcome.CONNECT_FAILURE)  # the other, until 13 s
+    assert rt.pick() is None
+    assert rt.retry_after_s(NO_HEALTHY_ENDPOINT) == pytest.approx(10.0 - 3.01, abs=0.02)
+
+
+def test_retry_after_is_unknown_when_health_checks_hold_the_endpoints_out():
+    rt, _, _ = runtime({"health_check": {"unhealthy_threshold": 1}}, endpoints=["a"])
+    rt.health_check(0, False)
+    assert rt.pick() is None and rt.retry_after_s(NO_HEALTHY_ENDPOINT) is None
