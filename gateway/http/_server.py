@@ -336,6 +336,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_accepting",
         "_body_chunks",
+        "_body_refused",
         "_body_size",
         "_client",
         "_content_length",
@@ -390,6 +391,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._stream: BodyStream | None = None
+        self._body_refused = False  # rejected mid-body: the client may still be sending it
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -609,7 +611,8 @@ class HttpProtocol(asyncio.Protocol):
         for a streamed request whose upstream was down) before the client has read it."""
         transport = self._transport
         stream = self._stream
-        if stream is None or stream.complete or not transport.can_write_eof():
+        sending = self._body_refused or (stream is not None and not stream.complete)
+        if not sending or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()  # the response is followed by a FIN, not a reset
@@ -619,6 +622,8 @@ class HttpProtocol(asyncio.Protocol):
     def _reject(self, status: int, code: str, message: str) -> None:
         """Answer a bad request (after the responses before it) and close the connection."""
         stream = self._stream
+        # refused after its head (a 413, a malformed chunk): the rest of the body may be on its way
+        self._body_refused = self._request is not None
         if stream is not None and not stream.complete:
             stream.fail(StreamError(status, code, message))
         self._stop_reading()
