@@ -6,18 +6,26 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from gateway.control.auth import read_token
 
-__all__ = ["DEFAULT_ADMIN_URL", "AdminClient", "CliError"]
+__all__ = ["DEFAULT_ADMIN_URL", "AdminClient", "CliError", "segment"]
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 
 
 class CliError(Exception):
     """A failure to report on stderr with exit status 1 (no traceback)."""
+
+
+def segment(name: str) -> str:
+    """``name`` as one URL path segment: a name is data, so ``../flags/x`` must never reach /v1/flags/x."""
+    if name in ("", ".", "..") or "/" in name:
+        raise CliError(f"invalid name {name!r}: a name is one path segment (no '/', not '.' or '..')")
+    return quote(name, safe="")
 
 
 class AdminClient:
@@ -28,6 +36,9 @@ class AdminClient:
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
     def request(self, method: str, path: str, json: Any = None, params: dict | None = None) -> Any:
+        if "?" in path or "#" in path or any(part in (".", "..") for part in path.split("/")):
+            # a name put in the path unquoted (see segment): the URL would name another resource
+            raise CliError(f"refusing {method} {path}: a name in it would change the URL")
         try:
             resp = self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as exc:

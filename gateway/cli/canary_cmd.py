@@ -6,7 +6,7 @@ import argparse
 import re
 from typing import Any
 
-from gateway.cli.admin_client import AdminClient
+from gateway.cli.admin_client import AdminClient, segment
 from gateway.cli.experiments_cmd import lifecycle_action, print_events
 from gateway.cli.output import console, print_json, print_table
 
@@ -108,7 +108,7 @@ def _start(args: argparse.Namespace, client: AdminClient) -> None:
 
 
 def _status(args: argparse.Namespace, client: AdminClient) -> None:
-    s = client.get(f"/v1/canaries/{args.model}")
+    s = client.get(f"/v1/canaries/{segment(args.model)}")
     if args.json:
         print_json(s)
         return

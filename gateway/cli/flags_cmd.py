@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli.admin_client import AdminClient
+from gateway.cli.admin_client import AdminClient, segment
 from gateway.cli.models_cmd import load_data_file
 from gateway.cli.output import print_json, print_table
 
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _set(args: argparse.Namespace, client: AdminClient) -> None:
-    flag = client.request("PUT", f"/v1/flags/{args.key}", json=load_data_file(args.file))
+    flag = client.request("PUT", f"/v1/flags/{segment(args.key)}", json=load_data_file(args.file))
     if args.json:
         print_json(flag)
     else:
@@ -46,7 +46,7 @@ def _set(args: argparse.Namespace, client: AdminClient) -> None:
 def _get(args: argparse.Namespace, client: AdminClient) -> None:
     import yaml
 
-    flag = client.get(f"/v1/flags/{args.key}")
+    flag = client.get(f"/v1/flags/{segment(args.key)}")
     if args.json:
         print_json(flag)
     else:
@@ -73,5 +73,5 @@ def _list(args: argparse.Namespace, client: AdminClient) -> None:
 
 
 def _delete(args: argparse.Namespace, client: AdminClient) -> None:
-    client.request("DELETE", f"/v1/flags/{args.key}")
+    client.request("DELETE", f"/v1/flags/{segment(args.key)}")
     print(f"deleted flag {args.key}")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.admin_client import AdminClient, CliError
+from gateway.cli.admin_client import AdminClient, CliError, segment
 from gateway.cli.output import print_json, print_table
 
 __all__ = ["add_parser", "add_process_options", "announce", "apply_process_options"]
@@ -203,14 +203,18 @@ def _print_policy(args: argparse.Namespace, policy: dict) -> None:
 
 
 def _allow(args: argparse.Namespace, client: AdminClient) -> None:
-    _print_policy(args, client.request("PATCH", f"/v1/policies/{args.model}", json={"add": args.patterns}))
+    _print_policy(
+        args, client.request("PATCH", f"/v1/policies/{segment(args.model)}", json={"add": args.patterns})
+    )
 
 
 def _deny(args: argparse.Namespace, client: AdminClient) -> None:
     if args.patterns:
-        policy = client.request("PATCH", f"/v1/policies/{args.model}", json={"remove": args.patterns})
+        policy = client.request(
+            "PATCH", f"/v1/policies/{segment(args.model)}", json={"remove": args.patterns}
+        )
     else:
-        policy = client.request("PUT", f"/v1/policies/{args.model}", json={"allow": []})
+        policy = client.request("PUT", f"/v1/policies/{segment(args.model)}", json={"allow": []})
     _print_policy(args, policy)
 
 
@@ -225,11 +229,11 @@ def _list(args: argparse.Namespace, client: AdminClient) -> None:
 
 
 def _show(args: argparse.Namespace, client: AdminClient) -> None:
-    _print_policy(args, client.get(f"/v1/policies/{args.model}"))
+    _print_policy(args, client.get(f"/v1/policies/{segment(args.model)}"))
 
 
 def _remove(args: argparse.Namespace, client: AdminClient) -> None:
-    client.request("DELETE", f"/v1/policies/{args.model}")
+    client.request("DELETE", f"/v1/policies/{segment(args.model)}")
     print(f"removed the policy of model {args.model}: the mesh default applies")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.cli.admin_client import AdminClient, CliError
+from gateway.cli.admin_client import AdminClient, CliError, segment
 from gateway.cli.output import print_json, print_table
 
 __all__ = ["add_parser"]
@@ -73,7 +73,9 @@ def _register(args: argparse.Namespace, client: AdminClient) -> None:
         body["policy"] = load_data_file(args.policy)
     if args.identity:
         body["identity"] = args.identity
-    mv = client.request("PUT", f"/v1/models/{args.model}/versions/{args.version}", json=body)
+    mv = client.request(
+        "PUT", f"/v1/models/{segment(args.model)}/versions/{segment(args.version)}", json=body
+    )
     if args.json:
         print_json(mv)
     else:
@@ -93,7 +95,7 @@ def _list(args: argparse.Namespace, client: AdminClient) -> None:
 
 
 def _show(args: argparse.Namespace, client: AdminClient) -> None:
-    m = client.get(f"/v1/models/{args.model}")
+    m = client.get(f"/v1/models/{segment(args.model)}")
     if args.json:
         print_json(m)
         return
@@ -111,14 +113,14 @@ def _show(args: argparse.Namespace, client: AdminClient) -> None:
 
 
 def _set_default(args: argparse.Namespace, client: AdminClient) -> None:
-    m = client.request("PATCH", f"/v1/models/{args.model}", json={"default_version": args.version})
+    m = client.request("PATCH", f"/v1/models/{segment(args.model)}", json={"default_version": args.version})
     print(f"{m['name']}: default version is now {m['default_version']}")
 
 
 def _remove(args: argparse.Namespace, client: AdminClient) -> None:
     if args.version:
-        client.request("DELETE", f"/v1/models/{args.model}/versions/{args.version}")
+        client.request("DELETE", f"/v1/models/{segment(args.model)}/versions/{segment(args.version)}")
         print(f"removed {args.model}/{args.version}")
     else:
-        client.request("DELETE", f"/v1/models/{args.model}")
+        client.request("DELETE", f"/v1/models/{segment(args.model)}")
         print(f"removed model {args.model}")
