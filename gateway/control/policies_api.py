@@ -73,7 +73,7 @@ class DefaultBody(StrictBody):
 
 class ProofBody(StrictBody):
     model: str
-    timestamp: float = Field(description="Unix seconds when the proof was signed")
+    timestamp: float = Field(allow_inf_nan=False, description="Unix seconds when the proof was signed")
     certificate: str = Field(description="PEM of the caller's current mesh certificate")
     signature: str = Field(description="base64url ECDSA-SHA256 over meshgate-authz\\n<model>\\n<timestamp>")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.procs import free_port, running_mesh
@@ -62,3 +63,14 @@ def test_policy_refusals_keep_state(mesh):
         assert r.status_code == status, (path, body, r.text)
         assert set(r.json()) == {"error"} and r.json()["error"]["message"]
     assert _state(mesh) == before
+
+
+@pytest.mark.parametrize("timestamp", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_proof_timestamp_that_is_not_finite_is_a_422(mesh, timestamp):
+    """NaN passes any comparison with the proof window; it must not reach the signature check."""
+    body = b'{"model": "digits", "timestamp": %s, "certificate": "x", "signature": "y"}' % timestamp
+    r = httpx.post(
+        f"{mesh.admin_url}/v1/mesh/authz", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid" and "timestamp" in r.json()["error"]["message"]
