@@ -160,10 +160,15 @@ def _fmt(x: float | None, pct: bool = False, digits: int = 3) -> str:
 
 
 def _lift(lift: dict | None, pct: bool, scale: float = 1.0) -> str:
+    """``estimate [low, high]``; an unbounded end (None) reads ``-``."""
     if lift is None:
         return "-"
-    lo, hi = lift["ci"]
-    return f"{_fmt(lift['estimate'] * scale, pct)} [{_fmt(lo * scale, pct)}, {_fmt(hi * scale, pct)}]"
+    estimate, lo, hi = (_fmt(_scaled(x, scale), pct) for x in (lift["estimate"], *lift["ci"]))
+    return f"{estimate} [{lo}, {hi}]"
+
+
+def _scaled(x: float | None, scale: float) -> float | None:
+    return None if x is None else x * scale
 
 
 def print_results(r: dict) -> None:
@@ -210,7 +215,7 @@ def print_results(r: dict) -> None:
                 (
                     a["arm"] + (" (control)" if a["is_control"] else ""),
                     a["n"],
-                    _fmt(None if a["mean"] is None else a["mean"] * scale, pct=pct, digits=4),
+                    _fmt(_scaled(a["mean"], scale), pct=pct, digits=4),
                     _lift(a["abs_lift"], pct, scale),
                     _lift(a["rel_lift"], True),
                     _fmt(

@@ -53,6 +53,15 @@ RESULTS = {
             "higher_is_better": True,
             "arms": [_arm("v1", 0.5, None, control=True), _arm("v2", 0.625, 0.125)],
         },
+        {
+            "name": "revenue",
+            "kind": "continuous",
+            "higher_is_better": True,
+            "arms": [
+                _arm("v1", 0.01, None, control=True),
+                {**_arm("v2", 0.02, 0.01), "rel_lift": {"estimate": 1.0, "ci": (None, None)}},
+            ],
+        },
     ],
     "srm": {"flagged": False, "reason": "split matches the weights (p = 0.87)"},
 }
@@ -67,5 +76,13 @@ def test_latency_in_ms_and_other_metrics_unscaled() -> None:
     assert "0.378" in latency_table and "0.472" in latency_table  # seconds shown as ms
     assert "0.094 [0.047, 0.141]" in latency_table  # the lift and its interval scaled alike
     assert "0.000378" not in latency_table
-    score_table = text.split("score (continuous, higher is better)")[1]
+    score_table = text.split("score (continuous, higher is better)")[1].split("revenue")[0]
     assert "0.625" in score_table and "0.125 [0.0625, 0.188]" in score_table
+
+
+def test_an_unbounded_interval_reads_as_dashes() -> None:
+    # a control mean indistinguishable from 0 leaves the relative lift without bounds (None)
+    with console.capture() as captured:
+        print_results(RESULTS)
+    revenue = captured.get().split("revenue (continuous, higher is better)")[1]
+    assert "100.0% [-, -]" in revenue
