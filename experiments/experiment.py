@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -410,8 +410,7 @@ def reweight(exp: Experiment, weights: object, now: float, counts: Mapping[str, 
     if unknown:
         raise ExperimentError("weights", f"unknown arms {_list(unknown)} (arms: {_list(exp.versions)})")
     merged = {**exp.weights, **{k: _weight(v, f"weights.{k}") for k, v in weights.items()}}
-    if sum(merged.values()) <= 0:
-        raise ExperimentError("weights", "weights must sum to more than 0")
+    _check_total(merged.values(), "weights")
     if merged == exp.weights:
         return exp
     before = exp.weights
@@ -482,6 +481,13 @@ def _weight(value: object, path: str) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _check_total(weights: Iterable[float], path: str) -> None:
+    """Weights are relative: any scale, but their sum must be a finite number above 0."""
+    total = sum(weights)
+    if not 0 < total < math.inf:
+        raise ExperimentError(path, f"weights must sum to more than 0 and stay finite, got {total!r}")
+
+
 def _arms(data: object) -> tuple[Arm, ...]:
     """``[{version, weight}]`` or ``{version: weight}`` (YAML's natural form)."""
     if isinstance(data, Mapping):
@@ -495,8 +501,7 @@ def _arms(data: object) -> tuple[Arm, ...]:
         if any(a.version == version for a in arms):
             raise ExperimentError(f"arms[{i}].version", f"version {version!r} is listed twice")
         arms.append(Arm(version, _weight(d["weight"], f"arms[{i}].weight")))
-    if sum(a.weight for a in arms) <= 0:
-        raise ExperimentError("arms", "weights must sum to more than 0")
+    _check_total((a.weight for a in arms), "arms")
     return tuple(arms)
 
 

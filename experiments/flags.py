@@ -31,7 +31,7 @@ import copy
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from math import isfinite
+from math import inf, isfinite
 from types import MappingProxyType
 from typing import Any
 
@@ -300,7 +300,7 @@ def _condition(data: object, path: str) -> Condition:
     attribute, op, value = d["attribute"], d["op"], d.get("value")
     if not isinstance(attribute, str) or not attribute or attribute.strip() != attribute:
         raise FlagError(f"{path}.attribute", f"expected an attribute name, got {attribute!r}")
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise FlagError(f"{path}.op", f"unknown operator {op!r} (one of {', '.join(sorted(OPS))})")
     if "value" in d and value is None:
         raise FlagError(f"{path}.value", "a condition value cannot be null")
@@ -324,6 +324,7 @@ def _rollout(data: object, variants: Mapping[str, Any], path: str) -> tuple[Roll
         if type(weight) not in (int, float) or not isfinite(weight) or weight < 0:
             raise FlagError(f"{path}[{i}].weight", f"expected a finite number >= 0, got {weight!r}")
         shares.append(RolloutShare(variant, weight))
-    if sum(share.weight for share in shares) <= 0:
-        raise FlagError(path, "weights must sum to more than 0")
+    total = sum(share.weight for share in shares)
+    if not 0 < total < inf:
+        raise FlagError(path, f"weights must sum to a finite number more than 0, got {total!r}")
     return tuple(shares)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from math import isfinite
+from math import inf, isfinite
 from typing import Any
 
 from router.hashing import BUCKETS, bucket
@@ -284,8 +284,8 @@ def split_bounds(weights: Sequence[float]) -> tuple[int, ...]:
     if any(type(w) not in (int, float) or not isfinite(w) or w < 0 for w in weights):
         raise ValueError("weights must be finite numbers >= 0")
     total = sum(weights)
-    if total <= 0:
-        raise ValueError("weights must sum to more than 0")
+    if not 0 < total < inf:
+        raise ValueError("weights must sum to a finite number more than 0")
     bounds, running = [], 0.0
     for weight in weights:
         running += weight

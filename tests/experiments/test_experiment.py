@@ -72,6 +72,11 @@ def test_short_forms_arms_mapping_and_metric_strings():
             "arms",
             "sum to more than 0",
         ),
+        (  # each finite, their sum not: the bucket allocation would silently break
+            {"arms": [{"version": "v1", "weight": 1e308}, {"version": "v2", "weight": 1e308}]},
+            "arms",
+            "stay finite",
+        ),
         (
             {"arms": [{"version": "v1", "weight": -1}, {"version": "v2", "weight": 2}]},
             "arms[0].weight",
@@ -171,6 +176,7 @@ def test_reweight_is_monotone_and_records_an_srm_period():
     [
         ({"v3": 1}, "unknown arms v3"),
         ({"v1": 0, "v2": 0}, "sum to more than 0"),
+        ({"v1": 1e308, "v2": 1e308}, "stay finite"),
         ({"v1": -2}, ">= 0"),
         ([], "object"),
     ],

@@ -89,6 +89,15 @@ REFUSED = [
      "not_found", "'nope' is not registered"),
     ("PUT", "/v1/flags/digits-route", {"model": "digits", "variants": {"a": "v9"}, "default_variant": "a"},
      422, "invalid", "unknown version 'v9'"),
+    ("PUT", "/v1/flags/f", {"variants": {"a": 1, "b": 2}, "default_variant": "a", "rules": [
+        {"conditions": [], "rollout": [{"variant": "a", "weight": 1e308}, {"variant": "b", "weight": 1e308}]}
+    ]}, 422, "invalid", "weights"),
+    ("PUT", "/v1/flags/f", {"variants": {"a": 1}, "default_variant": "a", "rules": [
+        {"conditions": [{"attribute": "tier", "op": [], "value": 1}], "variant": "a"}
+    ]}, 422, "invalid", "op"),
+    ("PUT", "/v1/flags/f", {"variants": {"a": 1}, "default_variant": "a", "rules": [
+        {"conditions": [{"attribute": "tier", "op": {"x": 1}, "value": 1}], "variant": "a"}
+    ]}, 422, "invalid", "op"),
     ("GET", "/v1/flags/nope", None, 404, "not_found", "'nope' does not exist"),
     ("DELETE", "/v1/flags/nope", None, 404, "not_found", "'nope' does not exist"),
 ]  # fmt: skip

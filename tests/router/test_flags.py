@@ -304,3 +304,8 @@ def test_route_version_pins_only_on_targeting_match_or_split():
                        rules=[RuleSpec([], "new")])
     assert route_version([off], "k", {}) is None
     assert route_version([], "k", {}) is None
+
+
+def test_split_bounds_refuse_weights_whose_sum_overflows():
+    with pytest.raises(ValueError, match="finite"):
+        split_bounds([1e308, 1e308])
