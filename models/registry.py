@@ -7,6 +7,7 @@ API, ``meshgate apply`` and the store all reject the same things with the same w
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -25,6 +26,11 @@ __all__ = [
 ]
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+# RFC 1123 host names (urlsplit lowercases them) and "_", which Docker's service names may hold;
+# IPv4 literals match too, IPv6 ones are checked apart
+_HOST_PATTERN = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?")
+# A workload's SPIFFE ID (the SPIFFE standard): trust domain, then a non-empty path of segments
+_SPIFFE_PATTERN = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+")
 PROTOCOLS = frozenset({"v2"})
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 
@@ -58,14 +64,39 @@ def validate_endpoint(value: object, field: str = "endpoint") -> str:
         raise RegistryError(field, f"invalid URL {value!r}: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise RegistryError(field, f"invalid URL {value!r}: scheme must be http or https")
-    if not parts.hostname:
+    host = parts.hostname
+    if not host:
         raise RegistryError(field, f"invalid URL {value!r}: no host")
+    if not (_HOST_PATTERN.fullmatch(host) if ":" not in host else _is_ipv6(host)):
+        raise RegistryError(field, f"invalid URL {value!r}: {host!r} is not a host name or IP address")
     if parts.username or parts.password:
         raise RegistryError(field, f"invalid URL {value!r}: credentials are not allowed in endpoints")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise RegistryError(field, f"invalid URL {value!r}: give scheme://host:port only, no path or query")
     del port  # parsed only to reject out-of-range ports
     return value.rstrip("/")
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def validate_identity(value: object) -> str:
+    """A workload SPIFFE ID: ``spiffe://<trust-domain>/<path>``, no empty, ``.`` or ``..`` segments."""
+    if (
+        not isinstance(value, str)
+        or len(value) > 2048
+        or not _SPIFFE_PATTERN.fullmatch(value)
+        or any(seg in (".", "..") for seg in value[len("spiffe://") :].split("/")[1:])
+    ):
+        raise RegistryError(
+            "identity", f"expected a SPIFFE ID such as spiffe://meshgate.local/model/m/v1, got {value!r}"
+        )
+    return value
 
 
 def _validate_labels(labels: object) -> dict[str, str]:
@@ -117,10 +148,10 @@ class ModelVersion:
             raise RegistryError("endpoints", "at least one endpoint is required")
         if len(set(eps)) != len(eps):
             raise RegistryError("endpoints", "duplicate endpoint")
-        if protocol not in PROTOCOLS:
+        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
             raise RegistryError("protocol", f"unsupported protocol {protocol!r} (supported: v2)")
-        if identity is not None and (not isinstance(identity, str) or not identity.startswith("spiffe://")):
-            raise RegistryError("identity", "expected a SPIFFE ID such as spiffe://meshgate.local/model/m/v1")
+        if identity is not None:
+            validate_identity(identity)
         return cls(
             model=model,
             version=version,
