@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.mesh.ca import DEFAULT_LEAF_LIFETIME_S, CAError, MeshCA, fingerprint
 from gateway.mesh.proof import RenewalProof
@@ -68,6 +68,9 @@ class _MeshRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
+                if first.get("type") == "json_invalid":
+                    detail = first.get("ctx", {}).get("error", "")
+                    return _error("bad_request", f"the body is not valid JSON: {detail}")
                 where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
                 return _error("bad_request", f"{where or 'body'}: {first.get('msg', 'invalid request body')}")
             except (CAError, TokenError) as exc:
@@ -78,12 +81,18 @@ class _MeshRoute(APIRoute):
         return route
 
 
-class RenewalBody(BaseModel):
+class _Body(BaseModel):
+    """A request body: an unknown (misspelt) field is refused, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RenewalBody(_Body):
     certificate: str = Field(description="PEM of the workload's current, still valid certificate")
     signature: str = Field(description="base64url signature of the new CSR's DER bytes by the current key")
 
 
-class SignBody(BaseModel):
+class SignBody(_Body):
     csr: str = Field(description="PEM certificate signing request made with the workload's own key")
     identity: str = Field(description="SPIFFE ID to issue, e.g. spiffe://meshgate.local/model/digits/v2")
     token: str | None = Field(None, description="join token (first certificate)")
@@ -105,13 +114,13 @@ class BundleResponse(BaseModel):
     fingerprints: list[str]
 
 
-class TokenBody(BaseModel):
+class TokenBody(_Body):
     identities: list[str] = Field(min_length=1, description="SPIFFE IDs or patterns with a trailing *")
     ttl_s: float = Field(3600.0, gt=0, le=MAX_TTL_S)
     single_use: bool = True
 
 
-class RotateBody(BaseModel):
+class RotateBody(_Body):
     step: Literal["prepare", "activate", "drop-retired"] = Field(
         description="prepare: trust a next root; activate (a leaf lifetime later): sign with it; "
         "drop-retired (another leaf lifetime later): stop trusting the old one"

@@ -170,6 +170,7 @@ def test_identity_not_allowed_and_bad_csr_do_not_spend_the_token(api):
             "bad_request",
         ),
         ({"csr": "x", "identity": MODEL, "token": "x", "lifetime_s": -1}, "bad_request"),
+        ({"csr": "x", "identity": MODEL, "token": "x", "lifetime": 60}, "bad_request"),  # misspelt
         ({"csr": "x", "identity": "spiffe://other.td/model/digits/v2", "token": "x"}, "bad_identity"),
         ({"csr": "x", "identity": "model/digits", "token": "x"}, "bad_identity"),
     ],
@@ -183,11 +184,13 @@ def test_a_non_json_body_is_400(api):
         f"{api.url}/v1/ca/sign", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert _error(response, 400) == "bad_request"
+    assert "not valid JSON" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
     "body",
     [
+        {"identities": [MODEL], "ttl": 60},  # misspelt: ttl_s
         {"identities": []},
         {"identities": ["spiffe://other.td/gateway/*"]},
         {"identities": ["spiffe://meshgate.local*"]},
