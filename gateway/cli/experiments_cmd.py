@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from gateway.cli.admin_client import AdminClient, CliError
+from gateway.cli.admin_client import AdminClient, CliError, segment
 from gateway.cli.output import console, print_json, print_table
 
 __all__ = ["add_parser", "lifecycle_action", "print_events", "weights_arg"]
@@ -134,7 +134,7 @@ def print_events(events: list[dict]) -> None:
 
 
 def _show(args: argparse.Namespace, client: AdminClient) -> None:
-    e = client.get(f"/v1/experiments/{args.name}")
+    e = client.get(f"/v1/experiments/{segment(args.name)}")
     if args.json:
         print_json(e)
         return
@@ -240,18 +240,25 @@ def print_results(r: dict) -> None:
 
 
 def _results(args: argparse.Namespace, client: AdminClient) -> None:
-    r = client.get(f"/v1/experiments/{args.name}/results")
+    r = client.get(f"/v1/experiments/{segment(args.name)}/results")
     if args.json:
         print_json(r)
     else:
         print_results(r)
 
 
+class _PathArgs(dict):
+    """The arguments as `format_map` sees them: each value put into a path is one escaped segment."""
+
+    def __getitem__(self, key: str) -> str:
+        return segment(str(super().__getitem__(key)))
+
+
 def lifecycle_action(path: str, verb: str) -> Callable[[argparse.Namespace, AdminClient], None]:
     """A subcommand that POSTs ``verb`` to ``path`` (formatted with the arguments), prints the new status."""
 
     def run(args: argparse.Namespace, client: AdminClient) -> None:
-        e = client.request("POST", f"{path.format_map(vars(args))}/{verb}")
+        e = client.request("POST", f"{path.format_map(_PathArgs(vars(args)))}/{verb}")
         if args.json:
             print_json(e)
         else:
@@ -261,7 +268,8 @@ def lifecycle_action(path: str, verb: str) -> Callable[[argparse.Namespace, Admi
 
 
 def _weights(args: argparse.Namespace, client: AdminClient) -> None:
-    e = client.request("PATCH", f"/v1/experiments/{args.name}", json={"weights": weights_arg(args.arm)})
+    weights = {"weights": weights_arg(args.arm)}
+    e = client.request("PATCH", f"/v1/experiments/{segment(args.name)}", json=weights)
     if args.json:
         print_json(e)
     else:

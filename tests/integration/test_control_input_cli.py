@@ -37,11 +37,14 @@ def _state(mesh) -> dict:
         (["flags", "delete", "../models/digits"], "invalid name '../models/digits'"),
         (["models", "show", "digits/health"], "invalid name 'digits/health'"),
         (["policies", "remove", "../flags/victim"], "invalid name '../flags/victim'"),
-        (["canary", "abort", "../flags/victim"], "would change the URL"),
+        (["canary", "abort", "../flags/victim"], "invalid name '../flags/victim'"),
         (["flags", "get", "victim?x=1"], "invalid flag key 'victim?x=1'"),
         (["models", "show", "dig its"], "invalid name 'dig its'"),
-        (["experiments", "show", "../models/digits"], "would change the URL"),
-        (["experiments", "stop", "../../v1/flags/victim"], "would change the URL"),
+        (["experiments", "show", "../models/digits"], "invalid name '../models/digits'"),
+        (["experiments", "stop", "../../v1/flags/victim"], "invalid name '../../v1/flags/victim'"),
+        (["experiments", "results", "x/../../flags/victim"], "invalid name 'x/../../flags/victim'"),
+        (["experiments", "weights", "a/b", "--arm", "v1=1"], "invalid name 'a/b'"),
+        (["experiments", "pause", "digits?x=1"], "invalid experiment name 'digits?x=1'"),  # escaped
     ],
 )
 def test_a_name_never_reaches_another_resource(mesh, args, needle):
