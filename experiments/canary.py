@@ -223,6 +223,8 @@ def _steps(value: object) -> tuple[float, ...]:
         if steps and s <= steps[-1]:
             raise ExperimentError(f"steps[{i}]", "steps must increase (a canary only ramps up)")
         steps.append(float(s))
+    if steps == [100.0]:  # the checks compare with the baseline's traffic: at 100% it has none
+        raise ExperimentError("steps", "a canary needs a step below 100% to compare the candidate with")
     return tuple(steps)
 
 

@@ -69,6 +69,7 @@ def test_start_builds_a_two_arm_experiment_at_the_first_step(clock):
         ({"steps": [10, 5]}, "steps[1]", "must increase"),
         ({"steps": [0, 50]}, "steps[0]", "(0, 100]"),
         ({"steps": [50, 150]}, "steps[1]", "(0, 100]"),
+        ({"steps": [100]}, "steps", "a step below 100%"),  # nothing to compare the candidate with
         ({"interval_s": -1}, "interval_s", ">= 0"),
         ({"min_requests": 1.5}, "min_requests", "integer"),
         ({"max_error_rate_increase": 1.5}, "max_error_rate_increase", "[0, 1)"),
