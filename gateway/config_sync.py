@@ -4,7 +4,9 @@ A store watcher (in-process callbacks for SQLite, pub/sub for Redis) wakes the l
 soon as a write lands; a periodic version poll is the safety net against missed messages
 and against other processes writing the same SQLite file. Reads and compilation run in a
 thread; only the final swap touches the event loop. While the store is unreachable the
-gateway keeps serving its last table and retries with backoff.
+gateway keeps serving its last table and retries with backoff. A config version that does
+not compile (bad data in the store) is logged once and recorded in ``error``; the gateway
+keeps its last good table and builds again when the version moves on.
 """
 
 from __future__ import annotations
@@ -28,23 +30,32 @@ class ConfigSync:
         self.store = store
         self.on_table = on_table
         self.poll_s = poll_s
-        self.version = -1
+        self.version = -1  # of the table in service
         self.failures = 0
+        self.error: str | None = None  # why the store's newest version is not in service
+        self._tried = -1  # the newest version built, whether it compiled or not
         self._wake = asyncio.Event()
         self._unwatch: Callable[[], None] | None = None
 
     def _load(self) -> RouteTable | None:
         version = self.store.config_version()
-        if version == self.version:
+        if version in (self.version, self._tried):
             return None
         version, snap = self.store.snapshot(COLLECTIONS)
-        return build_route_table(version, snap)
+        self._tried = version
+        try:
+            return build_route_table(version, snap)
+        except Exception as exc:  # any bad document: the last good table stays in service
+            self.error = f"config version {version} does not compile: {type(exc).__name__}: {exc}"
+            log.error("%s; still serving config version %d", self.error, self.version)
+            return None
 
     async def refresh(self) -> bool:
         """Rebuild now if the version moved; True when a new table was swapped in."""
         table = await asyncio.to_thread(self._load)
         if table is None or table.config_version <= self.version:
             return False
+        self.error = None
         self.version = table.config_version
         self.on_table(table)
         log.info("route table at config version %d (%d models)", table.config_version, len(table.models))
