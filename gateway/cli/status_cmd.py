@@ -33,6 +33,12 @@ def _p(p: float | None) -> str | None:
     return None if p is None else ("<0.0001" if p < 0.0001 else f"{p:.4f}")
 
 
+def _verdict_p(engine: str, arm: dict[str, Any]) -> float | None:
+    """The p-value the verdict uses: the experiment's engine, Holm-adjusted over its arms
+    (as ``experiments results`` and the dashboard show it)."""
+    return arm["sequential_p_value_adjusted"] if engine == "sequential" else arm["p_value_adjusted"]
+
+
 def _interval(lift: dict | None) -> str | None:
     if not lift:
         return None
@@ -173,7 +179,7 @@ def _experiment(exp: dict[str, Any]) -> None:
             a["arm"],
             a["n"],
             _interval(a["rel_lift"]),
-            _p(a["sequential_p_value"] if a["sequential_p_value"] is not None else a["p_value"]),
+            _p(_verdict_p(r["engine"], a)),
             _pct(a["chance_to_beat_control"]),
             a["verdict"],
         )
