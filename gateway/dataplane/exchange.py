@@ -12,6 +12,7 @@ policy order lives in ``router.resilience.VersionRuntime``; this class only walk
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -111,7 +112,7 @@ class Exchange:
         self._responder = responder
         self.model = model
         self.choice = choice
-        self._method = request.method
+        self._method = request.method if request.method != b"HEAD" else b"GET"  # the responder drops the body
         self._target = target
         self.headers = headers  # sent upstream; start hooks may add to it (traceparent)
         self.trace: object = None  # set by a tracing hook
@@ -345,8 +346,10 @@ class Exchange:
     def _finish_error(self, reason: str, message: str) -> None:
         self._release()
         self.done = True
-        retry_after = self._rt.retry_after_s(reason) if self._rt is not None else None
-        self._plane.reply_error(self._responder, reason, message, self, retry_after)
+        after = self._rt.retry_after_s(reason) if self._rt is not None else None
+        # tell the client when the cause (an open breaker, ejections) ends
+        more = [(b"retry-after", b"%d" % max(1, math.ceil(after)))] if after is not None else ()
+        self._plane.reply_error(self._responder, reason, message, self, more)
         self._plane.completed(self, REASON_STATUS[reason], reason, None)
 
     def _client_gone(self) -> None:

@@ -9,7 +9,6 @@ changes; per-version resilience state (breaker, balancer, ejections) is carried 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import ssl
@@ -24,6 +23,7 @@ from gateway.dataplane.shadow import ShadowCopy, ShadowStats
 from gateway.http import (
     DROP_FORWARD,
     Endpoint,
+    Headers,
     PeerVerifier,
     Request,
     Responder,
@@ -321,7 +321,9 @@ class DataPlane:
     def _ofrep(self, request: Request, responder: Responder, rest: str) -> None:
         """OpenFeature remote evaluation of the current flags (OFREP)."""
         if request.method != b"POST":
-            self.reply_error(responder, "method_not_allowed", "OFREP evaluation takes POST")
+            self.reply_error(
+                responder, "method_not_allowed", "OFREP evaluation takes POST", None, [(b"allow", b"POST")]
+            )
             return
         body = request.body or b""
         if rest in ("", "/"):
@@ -341,12 +343,10 @@ class DataPlane:
             self.reply_error(responder, "not_found", f"no route for {request.path}")
             return
         expect = b"POST" if action == "infer" else b"GET"
-        if request.method != expect:
-            self.reply_error(
-                responder,
-                "method_not_allowed",
-                f"{request.path} takes {expect.decode()}, not {request.method.decode()}",
-            )
+        if request.method != expect and not (request.method == b"HEAD" and expect == b"GET"):
+            allowed = b"POST" if expect == b"POST" else b"GET, HEAD"
+            message = f"{request.path} takes {allowed.decode()}, not {request.method.decode()}"
+            self.reply_error(responder, "method_not_allowed", message, None, [(b"allow", allowed)])
             return
         model = self.table.models.get(name)
         if model is None:
@@ -489,18 +489,16 @@ class DataPlane:
         reason: str,
         message: str,
         ex: Exchange | None = None,
-        retry_after_s: float | None = None,
+        more: Headers = (),  # type: ignore[assignment]
     ) -> None:
-        """A gateway-made error; `retry_after_s`: when the cause (open breaker, ejections) ends."""
+        """A gateway-made error; `more`: headers that say more (``retry-after``, ``allow``)."""
         self.stats.errors += 1
         if ex is None:  # no observer sees these: telemetry publishes the tally
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
         extra = self.response_headers(ex) if ex else []
-        # ask the client to come back, and when (Envoy sends none; LiteLLM users ask for it)
-        if reason == "overloaded":
+        if reason == "overloaded":  # shed load: ask the client to come back (Envoy sends none; we do)
             extra.append(_RETRY_AFTER)
-        elif retry_after_s is not None:
-            extra.append((b"retry-after", b"%d" % max(1, math.ceil(retry_after_s))))
+        extra.extend(more)
         status, headers, body = error_response(reason, message, extra)
         responder.respond(status, headers, body)
 
