@@ -46,6 +46,8 @@ JOIN_NAMESPACE = "join"
 _FEEDBACK_NAMESPACE = "feedback"
 _MAX_EVENTS = 1000
 _MAX_ID = 200
+# A feedback value's square goes into a counter: bounded so sums of squares stay finite.
+_MAX_VALUE = 1e100
 
 
 class FeedbackError(Exception):
@@ -181,7 +183,10 @@ class Measurement:
             while True:
                 await asyncio.sleep(self.flush_interval_s)
                 await self._load_ids()
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception:  # a refused batch is counted as dropped; later ones still go
+                    log.exception("counter flush failed")
         finally:
             await self.flush()
 
@@ -353,5 +358,7 @@ def _parse_feedback(body: bytes) -> tuple[list[tuple[str, str, float]], bool]:
             value = int(value)
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise FeedbackError("bad_request", f"{where}value: expected a finite number or a boolean")
+        if abs(value) > _MAX_VALUE:
+            raise FeedbackError("bad_request", f"{where}value: magnitude must be at most {_MAX_VALUE:g}")
         events.append((rid, metric, value))
     return events, single

@@ -18,6 +18,7 @@ failed transaction back, so retrying the same batch is already exact.
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -124,8 +125,12 @@ class _WriteBehind:
 
 
 def _check_delta(group: str, field: str, delta: object) -> None:
+    """Refused here, not at flush: one inf would make the whole batch (every arm's counts
+    since the last flush) unwritable on Redis, and would poison the sum on SQLite."""
     if type(delta) is not int and type(delta) is not float:
         raise TypeError(f"counter {group}/{field} delta must be int or float, got {delta!r}")
+    if type(delta) is float and not math.isfinite(delta):
+        raise ValueError(f"counter {group}/{field} delta must be finite, got {delta!r}")
 
 
 class CounterBuffer(_WriteBehind):
