@@ -35,7 +35,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,7 +47,6 @@ from gateway.http import (
     Responder,
     Server,
     ServerLimits,
-    StreamError,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
@@ -188,8 +186,9 @@ class Sidecar:
             limits=ServerLimits(max_body_bytes=cfg.max_body_bytes),
         )
         if cfg.outbound is not None and cfg.gateway is not None:
-            self._gateway = self.pool.endpoint(cfg.gateway, ssl=self.identity.client_context())
-            # Outbound bodies are buffered, so the gateway's identity is checked before any byte goes back.
+            self._gateway = self.pool.endpoint(
+                cfg.gateway, ssl=self.identity.client_context(), verify_peer=self._verify_gateway
+            )
             limits = ServerLimits(max_body_bytes=cfg.max_body_bytes, buffered_body_bytes=cfg.max_body_bytes)
             self.outbound = await start_server(self._handle_outbound, *cfg.outbound, limits=limits)
         self._refresher = asyncio.create_task(self._refresh_forever(), name="policy-refresh")
@@ -251,7 +250,7 @@ class Sidecar:
             )
             _reply_error(responder, 403, UNAUTHORIZED, f"{caller} may not call model {self.config.model!r}")
             return
-        self._forward(self._upstream, request, responder, None)
+        self._forward(self._upstream, request, responder)
 
     # -- outbound: model -> gateway mesh port -> other model ----------------------------
     def _handle_outbound(self, request: Request, responder: Responder) -> None:
@@ -260,21 +259,19 @@ class Sidecar:
                 responder, 404, "not_found", f"the outbound port routes /v2/models/..., not {request.path}"
             )
             return
-        self._forward(self._gateway, request, responder, self._check_gateway)
+        self._forward(self._gateway, request, responder)
 
-    def _check_gateway(self, response: UpstreamResponse) -> str | None:
-        if verify_peer(response.peer_cert, self._gateways):
+    def _verify_gateway(self, peer_cert: dict | None) -> UpstreamError | None:
+        """Run by the pool after each handshake with the mesh port, before the request goes out:
+        checking the answer instead would already have handed the call to any mesh member."""
+        if verify_peer(peer_cert, self._gateways):
             return None
-        return f"the mesh port presented {peer_identity(response.peer_cert)}, not a gateway identity"
+        presented = peer_identity(peer_cert)
+        message = f"the mesh port presented {presented}, not a gateway identity"
+        return UpstreamError(PEER_IDENTITY_MISMATCH, message)
 
     # -- forwarding --------------------------------------------------------------------
-    def _forward(
-        self,
-        endpoint: Endpoint,
-        request: Request,
-        responder: Responder,
-        check: Callable[[UpstreamResponse], str | None] | None,
-    ) -> None:
+    def _forward(self, endpoint: Endpoint, request: Request, responder: Responder) -> None:
         headers = proxy_headers(request)
 
         def finished(status: int, error: UpstreamError | None) -> None:
@@ -294,13 +291,6 @@ class Sidecar:
             cancel.handle = None
             if response is None:
                 finished(error.status if error else 502, error)
-                return
-            problem = check(response) if check is not None else None
-            if problem is not None:
-                log.warning("outbound call refused: %s", problem)
-                if response.stream is not None:
-                    response.stream.fail(StreamError(502, PEER_IDENTITY_MISMATCH, problem))
-                _reply_error(responder, 502, PEER_IDENTITY_MISMATCH, problem)
                 return
             relay(response, responder, [], finished)
 
