@@ -20,12 +20,21 @@ class DeadlineHeaderError(ValueError):
 
 
 def parse_timeout_header(value: str | bytes) -> int:
-    """``x-meshgate-timeout-ms`` as milliseconds; raises DeadlineHeaderError when malformed."""
+    """``x-meshgate-timeout-ms`` as milliseconds; raises DeadlineHeaderError when malformed.
+
+    Several values (the field repeated, or comma-joined as HTTP combines repeated fields) mean
+    the shortest: a deadline only ever shortens, so no hop can extend one set before it.
+    """
     text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return min(_milliseconds(part) for part in text.split(",")) if "," in text else _milliseconds(text)
+
+
+def _milliseconds(text: str) -> int:
     text = text.strip()
     if not (0 < len(text) <= 12 and text.isascii() and text.isdigit() and int(text) > 0):
         raise DeadlineHeaderError(
-            f"{TIMEOUT_HEADER} must be a positive whole number of milliseconds, got {text[:40]!r}"
+            f"{TIMEOUT_HEADER} must be a positive whole number of milliseconds (at most 12 digits), "
+            f"got {text[:40]!r}"
         )
     return int(text)
 

@@ -363,8 +363,8 @@ class DataPlane:
                 key = value.decode("latin-1")
             elif hname == _RID:
                 rid = value.decode("latin-1")
-            elif hname == _TIMEOUT:
-                timeout = value
+            elif hname == _TIMEOUT:  # repeated: all of them count (the shortest wins)
+                timeout = value if timeout is None else timeout + b"," + value
             elif hname.startswith(_ATTR):
                 if attrs is _NO_ATTRS:
                     attrs = {}

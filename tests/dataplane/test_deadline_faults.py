@@ -60,3 +60,17 @@ async def test_the_clients_shorter_deadline_is_what_the_upstream_is_told() -> No
         1
     ]  # the client's is not passed on
     assert 200 < int(up.received[0].headers["x-meshgate-timeout-ms"][0]) <= 300
+
+
+async def test_a_repeated_timeout_header_counts_its_shortest_value() -> None:
+    # the last of two values won, so a hop could lengthen a deadline set before it
+    async with (
+        Upstream(lambda got: answer()).running() as model,
+        gateway(one_model({"v1": ([model.url], {})})) as (_, port),
+    ):
+        response = await exchange(
+            port, infer(headers=b"x-meshgate-timeout-ms: 300\r\nx-meshgate-timeout-ms: 20000\r\n")
+        )
+    assert response.status == 200
+    told = [int(ms) for ms in model.received[0].headers["x-meshgate-timeout-ms"]]
+    assert len(told) == 1 and 0 < told[0] <= 300, told

@@ -42,3 +42,15 @@ def test_bad_header_values(value):
 
 def test_header_parsing_tolerates_spaces():
     assert parse_timeout_header(" 250 ") == 250
+
+
+@pytest.mark.parametrize(("value", "ms"), [("900, 250", 250), (b"250,900", 250), ("100,100", 100)])
+def test_several_values_mean_the_shortest(value, ms):
+    # HTTP joins a repeated field with commas; a deadline only shortens, so no value may extend it
+    assert parse_timeout_header(value) == ms
+
+
+@pytest.mark.parametrize("value", ["250,", "250,abc", ",250"])
+def test_a_list_with_a_bad_value_is_refused(value):
+    with pytest.raises(DeadlineHeaderError):
+        parse_timeout_header(value)
