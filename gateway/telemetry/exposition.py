@@ -13,12 +13,9 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client import multiprocess as _multiprocess
-
 from gateway.dataplane.responses import error_response
 from gateway.http import Request, Responder, Server, ServerLimits, start_server
-from gateway.telemetry.metrics import CONTENT_TYPE
+from gateway.telemetry.metrics import CONTENT_TYPE, multiprocess_exposition
 
 __all__ = ["METRICS_PATH", "MetricsThread", "aggregate_exposition", "metrics_handler", "start_metrics_server"]
 
@@ -52,9 +49,7 @@ async def start_metrics_server(render: Callable[[], bytes], host: str, port: int
 
 def aggregate_exposition(directory: str) -> bytes:
     """Every worker's metrics in ``directory`` added up (live gauges of dead workers excluded)."""
-    registry = CollectorRegistry()
-    _multiprocess.MultiProcessCollector(registry, directory)
-    return generate_latest(registry)
+    return multiprocess_exposition(directory)
 
 
 class MetricsThread:

@@ -18,23 +18,28 @@ plane's ``rejected`` tally, published like the others.
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before prometheus_client
 is imported), every value lives in a per-process mmap file in that directory and ``render()``
 adds them up with ``MultiProcessCollector``. Gauges use the ``live*`` modes, so a process
-manager must call ``mark_worker_dead(pid)`` when a worker exits.
+manager must call ``mark_worker_dead(pid)`` when a worker exits. A worker's files cannot forget
+a label set, so the gauges of a version or endpoint that is gone are set to NaN there and
+``multiprocess_exposition`` leaves NaN gauge values out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
+import math
 import os
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from gateway.dataplane.responses import REASON_STATUS
 
@@ -49,6 +54,7 @@ __all__ = [
     "CONTENT_TYPE",
     "Metrics",
     "mark_worker_dead",
+    "multiprocess_exposition",
     "set_certificate_expiry",
 ]
 
@@ -83,6 +89,25 @@ def mark_worker_dead(pid: int, directory: str | None = None) -> None:
     directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         _multiprocess.mark_process_dead(pid, directory)
+
+
+class _LiveGauges(_multiprocess.MultiProcessCollector):
+    """MultiProcessCollector that skips gauge values marked gone (NaN) before adding up."""
+
+    def collect(self) -> Iterable[Metric]:
+        metrics = self._read_metrics(glob.glob(os.path.join(self._path, "*.db")))
+        for metric in metrics.values():
+            if metric.type == "gauge":
+                metric.samples = [s for s in metric.samples if not math.isnan(s.value)]
+        return self._accumulate_metrics(metrics, True)
+
+
+def multiprocess_exposition(directory: str) -> bytes:
+    """Every worker's metrics in ``directory`` added up, without the gauges of gone label sets
+    (nor the live gauges of dead workers)."""
+    registry = CollectorRegistry()
+    _LiveGauges(registry, directory)
+    return generate_latest(registry)
 
 
 class _Tally:
@@ -364,8 +389,11 @@ class Metrics:
                             self.ejections.labels(*labels).inc()
             self._was_ejected = ejected_now
         for gauge, old in self._labelled.items():
-            for labels in old - seen.get(gauge, set()):
-                gauge.remove(*labels)  # a version or endpoint that is gone
+            for labels in old - seen.get(gauge, set()):  # a version or endpoint that is gone
+                if self.multiproc_dir:  # the files cannot remove it: mark it for the exposition
+                    gauge.labels(*labels).set(math.nan)
+                else:
+                    gauge.remove(*labels)
         self._labelled = seen
         self._remember_traffic()
 
@@ -434,7 +462,5 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format: this process, or every worker in multiprocess mode."""
         if self.multiproc_dir:
-            registry = CollectorRegistry()
-            _multiprocess.MultiProcessCollector(registry, self.multiproc_dir)
-            return generate_latest(registry)
+            return multiprocess_exposition(self.multiproc_dir)
         return generate_latest(self.registry)
