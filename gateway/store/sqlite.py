@@ -4,16 +4,20 @@ One connection per thread (sqlite3 connections are not shareable across threads)
 writes take ``BEGIN IMMEDIATE`` so the config-version check and the writes are atomic
 even with several processes on one file. Watchers in this process are called after a
 commit; other processes on the same file see changes through the gateway's version poll.
+Every SQLite failure (a full or read-only disk, a lock held past the busy timeout, a file
+that is not a database) surfaces as :class:`StoreUnavailable` naming the cause, and a failed
+write leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from gateway.store.base import Conflict, Document, StoreUnavailable, Write
@@ -57,7 +61,8 @@ class SQLiteStore:
         self._purged_at = 0.0
         self._purge_interval_s = purge_interval_s  # expired records are deleted at most this often
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(_SCHEMA)
+        with self._io("creating the schema"):
+            self._conn().executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -71,51 +76,80 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
+    @contextlib.contextmanager
+    def _io(self, what: str) -> Iterator[None]:
+        """Translate sqlite3 failures into meshgate's ``StoreUnavailable``."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"SQLite store {self.path} failed {what}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed whole, or rolled back whole.
+
+        SQLite may already have rolled back (a full disk at COMMIT), so ROLLBACK is only
+        issued while a transaction is open and never hides the error that caused it.
+        """
+        conn = self._conn()
+        with self._io(what):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     # -- config documents -------------------------------------------------------------
+    def _version(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT value FROM meta WHERE name='config_version'").fetchone()[0])
+
     def config_version(self) -> int:
-        row = self._conn().execute("SELECT value FROM meta WHERE name='config_version'").fetchone()
-        return int(row[0])
+        with self._io("reading the config version"):
+            return self._version(self._conn())
 
     def get(self, collection: str, key: str) -> Document | None:
-        row = (
-            self._conn()
-            .execute("SELECT doc FROM docs WHERE collection=? AND key=?", (collection, key))
-            .fetchone()
-        )
+        with self._io(f"reading {collection}/{key}"):
+            row = (
+                self._conn()
+                .execute("SELECT doc FROM docs WHERE collection=? AND key=?", (collection, key))
+                .fetchone()
+            )
         return json.loads(row[0]) if row else None
 
     def list(self, collection: str) -> list[Document]:
-        rows = (
-            self._conn()
-            .execute("SELECT doc FROM docs WHERE collection=? ORDER BY key", (collection,))
-            .fetchall()
-        )
+        with self._io(f"listing {collection}"):
+            rows = (
+                self._conn()
+                .execute("SELECT doc FROM docs WHERE collection=? ORDER BY key", (collection,))
+                .fetchall()
+            )
         return [json.loads(r[0]) for r in rows]
 
     def snapshot(self, collections: tuple[str, ...]) -> tuple[int, dict[str, dict[str, Document]]]:
         conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            version = self.config_version()
-            out: dict[str, dict[str, Document]] = {c: {} for c in collections}
-            marks = ",".join("?" * len(collections))
-            for coll, key, doc in conn.execute(
-                f"SELECT collection, key, doc FROM docs WHERE collection IN ({marks}) ORDER BY key",
-                collections,
-            ):
-                out[coll][key] = json.loads(doc)
-        finally:
-            conn.execute("COMMIT")
+        out: dict[str, dict[str, Document]] = {c: {} for c in collections}
+        marks = ",".join("?" * len(collections))
+        with self._io("reading a config snapshot"):
+            conn.execute("BEGIN")
+            try:
+                version = self._version(conn)
+                rows = conn.execute(
+                    f"SELECT collection, key, doc FROM docs WHERE collection IN ({marks}) ORDER BY key",
+                    collections,
+                ).fetchall()
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        for coll, key, doc in rows:
+            out[coll][key] = json.loads(doc)
         return version, out
 
     def commit(self, writes: list[Write], *, expect_version: int | None = None) -> int:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"SQLite store is locked or unwritable: {exc}") from exc
-        try:
-            version = self.config_version()
+        with self._write("committing config") as conn:
+            version = self._version(conn)
             if expect_version is not None and version != expect_version:
                 raise Conflict(f"config version moved from {expect_version} to {version}")
             for w in writes:
@@ -129,10 +163,6 @@ class SQLiteStore:
                     )
             version += 1
             conn.execute("UPDATE meta SET value=? WHERE name='config_version'", (version,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._watchers.notify(version)
         return version
 
@@ -144,28 +174,29 @@ class SQLiteStore:
         rows = [(grp, f, v) for grp, fields in batch.items() for f, v in fields.items()]
         if not rows:
             return
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write("adding counters") as conn:
             conn.executemany(
                 "INSERT INTO counters (grp, field, value) VALUES (?, ?, ?) "
                 "ON CONFLICT (grp, field) DO UPDATE SET value = value + excluded.value",
                 rows,
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def counters(self, group: str) -> dict[str, float]:
-        rows = self._conn().execute("SELECT field, value FROM counters WHERE grp=?", (group,)).fetchall()
+        with self._io(f"reading counters {group}"):
+            rows = self._conn().execute("SELECT field, value FROM counters WHERE grp=?", (group,)).fetchall()
         return {f: v for f, v in rows}
 
     def counter_groups(self, prefix: str) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
-        rows = self._conn().execute(
-            "SELECT grp, field, value FROM counters WHERE substr(grp, 1, ?) = ?", (len(prefix), prefix)
-        )
+        with self._io(f"listing counter groups {prefix}"):
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT grp, field, value FROM counters WHERE substr(grp, 1, ?) = ?",
+                    (len(prefix), prefix),
+                )
+                .fetchall()
+            )
         for grp, f, v in rows:
             out.setdefault(grp, {})[f] = v
         return out
@@ -179,9 +210,7 @@ class SQLiteStore:
             return
         now = self._clock()
         expires = now + ttl_s
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write(f"writing {namespace} records") as conn:
             if (
                 now - self._purged_at >= self._purge_interval_s
             ):  # expired rows go with the writes that add rows
@@ -192,38 +221,34 @@ class SQLiteStore:
                 "ON CONFLICT (ns, key) DO UPDATE SET doc=excluded.doc, expires_at=excluded.expires_at",
                 [(namespace, k, json.dumps(d, separators=(",", ":")), expires) for k, d in records.items()],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def get_record(self, namespace: str, key: str) -> Document | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT doc FROM records WHERE ns=? AND key=? AND expires_at > ?",
-                (namespace, key, self._clock()),
+        with self._io(f"reading record {namespace}/{key}"):
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT doc FROM records WHERE ns=? AND key=? AND expires_at > ?",
+                    (namespace, key, self._clock()),
+                )
+                .fetchone()
             )
-            .fetchone()
-        )
         return json.loads(row[0]) if row else None
 
     def list_records(self, namespace: str) -> dict[str, Document]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT key, doc FROM records WHERE ns=? AND expires_at > ? ORDER BY key",
-                (namespace, self._clock()),
+        with self._io(f"listing {namespace} records"):
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT key, doc FROM records WHERE ns=? AND expires_at > ? ORDER BY key",
+                    (namespace, self._clock()),
+                )
+                .fetchall()
             )
-            .fetchall()
-        )
         return {k: json.loads(d) for k, d in rows}
 
     def claim(self, namespace: str, key: str, ttl_s: float) -> bool:
         now = self._clock()
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write(f"claiming {namespace}/{key}") as conn:
             conn.execute(
                 "DELETE FROM records WHERE ns=? AND key=? AND expires_at <= ?", (namespace, key, now)
             )
@@ -231,10 +256,6 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO records (ns, key, doc, expires_at) VALUES (?, ?, '{}', ?)",
                 (namespace, key, now + ttl_s),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return cur.rowcount == 1
 
     # -- lifecycle --------------------------------------------------------------------
