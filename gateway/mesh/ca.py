@@ -136,6 +136,15 @@ def _check_key(public_key: object) -> None:
         raise CAError("bad_csr", f"unsupported key type {type(public_key).__name__}: use EC P-256")
 
 
+def _load_retired(path: Path) -> list[x509.Certificate]:
+    """The retired roots still trusted (none when the file is absent); CAError when it is unusable."""
+    try:
+        pem = path.read_text() if path.exists() else ""
+        return load_certificates(pem) if pem.strip() else []
+    except (OSError, ValueError) as exc:
+        raise CAError("not_initialised", f"cannot read {path}: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class _Root:
     key: ec.EllipticCurvePrivateKey
@@ -149,7 +158,7 @@ class _Root:
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # TypeError: the key is encrypted
             raise CAError("not_initialised", f"cannot read {key_path} / {cert_path}: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
             raise CAError("not_initialised", f"{key_path} is not the EC key of {cert_path}")
@@ -213,10 +222,7 @@ class MeshCA:
         if active is None:
             raise CAError("not_initialised", f"no mesh CA in {directory}: run `meshgate ca init`")
         next_root = _Root.load(directory / NEXT_KEY_FILE, directory / NEXT_CERT_FILE)
-        retired_path = directory / RETIRED_FILE
-        retired_pem = retired_path.read_text() if retired_path.exists() else ""
-        retired = load_certificates(retired_pem) if retired_pem.strip() else []
-        return cls(directory, active, retired, next_root=next_root, now=now)
+        return cls(directory, active, _load_retired(directory / RETIRED_FILE), next_root=next_root, now=now)
 
     @staticmethod
     def _new_root(trust_domain: str, now: float) -> _Root:
