@@ -62,8 +62,14 @@ log = logging.getLogger("meshgate.metrics")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_UPSTREAM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Up to 2 minutes: an attempt may last the whole default deadline (30 s), and slow models run
+# with longer ones; past the last bound histogram_quantile can only answer that bound.
+_REQUEST_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
+)  # fmt: skip
+_UPSTREAM_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
+)  # fmt: skip
 
 # identity -> not-after (Unix seconds); copied into every process's gauge on refresh
 _CERT_EXPIRY: dict[str, float] = {}
