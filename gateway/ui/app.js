@@ -51,12 +51,14 @@ async function boot() {
   if (body.signed_in) start(); else showSignIn("");
 }
 
+// Signed out or expired: forget the data too, so no page (a #hash change renders) shows it.
 function showSignIn(message) {
   if (timer !== null) { clearInterval(timer); timer = null; }
+  latest = null;
   $("signin").hidden = false;
   $("nav").hidden = true;
   $("signout").hidden = true;
-  for (const p of PAGES) $(`page-${p}`).hidden = true;
+  for (const p of PAGES) { $(`page-${p}`).hidden = true; $(`page-${p}`).replaceChildren(); }
   $("signin-error").textContent = message;
   $("token").focus();
 }
@@ -79,7 +81,6 @@ async function signIn(event) {
 
 async function signOut() {
   await fetch("/ui/session", { method: "DELETE", credentials: "same-origin" });
-  latest = null;
   showSignIn("signed out");
 }
 
@@ -101,7 +102,9 @@ async function refresh() {
   }
   if (r.status === 401) { showSignIn("session expired: sign in again"); return; }
   if (!r.ok) { $("status").textContent = `overview failed: HTTP ${r.status}`; return; }
-  latest = await r.json();
+  const overview = await r.json();
+  if (timer === null) return;  // signed out while this refresh was on its way
+  latest = overview;
   render();
 }
 
