@@ -30,6 +30,7 @@ from gateway.http import (
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
+    date_header,
     proxy_headers,
 )
 from gateway.mesh.identity import uri_sans
@@ -504,7 +505,7 @@ class DataPlane:
 
     @staticmethod
     def _reply(responder: Responder, status: int, body: bytes) -> None:
-        responder.respond(status, [(b"content-type", b"application/json")], body)
+        responder.respond(status, [(b"content-type", b"application/json"), date_header()], body)
 
     def attempted(
         self,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from gateway.http import date_header
+
 __all__ = ["REASON_STATUS", "error_response", "json_response"]
 
 Headers = list[tuple[bytes, bytes]]
@@ -44,7 +46,7 @@ _JSON = (b"content-type", b"application/json")
 
 
 def json_response(status: int, body: object, extra: Headers | None = None) -> tuple[int, Headers, bytes]:
-    headers = [_JSON]
+    headers = [_JSON, date_header()]
     if extra:
         headers.extend(extra)
     return status, headers, json.dumps(body, separators=(",", ":")).encode()
@@ -52,7 +54,7 @@ def json_response(status: int, body: object, extra: Headers | None = None) -> tu
 
 def error_response(reason: str, message: str, extra: Headers | None = None) -> tuple[int, Headers, bytes]:
     """``(status, headers, body)`` for a gateway-made error with reason code ``reason``."""
-    headers = [_JSON, (b"x-meshgate-error", reason.encode())]
+    headers = [_JSON, date_header(), (b"x-meshgate-error", reason.encode())]
     if extra:
         headers.extend(extra)
     return REASON_STATUS[reason], headers, json.dumps({"error": message}).encode()

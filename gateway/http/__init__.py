@@ -33,7 +33,7 @@ from ._errors import (
     UPSTREAM_UNREACHABLE,
     UpstreamError,
 )
-from ._headers import DROP_FORWARD, HOP_BY_HOP, JSON_HEADERS, Headers, error_body, proxy_headers
+from ._headers import DROP_FORWARD, HOP_BY_HOP, JSON_HEADERS, Headers, date_header, error_body, proxy_headers
 from ._pool import Endpoint, Handle, PeerVerifier, UpstreamPool, UpstreamResponse, relay, upstream_error
 from ._runtime import new_event_loop, tune_gc
 from ._server import Handler, Request, Responder, Server, ServerLimits, start_server, status_line
@@ -63,6 +63,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamPool",
     "UpstreamResponse",
+    "date_header",
     "error_body",
     "new_event_loop",
     "pipe",

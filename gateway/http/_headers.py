@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -72,6 +74,26 @@ def proxy_headers(
     out.append((_XFF, client_ip if xff is None else xff + b", " + client_ip))
     out.extend(extra)
     return out
+
+
+class _HttpDate:
+    """The ``Date`` header of responses this process makes itself (RFC 9110 6.6.1: an origin
+    server MUST send one), formatted once per second; relayed responses keep the upstream's."""
+
+    __slots__ = ("_header", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._header = (b"date", b"")
+
+    def __call__(self) -> tuple[bytes, bytes]:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._header = second, (b"date", formatdate(second, usegmt=True).encode())
+        return self._header
+
+
+date_header = _HttpDate()
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from ._headers import JSON_HEADERS, Headers, error_body
+from ._headers import JSON_HEADERS, Headers, date_header, error_body
 from ._stream import BodyStream, StreamError
 
 log = logging.getLogger("meshgate.http")
@@ -568,7 +568,9 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("request handler failed for %r", request)
             if not responder.started:
-                responder.respond(500, JSON_HEADERS, error_body("internal_error", "the handler failed"))
+                responder.respond(
+                    500, [*JSON_HEADERS, date_header()], error_body("internal_error", "the handler failed")
+                )
             elif not responder.done:
                 responder.abort()
 
@@ -638,7 +640,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._responders:
             responder._pending = []
         self._responders.append(responder)
-        responder.respond(status, JSON_HEADERS, error_body(code, message))
+        responder.respond(status, [*JSON_HEADERS, date_header()], error_body(code, message))
 
     def _stop_reading(self) -> None:
         self._accepting = False
