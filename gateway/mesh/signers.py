@@ -4,8 +4,11 @@
   own gateway). Nothing crosses a network, so no token is needed.
 * :func:`control_plane_signer`: a sidecar or a gateway elsewhere POSTs its CSR to the
   control plane's ``/v1/ca/sign``: first with its join token, then with renewal proofs. When
-  the token pins the CA fingerprint, a bundle without that root is refused, so a
-  man-in-the-middle on the first contact cannot slip in its own CA.
+  the token pins the CA fingerprint, a bundle without that root is refused. That does not
+  stop a man-in-the-middle on a plain-http control plane from adding a root of its own next to
+  the pinned one (nor from reading the token): across networks you do not control, give the
+  control plane https (``verify``). Authenticating every root in the bundle by the pinned one
+  (cross-signed next roots) is not built yet.
 
 The HTTP client is the engine's (:mod:`gateway.http`), and the bundle is read with the standard
 library, so a sidecar that imports this module loads neither httpx (and the rich/click/pygments
