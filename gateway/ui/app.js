@@ -207,12 +207,13 @@ function experimentsPage(data) {
     card.append(srm.flagged
       ? h("div", { class: "banner bad", role: "alert" }, `Sample ratio mismatch (p=${pval(srm.p_value)}): ${srm.reason}. Do not trust these results until the assignment is fixed.`)
       : h("p", { class: "muted" }, `Sample ratio check: OK (p=${pval(srm.p_value)})`));
+    const total = r.arms.reduce((sum, a) => sum + a.weight, 0);  // weights are relative: show shares
     card.append(h("table", { class: "arms" },
-      h("thead", {}, h("tr", {}, ...["arm", "weight", "requests", "error rate", "p50 ms", "p99 ms"]
+      h("thead", {}, h("tr", {}, ...["arm", "traffic share", "requests", "error rate", "p50 ms", "p99 ms"]
         .map((c, i) => h("th", { class: i ? "num" : null, text: c })))),
       h("tbody", {}, ...r.arms.map((a) => h("tr", { "data-arm": a.arm },
         h("td", {}, a.arm, a.arm === r.control ? h("span", { class: "muted" }, " (control)") : null),
-        h("td", { class: "num", text: num(a.weight, 0) }),
+        h("td", { class: "num share", text: pct(total > 0 ? a.weight / total : null) }),
         h("td", { class: "num", text: a.requests.toLocaleString("en") }),
         h("td", { class: "num", text: pct(a.error_rate, 2) }),
         h("td", { class: "num", text: num(a.latency_ms.p50) }),

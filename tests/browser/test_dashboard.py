@@ -135,6 +135,10 @@ def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mes
             expect(card).to_be_visible()
             expect(card.locator('[data-arm="v1"]')).to_be_visible()
             expect(card.locator('[data-arm="v2"]')).to_be_visible()
+            weights = {"weights": {"v1": 0.25, "v2": 0.75}}  # relative weights below 1
+            mesh.admin.patch("/v1/experiments/ab", json=weights).raise_for_status()
+            expect(card.locator('[data-arm="v1"] td.share')).to_have_text("25.0%", timeout=10_000)  # not "0"
+            expect(card.locator('[data-arm="v2"] td.share')).to_have_text("75.0%")
             expect(card).to_contain_text("Sample ratio check")
             expect(card.locator("svg.forest").first).to_be_visible()
             expect(card).to_contain_text("chance to beat control")
