@@ -196,6 +196,7 @@ def register_gateway(running: Running) -> Registration:
     def status() -> dict[str, Any]:
         return {
             "config_version": sync.version,
+            "config_error": sync.error,  # the store's newest version does not compile: still on the last good
             "ready": plane.loaded,
             "requests": plane.stats.requests,
             "models": len(plane.table.models),

@@ -93,6 +93,11 @@ def _gateways(gateways: list[dict[str, Any]]) -> None:
         ],
     )
     for g in gateways:
+        if g.get("config_error"):
+            console.print(
+                f"[bold red]gateway {escape(g['id'])} stays on config version {g['config_version']}: "
+                f"{escape(g['config_error'])}[/bold red]"
+            )
         if g["dropped"]:
             console.print(
                 f"[bold red]gateway {escape(g['id'])} dropped {g['dropped']} counter updates or join "

@@ -82,6 +82,7 @@ def _gateway_row(doc: dict[str, Any]) -> dict[str, Any]:
         "age_s": doc["age_s"],
         "ready": doc.get("ready"),
         "config_version": doc.get("config_version"),
+        "config_error": doc.get("config_error"),
         "requests": doc.get("requests"),
         "buffered": (m.get("pending_counter_cells") or 0) + (m.get("pending_join_records") or 0),
         "dropped": (m.get("dropped_counter_increments") or 0) + (m.get("dropped_join_records") or 0),

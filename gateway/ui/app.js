@@ -286,7 +286,8 @@ function gatewaysPage(data) {
         h("td", { text: g.version || "–" }),
         h("td", { text: `${num(g.age_s, 1)} s ago` }),
         h("td", {}, g.ready ? pill("ready", "ok") : pill("not ready", "warn")),
-        h("td", { class: "num", text: g.config_version ?? "–" }),
+        h("td", { class: "num config" }, String(g.config_version ?? "–"),
+          g.config_error ? h("span", { title: g.config_error }, " ", pill("newest does not compile", "bad")) : null),
         h("td", { class: "num", text: g.requests === null || g.requests === undefined ? "–" : g.requests.toLocaleString("en") }),
         h("td", { class: "num", text: g.buffered }),
         h("td", { class: "num" }, g.dropped ? pill(String(g.dropped), "bad") : "0"))))))];

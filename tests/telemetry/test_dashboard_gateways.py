@@ -40,6 +40,11 @@ def test_the_gateways_page_lists_the_live_data_plane(tmp_path):
                 expect(page.locator(f'[data-gateway="{own}"]')).to_contain_text(mesh.url)
                 expect(page.locator(f'[data-gateway="{own}"]')).to_contain_text("ready")
                 expect(page.locator('[data-gateway="other-gw"]')).to_contain_text("1,234")
+                stale = page.locator('[data-gateway="other-gw"] td.config span[title]')
+                expect(stale).to_contain_text("newest does not compile")
+                expect(stale).to_have_attribute("title", OTHER["config_error"])
+                version = str(mesh.running.plane.table.config_version)  # no pill: it is up to date
+                expect(page.locator(f'[data-gateway="{own}"] td.config')).to_have_text(version)
                 expect(page.locator("#page-gateways .banner.bad")).to_contain_text("other-gw dropped 3")
                 page.screenshot(path=str(ARTIFACTS / "dashboard-gateways.png"), full_page=True)
             finally:

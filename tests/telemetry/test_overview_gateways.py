@@ -9,7 +9,7 @@ import time
 
 from gateway.registration import GATEWAYS_NAMESPACE
 from gateway.runtime import default_store_url
-from gateway.store import open_store
+from gateway.store import Write, open_store
 from tests.procs import MESHGATE
 from tests.telemetry.helpers import in_process_mesh
 
@@ -22,6 +22,7 @@ OTHER = {
     "started": 0.0,
     "interval_s": 1.0,
     "config_version": 3,
+    "config_error": "config version 4 does not compile: KeyError: 'model'",
     "ready": True,
     "requests": 1234,
     "models": 1,
@@ -66,6 +67,7 @@ def test_overview_and_status_list_the_live_gateways(tmp_path):
         other = rows["other-gw"]
         assert (other["buffered"], other["dropped"], other["requests"]) == (12, 3, 1234)
         assert other["address"] == OTHER["address"] and other["config_version"] == 3
+        assert other["config_error"] == OTHER["config_error"] and mine["config_error"] is None
 
         res = subprocess.run(
             [*MESHGATE, "status"],
@@ -86,3 +88,26 @@ def test_overview_and_status_list_the_live_gateways(tmp_path):
     assert "10.0.0.9:8080" in out and "1234" in out
     assert "gateway other-gw dropped 3 counter updates or join records" in out
     assert "[Errno 111] connection refused" in out  # printed as text, not read as markup
+    assert "gateway other-gw stays on config version 3: config version 4 does not compile" in out
+    assert f"gateway {own} stays" not in out
+
+
+
+def test_a_gateway_that_cannot_compile_the_newest_config_says_so(tmp_path):
+    # bad data in the store: the gateway keeps its last good table, and its heartbeat says why
+    data_dir = tmp_path / "data"
+    with in_process_mesh(data_dir, {"MESHGATE_ACCESS_LOG": "off"}) as mesh:
+        own = mesh.running.registration.identity.id
+        store = open_store(default_store_url(str(data_dir)))
+        try:
+            bad = store.commit([Write("versions", "digits/v9", {"version": "v9"})])  # no "model"
+        finally:
+            store.close()
+        deadline = time.monotonic() + 10.0
+        while True:  # bounded: the next heartbeat carries the error
+            mine = {g["id"]: g for g in mesh.admin.get("/v1/gateways").json()["gateways"]}[own]
+            if mine.get("config_error") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert f"config version {bad} does not compile" in (mine["config_error"] or "")
+    assert mine["config_version"] < bad
