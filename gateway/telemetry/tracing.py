@@ -10,7 +10,8 @@ The ``traceparent`` sent to the model names the client span of *that* attempt: i
 drawn before the attempt starts and given to the SDK when the span is recorded (the span is
 recorded when the attempt ends, with the attempt's own start and end times). An unsampled
 request forwards the caller's ``traceparent``/``tracestate`` untouched, like a proxy that does
-not take part. ``tracestate`` is always forwarded as the caller sent it.
+not take part. A sampled request that continues the caller's trace forwards its ``tracestate`` as
+sent; one that starts a new trace (no valid ``traceparent``) drops it, as W3C Trace Context says.
 """
 
 from __future__ import annotations
@@ -272,7 +273,9 @@ class Tracing:
             trace_id = self._rng.getrandbits(128) or 1
             if (trace_id & _LOW64) >= self._bound:
                 return  # not sampled, nothing to propagate: the cheap path
-            self._begin(ex, _Trace(trace_id), None, ts)
+            if ts is not None:  # a new trace: the caller's tracestate belongs to none we continue
+                ex.headers = [item for item in ex.headers if item[0] != _TRACESTATE]  # (W3C 3.3.1.1)
+            self._begin(ex, _Trace(trace_id), None, None)
             return
         tr = ex.trace = _Trace(parent[0])
         if parent[2] if self._parent_based else (parent[0] & _LOW64) < self._bound:
