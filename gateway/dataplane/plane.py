@@ -180,6 +180,7 @@ class DataPlane:
         self.on_start: list[Callable[[Exchange], None]] = []  # before the first attempt
         self.on_attempt: list[AttemptHook] = []  # after each attempt
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
+        self.refusal_observers: list[Callable[[Request, int, str], None]] = []  # refused before routing
         self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
         # Mints the request id when the caller sent none (experiment measurement installs one
         # whose ids carry their assignment); None: 96 random bits.
@@ -494,14 +495,16 @@ class DataPlane:
     ) -> None:
         """A gateway-made error; `more`: headers that say more (``retry-after``, ``allow``)."""
         self.stats.errors += 1
-        if ex is None:  # no observer sees these: telemetry publishes the tally
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
         extra = self.response_headers(ex) if ex else []
         if reason == "overloaded":  # shed load: ask the client to come back (Envoy sends none; we do)
             extra.append(_RETRY_AFTER)
         extra.extend(more)
         status, headers, body = error_response(reason, message, extra)
         responder.respond(status, headers, body)
+        if ex is None:  # refused before routing: no exchange, so the observers never see it
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1  # telemetry publishes the tally
+            for refused in self.refusal_observers:
+                refused(responder.request, status, reason)
 
     @staticmethod
     def _reply(responder: Responder, status: int, body: bytes) -> None:

@@ -3,7 +3,10 @@
 Fields: ``time`` (UTC, RFC 3339, ms), ``request_id``, ``trace_id`` (null when untraced),
 ``model``, ``version`` (the one that answered), ``experiment``, ``arm``, ``status``,
 ``reason`` (meshgate's reason code, null on success), ``duration_ms``, ``attempts``
-(upstream attempts), ``fallback``. Never a header value other than the request id and trace
+(upstream attempts), ``fallback``. A request refused before routing (404 for an unknown
+model, 405, a bad ``x-meshgate-timeout-ms``) gets a line too, as Envoy logs its ``NR``
+requests: model and version null, its ``path`` (without the query) and the caller's
+``x-request-id`` if it sent one. Never a header value other than the request id and trace
 id, never a body: tokens and payloads cannot leak through it.
 
 Lines are buffered in memory and written in one call every ``flush_interval_s`` (and every
@@ -21,12 +24,12 @@ from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, TextIO
 
-from gateway.telemetry.tracing import TelemetryConfigError, trace_id_of
+from gateway.telemetry.tracing import TelemetryConfigError, caller_trace_id, trace_id_of
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
     from gateway.dataplane.plane import DataPlane
-    from gateway.http import UpstreamResponse
+    from gateway.http import Request, UpstreamResponse
 
 __all__ = ["AccessLog", "access_log_target"]
 
@@ -98,6 +101,7 @@ class AccessLog:
 
     def install(self, plane: DataPlane) -> None:
         plane.observers.append(self.observe)
+        plane.refusal_observers.append(self.refused)
 
     def observe(
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
@@ -118,15 +122,34 @@ class AccessLog:
         )
         middle = self._middles.get(key) or self._middle(key)
         trace_id = trace_id_of(ex)
-        ms = int(self._wall() * 1000.0) - self._second_ms
-        if not 0 <= ms < 1000:  # another second (or the clock went back)
-            ms = self._second(ms + self._second_ms)
-        lines = self._lines
-        lines.append(
-            f"{self._prefix}{_MS[ms]}{_q(ex.request_id)},"
+        self._add(
+            f"{self._time()}{_q(ex.request_id)},"
             f'"trace_id":{"null" if trace_id is None else _q(trace_id)},{middle[0]}'
             f"{(time.monotonic() - ex.t0) * 1000.0:.3f}{middle[1]}"
         )
+
+    def refused(self, request: Request, status: int, reason: str) -> None:
+        """A request refused before routing (an unknown model, a wrong method, a bad header):
+        no model or version answered it, so the line names the path that was asked for (never
+        the query, which may hold secrets) and the caller's request id when it sent one."""
+        rid = request.header(b"x-request-id")
+        self._add(
+            f"{self._time()}{'null' if rid is None else _q(rid.decode('latin-1'))},"
+            f'"trace_id":{_opt(caller_trace_id(request.headers))},"model":null,"version":null,'
+            f'"experiment":null,"arm":null,"status":{status:d},"reason":{_q(reason)},'
+            f'"duration_ms":null,"attempts":0,"fallback":false,"path":{_q(request.path)}}}'
+        )
+
+    def _time(self) -> str:
+        """The line's start: ``{"time":"<RFC 3339 UTC, ms>","request_id":``."""
+        ms = int(self._wall() * 1000.0) - self._second_ms
+        if not 0 <= ms < 1000:  # another second (or the clock went back)
+            ms = self._second(ms + self._second_ms)
+        return f"{self._prefix}{_MS[ms]}"
+
+    def _add(self, line: str) -> None:
+        lines = self._lines
+        lines.append(line)
         if len(lines) >= _MAX_PENDING:
             self.flush()
 

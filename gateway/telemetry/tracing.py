@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -192,7 +192,12 @@ def trace_id_of(ex: Exchange) -> str | None:
     tr = ex.trace
     if isinstance(tr, _Trace):
         return f"{tr.trace_id:032x}"
-    for name, value in ex.request.headers:
+    return caller_trace_id(ex.request.headers)
+
+
+def caller_trace_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The trace id (hex) of the caller's valid ``traceparent``, else None."""
+    for name, value in headers:
         if name == _TRACEPARENT:
             parsed = parse_traceparent(value)
             return f"{parsed[0]:032x}" if parsed else None

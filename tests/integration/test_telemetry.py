@@ -147,6 +147,8 @@ def test_a_sampled_caller_gets_a_server_span_client_spans_and_the_model_joins_th
 
 
 def test_a_retry_is_a_second_client_span_and_the_model_sees_the_second_span_id(env):
+    # a dead endpoint of its own: the fixture's may be ejected already (for 30 s) by the probes
+    env.register("digits", "v1", f"http://127.0.0.1:{free_port()}", env.models["v1"])
     for _ in range(40):  # bounded: the dead endpoint answers connect failures until it is ejected
         trace_id, parent_id = _caller_trace()
         rid, _ = _infer(env, traceparent=f"00-{trace_id}-{parent_id}-01", version="v1")
@@ -374,6 +376,35 @@ def test_access_log_has_one_json_line_per_request_with_its_fields_and_no_secrets
     text = env.access_log.read_text()
     assert "s3cret" not in text and "authorization" not in text.lower()
     assert '"inputs"' not in text  # no bodies
+
+
+def test_requests_refused_before_routing_are_logged_too(env):
+    # as Envoy logs its NR (no route) requests: a typo in a model name must show in the log
+    typo, bad, anonymous = "req-typo-" + secrets.token_hex(4), "req-bad-" + secrets.token_hex(4), None
+    assert (
+        env.data.post(
+            "/v2/models/digitz/infer?api_key=s3cret", content=_body(), headers={"x-request-id": typo}
+        ).status_code
+        == 404
+    )
+    assert (
+        env.data.post(
+            "/v2/models/digits/infer",
+            content=_body(),
+            headers={"x-request-id": bad, "x-meshgate-timeout-ms": "soon"},
+        ).status_code
+        == 400
+    )
+    assert env.data.get("/v2/models/digits/infer").status_code == 405  # no request id sent
+    rows = _log_lines(env, {typo, bad})
+    assert rows[typo]["status"] == 404 and rows[typo]["reason"] == "model_not_found"
+    assert rows[typo]["path"] == "/v2/models/digitz/infer" and rows[typo]["model"] is None
+    assert rows[bad]["status"] == 400 and rows[bad]["reason"] == "bad_request"
+    assert rows[bad]["duration_ms"] is None and rows[bad]["attempts"] == 0
+    text = env.access_log.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert any(row["request_id"] is anonymous and row["status"] == 405 for row in lines)
+    assert "s3cret" not in text and "api_key" not in text  # the query never reaches the log
 
 
 # -- meshgate status -------------------------------------------------------------------------
