@@ -49,6 +49,15 @@ class Proc:
         return code
 
 
+def admin_state(mesh) -> dict:
+    """What the admin API holds (models, flags, config version): a refused change leaves it equal."""
+    return {
+        "models": mesh.admin.get("/v1/models").json(),
+        "flags": mesh.admin.get("/v1/flags").json(),
+        "config_version": mesh.admin.get("/healthz").json()["config_version"],
+    }
+
+
 @contextmanager
 def model_server(tmp: Path, model: str, version: str, *extra: str) -> Iterator[str]:
     """``meshgate serve-model`` on a free port; yields its base URL."""

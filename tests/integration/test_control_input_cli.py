@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.procs import MESHGATE, free_port, running_mesh
+from tests.procs import MESHGATE, admin_state, free_port, running_mesh
 
 FLAG = {"variants": {"a": 1}, "default_variant": "a"}
 
@@ -19,14 +19,6 @@ def mesh(tmp_path_factory):
         m.register("digits", "v1", f"http://127.0.0.1:{free_port()}")
         m.admin.put("/v1/flags/victim", json=FLAG).raise_for_status()
         yield m
-
-
-def _state(mesh) -> dict:
-    return {
-        "models": mesh.admin.get("/v1/models").json(),
-        "flags": mesh.admin.get("/v1/flags").json(),
-        "config_version": mesh.admin.get("/healthz").json()["config_version"],
-    }
 
 
 @pytest.mark.parametrize(
@@ -48,11 +40,11 @@ def _state(mesh) -> dict:
     ],
 )
 def test_a_name_never_reaches_another_resource(mesh, args, needle):
-    before = _state(mesh)
+    before = admin_state(mesh)
     res = mesh.cli(*args, check=False)
     assert res.returncode == 1, res
     assert res.stderr.startswith("error: ") and needle in res.stderr and "Traceback" not in res.stderr
-    assert _state(mesh) == before
+    assert admin_state(mesh) == before
 
 
 def test_bad_input_is_a_clear_error(mesh, tmp_path):

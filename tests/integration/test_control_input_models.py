@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.procs import free_port, running_mesh
+from tests.procs import admin_state, free_port, running_mesh
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,6 @@ def mesh(tmp_path_factory):
         flag = {"model": "digits", "variants": {"a": "v1", "b": "v3"}, "default_variant": "a"}
         assert m.admin.put("/v1/flags/digits-route", json=flag).status_code == 201
         yield m
-
-
-def _state(mesh) -> dict:
-    return {
-        "models": mesh.admin.get("/v1/models").json(),
-        "flags": mesh.admin.get("/v1/flags").json(),
-        "config_version": mesh.admin.get("/healthz").json()["config_version"],
-    }
 
 
 V = "/v1/models/digits/versions"
@@ -105,7 +97,7 @@ REFUSED = [
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "needle"), REFUSED)
 def test_refused_with_a_clear_error_and_nothing_changes(mesh, method, path, body, status, code, needle):
-    before = _state(mesh)
+    before = admin_state(mesh)
     if isinstance(body, bytes):
         r = mesh.admin.request(method, path, content=body, headers={"content-type": "application/json"})
     else:
@@ -113,4 +105,4 @@ def test_refused_with_a_clear_error_and_nothing_changes(mesh, method, path, body
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["code"] == code and needle in error["message"], error
-    assert _state(mesh) == before
+    assert admin_state(mesh) == before

@@ -415,6 +415,17 @@ def test_model_calls_model_through_outbound_port_two_hops(
             set_policy(mesh, "sum", None)
 
 
+def outbound_infer(port: int) -> tuple[http.client.HTTPResponse, bytes]:
+    """POST the sum model's inference to a sidecar's outbound port: the response and its body."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("POST", "/v2/models/sum/infer", body=BODY)
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
+
+
 def test_outbound_refuses_a_mesh_port_that_is_not_a_gateway(
     mesh: Mesh, tmp: Path, summer: str, echo: str
 ) -> None:
@@ -423,13 +434,7 @@ def test_outbound_refuses_a_mesh_port_that_is_not_a_gateway(
         sidecar(mesh, tmp, "sum", "v3", summer) as b,
         sidecar(mesh, tmp, "echo", "v3", echo, "--gateway", f"https://{HOST}:{b.port}", outbound=True) as a,
     ):
-        conn = http.client.HTTPConnection(HOST, a.outbound, timeout=10)
-        try:
-            conn.request("POST", "/v2/models/sum/infer", body=BODY)
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
+        resp, body = outbound_infer(a.outbound)
         assert resp.status == 502
         assert resp.getheader("x-meshgate-error") == "peer_identity_mismatch"
         assert f"{TD}/model/sum/v3" in json.loads(body)["error"]

@@ -5,7 +5,6 @@ Real processes on loopback: ``meshgate up``, two ``meshgate sidecar`` and a reco
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_mesh import BODY, TD, mesh_with_port, sidecar
+from tests.integration.test_mesh import TD, mesh_with_port, outbound_infer, sidecar
 from tests.procs import HOST, Mesh
 
 
@@ -69,13 +68,7 @@ def test_outbound_sends_nothing_to_a_mesh_port_that_is_not_a_gateway(
             mesh, tmp_path, "echo", "v3", upstream, "--gateway", f"https://{HOST}:{b.port}", outbound=True
         ) as a,
     ):
-        conn = http.client.HTTPConnection(HOST, a.outbound, timeout=10)
-        try:
-            conn.request("POST", "/v2/models/sum/infer", body=BODY)
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
+        resp, body = outbound_infer(a.outbound)
     assert resp.status == 502
     assert resp.getheader("x-meshgate-error") == "peer_identity_mismatch"
     assert f"{TD}/model/sum/v3" in json.loads(body)["error"]
