@@ -1,0 +1,38 @@
+"""What the gateway measured of one LLM request (OpenAI-compatible routes).
+
+The LLM front end fills one ``LlmUsage`` per request and leaves it on the exchange
+(``ex.llm``; ``None`` for Open Inference Protocol requests) before the completion observers
+run, so experiment counters, Prometheus metrics, traces and the access log read the same
+figures. Times are seconds on the monotonic clock; token counts come from the upstream's
+``usage`` object (for streams, the usage chunk the gateway asks for), cost from the version's
+prices per million tokens. A figure the gateway could not know is ``None``, never 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["LlmUsage"]
+
+
+@dataclass(slots=True)
+class LlmUsage:
+    streamed: bool
+    #: request start to the first content event reaching the client (streams only)
+    ttft_s: float | None = None
+    #: mean gap between content events after the first (streams with two or more events)
+    inter_token_s: float | None = None
+    #: content events relayed to the client
+    events: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    #: prompt and completion tokens priced by the version's price_in / price_out (USD per 1M tokens)
+    cost_usd: float | None = None
+    #: the stream ended midway (reason ``stream_broken``): the client got an SSE error event
+    broken: bool = False
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.prompt_tokens is None and self.completion_tokens is None:
+            return None
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
