@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from models.zoo import digits_holdout
-from tests.procs import model_server, oip_digits
+from tests.support.procs import model_server, oip_digits
 from tests.telemetry.helpers import in_process_mesh
 
 CHROMIUM = "/usr/bin/chromium"

@@ -11,7 +11,7 @@ from experiments import canary
 from experiments.counters import ArmCounters, latency_bucket_field, metric_fields
 from experiments.experiment import Experiment, ExperimentError, TransitionError, pause, resume
 from router.table import Split
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 T0 = 1_700_000_000.0
 

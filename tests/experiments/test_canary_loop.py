@@ -12,7 +12,7 @@ from gateway.control.experiments_service import ExperimentsService
 from gateway.store import Write
 from gateway.store.sqlite import SQLiteStore
 from models.registry import ModelVersion
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 T0 = 1_700_000_000.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.procs import free_port, running_mesh
+from tests.support.procs import free_port, running_mesh
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.procs import MESHGATE, admin_state, free_port, running_mesh
+from tests.support.procs import MESHGATE, admin_state, free_port, running_mesh
 
 FLAG = {"variants": {"a": 1}, "default_variant": "a"}
 

@@ -10,7 +10,7 @@ import pytest
 from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.body_limit import MAX_BODY_BYTES
 from gateway.store import open_store
-from tests.procs import free_port, running_mesh
+from tests.support.procs import free_port, running_mesh
 
 GUARDED = [
     ("GET", "/v1/models"),

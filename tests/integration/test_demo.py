@@ -6,7 +6,7 @@ import re
 import socket
 import subprocess
 
-from tests.procs import MESHGATE
+from tests.support.procs import MESHGATE
 
 
 def _listening(url: str) -> bool:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from models.zoo import digits_holdout
-from tests.procs import oip_digits, running_mesh
+from tests.support.procs import oip_digits, running_mesh
 
 
 @pytest.fixture

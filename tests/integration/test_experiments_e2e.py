@@ -12,7 +12,7 @@ import time
 import pytest
 
 from models.zoo import digits_holdout
-from tests.procs import model_server, oip_digits, running_mesh
+from tests.support.procs import model_server, oip_digits, running_mesh
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from models.zoo import digits_holdout
-from tests.procs import free_port, model_server, oip_digits, running_mesh
+from tests.support.procs import free_port, model_server, oip_digits, running_mesh
 
 
 def _body(n: int = 3) -> bytes:

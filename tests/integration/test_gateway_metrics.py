@@ -17,8 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import MESHGATE, Proc, free_port, model_server, oip_digits, wait_http
-from tests.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
+from tests.support.procs import MESHGATE, Proc, free_port, model_server, oip_digits, wait_http
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0  # imports take seconds on a busy 2-core machine

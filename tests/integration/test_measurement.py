@@ -21,7 +21,7 @@ from gateway.store import Write
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
 from models.zoo import digits_holdout
-from tests.procs import model_server, oip_digits, running_mesh
+from tests.support.procs import model_server, oip_digits, running_mesh
 
 
 @pytest.fixture(scope="module")

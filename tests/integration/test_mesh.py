@@ -25,7 +25,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.procs import HOST, MESHGATE, Mesh, Proc, free_port, model_server, running_mesh
+from tests.support.procs import HOST, MESHGATE, Mesh, Proc, free_port, model_server, running_mesh
 
 TD = "spiffe://meshgate.local"
 BODY = json.dumps(

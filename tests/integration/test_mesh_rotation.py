@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.integration.test_mesh import BODY, TD, client_context, issue, mesh_with_port, sidecar, tls_post
-from tests.procs import HOST, model_server
+from tests.support.procs import HOST, model_server
 
 LOAD_S = 12.0
 MAX_REQUESTS = 20_000  # per worker: the loop is bounded even on a very fast machine

@@ -30,8 +30,8 @@ import redis
 from experiments.counters import ArmCounters, experiment_prefix
 from gateway.store.redis import RedisKeys, RedisStore
 from models.zoo import digits_holdout
-from tests.procs import MESHGATE, Proc, free_port, model_server, oip_digits, wait_http
-from tests.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
+from tests.support.procs import MESHGATE, Proc, free_port, model_server, oip_digits, wait_http
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
 
 HOST = "127.0.0.1"
 # The bound: a write through the control plane reaches every gateway within 1 s.

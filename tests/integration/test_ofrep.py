@@ -7,7 +7,7 @@ import time
 import httpx
 
 from tests.experiments.ofrep_server import FLAGS, check_cases
-from tests.procs import free_port, running_mesh
+from tests.support.procs import free_port, running_mesh
 
 
 def test_openfeature_sdk_resolves_the_gateways_flags(tmp_path):

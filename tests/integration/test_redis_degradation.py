@@ -25,7 +25,7 @@ from tests.integration.test_multi_gateway import (
     propagation_times,
     wait_until,
 )
-from tests.redis_server import RedisServer, private_redis, unique_prefix
+from tests.support.redis_server import RedisServer, private_redis, unique_prefix
 
 __all__ = ["digits", "private_redis"]
 

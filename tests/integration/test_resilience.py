@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from models.zoo import digits_holdout
-from tests.procs import MESHGATE, Mesh, Proc, free_port, oip_digits, running_mesh, wait_http
+from tests.support.procs import MESHGATE, Mesh, Proc, free_port, oip_digits, running_mesh, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER = "/v2/models/digits/infer"

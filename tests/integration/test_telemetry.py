@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.zoo import digits_holdout
-from tests.procs import free_port, model_server, oip_digits
+from tests.support.procs import free_port, model_server, oip_digits
 from tests.telemetry.helpers import in_process_mesh
 
 
@@ -412,7 +412,7 @@ def _status(env, *args: str, token: str | None = None):
     import os
     import subprocess
 
-    from tests.procs import MESHGATE
+    from tests.support.procs import MESHGATE
 
     run_env = {
         **os.environ,

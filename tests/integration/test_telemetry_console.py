@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 
-from tests.procs import MESHGATE, free_port, model_server, oip_digits, running_mesh
+from tests.support.procs import MESHGATE, free_port, model_server, oip_digits, running_mesh
 
 
 def _spans(text: str) -> list[dict]:

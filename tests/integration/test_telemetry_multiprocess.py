@@ -8,7 +8,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import model_server, oip_digits, running_mesh
+from tests.support.procs import model_server, oip_digits, running_mesh
 
 
 def _requests_total(text: str, model: str) -> float:

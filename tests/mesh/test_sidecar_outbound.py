@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_mesh import TD, mesh_with_port, outbound_infer, sidecar
-from tests.procs import HOST, Mesh
+from tests.support.procs import HOST, Mesh
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from router.balancer import P2CEwmaBalancer, RoundRobinBalancer, make_balancer
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 
 def always(i, now):

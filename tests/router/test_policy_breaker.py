@@ -2,7 +2,7 @@ import pytest
 
 from router.breaker import BreakerState, CircuitBreaker, WindowCounter
 from router.policy import BreakerPolicy
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 CLOSED, OPEN, HALF = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

@@ -2,7 +2,7 @@ import pytest
 
 from router.deadline import Deadline, DeadlineHeaderError, parse_timeout_header
 from router.policy import TimeoutPolicy
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 
 def test_policy_deadline_and_remaining_time():

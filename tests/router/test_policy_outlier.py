@@ -1,6 +1,6 @@
 from router.outlier import OutlierDetector
 from router.policy import HealthCheckPolicy, OutlierPolicy, SuccessRatePolicy
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 
 def make(n=10, **kw):

@@ -16,7 +16,7 @@ from router.resilience import (
     VersionRuntime,
 )
 from router.retry import Outcome
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 EPS = ["http://a", "http://b", "http://c"]
 

@@ -5,7 +5,7 @@ import pytest
 
 from router.policy import RetryBudgetPolicy, RetryPolicy
 from router.retry import Outcome, RetryBudget, backoff_s, classify_status, retryable_outcomes
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 
 @pytest.mark.parametrize(

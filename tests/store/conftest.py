@@ -8,7 +8,7 @@ import pytest
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
-from tests.redis_server import (
+from tests.support.redis_server import (
     SHARED_REDIS_URL,
     delete_prefix,
     private_redis,

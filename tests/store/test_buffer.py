@@ -9,7 +9,7 @@ import pytest
 
 from gateway.store.buffer import CounterBuffer, RecordBuffer
 from gateway.store.redis import RedisStore
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 
 # -- on every backend (the ``store`` fixture runs SQLite and Redis) ---------------------

@@ -9,14 +9,10 @@ import contextlib
 from gateway.config_sync import ConfigSync
 from gateway.store import Write
 from router.table import RouteTable
-from tests.redis_server import wait_for
+from tests.support.wait import await_for
 
 MODEL = {"name": "digits", "default_version": "v1"}
 VERSION = {"model": "digits", "version": "v1", "endpoints": ["http://127.0.0.1:9"]}
-
-
-async def _until(predicate, timeout: float = 5.0) -> None:
-    await asyncio.to_thread(wait_for, predicate, timeout)
 
 
 def test_a_version_that_does_not_compile_keeps_the_last_table_and_says_so(store):
@@ -26,15 +22,15 @@ def test_a_version_that_does_not_compile_keeps_the_last_table_and_says_so(store)
         good = store.commit([Write("models", "digits", MODEL), Write("versions", "digits/v1", VERSION)])
         task = asyncio.create_task(sync.run())
         try:
-            await _until(lambda: sync.version == good)
+            await await_for(lambda: sync.version, lambda v: v == good, what=f"config version {good}")
             bad = store.commit([Write("versions", "digits/v2", {"version": "v2"})])  # no "model"
-            await _until(lambda: sync.error is not None)
+            await await_for(lambda: sync.error, what="a config error")
             await asyncio.sleep(0.2)  # several polls: still alive, still on the good table
             assert not task.done()
             assert sync.version == good and [t.config_version for t in tables] == [good]
             assert f"config version {bad} does not compile" in sync.error
             fixed = store.commit([Write("versions", "digits/v2", None)])
-            await _until(lambda: sync.version == fixed)
+            await await_for(lambda: sync.version, lambda v: v == fixed, what=f"config version {fixed}")
             assert sync.error is None
             assert "digits" in tables[-1].models
         finally:

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from gateway.store import Conflict, Write
+from tests.support.wait import wait_for
 
 
 def test_empty_store_has_version_zero(store):
@@ -74,7 +75,7 @@ def test_watchers_hear_every_commit_and_can_unsubscribe(store):
     unsubscribe = store.watch(seen.append)
     v1 = store.commit([Write("models", "a", {})])
     v2 = store.commit([Write("models", "b", {})])
-    _wait_for(lambda: seen[-1:] == [v2])
+    wait_for(lambda: seen, lambda got: got[-1:] == [v2], what=f"version {v2} seen last")
     assert v1 in seen
     unsubscribe()
     store.commit([Write("models", "c", {})])
@@ -112,7 +113,7 @@ def test_records_expire(store):
     assert store.get_record("join", "missing") is None
     store.put_records("beats", {"g1": {"addr": "x"}}, ttl_s=0.2)
     assert store.list_records("beats") == {"g1": {"addr": "x"}}
-    _wait_for(lambda: store.list_records("beats") == {}, timeout=3)
+    wait_for(lambda: store.list_records("beats"), lambda beats: beats == {}, what="no beats left", timeout=3)
     assert store.get_record("beats", "g1") is None
 
 
@@ -120,7 +121,7 @@ def test_unlisted_records_are_read_by_key_and_expire(store):
     store.put_records("join", {"r1": {"arm": "v1"}}, ttl_s=60, listed=False)
     store.put_records("join", {"r2": {"arm": "v2"}}, ttl_s=0.1, listed=False)
     assert store.get_record("join", "r1") == {"arm": "v1"}
-    _wait_for(lambda: store.get_record("join", "r2") is None, timeout=3)
+    wait_for(lambda: store.get_record("join", "r2"), lambda r: r is None, what="record r2 expired", timeout=3)
     assert store.get_record("join", "r1") == {"arm": "v1"}
     if hasattr(store, "keys"):  # Redis: no expiry index was built for them
         assert store._client.exists(store.keys.record_index("join")) == 0
@@ -143,30 +144,17 @@ def test_claim_is_true_exactly_once(store):
 
 def test_claim_can_be_taken_again_after_expiry(store):
     assert store.claim("tok", "n1", ttl_s=0.2)
-    _wait_for(lambda: store.claim("tok", "n1", ttl_s=60), timeout=3)
+    wait_for(lambda: store.claim("tok", "n1", ttl_s=60), what="the claim free again", timeout=3)
 
 
 def test_ping(store):
     assert store.ping() is True
 
 
-def _wait_for(predicate, timeout: float = 2.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    assert predicate()
-
-
 def test_expired_records_do_not_accumulate(store):
     """Writers keep adding join records; expired ones must eventually leave storage."""
     store.put_records("join", {f"r{i}": {"a": i} for i in range(50)}, ttl_s=0.05)
-    import time
-
-    time.sleep(0.1)
+    wait_for(lambda: store.list_records("join"), lambda live: live == {}, what="the 50 records expired")
     store.put_records("join", {"fresh": {"a": 1}}, ttl_s=60)
     assert store.list_records("join") == {"fresh": {"a": 1}}
     assert _stored_record_count(store, "join") == 1

@@ -17,7 +17,8 @@ from gateway.dataplane.measure import Measurement
 from gateway.store.buffer import CounterBuffer
 from gateway.store.redis import RedisStore
 from router.table import Choice, ModelRoute, RouteTable, Split
-from tests.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix, wait_for
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
+from tests.support.wait import await_for
 
 GROUP = "exp:{ab}:v1"
 
@@ -53,9 +54,11 @@ def test_the_flusher_outlives_a_batch_the_store_refuses(redis_store):
         task = asyncio.create_task(m.run_flusher())
         try:
             m.counters.add("exp:{ab", "n", 1)  # Redis refuses the group name: batch dropped
-            await asyncio.to_thread(wait_for, lambda: m.counters.dropped == 1)
+            await await_for(lambda: m.counters.dropped, lambda n: n == 1, what="one dropped counter batch")
             m.counters.add(GROUP, "n", 5)
-            await asyncio.to_thread(wait_for, lambda: redis_store.counters(GROUP) == {"n": 5})
+            await await_for(
+                lambda: redis_store.counters(GROUP), lambda c: c == {"n": 5}, what="n = 5 in Redis"
+            )
             assert not task.done()
         finally:
             task.cancel()
@@ -86,7 +89,7 @@ def _post(m: Measurement, event: dict) -> tuple[int, dict]:
 
     async def send() -> None:
         m.handle_feedback(SimpleNamespace(method=b"POST", body=json.dumps(event).encode()), responder)
-        await asyncio.to_thread(wait_for, lambda: responder.done)
+        await await_for(lambda: responder.done, what="the response done")
 
     asyncio.run(send())
     assert responder.answer is not None

@@ -10,14 +10,14 @@ from redis.crc import key_slot
 
 from gateway.store import StoreUnavailable, Write, open_store
 from gateway.store.redis import RedisKeys, RedisStore, hash_tag
-from tests.redis_server import (
+from tests.support.redis_server import (
     SHARED_REDIS_URL,
     RedisServer,
     delete_prefix,
     shared_redis_or_fail,
     unique_prefix,
-    wait_for,
 )
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_pubsub_reaches_another_store_without_the_poll(make_store):
     seen: list[int] = []
     gateway.watch(seen.append)
     v = control.commit([Write("models", "digits", {"name": "digits"})])
-    wait_for(lambda: seen == [v])
+    wait_for(lambda: seen, lambda got: got == [v], what=f"only version {v} seen")
     assert gateway.get("models", "digits") == {"name": "digits"}
 
 
@@ -69,7 +69,7 @@ def test_version_poll_catches_a_version_bump_that_was_never_published(make_store
         bumped = client.incr(control.keys.version)  # a write whose PUBLISH was lost
     finally:
         client.close()
-    wait_for(lambda: seen == [bumped])
+    wait_for(lambda: seen, lambda got: got == [bumped], what=f"only version {bumped} seen")
 
 
 def test_watchers_get_each_version_once_and_in_order(make_store):
@@ -78,7 +78,7 @@ def test_watchers_get_each_version_once_and_in_order(make_store):
     seen: list[int] = []
     gateway.watch(seen.append)
     versions = [control.commit([Write("flags", f"f{i}", {"i": i})]) for i in range(20)]
-    wait_for(lambda: seen[-1:] == versions[-1:])
+    wait_for(lambda: seen, lambda got: got[-1:] == versions[-1:], what="the last version seen")
     assert seen == sorted(set(seen))
     assert set(seen) <= set(versions)
 
@@ -198,7 +198,7 @@ def test_list_records_sees_only_live_records_after_overwrite(make_store):
     store = make_store()
     store.put_records("beats", {"g1": {"v": 1}, "g2": {"v": 1}}, ttl_s=60)
     store.put_records("beats", {"g1": {"v": 2}}, ttl_s=0.1)  # shorter TTL on overwrite
-    wait_for(lambda: store.list_records("beats") == {"g2": {"v": 1}})
+    wait_for(lambda: store.list_records("beats"), lambda b: b == {"g2": {"v": 1}}, what="only g2's beat left")
     assert store.claim("beats", "g2", ttl_s=60) is False  # a live record blocks a claim
     assert store.claim("beats", "g1", ttl_s=60) is True
 
@@ -290,11 +290,11 @@ def test_watcher_reconnects_after_a_restart_and_catches_up(private_redis: RedisS
         seen: list[int] = []
         gateway.watch(seen.append)
         v1 = control.commit([Write("models", "a", {})])
-        wait_for(lambda: seen == [v1])
+        wait_for(lambda: seen, lambda got: got == [v1], what=f"version {v1} seen")
         private_redis.kill()
         private_redis.start()
         v2 = control.commit([Write("models", "b", {})])  # may be published before it resubscribes
-        wait_for(lambda: seen == [v1, v2], timeout=15)
+        wait_for(lambda: seen, lambda got: got == [v1, v2], what="both versions seen", timeout=15)
     finally:
         gateway.close()
         control.close()
@@ -309,9 +309,14 @@ def test_killed_pubsub_connections_are_rebuilt(private_redis: RedisServer):
         gateway.watch(seen.append)
         assert admin.client_kill_filter(_type="pubsub") == 1
         # Resubscription then its catch-up poll deliver it, even with the periodic poll off.
-        wait_for(lambda: admin.pubsub_numsub(control.keys.channel)[0][1] == 1, timeout=15)
+        wait_for(
+            lambda: admin.pubsub_numsub(control.keys.channel)[0][1],
+            lambda subscribers: subscribers == 1,
+            what="one subscriber on the channel",
+            timeout=15,
+        )
         v = control.commit([Write("models", "a", {})])
-        wait_for(lambda: seen == [v])
+        wait_for(lambda: seen, lambda got: got == [v], what=f"only version {v} seen")
     finally:
         admin.close()
         gateway.close()

@@ -11,7 +11,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import free_port, model_server, running_mesh
+from tests.support.procs import free_port, model_server, running_mesh
 
 GAUGES = ("meshgate_endpoint_ejected", "meshgate_breaker_state", "meshgate_in_flight_requests")
 

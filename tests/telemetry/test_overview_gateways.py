@@ -10,7 +10,7 @@ import time
 from gateway.registration import GATEWAYS_NAMESPACE
 from gateway.runtime import default_store_url
 from gateway.store import Write, open_store
-from tests.procs import MESHGATE
+from tests.support.procs import MESHGATE
 from tests.telemetry.helpers import in_process_mesh
 
 # a gateway on another machine whose store writes are failing (as its heartbeat would say)

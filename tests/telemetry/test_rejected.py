@@ -7,7 +7,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import free_port
+from tests.support.procs import free_port
 from tests.telemetry.helpers import in_process_mesh
 
 

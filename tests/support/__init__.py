@@ -1,0 +1,84 @@
+"""Shared test support: one way to wait, one fake clock, real processes on free loopback ports.
+
+Use these instead of writing another poll loop, clock or process starter::
+
+    from tests.support import FakeClock, free_port, model_server, running_mesh, wait_for
+
+Waiting (``tests/support/wait.py``) -- never a fixed sleep to wait for something to happen:
+    ``wait_for(check, until=None, *, what, timeout=10.0, interval=0.05, ignore=())``
+        Calls ``check()`` until its value is truthy (or ``until(value)`` holds) and returns that
+        value. On timeout it raises ``AssertionError("timed out after 10 s waiting for <what>;
+        last value: <repr>")``. Exceptions of the ``ignore`` types count as "not yet".
+        Return the observed thing from ``check`` and test it in ``until``, so a failure shows it:
+        ``wait_for(lambda: gw.get("/metrics").text, lambda t: "x_total 3" in t, what="x_total 3")``.
+    ``await_for(...)``: the same inside a coroutine (the loop runs between polls).
+    Waiting for a write-behind flush? Prefer an explicit flush; else poll for its effect.
+
+Time (``tests/support/clock.py``):
+    ``FakeClock(start=1000.0)``: call it for the time, ``advance(s)`` or set ``.t`` to move it.
+    Inject it as a policy's ``now``/``clock``.
+
+Processes (``tests/support/procs.py``) -- started on free ports, waited for, always stopped:
+    ``HOST`` (127.0.0.1), ``MESHGATE`` (argv prefix of ``python -m gateway``), ``free_port()``,
+    ``wait_http(url, popen, timeout=30)``: until ``url`` answers; fails at once if the child exits.
+    ``Proc(args, log, env=None, cwd=None)``: a child whose output goes to ``log``; ``.stop()``
+        (SIGTERM, then kill; returns the exit code), ``.output()``.
+    ``model_server(tmp, model, version, *extra)``: context manager, ``meshgate serve-model``,
+        yields its base URL.
+    ``running_mesh(data_dir, *extra)``: context manager, ``meshgate up``, yields a ``Mesh``
+        (``.admin`` and ``.data`` httpx clients, ``.register()``, ``.wait_routable()``, ``.cli()``);
+        asserts a clean exit (code 0) when it stops.
+    ``admin_state(mesh)``, ``oip_digits(pixels)``: a mesh's admin state; a digits OIP body.
+
+Redis (``tests/support/redis_server.py``):
+    ``SHARED_REDIS_URL``, ``unique_prefix()``, ``delete_prefix(url, prefix)``,
+    ``shared_redis_or_fail()``; ``RedisServer(dir)``: a private ``redis-server`` on a free port
+    (``start``, ``kill`` = SIGKILL, ``stop``, ``client``); the ``private_redis`` fixture (import it
+    into a conftest to use it).
+
+Rules the suite checks (``tests/test_rules.py``): no ``time.sleep``/``asyncio.sleep`` in test
+files outside this package except on its allow-list, each entry saying why.
+"""
+
+from tests.support.clock import FakeClock
+from tests.support.procs import (
+    HOST,
+    MESHGATE,
+    Mesh,
+    Proc,
+    admin_state,
+    free_port,
+    model_server,
+    oip_digits,
+    running_mesh,
+    wait_http,
+)
+from tests.support.redis_server import (
+    SHARED_REDIS_URL,
+    RedisServer,
+    delete_prefix,
+    shared_redis_or_fail,
+    unique_prefix,
+)
+from tests.support.wait import await_for, wait_for
+
+__all__ = [
+    "HOST",
+    "MESHGATE",
+    "SHARED_REDIS_URL",
+    "FakeClock",
+    "Mesh",
+    "Proc",
+    "RedisServer",
+    "admin_state",
+    "await_for",
+    "delete_prefix",
+    "free_port",
+    "model_server",
+    "oip_digits",
+    "running_mesh",
+    "shared_redis_or_fail",
+    "unique_prefix",
+    "wait_for",
+    "wait_http",
+]
