@@ -16,10 +16,9 @@ from collections import deque
 from collections.abc import Hashable
 
 from router.policy import LimitsPolicy
+from router.reasons import OVERLOADED
 
 __all__ = ["OVERLOADED", "ConcurrencyLimiter"]
-
-OVERLOADED = "overloaded"
 
 
 class ConcurrencyLimiter:

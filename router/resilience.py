@@ -57,9 +57,16 @@ from collections.abc import Callable, Collection, Hashable, Sequence
 
 from router.balancer import Balancer, make_balancer
 from router.breaker import BreakerState, CircuitBreaker, Transition
-from router.limits import OVERLOADED, ConcurrencyLimiter
+from router.limits import ConcurrencyLimiter
 from router.outlier import OutlierDetector
 from router.policy import TrafficPolicy
+from router.reasons import (
+    BREAKER_OPEN,
+    DEADLINE_EXCEEDED,
+    NO_HEALTHY_ENDPOINT,
+    OVERLOADED,
+    RETRY_BUDGET_EXHAUSTED,
+)
 from router.retry import Outcome, RetryBudget, backoff_s, retryable_outcomes
 from router.shadow import ShadowChooser
 
@@ -77,14 +84,11 @@ __all__ = [
     "VersionRuntime",
 ]
 
-# Reasons (the x-meshgate-error codes). QUEUED is not an error: the request waits for a slot.
-BREAKER_OPEN = "breaker_open"
+# Not reason codes (those are router.reasons): QUEUED means the request waits for a slot;
+# ATTEMPTS_EXHAUSTED / NOT_RETRYABLE say why no retry follows (the last failure is answered).
 QUEUED = "queued"
-NO_HEALTHY_ENDPOINT = "no_healthy_endpoint"
-RETRY_BUDGET_EXHAUSTED = "retry_budget_exhausted"
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 NOT_RETRYABLE = "not_retryable"
-DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class VersionRuntime:

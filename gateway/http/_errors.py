@@ -1,25 +1,32 @@
-"""Upstream failures translated into meshgate's reasons, each with the status the caller sees."""
+"""Upstream failures translated into meshgate's reasons (``router.reasons``), each with the
+status the caller sees."""
 
 from __future__ import annotations
 
-UPSTREAM_UNREACHABLE = "upstream_unreachable"
-UPSTREAM_RESET = "upstream_reset"
-UPSTREAM_TIMEOUT = "upstream_timeout"
-UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
-CANCELLED = "cancelled"
+from router.reasons import (
+    CANCELLED,
+    STATUS,
+    UPSTREAM_BAD_RESPONSE,
+    UPSTREAM_RESET,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNREACHABLE,
+)
 
-# 499 is nginx's "client closed request": nobody is left to read it, but logs and metrics need a code.
-REASON_STATUS: dict[str, int] = {
-    UPSTREAM_UNREACHABLE: 502,
-    UPSTREAM_RESET: 502,
-    UPSTREAM_BAD_RESPONSE: 502,
-    UPSTREAM_TIMEOUT: 504,
-    CANCELLED: 499,
-}
+__all__ = [
+    "CANCELLED",
+    "REASON_STATUS",
+    "UPSTREAM_BAD_RESPONSE",
+    "UPSTREAM_RESET",
+    "UPSTREAM_TIMEOUT",
+    "UPSTREAM_UNREACHABLE",
+    "UpstreamError",
+]
+
+REASON_STATUS = STATUS
 
 
 class UpstreamError(Exception):
-    """An upstream exchange failed; `reason` is one of the constants above, `status` what to answer."""
+    """An upstream exchange failed; `reason` is a code of ``router.reasons``, `status` what to answer."""
 
     __slots__ = ("message", "reason", "status")
 

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Iterable
 
 from gateway.mesh.identity import PatternLike, PeerCert, compile_patterns, peer_identity
+from router.reasons import PEER_IDENTITY_MISMATCH, UNAUTHORIZED
 
 __all__ = [
     "PEER_IDENTITY_MISMATCH",
@@ -25,9 +26,6 @@ __all__ = [
     "server_context",
     "verify_peer",
 ]
-
-PEER_IDENTITY_MISMATCH = "peer_identity_mismatch"
-UNAUTHORIZED = "unauthorized"
 
 Bundle = str | os.PathLike[str]
 """A trust bundle: PEM text (``str``), or a file (``pathlib.Path``)."""
