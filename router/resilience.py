@@ -16,6 +16,9 @@ linkerd2-proxy's per-backend stack:
                                               -> delay in seconds, or the reason not to
   7. `release()`      frees the slot, or hands it to the next queued waiter
 
+`router.attempt.Attempts` walks this stack for one request (with the deadline, fallback and
+the shadow choice) as a state machine; front ends use it rather than calling these directly.
+
 Usage (one request; `send` starts an attempt and calls `on_done` later):
 
     rt = VersionRuntime(["http://a:8000", "http://b:8000"], policy, now=time.monotonic, rng=random.Random())
