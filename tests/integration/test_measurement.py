@@ -21,7 +21,7 @@ from gateway.store import Write
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
 from models.zoo import digits_holdout
-from tests.support.procs import model_server, oip_digits, running_mesh
+from tests.support import model_server, oip_digits, running_mesh, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,12 @@ def mesh(tmp_path_factory):
         store.close()
 
 
-def _wait_experiment(mesh, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = mesh.data.post("/v2/models/digits/infer", content=_body(0), headers={"x-meshgate-key": "probe"})
-        if r.headers.get("x-meshgate-experiment") == "ab":
-            return
-        time.sleep(0.1)
-    raise AssertionError("the experiment never reached the data plane")
+def _wait_experiment(mesh) -> None:
+    wait_for(
+        lambda: _infer(mesh, "probe"),
+        lambda r: r.headers.get("x-meshgate-experiment") == "ab",
+        what="the experiment on the data plane",
+    )
 
 
 def _body(i: int) -> bytes:
@@ -91,13 +89,13 @@ def test_assignment_is_sticky_and_split_by_weight(mesh):
 
 
 def test_counters_equal_requests_served(mesh):
-    time.sleep(1.3)  # let earlier tests' counters land first
+    mesh.wait_flushed()  # whatever earlier requests added is in the store: the baseline
     before = {arm: c.requests for arm, c in _totals(mesh).items()}
     served = Counter()
     for i in range(120):
         r = _infer(mesh, f"c-{i}" if i % 4 else None, i)
         served[r.headers["x-meshgate-arm"]] += 1
-    time.sleep(1.5)
+    mesh.wait_flushed()
     after = _totals(mesh)
     for arm in ("v1", "v2"):
         assert after[arm].requests - before.get(arm, 0) == served[arm]
@@ -109,13 +107,14 @@ def test_counters_equal_requests_served(mesh):
 def test_feedback_joins_the_arm_and_counts_once(mesh):
     r = _infer(mesh, "fb-user", 3)
     rid, arm = r.headers["x-meshgate-request-id"], r.headers["x-meshgate-arm"]
+    mesh.wait_flushed()  # earlier feedback is in the store: the baseline
     before = _totals(mesh)[arm].metrics.get("accuracy")
     first = mesh.data.post("/v1/feedback", json={"request_id": rid, "metric": "accuracy", "value": 1})
     assert first.status_code == 200 and first.json()["accepted"] == 1
     assert first.json()["results"][0]["arm"] == arm
     again = mesh.data.post("/v1/feedback", json={"request_id": rid, "metric": "accuracy", "value": True})
     assert again.status_code == 200 and again.json() == {**again.json(), "accepted": 0, "duplicates": 1}
-    time.sleep(1.5)
+    mesh.wait_flushed()
     after = _totals(mesh)[arm].metrics["accuracy"]
     assert after.n == (before.n if before else 0) + 1
     assert after.sum == (before.sum if before else 0) + 1
@@ -143,10 +142,8 @@ def test_feedback_for_the_callers_own_request_id_joins_through_a_record(mesh):
     event = {"request_id": "caller-chosen-id-1", "metric": "accuracy", "value": 0}
     fb = mesh.data.post("/v1/feedback", json=event)  # from the gateway's pending record
     assert fb.status_code == 200 and fb.json()["results"][0]["arm"] == arm
-    deadline = time.monotonic() + 5.0
-    while mesh.store.get_record("join", "caller-chosen-id-1") is None:  # flushed for other gateways
-        assert time.monotonic() < deadline, "the join record never reached the store"
-        time.sleep(0.1)
+    mesh.wait_flushed()  # the join record is flushed for other gateways
+    assert mesh.store.get_record("join", "caller-chosen-id-1") is not None
 
 
 def test_feedback_batch_and_continuous_metric(mesh):

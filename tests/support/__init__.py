@@ -28,6 +28,9 @@ Processes (``tests/support/procs.py``) -- started on free ports, waited for, alw
     ``running_mesh(data_dir, *extra)``: context manager, ``meshgate up``, yields a ``Mesh``
         (``.admin`` and ``.data`` httpx clients, ``.register()``, ``.wait_routable()``, ``.cli()``);
         asserts a clean exit (code 0) when it stops.
+    ``wait_flushed(url)`` / ``mesh.wait_flushed()``: until the gateway's write-behind buffers
+        (experiment counters, join records) are empty, i.e. all it answered is in the store.
+        Use it instead of sleeping "one flush interval".
     ``admin_state(mesh)``, ``oip_digits(pixels)``: a mesh's admin state; a digits OIP body.
 
 Redis (``tests/support/redis_server.py``):
@@ -51,6 +54,7 @@ from tests.support.procs import (
     model_server,
     oip_digits,
     running_mesh,
+    wait_flushed,
     wait_http,
 )
 from tests.support.redis_server import (
@@ -79,6 +83,7 @@ __all__ = [
     "running_mesh",
     "shared_redis_or_fail",
     "unique_prefix",
+    "wait_flushed",
     "wait_for",
     "wait_http",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "model_server",
     "oip_digits",
     "running_mesh",
+    "wait_flushed",
     "wait_http",
 ]
 
@@ -48,6 +49,25 @@ class Proc:
         code = stop(self.popen, sig, timeout)
         self._fh.close()
         return code
+
+
+def wait_flushed(url: str, timeout: float = 10.0) -> dict:
+    """Until the gateway at ``url`` (its data port) holds no unwritten experiment counters or join
+    records, so everything it answered before the call is in the store; returns its measurement.
+
+    The explicit flush a test waits for: the gateway's write-behind buffers empty within one
+    flush interval (``GET /v1/gateway`` reports them); a failing store shows in the last value.
+    """
+
+    def measurement() -> dict:
+        return httpx.get(f"{url}/v1/gateway", timeout=5.0).json()["measurement"]
+
+    return wait_for(
+        measurement,
+        lambda m: m["pending_counter_cells"] == 0 and m["pending_join_records"] == 0,
+        what=f"the gateway at {url} to flush its counters and join records",
+        timeout=timeout,
+    )
 
 
 def admin_state(mesh) -> dict:
@@ -98,6 +118,10 @@ class Mesh:
             what=f"model {model} routable on {self.url}",
             timeout=timeout,
         )
+
+    def wait_flushed(self, timeout: float = 10.0) -> dict:
+        """Until this gateway's experiment counters and join records are all in the store."""
+        return wait_flushed(self.url, timeout)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, "MESHGATE_ADMIN_URL": self.admin_url, "MESHGATE_TOKEN": self.token}
