@@ -12,7 +12,7 @@ import time
 import pytest
 
 from models.zoo import digits_holdout
-from tests.support.procs import model_server, oip_digits, running_mesh
+from tests.support import model_server, oip_digits, running_mesh, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +44,6 @@ def _label(resp) -> int:
     return int(out["label"]["data"][0])
 
 
-def _wait_routing(mesh, experiment: str) -> None:
-    body = _bodies()[0][0]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        r = mesh.data.post("/v2/models/digits/infer", content=body, headers={"x-meshgate-key": "probe"})
-        if r.headers.get("x-meshgate-experiment") == experiment:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{experiment} never reached the data plane")
-
-
 def test_ab_test_with_feedback_finds_v2_more_accurate(mesh):
     body = {
         "name": "digits-ab",
@@ -83,7 +72,7 @@ def test_ab_test_with_feedback_finds_v2_more_accurate(mesh):
             )
         fb = mesh.data.post("/v1/feedback", json=feedback)
         assert fb.status_code in (200, 202), fb.text
-        time.sleep(1.2)  # one flush of the gateway's write-behind buffer
+        mesh.wait_flushed()  # the feedback is in the store, so the results count it
         results = mesh.admin.get("/v1/experiments/digits-ab/results").json()
         accuracy = next(m for m in results["metrics"] if m["name"] == "accuracy")
         verdict = accuracy["arms"][1]["verdict"]
@@ -114,7 +103,7 @@ def _drive(mesh, model_status, max_requests: int, stop_when, max_s: float = 120.
     for n in range(max_requests):
         if time.monotonic() > give_up:
             break
-        time.sleep(0.001)
+        time.sleep(0.001)  # pacing the load (not a wait): see the docstring
         payload, _ = samples[n % len(samples)]
         r = mesh.data.post(
             "/v2/models/digits/infer", content=payload, headers={"x-meshgate-key": f"unit-{n}"}
@@ -139,16 +128,13 @@ def test_canary_of_v2_promotes_automatically(mesh):
     assert errors == 0
     assert [e["type"] for e in last["events"]] == ["started", "advanced", "advanced", "promoted"]
     assert mesh.admin.get("/v1/models/digits").json()["default_version"] == "v2"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # the route table follows the new default
-        r = mesh.data.post(
+    wait_for(  # the route table follows the new default
+        lambda: mesh.data.post(
             "/v2/models/digits/infer", content=_bodies()[0][0], headers={"x-meshgate-key": "z"}
-        )
-        if r.headers["x-meshgate-version"] == "v2" and "x-meshgate-experiment" not in r.headers:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("traffic never moved to v2")
+        ).headers,
+        lambda h: h["x-meshgate-version"] == "v2" and "x-meshgate-experiment" not in h,
+        what="traffic on v2 with no experiment",
+    )
 
 
 def test_canary_of_a_failing_version_rolls_back_and_clients_barely_notice(mesh, servers):
@@ -173,14 +159,13 @@ def test_canary_of_a_failing_version_rolls_back_and_clients_barely_notice(mesh, 
     assert errors / sent < 0.03, (errors, sent)  # 20% errors on ~5% of the traffic, for a short while
     assert mesh.admin.get("/v1/models/digits").json()["default_version"] == "v1"
     # after the rollback every request goes to the baseline again
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        r = mesh.data.post(
+    wait_for(
+        lambda: mesh.data.post(
             "/v2/models/digits/infer", content=_bodies()[0][0], headers={"x-meshgate-key": "unit-1"}
-        )
-        if "x-meshgate-experiment" not in r.headers:
-            break
-        time.sleep(0.1)
+        ).headers,
+        lambda h: "x-meshgate-experiment" not in h,
+        what="the canary gone from the data plane",
+    )
     after = [
         mesh.data.post(
             "/v2/models/digits/infer", content=_bodies()[0][0], headers={"x-meshgate-key": f"after-{i}"}

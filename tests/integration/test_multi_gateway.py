@@ -15,186 +15,33 @@ import os
 import signal
 import statistics
 import subprocess
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from experiments.counters import ArmCounters, experiment_prefix
 from gateway.store.redis import RedisKeys, RedisStore
-from models.zoo import digits_holdout
-from tests.support.procs import MESHGATE, Proc, free_port, model_server, oip_digits, wait_http
-from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
+from tests.support import (
+    HOST,
+    MESHGATE,
+    SHARED_REDIS_URL,
+    Proc,
+    delete_prefix,
+    digits_body,
+    free_port,
+    shared_redis_or_fail,
+    unique_prefix,
+    wait_for,
+    wait_http,
+)
+from tests.support.cluster import START_TIMEOUT_S, Cluster, arm_totals, cluster, propagation_times
 
-HOST = "127.0.0.1"
 # The issue's bound: a write through the control plane reaches every gateway within 1 s.
 PROPAGATION_BOUND_S = 1.0
-# Starting a process imports FastAPI, numpy and scipy: seconds on a busy 2-core machine.
-START_TIMEOUT_S = 60.0
-
-
-@dataclass
-class Gateway:
-    proc: Proc
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def status(self) -> dict:
-        return httpx.get(f"{self.url}/v1/gateway", timeout=5.0).json()
-
-
-@dataclass
-class Cluster:
-    """One control plane and its gateways on one store (URL + key prefix)."""
-
-    tmp: Path
-    store_url: str
-    prefix: str
-    admin_port: int = 0
-    control: Proc | None = None
-    admin: httpx.Client | None = None
-    gateways: list[Gateway] = field(default_factory=list)
-
-    def _args(self, command: str, name: str) -> list[str]:
-        return [
-            *MESHGATE,
-            command,
-            "--store",
-            self.store_url,
-            "--store-prefix",
-            self.prefix,
-            "--data-dir",
-            str(self.tmp / name),
-        ]
-
-    def start_control(self) -> None:
-        self.admin_port = free_port()
-        self.control = Proc(
-            [*self._args("control", "control"), "--admin-port", str(self.admin_port)],
-            self.tmp / "control.log",
-        )
-        wait_http(f"http://{HOST}:{self.admin_port}/healthz", self.control.popen, START_TIMEOUT_S)
-        token = (self.tmp / "control" / "admin.token").read_text().strip()
-        self.admin = httpx.Client(
-            base_url=f"http://{HOST}:{self.admin_port}",
-            headers={"authorization": f"Bearer {token}"},
-            timeout=10.0,
-        )
-
-    def spawn_gateway(self, *extra: str) -> Gateway:
-        """Start a gateway without waiting for it (several start side by side)."""
-        port = free_port()
-        name = f"gateway-{len(self.gateways)}-{port}"
-        proc = Proc([*self._args("gateway", name), "--port", str(port), *extra], self.tmp / f"{name}.log")
-        gw = Gateway(proc, port)
-        self.gateways.append(gw)
-        return gw
-
-    def wait_ready(self, gw: Gateway) -> None:
-        wait_http(f"{gw.url}/v2/health/live", gw.proc.popen, START_TIMEOUT_S)
-        wait_until(lambda: httpx.get(f"{gw.url}/v2/health/ready").status_code == 200, what="gateway ready")
-
-    def stop_gateway(self, gw: Gateway) -> None:
-        code = gw.proc.stop()
-        self.gateways.remove(gw)
-        assert code == 0, f"gateway exited with {code}:\n{gw.proc.output()[-3000:]}"
-
-    def store(self) -> RedisStore:
-        return RedisStore(self.store_url, prefix=self.prefix)
-
-    def register(self, model: str, version: str, endpoint: str) -> None:
-        assert self.admin is not None
-        r = self.admin.put(f"/v1/models/{model}/versions/{version}", json={"endpoints": [endpoint]})
-        assert r.status_code in (200, 201), r.text
-
-    def close(self) -> None:
-        failures = []
-        for gw in list(self.gateways):
-            code = gw.proc.stop()
-            if code != 0:
-                failures.append(f"gateway on {gw.port} exited with {code}:\n{gw.proc.output()[-2000:]}")
-        if self.admin is not None:
-            self.admin.close()
-        if self.control is not None:
-            code = self.control.stop()
-            if code != 0:
-                failures.append(f"control exited with {code}:\n{self.control.output()[-2000:]}")
-        assert not failures, "\n".join(failures)
-
-
-@contextmanager
-def cluster(tmp: Path, store_url: str, prefix: str, gateways: int) -> Iterator[Cluster]:
-    c = Cluster(tmp, store_url, prefix)
-    try:
-        c.start_control()
-        started = [c.spawn_gateway() for _ in range(gateways)]
-        for gw in started:
-            c.wait_ready(gw)
-        yield c
-    finally:
-        c.close()
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    """Poll ``predicate`` until truthy (a bounded wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s")
-
-
-def routable(url: str, model: str, client: httpx.Client) -> bool:
-    r = client.get(f"{url}/v2/models/{model}/ready")
-    return r.headers.get("x-meshgate-error") != "model_not_found"
-
-
-def propagation_times(gateways: list[Gateway], model: str, write, timeout: float = 5.0) -> list[float]:
-    """Seconds from just before ``write()`` until each gateway routes ``model`` (polled every ~10 ms)."""
-    seen: list[float | None] = [None] * len(gateways)
-    go = threading.Event()
-
-    def watch(i: int, gw: Gateway) -> None:
-        with httpx.Client(timeout=2.0) as client:
-            go.wait()
-            while time.monotonic() < t0 + timeout:
-                if routable(gw.url, model, client):
-                    seen[i] = time.monotonic() - t0
-                    return
-                time.sleep(0.01)
-
-    threads = [threading.Thread(target=watch, args=(i, gw)) for i, gw in enumerate(gateways)]
-    for t in threads:
-        t.start()
-    t0 = time.monotonic()
-    go.set()
-    write()
-    for t in threads:
-        t.join()
-    assert all(s is not None for s in seen), f"{model} never reached some gateways: {seen}"
-    return [s for s in seen if s is not None]
-
-
-def digits_body(i: int = 0) -> bytes:
-    x, _ = digits_holdout()
-    return oip_digits([x[i % len(x)].tolist()])
-
-
-def arm_totals(store: RedisStore, experiment: str) -> dict[str, ArmCounters]:
-    groups = store.counter_groups(experiment_prefix(experiment))
-    return {g.rsplit(":", 1)[1]: ArmCounters.from_fields(f) for g, f in groups.items()}
 
 
 AB = {
@@ -205,14 +52,20 @@ AB = {
 }
 
 
+@contextmanager
+def experiment(mesh: Cluster, name: str) -> Iterator[str]:
+    """The A/B test ``AB`` on digits under its own ``name``, stopped afterwards: each test that
+    needs one makes its own (one experiment per model runs at a time), so none depends on another."""
+    r = mesh.admin.post("/v1/experiments", json={**AB, "name": name})
+    assert r.status_code == 201, r.text
+    try:
+        yield name
+    finally:
+        stopped = mesh.admin.post(f"/v1/experiments/{name}/stop")
+        assert stopped.status_code == 200, stopped.text
+
+
 # -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("models")
-    with model_server(tmp, "digits", "v1") as v1, model_server(tmp, "digits", "v2") as v2:
-        yield {"v1": v1, "v2": v2}
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +132,11 @@ def test_version_poll_catches_a_write_whose_notification_was_lost(mesh, digits):
 def test_ab_requests_spread_over_gateways_count_exactly(mesh, digits):
     mesh.register("digits", "v1", digits["v1"])
     mesh.register("digits", "v2", digits["v2"])
-    r = mesh.admin.post("/v1/experiments", json=AB)
-    assert r.status_code == 201, r.text
+    with experiment(mesh, "ab3"):
+        _count_exactly(mesh)
+
+
+def _count_exactly(mesh: Cluster) -> None:
     served: Counter[str] = Counter()
     per_gateway: Counter[int] = Counter()
     clients = [httpx.Client(base_url=gw.url, timeout=10.0) for gw in mesh.gateways]
@@ -297,7 +153,7 @@ def test_ab_requests_spread_over_gateways_count_exactly(mesh, digits):
             return resp
 
         for i in range(len(clients)):  # every gateway routes through the experiment
-            wait_until(
+            wait_for(
                 lambda i=i: infer(i, f"probe-{i}").headers.get("x-meshgate-experiment") == "ab3",
                 what=f"experiment on gateway {i}",
             )
@@ -309,11 +165,11 @@ def test_ab_requests_spread_over_gateways_count_exactly(mesh, digits):
     assert set(served) == {"v1", "v2"} and min(per_gateway.values()) >= 100
     store = mesh.store()
     try:
-        wait_until(
+        wait_for(
             lambda: {a: c.requests for a, c in arm_totals(store, "ab3").items()} == dict(served),
             what=f"counters equal to the {sum(served.values())} requests served",
         )
-        time.sleep(1.5)  # a further flush interval: nothing may be added twice
+        mesh.wait_flushed()  # every gateway's buffers empty: nothing more can be added, twice or at all
         totals = arm_totals(store, "ab3")
         assert {a: c.requests for a, c in totals.items()} == dict(served)
         assert all(c.latency.n == c.requests and c.errors == 0 for c in totals.values())
@@ -326,8 +182,11 @@ def test_ab_requests_spread_over_gateways_count_exactly(mesh, digits):
 def test_feedback_on_another_gateway_joins_the_serving_arm(mesh, digits):
     mesh.register("digits", "v1", digits["v1"])
     mesh.register("digits", "v2", digits["v2"])
-    if mesh.admin.get("/v1/experiments/ab3").status_code == 404:
-        assert mesh.admin.post("/v1/experiments", json=AB).status_code == 201
+    with experiment(mesh, "ab3-fb"):
+        _feedback_joins(mesh)
+
+
+def _feedback_joins(mesh: Cluster) -> None:
     serving, feedback, third = mesh.gateways
     store = mesh.store()
     try:
@@ -339,12 +198,12 @@ def test_feedback_on_another_gateway_joins_the_serving_arm(mesh, digits):
                 headers={"x-meshgate-key": "fb-cross"},
                 timeout=10.0,
             )
-            return r if r.headers.get("x-meshgate-experiment") == "ab3" else None
+            return r if r.headers.get("x-meshgate-experiment") == "ab3-fb" else None
 
-        r = wait_until(served, what="an experiment-routed request")
+        r = wait_for(served, what="an experiment-routed request")
         rid, arm = r.headers["x-meshgate-request-id"], r.headers["x-meshgate-arm"]
-        assert rid.startswith(f"ab3~{arm}~")  # the id carries its assignment, signed
-        counted = arm_totals(store, "ab3").get(arm)  # (none yet when this test runs alone)
+        assert rid.startswith(f"ab3-fb~{arm}~")  # the id carries its assignment, signed
+        counted = arm_totals(store, "ab3-fb").get(arm)  # (none yet when this test runs alone)
         before = counted.metrics.get("accuracy") if counted else None
         # at once, on another gateway: nothing to wait for, the id is verified, not looked up
         event = {"request_id": rid, "metric": "accuracy", "value": 1}
@@ -357,13 +216,13 @@ def test_feedback_on_another_gateway_joins_the_serving_arm(mesh, digits):
         base_n = before.n if before else 0
 
         def landed():
-            counted = arm_totals(store, "ab3").get(arm)
+            counted = arm_totals(store, "ab3-fb").get(arm)
             m = counted.metrics.get("accuracy") if counted else None
             return m is not None and m.n == base_n + 1
 
-        wait_until(landed, what="the feedback counted on the serving arm")
-        time.sleep(1.5)
-        assert arm_totals(store, "ab3")[arm].metrics["accuracy"].n == base_n + 1
+        wait_for(landed, what="the feedback counted on the serving arm")
+        mesh.wait_flushed()
+        assert arm_totals(store, "ab3-fb")[arm].metrics["accuracy"].n == base_n + 1
     finally:
         store.close()
 
@@ -372,7 +231,7 @@ def test_feedback_on_another_gateway_joins_the_serving_arm(mesh, digits):
 
 
 def test_gateways_register_and_leave(mesh):
-    listed = wait_until(
+    listed = wait_for(
         lambda: (g := mesh.admin.get("/v1/gateways").json()["gateways"]) and len(g) == 3 and g,
         what="three registered gateways",
     )
@@ -391,7 +250,7 @@ def test_gateways_register_and_leave(mesh):
     mesh.wait_ready(extra)
     own = extra.status()
     assert own["address"] == extra.url and own["registration"]["failures"] == 0
-    wait_until(
+    wait_for(
         lambda: own["id"] in {g["id"] for g in mesh.admin.get("/v1/gateways").json()["gateways"]},
         what="the new gateway listed",
     )
@@ -414,7 +273,7 @@ def _both_workers(mesh, gw) -> list[dict]:
     def mine() -> list[dict]:
         return [g for g in mesh.admin.get("/v1/gateways").json()["gateways"] if g["address"] == gw.url]
 
-    return wait_until(lambda: len(w := mine()) == 2 and w, what="both workers registered")
+    return wait_for(lambda: len(w := mine()) == 2 and w, what="both workers registered")
 
 
 def test_workers_share_one_port_and_stop_cleanly(mesh, digits):
@@ -422,7 +281,7 @@ def test_workers_share_one_port_and_stop_cleanly(mesh, digits):
     gw = mesh.spawn_gateway("--workers", "2")
     try:
         mesh.wait_ready(gw)
-        wait_until(lambda: "2 workers" in gw.proc.output(), what="the workers announcement")
+        wait_for(lambda: "2 workers" in gw.proc.output(), what="the workers announcement")
         mine = _both_workers(mesh, gw)
         assert sorted(g["worker"] for g in mine) == [0, 1]
         assert len({g["pid"] for g in mine}) == 2
@@ -449,7 +308,7 @@ def test_a_dead_worker_stops_the_gateway_with_an_error(mesh):
         code = gw.proc.popen.wait(30)
         assert code == 1
         assert "exited with -9" in gw.proc.output()
-        wait_until(
+        wait_for(
             lambda: all(
                 g["pid"] != mine[1]["pid"] or g.get("stopped")
                 for g in mesh.admin.get("/v1/gateways").json()["gateways"]
@@ -475,7 +334,7 @@ def test_workers_exit_when_the_supervisor_is_killed(mesh):
         mine = _both_workers(mesh, gw)
         gw.proc.popen.kill()
         gw.proc.popen.wait(10)
-        wait_until(lambda: all(_gone(g["pid"]) for g in mine), what="the orphaned workers gone")
+        wait_for(lambda: all(_gone(g["pid"]) for g in mine), what="the orphaned workers gone")
         # they stopped cleanly (SIGTERM): deregistered, not left to expire
         listed = {g["address"] for g in mesh.admin.get("/v1/gateways").json()["gateways"]}
         assert gw.url not in listed
@@ -557,7 +416,7 @@ def test_up_runs_on_store(tmp_path, digits, backend):
         r = admin.put("/v1/models/digits/versions/v1", json={"endpoints": [digits["v1"]]})
         assert r.status_code == 201, r.text
         url = f"http://{HOST}:{port}"
-        wait_until(lambda: httpx.get(f"{url}/v2/models/digits/ready").status_code == 200, what="routable")
+        wait_for(lambda: httpx.get(f"{url}/v2/models/digits/ready").status_code == 200, what="routable")
         assert httpx.post(f"{url}/v2/models/digits/infer", content=digits_body()).status_code == 200
         if backend == "redis":
             store = RedisStore(SHARED_REDIS_URL, prefix=prefix)

@@ -15,19 +15,18 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.test_multi_gateway import (
-    AB,
-    Cluster,
-    arm_totals,
-    cluster,
-    digits,
-    digits_body,
-    propagation_times,
-    wait_until,
-)
-from tests.support.redis_server import RedisServer, private_redis, unique_prefix
+from tests.support import digits_body, unique_prefix, wait_for
+from tests.support.cluster import Cluster, arm_totals, cluster, propagation_times
+from tests.support.redis_server import RedisServer, private_redis
 
-__all__ = ["digits", "private_redis"]
+__all__ = ["private_redis"]
+
+AB = {
+    "name": "ab-outage",
+    "model": "digits",
+    "arms": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}],
+    "metrics": [{"name": "accuracy", "kind": "binary"}],
+}
 
 
 class Load:
@@ -85,7 +84,7 @@ def mesh(tmp_path, private_redis: RedisServer, digits) -> Iterator[Cluster]:
         c.register("digits", "v2", digits["v2"])
         assert c.admin.post("/v1/experiments", json=AB).status_code == 201
         for gw in c.gateways:
-            wait_until(
+            wait_for(
                 lambda gw=gw: (
                     httpx.post(
                         f"{gw.url}/v2/models/digits/infer",
@@ -108,7 +107,7 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
     assert fb.headers["x-meshgate-experiment"] == AB["name"]
     event = {"request_id": fb.headers["x-meshgate-request-id"], "metric": "accuracy", "value": 1}
     for gw in mesh.gateways:  # the fixture's probe requests have landed
-        wait_until(lambda gw=gw: gw.status()["measurement"]["pending_counter_cells"] == 0, what="probes")
+        wait_for(lambda gw=gw: gw.status()["measurement"]["pending_counter_cells"] == 0, what="probes")
     assert event["request_id"].startswith(f"{AB['name']}~")  # signed: no join record to wait for
     store = mesh.store()
     try:
@@ -116,12 +115,12 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
     finally:
         store.close()
     with Load(mesh.gateways) as load:
-        wait_until(lambda: load.total() >= 100, what="load before the outage")
+        wait_for(lambda: load.total() >= 100, what="load before the outage")
         private_redis.kill()
         at_kill = load.total()
 
         # gateways keep serving from their last route table and stay ready
-        wait_until(lambda: load.total() >= at_kill + 300, what="requests served while Redis is down")
+        wait_for(lambda: load.total() >= at_kill + 300, what="requests served while Redis is down")
         for gw in mesh.gateways:
             assert httpx.get(f"{gw.url}/v2/health/ready").status_code == 200
         # control-plane writes are refused with a clear reason
@@ -131,7 +130,7 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
         assert "unreachable" in r.json()["error"]["message"] and r.headers["retry-after"] == "1"
         # counters are held in memory, not dropped, and the gateway says why
         for gw in mesh.gateways:
-            held = wait_until(
+            held = wait_for(
                 # held after a failed flush (sums wait in memory between flushes anyway)
                 lambda gw=gw: (
                     (s := gw.status())["measurement"]["pending_counter_cells"] > 0
@@ -152,25 +151,24 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
 
         private_redis.start()  # same port; the AOF restores everything acknowledged
         at_restart = load.total()
-        wait_until(lambda: load.total() >= at_restart + 200, what="requests served after the restart")
+        wait_for(lambda: load.total() >= at_restart + 200, what="requests served after the restart")
     assert load.failures == [], load.failures[:5]
     assert load.statuses == Counter({200: load.total()})
 
     served = {arm: before.get(arm, 0) + n for arm, n in load.arms.items()}
     store = mesh.store()
     try:
-        wait_until(
+        wait_for(
             lambda: {a: c.requests for a, c in arm_totals(store, AB["name"]).items()} == served,
             timeout=20.0,
             what=f"counters equal to the {sum(served.values())} requests served",
         )
-        # another flush interval later nothing was added twice
-        threading.Event().wait(1.5)
+        mesh.wait_flushed()  # every buffer empty: nothing more can be added, twice or at all
         assert {a: c.requests for a, c in arm_totals(store, AB["name"]).items()} == served
     finally:
         store.close()
     for gw in mesh.gateways:
-        m = wait_until(
+        m = wait_for(
             lambda gw=gw: (s := gw.status())["measurement"]["pending_counter_cells"] == 0 and s,
             what="buffers drained",
         )["measurement"]
@@ -182,7 +180,7 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
     arm = fb.headers["x-meshgate-arm"]
     store = mesh.store()
     try:
-        wait_until(
+        wait_for(
             lambda: (
                 (m := arm_totals(store, AB["name"])[arm].metrics.get("accuracy")) is not None and m.n == 1
             ),
@@ -196,7 +194,7 @@ def test_redis_killed_under_load(mesh, private_redis, digits):
         mesh.gateways, "after", lambda: mesh.register("after", "v1", digits["v1"]), 15.0
     )
     assert len(times) == 2
-    listed = wait_until(
+    listed = wait_for(
         lambda: len(g := mesh.admin.get("/v1/gateways").json()["gateways"]) == 2 and g,
         what="both gateways registered again",
     )

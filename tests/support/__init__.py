@@ -31,7 +31,15 @@ Processes (``tests/support/procs.py``) -- started on free ports, waited for, alw
     ``wait_flushed(url)`` / ``mesh.wait_flushed()``: until the gateway's write-behind buffers
         (experiment counters, join records) are empty, i.e. all it answered is in the store.
         Use it instead of sleeping "one flush interval".
-    ``admin_state(mesh)``, ``oip_digits(pixels)``: a mesh's admin state; a digits OIP body.
+    ``admin_state(mesh)``: what a mesh's admin API holds (models, flags, config version).
+    ``oip_digits(pixels)``, ``digits_body(i=0)``: a digits OIP body (of holdout image ``i``).
+
+Many gateways (``tests/support/cluster.py``, import it from there):
+    ``cluster(tmp, store_url, prefix, gateways=n)``: context manager, ``meshgate control`` and
+        n ready ``meshgate gateway``s on one store; yields a ``Cluster`` (``.admin``,
+        ``.gateways`` [``Gateway``: ``.url``, ``.status()``], ``.spawn_gateway()``,
+        ``.wait_ready()``, ``.stop_gateway()``, ``.register()``, ``.store()``, ``.wait_flushed()``).
+    ``arm_totals(store, experiment)``: the experiment's ``ArmCounters`` per arm in the store.
 
 Redis (``tests/support/redis_server.py``):
     ``SHARED_REDIS_URL``, ``unique_prefix()``, ``delete_prefix(url, prefix)``,
@@ -50,6 +58,7 @@ from tests.support.procs import (
     Mesh,
     Proc,
     admin_state,
+    digits_body,
     free_port,
     model_server,
     oip_digits,
@@ -77,6 +86,7 @@ __all__ = [
     "admin_state",
     "await_for",
     "delete_prefix",
+    "digits_body",
     "free_port",
     "model_server",
     "oip_digits",

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from gateway.localproc import HOST, MESHGATE, admin_client, free_port, read_token, register, stop, wait_http
+from models.zoo import digits_holdout
 from tests.support.wait import wait_for
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Mesh",
     "Proc",
     "admin_state",
+    "digits_body",
     "free_port",
     "model_server",
     "oip_digits",
@@ -154,6 +156,12 @@ def running_mesh(data_dir: Path, *extra: str, log_name: str = "mesh.log") -> Ite
     finally:
         code = proc.stop()
         assert code == 0, f"meshgate up exited with {code}:\n{proc.output()[-3000:]}"
+
+
+def digits_body(i: int = 0) -> bytes:
+    """An OIP infer body for digits: holdout image ``i`` (modulo the holdout's size)."""
+    x, _ = digits_holdout()
+    return oip_digits([x[i % len(x)].tolist()])
 
 
 def oip_digits(pixels: list[list[float]]) -> bytes:
