@@ -122,6 +122,7 @@ def hook_costs(n: int = 20000) -> dict[str, float]:
             t0=time.monotonic(),
             attempts=1,
             fallback=False,
+            llm=None,
         )
 
     def per_request(hooks: list, count: int = n) -> float:

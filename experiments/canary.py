@@ -24,6 +24,15 @@ The checks, on the counters since the canary started (both arms' counters start 
 * **p99 latency** (optional) -- at the end of a step: candidate p99 <= ``max_p99_ms``, and
   candidate p99 <= ``max_p99_ratio`` x baseline p99 (differences under ``P99_SLACK_MS`` are
   ignored: the histogram cannot resolve them).
+* **p99 time to first token** (optional, LLM streams) -- at the end of a step: the candidate's
+  p99 time to first token (from its histogram) <= ``max_ttft_p99_ms``; the evidence carries
+  the p99's distribution-free confidence interval. Without streamed candidate requests the
+  step waits (the gate was asked for; it is never passed without a look).
+* **cost ratio** (optional, LLM requests with prices) -- the candidate's mean cost per request
+  <= ``max_cost_ratio`` x the baseline's: at any tick the canary rolls back when the always-
+  valid interval of the relative cost lift lies wholly above ``max_cost_ratio - 1``; at the end
+  of a step the observed ratio must be within the bound. Without cost on both arms the step
+  waits (no prices registered means no cost to compare).
 
 A step ends when the candidate has served at least ``min_requests`` requests since the step
 began *and* ``interval_s`` has passed. If every check passes the canary advances to the next
@@ -50,7 +59,7 @@ from experiments.experiment import (
     TransitionError,
     parse_gate,
 )
-from experiments.stats import SampleStats, sequential_noninferiority
+from experiments.stats import SampleStats, sequential_noninferiority, sequential_test
 
 __all__ = [
     "P99_SLACK_MS",
@@ -139,6 +148,7 @@ def start(data: object, default_version: str | None, now: float, *, name: str) -
     allowed = {
         "name", "model", "baseline", "candidate", "steps", "interval_s", "min_requests",
         "max_error_rate_increase", "max_p99_ms", "max_p99_ratio", "metric", "alpha", "key_header", "salt",
+        "max_ttft_p99_ms", "max_cost_ratio",
     }  # fmt: skip
     for key in data:
         if key not in allowed:
@@ -171,6 +181,8 @@ def start(data: object, default_version: str | None, now: float, *, name: str) -
         max_p99_ms=_optional(data, "max_p99_ms"),
         max_p99_ratio=_optional(data, "max_p99_ratio"),
         gate=gate,
+        max_ttft_p99_ms=_optional(data, "max_ttft_p99_ms"),
+        max_cost_ratio=_optional(data, "max_cost_ratio"),
     )
     first = config.steps[0]
     request = {
@@ -292,6 +304,54 @@ def _latency_checks(config: CanaryConfig, obs: Observation) -> list[Check]:
     return checks
 
 
+def _ttft_check(config: CanaryConfig, obs: Observation, alpha: float) -> list[Check]:
+    """The candidate's p99 time to first token against ``max_ttft_p99_ms`` (step end)."""
+    limit = config.max_ttft_p99_ms
+    if limit is None:
+        return []
+    p99 = obs.candidate.ttft_quantile(0.99, alpha).scaled(1000.0)
+    evidence = {"candidate_ttft_p99_ms": p99.estimate, "ci": p99.ci.to_list(), "n": p99.n}
+    if p99.estimate is None:
+        detail = "no streamed candidate requests yet: time to first token is measured on streams"
+        return [Check("ttft_p99_ms", "pending", detail, evidence)]
+    ok = p99.estimate <= limit
+    text = f"ttft p99 {p99.estimate:.1f} ms {'<=' if ok else '>'} {limit:g} ms"
+    return [Check("ttft_p99_ms", "pass" if ok else "fail", text, evidence)]
+
+
+def _cost_check(config: CanaryConfig, obs: Observation, alpha: float, *, final: bool) -> list[Check]:
+    """Mean cost per request, candidate over baseline, against ``max_cost_ratio``.
+
+    Before a step ends only a confident excess fails (the always-valid interval of the relative
+    lift above the bound); at the step's end the observed ratio decides.
+    """
+    bound = config.max_cost_ratio
+    if bound is None:
+        return []
+    base, cand = obs.baseline.llm["cost"], obs.candidate.llm["cost"]
+    evidence: dict[str, Any] = {
+        "baseline_mean_usd": base.mean if base.n else None,
+        "candidate_mean_usd": cand.mean if cand.n else None,
+        "baseline_n": base.n,
+        "candidate_n": cand.n,
+        "max_ratio": bound,
+    }
+    if base.n < 2 or cand.n < 2:
+        detail = "no cost on both arms yet (a version without prices has none)"
+        return [Check("cost_ratio", "pending", detail, evidence)]
+    rel = sequential_test(base, cand, alpha).rel_lift
+    evidence["ratio_ci"] = [None if x is None else 1.0 + x for x in rel.ci.to_list()]
+    if rel.ci.lower > bound - 1.0:
+        text = f"cost ratio at least {1.0 + rel.ci.lower:.3g} > {bound:g}"
+        return [Check("cost_ratio", "fail", text, evidence)]
+    ratio = cand.mean / base.mean if base.mean > 0 else (1.0 if cand.mean == 0 else math.inf)
+    evidence["ratio"] = ratio if math.isfinite(ratio) else None
+    text = f"cost ratio {ratio:.3g} {'<=' if ratio <= bound else '>'} {bound:g}"
+    if not final:
+        return [Check("cost_ratio", "pending", text, evidence)]
+    return [Check("cost_ratio", "pass" if ratio <= bound else "fail", text, evidence)]
+
+
 def _gate_stats(gate: CanaryGate, counters: ArmCounters) -> SampleStats:
     return counters.metrics.get(gate.metric.name, SampleStats.empty())
 
@@ -332,6 +392,7 @@ def evaluate(exp: Experiment, obs: Observation, now: float) -> Evaluation:
                 higher=gate.metric.higher_is_better,
             )
         )
+    checks += _cost_check(config, obs, exp.alpha, final=False)
     failed = next((c for c in checks if c.status == "fail"), None)
     if failed is not None:
         return Evaluation(
@@ -345,7 +406,8 @@ def evaluate(exp: Experiment, obs: Observation, now: float) -> Evaluation:
             f"{elapsed:.0f}/{config.interval_s:g} s"
         )
         return Evaluation("wait", reason, tuple(checks), step_requests, elapsed)
-    settled = [_settle(c) for c in checks] + _latency_checks(config, obs)
+    settled = [_settle(c) for c in checks if c.name != "cost_ratio"] + _latency_checks(config, obs)
+    settled += _ttft_check(config, obs, exp.alpha) + _cost_check(config, obs, exp.alpha, final=True)
     failed = next((c for c in settled if c.status == "fail"), None)
     if failed is not None:
         return Evaluation(

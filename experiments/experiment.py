@@ -60,8 +60,12 @@ STATUSES = ("running", "paused", "stopped", "promoted", "rolled_back")
 ACTIVE_STATUSES = frozenset({"running", "paused"})
 KINDS = ("ab", "canary")
 DEFAULT_KEY_HEADER = "x-meshgate-key"
-#: Computed for every experiment from the request counters; feedback metrics cannot take these names.
-RESERVED_METRICS = frozenset({"error_rate", "latency"})
+#: Computed for every experiment from the request counters (the LLM ones when it has LLM
+#: traffic); feedback metrics cannot take these names.
+RESERVED_METRICS = frozenset(
+    {"error_rate", "latency", "ttft", "inter_token", "prompt_tokens", "completion_tokens", "cost",
+     "broken_stream_rate"}
+)  # fmt: skip
 MAX_SALT = 128
 MAX_EVENTS = 500  # the oldest events are dropped beyond this (the first one, "started", is kept)
 FrozenRanges = tuple[tuple[int, int], ...]
@@ -170,6 +174,8 @@ class CanaryConfig:
     max_p99_ms: float | None = None
     max_p99_ratio: float | None = None
     gate: CanaryGate | None = None
+    max_ttft_p99_ms: float | None = None
+    max_cost_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +188,8 @@ class CanaryConfig:
             "max_p99_ms": self.max_p99_ms,
             "max_p99_ratio": self.max_p99_ratio,
             "metric": self.gate.to_dict() if self.gate else None,
+            "max_ttft_p99_ms": self.max_ttft_p99_ms,
+            "max_cost_ratio": self.max_cost_ratio,
         }
 
 
@@ -560,6 +568,8 @@ def _canary_from_dict(d: Mapping[str, Any]) -> CanaryConfig:
         max_p99_ms=d.get("max_p99_ms"),
         max_p99_ratio=d.get("max_p99_ratio"),
         gate=parse_gate(gate) if gate else None,
+        max_ttft_p99_ms=d.get("max_ttft_p99_ms"),
+        max_cost_ratio=d.get("max_cost_ratio"),
     )
 
 

@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     start.add_argument("--max-p99-ms", type=float, help="candidate p99 latency bound")
     start.add_argument("--max-p99-ratio", type=float, help="candidate p99 at most this x the baseline's")
+    start.add_argument(
+        "--max-ttft-p99-ms", type=float, help="LLM: candidate p99 time to first token bound (streams)"
+    )
+    start.add_argument(
+        "--max-cost-ratio", type=float, help="LLM: candidate cost per request at most this x the baseline's"
+    )
     start.add_argument("--metric", type=_gate, help="feedback metric gate: name:margin[:kind[:higher|lower]]")
     start.add_argument("--key-header", help="header carrying the unit id (default x-meshgate-key)")
     start.add_argument("--name", help="experiment name (default canary-<model>-<candidate>)")
@@ -90,6 +96,8 @@ def _start(args: argparse.Namespace, client: AdminClient) -> None:
         "max_error_rate_increase": args.max_error_rate_increase,
         "max_p99_ms": args.max_p99_ms,
         "max_p99_ratio": args.max_p99_ratio,
+        "max_ttft_p99_ms": args.max_ttft_p99_ms,
+        "max_cost_ratio": args.max_cost_ratio,
         "metric": args.metric,
         "key_header": args.key_header,
         "name": args.name,

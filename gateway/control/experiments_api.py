@@ -64,6 +64,8 @@ class CanaryBody(_Strict):
     max_error_rate_increase: float = Field(0.02, description="non-inferiority margin of the error rate")
     max_p99_ms: float | None = None
     max_p99_ratio: float | None = None
+    max_ttft_p99_ms: float | None = Field(None, description="LLM: candidate p99 time to first token bound")
+    max_cost_ratio: float | None = Field(None, description="LLM: candidate cost per request / baseline's")
     metric: GateBody | None = None
     alpha: float = 0.05
     key_header: str = "x-meshgate-key"

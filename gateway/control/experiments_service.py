@@ -36,12 +36,14 @@ from models.registry import NAME_PATTERN, validate_name
 
 __all__ = [
     "COLLECTIONS",
+    "LLM_METRICS",
     "BreakerProbe",
     "ExperimentsService",
     "arm_summary",
     "canary_name",
     "domain_errors",
     "finish_writes",
+    "llm_summary",
     "plan_create",
 ]
 
@@ -98,8 +100,55 @@ def finish_writes(snap: Mapping[str, Mapping[str, dict]], exp: Experiment) -> li
     return writes
 
 
+#: The built-in LLM metrics of an experiment's results: name -> (spec, the arm's statistics).
+#: Times in seconds, tokens per request, cost in USD per request; all lower-is-better.
+LLM_METRICS: dict[str, tuple[MetricSpec, Callable[[ArmCounters], SampleStats]]] = {
+    "ttft": (MetricSpec("continuous", higher_is_better=False), lambda c: c.llm["ttft"]),
+    "inter_token": (MetricSpec("continuous", higher_is_better=False), lambda c: c.llm["inter_token"]),
+    "prompt_tokens": (MetricSpec("continuous", higher_is_better=False), lambda c: c.llm["prompt_tokens"]),
+    "completion_tokens": (
+        MetricSpec("continuous", higher_is_better=False),
+        lambda c: c.llm["completion_tokens"],
+    ),
+    "cost": (MetricSpec("continuous", higher_is_better=False), lambda c: c.llm["cost"]),
+    "broken_stream_rate": (MetricSpec("binary", higher_is_better=False), lambda c: c.broken_stats),
+}
+
+
+def _mean(stats: SampleStats, scale: float = 1.0) -> float | None:
+    return stats.mean * scale if stats.n else None
+
+
+def llm_summary(c: ArmCounters, alpha: float) -> dict[str, Any] | None:
+    """One arm's LLM numbers (None without LLM requests): time to first token in ms with the p50,
+    p95 and p99 and their distribution-free intervals, inter-token ms, tokens, cost, broken streams."""
+    if not c.llm_requests:
+        return None
+    figures = c.llm
+    quantiles = {f"p{round(q * 100)}": c.ttft_quantile(q, alpha).scaled(1000.0) for q in (0.5, 0.95, 0.99)}
+    return {
+        "requests": c.llm_requests,
+        "streams": c.llm_streams,
+        "broken_streams": c.llm_broken,
+        "broken_stream_rate": c.llm_broken / c.llm_streams if c.llm_streams else None,
+        "ttft_ms": {
+            "mean": _mean(figures["ttft"], 1000.0),
+            **{k: v.estimate for k, v in quantiles.items()},
+            "ci": {k: v.ci.to_list() for k, v in quantiles.items()},
+        },
+        "inter_token_ms": _mean(figures["inter_token"], 1000.0),
+        "prompt_tokens": {"total": figures["prompt_tokens"].sum, "mean": _mean(figures["prompt_tokens"])},
+        "completion_tokens": {
+            "total": figures["completion_tokens"].sum,
+            "mean": _mean(figures["completion_tokens"]),
+        },
+        "cost_usd": {"total": figures["cost"].sum, "mean": _mean(figures["cost"])},
+    }
+
+
 def arm_summary(exp: Experiment, arm: str, c: ArmCounters) -> dict[str, Any]:
-    """One arm's request-level numbers: counts, error rate, latency from the histogram (ms)."""
+    """One arm's request-level numbers: counts, error rate, latency from the histogram (ms), and
+    for LLM traffic ``llm`` (``llm_summary``; None otherwise)."""
 
     def ms(q: float) -> float | None:
         v = c.latency_quantile(q)
@@ -119,6 +168,7 @@ def arm_summary(exp: Experiment, arm: str, c: ArmCounters) -> dict[str, Any]:
             "p95": ms(0.95),
             "p99": ms(0.99),
         },
+        "llm": llm_summary(c, exp.alpha),
     }
 
 
@@ -151,8 +201,10 @@ class ExperimentsService:
         """Per-arm request numbers, every metric under the experiment's engine, and the SRM check.
 
         Besides the declared feedback metrics, ``error_rate`` (binary) and ``latency``
-        (continuous, seconds), both lower-is-better, come from the request counters. The SRM
-        check compares keyed requests since the last weight change with that period's weights.
+        (continuous, seconds), both lower-is-better, come from the request counters, and for an
+        experiment with LLM traffic (or on versions of protocol ``openai``) the ``LLM_METRICS``.
+        The SRM check compares keyed requests since the last weight change with that period's
+        weights.
         """
         exp = self.get(name)
         arms = self.counters(exp)
@@ -165,6 +217,10 @@ class ExperimentsService:
         }
         stats["error_rate"] = {a: c.error_stats for a, c in arms.items()}
         stats["latency"] = {a: c.latency for a, c in arms.items()}
+        if self._llm_experiment(exp, arms):
+            for name, (spec, read) in LLM_METRICS.items():
+                metrics[name] = spec
+                stats[name] = {a: read(c) for a, c in arms.items()}
         counts = {
             a: max(arms[a].requests - arms[a].unkeyed - exp.srm.counts.get(a, 0), 0) for a in exp.srm.weights
         }
@@ -181,6 +237,12 @@ class ExperimentsService:
             "srm_period": {"since": exp.srm.since, "weights": dict(exp.srm.weights)},
             **table.to_dict(),
         }
+
+    def _llm_experiment(self, exp: Experiment, arms: Mapping[str, ArmCounters]) -> bool:
+        if any(c.llm_requests for c in arms.values()):
+            return True
+        docs = (self.store.get("versions", f"{exp.model}/{v}") for v in exp.versions)
+        return any(d is not None and d.get("protocol") == "openai" for d in docs)
 
     # -- A/B lifecycle ----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from router.retry import Outcome, classify_status
 from router.table import Choice, ModelRoute
 
 if TYPE_CHECKING:
+    from gateway.dataplane.llm_usage import LlmUsage
     from gateway.dataplane.plane import DataPlane, VersionState
     from gateway.dataplane.shadow import ShadowCopy
     from gateway.http import Endpoint, Request, Responder
@@ -86,6 +87,7 @@ class Exchange:
         "done",
         "fallback",
         "headers",
+        "llm",
         "model",
         "request_id",
         "shadow",
@@ -116,6 +118,7 @@ class Exchange:
         self._target = target
         self.headers = headers  # sent upstream; start hooks may add to it (traceparent)
         self.trace: object = None  # set by a tracing hook
+        self.llm: LlmUsage | None = None  # what an LLM route measured (gateway.dataplane.llm_usage)
         self._body = request.body  # None: streamed (larger than the engine's buffered limit)
         self.deadline = deadline
         self.request_id = request_id

@@ -1,7 +1,9 @@
 """Experiment measurement on the data plane: per-arm counters, signed request ids, feedback.
 
 Every request an experiment routed adds its outcome to the arm's counter group (requests,
-errors, latency moments and histogram) through a write-behind buffer flushed every second:
+errors, latency moments and histogram; for an LLM request also what its ``ex.llm`` measured:
+time to first token, inter-token time, tokens, cost, and a broken stream, which counts as an
+error) through a write-behind buffer flushed every second:
 the hot path never waits for the store. The arm's outcomes are summed in a per-arm tally on
 the event-loop thread (plain numbers, no lock) and enter the counter buffer once per flush.
 
@@ -25,9 +27,18 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from experiments.counters import LATENCY_BOUNDS_S, arm_group, latency_bucket_field, metric_fields
+from experiments.counters import (
+    LATENCY_BOUNDS_S,
+    LLM_FIGURES,
+    TTFT_BUCKET_FIELDS,
+    arm_group,
+    latency_bucket_field,
+    llm_fields,
+    metric_fields,
+)
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.feedback_ids import FeedbackIds, load_or_create_key, looks_signed
+from gateway.dataplane.llm_usage import LlmUsage
 from gateway.dataplane.responses import error_response, json_response
 from gateway.http import Request, Responder, UpstreamResponse
 from gateway.store import Store, StoreUnavailable
@@ -64,7 +75,7 @@ class _ArmTally:
     instead of one per request); ``lat_n`` is ``requests``, so it is not kept twice.
     """
 
-    __slots__ = ("buckets", "errors", "group", "lat_sum", "lat_sumsq", "requests", "unkeyed")
+    __slots__ = ("buckets", "errors", "group", "lat_sum", "lat_sumsq", "llm", "requests", "unkeyed")
 
     def __init__(self, group: str) -> None:
         self.group = group
@@ -74,6 +85,7 @@ class _ArmTally:
         self.lat_sum = 0.0
         self.lat_sumsq = 0.0
         self.buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self.llm: _LlmTally | None = None  # made by the arm's first LLM request
 
     def deltas(self) -> dict[str, int | float]:
         out: dict[str, int | float] = {
@@ -87,10 +99,67 @@ class _ArmTally:
         for i, n in enumerate(self.buckets):
             if n:
                 out[_BUCKET_FIELDS[i]] = n
+        if self.llm is not None:
+            self.llm.add_deltas(out)
         return out
 
 
+class _LlmTally:
+    """One arm's LLM figures since the last flush (``experiments.counters`` names the fields).
+
+    ``moments`` holds n, sum, sum of squares for each of ``LLM_FIGURES`` in that order; a
+    figure the request did not have (``None``: a non-streamed request has no time to first
+    token) is not counted, so each figure's mean is over the requests that have it.
+    """
+
+    __slots__ = ("broken", "moments", "requests", "streams", "ttft_buckets")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.streams = 0
+        self.broken = 0
+        self.moments = [0.0] * (3 * len(LLM_FIGURES))
+        self.ttft_buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+
+    def add(self, llm: LlmUsage) -> None:
+        self.requests += 1
+        if llm.streamed:
+            self.streams += 1
+            if llm.broken:
+                self.broken += 1
+        m = self.moments
+        ttft = llm.ttft_s
+        if ttft is not None:
+            self.ttft_buckets[bisect_left(LATENCY_BOUNDS_S, ttft)] += 1
+        for i, value in enumerate(
+            (ttft, llm.inter_token_s, llm.prompt_tokens, llm.completion_tokens, llm.cost_usd)
+        ):
+            if value is not None:
+                j = 3 * i
+                m[j] += 1
+                m[j + 1] += value
+                m[j + 2] += value * value
+
+    def add_deltas(self, out: dict[str, int | float]) -> None:
+        out["llm_requests"] = self.requests
+        out["llm_streams"] = self.streams
+        out["llm_broken"] = self.broken
+        m = self.moments
+        for i, figure in enumerate(LLM_FIGURES):
+            if m[3 * i]:
+                n, s, ss = llm_fields(figure)
+                out[n], out[s], out[ss] = int(m[3 * i]), m[3 * i + 1], m[3 * i + 2]
+        for i, count in enumerate(self.ttft_buckets):
+            if count:
+                out[TTFT_BUCKET_FIELDS[i]] = count
+
+
 _BUCKET_FIELDS = tuple(latency_bucket_field(b) for b in (*LATENCY_BOUNDS_S, math.inf))
+
+
+def _new_llm(tally: _ArmTally) -> _LlmTally:
+    tally.llm = _LlmTally()
+    return tally.llm
 
 
 class Measurement:
@@ -153,8 +222,11 @@ class Measurement:
         if tally is None:
             tally = self._arms[key] = _ArmTally(arm_group(experiment, choice.arm))
         tally.requests += 1
-        if status >= 500:
+        llm = ex.llm
+        if status >= 500 or (llm is not None and llm.broken):  # a broken stream is a failure too
             tally.errors += 1
+        if llm is not None:
+            (tally.llm or _new_llm(tally)).add(llm)
         if not choice.keyed:
             tally.unkeyed += 1
         tally.lat_sum += latency

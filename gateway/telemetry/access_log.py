@@ -3,7 +3,10 @@
 Fields: ``time`` (UTC, RFC 3339, ms), ``request_id``, ``trace_id`` (null when untraced),
 ``model``, ``version`` (the one that answered), ``experiment``, ``arm``, ``status``,
 ``reason`` (meshgate's reason code, null on success), ``duration_ms``, ``attempts``
-(upstream attempts), ``fallback``. A request refused before routing (404 for an unknown
+(upstream attempts), ``fallback``. A request on the OpenAI-compatible routes adds what the
+gateway measured of it (``ex.llm``): ``stream``, ``ttft_ms`` and ``inter_token_ms`` (streams),
+``prompt_tokens``, ``completion_tokens``, ``cost_usd`` (null when unknown) and ``broken``
+(the stream ended midway). A request refused before routing (404 for an unknown
 model, 405, a bad ``x-meshgate-timeout-ms``) gets a line too, as Envoy logs its ``NR``
 requests: model and version null, its ``path`` (without the query) and the caller's
 ``x-request-id`` if it sent one. Never a header value other than the request id and trace
@@ -18,6 +21,7 @@ The log is on by default; ``MESHGATE_ACCESS_LOG`` (off | stdout | stderr | a fil
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +32,7 @@ from gateway.telemetry.tracing import TelemetryConfigError, caller_trace_id, tra
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
+    from gateway.dataplane.llm_usage import LlmUsage
     from gateway.dataplane.plane import DataPlane
     from gateway.http import Request, UpstreamResponse
 
@@ -45,6 +50,26 @@ _q = encode_basestring_ascii
 
 def _opt(value: str | None) -> str:
     return "null" if value is None else _q(value)
+
+
+def _num(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "null" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _cost(usd: float | None) -> str:
+    return "null" if usd is None or not math.isfinite(usd) else f"{usd:.9g}"
+
+
+def _llm_fields(llm: LlmUsage) -> str:
+    """The LLM fields that close a line (numbers and booleans only: nothing to escape)."""
+    return (
+        f',"stream":{"true" if llm.streamed else "false"},"ttft_ms":{_num(llm.ttft_s, 1000.0)},'
+        f'"inter_token_ms":{_num(llm.inter_token_s, 1000.0)},'
+        f'"prompt_tokens":{"null" if llm.prompt_tokens is None else int(llm.prompt_tokens)},'
+        f'"completion_tokens":{"null" if llm.completion_tokens is None else int(llm.completion_tokens)},'
+        f'"cost_usd":{_cost(llm.cost_usd)},'
+        f'"broken":{"true" if llm.broken else "false"}}}'
+    )
 
 
 def access_log_target(env: Mapping[str, str], flag: bool | None = None) -> str | None:
@@ -122,10 +147,12 @@ class AccessLog:
         )
         middle = self._middles.get(key) or self._middle(key)
         trace_id = trace_id_of(ex)
+        llm = ex.llm
         self._add(
             f"{self._time()}{_q(ex.request_id)},"
             f'"trace_id":{"null" if trace_id is None else _q(trace_id)},{middle[0]}'
-            f"{(time.monotonic() - ex.t0) * 1000.0:.3f}{middle[1]}"
+            f"{(time.monotonic() - ex.t0) * 1000.0:.3f}"
+            f"{middle[1] if llm is None else middle[1][:-1] + _llm_fields(llm)}"
         )
 
     def refused(self, request: Request, status: int, reason: str) -> None:

@@ -8,6 +8,11 @@ write per request; ``labels()`` never runs on the hot path). State that the data
 already keeps (breakers, ejections, EWMA, in-flight, retry counters, config version) is
 copied into gauges by ``refresh()``, once a second and on every scrape, never per request.
 
+An LLM request (``ex.llm`` set by the OpenAI-compatible routes) also adds its tokens
+(``meshgate_llm_tokens_total{type=input|output}``), time to first token and mean inter-token
+time (histograms) and cost (``meshgate_llm_cost_usd_total``) by model and version, in a
+per-(model, version) tally published the same way; an OIP request pays one attribute read.
+
 Requests refused before routing (unknown model 404, wrong method 405, a bad
 ``x-meshgate-timeout-ms`` 400, no route) have no model or version the gateway could trust:
 they count in ``meshgate_requests_total`` with ``model=""`` and ``version=""`` (the model name
@@ -45,6 +50,7 @@ from gateway.dataplane.responses import REASON_STATUS
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
+    from gateway.dataplane.llm_usage import LlmUsage
     from gateway.dataplane.plane import DataPlane
     from gateway.http import UpstreamError, UpstreamResponse
     from router.retry import Outcome
@@ -69,6 +75,14 @@ _REQUEST_BUCKETS = (
 )  # fmt: skip
 _UPSTREAM_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
+)  # fmt: skip
+# OpenTelemetry's advice for gen_ai.server.time_to_first_token; inter-token gaps (its
+# time_per_output_token advice) start lower, since a local model streams a token in ~1 ms
+_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0
+)  # fmt: skip
+_INTER_TOKEN_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5
 )  # fmt: skip
 
 # identity -> not-after (Unix seconds); copied into every process's gauge on refresh
@@ -183,6 +197,42 @@ class _Tally:
         self.sent, self.sent_sum, self.sent_buckets = self.n, self.sum, list(self.buckets)
 
 
+class _LlmTally:
+    """One (model, version)'s LLM figures in plain numbers, published like ``_Tally``."""
+
+    __slots__ = ("cost", "cost_child", "input", "input_child", "inter_token", "output", "output_child",
+                 "sent", "ttft")  # fmt: skip
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        key = (model, version)
+        self.ttft = _Tally(key, None, metrics.llm_ttft.labels(model, version))
+        self.inter_token = _Tally(key, None, metrics.llm_inter_token.labels(model, version))
+        self.input_child = metrics.llm_tokens.labels(model, version, "input")
+        self.output_child = metrics.llm_tokens.labels(model, version, "output")
+        self.cost_child = metrics.llm_cost.labels(model, version)
+        self.input = self.output = 0
+        self.cost = 0.0
+        self.sent = (0, 0, 0.0)
+
+    def publish(self) -> None:
+        self.ttft.publish()
+        self.inter_token.publish()
+        sent_in, sent_out, sent_cost = self.sent
+        if self.input != sent_in:
+            self.input_child.inc(self.input - sent_in)
+        if self.output != sent_out:
+            self.output_child.inc(self.output - sent_out)
+        if self.cost != sent_cost:
+            self.cost_child.inc(self.cost - sent_cost)
+        self.sent = (self.input, self.output, self.cost)
+
+
+def _observe(tally: _Tally, value: float, bounds: tuple[float, ...]) -> None:
+    tally.n += 1
+    tally.sum += value
+    tally.buckets[bisect_left(bounds, value)] += 1
+
+
 class Metrics:
     """The metric families of one process and the hooks that feed them."""
 
@@ -283,6 +333,32 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.llm_tokens = Counter(
+            "meshgate_llm_tokens",
+            "Tokens of LLM requests from the upstream's usage, by type (input: prompt, output: completion)",
+            ["model", "version", "type"],
+            registry=reg,
+        )
+        self.llm_ttft = Histogram(
+            "meshgate_llm_time_to_first_token_seconds",
+            "Streamed LLM requests: request start to the first content event sent to the client",
+            ["model", "version"],
+            buckets=_TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.llm_inter_token = Histogram(
+            "meshgate_llm_inter_token_seconds",
+            "Streamed LLM requests: the mean gap between content events after the first, per request",
+            ["model", "version"],
+            buckets=_INTER_TOKEN_BUCKETS,
+            registry=reg,
+        )
+        self.llm_cost = Counter(
+            "meshgate_llm_cost_usd",
+            "Cost of LLM requests in USD from the version's prices per million tokens",
+            ["model", "version"],
+            registry=reg,
+        )
         self.cert_expiry = Gauge(
             "meshgate_certificate_expiry_timestamp_seconds",
             "When the workload certificate expires (Unix time)",
@@ -292,6 +368,7 @@ class Metrics:
         )
         self._entries: dict[tuple, _Tally] = {}
         self._upstream: dict[tuple, _Tally] = {}
+        self._llm: dict[tuple[str, str], _LlmTally] = {}
         self._plane: DataPlane | None = None
         self._seen_retries = 0
         self._seen_exhausted = 0
@@ -320,6 +397,22 @@ class Metrics:
         tally.buckets[bisect_left(_REQUEST_BUCKETS, elapsed)] += 1
         if ex.fallback:
             tally.fallbacks += 1
+        llm = ex.llm
+        if llm is not None:
+            self._observe_llm(ex, llm)
+
+    def _observe_llm(self, ex: Exchange, llm: LlmUsage) -> None:
+        key = (ex.model.name, ex.version)
+        tally = self._llm.get(key)
+        if tally is None:
+            tally = self._llm[key] = _LlmTally(self, *key)
+        if llm.ttft_s is not None:
+            _observe(tally.ttft, llm.ttft_s, _TTFT_BUCKETS)
+        if llm.inter_token_s is not None:
+            _observe(tally.inter_token, llm.inter_token_s, _INTER_TOKEN_BUCKETS)
+        tally.input += llm.prompt_tokens or 0
+        tally.output += llm.completion_tokens or 0
+        tally.cost += llm.cost_usd or 0.0
 
     def _entry(self, key: tuple) -> _Tally:
         model, version, status, reason, experiment, arm = key
@@ -448,7 +541,7 @@ class Metrics:
 
     def _publish(self) -> None:
         """Hand the hot path's tallies and the plane's rejections to prometheus_client."""
-        for tally in (*self._entries.values(), *self._upstream.values()):
+        for tally in (*self._entries.values(), *self._upstream.values(), *self._llm.values()):
             tally.publish()
         if self._plane is None:
             return

@@ -12,6 +12,10 @@ recorded when the attempt ends, with the attempt's own start and end times). An 
 request forwards the caller's ``traceparent``/``tracestate`` untouched, like a proxy that does
 not take part. A sampled request that continues the caller's trace forwards its ``tracestate`` as
 sent; one that starts a new trace (no valid ``traceparent``) drops it, as W3C Trace Context says.
+
+An LLM request (``ex.llm``) names its server span ``{gen_ai.operation.name} {model}`` and
+carries OpenTelemetry's GenAI attributes (``gen_ai.request.model``, ``gen_ai.usage.input_tokens``,
+``gen_ai.usage.output_tokens``, ...) besides meshgate's; a stream broken midway is an error span.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from opentelemetry.trace.span import TraceState
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
+    from gateway.dataplane.llm_usage import LlmUsage
     from gateway.dataplane.plane import DataPlane
     from gateway.http import UpstreamError, UpstreamResponse
     from router.retry import Outcome
@@ -72,6 +77,12 @@ _TRACESTATE = b"tracestate"
 _TP = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _OK_OUTCOMES = frozenset({"success", "client_error"})
 _EMPTY = Context()
+# gen_ai.operation.name by route (OpenTelemetry GenAI semantic conventions)
+_GENAI_OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text_completion",
+    "/v1/embeddings": "embeddings",
+}
 
 
 class TelemetryConfigError(ValueError):
@@ -397,7 +408,12 @@ class Tracing:
                 "meshgate.breaker_state": self._breaker_state(ex, ex.version),
             }
         )
-        if status >= 500:
+        llm = ex.llm
+        if llm is not None:
+            operation = _GENAI_OPERATIONS.get(ex.request.path, "chat")
+            span.update_name(f"{operation} {ex.model.name}")
+            span.set_attributes(_genai_attributes(ex, llm, operation))
+        if status >= 500 or (llm is not None and llm.broken):
             span.set_status(Status(StatusCode.ERROR, reason or f"status {status}"))
         span.end()
 
@@ -407,6 +423,30 @@ class Tracing:
         if plane is None or vr is None:
             return "unknown"
         return plane.runtime(ex.model.name, vr).breaker.state.value
+
+
+def _genai_attributes(ex: Exchange, llm: LlmUsage, operation: str) -> dict[str, str | int | float | bool]:
+    """OpenTelemetry's GenAI semantic conventions for the server span of an LLM request (and
+    ``gen_ai.system``, their older name for the provider, which many backends still read)."""
+    attributes: dict[str, str | int | float | bool] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": "openai",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": ex.model.name,
+        "meshgate.llm.streamed": llm.streamed,
+        "meshgate.llm.broken": llm.broken,
+    }
+    if llm.prompt_tokens is not None:
+        attributes["gen_ai.usage.input_tokens"] = llm.prompt_tokens
+    if llm.completion_tokens is not None:
+        attributes["gen_ai.usage.output_tokens"] = llm.completion_tokens
+    if llm.ttft_s is not None:
+        attributes["meshgate.llm.time_to_first_token_s"] = llm.ttft_s
+    if llm.inter_token_s is not None:
+        attributes["meshgate.llm.inter_token_s"] = llm.inter_token_s
+    if llm.cost_usd is not None:
+        attributes["meshgate.llm.cost_usd"] = llm.cost_usd
+    return attributes
 
 
 def tracing_from_env(

@@ -232,7 +232,7 @@ def _feedback(m: Measurement, rid: str, metric: str = "accuracy", value: float =
 
 
 def _exchange(route: ModelRoute, choice: Choice, rid: str) -> SimpleNamespace:
-    return SimpleNamespace(choice=choice, t0=0.0, model=route, request_id=rid)
+    return SimpleNamespace(choice=choice, t0=0.0, model=route, request_id=rid, llm=None)
 
 
 def test_feedback_for_a_running_experiment_reads_nothing_but_the_claim():

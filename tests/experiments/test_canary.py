@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 
 import pytest
 
 from experiments import canary
-from experiments.counters import ArmCounters, latency_bucket_field, metric_fields
+from experiments.counters import (
+    LATENCY_BOUNDS_S,
+    TTFT_BUCKET_FIELDS,
+    ArmCounters,
+    latency_bucket_field,
+    llm_fields,
+    metric_fields,
+)
 from experiments.experiment import Experiment, ExperimentError, TransitionError, pause, resume
 from router.table import Split
 from tests.support.clock import FakeClock
@@ -288,3 +296,57 @@ def test_evaluating_an_ab_experiment_is_refused():
         canary.evaluate(ab, obs(arm(), arm()), T0)
     with pytest.raises(TransitionError, match="not a canary"):
         canary.promote(ab, T0)
+
+
+def llm_arm(requests: int, *, ttft_ms: list[float] = (), cost: tuple[float, float] | None = None
+            ) -> ArmCounters:  # fmt: skip
+    """An arm of LLM requests: streams with these times to first token; cost (mean, sd) per request."""
+    fields: dict[str, float] = {"requests": requests, "llm_requests": requests, "llm_streams": len(ttft_ms)}
+    for ms in ttft_ms:
+        field = TTFT_BUCKET_FIELDS[bisect.bisect_left(LATENCY_BOUNDS_S, ms / 1000.0)]
+        fields[field] = fields.get(field, 0) + 1
+    if cost is not None:
+        mean, sd = cost
+        n, s, ss = llm_fields("cost")
+        sum_sq = (requests - 1) * sd * sd + requests * mean * mean
+        fields.update({n: requests, s: requests * mean, ss: sum_sq})
+    return ArmCounters.from_fields(fields)
+
+
+def test_ttft_p99_bound_waits_for_streams_and_is_checked_at_the_step_end(clock):
+    exp = start(clock, max_ttft_p99_ms=500)
+    assert Experiment.from_dict(exp.to_dict()) == exp
+    clock.advance(30)
+    no_streams = canary.evaluate(exp, obs(llm_arm(1000), llm_arm(200)), clock())
+    assert no_streams.action == "wait" and "ttft_p99_ms: no streamed candidate requests" in no_streams.reason
+    slow = obs(llm_arm(1000, ttft_ms=[100] * 1000), llm_arm(200, ttft_ms=[100] * 190 + [2000] * 10))
+    ev = canary.evaluate(exp, slow, clock())
+    assert ev.action == "rollback" and ev.reason.startswith("ttft_p99_ms: ttft p99")
+    assert "> 500 ms" in ev.reason
+    check = {c.name: c for c in ev.checks}["ttft_p99_ms"]
+    low, high = check.evidence["ci"]
+    assert low <= check.evidence["candidate_ttft_p99_ms"] and high is None  # 200 values bound no p99 above
+    fast = obs(llm_arm(1000, ttft_ms=[100] * 1000), llm_arm(200, ttft_ms=[120] * 200))
+    assert canary.evaluate(exp, fast, clock()).action == "advance"
+
+
+def test_cost_ratio_rolls_back_early_on_a_confident_excess_and_checks_the_ratio_at_the_step_end(clock):
+    exp = start(clock, max_cost_ratio=1.2)
+    base = llm_arm(2000, cost=(0.010, 0.002))
+    dear = canary.evaluate(exp, obs(base, llm_arm(500, cost=(0.020, 0.002))), clock())  # before the step ends
+    assert dear.action == "rollback" and dear.reason.startswith("cost_ratio: cost ratio at least")
+    slightly = obs(base, llm_arm(100, cost=(0.0125, 0.01)))  # 1.25x, too noisy to be sure early
+    assert canary.evaluate(exp, slightly, clock()).action == "wait"
+    clock.advance(30)
+    ev = canary.evaluate(exp, slightly, clock())
+    assert ev.action == "rollback" and ev.reason == "cost_ratio: cost ratio 1.25 > 1.2"
+    assert canary.evaluate(exp, obs(base, llm_arm(100, cost=(0.011, 0.002))), clock()).action == "advance"
+    unpriced = canary.evaluate(exp, obs(llm_arm(2000), llm_arm(100)), clock())
+    assert unpriced.action == "wait" and "no cost on both arms" in unpriced.reason
+
+
+@pytest.mark.parametrize("key", ["max_ttft_p99_ms", "max_cost_ratio"])
+def test_llm_gates_reject_non_positive_bounds(clock, key):
+    with pytest.raises(ExperimentError) as err:
+        start(clock, **{key: 0})
+    assert err.value.path == key

@@ -207,6 +207,7 @@ def _exchange(experiment: str | None, arm: str | None, *, keyed: bool = True, ag
         t0=time.monotonic() - age_s,
         model=SimpleNamespace(split=None),
         request_id="r",
+        llm=None,
     )
 
 

@@ -190,6 +190,7 @@ def _exchange(request_id: str, experiment: str | None, traced: bool, model: str 
         t0=t0,
         attempts=2,
         fallback=True,
+        llm=None,
     )
 
 

@@ -51,6 +51,7 @@ def _exchange(version: str = "v1", *, ago: float = 0.003, fallback: bool = False
         choice=SimpleNamespace(experiment="exp" if arm else None, arm=arm),
         t0=time.monotonic() - ago,
         fallback=fallback,
+        llm=None,
     )
 
 
