@@ -171,6 +171,36 @@ def _scaled(x: float | None, scale: float) -> float | None:
     return None if x is None else x * scale
 
 
+_SECONDS = frozenset({"latency", "ttft", "inter_token"})
+_UNITS = {"cost": "USD per request, ", "prompt_tokens": "per request, ", "completion_tokens": "per request, "}
+
+
+def print_llm_arms(arms: list[tuple[str, dict]]) -> None:
+    """The LLM numbers of each arm (``llm`` of the results' arms): requests, time to first token,
+    inter-token time, tokens, cost and broken streams."""
+    print_table(
+        "LLM",
+        ["arm", "requests", "streams", "ttft p50 ms", "ttft p99 ms", "inter-token ms", "prompt tok",
+         "completion tok", "cost USD", "USD/request", "broken"],
+        [
+            (
+                arm,
+                a["requests"],
+                a["streams"],
+                _fmt(a["ttft_ms"]["p50"]),
+                _fmt(a["ttft_ms"]["p99"]),
+                _fmt(a["inter_token_ms"]),
+                f"{a['prompt_tokens']['total']:.0f}",
+                f"{a['completion_tokens']['total']:.0f}",
+                _fmt(a["cost_usd"]["total"], digits=4),
+                _fmt(a["cost_usd"]["mean"]),
+                _fmt(a["broken_stream_rate"], pct=True),
+            )
+            for arm, a in arms
+        ],
+    )  # fmt: skip
+
+
 def print_results(r: dict) -> None:
     console.print(
         f"[bold]{r['name']}[/bold] on {r['model']} ({r['status']}): control {r['control']}, "
@@ -203,11 +233,14 @@ def print_results(r: dict) -> None:
             for a in r["arms"]
         ],
     )
+    llm = [(a["arm"], a["llm"]) for a in r["arms"] if a.get("llm")]
+    if llm:
+        print_llm_arms(llm)
     for m in r["metrics"]:
         pct = m["kind"] == "binary"
         direction = "higher" if m["higher_is_better"] else "lower"
-        # the gateway's own latency metric is kept in seconds; read in ms like the traffic table
-        scale, unit = (1000.0, "ms, ") if m["name"] == "latency" else (1.0, "")
+        # the gateway's own times are kept in seconds; read in ms like the traffic table
+        scale, unit = (1000.0, "ms, ") if m["name"] in _SECONDS else (1.0, _UNITS.get(m["name"], ""))
         print_table(
             f"{m['name']} ({m['kind']}, {unit}{direction} is better)",
             ["arm", "n", "mean", "lift", "relative lift", "p-value", "chance to beat control", "verdict"],

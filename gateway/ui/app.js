@@ -218,8 +218,28 @@ function experimentsPage(data) {
         h("td", { class: "num", text: pct(a.error_rate, 2) }),
         h("td", { class: "num", text: num(a.latency_ms.p50) }),
         h("td", { class: "num", text: num(a.latency_ms.p99) }))))));
+    const llm = r.arms.filter((a) => a.llm);  // LLM traffic: what the OpenAI-compatible routes measured
+    if (llm.length) {
+      card.append(h("h3", { text: "LLM" }));
+      card.append(h("table", { class: "llm" },
+        h("thead", {}, h("tr", {}, ...["arm", "requests", "streams", "TTFT p50 ms", "TTFT p99 ms [interval]", "inter-token ms",
+          "prompt tokens", "completion tokens", "cost USD", "USD / request", "broken streams"]
+          .map((c, i) => h("th", { class: i ? "num" : null, text: c })))),
+        h("tbody", {}, ...llm.map(({ arm, llm: l }) => h("tr", { "data-llm-arm": arm },
+          h("td", { text: arm }),
+          h("td", { class: "num", text: l.requests.toLocaleString("en") }),
+          h("td", { class: "num", text: l.streams.toLocaleString("en") }),
+          h("td", { class: "num ttft-p50", text: num(l.ttft_ms.p50) }),
+          h("td", { class: "num ttft-p99", text: `${num(l.ttft_ms.p99)} [${num(l.ttft_ms.ci.p99?.[0])}, ${num(l.ttft_ms.ci.p99?.[1])}]` }),
+          h("td", { class: "num", text: num(l.inter_token_ms) }),
+          h("td", { class: "num", text: l.prompt_tokens.total.toLocaleString("en") }),
+          h("td", { class: "num", text: l.completion_tokens.total.toLocaleString("en") }),
+          h("td", { class: "num cost", text: num(l.cost_usd.total, 6) }),
+          h("td", { class: "num", text: num(l.cost_usd.mean, 8) }),
+          h("td", { class: "num", text: pct(l.broken_stream_rate, 2) }))))));
+    }
     for (const m of r.metrics) {
-      const ms = m.name === "latency";  // the gateway's own latency metric is kept in seconds
+      const ms = ["latency", "ttft", "inter_token"].includes(m.name);  // the gateway's own times are kept in seconds
       const mean = (x) => num(x === null || x === undefined ? x : ms ? x * 1000 : x, 4);
       // the p-value the verdict uses: the experiment's engine, Holm-adjusted over its arms
       const p = (a) => r.engine === "sequential" ? a.sequential_p_value_adjusted : a.p_value_adjusted;

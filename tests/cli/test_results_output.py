@@ -86,3 +86,41 @@ def test_an_unbounded_interval_reads_as_dashes() -> None:
         print_results(RESULTS)
     revenue = captured.get().split("revenue (continuous, higher is better)")[1]
     assert "100.0% [-, -]" in revenue
+
+
+def _llm(p50: float, cost: float) -> dict:
+    return {
+        "requests": 120, "streams": 100, "broken_streams": 2, "broken_stream_rate": 0.02,
+        "ttft_ms": {"mean": p50, "p50": p50, "p95": p50 * 2, "p99": p50 * 3, "ci": {}},
+        "inter_token_ms": 1.5, "prompt_tokens": {"total": 2400.0, "mean": 20.0},
+        "completion_tokens": {"total": 6000.0, "mean": 50.0}, "cost_usd": {"total": cost, "mean": cost / 120},
+    }  # fmt: skip
+
+
+def test_llm_arms_get_their_own_table_and_ttft_reads_in_ms() -> None:
+    arms = zip(RESULTS["arms"], (40.0, 20.0), (0.0024, 0.0012), strict=True)
+    ttft_metric = {
+        "name": "ttft",
+        "kind": "continuous",
+        "higher_is_better": False,
+        "arms": [_arm("v1", 0.040, None, control=True), _arm("v2", 0.020, -0.020)],
+    }
+    results = {
+        **RESULTS,
+        "arms": [{**a, "llm": _llm(p50, cost)} for a, p50, cost in arms],
+        "metrics": [*RESULTS["metrics"], ttft_metric],
+    }
+    with console.capture() as captured:
+        print_results(results)
+    text = captured.get()
+    llm_table = text.split("LLM")[1].split("latency (continuous")[0]
+    row = next(line for line in llm_table.splitlines() if "v2" in line)
+    assert "20" in row and "60" in row and "6000" in row and "0.0012" in row and "2.0%" in row
+    ttft = text.split("ttft (continuous, ms, lower is better)")[1]
+    assert "40" in ttft and "-20 [-10, -30]" in ttft  # seconds shown as ms, the lift scaled alike
+
+
+def test_results_without_llm_traffic_have_no_llm_table() -> None:
+    with console.capture() as captured:
+        print_results({**RESULTS, "arms": [{**a, "llm": None} for a in RESULTS["arms"]]})
+    assert "LLM" not in captured.get()
