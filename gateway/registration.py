@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.dataplane.responses import error_response, json_response
-from gateway.http import Request, Responder
+from gateway.http import Request, Responder, error_response, json_response
 from gateway.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:

@@ -16,8 +16,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from gateway.dataplane.responses import REASON_STATUS
-from gateway.http import UpstreamError, UpstreamResponse, relay
+from gateway.http import REASON_STATUS, UpstreamError, UpstreamResponse, relay
 from router.deadline import Deadline
 from router.resilience import QUEUED, RETRY_BUDGET_EXHAUSTED
 from router.retry import Outcome, classify_status

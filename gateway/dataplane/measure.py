@@ -39,8 +39,7 @@ from experiments.counters import (
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.feedback_ids import FeedbackIds, load_or_create_key, looks_signed
 from gateway.dataplane.llm_usage import LlmUsage
-from gateway.dataplane.responses import error_response, json_response
-from gateway.http import Request, Responder, UpstreamResponse
+from gateway.http import Request, Responder, UpstreamResponse, error_response, json_response
 from gateway.store import Store, StoreUnavailable
 from gateway.store.buffer import CounterBuffer, RecordBuffer
 from router.table import RouteTable

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from experiments.ofrep import OfrepService
 from gateway.dataplane.exchange import Exchange
-from gateway.dataplane.responses import error_response
 from gateway.dataplane.shadow import ShadowCopy, ShadowStats
 from gateway.http import (
     DROP_FORWARD,
@@ -31,6 +30,7 @@ from gateway.http import (
     UpstreamPool,
     UpstreamResponse,
     date_header,
+    error_response,
     proxy_headers,
 )
 from gateway.mesh.identity import uri_sans

@@ -15,7 +15,7 @@ request; the upstream pool answers through `callback(response, error)`.
 
         def done(response, error):
             if error is not None:
-                responder.respond(error.status, JSON_HEADERS, error_body(error.reason, error.message))
+                responder.respond(*error_response(error.reason, error.message))
             else:
                 relay(response, responder, [], on_done)
 
@@ -32,8 +32,10 @@ from ._errors import (
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNREACHABLE,
     UpstreamError,
+    error_response,
+    json_response,
 )
-from ._headers import DROP_FORWARD, HOP_BY_HOP, JSON_HEADERS, Headers, date_header, error_body, proxy_headers
+from ._headers import DROP_FORWARD, HOP_BY_HOP, JSON_HEADERS, Headers, date_header, proxy_headers
 from ._pool import Endpoint, Handle, PeerVerifier, UpstreamPool, UpstreamResponse, relay, upstream_error
 from ._runtime import new_event_loop, tune_gc
 from ._server import Handler, Request, Responder, Server, ServerLimits, start_server, status_line
@@ -64,7 +66,8 @@ __all__ = [
     "UpstreamPool",
     "UpstreamResponse",
     "date_header",
-    "error_body",
+    "error_response",
+    "json_response",
     "new_event_loop",
     "pipe",
     "proxy_headers",

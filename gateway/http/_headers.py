@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -94,11 +93,6 @@ class _HttpDate:
 
 
 date_header = _HttpDate()
-
-
-def error_body(code: str, message: str) -> bytes:
-    """meshgate's error document: `{"error": {"code", "message"}}`."""
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]

@@ -18,7 +18,18 @@ from urllib.parse import unquote
 
 import httptools
 
-from ._headers import JSON_HEADERS, Headers, date_header, error_body
+from router.reasons import (
+    BAD_REQUEST,
+    CLIENT_DISCONNECTED,
+    INTERNAL_ERROR,
+    PAYLOAD_TOO_LARGE,
+    REASONS,
+    REQUEST_HEADER_TOO_LARGE,
+    REQUEST_TIMEOUT,
+)
+
+from ._errors import error_response
+from ._headers import Headers
 from ._stream import BodyStream, StreamError
 
 log = logging.getLogger("meshgate.http")
@@ -30,6 +41,8 @@ _FRAMING: frozenset[bytes] = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
 )
 _NO_BODY_STATUS = frozenset({204, 304})
+_HEADER_TOO_LARGE = REASONS[REQUEST_HEADER_TOO_LARGE].message
+_TOO_LARGE = REASONS[PAYLOAD_TOO_LARGE]
 #: How long a closing connection keeps reading (and discarding) a body the client still sends.
 LINGER_S = 2.0
 
@@ -414,7 +427,7 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline = 0.0
         stream = self._stream
         if stream is not None and not stream.complete:
-            stream.fail(StreamError(499, "client_disconnected", "the client closed the connection"))
+            stream.fail(StreamError(499, CLIENT_DISCONNECTED, REASONS[CLIENT_DISCONNECTED].message))
         for responder in self._responders:
             responder._lost()
         self._responders.clear()
@@ -431,9 +444,9 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             cause = exc.__context__  # httptools chains what a callback raised
             if isinstance(cause, _Reject):
-                self._reject(cause.status, cause.code, str(cause))
+                self._reject(cause.code, str(cause))
             else:
-                self._reject(400, "bad_request", f"malformed HTTP request: {exc}")
+                self._reject(BAD_REQUEST, f"malformed HTTP request: {exc}")
             return
         if self._in_head:
             if not self._deadline_is_head:
@@ -472,12 +485,12 @@ class HttpProtocol(asyncio.Protocol):
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self._limits.max_header_bytes:
-            raise _Reject(431, "request_header_too_large", "the request line and headers are too large")
+            raise _Reject(REQUEST_HEADER_TOO_LARGE, _HEADER_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._limits.max_header_bytes:
-            raise _Reject(431, "request_header_too_large", "the request line and headers are too large")
+            raise _Reject(REQUEST_HEADER_TOO_LARGE, _HEADER_TOO_LARGE)
         name = name.lower()
         if name == b"content-length":
             self._content_length = int(value)  # llhttp has validated it
@@ -502,7 +515,7 @@ class HttpProtocol(asyncio.Protocol):
         self._request = request
         length = self._content_length
         if length > limits.max_body_bytes:
-            raise _Reject(413, "payload_too_large", f"the body exceeds {limits.max_body_bytes} bytes")
+            raise _Reject(PAYLOAD_TOO_LARGE, _TOO_LARGE.text(limit=limits.max_body_bytes))
         if self._expect_continue and request.http_version == "1.1" and not self._responders:
             self._transport.write(_CONTINUE)
         if length > limits.buffered_body_bytes:
@@ -511,7 +524,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._limits.max_body_bytes:
-            raise _Reject(413, "payload_too_large", f"the body exceeds {self._limits.max_body_bytes} bytes")
+            raise _Reject(PAYLOAD_TOO_LARGE, _TOO_LARGE.text(limit=self._limits.max_body_bytes))
         stream = self._stream
         if stream is not None:
             stream.feed(body)
@@ -568,9 +581,7 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("request handler failed for %r", request)
             if not responder.started:
-                responder.respond(
-                    500, [*JSON_HEADERS, date_header()], error_body("internal_error", "the handler failed")
-                )
+                responder.respond(*error_response(INTERNAL_ERROR, REASONS[INTERNAL_ERROR].message))
             elif not responder.done:
                 responder.abort()
 
@@ -621,13 +632,13 @@ class HttpProtocol(asyncio.Protocol):
         transport.resume_reading()  # data_received discards: _accepting is False
         self._loop.call_later(LINGER_S, transport.close)
 
-    def _reject(self, status: int, code: str, message: str) -> None:
+    def _reject(self, code: str, message: str) -> None:
         """Answer a bad request (after the responses before it) and close the connection."""
         stream = self._stream
         # refused after its head (a 413, a malformed chunk): the rest of the body may be on its way
         self._body_refused = self._request is not None
         if stream is not None and not stream.complete:
-            stream.fail(StreamError(status, code, message))
+            stream.fail(StreamError(REASONS[code].status, code, message))
         self._stop_reading()
         self._in_head = False
         self._deadline_is_head = False
@@ -640,7 +651,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._responders:
             responder._pending = []
         self._responders.append(responder)
-        responder.respond(status, [*JSON_HEADERS, date_header()], error_body(code, message))
+        responder.respond(*error_response(code, message))
 
     def _stop_reading(self) -> None:
         self._accepting = False
@@ -671,7 +682,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _expire(self) -> None:
         if self._deadline_is_head:
-            self._reject(408, "request_timeout", "the request head did not arrive in time")
+            self._reject(REQUEST_TIMEOUT, REASONS[REQUEST_TIMEOUT].message)
         else:
             self._deadline = 0.0
             self._transport.close()
@@ -684,9 +695,10 @@ class HttpProtocol(asyncio.Protocol):
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """Raised from a parser callback: refuse the request with the reason ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
 
 

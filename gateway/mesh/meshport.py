@@ -31,17 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.dataplane.responses import error_response
-from gateway.http import Request, Responder, Server, ServerLimits, start_server
+from gateway.http import Request, Responder, Server, ServerLimits, error_response, start_server
 from gateway.mesh.authz import AuthzPolicy, Decision, PolicyError
 from gateway.mesh.ca import CAError, MeshCA
 from gateway.mesh.identity import DEFAULT_TRUST_DOMAIN, gateway_id, peer_identity
 from gateway.mesh.policies import load_authz
 from gateway.mesh.signers import SignError, control_plane_signer, local_signer
-from gateway.mesh.tls import UNAUTHORIZED
 from gateway.mesh.tokens import TokenError
 from gateway.mesh.workload import WorkloadIdentity
 from gateway.store.base import Store, StoreUnavailable
+from router.reasons import REASONS, UNAUTHORIZED
 
 if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane
@@ -131,8 +130,9 @@ class MeshPort:
     def _deny(self, responder: Responder, model: str, caller: object, decision: Decision) -> None:
         self.denied += 1
         log.warning("mesh port: denied %s calling model %s (%s)", caller, model, decision.value)
-        status, headers, body = error_response(UNAUTHORIZED, f"{caller} may not call model {model!r}")
-        responder.respond(status, headers, body)
+        responder.respond(
+            *error_response(UNAUTHORIZED, REASONS[UNAUTHORIZED].text(caller=caller, model=model))
+        )
 
     def _load(self) -> bool:
         if self._store.config_version() == self.version:

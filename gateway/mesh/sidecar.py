@@ -50,6 +50,7 @@ from gateway.http import (
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
+    error_response,
     proxy_headers,
     relay,
     start_server,
@@ -66,9 +67,10 @@ from gateway.mesh.identity import (
 from gateway.mesh.keyhelper import HelperKeys
 from gateway.mesh.proofbook import ProofBook
 from gateway.mesh.signers import SignError, control_plane_signer
-from gateway.mesh.tls import PEER_IDENTITY_MISMATCH, UNAUTHORIZED, verify_peer
+from gateway.mesh.tls import verify_peer
 from gateway.mesh.tokens import TokenError
 from gateway.mesh.workload import RotationError, WorkloadIdentity
+from router.reasons import NOT_FOUND, PEER_IDENTITY_MISMATCH, REASONS, UNAUTHORIZED
 
 __all__ = ["PolicySource", "Sidecar", "SidecarConfig", "SidecarError", "main", "run_sidecar"]
 
@@ -248,16 +250,16 @@ class Sidecar:
                 self.config.version,
                 decision.value,
             )
-            _reply_error(responder, 403, UNAUTHORIZED, f"{caller} may not call model {self.config.model!r}")
+            _reply_error(
+                responder, UNAUTHORIZED, REASONS[UNAUTHORIZED].text(caller=caller, model=self.config.model)
+            )
             return
         self._forward(self._upstream, request, responder)
 
     # -- outbound: model -> gateway mesh port -> other model ----------------------------
     def _handle_outbound(self, request: Request, responder: Responder) -> None:
         if not request.path.startswith(_MODELS) or self._gateway is None:
-            _reply_error(
-                responder, 404, "not_found", f"the outbound port routes /v2/models/..., not {request.path}"
-            )
+            _reply_error(responder, NOT_FOUND, f"the outbound port routes /v2/models/..., not {request.path}")
             return
         self._forward(self._gateway, request, responder)
 
@@ -277,7 +279,7 @@ class Sidecar:
         def finished(status: int, error: UpstreamError | None) -> None:
             if error is not None:  # before the answer started the client still needs one
                 log.warning("exchange failed (%d %s): %s", status, error.reason, error.message)
-                _reply_error(responder, error.status, error.reason, error.message)
+                _reply_error(responder, error.reason, error.message)
 
         if request.body is None:  # a large inbound body: streamed both ways
             endpoint.forward_stream(
@@ -321,11 +323,10 @@ class _Cancel:
             self.handle.cancel()
 
 
-def _reply_error(responder: Responder, status: int, reason: str, message: str) -> None:
-    """The data plane's shape: ``x-meshgate-error`` for machines, the OIP ``{"error": msg}`` body."""
+def _reply_error(responder: Responder, reason: str, message: str) -> None:
+    """The data plane's shape (``gateway.http.error_response``), unless an answer has started."""
     if not responder.started:
-        body = json.dumps({"error": message}).encode()
-        responder.respond(status, [*JSON_HEADERS, (b"x-meshgate-error", reason.encode())], body)
+        responder.respond(*error_response(reason, message))
 
 
 # -- process ---------------------------------------------------------------------------

@@ -13,8 +13,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from gateway.dataplane.responses import error_response
-from gateway.http import Request, Responder, Server, ServerLimits, start_server
+from gateway.http import Request, Responder, Server, ServerLimits, error_response, start_server
 from gateway.telemetry.metrics import CONTENT_TYPE, multiprocess_exposition
 
 __all__ = ["METRICS_PATH", "MetricsThread", "aggregate_exposition", "metrics_handler", "start_metrics_server"]

@@ -46,7 +46,7 @@ from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
-from gateway.dataplane.responses import REASON_STATUS
+from gateway.http import REASON_STATUS
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from gateway.dataplane.plane import DataPlane
-from gateway.http import UpstreamPool, start_server
+from gateway.http import ServerLimits, UpstreamPool, start_server
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
 from tests.engine.helpers import HOST
@@ -92,11 +92,13 @@ def one_model(
 
 
 @asynccontextmanager
-async def gateway(table: RouteTable) -> AsyncIterator[tuple[DataPlane, int]]:
+async def gateway(
+    table: RouteTable, limits: ServerLimits | None = None
+) -> AsyncIterator[tuple[DataPlane, int]]:
     """The data plane on `table`, served on a free loopback port: yields (plane, port)."""
     plane = DataPlane(UpstreamPool())
     plane.set_table(table)
-    server = await start_server(plane.handle, HOST, 0)
+    server = await start_server(plane.handle, HOST, 0, limits=limits or ServerLimits())
     try:
         yield plane, server.port
     finally:

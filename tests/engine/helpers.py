@@ -56,6 +56,13 @@ class Response:
                 return value
         return None
 
+    def reason(self) -> str | None:
+        """The reason code of a gateway-made error, after checking its shape: the OIP body
+        ``{"error": "<message>"}`` and the code in ``x-meshgate-error``."""
+        body = self.json()
+        assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+        return self.header("x-meshgate-error")
+
     def json(self) -> dict:
         return json.loads(self.body)
 

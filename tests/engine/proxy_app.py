@@ -15,7 +15,6 @@ import random
 import sys
 
 from gateway.http import (
-    JSON_HEADERS,
     Request,
     Responder,
     Server,
@@ -23,7 +22,7 @@ from gateway.http import (
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
-    error_body,
+    error_response,
     new_event_loop,
     proxy_headers,
     relay,
@@ -70,7 +69,7 @@ class ProxyApp:
             assert error is not None
             self._done(error.status, error)
             if not responder.disconnected:
-                responder.respond(error.status, JSON_HEADERS, error_body(error.reason, error.message))
+                responder.respond(*error_response(error.reason, error.message))
 
         handle = endpoint.send(
             request.method, request.target, headers, request.body, self.timeout, answered

@@ -338,7 +338,7 @@ async def test_upstream_failures_reach_the_client_as_reasoned_errors() -> None:
     async with proxy_to(f"http://{HOST}:{dead_port}") as (proxy, app):
         response = await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert response.status == 502
-        assert response.json()["error"]["code"] == "upstream_unreachable"
+        assert response.reason() == "upstream_unreachable"
         assert app.outcomes == [(502, "upstream_unreachable")]
 
     def never(request: Request, responder: Responder) -> None:
@@ -353,7 +353,7 @@ async def test_upstream_failures_reach_the_client_as_reasoned_errors() -> None:
             server.close()
             await pool.aclose()
         assert response.status == 504
-        assert response.json()["error"]["code"] == "upstream_timeout"
+        assert response.reason() == "upstream_timeout"
 
 
 async def test_client_disconnect_cancels_the_upstream_call() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.http import JSON_HEADERS, Request, Responder, ServerLimits, error_body
+from gateway.http import JSON_HEADERS, Request, Responder, ServerLimits, error_response
 
 from .helpers import at_eof, raw_connection, read_response, serving
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 def refuse(request: Request, responder: Responder) -> None:
     """Answers at once, reading none of the body (an upstream that cannot be reached)."""
-    responder.respond(502, JSON_HEADERS, error_body("upstream_unreachable", "no upstream"))
+    responder.respond(*error_response("upstream_unreachable", "no upstream"))
 
 
 async def test_an_early_answer_to_a_streamed_body_is_not_destroyed_by_a_reset() -> None:
@@ -28,7 +28,7 @@ async def test_an_early_answer_to_a_streamed_body_is_not_destroyed_by_a_reset() 
         writer.write(body)
         await asyncio.wait_for(writer.drain(), 10)
         response = await read_response(reader)
-        assert response.status == 502 and response.json()["error"]["code"] == "upstream_unreachable"
+        assert response.status == 502 and response.reason() == "upstream_unreachable"
         assert response.header("connection") == "close"
         assert await at_eof(reader)
 
@@ -71,5 +71,5 @@ async def test_a_413_reaches_a_client_still_sending_its_body(declared: bool) -> 
                 writer.write(b"10000\r\n" + body[start : start + 65536] + b"\r\n")
         await asyncio.wait_for(writer.drain(), 10)
         response = await read_response(reader)
-        assert response.status == 413 and response.json()["error"]["code"] == "payload_too_large"
+        assert response.status == 413 and response.reason() == "payload_too_large"
         assert await at_eof(reader)

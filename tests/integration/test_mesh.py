@@ -616,6 +616,9 @@ def test_sidecar_imports_only_the_engine_the_mesh_and_the_stdlib() -> None:
     code = "import sys, gateway.mesh.sidecar; print('\\n'.join(sorted(sys.modules)))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = {m.split(".")[0] for m in res.stdout.split()} | set(res.stdout.split())
+    # of router/ only its reasons vocabulary (pure data, the standard library only)
+    assert {m for m in loaded if m.startswith("router.")} == {"router.reasons"}
+    loaded -= {"router", "router.reasons"}
     for heavy in ("numpy", "scipy", "fastapi", "starlette", "pydantic", "uvicorn", "experiments", "router",
                   "gateway.dataplane", "gateway.control", "yaml", "redis", "httpx", "rich", "click",
                   "pygments", "gateway.mesh.ca", "gateway.mesh.keys", "gateway.mesh.proof"):  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,29 @@ def test_the_router_policies_answer_with_these_codes() -> None:
         assert code in REASONS
     # the verdicts that are not answers stay out of the vocabulary
     assert not {resilience.QUEUED, resilience.ATTEMPTS_EXHAUSTED, resilience.NOT_RETRYABLE} & set(REASONS)
+
+
+def _readme_table() -> dict[str, str]:
+    """README's reason table: code -> its status cell."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text.split("| reason code | status | meaning |\n|---|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows: dict[str, str] = {}
+    for line in table.splitlines():
+        codes, status, _meaning = (cell.strip() for cell in line.strip("|").split("|", 2))
+        for code in re.findall(r"`([a-z0-9_]+)`", codes):
+            assert code not in rows, f"{code} is listed twice"
+            rows[code] = status
+    return rows
+
+
+def test_the_readme_table_is_the_vocabulary() -> None:
+    rows = _readme_table()
+    assert set(rows) == set(REASONS)
+    for code, cell in rows.items():
+        reason = REASONS[code]
+        if reason.delivery is Delivery.LOGGED:
+            assert cell.startswith("logged"), (code, cell)
+        elif reason.delivery is Delivery.THROUGH:
+            assert cell in (str(reason.status), "model's status"), (code, cell)
+        else:
+            assert cell == str(reason.status), (code, cell)
