@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from models.zoo import digits_holdout
-from tests.support.procs import MESHGATE, Mesh, Proc, free_port, oip_digits, running_mesh, wait_http
+from tests.support import MESHGATE, Mesh, Proc, free_port, oip_digits, running_mesh, wait_for, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER = "/v2/models/digits/infer"
@@ -156,16 +156,6 @@ def _endpoint(mesh: Mesh, version: str, url: str, model: str = "digits") -> dict
     return next(e for e in eps if e["endpoint"] == url)
 
 
-def _eventually(what: str, check: Callable[[], Any], tries: int = 100, pause: float = 0.05) -> Any:
-    """Poll `check` until it returns something truthy (bounded); fail saying `what` never happened."""
-    for _ in range(tries):
-        result = check()
-        if result:
-            return result
-        time.sleep(pause)
-    raise AssertionError(f"{what} did not happen within {tries} polls")
-
-
 def _images(n: int) -> list[list[float]]:
     pixels, _ = digits_holdout()
     return pixels[:n].tolist()
@@ -215,9 +205,9 @@ def mesh(shared_mesh: Mesh, servers: dict[str, str]) -> Mesh:
     for model in models:
         assert shared_mesh.admin.delete(f"/v1/models/{model}").status_code == 204
     for model in models:
-        _eventually(
-            f"the data plane dropping {model}",
+        wait_for(
             lambda model=model: shared_mesh.admin.get(f"/v1/models/{model}/health").status_code == 404,
+            what=f"the data plane dropping {model}",
         )
     return shared_mesh
 
@@ -272,7 +262,7 @@ def test_failing_version_falls_back_and_breaker_recloses_after_healing(mesh, ser
     }
     mesh.register("digits", "v1", servers["b"], policy=policy)
     assert mesh.admin.patch("/v1/models/digits", json={"default_version": "v1"}).status_code == 200
-    _eventually("v1 becoming the default", lambda: _routed(mesh).get("default_version") == "v1")
+    wait_for(lambda: _routed(mesh).get("default_version") == "v1", what="v1 becoming the default")
 
     responses = _send(mesh, 100)
     served = [
@@ -294,11 +284,10 @@ def test_failing_version_falls_back_and_breaker_recloses_after_healing(mesh, ser
         states.add(_health(mesh)["versions"]["v1"]["breaker"]["state"])
         return r.headers["x-meshgate-version"] == "v1" and "x-meshgate-fallback" not in r.headers
 
-    _eventually("v1 serving again after healing", back_on_v1, tries=100, pause=0.1)
-    _eventually(
-        "the breaker closing after its half-open probes",
+    wait_for(back_on_v1, what="v1 serving again after healing")
+    wait_for(
         lambda: _send(mesh, 1) and _health(mesh)["versions"]["v1"]["breaker"]["state"] == "closed",
-        tries=20,
+        what="the breaker closing after its half-open probes",
     )
     assert "open" in states
 
@@ -313,7 +302,7 @@ def test_version_with_every_endpoint_ejected_falls_back(mesh, servers):
         policy={"fallback_version": "v2", "circuit_breaker": {"min_calls": 100_000}},
     )
     assert mesh.admin.patch("/v1/models/digits", json={"default_version": "v1"}).status_code == 200
-    _eventually("v1 becoming the default", lambda: _routed(mesh).get("default_version") == "v1")
+    wait_for(lambda: _routed(mesh).get("default_version") == "v1", what="v1 becoming the default")
     responses = _send(mesh, 30)
     assert all(r.status_code == 200 and r.headers["x-meshgate-fallback"] == "1" for r in responses)
     v1 = _health(mesh)["versions"]["v1"]
@@ -459,11 +448,11 @@ def _enable_shadow(mesh: Mesh, model: str, version: str, endpoint: str, shadow: 
     mesh.register(model, version, endpoint, policy={"shadow": {"version": shadow, "percent": 100}})
     probe = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [0]}]})
     body = BODY if model == "digits" else probe.encode()
-    _eventually(
-        "the shadow policy reaching the data plane",
+    wait_for(
         lambda: (
             mesh.data.post(f"/v2/models/{model}/infer", content=body) and _shadow_stats(mesh, model, version)
         ),
+        what="the shadow policy reaching the data plane",
     )
 
 
@@ -472,7 +461,7 @@ def _all_compared(mesh: Mesh, model: str, version: str, sent: int) -> dict:
         stats = _shadow_stats(mesh, model, version)
         return stats if stats["compared"] + stats["errors"] >= sent else None
 
-    return _eventually("every shadow answer being compared", done)
+    return wait_for(done, what="every shadow answer being compared")
 
 
 def test_shadow_never_changes_answers_and_reports_partial_agreement(mesh, servers):
@@ -498,9 +487,9 @@ def test_shadow_never_changes_answers_and_reports_partial_agreement(mesh, server
     again = [mesh.data.post(INFER, content=b) for b in bodies[:10]]
     assert [r.content for r in again] == [r.content for r in plain[:10]]
     # five failed copies eject v2's only endpoint; later copies are skipped, not sent
-    stats = _eventually(
-        "shadow failures being counted",
+    stats = wait_for(
         lambda: (s := _shadow_stats(mesh, "digits", "v1"))["errors"] + s["skipped"] >= 10 and s,
+        what="shadow failures being counted",
     )
     assert stats["errors"] >= 5 and stats["compared"] == stats["sent"] - stats["errors"]
 
@@ -509,7 +498,7 @@ def test_identical_shadow_agrees_fully(mesh, servers):
     mesh.register("echo", "v1-copy", servers["echo_copy"])
     mesh.register("echo", "v1", servers["echo"])
     assert mesh.admin.patch("/v1/models/echo", json={"default_version": "v1"}).status_code == 200
-    _eventually("v1 becoming the default", lambda: _routed(mesh, "echo").get("default_version") == "v1")
+    wait_for(lambda: _routed(mesh, "echo").get("default_version") == "v1", what="v1 becoming the default")
     _enable_shadow(mesh, "echo", "v1", servers["echo"], "v1-copy")
     for i in range(20):
         doc = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [i / 3, -i]}]}
@@ -537,9 +526,9 @@ def test_endpoint_failing_its_ready_check_is_skipped_until_it_recovers(mesh, ser
     }
     mesh.register("digits", "v1", servers["a"], stub.url, policy=policy)
     mesh.wait_routable("digits")
-    _eventually(
-        "the stub being marked unhealthy",
+    wait_for(
         lambda: _endpoint(mesh, "v1", stub.url)["health_check"] == "unhealthy",
+        what="the stub being marked unhealthy",
     )
     good = _endpoint(mesh, "v1", servers["a"])
     assert good["health_check"] == "healthy" and good["available"]
@@ -552,26 +541,27 @@ def test_endpoint_failing_its_ready_check_is_skipped_until_it_recovers(mesh, ser
     assert stub.ready_checks >= 2
 
     stub.ready_status = 200
-    _eventually(
-        "the stub being healthy again", lambda: _endpoint(mesh, "v1", stub.url)["health_check"] == "healthy"
+    wait_for(
+        lambda: _endpoint(mesh, "v1", stub.url)["health_check"] == "healthy",
+        what="the stub being healthy again",
     )
-    _eventually("the stub taking traffic again", lambda: _send(mesh, 1) and len(stub.infer_headers) > seen)
+    wait_for(lambda: _send(mesh, 1) and len(stub.infer_headers) > seen, what="the stub taking traffic again")
 
     stub.ready_delay_s = 1.0  # checks that time out (timeout_ms 500) fail too
-    _eventually(
-        "a slow ready check marking the stub unhealthy",
+    wait_for(
         lambda: _endpoint(mesh, "v1", stub.url)["health_check"] == "unhealthy",
+        what="a slow ready check marking the stub unhealthy",
     )
 
 
 def test_health_checks_stop_when_the_policy_drops_them(mesh, stub):
     policy = {"health_check": {"interval_s": 0.1, "timeout_ms": 500}}
     mesh.register("digits", "v1", stub.url, policy=policy)
-    _eventually("health checks starting", lambda: stub.ready_checks >= 3)
+    wait_for(lambda: stub.ready_checks >= 3, what="health checks starting")
     mesh.register("digits", "v1", stub.url)
-    _eventually(
-        "the policy change reaching the data plane",
+    wait_for(
         lambda: "health_check" not in _endpoint(mesh, "v1", stub.url),
+        what="the policy change reaching the data plane",
     )
     time.sleep(1.0)  # longer than the checker's idle scan and a check's timeout: none still running
     checks = stub.ready_checks
@@ -665,7 +655,7 @@ def test_cli_registers_a_policy_file(mesh):
     )
     stored = next(v for v in mesh.admin.get("/v1/models/digits").json()["versions"] if v["version"] == "v2")
     assert stored["policy"] == yaml.safe_load(example.read_text())
-    _eventually("v2 being routed", lambda: "v2" in _routed(mesh).get("versions", {}))
+    wait_for(lambda: "v2" in _routed(mesh).get("versions", {}), what="v2 being routed")
     assert len(_health(mesh)["versions"]["v2"]["endpoints"]) == 2
 
 
