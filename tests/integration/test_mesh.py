@@ -17,144 +17,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
 
-from tests.support.procs import HOST, MESHGATE, Mesh, Proc, free_port, model_server, running_mesh
-
-TD = "spiffe://meshgate.local"
-BODY = json.dumps(
-    {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1.5, 2.5]}]}
-).encode()
-
-
-# -- helpers (the rotation test imports them) -------------------------------------------
-@dataclass
-class Sidecar:
-    proc: Proc
-    port: int
-    outbound: int | None
-
-    def log(self) -> str:
-        return self.proc.output()
-
-
-def make_token(mesh: Mesh, *identities: str, single_use: bool = True) -> str:
-    resp = mesh.admin.post("/v1/ca/tokens", json={"identities": list(identities), "single_use": single_use})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["token"]
-
-
-def wait_for_line(proc: Proc, needle: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in proc.output():
-            return
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"exited with {proc.popen.returncode}:\n{proc.output()[-3000:]}")
-        time.sleep(0.05)
-    raise TimeoutError(f"{needle!r} not seen within {timeout}s:\n{proc.output()[-3000:]}")
-
-
-def sidecar_args(mesh: Mesh, tmp: Path, model: str, version: str, upstream: str, token: str, *extra: str):
-    return [
-        *MESHGATE,
-        "sidecar",
-        "--model",
-        model,
-        "--version",
-        version,
-        "--upstream",
-        upstream,
-        "--control",
-        mesh.admin_url,
-        "--join-token",
-        token,
-        "--data-dir",
-        str(tmp / f"sidecar-{model}-{version}"),
-        "--policy-refresh",
-        "0.3",
-        *extra,
-    ]
-
-
-@contextmanager
-def sidecar(
-    mesh: Mesh, tmp: Path, model: str, version: str, upstream: str, *extra: str, outbound: bool = False
-) -> Iterator[Sidecar]:
-    port = free_port()
-    out_port = free_port() if outbound else None
-    args = sidecar_args(
-        mesh, tmp, model, version, upstream, make_token(mesh, f"model/{model}/{version}"), *extra
-    )
-    args += ["--listen", f"{HOST}:{port}"]
-    if out_port is not None and "--gateway" not in extra:
-        args += ["--outbound", f"{HOST}:{out_port}", "--gateway", f"https://{HOST}:{mesh.mesh_port}"]
-    elif out_port is not None:
-        args += ["--outbound", f"{HOST}:{out_port}"]
-    proc = Proc(args, tmp / f"sidecar-{model}-{version}-{port}.log")
-    try:
-        wait_for_line(proc, "sidecar spiffe://")
-        yield Sidecar(proc, port, out_port)
-    finally:
-        assert proc.stop() == 0, proc.output()[-3000:]
-
-
-def issue(data_dir: Path, identity: str, out: Path, lifetime: str = "1h") -> tuple[Path, Path, Path]:
-    """``meshgate ca issue`` (the CLI path); returns (cert, key, bundle)."""
-    res = subprocess.run(
-        [*MESHGATE, "ca", "issue", "--data-dir", str(data_dir), "--identity", identity, "--out", str(out),
-         "--lifetime", lifetime],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    stem = identity.replace("/", "-")
-    return out / f"{stem}.crt", out / f"{stem}.key", out / "bundle.pem"
-
-
-def client_context(bundle: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cafile=str(bundle))
-    if cert is not None:
-        ctx.load_cert_chain(str(cert), str(key))
-    return ctx
-
-
-def tls_post(port: int, ctx: ssl.SSLContext, path: str, body: bytes = BODY) -> tuple[int, dict, bytes, dict]:
-    """One request on a fresh TLS connection: (status, headers, body, server certificate)."""
-    conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=10)
-    try:
-        conn.request("POST", path, body=body, headers={"content-type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-        peer = conn.sock.getpeercert()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, peer
-    finally:
-        conn.close()
-
-
-def wait_until(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not reached within {timeout}s")
-
-
-@contextmanager
-def mesh_with_port(tmp: Path, *extra: str, log_name: str = "mesh.log") -> Iterator[Mesh]:
-    port = free_port()
-    with running_mesh(tmp / "data", "--mesh-port", str(port), *extra, log_name=log_name) as mesh:
-        mesh.mesh_port = port  # type: ignore[attr-defined]
-        yield mesh
+from tests.support import HOST, MESHGATE, Mesh, Proc, free_port, model_server, wait_for
+from tests.support.mesh import (
+    BODY,
+    TD,
+    Sidecar,
+    client_context,
+    issue,
+    make_token,
+    mesh_with_port,
+    outbound_infer,
+    sidecar,
+    sidecar_args,
+    tls_post,
+)
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -204,7 +86,9 @@ def certs(mesh: Mesh, tmp: Path) -> dict[str, tuple[Path, Path, Path]]:
         "other-ca": issue(other_dir, "gateway/tester", tmp / "other-certs"),
         "expired": issue(mesh.data_dir, "gateway/old", tmp / "expired-certs", lifetime="1s"),
     }
-    time.sleep(1.5)  # let the one-second certificate expire
+    expired = x509.load_pem_x509_certificate(made["expired"][0].read_bytes())
+    ends = expired.not_valid_after_utc.timestamp()
+    wait_for(time.time, lambda now: now > ends, what=f"the one-second certificate expired (at {ends})")
     return made
 
 
@@ -312,7 +196,7 @@ def test_valid_identity_not_in_policy_gets_403_and_is_logged(
     try:
         cert, key, bundle = certs["sum"]
         ctx = client_context(bundle, cert, key)
-        _, headers, body, _ = wait_until(
+        _, headers, body, _ = wait_for(
             lambda: (r := tls_post(echo_sidecar.port, ctx, "/v2/models/echo/infer"))[0] == 403 and r,
             what="the policy at the sidecar",
         )
@@ -335,7 +219,7 @@ def test_gateway_refuses_a_sidecar_with_the_wrong_identity(mesh: Mesh, echo_side
     # v9 is registered with its own identity, but its endpoint is the v1 sidecar.
     mesh.register("echo", "v9", f"https://{HOST}:{echo_sidecar.port}", identity=f"{TD}/model/echo/v9")
     try:
-        resp = wait_until(
+        resp = wait_for(
             lambda: (
                 (r := mesh.data.post("/v2/models/echo/versions/v9/infer", content=BODY)).status_code != 404
                 and r
@@ -348,7 +232,7 @@ def test_gateway_refuses_a_sidecar_with_the_wrong_identity(mesh: Mesh, echo_side
         # a plaintext endpoint cannot prove an identity either
         mesh.register("echo", "v9", echo_sidecar.proc.args[echo_sidecar.proc.args.index("--upstream") + 1],
                       identity=f"{TD}/model/echo/v9")  # fmt: skip
-        resp = wait_until(
+        resp = wait_for(
             lambda: (
                 (r := mesh.data.post("/v2/models/echo/versions/v9/infer", content=BODY)).headers.get(
                     "x-meshgate-error"
@@ -390,22 +274,20 @@ def test_model_calls_model_through_outbound_port_two_hops(
             # B admits only gateways: its sidecar lets the gateway in, but the gateway's mesh port
             # checks B's policy against the real caller, model/echo/v2, and refuses.
             set_policy(mesh, "sum", ["gateway/*"])
-            status, headers, body = wait_until(
+            status, headers, body = wait_for(
                 lambda: (r := call())[0] == 403 and r, what="policy at the mesh port"
             )
             assert headers["x-meshgate-error"] == "unauthorized"
             assert f"mesh port: denied {TD}/model/echo/v2 calling model sum" in mesh.proc.output()
 
             set_policy(mesh, "sum", ["gateway/*", "model/echo/*"])
-            assert wait_until(lambda: (r := call())[0] == 200 and r, what="A allowed")[2]
+            assert wait_for(lambda: (r := call())[0] == 200 and r, what="A allowed")[2]
 
             # B's sidecar checks the gateway hop: without gateway/* the gateway itself is refused there.
             set_policy(mesh, "sum", ["model/echo/*"])
-            status, headers, _ = wait_until(
-                lambda: (r := call())[0] == 403 and r, what="policy at B's sidecar"
-            )
+            status, headers, _ = wait_for(lambda: (r := call())[0] == 403 and r, what="policy at B's sidecar")
             assert headers["x-meshgate-error"] == "unauthorized"
-            wait_for_line(b.proc, "calling model sum/v1 (denied_by_policy)")
+            b.proc.wait_for_output("calling model sum/v1 (denied_by_policy)")
             assert "denied spiffe://meshgate.local/gateway/" in b.log()
 
             status, headers, _ = call("/v1/models")
@@ -413,17 +295,6 @@ def test_model_calls_model_through_outbound_port_two_hops(
         finally:
             out.close()
             set_policy(mesh, "sum", None)
-
-
-def outbound_infer(port: int) -> tuple[http.client.HTTPResponse, bytes]:
-    """POST the sum model's inference to a sidecar's outbound port: the response and its body."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
-    try:
-        conn.request("POST", "/v2/models/sum/infer", body=BODY)
-        resp = conn.getresponse()
-        return resp, resp.read()
-    finally:
-        conn.close()
 
 
 def test_outbound_refuses_a_mesh_port_that_is_not_a_gateway(
@@ -455,7 +326,7 @@ def test_join_tokens_reuse_forged_and_identity_not_allowed(mesh: Mesh, tmp: Path
     args = [*sidecar_args(mesh, tmp / "first", "echo", "v5", echo, token), "--listen", f"{HOST}:{port}"]
     first = Proc(args, tmp / "first.log")
     try:
-        wait_for_line(first, "sidecar spiffe://")
+        first.wait_for_output("sidecar spiffe://")
     finally:
         assert first.stop() == 0
     # The same single-use token for a second workload: refused.
@@ -465,7 +336,7 @@ def test_join_tokens_reuse_forged_and_identity_not_allowed(mesh: Mesh, tmp: Path
     # A restart of the first one reuses its certificate: the spent token is not asked for again.
     again = Proc(args, tmp / "again.log")
     try:
-        wait_for_line(again, "sidecar spiffe://")
+        again.wait_for_output("sidecar spiffe://")
     finally:
         assert again.stop() == 0
 
@@ -523,13 +394,13 @@ def test_policies_api_validates_and_edits(mesh: Mesh, echo_sidecar: Sidecar) -> 
 def test_mesh_default_deny_locks_models_without_a_policy(mesh: Mesh, echo_sidecar: Sidecar) -> None:
     try:
         assert mesh.cli("policies", "default", "deny").stdout.strip() == "mesh default: deny"
-        resp = wait_until(
+        resp = wait_for(
             lambda: (r := mesh.data.post("/v2/models/echo/infer", content=BODY)).status_code == 403 and r,
             what="deny at the sidecar",
         )
         assert resp.headers["x-meshgate-error"] == "unauthorized"
         set_policy(mesh, "echo", ["gateway/*"])  # a policy overrides the default
-        wait_until(
+        wait_for(
             lambda: mesh.data.post("/v2/models/echo/infer", content=BODY).status_code == 200, what="allowed"
         )
     finally:
@@ -595,7 +466,7 @@ def test_data_port_serves_tls_with_an_ordinary_certificate(tmp_path: Path) -> No
         tmp_path / "up.log",
     )  # fmt: skip
     try:
-        wait_for_line(proc, "data plane TLS on https://")
+        proc.wait_for_output("data plane TLS on https://")
         ctx = ssl.create_default_context(cafile=str(cert_file))
         conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
         conn.request("GET", "/v2/health/live")
@@ -664,8 +535,8 @@ def test_separate_gateway_joins_with_a_token_and_calls_the_sidecar(
         tmp / "gateway2.log",
     )  # fmt: skip
     try:
-        wait_for_line(proc, "mesh port on https://")
-        resp = wait_until(
+        proc.wait_for_output("mesh port on https://")
+        resp = wait_for(
             lambda: (
                 (r := httpx.post(f"http://{HOST}:{port}/v2/models/echo/infer", content=BODY)).status_code
                 == 200

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.integration.test_mesh import BODY, TD, client_context, issue, mesh_with_port, sidecar, tls_post
+from tests.support.mesh import BODY, TD, client_context, issue, mesh_with_port, sidecar, tls_post
 from tests.support.procs import HOST, model_server
 
 LOAD_S = 12.0

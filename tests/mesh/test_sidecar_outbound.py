@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_mesh import TD, mesh_with_port, outbound_infer, sidecar
+from tests.support.mesh import TD, mesh_with_port, outbound_infer, sidecar
 from tests.support.procs import HOST, Mesh
 
 

@@ -22,7 +22,7 @@ Processes (``tests/support/procs.py``) -- started on free ports, waited for, alw
     ``HOST`` (127.0.0.1), ``MESHGATE`` (argv prefix of ``python -m gateway``), ``free_port()``,
     ``wait_http(url, popen, timeout=30)``: until ``url`` answers; fails at once if the child exits.
     ``Proc(args, log, env=None, cwd=None)``: a child whose output goes to ``log``; ``.stop()``
-        (SIGTERM, then kill; returns the exit code), ``.output()``.
+        (SIGTERM, then kill; returns the exit code), ``.output()``, ``.wait_for_output(needle)``.
     ``model_server(tmp, model, version, *extra)``: context manager, ``meshgate serve-model``,
         yields its base URL.
     ``running_mesh(data_dir, *extra)``: context manager, ``meshgate up``, yields a ``Mesh``
@@ -40,6 +40,14 @@ Many gateways (``tests/support/cluster.py``, import it from there):
         ``.gateways`` [``Gateway``: ``.url``, ``.status()``], ``.spawn_gateway()``,
         ``.wait_ready()``, ``.stop_gateway()``, ``.register()``, ``.store()``, ``.wait_flushed()``).
     ``arm_totals(store, experiment)``: the experiment's ``ArmCounters`` per arm in the store.
+    ``propagation_times(gateways, model, write)``: seconds until each gateway routes ``model``.
+
+The mesh (``tests/support/mesh.py``, import it from there):
+    ``mesh_with_port(tmp)``: ``running_mesh`` with a mesh (mTLS) port, as ``mesh.mesh_port``.
+    ``sidecar(mesh, tmp, model, version, upstream, *extra, outbound=False)``: ``meshgate
+        sidecar`` joined with a fresh token, ready; yields a ``Sidecar`` (``.port``, ``.outbound``).
+    ``make_token``, ``issue`` (``meshgate ca issue``), ``client_context``, ``tls_post``,
+    ``outbound_infer``, ``TD`` (the trust domain), ``BODY`` (an FP64 pair for echo/sum).
 
 Redis (``tests/support/redis_server.py``):
     ``SHARED_REDIS_URL``, ``unique_prefix()``, ``delete_prefix(url, prefix)``,

@@ -47,6 +47,16 @@ class Proc:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_for_output(self, needle: str, timeout: float = 20.0) -> None:
+        """Until ``needle`` is in the log (a process announcing it is up); fails at once if it exits."""
+
+        def log() -> str:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"exited with {self.popen.returncode}:\n{self.output()[-3000:]}")
+            return self.output()
+
+        wait_for(log, lambda text: needle in text, what=f"{needle!r} in {self.log.name}", timeout=timeout)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         code = stop(self.popen, sig, timeout)
         self._fh.close()

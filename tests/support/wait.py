@@ -37,8 +37,8 @@ class _Poll:
                 return True
         if expired:
             shown = "(not checked)" if self.last is _NOT_YET else repr(self.last)
-            if len(shown) > 2000:
-                shown = shown[:2000] + "..."
+            if len(shown) > 3000:  # a log, say: its start and its end tell most
+                shown = f"{shown[:1000]} ... {shown[-2000:]}"
             raise AssertionError(
                 f"timed out after {self.timeout:g} s waiting for {self.what}; last value: {shown}"
             )
