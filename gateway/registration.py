@@ -28,7 +28,9 @@ from gateway.http import Request, Responder, error_response, json_response
 from gateway.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
-    from gateway.runtime import Running
+    from gateway.config_sync import ConfigSync
+    from gateway.dataplane.measure import Measurement
+    from gateway.dataplane.plane import DataPlane
 
 __all__ = [
     "GATEWAYS_NAMESPACE",
@@ -186,11 +188,10 @@ def list_gateways(store: Store, now: Callable[[], float] = time.time) -> list[di
     return out
 
 
-def register_gateway(running: Running) -> Registration:
+def register_gateway(
+    store: Store, identity: GatewayIdentity, plane: DataPlane, sync: ConfigSync, measurement: Measurement
+) -> Registration:
     """The registration of a started data plane, its status route mounted (run it as a task)."""
-    plane, sync, measurement = running.plane, running.sync, running.measurement
-    assert plane is not None and sync is not None and measurement is not None and running.data_port
-    opts = running.options
 
     def status() -> dict[str, Any]:
         return {
@@ -202,12 +203,6 @@ def register_gateway(running: Running) -> Registration:
             "measurement": measurement.snapshot(),
         }
 
-    identity = GatewayIdentity(
-        opts.gateway_id or new_gateway_id(),
-        advertised_address(opts.host, running.data_port),
-        time.time(),
-        opts.worker,
-    )
-    registration = Registration(running.store, identity, status)
+    registration = Registration(store, identity, status)
     plane.extra_routes[STATUS_PATH] = registration.handle_status
     return registration

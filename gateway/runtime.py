@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,14 @@ from gateway.dataplane.health_checks import HealthChecker
 from gateway.dataplane.measure import Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server, tune_gc
-from gateway.mesh.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
-from gateway.registration import Registration, new_gateway_id, register_gateway
+from gateway.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
+from gateway.registration import (
+    GatewayIdentity,
+    Registration,
+    advertised_address,
+    new_gateway_id,
+    register_gateway,
+)
 from gateway.store import Store, StoreUnavailable, open_store
 from gateway.telemetry import install_telemetry, serve_metrics
 
@@ -146,7 +153,13 @@ async def _start(opts: ProcessOptions) -> Running:
         running.data_server = await start_server(
             plane.handle, opts.host, opts.port, ssl=tls, limits=limits, reuse_port=opts.reuse_port
         )
-        running.registration = register_gateway(running)
+        identity = GatewayIdentity(
+            opts.gateway_id,
+            advertised_address(opts.host, running.data_server.port),
+            time.time(),
+            opts.worker,
+        )
+        running.registration = register_gateway(store, identity, plane, running.sync, running.measurement)
         running.tasks.append(asyncio.create_task(running.registration.run(), name="registration"))
     if opts.run_control_plane:
         _warn_persistence(store)
@@ -176,7 +189,11 @@ async def _start(opts: ProcessOptions) -> Running:
                 running.tasks[-1].result()  # raises the bind error
                 raise RuntimeError(f"admin server failed to start on {opts.admin_host}:{opts.admin_port}")
             await asyncio.sleep(0.01)
-    await serve_metrics(install_telemetry(running))
+    telemetry = install_telemetry(running.plane, running.measurement, opts.extra)
+    running.tasks.append(asyncio.create_task(telemetry.run(), name="telemetry"))
+    if running.admin is not None:  # what /metrics, /v1/overview and /ui read
+        running.admin.config.app.state.telemetry = telemetry
+    await serve_metrics(telemetry, opts.metrics_host, opts.metrics_port)
     if running.plane is not None:
         tune_gc()  # start-up objects frozen; the young generation collected far less often
     return running

@@ -2,7 +2,7 @@
 
 ``ca init`` and ``ca issue`` work on the CA files in the data dir (no server needed: they are
 what an operator runs on the control plane's machine); ``ca token`` and ``ca bundle`` ask the
-running control plane. ``sidecar`` re-executes ``python -m gateway.mesh.sidecar`` so that the
+running control plane. ``sidecar`` re-executes ``python -m gateway.sidecar`` so that the
 sidecar process carries none of the CLI's imports.
 """
 
@@ -248,4 +248,4 @@ def _default(args: argparse.Namespace, client: AdminClient) -> None:
 def _sidecar(args: argparse.Namespace) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "gateway.mesh.sidecar", *args.argv])
+    os.execv(sys.executable, [sys.executable, "-m", "gateway.sidecar", *args.argv])

@@ -223,7 +223,7 @@ def _serve_model(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.cli.demo import run_demo
 
     return run_demo(
         requests=60 if args.short else args.requests,

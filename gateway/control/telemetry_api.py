@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway.control.auth import SESSION_COOKIE, SESSION_TTL_S, AdminAuth
 from gateway.control.errors import ApiError
+from gateway.control.overview import build_overview
 from gateway.telemetry import Telemetry
 from gateway.telemetry.metrics import CONTENT_TYPE
-from gateway.telemetry.overview import build_overview
 
 if TYPE_CHECKING:
     from gateway.control.app import ControlPlane

@@ -1,10 +1,10 @@
 """Telemetry of a meshgate process: traces, Prometheus metrics, the access log.
 
-``install_telemetry(running)`` is the one call process assembly makes: it reads the
-``OTEL_*``/``MESHGATE_*`` environment and the process options, hangs the hooks on the data
-plane (tracing first, so the access log sees the trace id), starts the background task
-(metric refresh, log flushes) and hands the admin app what ``/metrics``, ``/v1/overview`` and
-``/ui`` need. Settings:
+``install_telemetry(plane, measurement, extra)`` is the one call process assembly
+(``gateway.runtime``) makes: it reads the ``OTEL_*``/``MESHGATE_*`` environment and the process
+options, and hangs the hooks on the data plane (tracing first, so the access log sees the trace
+id); the process runs ``Telemetry.run`` (metric refresh, log flushes) as a task and hands the
+admin app what ``/metrics``, ``/v1/overview`` and ``/ui`` need. Settings:
 
 - ``OTEL_TRACES_EXPORTER`` (none | console | otlp), ``OTEL_TRACES_SAMPLER``/``_ARG``: tracing.
 - ``MESHGATE_METRICS=off``: no metric hooks (``/metrics`` answers 404).
@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.http import Server
 from gateway.telemetry.access_log import AccessLog, access_log_target
@@ -31,7 +31,8 @@ from gateway.telemetry.metrics import Metrics, mark_worker_dead, set_certificate
 from gateway.telemetry.tracing import TelemetryConfigError, Tracing, tracing_from_env
 
 if TYPE_CHECKING:
-    from gateway.runtime import Running
+    from gateway.dataplane.measure import Measurement
+    from gateway.dataplane.plane import DataPlane
 
 log = logging.getLogger("meshgate.telemetry")
 
@@ -49,23 +50,26 @@ __all__ = [
 
 
 class Telemetry:
-    """The telemetry parts of one process (any of them may be off)."""
+    """The telemetry parts of one process (any of them may be off), and the data plane and
+    measurement they observe (None in a control-plane-only process)."""
 
     def __init__(
         self,
-        running: Running,
+        plane: DataPlane | None,
+        measurement: Measurement | None,
         tracing: Tracing | None,
         metrics: Metrics | None,
         access_log: AccessLog | None,
     ) -> None:
-        self.running = running
+        self.plane = plane
+        self.measurement = measurement
         self.tracing = tracing
         self.metrics = metrics
         self.access_log = access_log
         self.metrics_server: Server | None = None  # /metrics on its own port (serve_metrics)
 
     def install(self) -> None:
-        plane = self.running.plane
+        plane = self.plane
         if plane is None:
             return
         if self.tracing is not None:
@@ -96,37 +100,37 @@ def _metrics_on(env: Mapping[str, str]) -> bool:
     return env.get("MESHGATE_METRICS", "on").strip().lower() not in ("off", "0", "false", "no")
 
 
-def install_telemetry(running: Running, env: Mapping[str, str] | None = None) -> Telemetry:
-    """Set up tracing, metrics and the access log for ``running``; see the module docstring."""
+def install_telemetry(
+    plane: DataPlane | None,
+    measurement: Measurement | None,
+    extra: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+) -> Telemetry:
+    """Set up tracing, metrics and the access log on ``plane``; see the module docstring."""
     env = os.environ if env is None else env
-    extra = running.options.extra
-    tracing = tracing_from_env(env, exporter=extra.get("span_exporter")) if running.plane else None
+    tracing = tracing_from_env(env, exporter=extra.get("span_exporter")) if plane else None
     metrics = Metrics() if _metrics_on(env) else None
-    target = access_log_target(env, extra.get("access_log")) if running.plane else None
+    target = access_log_target(env, extra.get("access_log")) if plane else None
     access_log = AccessLog.open(target) if target is not None else None
-    telemetry = Telemetry(running, tracing, metrics, access_log)
+    telemetry = Telemetry(plane, measurement, tracing, metrics, access_log)
     telemetry.install()
-    running.tasks.append(asyncio.create_task(telemetry.run(), name="telemetry"))
-    if running.admin is not None:  # what /metrics, /v1/overview and /ui read
-        running.admin.config.app.state.telemetry = telemetry
     return telemetry
 
 
-async def serve_metrics(telemetry: Telemetry) -> Server | None:
-    """Start ``/metrics`` on ``--metrics-host:--metrics-port`` when the options ask for it.
+async def serve_metrics(telemetry: Telemetry, host: str, port: int | None) -> Server | None:
+    """Start ``/metrics`` on ``host:port`` (``--metrics-host:--metrics-port``) when a port is given.
 
     Closed with the telemetry task. Raises ValueError (a clear message for the command line)
     when metrics are off or the port cannot be bound.
     """
-    opts = telemetry.running.options
-    if opts.metrics_port is None:
+    if port is None:
         return None
     if telemetry.metrics is None:
         raise ValueError("--metrics-port needs metrics: unset MESHGATE_METRICS=off")
     try:
-        server = await start_metrics_server(telemetry.metrics.render, opts.metrics_host, opts.metrics_port)
+        server = await start_metrics_server(telemetry.metrics.render, host, port)
     except OSError as exc:
         raise ValueError(str(exc)) from None
     telemetry.metrics_server = server
-    log.info("metrics on http://%s:%d/metrics", opts.metrics_host, server.port)
+    log.info("metrics on http://%s:%d/metrics", host, server.port)
     return server

@@ -484,7 +484,7 @@ def test_data_port_serves_tls_with_an_ordinary_certificate(tmp_path: Path) -> No
 
 
 def test_sidecar_imports_only_the_engine_the_mesh_and_the_stdlib() -> None:
-    code = "import sys, gateway.mesh.sidecar; print('\\n'.join(sorted(sys.modules)))"
+    code = "import sys, gateway.sidecar; print('\\n'.join(sorted(sys.modules)))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = {m.split(".")[0] for m in res.stdout.split()} | set(res.stdout.split())
     # of router/ only its reasons vocabulary (pure data, the standard library only)

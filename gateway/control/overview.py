@@ -143,8 +143,7 @@ async def build_overview(cp: ControlPlane, telemetry: Telemetry | None) -> dict[
                 ],
             }
         )
-    running = telemetry.running if telemetry is not None else None
-    plane = running.plane if running is not None else None
+    plane = telemetry.plane if telemetry is not None else None
     return {
         "generated_at": time.time(),
         "config_version": await asyncio.to_thread(cp.store.config_version),
@@ -156,7 +155,7 @@ async def build_overview(cp: ControlPlane, telemetry: Telemetry | None) -> dict[
             "retries": plane.stats.retries,
             "retry_budget_exhausted": plane.stats.budget_exhausted,
             "errors": plane.stats.errors,
-            "measurement": running.measurement.snapshot() if running.measurement else None,
+            "measurement": telemetry.measurement.snapshot() if telemetry.measurement else None,
         },
         "telemetry": {
             "tracing": telemetry.tracing is not None if telemetry else False,

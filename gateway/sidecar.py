@@ -20,7 +20,7 @@ every ``--policy-refresh`` seconds; while the control plane is unreachable the l
 
 The process imports only the engine, ``gateway.mesh`` and the standard library (no numpy,
 FastAPI, httpx, data plane or experiments), so it stays small. ``meshgate sidecar`` re-executes
-``python -m gateway.mesh.sidecar`` so that the CLI's own imports do not stay resident. Key, CSR
+``python -m gateway.sidecar`` so that the CLI's own imports do not stay resident. Key, CSR
 and policy proofs are made by short-lived children (:mod:`gateway.mesh.keyhelper`), so that
 ``cryptography`` is not mapped here either; certificates are checked with ``ssl``.
 """
