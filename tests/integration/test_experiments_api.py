@@ -8,7 +8,7 @@ import time
 import pytest
 
 from models.zoo import digits_holdout
-from tests.support.procs import oip_digits, running_mesh
+from tests.support import oip_digits, running_mesh, wait_for
 
 
 @pytest.fixture
@@ -33,16 +33,6 @@ def _infer(mesh, headers: dict | None = None):
     return mesh.data.post(
         "/v2/models/digits/infer", content=oip_digits([x[0].tolist()]), headers=headers or {}
     )
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def test_ab_round_trip_routes_and_stops(mesh):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 
 from models.zoo import digits_holdout
-from tests.support.procs import free_port, model_server, oip_digits, running_mesh
+from tests.support import free_port, model_server, oip_digits, running_mesh, wait_for
 
 
 def _body(n: int = 3) -> bytes:
@@ -71,21 +70,11 @@ def test_default_switching_and_removal_through_api_and_cli(mesh, digits):
 
 
 def _wait_version(mesh, version: str) -> None:
-    _eventually(
+    wait_for(
         lambda: mesh.data.post("/v2/models/digits/infer", content=_body(1)),
         lambda r: r.headers.get("x-meshgate-version") == version,
+        what=f"requests served by {version}",
     )
-
-
-def _eventually(call, ok, timeout: float = 5.0):
-    """Config reaches the data plane asynchronously: retry ``call`` until ``ok`` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = call()
-        if ok(result) or time.monotonic() > deadline:
-            assert ok(result), f"condition never held; last result: {result}"
-            return result
-        time.sleep(0.05)
 
 
 def test_replace_returns_200_and_keeps_created_time(mesh, digits):

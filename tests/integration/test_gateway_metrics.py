@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.procs import MESHGATE, Proc, free_port, model_server, oip_digits, wait_http
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
+from tests.support.wait import wait_for
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0  # imports take seconds on a busy 2-core machine
@@ -108,12 +108,12 @@ def _requests(text: str, **labels: str) -> float:
 
 def _wait_total(url: str, expected: float, **labels: str) -> float:
     """Poll /metrics (workers publish once a second) until the count reaches ``expected``; bounded."""
-    deadline = time.monotonic() + 10.0
-    while True:
-        got = _requests(httpx.get(url, timeout=5.0).text, **labels)
-        if got >= expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.2)
+    return wait_for(
+        lambda: _requests(httpx.get(url, timeout=5.0).text, **labels),
+        lambda got: got >= expected,
+        what=f"meshgate_requests_total{labels} >= {expected}",
+        interval=0.2,
+    )
 
 
 def test_a_lone_gateway_serves_metrics_on_its_own_port(control):

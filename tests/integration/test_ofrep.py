@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from tests.experiments.ofrep_server import FLAGS, check_cases
-from tests.support.procs import free_port, running_mesh
+from tests.support import free_port, running_mesh, wait_for
 
 
 def test_openfeature_sdk_resolves_the_gateways_flags(tmp_path):
@@ -37,11 +35,9 @@ def test_openfeature_sdk_resolves_the_gateways_flags(tmp_path):
         assert httpx.get(f"{mesh.url}/ofrep/v1/evaluate/flags").status_code == 405
 
 
-def _wait_flags(url: str, keys: set[str], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = httpx.post(f"{url}/ofrep/v1/evaluate/flags", json={"context": {"targetingKey": "probe"}})
-        if r.status_code == 200 and {f["key"] for f in r.json()["flags"]} == keys:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the flags never reached the data plane")
+def _wait_flags(url: str, keys: set[str]) -> None:
+    wait_for(
+        lambda: httpx.post(f"{url}/ofrep/v1/evaluate/flags", json={"context": {"targetingKey": "probe"}}),
+        lambda r: r.status_code == 200 and {f["key"] for f in r.json()["flags"]} == keys,
+        what=f"the flags {sorted(keys)} on the data plane",
+    )

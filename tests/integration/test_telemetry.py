@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections import Counter
 
 import pytest
@@ -19,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.zoo import digits_holdout
-from tests.support.procs import free_port, model_server, oip_digits
+from tests.support import free_port, model_server, oip_digits, wait_for
 from tests.telemetry.helpers import in_process_mesh
 
 
@@ -57,28 +56,28 @@ def env(tmp_path_factory):
         yield mesh
 
 
-def _wait_experiment(mesh, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = mesh.data.post("/v2/models/digits/infer", content=_body(), headers={"x-meshgate-key": "probe"})
-        if r.headers.get("x-meshgate-experiment") == "ab":
-            return
-        time.sleep(0.1)
-    raise AssertionError("the experiment never reached the data plane")
+def _wait_experiment(mesh) -> None:
+    wait_for(
+        lambda: mesh.data.post(
+            "/v2/models/digits/infer", content=_body(), headers={"x-meshgate-key": "probe"}
+        ),
+        lambda r: r.headers.get("x-meshgate-experiment") == "ab",
+        what="the experiment on the data plane",
+    )
 
 
 def _caller_trace() -> tuple[str, str]:
     return secrets.token_hex(16), secrets.token_hex(8)
 
 
-def _spans_of(mesh, trace_id: str, timeout: float = 5.0) -> list:
+def _spans_of(mesh, trace_id: str) -> list:
     """The trace's finished spans, once its server span has ended (it ends just after the answer)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        spans = [s for s in mesh.exporter.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id]
-        if any(s.kind is SpanKind.SERVER for s in spans) or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.01)
+    return wait_for(
+        lambda: [s for s in mesh.exporter.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id],
+        lambda spans: any(s.kind is SpanKind.SERVER for s in spans),
+        what=f"the server span of trace {trace_id}",
+        interval=0.01,
+    )
 
 
 def _seen_by_model(mesh, version: str, request_id: str) -> dict:
@@ -332,15 +331,15 @@ def test_certificate_expiry_is_exposed_once_set(env):
 
 
 # -- access log ------------------------------------------------------------------------------
-def _log_lines(env, request_ids: set[str], timeout: float = 5.0) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
+def _log_lines(env, request_ids: set[str]) -> dict[str, dict]:
+    def found() -> dict[str, dict]:
         text = env.access_log.read_text() if env.access_log.exists() else ""
         rows = [json.loads(line) for line in text.splitlines()]  # every line is valid JSON
-        found = {row["request_id"]: row for row in rows if row["request_id"] in request_ids}
-        if len(found) == len(request_ids) or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
+        return {row["request_id"]: row for row in rows if row["request_id"] in request_ids}
+
+    return wait_for(
+        found, lambda rows: len(rows) == len(request_ids), what=f"access log lines of {request_ids}"
+    )
 
 
 def test_access_log_has_one_json_line_per_request_with_its_fields_and_no_secrets(env):

@@ -4,11 +4,9 @@ a process's counts reach its files within a second)."""
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.procs import model_server, oip_digits, running_mesh
+from tests.support import model_server, oip_digits, running_mesh, wait_for
 
 
 def _requests_total(text: str, model: str) -> float:
@@ -38,16 +36,20 @@ def test_two_processes_one_exposition(tmp_path, monkeypatch):
         sent = {"a": 5, "b": 7}
         for name, mesh in (("a", a), ("b", b)):
             mesh.register("digits", "v1", v1)
-            ok, deadline = 0, time.monotonic() + 10.0
-            while ok < sent[name]:  # answers before the route exists are 404s and not counted as 200
-                assert time.monotonic() < deadline, "the model never became routable"
-                ok += mesh.data.post("/v2/models/digits/infer", content=body).status_code == 200
+
+            def post(mesh=mesh) -> int:
+                return mesh.data.post("/v2/models/digits/infer", content=body).status_code
+
+            # answers before the route exists are 404s and not counted as 200: the first 200, then the rest
+            wait_for(post, lambda status: status == 200, what="the model routable")
+            for _ in range(sent[name] - 1):
+                assert post() == 200
         # each process publishes its tallies once a second (and on its own scrape): poll, bounded
-        deadline = time.monotonic() + 5.0
-        while True:
-            totals = [_requests_total(m.admin.get("/metrics").text, "digits") for m in (a, b)]
-            if totals == [12.0, 12.0] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        totals = wait_for(
+            lambda: [_requests_total(m.admin.get("/metrics").text, "digits") for m in (a, b)],
+            lambda totals: totals == [12.0, 12.0],
+            what="12 requests in each process's exposition",
+            interval=0.2,
+        )
     assert totals == [12.0, 12.0]
     assert len(list(metrics_dir.glob("counter_*.db"))) == 2  # one file per process
