@@ -1,4 +1,4 @@
-"""Compile the route table from a consistent store snapshot (registry + experiments + flags).
+"""Compile the route table from a consistent store snapshot (registry + experiments + flags + client keys).
 
 Runs whenever the config version changes, never per request. A document that fails to
 compile is skipped with a warning instead of taking the whole table down: gateways keep
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from experiments.flags import Flag
+from router.client_keys import ClientKey, KeyTable
 from router.flags import CompiledFlag
 from router.policy import PolicyError, TrafficPolicy, fallback_chain, merge
 from router.table import ModelRoute, RouteTable, Split, VersionRoute
@@ -21,7 +22,7 @@ __all__ = ["ACTIVE_STATUSES", "COLLECTIONS", "build_route_table", "compile_polic
 
 log = logging.getLogger("meshgate.routes")
 
-COLLECTIONS = ("models", "versions", "experiments", "flags")
+COLLECTIONS = ("models", "versions", "experiments", "flags", "keys")
 ACTIVE_STATUSES = frozenset({"running", "paused"})
 
 
@@ -82,4 +83,14 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
             split=_split_for(exp, versions) if exp else None,
             flags=tuple(flags_by_model.get(name, ())),
         )
-    return RouteTable(config_version, models, flags)
+    return RouteTable(config_version, models, flags, _client_keys(snap.get("keys", {})))
+
+
+def _client_keys(docs: Mapping[str, Mapping[str, Any]]) -> KeyTable:
+    keys = []
+    for name, doc in sorted(docs.items()):
+        try:
+            keys.append(ClientKey.from_dict(doc))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("client key %s skipped: %s", name, exc)
+    return KeyTable.of(keys)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway.clientkeys import KeySync
 from gateway.config_sync import ConfigSync
 from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.auth import load_or_create_token
@@ -38,7 +39,7 @@ from gateway.registration import (
 from gateway.store import Store, StoreUnavailable, open_store
 from gateway.telemetry import install_telemetry, serve_metrics
 
-__all__ = ["ProcessOptions", "default_store_url", "run", "run_process"]
+__all__ = ["ProcessOptions", "default_store_url", "run", "run_process", "shares_limits"]
 
 log = logging.getLogger("meshgate")
 
@@ -74,6 +75,12 @@ class ProcessOptions:
     extra: dict = field(default_factory=dict)
 
 
+def shares_limits(store: Store, opts: ProcessOptions) -> bool:
+    """Whether client-key limits are shared through the store (leases) or exact in-process:
+    shared on Redis and whenever this process is one of several workers."""
+    return not store.url.startswith(("sqlite:", "memory:")) or opts.worker is not None
+
+
 def default_store_url(data_dir: str) -> str:
     return f"sqlite:///{Path(data_dir) / 'meshgate.db'}"
 
@@ -97,6 +104,7 @@ class Running:
     data_server: Server | None = None
     admin: _EmbeddedUvicorn | None = None
     sync: ConfigSync | None = None
+    key_sync: KeySync | None = None
     registration: Registration | None = None
     mesh: GatewayMesh | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -131,6 +139,9 @@ async def _start(opts: ProcessOptions) -> Running:
         running.tasks.append(asyncio.create_task(running.sync.run(), name="config-sync"))
         running.tasks.append(asyncio.create_task(measurement.run_flusher(), name="flusher"))
         running.tasks.append(asyncio.create_task(HealthChecker(plane).run(), name="health-checks"))
+        plane.key_gate.shared = shares_limits(store, opts)
+        running.key_sync = KeySync(plane.key_gate, store)
+        running.tasks.append(asyncio.create_task(running.key_sync.run(), name="key-sync"))
         limits = ServerLimits(
             max_body_bytes=opts.max_body_bytes, buffered_body_bytes=min(1 << 20, opts.max_body_bytes)
         )
@@ -222,6 +233,8 @@ async def _stop(running: Running) -> None:
         if task.get_name() != "admin":
             task.cancel()
     await asyncio.gather(*running.tasks, return_exceptions=True)
+    if running.key_sync is not None:
+        await running.key_sync.aclose()
     if running.plane is not None:
         await running.plane.pool.aclose()
     running.store.close()

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from router.client_keys import KeyTable
 from router.hashing import bucket
 
 __all__ = ["NO_ARM", "Choice", "ModelRoute", "RouteTable", "Split", "VersionRoute"]
@@ -148,6 +149,7 @@ class RouteTable:
     config_version: int
     models: Mapping[str, ModelRoute]
     flags: Mapping[str, Any] = field(default_factory=dict)  # every compiled flag by key (OFREP)
+    client_keys: KeyTable = field(default_factory=KeyTable)  # who may call the LLM routes
 
     @classmethod
     def empty(cls) -> RouteTable:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from experiments.ofrep import OfrepService
+from gateway.clientkeys.gate import KeyGate
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.shadow import ShadowCopy, ShadowStats
 from gateway.http import (
@@ -186,6 +187,9 @@ class DataPlane:
         # whose ids carry their assignment); None: 96 random bits.
         self.mint_request_id: Callable[[ModelRoute, Choice], str] | None = None
         self.ofrep = OfrepService({}, 0)
+        # Client keys and rate limits of the LLM routes (exact, one process, until the runtime
+        # says the counts are shared and starts their sync)
+        self.key_gate = KeyGate(lambda: self.table.client_keys, shared=False)
         self._runtimes: dict[tuple[str, str], VersionRuntime] = {}
         self._versions: dict[str, dict[str, VersionState]] = {}  # model -> version -> state
         self._parsed: dict[bytes, tuple[str, str | None, str | None] | str] = {}  # target -> route
@@ -383,9 +387,7 @@ class DataPlane:
             choice = self._versions[name][pinned].pinned_choice
         else:  # metadata and readiness describe the default version; only inference is split
             choice = (
-                choose_version(model, key, attrs, self.rng)
-                if action == "infer"
-                else model.default_choice
+                choose_version(model, key, attrs, self.rng) if action == "infer" else model.default_choice
             )
             if choice is None:
                 self.reply_error(responder, "no_endpoint", f"model {name!r} has no default version")

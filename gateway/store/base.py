@@ -12,6 +12,9 @@ Three kinds of state, each with the access pattern it needs:
   statistics). Additions commute, so any number of gateways add up exactly.
 * **Expiring records**: request-id join records, single-use claims (feedback dedup, join
   tokens), gateway heartbeats.
+* **Window counters**: integer counter groups that expire on their own (a client key's
+  requests, tokens and lease reservations in one minute), added and read back atomically so
+  gateways sharing a rate limit can reserve from it.
 
 The interface is synchronous: SQLite and redis-py are fast, thread-safe here, and the
 data plane never calls the store on the inference hot path (async callers use a thread).
@@ -28,6 +31,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "Write",
+    "check_window_adds",
 ]
 
 Document = dict[str, Any]
@@ -48,6 +52,14 @@ class Write:
     collection: str
     key: str
     doc: Document | None
+
+
+def check_window_adds(adds: Mapping[str, Mapping[str, int]]) -> None:
+    """Window counters hold whole numbers only (every backend refuses the same input)."""
+    for key, fields in adds.items():
+        for field, delta in fields.items():
+            if type(delta) is not int:
+                raise TypeError(f"window counter {key}/{field} delta must be an int, got {delta!r}")
 
 
 class Store(Protocol):
@@ -90,6 +102,15 @@ class Store(Protocol):
 
     def counter_groups(self, prefix: str) -> dict[str, dict[str, float]]:
         """Every counter group whose name starts with ``prefix``."""
+        ...
+
+    # -- window counters ----------------------------------------------------------------
+    def add_windows(
+        self, namespace: str, adds: Mapping[str, Mapping[str, int]], ttl_s: float
+    ) -> dict[str, dict[str, int]]:
+        """Add integer deltas to expiring counter groups (``key -> field -> delta``) and return
+        every named group's totals right after, all in one atomic step; an empty mapping only
+        reads. A group written to lives ``ttl_s`` more; one never written reads as ``{}``."""
         ...
 
     # -- expiring records -------------------------------------------------------------

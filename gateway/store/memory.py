@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from gateway.store.base import Conflict, Document, Write
+from gateway.store.base import Conflict, Document, Write, check_window_adds
 from gateway.store.watchers import Watchers
 
 __all__ = ["MemoryStore"]
@@ -38,6 +38,7 @@ class MemoryStore:
         self._counters: dict[str, dict[str, int | float]] = {}
         self._records: dict[str, dict[str, tuple[float, str]]] = {}
         self._expiry: list[tuple[float, str, str]] = []  # (expires, namespace, key); stale entries skipped
+        self._windows: dict[tuple[str, str], tuple[float, dict[str, int]]] = {}  # -> (expires, fields)
 
     def __repr__(self) -> str:
         return f"MemoryStore(version={self._version})"
@@ -102,6 +103,29 @@ class MemoryStore:
     def counter_groups(self, prefix: str) -> dict[str, dict[str, float]]:
         with self._lock:
             return {g: dict(f) for g, f in self._counters.items() if g.startswith(prefix)}
+
+    # -- window counters ----------------------------------------------------------------
+    def add_windows(
+        self, namespace: str, adds: Mapping[str, Mapping[str, int]], ttl_s: float
+    ) -> dict[str, dict[str, int]]:
+        check_window_adds(adds)
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            now = self._now()
+            if len(self._windows) > 1024:
+                self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
+            for key, fields in adds.items():
+                expires, held = self._windows.get((namespace, key), (0.0, {}))
+                if expires <= now:
+                    held = {}
+                if fields:
+                    held = dict(held)
+                    for field, delta in fields.items():
+                        held[field] = held.get(field, 0) + delta
+                    expires = now + ttl_s
+                    self._windows[(namespace, key)] = (expires, held)
+                out[key] = dict(held)
+        return out
 
     # -- expiring records -------------------------------------------------------------
     def _purge(self, now: float) -> None:

@@ -31,7 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from gateway.store.base import Conflict, Document, StoreUnavailable, Write
+from gateway.store.base import Conflict, Document, StoreUnavailable, Write, check_window_adds
 from gateway.store.watchers import Watchers
 
 __all__ = ["RedisKeys", "RedisStore", "hash_tag"]
@@ -177,6 +177,10 @@ class RedisKeys:
 
     def record_index(self, namespace: str) -> str:
         return f"{self.prefix}:rix:{_check_namespace(namespace)}"
+
+    # -- window counters: one hash per group, expiring natively -----------------------
+    def window(self, namespace: str, key: str) -> str:
+        return f"{self.prefix}:win:{_check_namespace(namespace)}:{{{key}}}"
 
     def patterns(self) -> tuple[str, str]:
         """SCAN patterns covering every key of this prefix (for tests and tooling)."""
@@ -381,6 +385,34 @@ class RedisStore:
         return {
             g: {f: _number(v) for f, v in raw.items()} for g, raw in zip(groups, values, strict=True) if raw
         }
+
+    # -- window counters ----------------------------------------------------------------
+    def add_windows(
+        self, namespace: str, adds: Mapping[str, Mapping[str, int]], ttl_s: float
+    ) -> dict[str, dict[str, int]]:
+        """HINCRBY, PEXPIRE and HGETALL per group in one MULTI/EXEC (each group is one key with
+        its own slot; on a cluster the per-group steps stay correct when split)."""
+        check_window_adds(adds)
+        if not adds:
+            return {}
+        ttl_ms = max(1, int(ttl_s * 1000))
+        pipe = self._client.pipeline(transaction=True)
+        for key, fields in adds.items():
+            name = self.keys.window(namespace, key)
+            for field, delta in fields.items():
+                pipe.hincrby(name, field, delta)
+            if fields:
+                pipe.pexpire(name, ttl_ms)
+            pipe.hgetall(name)
+        with self._io(f"adding {namespace} window counters"):
+            replies = pipe.execute()
+        out: dict[str, dict[str, int]] = {}
+        at = 0
+        for key, fields in adds.items():
+            at += len(fields) + (1 if fields else 0)
+            out[key] = {f: int(v) for f, v in replies[at].items()}
+            at += 1
+        return out
 
     # -- expiring records -------------------------------------------------------------
     def put_records(

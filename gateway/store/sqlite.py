@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from gateway.store.base import Conflict, Document, StoreUnavailable, Write
+from gateway.store.base import Conflict, Document, StoreUnavailable, Write, check_window_adds
 from gateway.store.watchers import Watchers
 
 __all__ = ["SQLiteStore"]
@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS records (
     ns TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (ns, key)
+);
+CREATE TABLE IF NOT EXISTS windows (
+    ns TEXT NOT NULL, key TEXT NOT NULL, field TEXT NOT NULL, value INTEGER NOT NULL,
+    expires_at REAL NOT NULL, PRIMARY KEY (ns, key, field)
 );
 INSERT OR IGNORE INTO meta (name, value) VALUES ('config_version', 0);
 """
@@ -59,6 +63,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._watchers = Watchers()
         self._purged_at = 0.0
+        self._windows_purged_at = 0.0
         self._purge_interval_s = purge_interval_s  # expired records are deleted at most this often
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with self._io("creating the schema"):
@@ -199,6 +204,37 @@ class SQLiteStore:
             )
         for grp, f, v in rows:
             out.setdefault(grp, {})[f] = v
+        return out
+
+    # -- window counters ----------------------------------------------------------------
+    def add_windows(
+        self, namespace: str, adds: Mapping[str, Mapping[str, int]], ttl_s: float
+    ) -> dict[str, dict[str, int]]:
+        """One write transaction: expired groups are dropped, deltas added, totals read."""
+        check_window_adds(adds)
+        now = self._clock()
+        out: dict[str, dict[str, int]] = {}
+        with self._write(f"adding {namespace} window counters") as conn:
+            for key, fields in adds.items():
+                conn.execute(
+                    "DELETE FROM windows WHERE ns=? AND key=? AND expires_at <= ?", (namespace, key, now)
+                )
+                if fields:
+                    conn.executemany(
+                        "INSERT INTO windows (ns, key, field, value, expires_at) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (ns, key, field) DO UPDATE SET value = value + excluded.value",
+                        [(namespace, key, f, d, now + ttl_s) for f, d in fields.items()],
+                    )
+                    conn.execute(
+                        "UPDATE windows SET expires_at=? WHERE ns=? AND key=?", (now + ttl_s, namespace, key)
+                    )
+                rows = conn.execute(
+                    "SELECT field, value FROM windows WHERE ns=? AND key=?", (namespace, key)
+                ).fetchall()
+                out[key] = {f: int(v) for f, v in rows}
+            if now - self._windows_purged_at >= self._purge_interval_s:
+                self._windows_purged_at = now
+                conn.execute("DELETE FROM windows WHERE expires_at <= ?", (now,))
         return out
 
     # -- expiring records -------------------------------------------------------------

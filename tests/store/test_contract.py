@@ -168,3 +168,42 @@ def _stored_record_count(store, namespace: str) -> int:
         return store._conn().execute("SELECT COUNT(*) FROM records WHERE ns=?", (namespace,)).fetchone()[0]
     client = store._client
     return sum(1 for _ in client.scan_iter(match=store.keys.record(namespace, "*")))
+
+
+def test_window_counters_add_read_and_expire(store):
+    assert store.add_windows("ratelimit", {"k1/5": {}}, ttl_s=60) == {"k1/5": {}}
+    got = store.add_windows("ratelimit", {"k1/5": {"req": 2, "res": 3}, "k1/4": {}}, ttl_s=60)
+    assert got == {"k1/5": {"req": 2, "res": 3}, "k1/4": {}}
+    got = store.add_windows("ratelimit", {"k1/5": {"res": -1, "tok": 40}}, ttl_s=60)
+    assert got == {"k1/5": {"req": 2, "res": 2, "tok": 40}}
+    assert store.add_windows("other", {"k1/5": {}}, ttl_s=60) == {"k1/5": {}}  # namespaces apart
+    store.add_windows("ratelimit", {"short/1": {"req": 1}}, ttl_s=0.2)
+    wait_for(
+        lambda: store.add_windows("ratelimit", {"short/1": {}}, ttl_s=1),
+        lambda got: got == {"short/1": {}},
+        what="window short/1 expired",
+        timeout=3,
+    )
+    assert store.add_windows("ratelimit", {"k1/5": {}}, ttl_s=60)["k1/5"]["tok"] == 40
+    with pytest.raises(TypeError):
+        store.add_windows("ratelimit", {"k1/5": {"req": 1.5}}, ttl_s=60)
+
+
+def test_concurrent_window_reservations_are_exact(store):
+    """Each add returns the total right after it: 8 threads reserving one at a time never see
+    the same total twice (what lets gateways reserve from one shared rate limit)."""
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def reserve() -> None:
+        for _ in range(25):
+            total = store.add_windows("ratelimit", {"k/1": {"res": 1}}, ttl_s=60)["k/1"]["res"]
+            with lock:
+                seen.append(total)
+
+    threads = [threading.Thread(target=reserve) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == list(range(1, 201))

@@ -1,0 +1,190 @@
+"""The gate in front of the LLM routes: client key, allowed model, rate limits.
+
+One ``KeyGate`` per gateway process (``plane.key_gate``). It reads only the route table's
+compiled key table and its own meters: nothing here awaits or touches the store (the
+``KeySync`` task shares the counts in the background). The whole API::
+
+    adm = plane.key_gate.admit(authorization, model)
+    #   authorization: the request's Authorization header (str, bytes or None)
+    #   model: the meshgate model name from the body (before any /version pin)
+    if adm.refusal is not None:
+        status, headers, body = adm.refusal    # send it as it is: an OpenAI-shaped error
+        ...                                     # (401, 403 or 429 with retry-after) and headers
+    else:
+        ...                                     # route; add adm.headers to the answer's headers
+        plane.key_gate.record(adm.key_id, tokens)   # after the answer: prompt + completion tokens
+
+* No active key configured: every request is admitted (``key_id`` None, no headers).
+* A missing, unknown or revoked key: 401 ``invalid_api_key`` (``missing_api_key`` when absent).
+* A key not allowed the model: 403 ``model_not_allowed``.
+* Over the key's rpm or tpm: 429 ``rate_limit_exceeded`` with ``retry-after`` (whole seconds)
+  and ``retry-after-ms`` (the OpenAI SDK prefers it).
+* Every answer to a keyed request, admitted or limited, carries OpenAI's ``x-ratelimit-limit-*``,
+  ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` headers for the limits the key has.
+
+``record`` may be called with ``None`` (open gateway, or tokens unknown) and is then a no-op;
+a token budget that goes negative blocks later requests until the window slides past it.
+Headers are lowercase ``(bytes, bytes)`` pairs, as ``gateway.http`` takes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from router.client_keys import ClientKey, KeyCheck, KeyTable
+from router.ratelimit import Meter, Verdict, go_duration
+
+__all__ = ["Admission", "KeyGate"]
+
+Headers = list[tuple[bytes, bytes]]
+Refusal = tuple[int, Headers, bytes]
+
+_JSON = (b"content-type", b"application/json")
+
+
+class Admission(NamedTuple):
+    key_id: str | None
+    headers: Headers
+    refusal: Refusal | None = None
+
+
+_OPEN = Admission(None, [])
+
+
+def _error(status: int, reason: str, message: str, err_type: str, code: str, extra: Headers) -> Refusal:
+    body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+    headers = [_JSON, (b"x-meshgate-error", reason.encode()), *extra]
+    return status, headers, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _limit_headers(v: Verdict) -> Headers:
+    out: Headers = []
+    if v.limit_requests is not None:
+        out += [
+            (b"x-ratelimit-limit-requests", str(v.limit_requests).encode()),
+            (b"x-ratelimit-remaining-requests", str(v.remaining_requests).encode()),
+            (b"x-ratelimit-reset-requests", go_duration(v.reset_requests_s).encode()),
+        ]
+    if v.limit_tokens is not None:
+        out += [
+            (b"x-ratelimit-limit-tokens", str(v.limit_tokens).encode()),
+            (b"x-ratelimit-remaining-tokens", str(v.remaining_tokens).encode()),
+            (b"x-ratelimit-reset-tokens", go_duration(v.reset_tokens_s).encode()),
+        ]
+    return out
+
+
+class KeyGate:
+    """Authenticates and meters LLM requests (see the module docstring for the API)."""
+
+    def __init__(
+        self,
+        keys: Callable[[], KeyTable],
+        *,
+        shared: bool,
+        sync_s: float = 0.1,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys  # the route table's key table, read per request (it is swapped whole)
+        self.shared = shared
+        self.sync_s = sync_s
+        self.now = now
+        self.meters: dict[str, Meter] = {}
+        self.refused: dict[str, int] = {}  # by reason, for /metrics and tests
+
+    def _meter(self, key: ClientKey) -> Meter:
+        meter = self.meters.get(key.id)
+        if meter is None:
+            meter = self.meters[key.id] = Meter(key.limits, shared=self.shared, now=self.now())
+        elif meter.limits is not key.limits:
+            meter.limits = key.limits  # a changed limit applies from the next request on
+        return meter
+
+    def _refuse(self, reason: str, refusal: Refusal) -> Admission:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return Admission(None, [], refusal)
+
+    def admit(self, authorization: str | bytes | None, model: str) -> Admission:
+        table = self._keys()
+        if table.open:
+            return _OPEN
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode("latin-1")
+        check, key = table.check(authorization)
+        if check is KeyCheck.MISSING:
+            return self._refuse(
+                "missing_api_key",
+                _error(
+                    401,
+                    "missing_api_key",
+                    "You didn't provide an API key: send it as 'Authorization: Bearer mg-...'.",
+                    "invalid_request_error",
+                    "missing_api_key",
+                    [(b"www-authenticate", b"Bearer")],
+                ),
+            )
+        if check is not KeyCheck.OK or key is None:
+            what = f"the API key {key.id} ({key.name}) was revoked" if key else "Incorrect API key provided"
+            return self._refuse(
+                "invalid_api_key",
+                _error(
+                    401,
+                    "invalid_api_key",
+                    f"{what}: create one with `meshgate keys create NAME`.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                    [(b"www-authenticate", b'Bearer error="invalid_token"')],
+                ),
+            )
+        if not key.allows(model):
+            allowed = ", ".join(sorted(key.models))
+            return self._refuse(
+                "model_not_allowed",
+                _error(
+                    403,
+                    "model_not_allowed",
+                    f"the API key {key.name} may not use model {model!r} (allowed: {allowed}).",
+                    "invalid_request_error",
+                    "model_not_allowed",
+                    [],
+                ),
+            )
+        verdict = self._meter(key).admit(self.now(), self.sync_s)
+        headers = _limit_headers(verdict)
+        if verdict.admitted:
+            return Admission(key.id, headers)
+        wait = verdict.retry_after_s
+        if math.isinf(wait):
+            wait = 60.0
+        limit = key.limits.rpm if verdict.limit == "requests" else key.limits.tpm
+        unit = "requests per min (RPM)" if verdict.limit == "requests" else "tokens per min (TPM)"
+        headers += [
+            (b"retry-after", str(max(1, math.ceil(wait))).encode()),
+            (b"retry-after-ms", str(max(1, math.ceil(wait * 1000))).encode()),
+        ]
+        self.refused["rate_limited"] = self.refused.get("rate_limited", 0) + 1
+        return Admission(
+            key.id,
+            [],
+            _error(
+                429,
+                "rate_limited",
+                f"Rate limit reached for key {key.name} on {unit}: Limit {limit}. "
+                f"Please try again in {go_duration(wait)}.",
+                verdict.limit or "requests",
+                "rate_limit_exceeded",
+                headers,
+            ),
+        )
+
+    def record(self, key_id: str | None, tokens: int | None) -> None:
+        """Count an answer's tokens (prompt + completion) against its key's budget."""
+        if key_id is None or not tokens:
+            return
+        meter = self.meters.get(key_id)
+        if meter is not None:
+            meter.record(tokens, self.now())

@@ -1,0 +1,167 @@
+"""Share the gate's counts through the store, every ``interval_s`` (default 0.1 s).
+
+For each key a gateway has metered, one sync adds what it counted since the last one to the
+key's window counters (``ratelimit`` namespace, group ``<key id>/<minute>``: ``req`` requests,
+``tok`` tokens, ``res`` requests reserved by leases) and reads the totals of this minute and
+the one before, for every key in **one** store call; the totals per key for all time go to
+the counter group ``clientkey:<id>`` (``requests``, ``tokens``). In shared mode the same call
+tops up the gateway's lease: it adds ``want`` to ``res`` and keeps what fits under the limit
+(``Meter.grant``), giving the rest back in a second call. The data plane never waits for any
+of it (``router.ratelimit`` explains the bound this gives).
+
+A failed sync keeps the counts for the next one and puts the meters in exact mode against
+the full limit until the store answers again (each gateway then limits on its own: up to G
+times the limit across G gateways while the store is down). A meter idle for two minutes,
+with nothing left to send, is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from gateway.clientkeys.gate import KeyGate
+from gateway.store import Store, StoreUnavailable
+from router.ratelimit import WINDOW_S, Flush, Meter, window_of
+
+__all__ = ["NAMESPACE", "TOTALS_PREFIX", "WINDOW_TTL_S", "KeySync", "window_group"]
+
+log = logging.getLogger("meshgate.clientkeys")
+
+NAMESPACE = "ratelimit"
+TOTALS_PREFIX = "clientkey:"
+#: a minute's counters are read for two minutes (as the current, then the previous one)
+WINDOW_TTL_S = 3 * WINDOW_S
+
+
+def window_group(key_id: str, minute: int) -> str:
+    return f"{key_id}/{minute}"
+
+
+class KeySync:
+    def __init__(self, gate: KeyGate, store: Store, *, interval_s: float | None = None) -> None:
+        self.gate = gate
+        self.store = store
+        self.interval_s = gate.sync_s if interval_s is None else interval_s
+        self.failures = 0
+        self.syncs = 0
+        self._totals: dict[str, dict[str, int]] = {}  # all-time deltas not yet in the store
+        self._idle: dict[str, int] = {}  # key id -> minute of its last sync with something sent
+
+    def _plan(self, flushes: Mapping[str, Flush]) -> dict[str, dict[str, int]]:
+        adds: dict[str, dict[str, int]] = {}
+        for key_id, flush in flushes.items():
+            for minute, (req, unleased, tok) in flush.counts.items():
+                fields = adds.setdefault(window_group(key_id, minute), {})
+                fields["req"] = fields.get("req", 0) + req
+                if tok:
+                    fields["tok"] = fields.get("tok", 0) + tok
+                if unleased:
+                    fields["res"] = fields.get("res", 0) + unleased
+                totals = self._totals.setdefault(TOTALS_PREFIX + key_id, {})
+                totals["requests"] = totals.get("requests", 0) + req
+                totals["tokens"] = totals.get("tokens", 0) + tok
+            cur = adds.setdefault(window_group(key_id, flush.window), {})
+            lease = flush.want - flush.give_back
+            if lease:
+                cur["res"] = cur.get("res", 0) + lease
+            adds.setdefault(window_group(key_id, flush.window - 1), {})
+        return adds
+
+    async def sync(self) -> None:
+        """One round trip for every metered key. The meters are read and settled on the event
+        loop (where the gate uses them); only the store calls run in a thread."""
+        now = self.gate.now()
+        minute = window_of(now)[0]
+        meters = dict(self.gate.meters)
+        flushes = {key_id: meter.begin_sync(now) for key_id, meter in meters.items()}
+        for key_id, flush in flushes.items():
+            if flush.counts or flush.want:  # counted, or still waiting for a lease
+                self._idle[key_id] = minute
+            elif minute - self._idle.setdefault(key_id, minute) >= 2:
+                del self.gate.meters[key_id]  # idle: its lease (if any) lapses with its minute
+                del self._idle[key_id]
+        if flushes:
+            adds = self._plan(flushes)
+            try:
+                totals = await asyncio.to_thread(self.store.add_windows, NAMESPACE, adds, WINDOW_TTL_S)
+            except (StoreUnavailable, OSError) as exc:
+                for key_id, flush in flushes.items():
+                    meters[key_id].sync_failed(flush)
+                self._unplan(flushes)
+                raise StoreUnavailable(str(exc)) from exc
+            give_back = self._settle(meters, flushes, totals)
+            if give_back:
+                await asyncio.to_thread(self.store.add_windows, NAMESPACE, give_back, WINDOW_TTL_S)
+        await asyncio.to_thread(self._flush_totals)
+        self.syncs += 1
+
+    def _settle(
+        self,
+        meters: Mapping[str, Meter],
+        flushes: Mapping[str, Flush],
+        totals: Mapping[str, Mapping[str, int]],
+    ) -> dict[str, dict[str, int]]:
+        """Hand each meter the store's answer; returns the lease parts to give back."""
+        after = self.gate.now()
+        give_back: dict[str, dict[str, int]] = {}
+        for key_id, flush in flushes.items():
+            meter = meters[key_id]
+            if not meter.shared:
+                continue
+            cur = totals.get(window_group(key_id, flush.window), {})
+            prev = totals.get(window_group(key_id, flush.window - 1), {})
+            granted = meter.grant(flush, cur.get("res", 0), prev.get("req", 0), after)
+            if granted < flush.want:
+                give_back[window_group(key_id, flush.window)] = {"res": granted - flush.want}
+            meter.settle(
+                flush,
+                granted,
+                (cur.get("req", 0), cur.get("tok", 0)),
+                (prev.get("req", 0), prev.get("tok", 0)),
+                after,
+            )
+        return give_back
+
+    def _unplan(self, flushes: Mapping[str, Flush]) -> None:
+        """The counts go back to the meters: take them out of the pending totals too."""
+        for key_id, flush in flushes.items():
+            totals = self._totals.get(TOTALS_PREFIX + key_id)
+            if totals is None:
+                continue
+            for req, _unleased, tok in flush.counts.values():
+                totals["requests"] -= req
+                totals["tokens"] -= tok
+            if not any(totals.values()):
+                del self._totals[TOTALS_PREFIX + key_id]
+
+    def _flush_totals(self) -> None:
+        if self._totals:
+            batch, self._totals = self._totals, {}
+            try:
+                self.store.add_counters(batch)
+            except (StoreUnavailable, OSError):
+                for group, fields in batch.items():  # kept for the next sync
+                    held = self._totals.setdefault(group, {})
+                    for field, delta in fields.items():
+                        held[field] = held.get(field, 0) + delta
+                raise
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+                self.failures = 0
+            except StoreUnavailable as exc:
+                self.failures += 1
+                if self.failures == 1:
+                    log.warning("client-key counts not shared (store unavailable): %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+    async def aclose(self) -> None:
+        """A last sync, so counts of the final interval reach the store."""
+        try:
+            await self.sync()
+        except StoreUnavailable as exc:
+            log.warning("client-key counts of the last %.1f s not stored: %s", self.interval_s, exc)

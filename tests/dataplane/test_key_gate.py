@@ -1,0 +1,165 @@
+"""gateway.clientkeys: the gate's answers (OpenAI-shaped, with x-ratelimit-* headers) and the
+counts two gates share through one store (leases), on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway.clientkeys import KeyGate, KeySync
+from gateway.clientkeys.sync import NAMESPACE, TOTALS_PREFIX, window_group
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+from router.client_keys import ClientKey, KeyTable, digest, mint
+from router.ratelimit import Limits
+from tests.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
+from tests.support import FakeClock
+
+T0 = 60.0 * 1000 + 5
+
+
+def _table(*keys: tuple[str, str, ClientKey]) -> KeyTable:
+    return KeyTable.of(k for _, _, k in keys)
+
+
+def _new(name: str = "team-a", **kw) -> tuple[str, str, ClientKey]:
+    key_id, token = mint()
+    limits = Limits(kw.pop("rpm", None), kw.pop("tpm", None))
+    return key_id, token, ClientKey(key_id, name, digest(token), limits, **kw)
+
+
+def _error(adm) -> tuple[int, dict, dict]:
+    status, headers, body = adm.refusal
+    return status, dict(headers), json.loads(body)
+
+
+def test_no_active_key_means_open():
+    gate = KeyGate(lambda: KeyTable(), shared=False)
+    adm = gate.admit(None, "chat")
+    assert adm.refusal is None and adm.key_id is None and adm.headers == []
+    gate.record(None, 50)  # a no-op
+
+
+def test_missing_invalid_revoked_and_not_allowed_keys_get_openai_errors():
+    ok = _new(models=frozenset({"chat"}))
+    gone = _new("old", revoked=True)
+    gate = KeyGate(lambda: _table(ok, gone), shared=False)
+    status, headers, body = _error(gate.admit(None, "chat"))
+    assert status == 401 and body["error"]["code"] == "missing_api_key"
+    assert body["error"]["type"] == "invalid_request_error" and "param" in body["error"]
+    assert headers[b"www-authenticate"] == b"Bearer"
+    status, _, body = _error(gate.admit(b"Bearer mg-000000000000_" + b"a" * 43, "chat"))
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    status, _, body = _error(gate.admit(f"Bearer {gone[1]}", "chat"))
+    assert status == 401 and "revoked" in body["error"]["message"]
+    status, headers, body = _error(gate.admit(f"Bearer {ok[1]}", "embed"))
+    assert status == 403 and body["error"]["code"] == "model_not_allowed"
+    assert headers[b"x-meshgate-error"] == b"model_not_allowed"
+    assert gate.admit(f"Bearer {ok[1]}", "chat").key_id == ok[0]
+
+
+def test_rate_limited_answer_carries_retry_after_and_ratelimit_headers():
+    clock = FakeClock(T0)
+    key = _new(rpm=2, tpm=1000)
+    gate = KeyGate(lambda: _table(key), shared=False, now=clock)
+    auth = f"Bearer {key[1]}"
+    first = gate.admit(auth, "chat")
+    assert first.refusal is None
+    assert dict(first.headers) == {
+        b"x-ratelimit-limit-requests": b"2",
+        b"x-ratelimit-remaining-requests": b"1",
+        b"x-ratelimit-reset-requests": b"1m55s",
+        b"x-ratelimit-limit-tokens": b"1000",
+        b"x-ratelimit-remaining-tokens": b"1000",
+        b"x-ratelimit-reset-tokens": b"0ms",
+    }
+    gate.record(first.key_id, 300)
+    assert dict(gate.admit(auth, "chat").headers)[b"x-ratelimit-remaining-tokens"] == b"700"
+    status, headers, body = _error(gate.admit(auth, "chat"))
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+    assert body["error"]["type"] == "requests"
+    assert headers[b"x-ratelimit-remaining-requests"] == b"0"
+    # 2 requests this minute, 5 s in, budget 1: next minute at g = 1/2 -> 55 + 30 s
+    assert headers[b"retry-after"] == b"85" and headers[b"retry-after-ms"] == b"85000"
+    assert gate.refused == {"rate_limited": 1}
+
+
+def test_token_budget_below_zero_blocks_later_requests():
+    clock = FakeClock(T0)
+    key = _new(tpm=100)
+    gate = KeyGate(lambda: _table(key), shared=False, now=clock)
+    adm = gate.admit(f"Bearer {key[1]}", "chat")
+    gate.record(adm.key_id, 250)
+    status, headers, body = _error(gate.admit(f"Bearer {key[1]}", "chat"))
+    assert status == 429 and body["error"]["type"] == "tokens"
+    assert headers[b"x-ratelimit-remaining-tokens"] == b"0"
+
+
+def test_changed_limits_apply_to_the_next_request():
+    clock = FakeClock(T0)
+    key_id, token, key = _new(rpm=1)
+    tables = [_table((key_id, token, key))]
+    gate = KeyGate(lambda: tables[0], shared=False, now=clock)
+    assert gate.admit(f"Bearer {token}", "m").refusal is None
+    assert gate.admit(f"Bearer {token}", "m").refusal is not None
+    raised = ClientKey(key_id, key.name, key.digest, Limits(rpm=5))
+    tables[0] = KeyTable.of([raised])
+    assert gate.admit(f"Bearer {token}", "m").refusal is None
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def shared_store(request, tmp_path):
+    if request.param == "memory":
+        yield MemoryStore(), MemoryStore
+        return
+    if request.param == "sqlite":
+        from gateway.store.sqlite import SQLiteStore
+
+        path = tmp_path / "s.db"
+        yield SQLiteStore(path), lambda: SQLiteStore(path)
+        return
+    shared_redis_or_fail()
+    prefix = unique_prefix()
+    stores = []
+
+    def another() -> RedisStore:
+        stores.append(RedisStore(SHARED_REDIS_URL, prefix=prefix))
+        return stores[-1]
+
+    try:
+        yield another(), another
+    finally:
+        for s in stores:
+            s.close()
+        delete_prefix(SHARED_REDIS_URL, prefix)
+
+
+def test_two_gates_on_one_store_stay_within_rpm_plus_one_per_gate(shared_store):
+    """Two gates (as two gateways) hammer one key in turns, syncing through one store: together
+    they admit at most rpm + 2 in the minute (one unleased first request each)."""
+    first, another = shared_store
+    second = first if isinstance(first, MemoryStore) else another()  # memory: one object
+    clock = FakeClock(T0)
+    key = _new(rpm=40, tpm=None)
+    table = _table(key)
+    gates = [KeyGate(lambda: table, shared=True, now=clock) for _ in range(2)]
+    syncs = [KeySync(g, s) for g, s in zip(gates, (first, second), strict=True)]
+    admitted = 0
+
+    async def drive() -> int:
+        nonlocal admitted
+        for _round in range(60):
+            for gate, sync in zip(gates, syncs, strict=True):
+                for _ in range(3):
+                    admitted += gate.admit(f"Bearer {key[1]}", "chat").refusal is None
+                await sync.sync()
+            clock.advance(0.1)
+        return admitted
+
+    total = asyncio.run(drive())
+    assert 40 - 2 <= total <= 40 + 2  # leases unused by the other gate may hold back at most 1 each
+    stored = first.add_windows(NAMESPACE, {window_group(key[0], 1000): {}}, 60)
+    assert stored[window_group(key[0], 1000)]["req"] == total
+    assert first.counters(TOTALS_PREFIX + key[0]) == {"requests": total, "tokens": 0}
