@@ -11,9 +11,11 @@ import math
 import random
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["FaultInjector", "Faults", "Injected"]
+__all__ = ["FaultInjector", "Faults", "Injected", "check_knobs", "is_int", "knobs_from_json"]
+
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,18 +38,9 @@ class Faults:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "hang_rate"):
-            value = _number(name, getattr(self, name))
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}: must be within [0, 1], got {value}")
-        for name in ("latency_ms", "latency_jitter_ms"):
-            value = _number(name, getattr(self, name))
-            if not (value >= 0.0 and math.isfinite(value)):
-                raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
-        if self.fail_after is not None and (not _is_int(self.fail_after) or self.fail_after < 0):
+        check_knobs(self, rates=("error_rate", "hang_rate"), durations=("latency_ms", "latency_jitter_ms"))
+        if self.fail_after is not None and (not is_int(self.fail_after) or self.fail_after < 0):
             raise ValueError(f"fail_after: must be an integer >= 0 or null, got {self.fail_after!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed: must be an integer or null, got {self.seed!r}")
 
     @property
     def active(self) -> bool:
@@ -60,25 +53,43 @@ class Faults:
     @classmethod
     def from_json(cls, doc: Any) -> Faults:
         """Build from a decoded JSON object; missing fields take their defaults, unknown ones fail."""
-        if not isinstance(doc, dict):
-            raise ValueError(f"body: expected a JSON object of fault fields, got {type(doc).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown fault field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**doc)
+        return knobs_from_json(cls, doc)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _is_int(value: object) -> bool:
+def knobs_from_json(cls: type[_K], doc: Any) -> _K:
+    """A knobs dataclass from a decoded JSON object: missing fields take their defaults,
+    unknown ones fail (the dataclass validates the values)."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"body: expected a JSON object of fault fields, got {type(doc).__name__}")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ValueError(f"unknown fault field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**doc)
+
+
+def check_knobs(knobs: Any, rates: tuple[str, ...], durations: tuple[str, ...]) -> None:
+    """Validate probabilities (within [0, 1]), durations (finite, >= 0) and `seed` (int or None)."""
+    for name in rates:
+        value = as_number(name, getattr(knobs, name))
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: must be within [0, 1], got {value}")
+    for name in durations:
+        value = as_number(name, getattr(knobs, name))
+        if not (value >= 0.0 and math.isfinite(value)):
+            raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
+    if knobs.seed is not None and not is_int(knobs.seed):
+        raise ValueError(f"seed: must be an integer or null, got {knobs.seed!r}")
+
+
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(name: str, value: object) -> float:
+def as_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name}: must be a number, got {value!r}")
     return float(value)

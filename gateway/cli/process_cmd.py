@@ -88,17 +88,42 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     gateway.set_defaults(func=_gateway)
 
-    sm = sub.add_parser("serve-model", help="serve an example model over the Open Inference Protocol")
-    sm.add_argument("model", help="example model: digits, echo or sum")
+    sm = sub.add_parser(
+        "serve-model",
+        help="serve an example model: over the Open Inference Protocol, or tinylm over the OpenAI API",
+    )
+    sm.add_argument("model", help="example model: digits, echo, sum (OIP) or tinylm (OpenAI-compatible LLM)")
     sm.add_argument("--version", required=True)
     sm.add_argument("--host", default="127.0.0.1")
     sm.add_argument("--port", type=_port, default=9001)
-    sm.add_argument("--error-rate", type=float, default=0.0, help="fraction of infer calls answered 500")
-    sm.add_argument("--latency-ms", type=float, default=0.0, help="added latency per infer call")
-    sm.add_argument("--latency-jitter-ms", type=float, default=0.0, help="uniform extra latency up to this")
-    sm.add_argument("--fail-after", type=int, default=None, help="fail every infer call after the first N")
-    sm.add_argument("--hang-rate", type=float, default=0.0, help="fraction of infer calls never answered")
+    sm.add_argument(
+        "--error-rate", type=float, default=0.0, help="fraction of infer/completion calls answered 5xx"
+    )
     sm.add_argument("--seed", type=int, default=None, help="seed for the fault knobs")
+    oip = sm.add_argument_group("OIP models only")
+    oip.add_argument("--latency-ms", type=float, default=None, help="added latency per infer call")
+    oip.add_argument("--latency-jitter-ms", type=float, default=None, help="uniform extra latency up to this")
+    oip.add_argument("--fail-after", type=int, default=None, help="fail every infer call after the first N")
+    oip.add_argument("--hang-rate", type=float, default=None, help="fraction of infer calls never answered")
+    llm = sm.add_argument_group("tinylm only (all changeable at runtime: POST /v2/debug/faults)")
+    llm.add_argument("--rate-limit-rate", type=float, default=None, help="fraction of calls answered 429")
+    llm.add_argument("--retry-after-s", type=float, default=None, help="the 429s' retry-after (default 1)")
+    llm.add_argument(
+        "--error-status", type=int, default=None, help="status of --error-rate errors: 500, 502, 503"
+    )
+    llm.add_argument("--time-to-first-token-ms", type=float, default=None, help="wait before the first token")
+    llm.add_argument("--time-per-token-ms", type=float, default=None, help="wait between tokens")
+    llm.add_argument(
+        "--drop-rate", type=float, default=None, help="fraction of calls whose connection is cut"
+    )
+    llm.add_argument(
+        "--drop-after", type=int, default=None, help="events a dropped stream sends first (default 2)"
+    )
+    llm.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: env MESHGATE_TINYLM_API_KEY, else none)",
+    )
     sm.set_defaults(func=_serve_model)
 
     demo = sub.add_parser(
@@ -197,24 +222,51 @@ def _announce(running) -> None:
     print(f"store {running.store.url}", flush=True)
 
 
+_OIP_KNOBS = ("latency_ms", "latency_jitter_ms", "fail_after", "hang_rate")
+_LLM_KNOBS = (
+    "rate_limit_rate",
+    "retry_after_s",
+    "error_status",
+    "time_to_first_token_ms",
+    "time_per_token_ms",
+    "drop_rate",
+    "drop_after",
+)
+
+
+def _knobs(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def _serve_model(args: argparse.Namespace) -> int:
-    from models.faults import Faults
-    from models.server import run_model_server
     from models.zoo import UnknownModelError
 
+    llm = args.model == "tinylm"
+    foreign = _knobs(args, _OIP_KNOBS if llm else _LLM_KNOBS)
+    if not llm and args.api_key is not None:
+        foreign["api_key"] = args.api_key
+    if foreign:
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        kind = "OIP models" if llm else "tinylm"
+        raise CliError(f"{flags}: only for {kind}")
     try:
-        faults = Faults(
-            error_rate=args.error_rate,
-            latency_ms=args.latency_ms,
-            latency_jitter_ms=args.latency_jitter_ms,
-            fail_after=args.fail_after,
-            hang_rate=args.hang_rate,
-            seed=args.seed,
-        )
-    except ValueError as exc:
+        if llm:
+            import os
+
+            from models.llm.faults import LlmFaults
+            from models.llm.server import run_llm_server
+
+            faults = LlmFaults(error_rate=args.error_rate, seed=args.seed, **_knobs(args, _LLM_KNOBS))
+            api_key = args.api_key or os.environ.get("MESHGATE_TINYLM_API_KEY") or None
+            run_llm_server(args.version, host=args.host, port=args.port, faults=faults, api_key=api_key)
+        else:
+            from models.faults import Faults
+            from models.server import run_model_server
+
+            faults = Faults(error_rate=args.error_rate, seed=args.seed, **_knobs(args, _OIP_KNOBS))
+            run_model_server(args.model, args.version, args.host, args.port, faults)
+    except ValueError as exc:  # a bad fault knob
         raise CliError(str(exc)) from None
-    try:
-        run_model_server(args.model, args.version, args.host, args.port, faults)
     except UnknownModelError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:

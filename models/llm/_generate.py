@@ -1,0 +1,145 @@
+"""Sampling text from a language model the way the OpenAI API defines its knobs.
+
+`temperature` (0 = greedy), `top_p` (nucleus), `presence_penalty` and `frequency_penalty`
+(subtracted from the logits per earlier occurrence), `seed` (the same seed gives the same
+text), `stop` (up to four strings; the text ends before the first one and does not contain
+it), `max_tokens`. A `Generation` yields text pieces one sampled token at a time, holding
+back only what could still become a stop string, so a stream and a whole answer agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from models.llm._lm import BOS, EOS, UNK, LanguageModel
+from models.llm._tokens import join_piece
+
+__all__ = ["Generation", "Sampling", "rng_for"]
+
+Finish = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+def rng_for(seed: int | None, choice: int) -> np.random.Generator:
+    """One generator per choice: seeded choices repeat exactly, unseeded ones draw OS entropy."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, choice])
+
+
+class Generation:
+    """One choice being generated; call `step()` until `finish_reason` is set."""
+
+    __slots__ = (
+        "_counts",
+        "_held",
+        "_history",
+        "_model",
+        "_previous",
+        "_rng",
+        "_sampling",
+        "finish_reason",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        context: list[int],
+        previous_token: str | None,
+        sampling: Sampling,
+        rng: np.random.Generator,
+    ) -> None:
+        self._model = model
+        self._history = list(context[-(model.order - 1) :]) if model.order > 1 else []
+        self._previous = previous_token  # decides the space before the first piece
+        self._sampling = sampling
+        self._rng = rng
+        self._held = ""  # text that may be the start of a stop string
+        self._counts: dict[int, int] = {}
+        self.tokens = 0  # sampled tokens: the completion_tokens of `usage`
+        self.finish_reason: Finish | None = None
+
+    def step(self) -> str:
+        """Sample one token; return the text that is now certain (maybe "")."""
+        sampling = self._sampling
+        if self.tokens >= sampling.max_tokens:
+            return self._finish("length")
+        word = self._pick(self._model.distribution(self._history))
+        if word == EOS:
+            return self._finish("stop")
+        self.tokens += 1
+        self._history.append(word)
+        if len(self._history) >= self._model.order:
+            del self._history[0]
+        self._counts[word] = self._counts.get(word, 0) + 1
+        token = self._model.vocab.words[word]
+        text = self._held + join_piece(self._previous, token)
+        self._previous = token
+        if not sampling.stop:
+            return self._done_if_full(text)
+        cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            self.finish_reason = "stop"
+            return text[:cut]
+        keep = _longest_stop_prefix(text, sampling.stop)
+        self._held = text[len(text) - keep :] if keep else ""
+        return self._done_if_full(text[: len(text) - keep])
+
+    def _done_if_full(self, text: str) -> str:
+        if self.tokens >= self._sampling.max_tokens:
+            return text + self._finish("length")
+        return text
+
+    def _finish(self, reason: Finish) -> str:
+        self.finish_reason = reason
+        held, self._held = self._held, ""
+        return held
+
+    def _pick(self, probs: np.ndarray) -> int:
+        sampling = self._sampling
+        probs[UNK] = 0.0  # never print "<unk>"
+        probs[BOS] = 0.0
+        if self._counts and (sampling.presence_penalty or sampling.frequency_penalty):
+            ids = np.fromiter(self._counts, dtype=np.int64, count=len(self._counts))
+            seen = np.fromiter(self._counts.values(), dtype=np.float64, count=len(self._counts))
+            penalty = seen * sampling.frequency_penalty + sampling.presence_penalty
+            probs[ids] *= np.exp(-penalty)  # logits minus the penalty
+        if sampling.temperature == 0.0:
+            return int(np.argmax(probs))
+        if sampling.temperature != 1.0:
+            probs = probs ** (1.0 / sampling.temperature)
+        if sampling.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cumulative = np.cumsum(probs[order])
+            keep = int(np.searchsorted(cumulative, sampling.top_p * cumulative[-1])) + 1
+            chosen = order[:keep]
+            cumulative = cumulative[:keep]
+            return int(chosen[int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], "right"))])
+        cumulative = np.cumsum(probs)
+        return int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], "right"))
+
+
+def _longest_stop_prefix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that begins some stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if stop.startswith(text[len(text) - n :]):
+                best = n
+                break
+    return best

@@ -1,0 +1,311 @@
+"""tinylm over HTTP: the official openai SDK (sync and async, streaming and not), raw SSE,
+OpenAI-shaped errors, fault knobs, cancellation and the stats that prove it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+
+from models.llm.faults import LlmFaults
+from tests.models.conftest import ThreadedServer
+from tests.support import wait_for
+
+CHAT = [
+    {"role": "system", "content": "Speak as a player."},
+    {"role": "user", "content": "To be, or not to be"},
+]
+# v1 at temperature 0 loops ("and the world, and the world, ...") and never ends a speech,
+# so a stream of it lasts exactly max_tokens * time_per_token: no race with its end.
+ENDLESS = {
+    "model": "tinylm",
+    "messages": [{"role": "user", "content": "x"}],
+    "temperature": 0,
+    "max_tokens": 2000,
+}
+
+
+def _client(server: ThreadedServer, **options) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, **options)
+
+
+def _stats(server: ThreadedServer) -> dict:
+    return httpx.get(f"{server.url}/v2/debug/stats").json()
+
+
+def _faults(server: ThreadedServer, **knobs) -> None:
+    r = httpx.post(f"{server.url}/v2/debug/faults", json=knobs)
+    assert r.status_code == 200, r.text
+
+
+def test_sdk_sync_whole_and_streamed_answers_agree(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v2")
+    client = _client(server)
+    whole = client.chat.completions.create(model="tinylm", messages=CHAT, seed=7, max_tokens=40)
+    assert whole.object == "chat.completion" and whole.model == "tinylm"
+    assert whole.system_fingerprint == "tinylm-v2"
+    choice = whole.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert whole.usage.prompt_tokens == 5 + 7  # word and punctuation tokens of both messages
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+    chunks = list(
+        client.chat.completions.create(
+            model="tinylm",
+            messages=CHAT,
+            seed=7,
+            max_tokens=40,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == [choice.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert all(c.usage is None for c in chunks[:-1])
+
+    plain = list(
+        client.chat.completions.create(model="tinylm", messages=CHAT, seed=7, max_tokens=40, stream=True)
+    )
+    assert all(c.choices for c in plain)  # no usage chunk unless asked for
+
+
+def test_sdk_async_chat_and_completions(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1")
+
+    async def run() -> None:
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0) as client:
+            whole = await client.completions.create(model="tinylm", prompt="My lord,", seed=3, max_tokens=12)
+            assert whole.object == "text_completion" and whole.usage.prompt_tokens == 3
+            stream = await client.completions.create(
+                model="tinylm",
+                prompt="My lord,",
+                seed=3,
+                max_tokens=12,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chunks = [c async for c in stream]
+            assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+            assert chunks[-1].usage == whole.usage
+            chat = await client.chat.completions.create(model="tinylm", messages=CHAT, seed=1, max_tokens=5)
+            assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 5
+
+    asyncio.run(run())
+
+
+def test_raw_server_sent_events(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v2")
+    body = {"model": "tinylm", "messages": CHAT, "stream": True, "max_tokens": 5, "seed": 1}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream"
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    docs = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert docs[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert docs[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+    assert len(docs) == 1 + 5 + 1  # role, one event per token, finish
+
+
+def test_completions_n_echo_stop_and_token_prompts(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v2")
+    client = _client(server)
+    r = client.completions.create(
+        model="tinylm", prompt=["My lord,", "Good night"], n=2, seed=4, max_tokens=8
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.usage.prompt_tokens == 3 + 2
+    echoed = client.completions.create(model="tinylm", prompt="My lord,", seed=4, max_tokens=8, echo=True)
+    assert echoed.choices[0].text == "My lord," + r.choices[0].text
+    word = r.choices[0].text.split()[2]
+    stopped = client.completions.create(model="tinylm", prompt="My lord,", seed=4, max_tokens=8, stop=[word])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].text == r.choices[0].text[: r.choices[0].text.index(word)]
+    by_ids = client.completions.create(model="tinylm", prompt=[3, 4, 5], max_tokens=2, seed=1)
+    assert by_ids.usage.prompt_tokens == 3
+
+
+def test_models_endpoints(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1")
+    client = _client(server)
+    assert [m.id for m in client.models.list()] == ["tinylm"]
+    assert client.models.retrieve("tinylm").owned_by == "meshgate"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-4o")
+    assert info.value.code == "model_not_found"
+
+
+BAD = [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+    (b'{"model": 7, "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+    (b'{"model": "tinylm"}', 400, "messages"),
+    (b'{"model": "tinylm", "messages": []}', 400, "messages"),
+    (b'{"model": "tinylm", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "messages[0].role"),
+    (b'{"model": "tinylm", "messages": [{"role": "user", "content": 5}]}', 400, "messages[0].content"),
+    (b'{"model": "tinylm", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', 400, "stream"),
+    (
+        b'{"model": "tinylm", "messages": [{"role": "user", "content": "hi"}], "stream_options": {}}',
+        400,
+        "stream_options",
+    ),
+    (
+        b'{"model": "tinylm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+        400,
+        "max_tokens",
+    ),
+    (
+        b'{"model": "tinylm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}',
+        400,
+        "max_tokens",
+    ),
+    (
+        b'{"model": "tinylm", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}',
+        400,
+        "temperature",
+    ),
+    (b'{"model": "tinylm", "messages": [{"role": "user", "content": "hi"}], "n": 0}', 400, "n"),
+    (b'{"model": "tinylm", "messages": [{"role": "user", "content": "hi"}], "stop": [1]}', 400, "stop"),
+    (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), BAD)
+def test_bad_input_gets_an_openai_error(
+    serve_llm: Callable[..., ThreadedServer], body: bytes, status: int, param: str | None
+) -> None:
+    server = serve_llm("v1")
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["param"] == param
+    assert _stats(server)["requests"] == 0  # refused before any generation
+
+
+def test_http_level_errors_are_openai_shaped(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1", max_body_bytes=1000)
+    for r, status in (
+        (httpx.post(f"{server.url}/v1/completions", content=b"x" * 2000), 413),
+        (httpx.get(f"{server.url}/v1/chat/completions"), 405),
+        (httpx.get(f"{server.url}/v1/nothing"), 404),
+    ):
+        assert r.status_code == status
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert (
+        httpx.post(f"{server.url}/v1/completions", json={"model": "tinylm"}).json()["error"]["param"]
+        == "prompt"
+    )
+
+
+def test_api_key_is_required_when_set(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1", api_key="sk-test")
+    with pytest.raises(openai.AuthenticationError) as info:
+        _client(server).chat.completions.create(model="tinylm", messages=CHAT, max_tokens=2)
+    assert info.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        _client(server).models.list()
+    good = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-test", max_retries=0)
+    assert (
+        good.chat.completions.create(model="tinylm", messages=CHAT, max_tokens=2).usage.completion_tokens == 2
+    )
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200  # probes need no key
+    seen = httpx.get(f"{server.url}/v2/debug/requests").json()["requests"]
+    assert [r["authorization"] for r in seen] == ["Bearer unused", "Bearer sk-test"]
+    assert seen[-1]["model"] == "tinylm" and seen[-1]["kind"] == "chat"
+
+
+def test_rate_limit_and_errors_are_injected_and_healed(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1", faults=LlmFaults(rate_limit_rate=1.0, retry_after_s=1.5))
+    client = _client(server)
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="tinylm", messages=CHAT, max_tokens=2)
+    assert info.value.response.headers["retry-after"] == "2"
+    assert info.value.code == "rate_limit_exceeded"
+    _faults(server, error_rate=1.0, error_status=503)
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model="tinylm", messages=CHAT, max_tokens=2, stream=True)
+    assert failed.value.status_code == 503 and failed.value.type == "server_error"
+    _faults(server)  # {} heals
+    assert client.chat.completions.create(model="tinylm", messages=CHAT, max_tokens=2).choices
+    stats = _stats(server)
+    assert (stats["requests"], stats["rate_limited"], stats["errors_injected"]) == (3, 1, 1)
+
+
+def test_fault_draws_repeat_under_a_seed(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1")
+    body = {"model": "tinylm", "prompt": "a", "max_tokens": 1}
+
+    def statuses() -> list[int]:
+        _faults(server, rate_limit_rate=0.5, seed=42)
+        return [httpx.post(f"{server.url}/v1/completions", json=body).status_code for _ in range(12)]
+
+    first = statuses()
+    assert set(first) == {200, 429}
+    assert statuses() == first
+
+
+def test_bad_fault_knobs_are_refused(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1")
+    for knobs in ({"drop_rate": 2}, {"error_status": 404}, {"ttft": 1}, {"seed": "x"}):
+        r = httpx.post(f"{server.url}/v2/debug/faults", json=knobs)
+        assert r.status_code == 400 and "faults:" in r.json()["error"]["message"]
+    assert httpx.get(f"{server.url}/v2/debug/faults").json()["faults"] == LlmFaults().to_json()
+
+
+def test_mid_stream_drop_cuts_the_connection_after_some_events(
+    serve_llm: Callable[..., ThreadedServer],
+) -> None:
+    server = serve_llm("v2", faults=LlmFaults(drop_rate=1.0, drop_after=3))
+    received = []
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        stream = _client(server).chat.completions.create(
+            model="tinylm", messages=CHAT, max_tokens=50, stream=True, seed=2
+        )
+        for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 3
+    with pytest.raises(openai.APIConnectionError):
+        _client(server).chat.completions.create(model="tinylm", messages=CHAT, max_tokens=5)
+    stats = _stats(server)
+    assert (stats["streams_dropped"], stats["dropped"], stats["streams_completed"]) == (1, 1, 0)
+
+
+def test_events_are_sent_while_generating_and_a_client_that_leaves_cancels(
+    serve_llm: Callable[..., ThreadedServer],
+) -> None:
+    server = serve_llm("v1", faults=LlmFaults(time_per_token_ms=10))
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**ENDLESS, "stream": True}) as r:
+        lines = r.iter_lines()
+        first = next(lines)
+        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+        during = _stats(server)
+        assert (during["streams_active"], during["streams_completed"]) == (1, 0)  # still generating
+    stats = wait_for(lambda: _stats(server), lambda s: s["streams_cancelled"] == 1, what="a cancelled stream")
+    assert (stats["streams_active"], stats["streams_completed"]) == (0, 0)
+    assert 0 < stats["completion_tokens"] < 2000
+
+
+def test_time_to_first_token_holds_the_head_back(serve_llm: Callable[..., ThreadedServer]) -> None:
+    """With a long time to first token nothing, not even the status line, has been sent yet."""
+    server = serve_llm("v1", faults=LlmFaults(time_to_first_token_ms=60_000))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json={**ENDLESS, "stream": True}, timeout=0.3)
+    wait_for(
+        lambda: _stats(server), lambda s: s["streams_cancelled"] == 1, what="the waiting stream cancelled"
+    )
