@@ -7,11 +7,9 @@ A real ``meshgate up`` on loopback with a real model server and a shared metrics
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.procs import free_port, model_server, running_mesh
+from tests.support import free_port, model_server, running_mesh, wait_for
 
 GAUGES = ("meshgate_endpoint_ejected", "meshgate_breaker_state", "meshgate_in_flight_requests")
 
@@ -27,16 +25,6 @@ def _series(mesh) -> set[tuple]:
     }
 
 
-def _wait(mesh, check, what: str, timeout: float = 10.0) -> set[tuple]:
-    deadline = time.monotonic() + timeout  # the gauges are refreshed once a second: poll, bounded
-    while True:
-        series = _series(mesh)
-        if check(series):
-            return series
-        assert time.monotonic() < deadline, f"{what}; series: {sorted(series)}"
-        time.sleep(0.2)
-
-
 def test_gauges_of_a_removed_endpoint_and_version_disappear(tmp_path, monkeypatch):
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
@@ -46,19 +34,21 @@ def test_gauges_of_a_removed_endpoint_and_version_disappear(tmp_path, monkeypatc
     with model_server(tmp_path, "digits", "v1") as v1, running_mesh(tmp_path / "data") as mesh:
         mesh.register("digits", "v1", v1, dead)
         mesh.register("digits", "v2", v1)
-        _wait(
-            mesh,
+        wait_for(  # the gauges are refreshed once a second
+            lambda: _series(mesh),
             lambda s: (
                 ("meshgate_endpoint_ejected", "digits", "v1", dead) in s
                 and ("meshgate_breaker_state", "digits", "v2", None) in s
             ),
-            "the gauges never appeared",
+            what="the gauges of the dead endpoint and of v2",
+            interval=0.2,
         )
         mesh.register("digits", "v1", v1)  # the dead endpoint leaves v1
         assert mesh.admin.delete("/v1/models/digits/versions/v2").status_code == 204
-        series = _wait(
-            mesh,
+        series = wait_for(
+            lambda: _series(mesh),
             lambda s: not any(e == dead or v == "v2" for _, _, v, e in s),
-            "a removed endpoint or version still has gauges",
+            what="no gauges of the removed endpoint and version",
+            interval=0.2,
         )
         assert ("meshgate_endpoint_ejected", "digits", "v1", v1) in series  # the rest stays

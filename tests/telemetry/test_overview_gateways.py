@@ -10,7 +10,7 @@ import time
 from gateway.registration import GATEWAYS_NAMESPACE
 from gateway.runtime import default_store_url
 from gateway.store import Write, open_store
-from tests.support.procs import MESHGATE
+from tests.support import MESHGATE, wait_for
 from tests.telemetry.helpers import in_process_mesh
 
 # a gateway on another machine whose store writes are failing (as its heartbeat would say)
@@ -37,12 +37,11 @@ OTHER = {
 
 
 def _wait_for_gateways(mesh, ids: set[str]) -> list[dict]:
-    deadline = time.monotonic() + 10.0
-    while True:
-        rows = mesh.admin.get("/v1/overview").json()["gateways"]
-        if ids <= {g["id"] for g in rows} or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+    return wait_for(
+        lambda: mesh.admin.get("/v1/overview").json()["gateways"],
+        lambda rows: ids <= {g["id"] for g in rows},
+        what=f"gateways {sorted(ids)} in the overview",
+    )
 
 
 def test_overview_and_status_list_the_live_gateways(tmp_path):
@@ -92,7 +91,6 @@ def test_overview_and_status_list_the_live_gateways(tmp_path):
     assert f"gateway {own} stays" not in out
 
 
-
 def test_a_gateway_that_cannot_compile_the_newest_config_says_so(tmp_path):
     # bad data in the store: the gateway keeps its last good table, and its heartbeat says why
     data_dir = tmp_path / "data"
@@ -103,11 +101,10 @@ def test_a_gateway_that_cannot_compile_the_newest_config_says_so(tmp_path):
             bad = store.commit([Write("versions", "digits/v9", {"version": "v9"})])  # no "model"
         finally:
             store.close()
-        deadline = time.monotonic() + 10.0
-        while True:  # bounded: the next heartbeat carries the error
-            mine = {g["id"]: g for g in mesh.admin.get("/v1/gateways").json()["gateways"]}[own]
-            if mine.get("config_error") or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        mine = wait_for(  # the next heartbeat carries the error
+            lambda: {g["id"]: g for g in mesh.admin.get("/v1/gateways").json()["gateways"]}[own],
+            lambda g: g.get("config_error"),
+            what="the config error in this gateway's heartbeat",
+        )
     assert f"config version {bad} does not compile" in (mine["config_error"] or "")
     assert mine["config_version"] < bad

@@ -3,11 +3,9 @@ counted in ``meshgate_requests_total`` with empty model and version, once each."
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.procs import free_port
+from tests.support import free_port, wait_for
 from tests.telemetry.helpers import in_process_mesh
 
 
@@ -27,10 +25,11 @@ def test_requests_refused_before_routing_are_counted_by_code_and_reason(tmp_path
     dead = f"http://127.0.0.1:{free_port()}"  # never reached: the bad header is refused first
     with in_process_mesh(tmp_path / "data", {"MESHGATE_ACCESS_LOG": "off"}) as mesh:
         mesh.register("m", "v1", dead)
-        deadline = time.monotonic() + 10.0
-        while mesh.data.get("/v2/models/m/ready").headers.get("x-meshgate-error") == "model_not_found":
-            assert time.monotonic() < deadline, "the model never became routable"
-            time.sleep(0.05)
+        wait_for(
+            lambda: mesh.data.get("/v2/models/m/ready").headers.get("x-meshgate-error"),
+            lambda error: error != "model_not_found",
+            what="model m routable",
+        )
         before = _rejected(mesh)
         sent = {
             ("404", "model_not_found"): [
