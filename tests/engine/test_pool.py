@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from benchmarks.pki import Pki
+from benchmarks.proxy_app import serve_proxy
 from gateway.http import (
     Request,
     Responder,
@@ -21,8 +23,7 @@ from gateway.http import (
     proxy_headers,
 )
 
-from .helpers import HOST, Pki, echo_handler, exchange, raw_connection, read_response, serving
-from .proxy_app import serve_proxy
+from .helpers import HOST, echo_handler, exchange, raw_connection, read_response, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from benchmarks.pki import Pki
 from gateway.http import Request, Responder, Server, UpstreamError, UpstreamPool
 
-from .helpers import HOST, Pki, serving
+from .helpers import HOST, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,10 @@ import ssl
 
 import pytest
 
+from benchmarks.pki import Pki
 from gateway.http import Request, Responder, ServerLimits, pipe
 
-from .helpers import HOST, Pki, at_eof, echo_handler, exchange, raw_connection, read_response, serving
+from .helpers import HOST, at_eof, echo_handler, exchange, raw_connection, read_response, serving
 
 pytestmark = pytest.mark.anyio
 

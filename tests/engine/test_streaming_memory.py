@@ -34,7 +34,7 @@ def status_kb(pid: int, field: str) -> int:
 @contextmanager
 def proxy_process(upstream_url: str) -> Iterator[tuple[subprocess.Popen, int]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.engine.proxy_app", "--upstream", upstream_url],
+        [sys.executable, "-m", "benchmarks.proxy_app", "--upstream", upstream_url],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

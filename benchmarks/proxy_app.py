@@ -1,7 +1,8 @@
 """A minimal proxy on the engine: each request goes to one upstream, split by weight.
 
-Used by the tests and by `benchmarks.bench_proxy`. Run alone:
-`python -m tests.engine.proxy_app --upstream http://127.0.0.1:9000 [--upstream URL --weights 90,10]`;
+The engine alone, as `benchmarks.bench_proxy` and `bench_hotpath` measure it (the engine tests use
+it too). Run alone:
+`python -m benchmarks.proxy_app --upstream http://127.0.0.1:9000 [--upstream URL --weights 90,10]`;
 it prints `LISTENING <port>` once it accepts connections.
 """
 
