@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
@@ -23,6 +21,8 @@ from gateway.mesh.signers import SignError, control_plane_signer
 from gateway.mesh.tokens import JoinTokens
 from gateway.mesh.workload import WorkloadIdentity
 from tests.mesh.conftest import GATEWAY, MODEL, make_csr
+from tests.support import HOST, await_for
+from tests.support.procs import uvicorn_thread
 
 
 @dataclass
@@ -47,22 +47,8 @@ def api(ca: MeshCA, store) -> Iterator[Api]:
     app = FastAPI()
     app.include_router(ca_public_router(ca, store, tokens=tokens, lifetime_s=3600))
     app.include_router(ca_admin_router(ca, store, tokens=tokens))
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):  # bounded wait for the listener
-            if server.started:
-                break
-            time.sleep(0.02)
-        assert server.started, "uvicorn did not start"
-        host, port = sock.getsockname()
-        yield Api(f"http://{host}:{port}", tokens, skew)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with uvicorn_thread(app) as port:
+        yield Api(f"http://{HOST}:{port}", tokens, skew)
 
 
 def _error(response: httpx.Response, status: int) -> str:
@@ -235,10 +221,7 @@ def test_a_workload_joins_once_and_renews_with_proofs_over_http(api, tmp_path):
         wi = WorkloadIdentity(GATEWAY, tmp_path / "svid", control_plane_signer(api.url, token, lifetime_s=2))
         await wi.start()
         try:
-            for _ in range(400):  # bounded: two renewals at half life of 2 s
-                if wi.rotations >= 2:
-                    break
-                await asyncio.sleep(0.05)
+            await await_for(lambda: wi.rotations, lambda n: n >= 2, what="two renewals (at half life of 2 s)")
             assert wi.rotations >= 2 and wi.failures == 0
         finally:
             await wi.aclose()

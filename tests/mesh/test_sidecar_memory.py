@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,6 +36,7 @@ from gateway.mesh.tokens import JoinTokens
 from gateway.mesh.workload import Issued, RotationError, WorkloadIdentity
 from tests.mesh.conftest import MODEL
 from tests.mesh.test_workload import RecordingSigner
+from tests.support.procs import uvicorn_thread
 
 
 def _server_certificate(directory: Path) -> tuple[Path, Path]:
@@ -77,24 +75,8 @@ def https_control(ca: MeshCA, store, tmp_path: Path) -> Iterator[tuple[str, Join
     tokens = JoinTokens.open(ca.data_dir)
     app = FastAPI()
     app.include_router(ca_public_router(ca, store, tokens=tokens, lifetime_s=3600))
-    sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):  # bounded wait for the listener
-            if server.started:
-                break
-            time.sleep(0.02)
-        assert server.started, "uvicorn did not start"
-        yield f"https://127.0.0.1:{sock.getsockname()[1]}", tokens, cert_file
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with uvicorn_thread(app, ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)) as port:
+        yield f"https://127.0.0.1:{port}", tokens, cert_file
 
 
 def test_the_stdlib_fingerprints_are_the_cas(ca: MeshCA) -> None:

@@ -16,6 +16,7 @@ from gateway.mesh.proof import make_proof
 from gateway.mesh.signers import local_signer
 from gateway.mesh.workload import Issued, RotationError, SignRequest, WorkloadIdentity
 from tests.mesh.conftest import GATEWAY, MODEL, connect, echo_server, make_csr
+from tests.support import await_for
 
 
 class RecordingSigner:
@@ -35,15 +36,6 @@ class RecordingSigner:
         if request.renewal is not None:
             self.ca.verify_renewal(request.renewal, csr, identity)
         return Issued(self.ca.sign_csr(request.csr_pem, identity, self.lifetime_s), self.ca.bundle_pem())
-
-
-async def _wait_for(predicate, steps: int = 400) -> None:
-    """Poll a condition a bounded number of times (about 20 s at most)."""
-    for _ in range(steps):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_rotation_keeps_established_connections_and_new_handshakes_see_the_new_certificate(ca, tmp_path):
@@ -68,7 +60,7 @@ def test_rotation_keeps_established_connections_and_new_handshakes_see_the_new_c
                     server_serials.add(conn.server_serial)
                     client_serials.add((await conn.ask()).split()[1])
                     await conn.close()
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # pacing the probes (not a wait): the loop is bounded
                 assert server_id.rotations >= 3 and client_id.rotations >= 3
                 # The first connection outlived its certificate, kept it, and still answers.
                 assert time.time() > first_not_after
@@ -157,10 +149,10 @@ def test_failed_renewals_keep_the_current_certificate_and_retry(ca, tmp_path):
         await wi.start()
         serial = wi.serial
         signer.fail = True
-        await _wait_for(lambda: wi.failures >= 2)
+        await await_for(lambda: wi.failures, lambda n: n >= 2, what="two failed renewals")
         assert wi.serial == serial and "control plane down" in (wi.last_error or "")
         signer.fail = False
-        await _wait_for(lambda: wi.rotations >= 1)
+        await await_for(lambda: wi.rotations, lambda n: n >= 1, what="a rotation once the signer is back")
         assert wi.serial != serial and wi.last_error is None
         await wi.aclose()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ __all__ = [
     "model_server",
     "oip_digits",
     "running_mesh",
+    "uvicorn_thread",
     "wait_flushed",
     "wait_http",
 ]
@@ -80,6 +83,27 @@ def wait_flushed(url: str, timeout: float = 10.0) -> dict:
         what=f"the gateway at {url} to flush its counters and join records",
         timeout=timeout,
     )
+
+
+@contextmanager
+def uvicorn_thread(app, **config) -> Iterator[int]:
+    """``app`` on uvicorn on a free loopback port, in a thread of this process; yields the port.
+
+    ``config`` goes to ``uvicorn.Config`` (``ssl_certfile``/``ssl_keyfile`` for TLS).
+    """
+    import uvicorn
+
+    sock = socket.create_server((HOST, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn listening", interval=0.02)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def admin_state(mesh) -> dict:
