@@ -8,13 +8,13 @@ written to tests/artifacts/.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from models.zoo import digits_holdout
-from tests.support.procs import model_server, oip_digits
+from tests.support.procs import model_server, oip_digits, wait_flushed
+from tests.support.wait import wait_for
 from tests.telemetry.helpers import in_process_mesh
 
 CHROMIUM = "/usr/bin/chromium"
@@ -73,16 +73,10 @@ def mesh(tmp_path_factory):
 
 
 def _settled_latency(mesh) -> dict:
-    """The latency metric's results once two reads a second apart agree (counters flush late)."""
-    previous = None
-    for _ in range(30):  # bounded
-        results = mesh.admin.get("/v1/experiments/ab/results").json()
-        latency = next(m for m in results["metrics"] if m["name"] == "latency")
-        if latency == previous:
-            return latency
-        previous = latency
-        time.sleep(1.0)
-    raise AssertionError("the experiment's latency results kept changing")
+    """The latency metric's results once every counter the gateway holds is in the store."""
+    wait_flushed(mesh.url)
+    results = mesh.admin.get("/v1/experiments/ab/results").json()
+    return next(m for m in results["metrics"] if m["name"] == "latency")
 
 
 def _browser(playwright):
@@ -143,8 +137,14 @@ def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mes
             expect(card.locator("svg.forest").first).to_be_visible()
             expect(card).to_contain_text("chance to beat control")
             latency = _settled_latency(mesh)  # the page refreshes itself: compare once counters settle
-            page.wait_for_timeout(2_500)
             rows = card.locator('table[data-metric="latency"] tbody tr')
+            expected_ms = [round(arm["mean"] * 1000, 3) for arm in latency["arms"]]
+            wait_for(  # until its next refresh shows the settled figures
+                lambda: [round(float(rows.nth(i).locator("td.mean").inner_text()), 3) for i in range(2)],
+                lambda shown: shown == expected_ms,
+                what=f"the page showing latency means {expected_ms} ms",
+                interval=0.2,
+            )
             expect(card).to_contain_text("latency (continuous, ms, lower is better)")
             for i, arm in enumerate(latency["arms"]):  # control first, as the API lists them
                 shown_ms = float(rows.nth(i).locator("td.mean").inner_text())

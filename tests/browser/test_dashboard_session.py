@@ -22,8 +22,13 @@ def test_an_expired_session_hides_every_page_even_when_the_hash_changes(tmp_path
 
             context.clear_cookies()  # the session ends (expiry, a new token): the next refresh is a 401
             expect(page.locator("#signin-error")).to_contain_text("session expired", timeout=10_000)
-            page.evaluate("location.hash = '#gateways'")
-            page.wait_for_timeout(300)
+            # change the hash and return once the page's own hashchange handler (render) has run
+            page.evaluate(
+                """() => new Promise(done => {
+                    addEventListener("hashchange", () => setTimeout(done, 0), { once: true });
+                    location.hash = "#gateways";
+                })"""
+            )
             for name in ("models", "experiments", "canaries", "gateways"):
                 expect(page.locator(f"#page-{name}")).to_be_hidden()
             expect(page.locator("#signin-form")).to_be_visible()
