@@ -11,6 +11,7 @@ from gateway.cli import (
     canary_cmd,
     experiments_cmd,
     flags_cmd,
+    keys_cmd,
     mesh_cmd,
     models_cmd,
     process_cmd,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiments_cmd.add_parser(sub, common)
     canary_cmd.add_parser(sub, common)
     flags_cmd.add_parser(sub, common)
+    keys_cmd.add_parser(sub, common)
     apply_cmd.add_parser(sub, common)
     mesh_cmd.add_parser(sub, common)
     status_cmd.add_parser(sub, common)

@@ -1,7 +1,7 @@
-"""Client keys for the LLM routes: the data-plane gate, the counts it shares, the admin API.
+"""Client keys for the LLM routes: the data-plane gate and the counts it shares.
 
 ``KeyGate`` (``gate.py``) is what the LLM route handlers call; ``KeySync`` (``sync.py``) shares
-its counts through the store; ``service.py`` and ``api.py`` are the control plane's side.
+its counts through the store; the admin API is ``gateway.control.keys_api``.
 """
 
 from gateway.clientkeys.gate import Admission, KeyGate

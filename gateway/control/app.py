@@ -20,6 +20,8 @@ from gateway.control.experiments_service import ExperimentsService
 from gateway.control.flags_api import FlagService, flags_router
 from gateway.control.gateways_api import gateways_router
 from gateway.control.health_api import health_router
+from gateway.control.keys_api import keys_router
+from gateway.control.keys_service import KeyService
 from gateway.control.models_api import models_router
 from gateway.control.policies_api import mount_mesh
 from gateway.control.registry_service import RegistryService
@@ -43,12 +45,14 @@ class ControlPlane:
     registry: RegistryService = field(init=False)
     experiments: ExperimentsService = field(init=False)
     flags: FlagService = field(init=False)
+    keys: KeyService = field(init=False)
     apply: ApplyService = field(init=False)
 
     def __post_init__(self) -> None:
         self.registry = RegistryService(self.store)
         self.experiments = ExperimentsService(self.store)
         self.flags = FlagService(self.store)
+        self.keys = KeyService(self.store)
         self.apply = ApplyService(self.store)
 
 
@@ -56,7 +60,9 @@ def create_admin_app(cp: ControlPlane) -> FastAPI:
     app = FastAPI(
         title="meshgate control plane",
         version="0.1.0",
-        description="Register model versions, run experiments and canaries, manage flags and policies.",
+        description=(
+            "Register model versions, run experiments and canaries, manage flags, policies and client keys."
+        ),
     )
     app.add_middleware(BodyLimit)
     install_error_handlers(app)
@@ -70,6 +76,7 @@ def create_admin_app(cp: ControlPlane) -> FastAPI:
     app.include_router(health_router(cp.health), dependencies=auth)
     app.include_router(experiments_router(cp.experiments, cp.health), dependencies=auth)
     app.include_router(flags_router(cp.flags), dependencies=auth)
+    app.include_router(keys_router(cp.keys), dependencies=auth)
     app.include_router(apply_router(cp.apply), dependencies=auth)
     if cp.ca is not None:
         mount_mesh(app, cp.store, cp.ca, auth, lifetime_s=cp.cert_lifetime_s or DEFAULT_LEAF_LIFETIME_S)
