@@ -46,7 +46,7 @@ from benchmarks.proxy_app import ProxyApp
 from gateway.dataplane.measure import Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import ServerLimits, UpstreamPool, new_event_loop, tune_gc
-from gateway.http._pool import _Connection
+from gateway.http._connection import _Connection
 from gateway.http._server import HttpProtocol, Server
 from gateway.store.memory import MemoryStore
 from gateway.telemetry.access_log import AccessLog

@@ -24,6 +24,7 @@ request; the upstream pool answers through `callback(response, error)`.
         responder.on_disconnect(handle.cancel)
 """
 
+from ._connection import Handle, UpstreamResponse
 from ._errors import (
     CANCELLED,
     REASON_STATUS,
@@ -34,9 +35,11 @@ from ._errors import (
     UpstreamError,
     error_response,
     json_response,
+    upstream_error,
 )
 from ._headers import DROP_FORWARD, HOP_BY_HOP, JSON_HEADERS, Headers, date_header, proxy_headers
-from ._pool import Endpoint, Handle, PeerVerifier, UpstreamPool, UpstreamResponse, relay, upstream_error
+from ._pool import Endpoint, PeerVerifier, UpstreamPool
+from ._relay import relay
 from ._runtime import new_event_loop, tune_gc
 from ._server import Handler, Request, Responder, Server, ServerLimits, start_server, status_line
 from ._stream import BodyStream, StreamError, pipe

@@ -21,6 +21,7 @@ from router.reasons import (
 )
 
 from ._headers import Headers, date_header
+from ._stream import StreamError
 
 __all__ = [
     "CANCELLED",
@@ -32,6 +33,7 @@ __all__ = [
     "UpstreamError",
     "error_response",
     "json_response",
+    "upstream_error",
 ]
 
 REASON_STATUS = STATUS
@@ -69,3 +71,12 @@ class UpstreamError(Exception):
 
     def __repr__(self) -> str:
         return f"UpstreamError({self.reason!r}, {self.message!r})"
+
+
+def upstream_error(error: Exception) -> UpstreamError:
+    """A streamed body's failure as an UpstreamError that keeps its code and status."""
+    if isinstance(error, UpstreamError):
+        return error
+    if isinstance(error, StreamError):
+        return UpstreamError(error.code, str(error), error.status)
+    return UpstreamError(UPSTREAM_RESET, str(error))

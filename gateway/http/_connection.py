@@ -1,0 +1,433 @@
+"""One upstream keep-alive connection (an asyncio Protocol driving httptools) and the exchange
+(`Handle`) it carries: the connection layer under the pool, as httpcore's connection module is.
+
+A connection carries one exchange at a time; when the response ends it goes back to its
+`Endpoint` (`gateway.http._pool`), which hands it to the next waiter. Failures become
+`UpstreamError`s with a reason code at this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import httptools
+
+from ._errors import (
+    CANCELLED,
+    UPSTREAM_BAD_RESPONSE,
+    UPSTREAM_RESET,
+    UPSTREAM_TIMEOUT,
+    UpstreamError,
+    upstream_error,
+)
+from ._headers import HOP_BY_HOP, Headers, connection_tokens
+from ._stream import BodyStream, StreamError, pipe
+
+if TYPE_CHECKING:
+    from ._pool import Endpoint
+
+__all__ = ["Handle", "UpstreamCallback", "UpstreamResponse"]
+
+# Request fields the pool writes itself; skipped when a caller passes them.
+_SET_BY_POOL: frozenset[bytes] = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# Response fields that describe the upstream hop only; the Responder sets framing for the client.
+_DROP_RESPONSE: frozenset[bytes] = HOP_BY_HOP | {b"content-length"}
+# Connection header values that name no other field (the common ones: no parsing for them).
+_PLAIN_CONNECTION: frozenset[bytes] = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+
+UpstreamCallback = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
+
+
+class UpstreamResponse:
+    """A response from an upstream: `body` whole, or (larger than the pool's limit) in `stream`."""
+
+    __slots__ = ("body", "headers", "length", "peer_cert", "peer_cert_der", "status", "stream")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers,
+        body: bytes | None,
+        stream: BodyStream | None,
+        length: int | None,
+        peer_cert: dict | None,
+        peer_cert_der: bytes | None,
+    ) -> None:
+        self.status = status
+        self.headers = headers  # hop-by-hop and content-length removed
+        self.body = body  # None when streamed
+        self.stream = stream
+        self.length = length  # the upstream's content-length, if it sent one
+        self.peer_cert = peer_cert  # the upstream's verified certificate over TLS, else None
+        self.peer_cert_der = peer_cert_der
+
+    def __repr__(self) -> str:
+        size = len(self.body) if self.body is not None else "streamed"
+        return f"<UpstreamResponse {self.status} body={size}>"
+
+
+def _request_head(method: bytes, target: bytes, host: bytes, headers: Headers, framing: bytes) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+    for name, value in headers:
+        if name not in _SET_BY_POOL:
+            parts += (name, b": ", value, b"\r\n")
+    parts.append(framing)
+    return b"".join(parts)
+
+
+class Handle:
+    """One upstream exchange in flight; `cancel()` ends it (the callback gets `cancelled`)."""
+
+    __slots__ = (
+        "_body",
+        "_bucket",
+        "_callback",
+        "_conn",
+        "_endpoint",
+        "_head",
+        "_head_only",
+        "_retried",
+        "_state",
+        "_stream_body",
+    )
+
+    _WAITING, _SENT, _ANSWERED, _DONE = 0, 1, 2, 3
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        head: bytes,
+        body: bytes,
+        callback: UpstreamCallback,
+        head_only: bool,
+        stream_body: BodyStream | None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._head = head
+        self._body = body
+        self._callback = callback
+        self._head_only = head_only
+        self._stream_body = stream_body
+        self._conn: _Connection | None = None
+        self._state = self._WAITING
+        self._retried = False
+        self._bucket: set | None = None  # its deadline-wheel bucket while armed
+
+    @property
+    def done(self) -> bool:
+        return self._state >= self._ANSWERED
+
+    def cancel(self) -> None:
+        """Abort: the client left or the deadline passed. A connection mid-exchange is closed."""
+        conn = self._conn
+        if conn is not None and conn.exchange is self:
+            conn.exchange = None
+            conn.abort()
+        if self._state < self._ANSWERED:
+            self._fail(UpstreamError(CANCELLED, "the upstream call was cancelled"))
+        self._state = self._DONE
+
+    def _on_timeout(self) -> None:
+        self._bucket = None
+        conn = self._conn
+        if conn is not None and conn.exchange is self:
+            conn.exchange = None
+            conn.abort()
+        self._fail(UpstreamError(UPSTREAM_TIMEOUT, f"no response from {self._endpoint.url} in time"))
+
+    def _answer(self, response: UpstreamResponse) -> None:
+        self._state = self._ANSWERED
+        if self._bucket is not None:
+            self._bucket.discard(self)
+            self._bucket = None
+        callback, self._callback = self._callback, None  # no reference cycle outlives the answer
+        callback(response, None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._state >= self._ANSWERED:
+            return
+        self._state = self._DONE
+        if self._bucket is not None:
+            self._bucket.discard(self)
+            self._bucket = None
+        callback, self._callback = self._callback, None
+        callback(None, error)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to an upstream, carrying one exchange at a time."""
+
+    __slots__ = (
+        "_body_chunks",
+        "_body_size",
+        "_chunked",
+        "_chunked_request",
+        "_headers",
+        "_keep_alive",
+        "_length",
+        "_listed",
+        "_parser",
+        "_response",
+        "_status",
+        "_stream",
+        "_writable_cb",
+        "_write_paused",
+        "closed",
+        "endpoint",
+        "exchange",
+        "got_bytes",
+        "peer_cert",
+        "peer_cert_der",
+        "served",
+        "ssl_object",
+        "transport",
+    )
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._parser = httptools.HttpResponseParser(self)
+        self.exchange: Handle | None = None
+        self.closed = False
+        self.served = 0
+        self.got_bytes = False
+        self.peer_cert: dict | None = None
+        self.peer_cert_der: bytes | None = None
+        self.ssl_object: ssl_module.SSLObject | None = None  # until its session is saved
+        self._write_paused = False
+        self._writable_cb: Callable[[], None] | None = None
+        self._chunked_request = False
+        self._listed: frozenset[bytes] | None = None  # fields the Connection header names; reset on use
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self._status = 0
+        self._headers: Headers = []
+        self._length: int | None = None
+        self._chunked = False
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self._stream: BodyStream | None = None
+        self._response: UpstreamResponse | None = None
+        self._keep_alive = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.peer_cert = ssl_object.getpeercert() or None
+            self.peer_cert_der = ssl_object.getpeercert(binary_form=True)
+            self.ssl_object = ssl_object
+            self.endpoint._handshake_done(ssl_object)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.endpoint._lost(self)
+        stream = self._stream
+        if stream is not None and not stream.complete:
+            if self._length is None and not self._chunked:
+                stream.end()  # a close-delimited body ends with the connection
+            else:
+                stream.fail(StreamError(502, UPSTREAM_RESET, "the upstream closed the connection mid-body"))
+        exchange = self.exchange
+        if exchange is None or exchange._state != Handle._SENT:
+            return
+        self.exchange = None
+        if self._status >= 200 and self._length is None and not self._chunked:
+            self._complete_buffered(exchange)  # a close-delimited body ends with the connection
+        elif not self.got_bytes and self.served and not exchange._retried and exchange._stream_body is None:
+            exchange._retried = True  # a stale keep-alive connection: replay once on a fresh one
+            exchange._state = Handle._WAITING
+            exchange._conn = None
+            self.endpoint._retry(exchange)
+        else:
+            message = f"{self.endpoint.url} closed the connection mid-response"
+            exchange._fail(UpstreamError(UPSTREAM_RESET, message))
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        if self.exchange is None and self._stream is None:
+            self.abort()  # unsolicited bytes: the connection is no longer in a known state
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadDone):
+                return
+            self._bad_response(f"malformed response: {exc}")
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101 nobody asked for
+            self._bad_response(f"unrequested protocol switch ({self._status} from {self.endpoint.url})")
+
+    def _bad_response(self, message: str) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.abort()
+        if exchange is not None:
+            exchange._fail(UpstreamError(UPSTREAM_BAD_RESPONSE, message))
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        callback, self._writable_cb = self._writable_cb, None
+        if callback is not None:
+            callback()
+
+    # -- the request side ----------------------------------------------------------------------
+    def assign(self, exchange: Handle) -> None:
+        # per-response state is reset here rather than in on_message_begin: one callback fewer
+        self._reset_response()
+        self.exchange = exchange
+        exchange._conn = self
+        exchange._state = Handle._SENT
+        self.got_bytes = False
+        body = exchange._body
+        if len(body) > 65536:
+            self.transport.writelines((exchange._head, body))  # no copy of a large body
+        else:
+            self.transport.write(exchange._head + body if body else exchange._head)
+        stream = exchange._stream_body
+        if stream is not None:
+            self._chunked_request = stream.length is None
+            pipe(stream, self, self._request_body_end)
+
+    def write(self, chunk: bytes) -> bool:
+        """Sink for a streamed request body (see `pipe`)."""
+        if self.closed:
+            return True
+        if self._chunked_request:
+            self.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.transport.write(chunk)
+        return not self._write_paused
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        if self._write_paused:
+            self._writable_cb = callback
+        else:
+            callback()
+
+    def _request_body_end(self, error: Exception | None) -> None:
+        if self.closed:
+            return
+        if error is not None:
+            exchange = self.exchange
+            self.exchange = None
+            self.abort()
+            if exchange is not None:
+                exchange._fail(upstream_error(error))
+        elif self._chunked_request:
+            self.transport.write(b"0\r\n\r\n")
+
+    # -- httptools callbacks -------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _DROP_RESPONSE:
+            if name == b"content-length":
+                self._length = int(value)
+            elif name == b"transfer-encoding":
+                self._chunked = True
+            elif name == b"connection" and value not in _PLAIN_CONNECTION:
+                listed = connection_tokens(((name, value),))
+                if listed:
+                    self._listed = listed if self._listed is None else self._listed | listed
+            return
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._status = status = parser.get_status_code()
+        listed = self._listed
+        if listed is not None:  # hop-by-hop by the upstream's word (RFC 9110 7.6.1)
+            self._listed = None
+            self._headers = [item for item in self._headers if item[0] not in listed]
+        if status < 200:
+            self._headers = []  # an interim response; the final one follows
+            self._length = None
+            return
+        self._keep_alive = parser.should_keep_alive()
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if exchange._head_only:
+            # httptools cannot be told a HEAD response has no body: answer now, start a fresh parser.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete_buffered(exchange)
+            raise _HeadDone
+        if self._length is not None and self._length > self.endpoint.pool.max_buffered_response:
+            self._open_stream(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.feed(body)
+            return
+        self._body_chunks.append(body)
+        self._body_size += len(body)
+        exchange = self.exchange
+        if self._body_size > self.endpoint.pool.max_buffered_response and exchange is not None:
+            chunks, self._body_chunks = self._body_chunks, []
+            stream = self._open_stream(exchange)
+            for chunk in chunks:
+                stream.feed(chunk)
+
+    def on_message_complete(self) -> None:
+        if self._status < 200:
+            return
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            self._release()
+            stream.end()
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            self._complete_buffered(exchange)
+
+    # -- completion ----------------------------------------------------------------------------
+    def _response_for(self, body: bytes | None, stream: BodyStream | None) -> UpstreamResponse:
+        return UpstreamResponse(
+            self._status, self._headers, body, stream, self._length, self.peer_cert, self.peer_cert_der
+        )
+
+    def _complete_buffered(self, exchange: Handle) -> None:
+        chunks = self._body_chunks
+        response = self._response_for(chunks[0] if len(chunks) == 1 else b"".join(chunks), None)
+        self._release()
+        exchange._answer(response)
+
+    def _open_stream(self, exchange: Handle) -> BodyStream:
+        transport = self.transport
+        stream = BodyStream(self._length, transport.pause_reading, transport.resume_reading)
+        self._stream = stream
+        exchange._answer(self._response_for(None, stream))
+        return stream
+
+    def _release(self) -> None:
+        """The exchange is over on this connection: reuse it, or close it."""
+        self.exchange = None
+        self.served += 1
+        if self.ssl_object is not None:  # the first exchange is over: its session ticket has arrived
+            self.endpoint._save_session(self.ssl_object)
+            self.ssl_object = None
+        if self._keep_alive and not self.closed:
+            self.endpoint._release(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+class _HeadDone(Exception):
+    """Stops the parser after a HEAD response's head (its body length is not a body)."""
