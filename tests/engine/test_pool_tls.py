@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.pki import Pki
 from gateway.http import Request, Responder, Server, UpstreamError, UpstreamPool
+from tests.support import await_for
 
 from .helpers import HOST, serving
 
@@ -87,8 +88,9 @@ async def test_a_wrong_peer_gets_no_request_and_the_caller_a_502(tmp_path) -> No
         assert len(verifier.seen) == 2
         assert ("IP Address", HOST) in verifier.seen[0]["subjectAltName"]  # the verified certificate
         assert endpoint.tls_handshakes == 2
-        await asyncio.sleep(0.05)  # the refused connections close
-        assert "active=0 idle=0" in repr(endpoint)
+        await await_for(
+            lambda: repr(endpoint), lambda r: "active=0 idle=0" in r, what="the refused connections closed"
+        )
 
 
 async def test_an_accepted_peer_is_checked_once_per_connection_not_per_request(tmp_path) -> None:
@@ -125,10 +127,8 @@ async def test_a_second_connection_resumes_the_tls_session(tmp_path, reuse: bool
         )
         assert [r.status for r in (first, second, third)] == [200, 200, 200]
         assert sorted(upstream.requests) == [b"a", b"b", b"c"]
-        for _ in range(500):  # the second connection may finish connecting after both answers
-            if len(verifier.seen) == 2:
-                break
-            await asyncio.sleep(0.01)
+        # the second connection may finish connecting after both answers
+        await await_for(lambda: len(verifier.seen), lambda n: n == 2, what="the second connection verified")
         assert endpoint.tls_handshakes == 2
         assert endpoint.tls_resumed == (1 if reuse else 0)
         # a resumed connection still knows (and checked) who is on the other end

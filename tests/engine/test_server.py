@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.pki import Pki
 from gateway.http import Request, Responder, ServerLimits, pipe
+from tests.support import await_for
 
 from .helpers import HOST, at_eof, echo_handler, exchange, raw_connection, read_response, serving
 
@@ -251,8 +252,8 @@ async def test_streamed_response_applies_backpressure_to_a_slow_reader() -> None
 
     async with serving(handler) as server, raw_connection(server.port) as (reader, writer):
         writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        await asyncio.sleep(0.3)  # do not read: the server's buffer fills and writing must pause
-        assert "full" in events
+        # do not read: the server's buffer fills and writing must pause
+        await await_for(lambda: events, lambda seen: "full" in seen, what="the responder's buffer full")
         response = await read_response(reader)
     assert response.body == chunk * total
 
@@ -283,8 +284,7 @@ async def test_client_disconnect_is_reported_to_the_responder() -> None:
         async with raw_connection(server.port) as (_, writer):
             writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             await writer.drain()
-            while not responders:
-                await asyncio.sleep(0.01)
+            await await_for(lambda: responders, what="the request handled")
         await asyncio.wait_for(disconnected.wait(), 5)
         assert responders[0].disconnected
         responders[0].respond(200, [], b"nobody is listening")  # a late answer is dropped quietly
