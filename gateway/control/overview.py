@@ -2,7 +2,7 @@
 
 Models and versions with configured weights and live traffic shares (this process, last
 minute), each endpoint's health (breaker, ejection, EWMA), experiments with their results,
-and canaries with their timeline, and the live data plane: every gateway whose heartbeat
+canaries with their timeline, client keys with their usage, and the live data plane: every gateway whose heartbeat
 is within its TTL (id, address, version, last seen, readiness, config version, requests,
 counter buffers). Store reads run in a worker thread; the data plane's health view is read
 on the event loop that owns it.
@@ -168,6 +168,7 @@ async def build_overview(cp: ControlPlane, telemetry: Telemetry | None) -> dict[
             {**_summary(e), "results": results.get(e.name)} for e in experiments if e.kind == "ab"
         ],
         "canaries": canaries,
+        "keys": await asyncio.to_thread(cp.keys.list),
     }
 
 

@@ -5,7 +5,7 @@
 
 const REFRESH_MS = 2000;
 const SVG_NS = "http://www.w3.org/2000/svg";
-const PAGES = ["models", "experiments", "canaries", "gateways"];
+const PAGES = ["models", "experiments", "canaries", "keys", "gateways"];
 let timer = null;
 let latest = null;
 
@@ -119,7 +119,7 @@ function render() {
     (dp ? ` · data plane v${dp.config_version} · ${dp.requests.toLocaleString("en")} requests` : " · no data plane here") +
     ` · updated ${new Date(latest.generated_at * 1000).toLocaleTimeString()}`;
   const target = $(`page-${page}`);
-  const pages = { models: modelsPage, experiments: experimentsPage, canaries: canariesPage, gateways: gatewaysPage };
+  const pages = { models: modelsPage, experiments: experimentsPage, canaries: canariesPage, keys: keysPage, gateways: gatewaysPage };
   const content = pages[page](latest);
   target.replaceChildren(...content);
 }
@@ -311,6 +311,34 @@ function gatewaysPage(data) {
         h("td", { class: "num", text: g.requests === null || g.requests === undefined ? "–" : g.requests.toLocaleString("en") }),
         h("td", { class: "num", text: g.buffered }),
         h("td", { class: "num" }, g.dropped ? pill(String(g.dropped), "bad") : "0"))))))];
+}
+
+// Client keys of the LLM routes: limits and usage (last minute, sliding, and all time).
+function usageCell(used, limit) {
+  if (limit === null || limit === undefined) return h("td", { class: "num", text: used.toLocaleString("en") });
+  const share = limit ? used / limit : 0;
+  return h("td", { class: "num" }, `${used.toLocaleString("en")} / ${limit.toLocaleString("en")} `,
+    pill(pct(Math.min(share, 9.99), 0), share >= 1 ? "bad" : share >= 0.8 ? "warn" : "ok"));
+}
+
+function keysPage(data) {
+  const keys = data.keys || [];
+  if (!keys.length) return [h("p", { class: "muted", text: "No client keys: the LLM routes take any caller. Create one with `meshgate keys create NAME`." })];
+  return [h("div", { class: "card" },
+    h("div", { class: "head" }, h("h2", { text: "client keys" }),
+      h("span", { class: "muted", text: `${keys.filter((k) => !k.revoked).length} active` })),
+    h("table", { class: "keys" },
+      h("thead", {}, h("tr", {}, ...["name", "id", "status", "models", "requests last minute", "tokens last minute", "total requests", "total tokens"]
+        .map((c, i) => h("th", { class: i > 3 ? "num" : null, text: c })))),
+      h("tbody", {}, ...keys.map((k) => h("tr", { "data-key": k.name },
+        h("td", { text: k.name }),
+        h("td", { text: k.id }),
+        h("td", {}, k.revoked ? pill("revoked", "bad") : pill("active", "ok")),
+        h("td", { text: k.models.length ? k.models.join(", ") : "all" }),
+        usageCell(k.usage.requests_last_minute, k.rpm),
+        usageCell(k.usage.tokens_last_minute, k.tpm),
+        h("td", { class: "num", text: k.usage.total_requests.toLocaleString("en") }),
+        h("td", { class: "num", text: k.usage.total_tokens.toLocaleString("en") }))))))];
 }
 
 function checksList(checks) {

@@ -177,3 +177,28 @@ def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mes
             browser.close()
     assert problems == [], problems
     assert (ARTIFACTS / "dashboard-experiments.png").stat().st_size > 10_000
+
+
+def test_dashboard_keys_page_shows_limits_and_usage(mesh):
+    from playwright.sync_api import expect, sync_playwright
+
+    for name in ("dash-a", "dash-old"):
+        r = mesh.admin.post("/v1/keys", json={"name": name, "rpm": 100, "models": ["digits"]})
+        assert r.status_code in (201, 409), r.text
+    mesh.admin.delete("/v1/keys/dash-old").raise_for_status()
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.goto(f"{mesh.admin_url}/ui#keys")
+            page.fill("#token", mesh.token)
+            page.click("#signin-form button[type=submit]")
+            row = page.locator('[data-key="dash-a"]')
+            expect(row).to_be_visible()
+            expect(row).to_contain_text("active")
+            expect(row).to_contain_text("0 / 100")
+            expect(row).to_contain_text("digits")
+            expect(page.locator('[data-key="dash-old"]')).to_contain_text("revoked")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-keys.png"), full_page=True)
+        finally:
+            browser.close()
