@@ -2,10 +2,10 @@
 
 Models and versions with configured weights and live traffic shares (this process, last
 minute), each endpoint's health (breaker, ejection, EWMA), experiments with their results,
-canaries with their timeline, client keys with their usage, and the live data plane: every gateway whose heartbeat
-is within its TTL (id, address, version, last seen, readiness, config version, requests,
-counter buffers). Store reads run in a worker thread; the data plane's health view is read
-on the event loop that owns it.
+canaries with their timeline, client keys with their usage, and the live data plane: every
+gateway whose heartbeat is within its TTL (id, address, version, last seen, readiness,
+config version, requests, counter buffers). Store reads run in a worker thread; the data
+plane's health view is read on the event loop that owns it.
 """
 
 from __future__ import annotations
