@@ -10,6 +10,7 @@ import pytest
 from gateway.control.auth import SESSION_TTL_S, AdminAuth
 from gateway.telemetry.access_log import _MAX_PENDING, AccessLog, access_log_target
 from gateway.telemetry.tracing import DEFAULT_RATIO, TelemetryConfigError, TracingConfig, parse_traceparent
+from tests.support import FakeClock
 
 TID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SID = "00f067aa0ba902b7"
@@ -96,16 +97,8 @@ def test_otlp_without_the_optional_package_says_what_to_install():
 
 
 # -- dashboard sessions ------------------------------------------------------------------------
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_a_session_is_an_hmac_not_the_token_and_expires():
-    clock = Clock()
+    clock = FakeClock(1_700_000_000.0)
     auth = AdminAuth("the-admin-token", now=clock)
     value = auth.new_session()
     assert "the-admin-token" not in value

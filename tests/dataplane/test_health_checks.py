@@ -17,17 +17,13 @@ from gateway.dataplane.plane import DataPlane
 from gateway.http import Request, Responder, UpstreamPool, start_server
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
+from tests.support import FakeClock, await_for
 
 pytestmark = pytest.mark.anyio
 
 _CHECKED = {
     "health_check": {"interval_s": 5, "timeout_ms": 2000, "unhealthy_threshold": 2, "healthy_threshold": 1}
 }
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict]:
-    return ("asyncio", {"use_uvloop": True})
 
 
 class ReadyServer:
@@ -87,27 +83,15 @@ def _table(version: int, versions: dict[str, tuple[tuple[str, ...], dict | None]
     return RouteTable(version, {"m": ModelRoute("m", next(iter(routes)), routes)})
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 async def _settle(checker: HealthChecker) -> None:
     """Let every check in flight finish (they are loopback round trips)."""
-    for _ in range(200):
-        if not checker.in_flight:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("health checks did not finish")
+    await await_for(lambda: checker.in_flight, lambda n: n == 0, what="the health checks in flight finished")
 
 
 async def test_only_versions_with_a_health_check_policy_are_checked_once_per_interval(plane, servers):
     a, b = servers
     plane.set_table(_table(1, {"v1": ((a.url,), _CHECKED), "v2": ((b.url,), None)}))
-    clock = Clock()
+    clock = FakeClock()
     checker = HealthChecker(plane, now=clock)
     assert checker.tick() == MAX_IDLE_S  # rescans at least this often, to see new tables
     await _settle(checker)
@@ -126,7 +110,7 @@ async def test_sleeps_until_the_next_check_is_due(plane, servers):
     a, _ = servers
     fast = {"health_check": {"interval_s": 0.2}}
     plane.set_table(_table(1, {"v1": ((a.url,), fast)}))
-    clock = Clock()
+    clock = FakeClock()
     checker = HealthChecker(plane, now=clock)
     assert checker.tick() == pytest.approx(0.2)
     clock.t += 0.15
@@ -138,13 +122,14 @@ async def test_a_slow_check_is_never_doubled(plane, servers):
     a, _ = servers
     a.hold = asyncio.Event()
     plane.set_table(_table(1, {"v1": ((a.url,), _CHECKED)}))
-    clock = Clock()
+    clock = FakeClock()
     checker = HealthChecker(plane, now=clock)
     checker.tick()
+    await await_for(lambda: a.paths, what="the first check at the endpoint")
     for _ in range(3):
         clock.t += 10
         checker.tick()
-        await asyncio.sleep(0.05)
+        assert checker.in_flight == 1  # a doubled check would be a second task, started by tick()
     assert len(a.paths) == 1
     a.hold.set()
     await _settle(checker)
@@ -158,7 +143,7 @@ async def test_results_feed_the_runtime_thresholds(plane, servers):
     a, b = servers
     b.status = 503
     plane.set_table(_table(1, {"v1": ((a.url, b.url), _CHECKED)}))
-    clock = Clock()
+    clock = FakeClock()
     checker = HealthChecker(plane, now=clock)
     rt = plane.runtimes()[("m", "v1")]
     for expected in (True, False):  # unhealthy_threshold 2: the second failure takes b out
@@ -177,10 +162,14 @@ async def test_endpoints_leaving_the_table_are_forgotten_and_late_results_droppe
     a, b = servers
     b.hold = asyncio.Event()
     plane.set_table(_table(1, {"v1": ((a.url, b.url), _CHECKED)}))
-    clock = Clock()
+    clock = FakeClock()
     checker = HealthChecker(plane, now=clock)
     checker.tick()
-    await asyncio.sleep(0.05)  # a answered; b's check is still out
+    await await_for(  # a answered; b's check is still out
+        lambda: (len(a.paths), len(b.paths), checker.in_flight),
+        lambda seen: seen == (1, 1, 1),
+        what="a answered",
+    )
     plane.set_table(_table(2, {"v1": ((a.url,), _CHECKED)}))
     checker.tick()
     assert {key[2] for key in checker.scheduled} == {a.url}
@@ -200,11 +189,7 @@ async def test_run_stops_cleanly_with_a_check_in_flight(plane, servers):
     a.hold = asyncio.Event()
     plane.set_table(_table(1, {"v1": ((a.url,), _CHECKED)}))
     task = asyncio.create_task(HealthChecker(plane).run())
-    for _ in range(100):
-        if a.paths:
-            break
-        await asyncio.sleep(0.01)
-    assert a.paths
+    await await_for(lambda: a.paths, what="a check at the endpoint")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
