@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from functools import cache
 
 from models.llm._corpus import held_out, training
+from models.llm._embed import HashedTfIdf
 from models.llm._lm import AddKBigram, KneserNey, LanguageModel, Vocabulary, perplexity
 from models.zoo import UnknownModelError
 
-__all__ = ["MODEL_ID", "VERSIONS", "TinyLM", "held_out_perplexity", "load_tinylm"]
+__all__ = ["MODEL_ID", "VERSIONS", "TinyLM", "embedder", "held_out_perplexity", "load_tinylm"]
 
 MODEL_ID = "tinylm"
 
@@ -39,6 +40,12 @@ class TinyLM:
 @cache
 def _vocabulary() -> Vocabulary:
     return Vocabulary(training())
+
+
+@cache
+def embedder() -> HashedTfIdf:
+    """The embedding model (the same for every version): idf from the training speeches."""
+    return HashedTfIdf(training())
 
 
 @cache

@@ -23,8 +23,10 @@ __all__ = [
     "MAX_MODEL_LEN",
     "ApiError",
     "CompletionRequest",
+    "EmbeddingRequest",
     "Prompt",
     "error_doc",
+    "parse_embedding_request",
     "parse_request",
     "stream_chunk",
 ]
@@ -89,25 +91,12 @@ class CompletionRequest:
 
 def parse_request(kind: Kind, body: bytes, vocabulary: tuple[str, ...]) -> CompletionRequest:
     """Validate a `/v1/chat/completions` (`chat`) or `/v1/completions` (`text`) body."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400,
-            f"We could not parse the JSON body of your request ({exc}). The OpenAI API expects a JSON "
-            "payload.",
-        ) from None
-    if not isinstance(doc, dict):
-        raise ApiError(400, f"The request body must be a JSON object, got {type(doc).__name__}.")
-    model = doc.get("model")
-    if model is None:
-        raise ApiError(400, "Missing required parameter: 'model'.", "model", "missing_required_parameter")
-    if not isinstance(model, str):
-        raise ApiError(400, _type_message("model", model, "a string"), "model", "invalid_type")
+    doc = _json_object(body)
+    model = _model_name(doc)
     if kind == "chat":
         prompts: tuple[Prompt, ...] = (_chat_prompt(doc),)
     else:
-        prompts = _text_prompts(doc, vocabulary)
+        prompts = _text_prompts(doc, "prompt", vocabulary)
     for name in ("logit_bias",):
         if doc.get(name):
             raise ApiError(400, f"'{name}' is not supported by tinylm.", name, "unsupported_parameter")
@@ -143,6 +132,62 @@ def parse_request(kind: Kind, body: bytes, vocabulary: tuple[str, ...]) -> Compl
         raise ApiError(400, _type_message("echo", echo, "a boolean"), "echo", "invalid_type")
     sampling = _sampling(doc, kind, max(p.counted for p in prompts))
     return CompletionRequest(kind, model, prompts, n, sampling, stream, include_usage, echo)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[Prompt, ...]
+    base64: bool  # encoding_format "base64" (the openai SDK's default) rather than "float"
+    dimensions: int | None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(p.counted for p in self.inputs)
+
+
+def parse_embedding_request(body: bytes, vocabulary: tuple[str, ...], size: int) -> EmbeddingRequest:
+    """Validate a `/v1/embeddings` body; `size` is the most `dimensions` the model has."""
+    doc = _json_object(body)
+    model = _model_name(doc)
+    inputs = _text_prompts(doc, "input", vocabulary)
+    if any(not p.tokens for p in inputs):
+        raise ApiError(
+            400, "Invalid 'input': every input must contain at least one token.", "input", "invalid_value"
+        )
+    fmt = doc.get("encoding_format")
+    if fmt not in (None, "float", "base64"):
+        raise ApiError(
+            400,
+            f"Invalid value for 'encoding_format': {fmt!r}; supported: 'float', 'base64'.",
+            "encoding_format",
+            "invalid_value",
+        )
+    dimensions = _integer(doc, "dimensions", None, low=1, high=size)
+    return EmbeddingRequest(model, inputs, fmt == "base64", dimensions)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400,
+            f"We could not parse the JSON body of your request ({exc}). The OpenAI API expects a JSON "
+            "payload.",
+        ) from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, f"The request body must be a JSON object, got {type(doc).__name__}.")
+    return doc
+
+
+def _model_name(doc: dict[str, Any]) -> str:
+    model = doc.get("model")
+    if model is None:
+        raise ApiError(400, "Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    if not isinstance(model, str):
+        raise ApiError(400, _type_message("model", model, "a string"), "model", "invalid_type")
+    return model
 
 
 def _type_message(name: str, value: Any, expected: str) -> str:
@@ -226,10 +271,10 @@ def _content_text(content: Any, where: str, role: str) -> str:
     )
 
 
-def _text_prompts(doc: dict[str, Any], vocabulary: tuple[str, ...]) -> tuple[Prompt, ...]:
-    prompt = doc.get("prompt")
+def _text_prompts(doc: dict[str, Any], field: str, vocabulary: tuple[str, ...]) -> tuple[Prompt, ...]:
+    prompt = doc.get(field)
     if prompt is None:
-        raise ApiError(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+        raise ApiError(400, f"Missing required parameter: '{field}'.", field, "missing_required_parameter")
     if isinstance(prompt, str):
         items: list[Any] = [prompt]
     elif isinstance(prompt, list) and prompt and all(is_int(t) for t in prompt):
@@ -239,8 +284,8 @@ def _text_prompts(doc: dict[str, Any], vocabulary: tuple[str, ...]) -> tuple[Pro
     else:
         raise ApiError(
             400,
-            "Invalid 'prompt': expected a string, an array of strings, or token ids.",
-            "prompt",
+            f"Invalid '{field}': expected a string, an array of strings, or token ids.",
+            field,
             "invalid_value",
         )
     out = []
@@ -254,8 +299,8 @@ def _text_prompts(doc: dict[str, Any], vocabulary: tuple[str, ...]) -> tuple[Pro
         else:
             raise ApiError(
                 400,
-                f"Invalid 'prompt': token ids must be integers in [0, {len(vocabulary)}).",
-                "prompt",
+                f"Invalid '{field}': token ids must be integers in [0, {len(vocabulary)}).",
+                field,
                 "invalid_value",
             )
     return tuple(out)

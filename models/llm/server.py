@@ -2,8 +2,8 @@
 upstream for meshgate's LLM routes (`meshgate serve-model tinylm --version v1`).
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streaming or not, `usage`),
-`GET /v1/models`, `GET /v1/models/tinylm`, `GET /health` (as vLLM), `GET /v2/health/live|ready`
-(as the OIP server, for the shared process helpers). Debug routes: `GET|POST
+`POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/tinylm`, `GET /health` (as vLLM),
+`GET /v2/health/live|ready` (as the OIP server, for the shared process helpers). Debug routes: `GET|POST
 /v2/debug/faults` (`models.llm.faults`), `GET /v2/debug/stats` (requests and what became of
 each stream, so gateway tests can prove an upstream call was cancelled) and `GET
 /v2/debug/requests` (what the last requests carried: headers and the `model` asked for).
@@ -16,6 +16,7 @@ set, `/v1/*` needs `Authorization: Bearer <key>` (as vLLM's `--api-key`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import logging
@@ -41,13 +42,16 @@ from models.http1 import (
     run_blocking,
     serve_forever,
 )
+from models.llm._embed import DIMENSIONS
 from models.llm._generate import Generation, rng_for
-from models.llm._zoo import MODEL_ID, TinyLM, load_tinylm
+from models.llm._zoo import MODEL_ID, TinyLM, embedder, load_tinylm
 from models.llm.api import (
     MAX_MODEL_LEN,
     ApiError,
     CompletionRequest,
+    EmbeddingRequest,
     error_doc,
+    parse_embedding_request,
     parse_request,
     stream_chunk,
 )
@@ -111,6 +115,7 @@ class _LlmApp(HttpApp):
         routes: dict[bytes, dict[bytes, Handler]] = {
             b"/v1/chat/completions": {b"POST": self._chat},
             b"/v1/completions": {b"POST": self._text},
+            b"/v1/embeddings": {b"POST": self._embeddings},
             b"/v1/models": {
                 b"GET": self._authorized(constant(json_reply(200, {"object": "list", "data": [card]})))
             },
@@ -188,8 +193,21 @@ class _LlmApp(HttpApp):
             self._remember(kind, None, headers)
             return exc.status, exc.body(), 0.0
         self._remember(kind, request, headers)
-        if request.model != MODEL_ID:
-            return self._unknown_model(request.model)
+        refused, fate = self._admit(request.model)
+        if refused is not None:
+            return refused
+        faults = self._faults.faults
+        self.stats["prompt_tokens"] += request.prompt_tokens
+        if request.stream:
+            drop_after = faults.drop_after if fate is LlmFate.DROP else None
+            return Stream(lambda writer: self._stream(writer, request, faults, drop_after), _SSE)
+        return self._whole(request, faults, fate is LlmFate.DROP)
+
+    def _admit(self, model: str) -> tuple[Reply | Response | None, LlmFate]:
+        """The model check and the injected faults every generating request goes through:
+        the answer that refuses it (or None) and its fate (PASS or DROP when admitted)."""
+        if model != MODEL_ID:
+            return self._unknown_model(model), LlmFate.PASS
         stats = self.stats
         stats["requests"] += 1
         faults = self._faults.faults
@@ -203,15 +221,29 @@ class _LlmApp(HttpApp):
                 None,
                 "rate_limit_exceeded",
             )
-            return Response(429, doc, _JSON + b"retry-after: %d\r\n" % wait)
+            return Response(429, doc, _JSON + b"retry-after: %d\r\n" % wait), fate
         if fate is LlmFate.ERROR:
             stats["errors_injected"] += 1
-            return faults.error_status, error_doc("injected fault", "server_error"), 0.0
-        stats["prompt_tokens"] += request.prompt_tokens
-        if request.stream:
-            drop_after = faults.drop_after if fate is LlmFate.DROP else None
-            return Stream(lambda writer: self._stream(writer, request, faults, drop_after), _SSE)
-        return self._whole(request, faults, fate is LlmFate.DROP)
+            return (faults.error_status, error_doc("injected fault", "server_error"), 0.0), fate
+        return None, fate
+
+    def _embeddings(self, body: bytes, headers: dict[bytes, bytes]) -> Reply | Response | Stream:
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            return refusal
+        try:
+            request = parse_embedding_request(body, self._model.lm.vocab.words, DIMENSIONS)
+        except ApiError as exc:
+            return exc.status, exc.body(), 0.0
+        refused, fate = self._admit(request.model)
+        if refused is not None:
+            return refused
+        delay = self._faults.faults.time_to_first_token_ms / 1000.0
+        if fate is LlmFate.DROP:
+            self.stats["dropped"] += 1
+            return Stream(lambda writer: _cut_after(writer, delay), _JSON)
+        self.stats["prompt_tokens"] += request.prompt_tokens
+        return 200, _compact(_embedding_doc(request)), delay
 
     def _generations(self, request: CompletionRequest) -> list[Generation]:
         lm = self._model.lm
@@ -379,6 +411,25 @@ class _LlmApp(HttpApp):
             return 400, error_doc(f"faults: {exc}", "invalid_request_error"), 0.0
         self._faults.replace(faults)
         return json_reply(200, {"faults": faults.to_json()})
+
+
+def _embedding_doc(request: EmbeddingRequest) -> dict[str, Any]:
+    model = embedder()
+    dimensions = request.dimensions or DIMENSIONS
+    data = []
+    for index, item in enumerate(request.inputs):
+        vector = model.embed(item.tokens, dimensions)
+        encoded: Any = (
+            base64.b64encode(vector.astype("<f4").tobytes()).decode() if request.base64 else vector.tolist()
+        )
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = request.prompt_tokens
+    return {
+        "object": "list",
+        "data": data,
+        "model": MODEL_ID,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

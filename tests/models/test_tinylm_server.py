@@ -8,8 +8,10 @@ import json
 from collections.abc import Callable
 
 import httpx
+import numpy as np
 import openai
 import pytest
+from numpy.testing import assert_allclose
 
 from models.llm.faults import LlmFaults
 from tests.models.conftest import ThreadedServer
@@ -273,7 +275,7 @@ def test_mid_stream_drop_cuts_the_connection_after_some_events(
 ) -> None:
     server = serve_llm("v2", faults=LlmFaults(drop_rate=1.0, drop_after=3))
     received = []
-    with pytest.raises((openai.APIError, httpx.HTTPError)):
+    with pytest.raises(openai.APIConnectionError):  # the SDK wraps the broken chunked body
         stream = _client(server).chat.completions.create(
             model="tinylm", messages=CHAT, max_tokens=50, stream=True, seed=2
         )
@@ -309,3 +311,40 @@ def test_time_to_first_token_holds_the_head_back(serve_llm: Callable[..., Thread
     wait_for(
         lambda: _stats(server), lambda s: s["streams_cancelled"] == 1, what="the waiting stream cancelled"
     )
+
+
+def test_embeddings_through_the_sdk(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v1")
+    client = _client(server)
+    texts = ["The king is dead, long live the king", "the King is dead!", "Sweet are the uses of adversity"]
+    r = client.embeddings.create(model="tinylm", input=texts)  # the SDK asks for base64 and decodes it
+    vectors = np.array([d.embedding for d in r.data])
+    assert vectors.shape == (3, 256) and [d.index for d in r.data] == [0, 1, 2]
+    assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert vectors[0] @ vectors[1] > 0.5 > vectors[0] @ vectors[2]  # shared rare words point the same way
+    assert r.usage.prompt_tokens == r.usage.total_tokens == 10 + 5 + 5
+    floats = httpx.post(
+        f"{server.url}/v1/embeddings", json={"model": "tinylm", "input": texts[0], "encoding_format": "float"}
+    ).json()
+    assert_allclose(floats["data"][0]["embedding"], vectors[0], rtol=1e-6)
+    short = client.embeddings.create(model="tinylm", input=texts[0], dimensions=64).data[0].embedding
+    assert len(short) == 64 and abs(np.linalg.norm(short) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "tinylm"}, 400, "input"),
+        ({"model": "tinylm", "input": []}, 400, "input"),
+        ({"model": "tinylm", "input": ""}, 400, "input"),
+        ({"model": "tinylm", "input": "hi", "encoding_format": "hex"}, 400, "encoding_format"),
+        ({"model": "tinylm", "input": "hi", "dimensions": 1000}, 400, "dimensions"),
+        ({"model": "text-embedding-3-small", "input": "hi"}, 404, "model"),
+    ],
+)
+def test_bad_embedding_requests(
+    serve_llm: Callable[..., ThreadedServer], body: dict, status: int, param: str
+) -> None:
+    server = serve_llm("v1")
+    r = httpx.post(f"{server.url}/v1/embeddings", json=body)
+    assert r.status_code == status and r.json()["error"]["param"] == param
