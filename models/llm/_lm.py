@@ -58,10 +58,15 @@ class LanguageModel(ABC):
 
     def distribution(self, context: Sequence[int]) -> np.ndarray:
         """P(next | context) over the vocabulary; never `<s>`. Sums to 1."""
-        probs = self._raw(self.context(context))
+        probs = self.scores(context)
         probs[BOS] = 0.0
         probs /= probs.sum()
         return probs
+
+    def scores(self, context: Sequence[int]) -> np.ndarray:
+        """A fresh array proportional to the distribution wherever the next word is not `<s>`
+        (which may score > 0): what sampling needs, without normalising on every token."""
+        return self._raw(self.context(context))
 
     @abstractmethod
     def _raw(self, context: tuple[int, ...]) -> np.ndarray: ...
@@ -181,15 +186,24 @@ class KneserNey(LanguageModel):
         self._tables = tables
 
     def _raw(self, context: tuple[int, ...]) -> np.ndarray:
-        probs = self._base.copy()
+        # p_k = values_k + gamma_k * p_(k-1), unrolled from the top order down so that the
+        # full-size arrays are touched once: base * prod(gamma) plus each order's few words.
+        found = []
         for k in range(2, self.order + 1):
             table = self._tables[k]
             row = table.rows.get(context[len(context) - k + 1 :])
             if row is None:
                 break  # a longer context is unseen too
+            found.append((table, row))
+        scale = 1.0
+        parts = []
+        for table, row in reversed(found):
             start, end = table.indptr[row], table.indptr[row + 1]
-            probs *= table.gamma[row]
-            probs[table.ids[start:end]] += table.values[start:end]
+            parts.append((table.ids[start:end], table.values[start:end] * scale))
+            scale *= table.gamma[row]
+        probs = self._base * scale
+        for ids, values in parts:
+            probs[ids] += values
         return probs
 
 

@@ -3,7 +3,9 @@ stream chunks shaped as OpenAI's (and vLLM's) are, errors as `{"error": {message
 param, code}}`.
 
 Where the API is silent we do what vLLM does: unknown fields are ignored, an unknown model
-is a 404 `model_not_found`, the prompt plus `max_tokens` may not exceed the context length.
+is a 404 `model_not_found`, the prompt plus `max_tokens` may not exceed the context length,
+and vLLM's extra sampling fields `min_tokens` and `ignore_eos` work (a benchmark asks for
+exactly N tokens with `ignore_eos: true`).
 Token counts are tinylm's word and punctuation tokens (`models.llm.tokenize`); a chat
 prompt counts the tokens of every message's content.
 """
@@ -397,6 +399,13 @@ def _sampling(doc: dict[str, Any], kind: Kind, prompt_tokens: int) -> Sampling:
             name,
             "context_length_exceeded",
         )
+    ignore_eos = doc.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise ApiError(
+            400, _type_message("ignore_eos", ignore_eos, "a boolean"), "ignore_eos", "invalid_type"
+        )
+    min_tokens = _integer(doc, "min_tokens", 0, low=0, high=max_tokens)
+    assert min_tokens is not None
     stop = doc.get("stop")
     if stop is None:
         stops: tuple[str, ...] = ()
@@ -416,6 +425,7 @@ def _sampling(doc: dict[str, Any], kind: Kind, prompt_tokens: int) -> Sampling:
         raise ApiError(400, _type_message("seed", seed, "an integer"), "seed", "invalid_type")
     return Sampling(
         max_tokens=max_tokens,
+        min_tokens=max_tokens if ignore_eos else min_tokens,
         temperature=_number(doc, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(doc, "top_p", 1.0, 0.0, 1.0),
         presence_penalty=_number(doc, "presence_penalty", 0.0, -2.0, 2.0),

@@ -65,6 +65,8 @@ DEBUG_RING_SIZE = 256
 _JSON = b"content-type: application/json\r\n"
 _SSE = b"content-type: text/event-stream\r\ncache-control: no-cache\r\n"
 _DONE = b"data: [DONE]\n\n"
+_MARK = "\u0000piece\u0000"  # never in generated text
+_MARK_JSON = json.dumps(_MARK).encode()
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -323,6 +325,17 @@ class _LlmApp(HttpApp):
                 choice = {"text": content or "", "index": index, "logprobs": None, "finish_reason": finish}
             return _event(stream_chunk(obj, ident, created, MODEL_ID, fingerprint, [choice], with_usage))
 
+        # A token's event is `chunk(index, piece, None)` with only the piece varying: encode
+        # the rest once per choice and splice the piece's JSON string in.
+        templates: dict[int, tuple[bytes, bytes]] = {}
+
+        def token_event(index: int, piece: str) -> bytes:
+            template = templates.get(index)
+            if template is None:
+                head, _, tail = chunk(index, _MARK, None).partition(_MARK_JSON)
+                template = templates[index] = (head, tail)
+            return template[0] + json.dumps(piece).encode() + template[1]
+
         try:
             if faults.time_to_first_token_ms:
                 await asyncio.sleep(faults.time_to_first_token_ms / 1000.0)
@@ -341,7 +354,7 @@ class _LlmApp(HttpApp):
                     piece = g.step()
                     completion += g.tokens - before
                     if piece:
-                        await send(chunk(index, piece, None))
+                        await send(token_event(index, piece))
                     if g.finish_reason is None:
                         still.append((index, g))
                     else:

@@ -9,6 +9,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from models.llm import Generation, Sampling, held_out_perplexity, join_piece, load_tinylm, rng_for, tokenize
+from models.llm._generate import draw
 from models.llm._lm import BOS, EOS, UNK, AddKBigram, KneserNey, Vocabulary, perplexity
 from models.zoo import UnknownModelError
 
@@ -181,3 +182,23 @@ def test_penalties_make_repetition_rarer() -> None:
     assert len(set(plain)) < 10 and most_repeated(plain) > 10
     for penalties in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
         assert most_repeated(greedy(**penalties)) * 3 < most_repeated(plain)
+
+
+def test_blocked_draw_agrees_with_a_plain_prefix_sum() -> None:
+    assert [draw(np.array([0.0, 1.0, 0.0, 3.0]), u) for u in (0.0, 0.24, 0.26, 0.999)] == [1, 1, 3, 3]
+    rng = np.random.default_rng(5)
+    for n in (3, 64, 65, 200, 7789):
+        weights = rng.random(n)
+        weights[rng.random(n) < 0.3] = 0.0
+        cumulative = np.cumsum(weights)
+        for u in rng.random(200):
+            expected = int(np.searchsorted(cumulative, u * cumulative[-1], "right"))
+            assert draw(weights, float(u)) == expected
+            assert weights[expected] > 0
+
+
+def test_min_tokens_and_ignore_eos_hold_the_end_back() -> None:
+    _, free = _generate(Sampling(max_tokens=300, seed=3))
+    assert free.finish_reason == "stop"
+    _, held = _generate(Sampling(max_tokens=300, min_tokens=300, seed=3))
+    assert (held.finish_reason, held.tokens) == ("length", 300)

@@ -348,3 +348,20 @@ def test_bad_embedding_requests(
     server = serve_llm("v1")
     r = httpx.post(f"{server.url}/v1/embeddings", json=body)
     assert r.status_code == status and r.json()["error"]["param"] == param
+
+
+def test_ignore_eos_gives_exactly_max_tokens_as_vllm_does(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v2")
+    client = _client(server)
+    stream = client.chat.completions.create(
+        model="tinylm", messages=CHAT, max_tokens=64, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(chunks) == 64  # one event per token (no stop strings, so no piece is held back)
+    assert all(set(c.model_dump(exclude_unset=True)) >= {"id", "object", "created", "model"} for c in chunks)
+    whole = client.completions.create(
+        model="tinylm", prompt="O", max_tokens=64, extra_body={"ignore_eos": True}
+    )
+    assert (whole.usage.completion_tokens, whole.choices[0].finish_reason) == (64, "length")
+    bad = httpx.post(f"{server.url}/v1/completions", json={"model": "tinylm", "prompt": "O", "ignore_eos": 1})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "ignore_eos"
