@@ -365,3 +365,22 @@ def test_ignore_eos_gives_exactly_max_tokens_as_vllm_does(serve_llm: Callable[..
     assert (whole.usage.completion_tokens, whole.choices[0].finish_reason) == (64, "length")
     bad = httpx.post(f"{server.url}/v1/completions", json={"model": "tinylm", "prompt": "O", "ignore_eos": 1})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "ignore_eos"
+
+
+def test_n_choices_stream_interleaved_and_match_the_whole_answer(
+    serve_llm: Callable[..., ThreadedServer],
+) -> None:
+    server = serve_llm("v2")
+    client = _client(server)
+    options = {"model": "tinylm", "messages": CHAT, "n": 3, "seed": 9, "max_tokens": 20}
+    whole = client.chat.completions.create(**options)
+    texts = {0: "", 1: "", 2: ""}
+    finishes = {}
+    for chunk in client.chat.completions.create(**options, stream=True):
+        choice = chunk.choices[0]
+        texts[choice.index] += choice.delta.content or ""
+        if choice.finish_reason:
+            finishes[choice.index] = choice.finish_reason
+    assert [texts[i] for i in range(3)] == [c.message.content for c in whole.choices]
+    assert [finishes[i] for i in range(3)] == [c.finish_reason for c in whole.choices]
+    assert len(set(texts.values())) == 3  # each choice samples on its own
