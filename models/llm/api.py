@@ -26,6 +26,7 @@ __all__ = [
     "ApiError",
     "CompletionRequest",
     "EmbeddingRequest",
+    "Kind",
     "Prompt",
     "error_doc",
     "parse_embedding_request",

@@ -50,6 +50,7 @@ from models.llm.api import (
     ApiError,
     CompletionRequest,
     EmbeddingRequest,
+    Kind,
     error_doc,
     parse_embedding_request,
     parse_request,
@@ -184,13 +185,13 @@ class _LlmApp(HttpApp):
     def _text(self, body: bytes, headers: dict[bytes, bytes]) -> Reply | Response | Stream:
         return self._complete("text", body, headers)
 
-    def _complete(self, kind: str, body: bytes, headers: dict[bytes, bytes]) -> Reply | Response | Stream:
+    def _complete(self, kind: Kind, body: bytes, headers: dict[bytes, bytes]) -> Reply | Response | Stream:
         refusal = self._refusal(headers)
         if refusal is not None:
             self._remember(kind, None, headers)
             return refusal
         try:
-            request = parse_request(kind, body, self._model.lm.vocab.words)  # type: ignore[arg-type]
+            request = parse_request(kind, body, self._model.lm.vocab.words)
         except ApiError as exc:
             self._remember(kind, None, headers)
             return exc.status, exc.body(), 0.0
@@ -462,17 +463,13 @@ async def _cut_after(writer: StreamWriter, delay: float) -> None:
 
 
 class LlmServer(HttpServer):
-    """A listening tinylm server; `stats` are its live counters. Made by `start_llm_server`."""
+    """A listening tinylm server (its counters: `GET /v2/debug/stats`). Made by `start_llm_server`."""
 
     __slots__ = ("version",)
 
     def __init__(self, server: asyncio.Server, app: _LlmApp, version: str, idle_timeout_s: float) -> None:
         super().__init__(server, app, idle_timeout_s)
         self.version = version
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return dict(self.app.stats)  # type: ignore[attr-defined]
 
 
 async def start_llm_server(
