@@ -6,11 +6,13 @@ text), `stop` (up to four strings; the text ends before the first one and does n
 it), `max_tokens`, and vLLM's `min_tokens` (no end of speech before that many tokens; its
 `ignore_eos` is `min_tokens = max_tokens`). A `Generation` yields text pieces one sampled
 token at a time, holding back only what could still become a stop string, so a stream and
-a whole answer agree.
+a whole answer agree; with `logprobs` it also records each token's log-probability and the
+likeliest alternatives.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,7 +21,7 @@ import numpy as np
 from models.llm._lm import BOS, EOS, UNK, LanguageModel
 from models.llm._tokens import join_piece
 
-__all__ = ["Generation", "Sampling", "draw", "rng_for"]
+__all__ = ["Generation", "Sampling", "TokenLogprob", "draw", "rng_for"]
 
 Finish = Literal["stop", "length"]
 
@@ -34,6 +36,18 @@ class Sampling:
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None  # None: off; k: each token's log-probability and the k likeliest
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A sampled token as it reads in the text (with its space), its natural log-probability
+    under the model (before temperature and penalties, as vLLM reports it), and the likeliest
+    alternatives at that step."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
 
 
 def rng_for(seed: int | None, choice: int) -> np.random.Generator:
@@ -48,6 +62,7 @@ class Generation:
 
     __slots__ = (
         "_counts",
+        "_dist",
         "_held",
         "_history",
         "_model",
@@ -55,6 +70,7 @@ class Generation:
         "_rng",
         "_sampling",
         "finish_reason",
+        "logprobs",
         "tokens",
     )
 
@@ -75,6 +91,8 @@ class Generation:
         self._counts: dict[int, int] = {}
         self.tokens = 0  # sampled tokens: the completion_tokens of `usage`
         self.finish_reason: Finish | None = None
+        self.logprobs: list[TokenLogprob] = []  # with sampling.logprobs: not yet taken (`take_logprobs`)
+        self._dist: np.ndarray | None = None
 
     def step(self) -> str:
         """Sample one token; return the text that is now certain (maybe "")."""
@@ -90,6 +108,8 @@ class Generation:
             del self._history[0]
         self._counts[word] = self._counts.get(word, 0) + 1
         token = self._model.vocab.words[word]
+        if self._dist is not None:
+            self._record(word)
         text = self._held + join_piece(self._previous, token)
         self._previous = token
         if not sampling.stop:
@@ -102,6 +122,23 @@ class Generation:
         keep = _longest_stop_prefix(text, sampling.stop)
         self._held = text[len(text) - keep :] if keep else ""
         return self._done_if_full(text[: len(text) - keep])
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The entries of the tokens sampled since the last call."""
+        taken, self.logprobs = self.logprobs, []
+        return taken
+
+    def _record(self, word: int) -> None:
+        dist = self._dist
+        assert dist is not None and self._sampling.logprobs is not None
+        words, previous = self._model.vocab.words, self._previous
+        k = self._sampling.logprobs
+        top: tuple[tuple[str, float], ...] = ()
+        if k:
+            best = np.argpartition(-dist, k)[:k]
+            best = best[np.argsort(-dist[best], kind="stable")]
+            top = tuple((join_piece(previous, words[i]), _log(dist[i])) for i in best)
+        self.logprobs.append(TokenLogprob(join_piece(previous, words[word]), _log(dist[word]), top))
 
     def _done_if_full(self, text: str) -> str:
         if self.tokens >= self._sampling.max_tokens:
@@ -119,6 +156,8 @@ class Generation:
         probs[BOS] = 0.0
         if self.tokens < sampling.min_tokens:
             probs[EOS] = 0.0
+        if sampling.logprobs is not None:
+            self._dist = probs / probs.sum()
         if self._counts and (sampling.presence_penalty or sampling.frequency_penalty):
             ids = np.fromiter(self._counts, dtype=np.int64, count=len(self._counts))
             seen = np.fromiter(self._counts.values(), dtype=np.float64, count=len(self._counts))
@@ -136,6 +175,10 @@ class Generation:
             cumulative = cumulative[:keep]
             return int(chosen[int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], "right"))])
         return draw(probs, self._rng.random())
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0.0 else -9999.0  # OpenAI's floor for "impossible"
 
 
 _BLOCK = 64

@@ -6,6 +6,7 @@ Where the API is silent we do what vLLM does: unknown fields are ignored, an unk
 is a 404 `model_not_found`, the prompt plus `max_tokens` may not exceed the context length,
 and vLLM's extra sampling fields `min_tokens` and `ignore_eos` work (a benchmark asks for
 exactly N tokens with `ignore_eos: true`).
+
 Token counts are tinylm's word and punctuation tokens (`models.llm.tokenize`); a chat
 prompt counts the tokens of every message's content.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.faults import is_int
-from models.llm._generate import Sampling
+from models.llm._generate import Sampling, TokenLogprob
 from models.llm._tokens import tokenize
 
 __all__ = [
@@ -28,10 +29,12 @@ __all__ = [
     "EmbeddingRequest",
     "Kind",
     "Prompt",
+    "chat_logprobs",
     "error_doc",
     "parse_embedding_request",
     "parse_request",
     "stream_chunk",
+    "text_logprobs",
 ]
 
 MAX_MODEL_LEN = 2048  # tokens of prompt plus completion, as vLLM's --max-model-len
@@ -103,8 +106,6 @@ def parse_request(kind: Kind, body: bytes, vocabulary: tuple[str, ...]) -> Compl
     for name in ("logit_bias",):
         if doc.get(name):
             raise ApiError(400, f"'{name}' is not supported by tinylm.", name, "unsupported_parameter")
-    if doc.get("logprobs") or doc.get("top_logprobs"):
-        raise ApiError(400, "'logprobs' is not supported by tinylm.", "logprobs", "unsupported_parameter")
     if doc.get("suffix") is not None:
         raise ApiError(400, "'suffix' is not supported by tinylm.", "suffix", "unsupported_parameter")
     fmt = doc.get("response_format")
@@ -425,6 +426,7 @@ def _sampling(doc: dict[str, Any], kind: Kind, prompt_tokens: int) -> Sampling:
     if seed is not None and not is_int(seed):
         raise ApiError(400, _type_message("seed", seed, "an integer"), "seed", "invalid_type")
     return Sampling(
+        logprobs=_logprobs(doc, kind),
         max_tokens=max_tokens,
         min_tokens=max_tokens if ignore_eos else min_tokens,
         temperature=_number(doc, "temperature", 1.0, 0.0, 2.0),
@@ -434,6 +436,47 @@ def _sampling(doc: dict[str, Any], kind: Kind, prompt_tokens: int) -> Sampling:
         stop=stops,
         seed=seed,
     )
+
+
+def _logprobs(doc: dict[str, Any], kind: Kind) -> int | None:
+    """Chat: `logprobs: true` and `top_logprobs` 0..20; completions: `logprobs` 0..5 (the
+    number of alternatives). None when not asked for."""
+    if kind == "text":
+        return _integer(doc, "logprobs", None, low=0, high=5)
+    wanted = doc.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, _type_message("logprobs", wanted, "a boolean"), "logprobs", "invalid_type")
+    top = _integer(doc, "top_logprobs", None, low=0, high=20)
+    if top is not None and not wanted:
+        raise ApiError(
+            400, "'top_logprobs' is only allowed when 'logprobs' is true.", "top_logprobs", "invalid_value"
+        )
+    return (top or 0) if wanted else None
+
+
+def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """A chat choice's (or chunk's) `logprobs`, in OpenAI's shape."""
+
+    def one(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries]
+    return {"content": content, "refusal": None}
+
+
+def text_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """A completion choice's (or chunk's) `logprobs`; `offset`: where the first token starts
+    in the choice's text."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [dict(e.top) for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def stream_chunk(

@@ -51,10 +51,12 @@ from models.llm.api import (
     CompletionRequest,
     EmbeddingRequest,
     Kind,
+    chat_logprobs,
     error_doc,
     parse_embedding_request,
     parse_request,
     stream_chunk,
+    text_logprobs,
 )
 from models.llm.faults import LlmFate, LlmFaultInjector, LlmFaults
 
@@ -271,11 +273,16 @@ class _LlmApp(HttpApp):
             while g.finish_reason is None:
                 parts.append(g.step())
             text = "".join(parts)
+            logprobs = None
             if request.kind == "chat":
                 choice = {"index": index, "message": {"role": "assistant", "content": text}}
+                if request.sampling.logprobs is not None:
+                    logprobs = chat_logprobs(g.take_logprobs())
             else:
                 choice = {"text": text, "index": index}
-            choice["logprobs"] = None
+                if request.sampling.logprobs is not None:
+                    logprobs = text_logprobs(g.take_logprobs(), len(parts[0]))
+            choice["logprobs"] = logprobs
             choice["finish_reason"] = g.finish_reason
             choices.append(choice)
         completion = sum(g.tokens for g in generations)
@@ -316,15 +323,34 @@ class _LlmApp(HttpApp):
 
         obj = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(index: int, content: str | None, finish: str | None, role: bool = False) -> bytes:
+        def chunk(
+            index: int, content: str | None, finish: str | None, role: bool = False, logprobs: Any = None
+        ) -> bytes:
             if chat:
                 delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
                 if content is not None:
                     delta["content"] = content
-                choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             else:
-                choice = {"text": content or "", "index": index, "logprobs": None, "finish_reason": finish}
+                choice = {
+                    "text": content or "",
+                    "index": index,
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
             return _event(stream_chunk(obj, ident, created, MODEL_ID, fingerprint, [choice], with_usage))
+
+        offsets: dict[int, int] = {}  # completions: where the next token starts in the choice's text
+
+        def logprobs_of(index: int, g: Generation) -> Any:
+            entries = g.take_logprobs()
+            if not entries:
+                return None
+            if chat:
+                return chat_logprobs(entries)
+            start = offsets.get(index, len(self._prefix(request, index)))
+            offsets[index] = start + sum(len(e.token) for e in entries)
+            return text_logprobs(entries, start)
 
         # A token's event is `chunk(index, piece, None)` with only the piece varying: encode
         # the rest once per choice and splice the piece's JSON string in.
@@ -347,6 +373,7 @@ class _LlmApp(HttpApp):
                 elif request.echo:
                     await send(chunk(index, self._prefix(request, index), None))
             active = list(enumerate(generations))
+            wants_logprobs = request.sampling.logprobs is not None
             tick = faults.time_per_token_ms / 1000.0
             while active:
                 still = []
@@ -355,11 +382,15 @@ class _LlmApp(HttpApp):
                     piece = g.step()
                     completion += g.tokens - before
                     if piece:
-                        await send(token_event(index, piece))
+                        if wants_logprobs:
+                            await send(chunk(index, piece, None, logprobs=logprobs_of(index, g)))
+                        else:
+                            await send(token_event(index, piece))
                     if g.finish_reason is None:
                         still.append((index, g))
                     else:
-                        await send(chunk(index, None if chat else "", g.finish_reason))
+                        rest = logprobs_of(index, g) if wants_logprobs else None
+                        await send(chunk(index, None if chat else "", g.finish_reason, logprobs=rest))
                 active = still
                 if active:
                     await asyncio.sleep(tick)  # also lets the loop see a client that left

@@ -13,6 +13,7 @@ import openai
 import pytest
 from numpy.testing import assert_allclose
 
+from models.llm import Generation, Sampling, load_tinylm, rng_for, tokenize
 from models.llm.faults import LlmFaults
 from tests.models.conftest import ThreadedServer
 from tests.support import wait_for
@@ -384,3 +385,55 @@ def test_n_choices_stream_interleaved_and_match_the_whole_answer(
     assert [texts[i] for i in range(3)] == [c.message.content for c in whole.choices]
     assert [finishes[i] for i in range(3)] == [c.finish_reason for c in whole.choices]
     assert len(set(texts.values())) == 3  # each choice samples on its own
+
+
+def test_logprobs_whole_and_streamed_as_openai_shapes_them(serve_llm: Callable[..., ThreadedServer]) -> None:
+    server = serve_llm("v2")
+    client = _client(server)
+    options = {
+        "model": "tinylm",
+        "messages": CHAT,
+        "seed": 5,
+        "max_tokens": 12,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    whole = client.chat.completions.create(**options)
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == whole.usage.completion_tokens
+    assert "".join(e.token for e in entries) == whole.choices[0].message.content
+    for e in entries:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and e.logprob <= tops[0] <= 0.0
+        assert e.bytes == list(e.token.encode())
+    # the values are the model's: the same generation in-process reports the same numbers
+    lm = load_tinylm("v2").lm
+    last = tokenize(CHAT[-1]["content"])
+    g = Generation(
+        lm, lm.vocab.encode(last), None, Sampling(max_tokens=12, seed=5, logprobs=3), rng_for(5, 0)
+    )
+    while g.finish_reason is None:
+        g.step()
+    assert_allclose([e.logprob for e in entries], [e.logprob for e in g.take_logprobs()])
+
+    streamed = [
+        e
+        for c in client.chat.completions.create(**options, stream=True)
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+
+    text = client.completions.create(
+        model="tinylm", prompt="My lord,", seed=5, max_tokens=6, logprobs=2, echo=True
+    )
+    lp = text.choices[0].logprobs
+    assert "My lord," + "".join(lp.tokens) == text.choices[0].text
+    assert lp.text_offset[0] == len("My lord,") and all(len(d) == 2 for d in lp.top_logprobs)
+    for body, param in (
+        ({"model": "tinylm", "messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "tinylm", "messages": CHAT, "logprobs": 1}, "logprobs"),
+    ):
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body).json()["error"]["param"] == param
+    bad = httpx.post(f"{server.url}/v1/completions", json={"model": "tinylm", "prompt": "a", "logprobs": 9})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "logprobs"
