@@ -12,6 +12,7 @@ from models.faults import Faults
 from models.zoo import digits_holdout
 from tests.models._support import RawClient, http_request, infer_body
 from tests.models.conftest import ThreadedServer
+from tests.support import wait_for
 
 INFER = "/v2/models/digits/infer"
 
@@ -80,10 +81,12 @@ def test_hang_is_never_answered_until_the_client_gives_up(
         httpx.post(server.url + INFER, content=body, timeout=httpx.Timeout(5.0, read=0.3))
     with httpx.Client(base_url=server.url) as client:
         assert client.get("/v2/health/live").status_code == 200
-        for _ in range(200):  # the hung connection is dropped once the client has gone
-            if client.get("/v2/debug/stats").json()["connections_open"] == 1:
-                break
-            time.sleep(0.01)
+        wait_for(  # the hung connection is dropped once the client has gone
+            lambda: client.get("/v2/debug/stats").json(),
+            lambda stats: stats["connections_open"] == 1,
+            what="only this connection open",
+            interval=0.01,
+        )
         assert client.get("/v2/debug/stats").json() == {
             "connections_open": 1,
             "connections_total": 2,

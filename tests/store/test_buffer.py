@@ -6,10 +6,14 @@ import threading
 import time
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway.store.buffer import CounterBuffer, RecordBuffer
 from gateway.store.redis import RedisStore
 from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_for
 
 
 # -- on every backend (the ``store`` fixture runs SQLite and Redis) ---------------------
@@ -174,6 +178,17 @@ def test_counter_totals_are_exact_across_a_kill_and_restart(private_redis, priva
     assert buf.size == 0
 
 
+def _asleep(server: RedisServer) -> bool:
+    probe = redis.Redis(port=server.port, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
+    try:
+        probe.ping()
+    except redis.TimeoutError:
+        return True
+    finally:
+        probe.close()
+    return False
+
+
 def test_a_batch_applied_after_its_client_timed_out_is_not_added_twice(private_redis, private_store):
     """The ambiguous failure: EXEC reaches Redis, the reply does not reach the gateway."""
     buf = CounterBuffer()
@@ -183,7 +198,7 @@ def test_a_batch_applied_after_its_client_timed_out_is_not_added_twice(private_r
     sleeper = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "2.5"))
     sleeper.start()
     try:
-        time.sleep(0.3)  # Redis is now asleep; our EXEC waits in its socket
+        wait_for(lambda: _asleep(private_redis), what="Redis asleep (a PING unanswered)")  # EXEC will wait
         buf.add("exp:{e}:arm:a", "n", 10)
         assert buf.flush(private_store) is False  # the 1 s socket timeout fires
         assert "unreachable" in (buf.last_error or "")

@@ -15,7 +15,11 @@ MODEL = {"name": "digits", "default_version": "v1"}
 VERSION = {"model": "digits", "version": "v1", "endpoints": ["http://127.0.0.1:9"]}
 
 
-def test_a_version_that_does_not_compile_keeps_the_last_table_and_says_so(store):
+def test_a_version_that_does_not_compile_keeps_the_last_table_and_says_so(store, monkeypatch):
+    polls: list[int] = []  # the sync reads the store's version once per poll
+    read_version = store.config_version
+    monkeypatch.setattr(store, "config_version", lambda: polls.append(1) or read_version())
+
     async def scenario() -> None:
         tables: list[RouteTable] = []
         sync = ConfigSync(store, tables.append, poll_s=0.05)
@@ -25,7 +29,8 @@ def test_a_version_that_does_not_compile_keeps_the_last_table_and_says_so(store)
             await await_for(lambda: sync.version, lambda v: v == good, what=f"config version {good}")
             bad = store.commit([Write("versions", "digits/v2", {"version": "v2"})])  # no "model"
             await await_for(lambda: sync.error, what="a config error")
-            await asyncio.sleep(0.2)  # several polls: still alive, still on the good table
+            seen = len(polls)  # several polls later: still alive, still on the good table
+            await await_for(lambda: len(polls), lambda n: n >= seen + 3, what="three more polls")
             assert not task.done()
             assert sync.version == good and [t.config_version for t in tables] == [good]
             assert f"config version {bad} does not compile" in sync.error
