@@ -7,27 +7,13 @@ written to tests/artifacts/.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from models.zoo import digits_holdout
+from tests.browser.chromium import ARTIFACTS, launch
 from tests.support.procs import model_server, oip_digits, wait_flushed
 from tests.support.wait import wait_for
 from tests.telemetry.helpers import in_process_mesh
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +65,13 @@ def _settled_latency(mesh) -> dict:
     return next(m for m in results["metrics"] if m["name"] == "latency")
 
 
-def _browser(playwright):
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"Debian's chromium is not installed at {CHROMIUM}: run ./.ci/ensure-browser "
-            "(apt-get install -y chromium); this test never downloads a browser"
-        )
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-
-
 def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mesh):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch(p)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
@@ -187,7 +164,7 @@ def test_dashboard_keys_page_shows_limits_and_usage(mesh):
         assert r.status_code in (201, 409), r.text
     mesh.admin.delete("/v1/keys/dash-old").raise_for_status()
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch(p)
         try:
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
             page.goto(f"{mesh.admin_url}/ui#keys")

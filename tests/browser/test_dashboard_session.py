@@ -3,7 +3,7 @@ the last data out of sight, also when the address's #page changes (back/forward,
 
 from __future__ import annotations
 
-from tests.browser.test_dashboard import _browser
+from tests.browser.chromium import launch
 from tests.telemetry.helpers import in_process_mesh
 
 
@@ -11,7 +11,7 @@ def test_an_expired_session_hides_every_page_even_when_the_hash_changes(tmp_path
     from playwright.sync_api import expect, sync_playwright
 
     with in_process_mesh(tmp_path / "data", {"MESHGATE_ACCESS_LOG": "off"}) as mesh, sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch(p)
         try:
             context = browser.new_context()
             page = context.new_page()

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from gateway.mesh.ca import MeshCA
 from gateway.mesh.identity import peer_identity
+from gateway.mesh.workload import Issued, SignRequest
 from gateway.store.sqlite import SQLiteStore
 
 MODEL = "spiffe://meshgate.local/model/digits/v2"
@@ -117,3 +118,22 @@ async def exchange(port: int, ctx: ssl.SSLContext | None) -> str | BaseException
             await conn.close()
     except (ssl.SSLError, ConnectionError) as exc:
         return exc
+
+
+class RecordingSigner:
+    """Signs with the CA after checking renewal proofs as the control plane would; keeps the requests."""
+
+    def __init__(self, ca: MeshCA, lifetime_s: float = 3600) -> None:
+        self.ca = ca
+        self.lifetime_s = lifetime_s
+        self.requests: list[SignRequest] = []
+        self.fail = False
+
+    async def __call__(self, request: SignRequest) -> Issued:
+        self.requests.append(request)
+        if self.fail:
+            raise ConnectionRefusedError("control plane down")
+        csr, identity = self.ca.check_csr(request.csr_pem, request.identity)
+        if request.renewal is not None:
+            self.ca.verify_renewal(request.renewal, csr, identity)
+        return Issued(self.ca.sign_csr(request.csr_pem, identity, self.lifetime_s), self.ca.bundle_pem())

@@ -34,8 +34,7 @@ from gateway.mesh.proofbook import ProofBook
 from gateway.mesh.signers import SignError, control_plane_signer, local_signer
 from gateway.mesh.tokens import JoinTokens
 from gateway.mesh.workload import Issued, RotationError, WorkloadIdentity
-from tests.mesh.conftest import MODEL
-from tests.mesh.test_workload import RecordingSigner
+from tests.mesh.conftest import MODEL, RecordingSigner
 from tests.support.procs import uvicorn_thread
 
 

@@ -15,27 +15,8 @@ from gateway.mesh.ca import CAError, MeshCA
 from gateway.mesh.proof import make_proof
 from gateway.mesh.signers import local_signer
 from gateway.mesh.workload import Issued, RotationError, SignRequest, WorkloadIdentity
-from tests.mesh.conftest import GATEWAY, MODEL, connect, echo_server, make_csr
+from tests.mesh.conftest import GATEWAY, MODEL, RecordingSigner, connect, echo_server, make_csr
 from tests.support import await_for
-
-
-class RecordingSigner:
-    """Signs with the CA after checking renewal proofs as the control plane would; keeps the requests."""
-
-    def __init__(self, ca: MeshCA, lifetime_s: float = 3600) -> None:
-        self.ca = ca
-        self.lifetime_s = lifetime_s
-        self.requests: list[SignRequest] = []
-        self.fail = False
-
-    async def __call__(self, request: SignRequest) -> Issued:
-        self.requests.append(request)
-        if self.fail:
-            raise ConnectionRefusedError("control plane down")
-        csr, identity = self.ca.check_csr(request.csr_pem, request.identity)
-        if request.renewal is not None:
-            self.ca.verify_renewal(request.renewal, csr, identity)
-        return Issued(self.ca.sign_csr(request.csr_pem, identity, self.lifetime_s), self.ca.bundle_pem())
 
 
 def test_rotation_keeps_established_connections_and_new_handshakes_see_the_new_certificate(ca, tmp_path):

@@ -19,7 +19,7 @@ import httpx
 from gateway.localproc import admin_client, read_token, register
 from gateway.runtime import ProcessOptions, Running, run
 
-__all__ = ["InProcessMesh", "in_process_mesh"]
+__all__ = ["OTHER", "InProcessMesh", "in_process_mesh"]
 
 
 class InProcessMesh:
@@ -87,3 +87,26 @@ def in_process_mesh(
         assert not thread.is_alive(), "the in-process mesh did not stop"
         if "error" in box:
             raise RuntimeError("the in-process mesh failed while stopping") from box["error"]
+
+
+# a gateway on another machine whose store writes are failing (as its heartbeat would say)
+OTHER = {
+    "address": "http://10.0.0.9:8080",
+    "version": "0.1.0",
+    "pid": 4242,
+    "worker": None,
+    "started": 0.0,
+    "interval_s": 1.0,
+    "config_version": 3,
+    "config_error": "config version 4 does not compile: KeyError: 'model'",
+    "ready": True,
+    "requests": 1234,
+    "models": 1,
+    "measurement": {
+        "pending_counter_cells": 7,
+        "pending_join_records": 5,
+        "dropped_counter_increments": 2,
+        "dropped_join_records": 1,
+        "last_error": "[Errno 111] connection refused",
+    },
+}

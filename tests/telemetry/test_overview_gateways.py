@@ -11,29 +11,7 @@ from gateway.registration import GATEWAYS_NAMESPACE
 from gateway.runtime import default_store_url
 from gateway.store import Write, open_store
 from tests.support import MESHGATE, wait_for
-from tests.telemetry.helpers import in_process_mesh
-
-# a gateway on another machine whose store writes are failing (as its heartbeat would say)
-OTHER = {
-    "address": "http://10.0.0.9:8080",
-    "version": "0.1.0",
-    "pid": 4242,
-    "worker": None,
-    "started": 0.0,
-    "interval_s": 1.0,
-    "config_version": 3,
-    "config_error": "config version 4 does not compile: KeyError: 'model'",
-    "ready": True,
-    "requests": 1234,
-    "models": 1,
-    "measurement": {
-        "pending_counter_cells": 7,
-        "pending_join_records": 5,
-        "dropped_counter_increments": 2,
-        "dropped_join_records": 1,
-        "last_error": "[Errno 111] connection refused",
-    },
-}
+from tests.telemetry.helpers import OTHER, in_process_mesh
 
 
 def _wait_for_gateways(mesh, ids: set[str]) -> list[dict]:

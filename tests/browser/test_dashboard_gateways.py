@@ -8,9 +8,8 @@ import time
 from gateway.registration import GATEWAYS_NAMESPACE
 from gateway.runtime import default_store_url
 from gateway.store import open_store
-from tests.browser.test_dashboard import ARTIFACTS, _browser
-from tests.telemetry.helpers import in_process_mesh
-from tests.telemetry.test_overview_gateways import OTHER
+from tests.browser.chromium import ARTIFACTS, launch
+from tests.telemetry.helpers import OTHER, in_process_mesh
 
 
 def test_the_gateways_page_lists_the_live_data_plane(tmp_path):
@@ -27,7 +26,7 @@ def test_the_gateways_page_lists_the_live_data_plane(tmp_path):
             store.close()
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_playwright() as p:
-            browser = _browser(p)
+            browser = launch(p)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 700})
                 page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)

@@ -1,0 +1,79 @@
+"""The test suite's own rules, checked: a test waits on an observable condition or an explicit
+flush (``tests.support.wait_for`` / ``await_for`` / ``wait_flushed``), never on a fixed sleep.
+
+A sleep is allowed only where it is not a wait: a stub's scripted slowness, pacing a bounded
+load loop, a sampler, or a window in which something must *not* happen. Each such line is listed
+below with the reason; a new one needs an entry (or, better, a poll). ``tests/support`` is exempt:
+it is where the one poll loop lives.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+#: A sleep of any length (``asyncio.sleep(0)`` only yields to the loop and is not one).
+SLEEP = re.compile(
+    r"(?<![\w])(?:time\.|asyncio\.)?sleep\((?!0\))"  # time.sleep, asyncio.sleep, a bare sleep
+    r"|\.wait_for_timeout\("  # Playwright's fixed pause
+    r"|Event\(\)\.wait\(\s*[\d.]"  # threading.Event().wait(1.5): a sleep in disguise
+)
+
+#: (file under tests/, text on the line) -> why that sleep is not a wait.
+ALLOWED = {
+    ("engine/test_pool_interim.py", "await asyncio.sleep(5)"): "the upstream holds its connection open",
+    ("engine/test_server_early_answer.py", "await asyncio.sleep(0.02)"): "paces a bounded send loop",
+    ("engine/test_deadlines.py", "await asyncio.sleep(0.05)"): "a window: a closed wheel must fire nothing",
+    ("engine/test_streaming_memory.py", "await asyncio.sleep(0.02)"): "the RSS sampler's period",
+    ("dataplane/test_deadline_faults.py", "await asyncio.sleep(1.0)"): "a scripted upstream answering late",
+    ("integration/test_resilience.py", "time.sleep(stub.ready_delay_s)"): "a stub scripted to be slow",
+    ("integration/test_resilience.py", "time.sleep(1.0)"): "a window: checks still running may end",
+    ("integration/test_resilience.py", "time.sleep(0.5)"): "a window: no new check may start in it",
+    ("integration/test_experiments_e2e.py", "time.sleep(0.001)"): "paces the load for the canary's clock",
+    ("mesh/test_workload.py", "await asyncio.sleep(0.05)"): "paces bounded probes during rotation",
+    ("store/test_buffer.py", "time.sleep(0.001)"): "paces a concurrent flusher thread",
+}
+
+
+def _sleeps() -> list[tuple[str, str]]:
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        rel = path.relative_to(TESTS).as_posix()
+        if rel.startswith("support/") or rel == "test_rules.py":
+            continue
+        for line in path.read_text().splitlines():
+            if SLEEP.search(line):
+                found.append((rel, line.strip()))
+    return found
+
+
+def test_no_fixed_sleep_outside_the_allow_list():
+    unexplained = [
+        f"{rel}: {line}"
+        for rel, line in _sleeps()
+        if not any(rel == f and text in line for f, text in ALLOWED)
+    ]
+    assert not unexplained, (
+        "a fixed sleep in a test: wait on what it waits for with tests.support.wait_for/await_for "
+        "(or wait_flushed for a gateway's counters), or add it to ALLOWED in tests/test_rules.py "
+        "with why it is not a wait:\n" + "\n".join(unexplained)
+    )
+
+
+def test_every_allowed_sleep_still_exists():
+    """An entry whose sleep is gone is stale: remove it, so the list stays the truth."""
+    found = _sleeps()
+    stale = [key for key in ALLOWED if not any(rel == key[0] and key[1] in line for rel, line in found)]
+    assert not stale, stale
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/support (or a package's conftest), not in a test module."""
+    offenders = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for match in re.finditer(r"^\s*from tests\.(\S+) import", path.read_text(), re.M):
+            if match.group(1).rsplit(".", 1)[-1].startswith("test_"):
+                offenders.append(f"{path.relative_to(TESTS)} imports tests.{match.group(1)}")
+    assert not offenders, offenders
