@@ -5,6 +5,11 @@ A sleep is allowed only where it is not a wait: a stub's scripted slowness, paci
 load loop, a sampler, or a window in which something must *not* happen. Each such line is listed
 below with the reason; a new one needs an entry (or, better, a poll). ``tests/support`` is exempt:
 it is where the one poll loop lives.
+
+Layout (not checked, kept by review): a test sits beside the code it tests -- tests/router,
+tests/experiments (and experiments/stats), tests/models, tests/<gateway subpackage> (cli, control,
+dataplane, mesh, store, telemetry; engine is gateway/http) -- in-process, on loopback; tests that
+run several meshgate processes go to tests/integration, browser tests to tests/browser.
 """
 
 from __future__ import annotations
