@@ -14,8 +14,8 @@ from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from router.client_keys import ClientKey, KeyTable, digest, mint
 from router.ratelimit import Limits
-from tests.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
 from tests.support import FakeClock
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
 
 T0 = 60.0 * 1000 + 5
 

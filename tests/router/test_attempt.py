@@ -10,7 +10,7 @@ from router.deadline import Deadline
 from router.policy import TrafficPolicy
 from router.resilience import VersionRuntime
 from router.retry import Outcome
-from tests.router.fakeclock import FakeClock
+from tests.support.clock import FakeClock
 
 EPS = ["http://a", "http://b"]
 
