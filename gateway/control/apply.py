@@ -11,6 +11,8 @@ The document (YAML or JSON; see ``examples/mesh.yaml``)::
     experiments: [{name, model, arms, control, metrics, engine, alpha, key_header, salt}]
     canaries:    [{model, candidate, steps, interval_s, min_requests, ...}]
     flags:       [{key, model, variants, default_variant, rules, ...}]
+    keys:                              # client keys of the LLM routes: their limits only
+      team-a: {rpm: 600, tpm: 200000, models: [chat]}
 
 Semantics: the whole file is validated, then applied in **one** optimistic transaction, so
 either everything is written or nothing is. Applying is idempotent: what already matches is
@@ -18,7 +20,10 @@ reported ``unchanged`` and not written. Nothing absent from the file is deleted.
 experiment's weights follow the file (monotone ranges); any other change to an existing
 experiment is refused (409: start a new one). A canary is identified by model + candidate:
 once one exists (running or finished), the file's canary entry is satisfied -- so leave
-``default_version`` out of a model whose default a canary is to promote.
+``default_version`` out of a model whose default a canary is to promote. A key's entry sets
+its limits (an absent one is unlimited, no ``models`` is every model); the key must exist:
+``meshgate keys create`` mints it and shows it once, while a mesh file lives in git and apply
+output in CI logs, so apply never mints or prints a key.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from gateway.control.experiments_service import (
     plan_create,
 )
 from gateway.control.flags_api import parse_flag, plan_put_flag
+from gateway.control.keys_service import COLLECTION as KEYS
+from gateway.control.keys_service import check_name as check_key_name
+from gateway.control.keys_service import plan_update
 from gateway.control.schemas import VersionBody
 from gateway.control.transact import transact
 from gateway.store import Store, Write
@@ -53,7 +61,9 @@ from router.policy import PolicyError
 __all__ = ["ApplyService", "apply_router"]
 
 Snapshot = dict[str, dict[str, dict]]
-_SECTIONS = ("models", "experiments", "canaries", "flags")
+_SECTIONS = ("models", "experiments", "canaries", "flags", "keys")
+_KEY_FIELDS = ("rpm", "tpm", "models")
+_COLLECTIONS = (*COLLECTIONS, KEYS)
 _MODEL_FIELDS = ("default_version", "policy", "versions")
 #: What may not change on an existing experiment (the weights may).
 _FIXED = ("model", "kind", "control", "metrics", "engine", "alpha", "salt", "key_header")
@@ -94,7 +104,7 @@ class _Plan:
     def __init__(
         self, snap: Mapping[str, Mapping[str, dict]], counters: Callable[[Experiment], dict]
     ) -> None:
-        self.work: Snapshot = {c: copy.deepcopy(dict(snap.get(c, {}))) for c in COLLECTIONS}
+        self.work: Snapshot = {c: copy.deepcopy(dict(snap.get(c, {}))) for c in _COLLECTIONS}
         self.writes: dict[tuple[str, str], Write] = {}
         self.changes: list[dict[str, Any]] = []
         self.counters = counters
@@ -240,6 +250,22 @@ class _Plan:
         write, _ = plan_put_flag(self.work, flag, f"{path}.")
         self._record("flag", "flags", flag.key, existing, write.doc)
 
+    def key(self, name: str, spec: Mapping, path: str) -> None:
+        _unknown(spec, _KEY_FIELDS, path)
+        if not isinstance(spec.get("models") or [], list):
+            raise _invalid(f"{path}.models", "expected a list of model names")
+        changes = {"rpm": spec.get("rpm"), "tpm": spec.get("tpm"), "models": spec.get("models") or []}
+        try:
+            check_key_name(name)
+            write = plan_update(self.work, name, changes)
+        except ApiError as exc:
+            raise _at(path, exc) from None
+        if write is None:
+            self.note("key", name, "unchanged")
+            return
+        self.put(write)
+        self.note("key", name, "changed")
+
     def _record(self, kind: str, collection: str, key: str, existing: dict | None, doc: dict | None) -> None:
         if existing == doc:
             self.note(kind, key, "unchanged")
@@ -265,6 +291,7 @@ class ApplyService:
         experiments = _items(doc, "experiments")
         canaries = _items(doc, "canaries")
         flags = _items(doc, "flags")
+        keys = _mapping(doc.get("keys") or {}, "keys")
 
         def plan(snap: dict) -> tuple[list[Write], list[dict[str, Any]]]:
             p = _Plan(snap, self._counters)
@@ -277,9 +304,11 @@ class ApplyService:
                 p.experiment(spec, f"experiments[{i}]", now)
             for i, spec in enumerate(canaries):
                 p.canary(spec, f"canaries[{i}]", now)
+            for name, spec in keys.items():
+                p.key(name, _mapping(spec, f"keys.{name}"), f"keys.{name}")
             return ([] if dry_run else list(p.writes.values())), p.changes
 
-        changes = transact(self.store, COLLECTIONS, plan)
+        changes = transact(self.store, _COLLECTIONS, plan)
         summary = {a: sum(c["action"] == a for c in changes) for a in ("created", "changed", "unchanged")}
         return {"dry_run": dry_run, **summary, "changes": changes}
 
@@ -290,7 +319,7 @@ def apply_router(service: ApplyService) -> APIRouter:
     @router.post("/v1/apply")
     def apply(
         document: Annotated[
-            dict[str, Any], Body(description="a mesh document (models, experiments, canaries, flags)")
+            dict[str, Any], Body(description="a mesh document (models, experiments, canaries, flags, keys)")
         ],
         dry_run: bool = False,
     ) -> dict:

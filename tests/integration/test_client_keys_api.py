@@ -100,3 +100,24 @@ def test_cli_create_list_show_set_revoke(mesh):
     assert bad.returncode == 1 and "rpm" in bad.stderr and "422" in bad.stderr
     missing = mesh.cli("keys", "show", "nobody", check=False)
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_apply_sets_the_limits_of_existing_keys_and_never_mints_one(mesh):
+    mesh.admin.post("/v1/keys", json={"name": "gitops", "rpm": 5}).raise_for_status()
+    doc = {"keys": {"gitops": {"rpm": 50, "tpm": 1000, "models": ["chat"]}}}
+    first = mesh.admin.post("/v1/apply", json=doc).json()
+    assert first["changes"] == [{"kind": "key", "name": "gitops", "action": "changed", "detail": ""}]
+    shown = mesh.admin.get("/v1/keys/gitops").json()
+    assert (shown["rpm"], shown["tpm"], shown["models"]) == (50, 1000, ["chat"])
+    assert mesh.admin.post("/v1/apply", json=doc).json()["unchanged"] == 1
+    version = mesh.admin.get("/healthz").json()["config_version"]
+    for bad, status, where in [
+        ({"keys": {"nobody": {"rpm": 1}}}, 404, "keys.nobody: key 'nobody' does not exist"),
+        ({"keys": {"gitops": {"rpm": 0}}}, 422, "keys.gitops: rpm"),
+        ({"keys": {"gitops": {"secret": "x"}}}, 422, "keys.gitops.secret: unknown field"),
+        ({"keys": {"gitops": {"models": "chat"}}}, 422, "keys.gitops.models"),
+        ({"keys": ["gitops"]}, 422, "keys: expected an object"),
+    ]:
+        status_got, _, message = _error(mesh.admin.post("/v1/apply", json=bad))
+        assert status_got == status and message.startswith(where), (bad, status_got, message)
+    assert mesh.admin.get("/healthz").json()["config_version"] == version  # nothing written
