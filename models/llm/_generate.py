@@ -168,13 +168,36 @@ class Generation:
         if sampling.temperature != 1.0:
             probs = probs ** (1.0 / sampling.temperature)
         if sampling.top_p < 1.0:
-            order = np.argsort(-probs, kind="stable")
-            cumulative = np.cumsum(probs[order])
-            keep = int(np.searchsorted(cumulative, sampling.top_p * cumulative[-1])) + 1
-            chosen = order[:keep]
-            cumulative = cumulative[:keep]
+            chosen, cumulative = _nucleus(probs, sampling.top_p)
             return int(chosen[int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], "right"))])
         return draw(probs, self._rng.random())
+
+
+_CANDIDATES = (256, 2048)
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The likeliest words whose mass first reaches `top_p` (in descending order, ties by id)
+    and their cumulative weights. Sorting all 8k words costs ~200 us a token; the nucleus is
+    usually among the few hundred (or thousand) likeliest, so those are sorted first."""
+    target = top_p * float(probs.sum())
+    n = len(probs)
+    for size in _CANDIDATES:
+        if size >= n:
+            break
+        floor = np.partition(probs, n - size)[n - size]
+        ids = np.flatnonzero(probs >= floor)  # every tie of the floor too, in id order
+        order = ids[np.argsort(-probs[ids], kind="stable")]
+        cumulative = np.cumsum(probs[order])
+        if cumulative[-1] >= target:
+            return _until(order, cumulative, target)
+    order = np.argsort(-probs, kind="stable")
+    return _until(order, np.cumsum(probs[order]), target)
+
+
+def _until(order: np.ndarray, cumulative: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray]:
+    keep = int(np.searchsorted(cumulative, target)) + 1
+    return order[:keep], cumulative[:keep]
 
 
 def _log(p: float) -> float:

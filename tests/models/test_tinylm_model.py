@@ -9,7 +9,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from models.llm import Generation, Sampling, held_out_perplexity, join_piece, load_tinylm, rng_for, tokenize
-from models.llm._generate import draw
+from models.llm._generate import _nucleus, draw
 from models.llm._lm import BOS, EOS, UNK, AddKBigram, KneserNey, Vocabulary, perplexity
 from models.zoo import UnknownModelError
 
@@ -202,3 +202,19 @@ def test_min_tokens_and_ignore_eos_hold_the_end_back() -> None:
     assert free.finish_reason == "stop"
     _, held = _generate(Sampling(max_tokens=300, min_tokens=300, seed=3))
     assert (held.finish_reason, held.tokens) == ("length", 300)
+
+
+def test_nucleus_is_the_full_sorts_prefix() -> None:
+    rng = np.random.default_rng(2)
+    for n, trial in itertools.product((10, 300, 7789), range(20)):
+        probs = rng.random(n) ** 12  # peaked, like a language model's
+        probs[rng.random(n) < 0.2] = 0.0
+        if trial % 5 == 0:
+            probs = np.ones(n)  # all tied: ties go by id
+        for top_p in (0.05, 0.5, 0.95):
+            order = np.argsort(-probs, kind="stable")
+            cumulative = np.cumsum(probs[order])
+            keep = int(np.searchsorted(cumulative, top_p * probs.sum())) + 1
+            chosen, weights = _nucleus(probs, top_p)
+            assert chosen.tolist() == order[:keep].tolist()
+            assert_allclose(weights, cumulative[:keep])
