@@ -190,14 +190,14 @@ class _LlmApp(HttpApp):
     def _complete(self, kind: Kind, body: bytes, headers: dict[bytes, bytes]) -> Reply | Response | Stream:
         refusal = self._refusal(headers)
         if refusal is not None:
-            self._remember(kind, None, headers)
+            self._remember(kind, None, None, headers)
             return refusal
         try:
             request = parse_request(kind, body, self._model.lm.vocab.words)
         except ApiError as exc:
-            self._remember(kind, None, headers)
+            self._remember(kind, None, None, headers)
             return exc.status, exc.body(), 0.0
-        self._remember(kind, request, headers)
+        self._remember(kind, request.model, request.stream, headers)
         refused, fate = self._admit(request.model)
         if refused is not None:
             return refused
@@ -235,11 +235,14 @@ class _LlmApp(HttpApp):
     def _embeddings(self, body: bytes, headers: dict[bytes, bytes]) -> Reply | Response | Stream:
         refusal = self._refusal(headers)
         if refusal is not None:
+            self._remember("embeddings", None, None, headers)
             return refusal
         try:
             request = parse_embedding_request(body, self._model.lm.vocab.words, DIMENSIONS)
         except ApiError as exc:
+            self._remember("embeddings", None, None, headers)
             return exc.status, exc.body(), 0.0
+        self._remember("embeddings", request.model, False, headers)
         refused, fate = self._admit(request.model)
         if refused is not None:
             return refused
@@ -410,8 +413,10 @@ class _LlmApp(HttpApp):
 
     # -- debug -------------------------------------------------------------------------
 
-    def _remember(self, kind: str, request: CompletionRequest | None, headers: dict[bytes, bytes]) -> None:
-        """Keep what a completion request carried (`GET /v2/debug/requests`); `model` and
+    def _remember(
+        self, kind: str, model: str | None, stream: bool | None, headers: dict[bytes, bytes]
+    ) -> None:
+        """Keep what a generating request carried (`GET /v2/debug/requests`); `model` and
         `stream` are None when it was refused before they were read."""
 
         def header(name: bytes) -> str | None:
@@ -421,8 +426,8 @@ class _LlmApp(HttpApp):
         self._recent.append(
             {
                 "kind": kind,
-                "model": None if request is None else request.model,
-                "stream": None if request is None else request.stream,
+                "model": model,
+                "stream": stream,
                 "authorization": header(b"authorization"),
                 "x-request-id": header(b"x-request-id"),
                 "traceparent": header(b"traceparent"),

@@ -248,6 +248,8 @@ def test_rate_limit_and_errors_are_injected_and_healed(serve_llm: Callable[..., 
     assert client.chat.completions.create(model="tinylm", messages=CHAT, max_tokens=2).choices
     stats = _stats(server)
     assert (stats["requests"], stats["rate_limited"], stats["errors_injected"]) == (3, 1, 1)
+    kinds = [r["kind"] for r in httpx.get(f"{server.url}/v2/debug/requests").json()["requests"]]
+    assert kinds == ["chat", "chat", "chat"]
 
 
 def test_fault_draws_repeat_under_a_seed(serve_llm: Callable[..., ThreadedServer]) -> None:
@@ -329,6 +331,8 @@ def test_embeddings_through_the_sdk(serve_llm: Callable[..., ThreadedServer]) ->
     ).json()
     assert_allclose(floats["data"][0]["embedding"], vectors[0], rtol=1e-6)
     short = client.embeddings.create(model="tinylm", input=texts[0], dimensions=64).data[0].embedding
+    seen = httpx.get(f"{server.url}/v2/debug/requests").json()["requests"]
+    assert [(r["kind"], r["model"]) for r in seen] == [("embeddings", "tinylm")] * 3
     assert len(short) == 64 and abs(np.linalg.norm(short) - 1.0) < 1e-5
 
 
