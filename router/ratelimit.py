@@ -19,10 +19,18 @@ A :class:`Meter` is one key's accounting on one gateway, in one of two modes:
   failed (store down) falls back to exact mode against the full limit until a sync succeeds.
   Hence, while the store is up: requests per sliding minute <= rpm + G for G gateways.
 
-Tokens are known only after the answer: ``record`` adds them and a request is admitted while the
-token estimate is below ``tpm``, so one large answer may take the budget below zero and block
-later requests until the window slides past it, as OpenAI's limits do. In shared mode a gateway
-sees other gateways' tokens up to one sync interval (plus a store round trip) late.
+Tokens are known only after the answer: ``record`` adds them and a request is admitted while
+the token budget is above zero, so one large answer may take it below zero and block later
+requests until the window slides past it, as OpenAI's limits do. In shared mode tokens are
+leased the same way (a request needs a token lease above zero; its answer's tokens come out of
+it, and what the lease does not cover is reserved at the next sync), so across gateways
+tokens per sliding minute <= tpm + the tokens of the requests admitted while their gateway's
+lease was still positive but not yet charged (the answers in flight, as with one OpenAI
+process) + the answers of the G unleased requests.
+
+A gateway asks to hold twice its demand of one sync interval, at most a tenth of the limit, and
+returns what it holds beyond that; so under-admission (room held in another gateway's unused
+lease) is bounded by the others' leases, each at most a tenth of the limit.
 
 Time is injected (``now``, wall-clock seconds: windows are aligned to the minute on every
 gateway, so their clocks must agree, as NTP keeps them). The store side of a sync lives in
@@ -109,17 +117,30 @@ class Verdict(NamedTuple):
 
 
 class Flush(NamedTuple):
-    """What one sync sends for a key: counts per minute not yet in the store, and the lease
-    change for the current minute (``want`` more, ``give_back`` returned)."""
+    """What one sync sends for a key: the counts per minute the store has not seen, and the
+    lease change for the current minute, for requests and for tokens (``want`` more,
+    ``give_back`` returned)."""
 
-    counts: dict[int, tuple[int, int, int]]  # minute -> (requests, unleased requests, tokens)
+    #: minute -> (requests, unleased requests, tokens, unleased tokens)
+    counts: dict[int, tuple[int, int, int, int]]
     window: int
-    want: int
-    give_back: int
+    want: tuple[int, int]  # (requests, tokens)
+    give_back: tuple[int, int]
+
+
+def _target(limit: int, demand: int) -> int:
+    """The lease a gateway asks to hold: twice its demand of one sync interval, at least 1, at
+    most a tenth of the limit (so one busy gateway does not reserve everyone's minute at once)."""
+    return min(max(1, math.ceil(limit / 10)), max(1, 2 * demand))
+
+
+def _grant(limit: int, want: int, reserved_after: int, prev: int, f: float) -> int:
+    room = limit - prev * (1 - f) - (reserved_after - want)
+    return max(0, min(want, math.floor(room)))
 
 
 class Meter:
-    """One key's counts and lease on one gateway (see the module docstring)."""
+    """One key's counts and leases on one gateway (see the module docstring)."""
 
     __slots__ = (
         "_demand",
@@ -142,12 +163,15 @@ class Meter:
         #: best known totals of every gateway, this minute and the one before: [requests, tokens]
         self.cur = [0, 0]
         self.prev = [0, 0]
-        self.lease = 0  # requests this gateway may still admit this minute (shared mode)
+        #: [requests, tokens] this gateway may still use this minute (shared mode); tokens of an
+        #: answer beyond the token lease are sent as unleased, for the store to reserve
+        self.lease = [0, 0]
         self.synced = False  # a sync has settled this minute (shared mode)
         self.degraded = False  # the last sync failed: exact mode against the full limit
         self._unleased_used = False
-        self._demand = 0  # requests asked for since the last sync (sizes the next lease)
-        self._pending: dict[int, list[int]] = {}  # minute -> [requests, unleased, tokens] unsent
+        self._demand = [0, 0]  # requests asked for, tokens recorded since the last sync
+        #: minute -> [requests, unleased requests, tokens, unleased tokens] not yet sent
+        self._pending: dict[int, list[int]] = {}
 
     def __repr__(self) -> str:
         return f"Meter(window={self.window}, cur={self.cur}, prev={self.prev}, lease={self.lease})"
@@ -158,13 +182,13 @@ class Meter:
             self.prev = self.cur if index == self.window + 1 else [0, 0]
             self.cur = [0, 0]
             self.window = index
-            self.lease = 0  # a lease is a reservation in its own minute
+            self.lease = [0, 0]  # a lease is a reservation in its own minute
             self.synced = False
             self._unleased_used = False
         return f
 
-    def _estimates(self, f: float) -> tuple[float, float]:
-        return self.prev[0] * (1 - f) + self.cur[0], self.prev[1] * (1 - f) + self.cur[1]
+    def _counts(self) -> list[int]:
+        return self._pending.setdefault(self.window, [0, 0, 0, 0])
 
     def admit(self, now: float, sync_s: float = 0.0) -> Verdict:
         """Admit one request or say which limit refuses it and for how long.
@@ -173,40 +197,44 @@ class Meter:
         window still has room asks the caller to retry after about one sync."""
         f = self._roll(now)
         rpm, tpm = self.limits.rpm, self.limits.tpm
-        req_est, tok_est = self._estimates(f)
-        self._demand += 1
-        req_ok, unleased, req_wait = True, False, 0.0
-        if rpm is not None:
-            if not self.shared or self.degraded:
-                req_ok, unleased = req_est + 1 <= rpm, self.shared
-            elif self.lease > 0:
-                req_ok = True
-            elif not self.synced and not self._unleased_used:
-                req_ok = unleased = True
-            else:
-                req_ok = False
-            if not req_ok:
-                req_wait = _wait(self.prev[0], self.cur[0], f, rpm - 1)
-                req_wait = max(req_wait, sync_s) if self.shared and not self.degraded else req_wait
-        tok_ok = tpm is None or tok_est < tpm
-        tok_wait = 0.0 if tok_ok else _wait(self.prev[1], self.cur[1], f, tpm - 1)
+        req_est = self.prev[0] * (1 - f) + self.cur[0]
+        tok_est = self.prev[1] * (1 - f) + self.cur[1]
+        self._demand[0] += 1
+        leased = self.shared and not self.degraded
+        fresh = leased and not self.synced and not self._unleased_used
+        if leased:
+            req_ok = rpm is None or self.lease[0] > 0 or fresh
+            tok_ok = tpm is None or self.lease[1] > 0 or fresh
+        else:
+            req_ok = rpm is None or req_est + 1 <= rpm
+            tok_ok = tpm is None or tok_est < tpm
         admitted = req_ok and tok_ok
         if admitted:
             self.cur[0] += 1
-            counts = self._pending.setdefault(self.window, [0, 0, 0])
-            counts[0] += 1
-            if unleased:
-                counts[1] += 1
-                if not self.degraded:
-                    self._unleased_used = True
-            elif rpm is not None and self.shared:
-                self.lease -= 1
             req_est += 1
+            counts = self._counts()
+            counts[0] += 1
+            if rpm is not None and self.shared:
+                if leased and self.lease[0] > 0:
+                    self.lease[0] -= 1
+                else:  # the fresh request or a degraded one: the store reserves it when told
+                    counts[1] += 1
+            if fresh and (
+                (rpm is not None and self.lease[0] <= 0) or (tpm is not None and self.lease[1] <= 0)
+            ):
+                self._unleased_used = True
+        waits = [0.0]
+        if not req_ok and rpm is not None:
+            waits.append(_wait(self.prev[0], self.cur[0], f, rpm - 1))
+        if not tok_ok and tpm is not None:
+            waits.append(_wait(self.prev[1], self.cur[1], f, tpm - 1))
+        if not admitted and leased:
+            waits.append(sync_s)  # out of lease: the next sync may bring more
         limit = None if admitted else ("requests" if not req_ok else "tokens")
         return Verdict(
             admitted,
             limit,
-            0.0 if admitted else max(req_wait, tok_wait),
+            0.0 if admitted else max(waits),
             rpm,
             None if rpm is None else max(0, math.floor(rpm - req_est)),
             _reset(self.prev[0], self.cur[0], f),
@@ -216,42 +244,61 @@ class Meter:
         )
 
     def record(self, tokens: int, now: float) -> None:
-        """Count the tokens of an answer (prompt + completion) in the current minute."""
+        """Count the tokens of an answer (prompt + completion) in the current minute; in shared
+        mode they come out of the token lease, and what the lease does not cover is reserved
+        by the next sync."""
         if tokens <= 0:
             return
         self._roll(now)
         self.cur[1] += tokens
-        self._pending.setdefault(self.window, [0, 0, 0])[2] += tokens
+        self._demand[1] += tokens
+        counts = self._counts()
+        counts[2] += tokens
+        if self.shared and self.limits.tpm is not None:
+            covered = 0 if self.degraded else min(tokens, max(self.lease[1], 0))
+            self.lease[1] -= covered
+            counts[3] += tokens - covered
 
     # -- the sync protocol (shared mode; exact mode only publishes its counts) ------------
     def begin_sync(self, now: float) -> Flush:
-        """Take what the store has not seen yet; returns a lease beyond what the recent demand
-        needs at once (it can no longer be used), and asks for a top-up to twice that demand."""
+        """Take what the store has not seen yet; return lease beyond what the recent demand
+        needs at once (it can no longer be used), and ask for a top-up to that target."""
         self._roll(now)
-        counts = {w: (c[0], c[1], c[2]) for w, c in self._pending.items() if any(c)}
+        counts = {w: (c[0], c[1], c[2], c[3]) for w, c in self._pending.items() if any(c)}
         self._pending = {}
-        want = give_back = 0
-        if self.shared and self.limits.rpm is not None:
-            target = min(self.limits.rpm, max(1, 2 * self._demand))
-            if self.lease > target:
-                give_back, self.lease = self.lease - target, target
-            else:
-                want = target - self.lease
-        self._demand = 0
-        return Flush(counts, self.window, want, give_back)
+        want, give_back = [0, 0], [0, 0]
+        if self.shared:
+            for i, limit in enumerate((self.limits.rpm, self.limits.tpm)):
+                if limit is None:
+                    continue
+                target = _target(limit, self._demand[i])
+                if self.lease[i] > target:
+                    give_back[i], self.lease[i] = self.lease[i] - target, target
+                else:
+                    want[i] = target - max(self.lease[i], 0)
+        self._demand = [0, 0]
+        return Flush(counts, self.window, (want[0], want[1]), (give_back[0], give_back[1]))
 
-    def grant(self, flush: Flush, reserved_after: int, prev_requests: int, now: float) -> int:
+    def grant(
+        self, flush: Flush, reserved_after: tuple[int, int], prev_totals: tuple[int, int], now: float
+    ) -> tuple[int, int]:
         """How much of ``flush.want`` the store's answer allows: ``reserved_after`` is the
-        minute's reservations right after this sync added ``want``; the rest must go back."""
-        rpm = self.limits.rpm
-        if rpm is None or flush.want <= 0:
-            return 0
-        f = window_of(now)[1] if window_of(now)[0] == flush.window else 1.0
-        room = rpm - prev_requests * (1 - f) - (reserved_after - flush.want)
-        return max(0, min(flush.want, math.floor(room)))
+        minute's reservations (requests, tokens) right after this sync added its ``want``;
+        the rest must go back."""
+        index, f = window_of(now)
+        f = f if index == flush.window else 1.0
+        rpm, tpm = self.limits.rpm, self.limits.tpm
+        req = 0 if rpm is None else _grant(rpm, flush.want[0], reserved_after[0], prev_totals[0], f)
+        tok = 0 if tpm is None else _grant(tpm, flush.want[1], reserved_after[1], prev_totals[1], f)
+        return req, tok
 
     def settle(
-        self, flush: Flush, granted: int, totals: tuple[int, int], prev_totals: tuple[int, int], now: float
+        self,
+        flush: Flush,
+        granted: tuple[int, int],
+        totals: tuple[int, int],
+        prev_totals: tuple[int, int],
+        now: float,
     ) -> None:
         """Take in a successful sync: the store's totals (which include ``flush``) plus what
         was counted here meanwhile, and the granted lease if the minute has not moved on."""
@@ -259,20 +306,19 @@ class Meter:
         self.degraded = False
         if self.window != flush.window:
             return  # the answer is about a minute that is over: the next sync sees the new one
-        late = self._pending.get(self.window, (0, 0, 0))
+        late = self._pending.get(self.window, (0, 0, 0, 0))
         self.cur = [totals[0] + late[0], totals[1] + late[2]]
         self.prev = [prev_totals[0], prev_totals[1]]
-        self.lease += granted
+        self.lease = [self.lease[0] + granted[0], self.lease[1] + granted[1]]
         self.synced = True
 
     def sync_failed(self, flush: Flush) -> None:
         """Put the unsent counts back (the next sync sends them) and fall back to exact mode."""
-        for w, (req, unleased, tok) in flush.counts.items():
-            counts = self._pending.setdefault(w, [0, 0, 0])
-            counts[0] += req
-            counts[1] += unleased
-            counts[2] += tok
-        if flush.give_back and flush.window == self.window:
-            # the store still holds it as reserved: keep it reserved here too (usable again)
-            self.lease += flush.give_back
+        for w, sent in flush.counts.items():
+            counts = self._pending.setdefault(w, [0, 0, 0, 0])
+            for i, n in enumerate(sent):
+                counts[i] += n
+        if flush.window == self.window:
+            # the store still holds what was to go back: keep it here too (usable again)
+            self.lease = [self.lease[0] + flush.give_back[0], self.lease[1] + flush.give_back[1]]
         self.degraded = self.shared

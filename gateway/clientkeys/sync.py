@@ -2,17 +2,18 @@
 
 For each key a gateway has metered, one sync adds what it counted since the last one to the
 key's window counters (``ratelimit`` namespace, group ``<key id>/<minute>``: ``req`` requests,
-``tok`` tokens, ``res`` requests reserved by leases) and reads the totals of this minute and
-the one before, for every key in **one** store call; the totals per key for all time go to
-the counter group ``clientkey:<id>`` (``requests``, ``tokens``). In shared mode the same call
-tops up the gateway's lease: it adds ``want`` to ``res`` and keeps what fits under the limit
-(``Meter.grant``), giving the rest back in a second call. The data plane never waits for any
-of it (``router.ratelimit`` explains the bound this gives).
+``tok`` tokens, ``res`` and ``rtk`` the requests and tokens reserved by leases) and reads the
+totals of this minute and the one before, for every key in **one** store call; the all-time
+totals per key go to the counter group ``clientkey:<id>`` (``requests``, ``tokens``). In shared
+mode the same call tops up the gateway's leases: it adds ``want`` to ``res``/``rtk`` and keeps
+what fits under the limit (``Meter.grant``), giving the rest back in a second call. The data
+plane never waits for any of it (``router.ratelimit`` explains the bound this gives).
 
 A failed sync keeps the counts for the next one and puts the meters in exact mode against
 the full limit until the store answers again (each gateway then limits on its own: up to G
 times the limit across G gateways while the store is down). A meter idle for two minutes,
-with nothing left to send, is dropped.
+with nothing left to send, is dropped. A sync whose reply was lost may be counted twice when
+resent (the error is on the side of refusing).
 """
 
 from __future__ import annotations
@@ -52,20 +53,18 @@ class KeySync:
     def _plan(self, flushes: Mapping[str, Flush]) -> dict[str, dict[str, int]]:
         adds: dict[str, dict[str, int]] = {}
         for key_id, flush in flushes.items():
-            for minute, (req, unleased, tok) in flush.counts.items():
+            for minute, (req, unleased, tok, unleased_tok) in flush.counts.items():
                 fields = adds.setdefault(window_group(key_id, minute), {})
-                fields["req"] = fields.get("req", 0) + req
-                if tok:
-                    fields["tok"] = fields.get("tok", 0) + tok
-                if unleased:
-                    fields["res"] = fields.get("res", 0) + unleased
+                for name, n in (("req", req), ("res", unleased), ("tok", tok), ("rtk", unleased_tok)):
+                    if n:
+                        fields[name] = fields.get(name, 0) + n
                 totals = self._totals.setdefault(TOTALS_PREFIX + key_id, {})
                 totals["requests"] = totals.get("requests", 0) + req
                 totals["tokens"] = totals.get("tokens", 0) + tok
             cur = adds.setdefault(window_group(key_id, flush.window), {})
-            lease = flush.want - flush.give_back
-            if lease:
-                cur["res"] = cur.get("res", 0) + lease
+            for name, want, back in zip(("res", "rtk"), flush.want, flush.give_back, strict=True):
+                if want - back:
+                    cur[name] = cur.get(name, 0) + want - back
             adds.setdefault(window_group(key_id, flush.window - 1), {})
         return adds
 
@@ -77,7 +76,7 @@ class KeySync:
         meters = dict(self.gate.meters)
         flushes = {key_id: meter.begin_sync(now) for key_id, meter in meters.items()}
         for key_id, flush in flushes.items():
-            if flush.counts or flush.want:  # counted, or still waiting for a lease
+            if flush.counts or any(flush.want):  # counted, or still waiting for a lease
                 self._idle[key_id] = minute
             elif minute - self._idle.setdefault(key_id, minute) >= 2:
                 del self.gate.meters[key_id]  # idle: its lease (if any) lapses with its minute
@@ -112,9 +111,16 @@ class KeySync:
                 continue
             cur = totals.get(window_group(key_id, flush.window), {})
             prev = totals.get(window_group(key_id, flush.window - 1), {})
-            granted = meter.grant(flush, cur.get("res", 0), prev.get("req", 0), after)
-            if granted < flush.want:
-                give_back[window_group(key_id, flush.window)] = {"res": granted - flush.want}
+            granted = meter.grant(
+                flush, (cur.get("res", 0), cur.get("rtk", 0)), (prev.get("req", 0), prev.get("tok", 0)), after
+            )
+            back = {
+                name: got - want
+                for name, got, want in zip(("res", "rtk"), granted, flush.want, strict=True)
+                if got < want
+            }
+            if back:
+                give_back[window_group(key_id, flush.window)] = back
             meter.settle(
                 flush,
                 granted,
@@ -130,7 +136,7 @@ class KeySync:
             totals = self._totals.get(TOTALS_PREFIX + key_id)
             if totals is None:
                 continue
-            for req, _unleased, tok in flush.counts.values():
+            for req, _unleased, tok, _unleased_tok in flush.counts.values():
                 totals["requests"] -= req
                 totals["tokens"] -= tok
             if not any(totals.values()):

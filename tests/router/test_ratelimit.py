@@ -77,7 +77,7 @@ def test_unlimited_key_is_counted_but_never_refused():
     m = Meter(Limits(), shared=True, now=T0)
     assert all(m.admit(T0 + 1).admitted for _ in range(100))
     flush = m.begin_sync(T0 + 1)
-    assert flush.counts == {1000: (100, 0, 0)} and flush.want == 0
+    assert flush.counts == {1000: (100, 0, 0, 0)} and flush.want == (0, 0)
 
 
 def test_shared_mode_one_unleased_request_then_only_leases():
@@ -86,34 +86,53 @@ def test_shared_mode_one_unleased_request_then_only_leases():
     v = m.admit(T0 + 1, sync_s=0.1)
     assert not v.admitted and v.retry_after_s == pytest.approx(0.1)  # room exists: retry after a sync
     flush = m.begin_sync(T0 + 1)
-    assert flush.counts == {1000: (1, 1, 0)}
-    assert flush.want == 4  # twice the demand since the last sync (2 asked)
+    assert flush.counts == {1000: (1, 1, 0, 0)}
+    assert flush.want == (4, 0)  # twice the demand since the last sync (2 asked)
     # the store: 1 unleased + 4 asked reserved -> 5; room 100 - (5 - 4) = 99: all granted
-    granted = m.grant(flush, reserved_after=5, prev_requests=0, now=T0 + 1)
-    assert granted == 4
+    granted = m.grant(flush, (5, 0), (0, 0), now=T0 + 1)
+    assert granted == (4, 0)
     m.settle(flush, granted, (1, 0), (0, 0), T0 + 1)
     assert [m.admit(T0 + 2).admitted for _ in range(5)] == [True] * 4 + [False]
 
 
+def test_a_lease_is_at_most_a_tenth_of_the_limit():
+    m = Meter(Limits(rpm=1000, tpm=50_000), shared=True, now=T0)
+    for _ in range(900):
+        m.admit(T0 + 1)
+    m.record(40_000, T0 + 1)
+    assert m.begin_sync(T0 + 1).want == (100, 5000)
+
+
 def test_shared_grant_never_exceeds_the_room_left():
-    m = Meter(Limits(rpm=10), shared=True, now=T0)
-    m.admit(T0 + 30)
-    for _ in range(20):
+    m = Meter(Limits(rpm=100), shared=True, now=T0)
+    for _ in range(200):
         m.admit(T0 + 30)
     flush = m.begin_sync(T0 + 30)
-    assert flush.want == 10  # capped at rpm
-    # others hold 8 of this minute, the previous minute had 4 (weight 0.5): room 10 - 2 - 8 = 0
-    assert m.grant(flush, reserved_after=8 + 1 + 10, prev_requests=4, now=T0 + 30) == 0
-    assert m.grant(flush, reserved_after=5 + 1 + 10, prev_requests=4, now=T0 + 30) == 2
+    assert flush.want[0] == 10  # a tenth of rpm
+    # others hold 86 of this minute, the previous minute had 8 (weight 0.5): room 100 - 4 - 87 = 9
+    assert m.grant(flush, (86 + 1 + 10, 0), (8, 0), now=T0 + 30) == (9, 0)
+    assert m.grant(flush, (95 + 1 + 10, 0), (8, 0), now=T0 + 30) == (0, 0)
+
+
+def test_shared_tokens_come_out_of_the_token_lease_and_the_excess_is_reserved():
+    m = Meter(Limits(tpm=1000), shared=True, now=T0)
+    m.lease, m.synced = [0, 300], True
+    assert m.admit(T0 + 1).admitted
+    m.record(500, T0 + 1)  # more than the lease: 200 beyond it
+    assert m.lease[1] == 0
+    assert not m.admit(T0 + 1).admitted  # the lease is spent
+    flush = m.begin_sync(T0 + 1)
+    assert flush.counts == {1000: (1, 0, 500, 200)}  # the store reserves the 200 too
+    assert flush.want == (0, 100)  # a tenth of tpm: nothing owed is asked back
 
 
 def test_shared_lease_is_given_back_when_demand_falls_and_lapses_with_its_minute():
     m = Meter(Limits(rpm=100), shared=True, now=T0)
-    m.lease, m.synced = 50, True
-    flush = m.begin_sync(T0 + 5)  # no demand: keep 1, give 49 back
-    assert (flush.want, flush.give_back, m.lease) == (0, 49, 1)
+    m.lease, m.synced = [10, 0], True
+    flush = m.begin_sync(T0 + 5)  # no demand: keep 1, give 9 back
+    assert (flush.want, flush.give_back, m.lease) == ((0, 0), (9, 0), [1, 0])
     m.admit(T0 + 61)  # next minute: the old lease is gone, one unleased request
-    assert m.lease == 0 and m.begin_sync(T0 + 61).counts == {1001: (1, 1, 0)}
+    assert m.lease == [0, 0] and m.begin_sync(T0 + 61).counts == {1001: (1, 1, 0, 0)}
 
 
 def test_failed_sync_keeps_the_counts_and_falls_back_to_exact_mode():
@@ -124,8 +143,8 @@ def test_failed_sync_keeps_the_counts_and_falls_back_to_exact_mode():
     assert m.degraded
     assert [m.admit(T0 + 2).admitted for _ in range(3)] == [True, True, False]  # 1 + 2 = rpm
     again = m.begin_sync(T0 + 2)
-    assert again.counts == {1000: (3, 3, 0)}  # unleased: the store reserves them when it answers
-    m.settle(again, 0, (3, 0), (0, 0), T0 + 2)
+    assert again.counts == {1000: (3, 3, 0, 0)}  # unleased: the store reserves them when it answers
+    m.settle(again, (0, 0), (3, 0), (0, 0), T0 + 2)
     assert not m.degraded
 
 
@@ -133,9 +152,10 @@ def test_settle_adds_what_was_counted_during_the_round_trip():
     m = Meter(Limits(tpm=10_000), shared=True, now=T0)
     m.admit(T0 + 1)
     flush = m.begin_sync(T0 + 1)
-    m.admit(T0 + 1.05)
+    m.lease[1] = 50  # a token lease granted earlier
+    assert m.admit(T0 + 1.05).admitted
     m.record(7, T0 + 1.05)
-    m.settle(flush, 0, (40, 900), (10, 0), T0 + 1.06)  # other gateways' counts are in the totals
+    m.settle(flush, (0, 0), (40, 900), (10, 0), T0 + 1.06)  # other gateways' counts are in the totals
     assert m.cur == [41, 907] and m.prev == [10, 0]
 
 
