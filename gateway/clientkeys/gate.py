@@ -15,7 +15,8 @@ compiled key table and its own meters: nothing here awaits or touches the store 
         plane.key_gate.record(adm.key_id, tokens)   # after the answer: prompt + completion tokens
 
 * No active key configured: every request is admitted (``key_id`` None, no headers).
-* A missing, unknown or revoked key: 401 ``invalid_api_key`` (``missing_api_key`` when absent).
+* A missing, unknown or revoked key: 401 ``invalid_api_key`` (the body's code is
+  ``missing_api_key`` when none was sent).
 * A key not allowed the model: 403 ``model_not_allowed``.
 * Over the key's rpm or tpm: 429 ``rate_limit_exceeded`` with ``retry-after`` (whole seconds)
   and ``retry-after-ms`` (the OpenAI SDK prefers it).
@@ -24,7 +25,8 @@ compiled key table and its own meters: nothing here awaits or touches the store 
 
 ``record`` may be called with ``None`` (open gateway, or tokens unknown) and is then a no-op;
 a token budget that goes negative blocks later requests until the window slides past it.
-Headers are lowercase ``(bytes, bytes)`` pairs, as ``gateway.http`` takes them.
+Headers are lowercase ``(bytes, bytes)`` pairs, as ``gateway.http`` takes them; each refusal
+carries ``x-meshgate-error`` with its ``router.reasons`` code, and ``gate.refused`` counts them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import NamedTuple
 
 from router.client_keys import ClientKey, KeyCheck, KeyTable
 from router.ratelimit import Meter, Verdict, go_duration
+from router.reasons import INVALID_API_KEY, MODEL_NOT_ALLOWED, RATE_LIMITED
 
 __all__ = ["Admission", "KeyGate"]
 
@@ -117,10 +120,10 @@ class KeyGate:
         check, key = table.check(authorization)
         if check is KeyCheck.MISSING:
             return self._refuse(
-                "missing_api_key",
+                INVALID_API_KEY,
                 _error(
                     401,
-                    "missing_api_key",
+                    INVALID_API_KEY,
                     "You didn't provide an API key: send it as 'Authorization: Bearer mg-...'.",
                     "invalid_request_error",
                     "missing_api_key",
@@ -130,10 +133,10 @@ class KeyGate:
         if check is not KeyCheck.OK or key is None:
             what = f"the API key {key.id} ({key.name}) was revoked" if key else "Incorrect API key provided"
             return self._refuse(
-                "invalid_api_key",
+                INVALID_API_KEY,
                 _error(
                     401,
-                    "invalid_api_key",
+                    INVALID_API_KEY,
                     f"{what}: create one with `meshgate keys create NAME`.",
                     "invalid_request_error",
                     "invalid_api_key",
@@ -143,10 +146,10 @@ class KeyGate:
         if not key.allows(model):
             allowed = ", ".join(sorted(key.models))
             return self._refuse(
-                "model_not_allowed",
+                MODEL_NOT_ALLOWED,
                 _error(
                     403,
-                    "model_not_allowed",
+                    MODEL_NOT_ALLOWED,
                     f"the API key {key.name} may not use model {model!r} (allowed: {allowed}).",
                     "invalid_request_error",
                     "model_not_allowed",
@@ -166,13 +169,13 @@ class KeyGate:
             (b"retry-after", str(max(1, math.ceil(wait))).encode()),
             (b"retry-after-ms", str(max(1, math.ceil(wait * 1000))).encode()),
         ]
-        self.refused["rate_limited"] = self.refused.get("rate_limited", 0) + 1
+        self.refused[RATE_LIMITED] = self.refused.get(RATE_LIMITED, 0) + 1
         return Admission(
             key.id,
             [],
             _error(
                 429,
-                "rate_limited",
+                RATE_LIMITED,
                 f"Rate limit reached for key {key.name} on {unit}: Limit {limit}. "
                 f"Please try again in {go_duration(wait)}.",
                 verdict.limit or "requests",
