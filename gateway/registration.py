@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.http import Request, Responder, error_response, json_response
 from gateway.store import Store, StoreUnavailable
+from router.reasons import METHOD_NOT_ALLOWED, REASONS
 
 if TYPE_CHECKING:
     from gateway.config_sync import ConfigSync
@@ -47,6 +48,7 @@ log = logging.getLogger("meshgate.registration")
 
 GATEWAYS_NAMESPACE = "gateways"
 STATUS_PATH = "/v1/gateway"
+_GET_ONLY = REASONS[METHOD_NOT_ALLOWED].text(path=STATUS_PATH, allowed="GET")
 # A clean shutdown rewrites the record with this TTL: gone at once, on every backend.
 _GONE_TTL_S = 0.001
 _ID_JUNK = re.compile(r"[^a-z0-9-]+")
@@ -170,7 +172,7 @@ class Registration:
     # -- GET /v1/gateway on the data port -------------------------------------------------
     def handle_status(self, request: Request, responder: Responder) -> None:
         if request.method != b"GET":
-            responder.respond(*error_response("method_not_allowed", f"{STATUS_PATH} takes GET"))
+            responder.respond(*error_response(METHOD_NOT_ALLOWED, _GET_ONLY))
             return
         doc = self.record()
         doc["registration"] = {"failures": self.failures, "last_error": self.last_error}

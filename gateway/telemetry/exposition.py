@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 from gateway.http import Request, Responder, Server, ServerLimits, error_response, start_server
 from gateway.telemetry.metrics import CONTENT_TYPE, multiprocess_exposition
+from router.reasons import METHOD_NOT_ALLOWED, NOT_FOUND, REASONS
+
+_GET_ONLY = REASONS[METHOD_NOT_ALLOWED].text(path="/metrics", allowed="GET")
 
 __all__ = ["METRICS_PATH", "MetricsThread", "aggregate_exposition", "metrics_handler", "start_metrics_server"]
 
@@ -29,9 +32,9 @@ def metrics_handler(render: Callable[[], bytes]) -> Callable[[Request, Responder
 
     def handle(request: Request, responder: Responder) -> None:
         if request.path != METRICS_PATH:
-            responder.respond(*error_response("not_found", f"no route for {request.path} (only /metrics)"))
+            responder.respond(*error_response(NOT_FOUND, f"no route for {request.path} (only /metrics)"))
         elif request.method not in (b"GET", b"HEAD"):
-            responder.respond(*error_response("method_not_allowed", "/metrics takes GET"))
+            responder.respond(*error_response(METHOD_NOT_ALLOWED, _GET_ONLY))
         else:
             responder.respond(200, _HEADERS, render())
 
