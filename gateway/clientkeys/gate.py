@@ -55,9 +55,6 @@ class Admission(NamedTuple):
     refusal: Refusal | None = None
 
 
-_OPEN = Admission(None, [])
-
-
 def _error(status: int, reason: str, message: str, err_type: str, code: str, extra: Headers) -> Refusal:
     body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
     headers = [_JSON, (b"x-meshgate-error", reason.encode()), *extra]
@@ -114,7 +111,7 @@ class KeyGate:
     def admit(self, authorization: str | bytes | None, model: str) -> Admission:
         table = self._keys()
         if table.open:
-            return _OPEN
+            return Admission(None, [])  # a new list: the caller may extend it
         if isinstance(authorization, bytes):
             authorization = authorization.decode("latin-1")
         check, key = table.check(authorization)

@@ -93,7 +93,8 @@ class KeySync:
             give_back = self._settle(meters, flushes, totals)
             if give_back:
                 await asyncio.to_thread(self.store.add_windows, NAMESPACE, give_back, WINDOW_TTL_S)
-        await asyncio.to_thread(self._flush_totals)
+        if self._totals:
+            await asyncio.to_thread(self._flush_totals)
         self.syncs += 1
 
     def _settle(

@@ -163,3 +163,43 @@ def test_two_gates_on_one_store_stay_within_rpm_plus_one_per_gate(shared_store):
     stored = first.add_windows(NAMESPACE, {window_group(key[0], 1000): {}}, 60)
     assert stored[window_group(key[0], 1000)]["req"] == total
     assert first.counters(TOTALS_PREFIX + key[0]) == {"requests": total, "tokens": 0}
+
+
+class _DownStore(MemoryStore):
+    """A memory store that can be switched off, as a Redis that went away."""
+
+    down = False
+
+    def add_windows(self, namespace, adds, ttl_s):
+        if self.down:
+            from gateway.store import StoreUnavailable
+
+            raise StoreUnavailable("switched off")
+        return super().add_windows(namespace, adds, ttl_s)
+
+
+def test_a_failed_sync_keeps_the_counts_and_limits_locally_until_the_store_is_back():
+    clock = FakeClock(T0)
+    key = _new(rpm=10)
+    store = _DownStore()
+    gate = KeyGate(lambda: _table(key), shared=True, now=clock)
+    sync = KeySync(gate, store)
+    auth = f"Bearer {key[1]}"
+
+    async def scenario() -> list[bool]:
+        assert gate.admit(auth, "chat").refusal is None
+        store.down = True
+        with pytest.raises(Exception, match="switched off"):
+            await sync.sync()
+        # exact mode against the full limit: 9 more fit this minute on this gateway alone
+        admitted = [gate.admit(auth, "chat").refusal is None for _ in range(12)]
+        store.down = False
+        await sync.sync()
+        return admitted
+
+    admitted = asyncio.run(scenario())
+    assert admitted == [True] * 9 + [False] * 3
+    got = store.add_windows(NAMESPACE, {window_group(key[0], 1000): {}}, 60)[window_group(key[0], 1000)]
+    assert got["req"] == 10 and got["res"] >= 10  # every admitted request reached the store, reserved
+    assert store.counters(TOTALS_PREFIX + key[0]) == {"requests": 10, "tokens": 0}
+    assert not gate.meters[key[0]].degraded
