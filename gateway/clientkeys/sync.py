@@ -85,11 +85,11 @@ class KeySync:
             adds = self._plan(flushes)
             try:
                 totals = await asyncio.to_thread(self.store.add_windows, NAMESPACE, adds, WINDOW_TTL_S)
-            except (StoreUnavailable, OSError) as exc:
+            except Exception as exc:  # whatever failed, the counts stay for the next sync
                 for key_id, flush in flushes.items():
                     meters[key_id].sync_failed(flush)
                 self._unplan(flushes)
-                raise StoreUnavailable(str(exc)) from exc
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
             give_back = self._settle(meters, flushes, totals)
             if give_back:
                 await asyncio.to_thread(self.store.add_windows, NAMESPACE, give_back, WINDOW_TTL_S)
@@ -148,7 +148,7 @@ class KeySync:
             batch, self._totals = self._totals, {}
             try:
                 self.store.add_counters(batch)
-            except (StoreUnavailable, OSError):
+            except Exception:  # kept for the next sync, whatever failed
                 for group, fields in batch.items():  # kept for the next sync
                     held = self._totals.setdefault(group, {})
                     for field, delta in fields.items():
@@ -164,6 +164,9 @@ class KeySync:
                 self.failures += 1
                 if self.failures == 1:
                     log.warning("client-key counts not shared (store unavailable): %s", exc)
+            except Exception:  # a defect must not stop the sharing for good
+                self.failures += 1
+                log.exception("client-key sync failed")
             await asyncio.sleep(self.interval_s)
 
     async def aclose(self) -> None:
