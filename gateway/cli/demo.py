@@ -21,7 +21,7 @@ from gateway.cli.experiments_cmd import print_results
 from gateway.localproc import HOST, admin_client, free_port, meshgate, read_token, register
 from models.zoo import digits_holdout
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "start_mesh", "workspace"]
 
 _CONCURRENCY = 8
 
@@ -79,14 +79,40 @@ def _summary(results: list[dict]) -> list[str]:
     return lines
 
 
+def workspace(stack: ExitStack, data_dir: str | None, title: str) -> tuple[Path, Path]:
+    """The demo's state directory (a temporary one unless given) and its logs directory."""
+    workdir = Path(data_dir) if data_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    workdir.mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    print(f"{title}: state and logs in {workdir}", flush=True)
+    return workdir, logs
+
+
+def start_mesh(
+    stack: ExitStack, workdir: Path, logs: Path, port: int, admin_port: int
+) -> tuple[str, httpx.Client]:
+    """``meshgate up`` on the ports; its data-plane URL and an admin client."""
+    command = [
+        "up",
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin_port),
+        "--data-dir",
+        str(workdir / "state"),
+    ]
+    stack.enter_context(meshgate(command, f"http://{HOST}:{admin_port}/healthz", logs / "mesh.log"))
+    url = f"http://{HOST}:{port}"
+    print(f"  mesh up: data plane {url}, control plane http://{HOST}:{admin_port}", flush=True)
+    admin = stack.enter_context(admin_client(f"http://{HOST}:{admin_port}", read_token(workdir / "state")))
+    return url, admin
+
+
 def run_demo(*, requests: int, port: int = 0, admin_port: int = 0, data_dir: str | None = None) -> int:
     port, admin_port = port or free_port(), admin_port or free_port()
     with ExitStack() as stack:
-        workdir = Path(data_dir) if data_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        workdir.mkdir(parents=True, exist_ok=True)
-        logs = workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        print(f"meshgate demo: state and logs in {workdir}", flush=True)
+        workdir, logs = workspace(stack, data_dir, "meshgate demo")
         models = {}
         for version in ("v1", "v2"):
             mport = free_port()
@@ -99,26 +125,7 @@ def run_demo(*, requests: int, port: int = 0, admin_port: int = 0, data_dir: str
             )
             models[version] = f"http://{HOST}:{mport}"
             print(f"  model digits {version} serving on {models[version]}", flush=True)
-        stack.enter_context(
-            meshgate(
-                [
-                    "up",
-                    "--port",
-                    str(port),
-                    "--admin-port",
-                    str(admin_port),
-                    "--data-dir",
-                    str(workdir / "state"),
-                ],
-                f"http://{HOST}:{admin_port}/healthz",
-                logs / "mesh.log",
-            )
-        )
-        url = f"http://{HOST}:{port}"
-        print(f"  mesh up: data plane {url}, control plane http://{HOST}:{admin_port}", flush=True)
-        admin = stack.enter_context(
-            admin_client(f"http://{HOST}:{admin_port}", read_token(workdir / "state"))
-        )
+        url, admin = start_mesh(stack, workdir, logs, port, admin_port)
         for version, endpoint in models.items():
             register(admin, "digits", version, endpoint)
             print(f"  registered digits {version} -> {endpoint}", flush=True)

@@ -134,6 +134,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--admin-port", type=_port, default=0, help="admin port (default: a free one)")
     demo.add_argument("--data-dir", default=None, help="state directory (default: a temporary one)")
     demo.add_argument("--short", action="store_true", help="a quick run (for tests)")
+    demo.add_argument(
+        "--llm", action="store_true", help="an A/B test between tinylm v1 and v2 with streamed chat traffic"
+    )
     demo.set_defaults(func=_demo)
 
 
@@ -275,7 +278,10 @@ def _serve_model(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.cli.demo import run_demo
+    if args.llm:
+        from gateway.cli.demo_llm import run_llm_demo as run_demo
+    else:
+        from gateway.cli.demo import run_demo
 
     return run_demo(
         requests=60 if args.short else args.requests,
