@@ -21,10 +21,13 @@ __all__ = [
     "OipError",
     "RequestedOutput",
     "TensorSpec",
+    "check_spec",
     "datatype_of",
     "encode_infer_response",
     "metadata_document",
+    "names_text",
     "parse_infer_request",
+    "select_outputs",
 ]
 
 # Datatype name -> numpy dtype; BYTES tensors travel as JSON strings and live in str arrays.
@@ -167,7 +170,7 @@ def parse_infer_request(body: bytes, specs: tuple[TensorSpec, ...] | None = None
                 raise OipError(f"inputs[{index}].name", f"input {tensor.name!r} is given twice")
             seen.add(tensor.name)
     if by_name is not None and len(names) < len(by_name):
-        raise OipError("inputs", f"missing input {_names(n for n in by_name if n not in names)}")
+        raise OipError("inputs", f"missing input {names_text(n for n in by_name if n not in names)}")
     return InferRequest(
         id=request_id,
         parameters=_parameters("parameters", doc.get("parameters")),
@@ -194,7 +197,7 @@ def _parse_input(index: int, raw: object, specs: dict[str, TensorSpec] | None) -
             raise OipError(f"{where}.shape", f"dimensions must be integers >= 0, got {raw_shape}")
     shape = tuple(raw_shape)
     if specs is not None:
-        _check_spec(where, name, datatype, shape, specs)
+        check_spec(where, name, datatype, shape, specs)
     parameters = _parameters(f"{where}.parameters", raw.get("parameters"))
     if "binary_data_size" in parameters:
         raise OipError(f"{where}.parameters", "binary tensor data is not supported; send JSON data")
@@ -312,12 +315,12 @@ def _parse_outputs(raw: object) -> tuple[RequestedOutput, ...]:
     return tuple(outputs)
 
 
-def _check_spec(
+def check_spec(
     where: str, name: str, datatype: str, shape: tuple[int, ...], specs: dict[str, TensorSpec]
 ) -> None:
     spec = specs.get(name)
     if spec is None:
-        raise OipError(f"{where}.name", f"unknown input {name!r}; the model expects {_names(specs)}")
+        raise OipError(f"{where}.name", f"unknown input {name!r}; the model expects {names_text(specs)}")
     if datatype != spec.datatype:
         raise OipError(f"{where}.datatype", f"expected {spec.datatype}, got {datatype}")
     if not spec.accepts_shape(shape):
@@ -328,7 +331,7 @@ def _check_spec(
         raise OipError(f"{where}.shape", f"{detail}, got {list(shape)}")
 
 
-def _names(names: Iterable[str]) -> str:
+def names_text(names: Iterable[str]) -> str:
     return ", ".join(repr(name) for name in names)
 
 
@@ -351,6 +354,24 @@ def _output_json(name: str, array: np.ndarray) -> dict[str, Any]:
     }
 
 
+def select_outputs(
+    produced: Mapping[str, np.ndarray], requested: tuple[RequestedOutput, ...]
+) -> list[tuple[str, np.ndarray]]:
+    """The outputs the client asked for (all when it asked for none), in its order."""
+    if not requested:
+        return list(produced.items())
+    outputs = []
+    for index, wanted in enumerate(requested):
+        array = produced.get(wanted.name)
+        if array is None:
+            raise OipError(
+                f"outputs[{index}].name",
+                f"unknown output {wanted.name!r}; the model produces {names_text(produced)}",
+            )
+        outputs.append((wanted.name, array))
+    return outputs
+
+
 def encode_infer_response(
     model_name: str,
     model_version: str,
@@ -359,18 +380,7 @@ def encode_infer_response(
     requested: tuple[RequestedOutput, ...],
 ) -> bytes:
     """Serialise the outputs the client asked for (all when it asked for none), in its order."""
-    if requested:
-        outputs = []
-        for index, wanted in enumerate(requested):
-            array = produced.get(wanted.name)
-            if array is None:
-                raise OipError(
-                    f"outputs[{index}].name",
-                    f"unknown output {wanted.name!r}; the model produces {_names(produced)}",
-                )
-            outputs.append(_output_json(wanted.name, array))
-    else:
-        outputs = [_output_json(name, array) for name, array in produced.items()]
+    outputs = [_output_json(name, array) for name, array in select_outputs(produced, requested)]
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         doc["id"] = request_id

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.faults import FaultInjector, Faults, Injected
 from models.http1 import (
@@ -32,6 +32,9 @@ from models.http1 import (
 from models.oip import OipError, encode_infer_response, parse_infer_request
 from models.zoo import Model, load_model
 
+if TYPE_CHECKING:
+    from models.grpc_server import GrpcModelServer
+
 __all__ = ["ModelServer", "run_model_server", "serve_model", "start_model_server"]
 
 log = logging.getLogger("meshgate.model_server")
@@ -49,12 +52,12 @@ _INJECTED = _error("injected fault")
 class _App(HttpApp):
     """Routing and handlers for one model version; everything here is synchronous."""
 
-    __slots__ = ("_faults", "_model", "_recent")
+    __slots__ = ("_model", "_recent", "faults")
 
     def __init__(self, model: Model, faults: Faults, max_body: int, debug: bool) -> None:
         super().__init__(max_body)
         self._model = model
-        self._faults = FaultInjector(faults)
+        self.faults = FaultInjector(faults)
         self._recent: deque[tuple[bytes, bytes, bytes | None, bytes | None]] = deque(maxlen=DEBUG_RING_SIZE)
         ok = json_reply(200, model.metadata())
         ready = json_reply(200, {"name": model.name, "ready": True})
@@ -94,7 +97,7 @@ class _App(HttpApp):
         return 404, _error(message), 0.0
 
     def _infer(self, body: bytes, headers: dict[bytes, bytes]) -> Reply:
-        fate, delay = self._faults.draw()
+        fate, delay = self.faults.draw()
         if fate is Injected.ERROR:
             return 500, _INJECTED, delay
         if fate is Injected.HANG:
@@ -134,7 +137,7 @@ class _App(HttpApp):
         )
 
     def _get_faults(self, body: bytes, headers: dict[bytes, bytes]) -> Reply:
-        return json_reply(200, {"faults": self._faults.faults.to_json()})
+        return json_reply(200, {"faults": self.faults.faults.to_json()})
 
     def _set_faults(self, body: bytes, headers: dict[bytes, bytes]) -> Reply:
         """Replace all knobs (missing fields take their defaults, so `{}` heals the server)."""
@@ -142,18 +145,31 @@ class _App(HttpApp):
             faults = Faults.from_json(json.loads(body))
         except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
             return 400, _error(f"faults: {exc}"), 0.0
-        self._faults.replace(faults)
+        self.faults.replace(faults)
         return json_reply(200, {"faults": faults.to_json()})
 
 
 class ModelServer(HttpServer):
     """A listening model server; `close()` stops it. Made by `start_model_server`."""
 
-    __slots__ = ("model",)
+    __slots__ = ("grpc", "model")
 
-    def __init__(self, server: asyncio.Server, app: _App, model: Model, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        server: asyncio.Server,
+        app: _App,
+        model: Model,
+        idle_timeout_s: float,
+        grpc: GrpcModelServer | None = None,
+    ) -> None:
         super().__init__(server, app, idle_timeout_s)
         self.model = model
+        self.grpc = grpc  # the gRPC port, when one was asked for
+
+    async def close(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.close()
+        await super().close()
 
 
 async def start_model_server(
@@ -165,10 +181,24 @@ async def start_model_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     debug_endpoints: bool = True,
+    grpc_port: int | None = None,
 ) -> ModelServer:
-    """Listen on host:port (0 picks a free port; read it back from `.port`) and return at once."""
+    """Listen on host:port (0 picks a free port; read it back from `.port`) and return at once.
+
+    `grpc_port` (0: a free one) also serves the model over gRPC, with the same fault knobs.
+    """
     app = _App(model, faults, max_body_bytes, debug_endpoints)
-    return ModelServer(await listen(app, host, port), app, model, idle_timeout_s)
+    server = await listen(app, host, port)
+    grpc = None
+    if grpc_port is not None:
+        from models.grpc_server import start_grpc_model_server  # grpcio only when asked for
+
+        try:
+            grpc = await start_grpc_model_server(model, app.faults, host=host, port=grpc_port)
+        except BaseException:
+            server.close()
+            raise
+    return ModelServer(server, app, model, idle_timeout_s, grpc)
 
 
 async def serve_model(
@@ -180,8 +210,10 @@ async def serve_model(
     ready_event: Any = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     debug_endpoints: bool = True,
+    grpc_port: int | None = None,
 ) -> None:
-    """Serve until cancelled; print `serving <model> <version> on <url>` once listening.
+    """Serve until cancelled; print `serving <model> <version> on <url>` once listening
+    (after `serving <model> <version> over gRPC on <url>` with a gRPC port).
 
     `ready_event` is anything with `.set()` (an `asyncio.Event` or a `threading.Event`).
     """
@@ -192,7 +224,10 @@ async def serve_model(
         faults=faults,
         max_body_bytes=max_body_bytes,
         debug_endpoints=debug_endpoints,
+        grpc_port=grpc_port,
     )
+    if server.grpc is not None:
+        print(f"serving {model.name} {model.version} over gRPC on {server.grpc.url}", flush=True)
     await serve_forever(server, f"serving {model.name} {model.version}", ready_event)
 
 
@@ -204,6 +239,7 @@ def run_model_server(
     faults: Faults = Faults(),  # noqa: B008 - frozen, so a shared default is safe
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     debug_endpoints: bool = True,
+    grpc_port: int | None = None,
 ) -> None:
     """Blocking entry point for `meshgate serve-model`: uvloop when importable, stops on SIGINT/SIGTERM.
 
@@ -219,5 +255,6 @@ def run_model_server(
             faults=faults,
             max_body_bytes=max_body_bytes,
             debug_endpoints=debug_endpoints,
+            grpc_port=grpc_port,
         )
     )

@@ -105,6 +105,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     oip.add_argument("--latency-jitter-ms", type=float, default=None, help="uniform extra latency up to this")
     oip.add_argument("--fail-after", type=int, default=None, help="fail every infer call after the first N")
     oip.add_argument("--hang-rate", type=float, default=None, help="fraction of infer calls never answered")
+    oip.add_argument(
+        "--grpc-port",
+        type=_port,
+        default=None,
+        help="also serve the model over gRPC (inference.GRPCInferenceService) on this port (default off)",
+    )
     llm = sm.add_argument_group("tinylm only (all changeable at runtime: POST /v2/debug/faults)")
     llm.add_argument("--rate-limit-rate", type=float, default=None, help="fraction of calls answered 429")
     llm.add_argument("--retry-after-s", type=float, default=None, help="the 429s' retry-after (default 1)")
@@ -267,7 +273,7 @@ def _serve_model(args: argparse.Namespace) -> int:
             from models.server import run_model_server
 
             faults = Faults(error_rate=args.error_rate, seed=args.seed, **_knobs(args, _OIP_KNOBS))
-            run_model_server(args.model, args.version, args.host, args.port, faults)
+            run_model_server(args.model, args.version, args.host, args.port, faults, grpc_port=args.grpc_port)
     except ValueError as exc:  # a bad fault knob
         raise CliError(str(exc)) from None
     except UnknownModelError as exc:
