@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.test_dashboard import ARTIFACTS, _browser
+from tests.browser.chromium import ARTIFACTS, launch
 from tests.support import model_server, running_mesh, wait_for
 
 
@@ -51,7 +51,7 @@ def test_experiment_card_shows_the_llm_table_per_arm(mesh):
     ARTIFACTS.mkdir(exist_ok=True)
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch(p)
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
