@@ -98,15 +98,15 @@ from collections.abc import Callable
 from typing import Protocol
 
 from router.deadline import Deadline
-from router.resilience import (
-    BREAKER_OPEN,
+from router.reasons import (
     DEADLINE_EXCEEDED,
     NO_HEALTHY_ENDPOINT,
-    OVERLOADED,
-    QUEUED,
+    REASONS,
     RETRY_BUDGET_EXHAUSTED,
-    VersionRuntime,
+    UPSTREAM_5XX,
+    UPSTREAM_RATE_LIMITED,
 )
+from router.resilience import QUEUED, VersionRuntime
 from router.retry import Outcome, classify_status
 
 __all__ = [
@@ -123,20 +123,17 @@ __all__ = [
     "Waiter",
 ]
 
-UPSTREAM_5XX = "upstream_5xx"
-UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
-UPSTREAM_TIMEOUT = "upstream_timeout"
 # the model's own failed answer goes to the client (marked) when the request fails for these
 _PASSED_THROUGH = frozenset({UPSTREAM_5XX, UPSTREAM_RATE_LIMITED, RETRY_BUDGET_EXHAUSTED})
-_MESSAGES = {
-    BREAKER_OPEN: "the circuit breaker is open after repeated failures",
-    OVERLOADED: "too many requests in flight and queued",
-}
 _SUCCESS = Outcome.SUCCESS
 _CLIENT_ERROR = Outcome.CLIENT_ERROR
 _TIMEOUT = Outcome.TIMEOUT
 _DEADLINE = Outcome.DEADLINE
 _TOO_MANY = Outcome.TOO_MANY_REQUESTS
+
+
+def _late(when: str) -> str:
+    return REASONS[DEADLINE_EXCEEDED].text(when=when)
 
 
 class Waiter(Protocol):
@@ -349,9 +346,7 @@ class Attempts:
         self._queued = False
         if not self.runtime.cancel(self._waiter):
             return DONE
-        return self._end_with(
-            Answer(DEADLINE_EXCEEDED, "the request deadline passed while queued for a free slot")
-        )
+        return self._end_with(Answer(DEADLINE_EXCEEDED, _late("while queued for a free slot")))
 
     def answered(
         self, status: int, *, retry_after_s: float | None = None, streaming: bool = False
@@ -373,7 +368,7 @@ class Attempts:
         self._failed_answer = UPSTREAM_RATE_LIMITED if outcome is _TOO_MANY else UPSTREAM_5XX
         if outcome is _TOO_MANY and retry_after_s is not None:
             return self._elsewhere()
-        return self._after_failure(outcome, self._failed_answer, "the model answered with an error")
+        return self._after_failure(outcome, self._failed_answer, REASONS[UPSTREAM_5XX].message)
 
     def failed(self, outcome: Outcome, reason: str, message: str) -> Decision:
         """The attempt ended without an answer (`outcome`: CONNECT_FAILURE, RESET, TIMEOUT...)
@@ -389,9 +384,7 @@ class Attempts:
             return DONE
         self._failed_answer = None
         if outcome is _DEADLINE:
-            return self._end_with(
-                Answer(DEADLINE_EXCEEDED, "the request deadline passed while waiting for the model")
-            )
+            return self._end_with(Answer(DEADLINE_EXCEEDED, _late("while waiting for the model")))
         return self._after_failure(outcome, reason, message)
 
     def commit(self) -> None:
@@ -447,25 +440,21 @@ class Attempts:
         if reason == QUEUED:  # a slot frees up -> resumed(); the deadline bounds the wait
             self._queued = True
             return Wait(self._deadline.expires_at)
-        return self._version_failed(reason, f"{self.model}/{self.version}: {_MESSAGES.get(reason, reason)}")
+        return self._version_failed(reason, self._text(reason))
 
     def _send(self) -> Decision:
         # one clock read answers expired() and the attempt's timeout alike
         deadline = self._deadline
         remaining = deadline.remaining_s()
         if remaining <= 0.0:
-            return self._version_failed(
-                DEADLINE_EXCEEDED, "the request deadline passed before an attempt could start"
-            )
+            return self._version_failed(DEADLINE_EXCEEDED, _late("before an attempt could start"))
         rt = self.runtime
         tried = self._tried
         ep = rt.pick(tried)
         if ep is None and tried:
             ep = rt.pick(())  # every endpoint tried once: a second try may still land
         if ep is None:
-            return self._version_failed(
-                NO_HEALTHY_ENDPOINT, f"{self.model}/{self.version}: every endpoint is ejected or unhealthy"
-            )
+            return self._version_failed(NO_HEALTHY_ENDPOINT, self._text(NO_HEALTHY_ENDPOINT))
         self.ep = ep
         self.started_at = self._now()
         self._tried = (*tried, ep)
@@ -479,6 +468,9 @@ class Attempts:
             return Send(ep, remaining)
         self._bound_by_deadline = False
         return Send(ep, per_try)
+
+    def _text(self, reason: str) -> str:
+        return REASONS[reason].text(model=self.model, version=self.version)
 
     def _record(self, outcome: Outcome, latency: float | None = None) -> None:
         """The attempt's outcome to balancer (EWMA, in-flight), breaker and outlier detector."""
@@ -522,7 +514,7 @@ class Attempts:
                     self._stats.retries += 1
                     return Retry(0.0)  # the next pick avoids every endpoint tried
                 self._stats.budget_exhausted += 1
-        return self._version_failed(UPSTREAM_RATE_LIMITED, "the model is rate limited")
+        return self._version_failed(UPSTREAM_RATE_LIMITED, REASONS[UPSTREAM_RATE_LIMITED].message)
 
     def _version_failed(self, reason: str, message: str) -> Decision:
         """This version cannot serve: follow the fallback chain, else answer why."""
