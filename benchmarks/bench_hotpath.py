@@ -43,6 +43,7 @@ from collections.abc import Callable
 
 from benchmarks.bench_proxy import BODY, RESULTS, STATIC_REPLY, machine
 from benchmarks.proxy_app import ProxyApp
+from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.measure import Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import ServerLimits, UpstreamPool, new_event_loop, tune_gc
@@ -117,11 +118,14 @@ class Rig:
         else:
             plane = DataPlane(self.pool, rng=random.Random(7))
             plane.set_table(route_table())
-            if config in ("measure", "defaults"):
-                Measurement(MemoryStore()).install(plane)  # counters, and signed ids for feedback
-            if config == "defaults":
-                Metrics().install(plane)
-                AccessLog(io.StringIO(), flush_interval_s=3600).install(plane)
+            defaults = config == "defaults"
+            install_hooks(
+                plane,
+                # counters, and signed ids for feedback
+                measurement=Measurement(MemoryStore()) if config in ("measure", "defaults") else None,
+                metrics=Metrics() if defaults else None,
+                access_log=AccessLog(io.StringIO(), flush_interval_s=3600) if defaults else None,
+            )
             handler = plane.handle
         self.answers: list[_Connection] = []
         for url in UPSTREAMS:

@@ -25,6 +25,7 @@ from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.auth import load_or_create_token
 from gateway.control.canary_loop import run_canary_loop
 from gateway.dataplane.health_checks import HealthChecker
+from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.measure import Measurement
 from gateway.dataplane.plane import DataPlane
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server, tune_gc
@@ -129,7 +130,7 @@ async def _start(opts: ProcessOptions) -> Running:
         plane = DataPlane(pool)
         running.plane = plane
         measurement = Measurement(store)
-        measurement.install(plane)  # observes requests, mints their ids, serves /v1/feedback
+        install_hooks(plane, measurement=measurement)  # counts requests, mints their ids, /v1/feedback
         running.measurement = measurement
         running.sync = ConfigSync(store, plane.set_table)
         try:
@@ -201,6 +202,13 @@ async def _start(opts: ProcessOptions) -> Running:
                 raise RuntimeError(f"admin server failed to start on {opts.admin_host}:{opts.admin_port}")
             await asyncio.sleep(0.01)
     telemetry = install_telemetry(running.plane, running.measurement, opts.extra)
+    if running.plane is not None:  # after measurement's, in install_hooks' order
+        install_hooks(
+            running.plane,
+            tracing=telemetry.tracing,
+            metrics=telemetry.metrics,
+            access_log=telemetry.access_log,
+        )
     running.tasks.append(asyncio.create_task(telemetry.run(), name="telemetry"))
     if running.admin is not None:  # what /metrics, /v1/overview and /ui read
         running.admin.config.app.state.telemetry = telemetry

@@ -357,9 +357,10 @@ class Attempts:
             return DONE
         outcome = _SUCCESS if 200 <= status < 400 else classify_status(status)
         if outcome is _SUCCESS or outcome is _CLIENT_ERROR:  # the model's answer, for the client
-            if streaming:
-                self._pending = outcome
-                self._latency = self._now() - self.started_at
+            if streaming:  # recorded at its end; the latency is the time to its head
+                self._pending = self.outcome = outcome
+                self.ended_at = now = self._now()
+                self._latency = now - self.started_at
                 return DELIVER
             self._record(outcome)
             self._finish()

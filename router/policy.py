@@ -234,7 +234,9 @@ class RetryPolicy(_Section):
       most likely did not run or said it is unavailable (Istio retries connect-failure,
       refused-stream, unavailable, cancelled and 503). ``5xx`` (any 5xx response, unlike
       Envoy's ``5xx`` which also implies connect-failure and reset) and ``429`` are opt-in:
-      a 500 is often deterministic and a 429 asks the caller to slow down.
+      a 500 is often deterministic and a 429 asks the caller to slow down. A 429 with
+      ``retry-after`` still moves to another endpoint (`router.attempt`): that endpoint asked
+      for time, the others did not.
     max_attempts: attempts in total including the first, default 2 (one retry; Istio: 2 retries).
     backoff_base_ms / backoff_max_ms: 25 / 250, Envoy's full-jitter exponential backoff.
     budget: see `RetryBudgetPolicy`.

@@ -98,13 +98,13 @@ class HealthChecker:
         vr = self._version(model, version)
         if vr is None or url not in vr.endpoints:
             return
-        endpoint = self._plane.endpoint(vr, vr.endpoints.index(url))
+        endpoint = self._plane.upstreams.endpoint(vr, vr.endpoints.index(url))
         target = f"/v2/models/{model}/versions/{version}/ready".encode()
         timeout = hc.timeout_ms / 1000.0
         try:
             async with asyncio.timeout(timeout):
                 response = await endpoint.request(b"GET", target, timeout=timeout)
-            ok = response.status == 200 and self._plane.check_peer(vr, response) is None
+            ok = response.status == 200 and self._plane.upstreams.check_peer(vr, response) is None
         except (UpstreamError, TimeoutError):
             ok = False
         self._record(key, ok)

@@ -177,18 +177,10 @@ class Measurement:
         self.counters = CounterBuffer()
         self._arms: dict[tuple[str, str | None], _ArmTally] = {}  # since the last drain
         self.records = RecordBuffer(join_ttl_s, listed=False)  # feedback reads them by request id
-        self._plane: DataPlane | None = None
+        self.plane: DataPlane | None = None
         self._running: tuple[RouteTable | None, dict[str, Mapping[str, str]]] = (None, {})
         key = self._fetch_key()
         self.ids = None if key is None else FeedbackIds(key)
-
-    def install(self, plane: DataPlane) -> None:
-        """Observe the plane's requests, mint its request ids and serve ``POST /v1/feedback``."""
-        self._plane = plane
-        plane.observers.append(self.observe)
-        plane.extra_routes[FEEDBACK_PATH] = self.handle_feedback
-        if self.ids is not None:  # else the plane's plain ids (with join records) until the key comes
-            plane.mint_request_id = self.ids.mint_request_id
 
     def _fetch_key(self) -> bytes | None:
         try:
@@ -203,8 +195,8 @@ class Measurement:
             key = await asyncio.to_thread(self._fetch_key)
             if key is not None and self.ids is None:
                 self.ids = FeedbackIds(key)
-                if self._plane is not None:
-                    self._plane.mint_request_id = self.ids.mint_request_id
+                if self.plane is not None:
+                    self.plane.mint_request_id = self.ids.mint_request_id
         return self.ids
 
     # -- the data path (event-loop thread, no I/O) -----------------------------------------
@@ -349,9 +341,9 @@ class Measurement:
 
     def _running_metrics(self) -> dict[str, Mapping[str, str]]:
         """Metric kinds of the experiments in the current route table, by experiment."""
-        if self._plane is None:
+        if self.plane is None:
             return {}
-        table = self._plane.table
+        table = self.plane.table
         if self._running[0] is not table:
             splits = (m.split for m in table.models.values() if m.split is not None)
             self._running = (table, {s.experiment: s.metrics for s in splits})

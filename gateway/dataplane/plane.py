@@ -1,13 +1,18 @@
 """The data plane: routes Open Inference Protocol requests on the current route table.
 
 ``DataPlane.handle`` is the engine's request callback. It parses only what it routes on
-(path, a few headers), picks the version synchronously from the immutable route table and
-hands the request to an ``Exchange``. The table is swapped whole when the config version
-changes; per-version resilience state (breaker, balancer, ejections) is carried over.
+(``requests``: path, a few headers), picks the version synchronously from the immutable route
+table and hands the request to an ``Exchange``, which executes the decisions of its attempt
+sequence (``router.attempt``). The table is swapped whole when the config version changes;
+per-version resilience state (breaker, balancer, ejections) is carried over, and requests
+queued for a slot that a raised ``max_in_flight`` frees are resumed. Endpoints, TLS and
+identity checks are ``Upstreams``'; the hooks telemetry and measurement hang here are
+installed in one place, ``gateway.dataplane.hooks.install_hooks``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -19,12 +24,19 @@ from dataclasses import dataclass
 from experiments.ofrep import OfrepService
 from gateway.clientkeys.gate import KeyGate
 from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.headers import response_headers
+from gateway.dataplane.requests import (
+    choose,
+    method_problem,
+    parse_target,
+    routing_headers,
+    upstream_headers,
+)
 from gateway.dataplane.shadow import ShadowCopy, ShadowStats
+from gateway.dataplane.upstreams import Upstreams
 from gateway.http import (
-    DROP_FORWARD,
     Endpoint,
     Headers,
-    PeerVerifier,
     Request,
     Responder,
     UpstreamError,
@@ -32,32 +44,21 @@ from gateway.http import (
     UpstreamResponse,
     date_header,
     error_response,
-    proxy_headers,
 )
-from gateway.mesh.identity import uri_sans
-from gateway.mesh.tls import PEER_IDENTITY_MISMATCH
-from router.choose import choose_version
+from router import reasons
 from router.deadline import Deadline, DeadlineHeaderError
 from router.resilience import VersionRuntime
 from router.retry import Outcome
 from router.table import Choice, ModelRoute, RouteTable, VersionRoute
 
-__all__ = ["AttemptHook", "DataPlane", "PlaneStats"]
+__all__ = ["AttemptHook", "DataPlane", "PlaneStats", "VersionState"]
 
 log = logging.getLogger("meshgate.dataplane")
 
-_MODELS = "/v2/models/"
-_ATTR = b"x-meshgate-attr-"
 _KEY = b"x-meshgate-key"
-_RID = b"x-request-id"
-_TIMEOUT = b"x-meshgate-timeout-ms"
 _OFREP = "/ofrep/v1/evaluate/flags"
 _MAX_PARSED = 4096  # distinct request targets remembered (model paths repeat; a scan must not grow it)
-_NO_ATTRS: dict[str, str] = {}  # shared empty attributes: never written to
 _RETRY_AFTER = (b"retry-after", b"1")
-# Not forwarded: hop-by-hop and framing fields, and the client's timeout (the exchange sends the
-# remaining deadline instead).
-_DROP_UPSTREAM = DROP_FORWARD | {_TIMEOUT}
 
 
 class _RequestIds:
@@ -104,6 +105,13 @@ AttemptHook = Callable[
 ]
 
 
+CallLater = Callable[[float, Callable[[], None]], asyncio.TimerHandle]
+
+
+def _loop_call_later(delay_s: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+    return asyncio.get_running_loop().call_later(delay_s, callback)
+
+
 @dataclass(slots=True)
 class PlaneStats:
     """Process-local counters the health API and metrics read."""
@@ -120,12 +128,14 @@ class VersionState:
     Built with each route table: the resilience runtime, the upstream paths and the
     response header lines that only depend on the version (and on the model's experiment,
     whose arms are versions), already serialised. Endpoints are resolved on first use (they
-    depend on the mesh TLS context, which can change under a table).
+    depend on the mesh TLS context, which can change under a table: ``generation``).
     """
 
     __slots__ = (
         "endpoints",
+        "generation",
         "infer_target",
+        "lookup",
         "meta_target",
         "model",
         "pinned_choice",
@@ -136,14 +146,22 @@ class VersionState:
         "version_line",
     )
 
-    def __init__(self, model: ModelRoute, route: VersionRoute, runtime: VersionRuntime) -> None:
+    def __init__(
+        self,
+        model: ModelRoute,
+        route: VersionRoute,
+        runtime: VersionRuntime,
+        lookup: Callable[[str], VersionRuntime | None],
+    ) -> None:
         self.model = model.name
         self.route = route
         self.runtime = runtime
+        self.lookup = lookup  # the runtime of another version of the model (its fallbacks)
         base = f"/v2/models/{model.name}/versions/{route.version}"
         self.infer_target = f"{base}/infer".encode()
         self.meta_target = base.encode()
         self.endpoints: tuple[Endpoint, ...] | None = None
+        self.generation = -1
         self.pinned_choice = Choice(route.version, reason="PINNED")  # shared: choices are immutable
         self.version_line = b"x-meshgate-version: %b\r\n" % route.version.encode()
         split = model.split
@@ -167,17 +185,20 @@ class DataPlane:
         rng: random.Random | None = None,
         now: Callable[[], float] = time.monotonic,
         mesh_tls: ssl.SSLContext | None = None,
+        call_later: CallLater | None = None,
     ) -> None:
         self.pool = pool
-        self._mesh_tls = mesh_tls
-        self._verifiers: dict[tuple[str, str], PeerVerifier] = {}
+        self.upstreams = Upstreams(pool, mesh_tls)
         self.table = RouteTable.empty()
         self.loaded = False
         self.rng = rng or random.Random()
-        self.now = now
+        self.now = now  # the one clock of routing: deadlines, attempts, timers
+        #: ``call_later(delay_s, fn) -> handle with cancel()``: backoffs and queue deadlines, on
+        #: the event loop unless a test brings timers that follow its clock
+        self.call_later: CallLater = call_later or _loop_call_later
         self.stats = PlaneStats()
         self.rejected: dict[str, int] = {}  # refused before routing (no exchange), by reason
-        # Hooks, in the order a request meets them (telemetry and measurement plug in here):
+        # Hooks, in the order a request meets them; filled by hooks.install_hooks:
         self.on_start: list[Callable[[Exchange], None]] = []  # before the first attempt
         self.on_attempt: list[AttemptHook] = []  # after each attempt
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
@@ -197,25 +218,31 @@ class DataPlane:
 
     # -- configuration ----------------------------------------------------------------------
     def set_table(self, table: RouteTable) -> None:
-        """Swap in a new route table, keeping resilience state for unchanged endpoints."""
+        """Swap in a new route table, keeping resilience state for unchanged endpoints; then
+        resume the queued requests that raised concurrency limits admit."""
         runtimes: dict[tuple[str, str], VersionRuntime] = {}
         versions: dict[str, dict[str, VersionState]] = {}
         for model in table.models.values():
             states = versions[model.name] = {}
+            by_version: dict[str, VersionRuntime] = {}
             for vr in model.versions.values():
                 key = (model.name, vr.version)
                 old = self._runtimes.get(key)
-                rt = runtimes[key] = (
+                rt = runtimes[key] = by_version[vr.version] = (
                     old.rebuild(vr.endpoints, vr.policy)
                     if old is not None
                     else VersionRuntime(vr.endpoints, vr.policy, now=self.now, rng=self.rng)
                 )
-                states[vr.version] = VersionState(model, vr, rt)
+                states[vr.version] = VersionState(model, vr, rt, by_version.get)
         self._runtimes, self._versions = runtimes, versions
         if table.config_version != self.table.config_version or not self.loaded:
             self.ofrep = OfrepService(table.flags, table.config_version)
         self.table = table
         self.loaded = True
+        for rt in runtimes.values():
+            admitted, rt.pending_resume = rt.pending_resume, ()
+            for waiter in admitted:  # each holds a slot now: its attempt starts
+                waiter.resume()  # type: ignore[attr-defined]
 
     def runtime(self, model: str, vr: VersionRoute) -> VersionRuntime:
         return self._runtimes[(model, vr.version)]
@@ -226,84 +253,28 @@ class DataPlane:
     @property
     def mesh_tls(self) -> ssl.SSLContext | None:
         """The gateway identity's client context, for https endpoints."""
-        return self._mesh_tls
+        return self.upstreams.mesh_tls
 
     @mesh_tls.setter
     def mesh_tls(self, context: ssl.SSLContext | None) -> None:
-        self._mesh_tls = context
-        for states in self._versions.values():
-            for state in states.values():
-                state.endpoints = None
+        self.upstreams.set_mesh_tls(context)
 
     def version_state(self, model: str, version: str) -> VersionState:
         return self._versions[model][version]
-
-    def endpoint(self, vr: VersionRoute, index: int) -> Endpoint:
-        """https endpoints present the gateway's mesh identity (SNI is the endpoint's host).
-
-        A version registered with an identity gets endpoints that check it on every new
-        connection, before any request is sent on it (``peer_identity_mismatch``, 502).
-        """
-        return self.pool.endpoint(
-            vr.endpoints[index], ssl=self._mesh_tls, verify_peer=self._verifier(vr.version, vr.identity)
-        )
-
-    def endpoints(self, state: VersionState) -> tuple[Endpoint, ...]:
-        """A version's endpoints by index, looked up once per route table (and TLS context)."""
-        found = state.endpoints
-        if found is None:
-            vr = state.route
-            found = state.endpoints = tuple(self.endpoint(vr, i) for i in range(len(vr.endpoints)))
-        return found
-
-    def _verifier(self, version: str, identity: str | None) -> PeerVerifier | None:
-        """One verifier per (version, identity), so the pool caches one endpoint per URL and identity."""
-        if identity is None:
-            return None
-        key = (version, identity)
-        verifier = self._verifiers.get(key)
-        if verifier is None:
-
-            def verifier(peer_cert: dict | None) -> UpstreamError | None:
-                return _identity_problem(version, identity, peer_cert)
-
-            self._verifiers[key] = verifier
-        return verifier
-
-    def check_peer(self, vr: VersionRoute, response: UpstreamResponse) -> UpstreamError | None:
-        """The identity check of ``endpoint`` on a response already received (the pool has made
-        it when the connection was made: callers on ``endpoint`` need not repeat it)."""
-        if vr.identity is None:
-            return None
-        return _identity_problem(vr.version, vr.identity, response.peer_cert)
 
     # -- requests -----------------------------------------------------------------------
     def handle(self, request: Request, responder: Responder) -> None:
         self.stats.requests += 1
         route = self._parsed.get(request.target)
         if route is None:
-            route = self._parse(request.target, request.path)
+            route = parse_target(request.path)
+            if len(self._parsed) >= _MAX_PARSED:  # bounded: targets repeat, a scan must not grow it
+                self._parsed.clear()
+            self._parsed[request.target] = route
         if route.__class__ is tuple:
             self._model_request(request, responder, *route)  # type: ignore[misc]
         else:
             self._other_request(request, responder, route)  # type: ignore[arg-type]
-
-    def _parse(self, target: bytes, path: str) -> tuple[str, str | None, str | None] | str:
-        """A request target as ``(model, pinned version, action)`` for model paths (action None:
-        no such route), else the decoded path; cached per target (bounded: targets repeat)."""
-        route: tuple[str, str | None, str | None] | str = path
-        if path.startswith(_MODELS):
-            parts = path[len(_MODELS) :].split("/")
-            n = len(parts)
-            if n >= 3 and parts[1] == "versions":
-                pinned, action = parts[2], parts[3] if n == 4 else ("" if n == 3 else None)
-            else:
-                pinned, action = None, parts[1] if n == 2 else ("" if n == 1 else None)
-            route = (parts[0], pinned, action if action in ("infer", "", "ready") else None)
-        if len(self._parsed) >= _MAX_PARSED:
-            self._parsed.clear()
-        self._parsed[target] = route
-        return route
 
     def _other_request(self, request: Request, responder: Responder, path: str) -> None:
         if path == "/v2/health/live":
@@ -322,13 +293,17 @@ class DataPlane:
             if route is not None:
                 route(request, responder)
             else:
-                self.reply_error(responder, "not_found", f"no route for {path}")
+                self.reply_error(responder, reasons.NOT_FOUND, f"no route for {path}")
 
     def _ofrep(self, request: Request, responder: Responder, rest: str) -> None:
         """OpenFeature remote evaluation of the current flags (OFREP)."""
         if request.method != b"POST":
             self.reply_error(
-                responder, "method_not_allowed", "OFREP evaluation takes POST", None, [(b"allow", b"POST")]
+                responder,
+                reasons.METHOD_NOT_ALLOWED,
+                "OFREP evaluation takes POST",
+                None,
+                [(b"allow", b"POST")],
             )
             return
         body = request.body or b""
@@ -338,68 +313,53 @@ class DataPlane:
         elif rest.startswith("/") and "/" not in rest[1:]:
             status, out, headers = self.ofrep.evaluate(rest[1:], body)
         else:
-            self.reply_error(responder, "not_found", f"no route for {request.path}")
+            self.reply_error(responder, reasons.NOT_FOUND, f"no route for {request.path}")
             return
         responder.respond(status, headers, out)
 
     def _model_request(
         self, request: Request, responder: Responder, name: str, pinned: str | None, action: str | None
     ) -> None:
+        """Route one model request: refuse what does not fit, choose the version, start its exchange."""
         if action is None:
-            self.reply_error(responder, "not_found", f"no route for {request.path}")
+            self.reply_error(responder, reasons.NOT_FOUND, f"no route for {request.path}")
             return
-        expect = b"POST" if action == "infer" else b"GET"
-        if request.method != expect and not (request.method == b"HEAD" and expect == b"GET"):
-            allowed = b"POST" if expect == b"POST" else b"GET, HEAD"
-            message = f"{request.path} takes {allowed.decode()}, not {request.method.decode()}"
-            self.reply_error(responder, "method_not_allowed", message, None, [(b"allow", allowed)])
+        problem = method_problem(request.path, action, request.method)
+        if problem is not None:
+            self.reply_error(
+                responder, reasons.METHOD_NOT_ALLOWED, problem[0], None, [(b"allow", problem[1])]
+            )
             return
         model = self.table.models.get(name)
         if model is None:
-            self.reply_error(responder, "model_not_found", f"model {name!r} is not registered")
-            return
-        key = rid = timeout = None
-        attrs: dict[str, str] = _NO_ATTRS
-        split_header = model.split.key_header if model.split is not None else _KEY
-        x_only = split_header.startswith(b"x-")  # then every header read here starts with x-
-        for hname, value in request.headers:
-            if x_only and not hname.startswith(b"x-"):
-                continue
-            if hname == _KEY or (hname == split_header and key is None):
-                key = value.decode("latin-1")
-            elif hname == _RID:
-                rid = value.decode("latin-1")
-            elif hname == _TIMEOUT:  # repeated: all of them count (the shortest wins)
-                timeout = value if timeout is None else timeout + b"," + value
-            elif hname.startswith(_ATTR):
-                if attrs is _NO_ATTRS:
-                    attrs = {}
-                attrs[hname[len(_ATTR) :].decode("latin-1")] = value.decode("latin-1")
-        if pinned is not None:
-            if pinned not in model.versions:
-                self.reply_error(
-                    responder,
-                    "version_not_found",
-                    f"model {name!r} has no version {pinned!r} "
-                    f"(versions: {', '.join(sorted(model.versions))})",
-                )
-                return
-            choice = self._versions[name][pinned].pinned_choice
-        else:  # metadata and readiness describe the default version; only inference is split
-            choice = (
-                choose_version(model, key, attrs, self.rng) if action == "infer" else model.default_choice
+            self.reply_error(
+                responder, reasons.MODEL_NOT_FOUND, reasons.REASONS[reasons.MODEL_NOT_FOUND].text(model=name)
             )
-            if choice is None:
-                self.reply_error(responder, "no_endpoint", f"model {name!r} has no default version")
+            return
+        split = model.split
+        key, rid, timeout, attrs = routing_headers(request, split.key_header if split is not None else _KEY)
+        states = self._versions[name]
+        if pinned is not None:
+            state = states.get(pinned)
+            if state is None:
+                known = ", ".join(sorted(model.versions))
+                message = f"model {name!r} has no version {pinned!r} (versions: {known})"
+                self.reply_error(responder, reasons.VERSION_NOT_FOUND, message)
                 return
-        state = self._versions[name][choice.version]
+            choice = state.pinned_choice
+        else:
+            choice = choose(model, action, key, attrs, self.rng)
+            if choice is None:
+                self.reply_error(responder, reasons.NO_ENDPOINT, f"model {name!r} has no default version")
+                return
+            state = states[choice.version]
         if timeout is None:
             deadline = Deadline(state.route.policy.timeouts, self.now)
         else:
             try:
                 deadline = Deadline.from_header(state.route.policy.timeouts, self.now, timeout)
             except DeadlineHeaderError as exc:
-                self.reply_error(responder, "bad_request", str(exc))
+                self.reply_error(responder, reasons.BAD_REQUEST, str(exc))
                 return
         if action == "infer":
             target = state.infer_target
@@ -408,13 +368,13 @@ class DataPlane:
         if rid is None:  # no caller's id: a fresh one, which may carry the assignment (feedback)
             mint = self.mint_request_id
             rid = mint(model, choice) if mint is not None else _request_ids.next()
-            headers = proxy_headers(request, ((_RID, rid.encode()),), _DROP_UPSTREAM)
+            headers = upstream_headers(request, rid.encode())
         else:
-            headers = proxy_headers(request, (), _DROP_UPSTREAM)
+            headers = upstream_headers(request, None)
         ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid, state)
         if state.runtime.shadow is not None and action == "infer" and request.body is not None:
-            shadow = state.runtime.shadow_version()
-            if shadow is not None and shadow != choice.version and shadow in model.versions:
+            shadow = ex.attempt.shadow()
+            if shadow is not None:
                 ex.shadow = ShadowCopy.start(
                     self,
                     model,
@@ -473,20 +433,6 @@ class DataPlane:
         return out
 
     # -- answers ------------------------------------------------------------------------
-    def response_headers(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
-        out = [
-            (b"x-meshgate-version", ex.version.encode()),
-            (b"x-meshgate-request-id", ex.request_id.encode()),
-        ]
-        if ex.choice.experiment is not None:
-            out.append((b"x-meshgate-experiment", ex.choice.experiment.encode()))
-            out.append((b"x-meshgate-arm", ex.choice.arm.encode()))
-        if ex.choice.flag is not None:
-            out.append((b"x-meshgate-flag", ex.choice.flag.encode()))
-        if ex.fallback:
-            out.append((b"x-meshgate-fallback", b"1"))
-        return out
-
     def reply_error(
         self,
         responder: Responder,
@@ -497,8 +443,8 @@ class DataPlane:
     ) -> None:
         """A gateway-made error; `more`: headers that say more (``retry-after``, ``allow``)."""
         self.stats.errors += 1
-        extra = self.response_headers(ex) if ex else []
-        if reason == "overloaded":  # shed load: ask the client to come back (Envoy sends none; we do)
+        extra = response_headers(ex) if ex else []
+        if reason == reasons.OVERLOADED:  # shed load: ask the client to come back (Envoy sends none; we do)
             extra.append(_RETRY_AFTER)
         extra.extend(more)
         status, headers, body = error_response(reason, message, extra)
@@ -538,17 +484,3 @@ class DataPlane:
                 observe(ex, status, reason, response)
             except Exception:
                 log.exception("request observer failed")
-
-
-def _identity_problem(version: str, expected: str, peer_cert: dict | None) -> UpstreamError | None:
-    """A version registered with an identity must answer over TLS with exactly that SPIFFE ID.
-
-    The chain was verified in the handshake; this checks *who*. A mismatch is
-    ``peer_identity_mismatch`` (502), and the attempt counts as a failed one.
-    """
-    presented = uri_sans(peer_cert)
-    if presented == (expected,):
-        return None
-    who = ", ".join(presented) if presented else "no SPIFFE identity (plaintext or no URI SAN)"
-    message = f"{version}: the endpoint presented {who}, not the registered {expected}"
-    return UpstreamError(PEER_IDENTITY_MISMATCH, message)

@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.dataplane.exchange import error_outcome
 from gateway.http import UpstreamError, UpstreamResponse
 from models.compare import compare
-from router.retry import Outcome, classify_status
+from router.retry import classify_status
 
 if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane
     from router.table import ModelRoute
 
 __all__ = ["ShadowCopy", "ShadowStats"]
-
-_ERROR_OUTCOME = {"upstream_unreachable": Outcome.CONNECT_FAILURE, "upstream_timeout": Outcome.TIMEOUT}
 
 
 @dataclass(slots=True)
@@ -97,15 +95,12 @@ class ShadowCopy:
         copy = cls(stats)
         stats.sent += 1
         rt.begin(ep)
-        t0 = time.monotonic()
+        now = plane.now
+        t0 = now()
 
         def done(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
-            latency = time.monotonic() - t0
-            outcome = (
-                classify_status(response.status)
-                if response is not None
-                else _ERROR_OUTCOME.get(error.reason, Outcome.RESET)
-            )
+            latency = now() - t0
+            outcome = classify_status(response.status) if response is not None else error_outcome(error)
             rt.finish(ep, outcome, latency)
             waiter = rt.release()
             if waiter is not None:
@@ -120,7 +115,7 @@ class ShadowCopy:
         shadow_target = target.replace(
             f"/versions/{version}/".encode(), f"/versions/{vr.version}/".encode(), 1
         )
-        plane.endpoint(vr, ep).send(b"POST", shadow_target, headers, body, timeout, done)
+        plane.upstreams.endpoint(vr, ep).send(b"POST", shadow_target, headers, body, timeout, done)
         return copy
 
     def primary_done(self, response: UpstreamResponse | None) -> None:

@@ -331,6 +331,7 @@ class UpstreamPool:
         self.max_buffered_response = max_buffered_response
         self.tls_session_reuse = tls_session_reuse  # offer each endpoint's last TLS session again
         self._endpoints: dict[str | tuple[str, PeerVerifier], Endpoint] = {}
+        self._replaced: list[Endpoint] = []  # by a new TLS context: closed with the pool
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._wheel_ref: DeadlineWheel | None = None
 
@@ -359,10 +360,14 @@ class UpstreamPool:
         `verify_peer(peer_cert)` runs on every new connection right after its handshake, before
         any request is sent on it: an `UpstreamError` closes the connection and fails the waiting
         request with it (pass the same callable each time: it is part of the cache key).
+        A different `ssl` context for an https URL makes a new endpoint (new connections use
+        it); the one it replaces finishes what it has and is closed with the pool.
         """
         key = url if verify_peer is None else (url, verify_peer)
         endpoint = self._endpoints.get(key)
-        if endpoint is None:
+        if endpoint is None or (ssl is not None and endpoint.ssl is not None and endpoint.ssl is not ssl):
+            if endpoint is not None:
+                self._replaced.append(endpoint)
             endpoint = Endpoint(self, url.rstrip("/"), ssl, server_hostname, verify_peer)
             self._endpoints[key] = endpoint
         return endpoint
@@ -371,8 +376,9 @@ class UpstreamPool:
         return f"<UpstreamPool endpoints={list(self._endpoints.values())!r}>"
 
     async def aclose(self) -> None:
-        endpoints = list(self._endpoints.values())
+        endpoints = [*self._endpoints.values(), *self._replaced]
         self._endpoints.clear()
+        self._replaced.clear()
         for endpoint in endpoints:
             await endpoint.aclose()
         if self._wheel_ref is not None:

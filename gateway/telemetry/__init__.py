@@ -68,17 +68,6 @@ class Telemetry:
         self.access_log = access_log
         self.metrics_server: Server | None = None  # /metrics on its own port (serve_metrics)
 
-    def install(self) -> None:
-        plane = self.plane
-        if plane is None:
-            return
-        if self.tracing is not None:
-            self.tracing.install(plane)
-        if self.metrics is not None:
-            self.metrics.install(plane)
-        if self.access_log is not None:
-            self.access_log.install(plane)
-
     async def run(self) -> None:
         """Refresh metrics and flush the log until cancelled; then flush spans and lines."""
         try:
@@ -112,9 +101,8 @@ def install_telemetry(
     metrics = Metrics() if _metrics_on(env) else None
     target = access_log_target(env, extra.get("access_log")) if plane else None
     access_log = AccessLog.open(target) if target is not None else None
-    telemetry = Telemetry(plane, measurement, tracing, metrics, access_log)
-    telemetry.install()
-    return telemetry
+    # their hooks go on the plane through gateway.dataplane.hooks.install_hooks (process assembly)
+    return Telemetry(plane, measurement, tracing, metrics, access_log)
 
 
 async def serve_metrics(telemetry: Telemetry, host: str, port: int | None) -> Server | None:

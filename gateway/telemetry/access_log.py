@@ -33,7 +33,6 @@ from gateway.telemetry.tracing import TelemetryConfigError, caller_trace_id, tra
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
     from gateway.dataplane.llm_usage import LlmUsage
-    from gateway.dataplane.plane import DataPlane
     from gateway.http import Request, UpstreamResponse
 
 __all__ = ["AccessLog", "access_log_target"]
@@ -123,10 +122,6 @@ class AccessLog:
         except OSError as exc:
             raise TelemetryConfigError(f"cannot open the access log {target}: {exc.strerror}") from None
         return cls(stream, close_stream=True)
-
-    def install(self, plane: DataPlane) -> None:
-        plane.observers.append(self.observe)
-        plane.refusal_observers.append(self.refused)
 
     def observe(
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None

@@ -369,18 +369,13 @@ class Metrics:
         self._entries: dict[tuple, _Tally] = {}
         self._upstream: dict[tuple, _Tally] = {}
         self._llm: dict[tuple[str, str], _LlmTally] = {}
-        self._plane: DataPlane | None = None
+        self.plane: DataPlane | None = None
         self._seen_retries = 0
         self._seen_exhausted = 0
         self._seen_rejected: dict[str, int] = {}
         self._was_ejected: set[tuple[str, str, str]] = set()
         self._labelled: dict[Gauge, set[tuple[str, ...]]] = {}
         self._history: deque[tuple[float, dict[tuple[str, str], int]]] = deque()
-
-    def install(self, plane: DataPlane) -> None:
-        self._plane = plane
-        plane.on_attempt.append(self.on_attempt)
-        plane.observers.append(self.observe)
 
     # -- hot path -----------------------------------------------------------------------
     def observe(
@@ -458,7 +453,7 @@ class Metrics:
         self._publish()
         for identity, expires_at in _CERT_EXPIRY.items():
             put(self.cert_expiry, (identity,), expires_at)
-        plane = self._plane
+        plane = self.plane
         if plane is not None:
             self.config_version.set(plane.table.config_version)
             stats = plane.stats
@@ -543,10 +538,10 @@ class Metrics:
         """Hand the hot path's tallies and the plane's rejections to prometheus_client."""
         for tally in (*self._entries.values(), *self._upstream.values(), *self._llm.values()):
             tally.publish()
-        if self._plane is None:
+        if self.plane is None:
             return
         seen = self._seen_rejected
-        for reason, n in self._plane.rejected.items():
+        for reason, n in self.plane.rejected.items():
             delta = n - seen.get(reason, 0)
             if delta:
                 self.requests.labels("", "", str(REASON_STATUS.get(reason, 500)), reason).inc(delta)

@@ -264,13 +264,7 @@ class Tracing:
         ratio = 1.0 if root == "always_on" else 0.0 if root == "always_off" else config.ratio
         # TraceIdRatioBased's rule: sampled when the low 64 bits of the trace id are below the bound
         self._bound = round(ratio * (_LOW64 + 1))
-        self._plane: DataPlane | None = None
-
-    def install(self, plane: DataPlane) -> None:
-        self._plane = plane
-        plane.on_start.append(self.on_start)
-        plane.on_attempt.append(self.on_attempt)
-        plane.observers.append(self.on_complete)
+        self.plane: DataPlane | None = None
 
     def shutdown(self) -> None:
         """Export what is buffered and stop the exporters."""
@@ -418,7 +412,7 @@ class Tracing:
         span.end()
 
     def _breaker_state(self, ex: Exchange, version: str) -> str:
-        plane = self._plane
+        plane = self.plane
         vr = ex.model.versions.get(version)
         if plane is None or vr is None:
             return "unknown"

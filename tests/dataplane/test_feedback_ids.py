@@ -18,6 +18,7 @@ from gateway.dataplane.feedback_ids import (
     load_or_create_key,
     looks_signed,
 )
+from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.measure import JOIN_NAMESPACE, Measurement
 from gateway.store import StoreUnavailable, Write
 from gateway.store.memory import MemoryStore
@@ -239,7 +240,7 @@ def test_feedback_for_a_running_experiment_reads_nothing_but_the_claim():
     store = CountingStore()
     m = Measurement(store)
     plane = _plane(_route())
-    m.install(plane)  # type: ignore[arg-type]
+    install_hooks(plane, measurement=m)  # type: ignore[arg-type]
     assert plane.mint_request_id == m.ids.mint_request_id
     rid = plane.mint_request_id(_route(), ARM)
     m.observe(_exchange(_route(), ARM, rid), 200, None, None)
@@ -258,7 +259,7 @@ def test_feedback_for_an_ended_experiment_reads_its_stored_definition():
     store = CountingStore()
     m = Measurement(store)
     rid = m.ids.mint_request_id(_route(), ARM)
-    m.install(_plane())  # type: ignore[arg-type]  # the experiment is no longer in the table
+    install_hooks(_plane(), measurement=m)  # type: ignore[arg-type]  # the experiment is no longer in the table
     assert _feedback(m, rid)["status"] == "unknown_request"  # nor in the store
     doc = {"name": "ab.test-1", "status": "stopped", "metrics": [{"name": "accuracy", "kind": "binary"}]}
     store.commit([Write("experiments", "ab.test-1", doc)])
@@ -271,7 +272,7 @@ def test_expired_ids_are_unknown_requests():
     m = Measurement(MemoryStore(), join_ttl_s=60.0)
     clock = FakeClock(1_800_000_000.0)
     m.ids = FeedbackIds(load_or_create_key(m.store), now=clock)
-    m.install(_plane(_route()))  # type: ignore[arg-type]
+    install_hooks(_plane(_route()), measurement=m)  # type: ignore[arg-type]
     rid = m.ids.mint_request_id(_route(), ARM)
     clock.advance(61.0)
     res = _feedback(m, rid)
@@ -280,7 +281,7 @@ def test_expired_ids_are_unknown_requests():
 
 def test_callers_own_ids_keep_the_join_record():
     m = Measurement(MemoryStore())
-    m.install(_plane(_route()))  # type: ignore[arg-type]
+    install_hooks(_plane(_route()), measurement=m)  # type: ignore[arg-type]
     m.observe(_exchange(_route(), ARM, "caller-id-1"), 200, None, None)
     assert m.records.pending(JOIN_NAMESPACE, "caller-id-1") == {"e": "ab.test-1", "a": "v2.1", "m": METRICS}
     assert _feedback(m, "caller-id-1")["status"] == "accepted"  # from the pending record
@@ -294,7 +295,7 @@ def test_without_the_key_ids_stay_plain_with_join_records_until_the_store_answer
     m = Measurement(store)
     assert m.ids is None and "no feedback-id key" in caplog.text
     plane = _plane(_route())
-    m.install(plane)  # type: ignore[arg-type]
+    install_hooks(plane, measurement=m)  # type: ignore[arg-type]
     assert plane.mint_request_id is None  # the plane mints its plain ids
     m.observe(_exchange(_route(), ARM, "0123456789abcdef01234567"), 200, None, None)
     assert m.records.size == 1

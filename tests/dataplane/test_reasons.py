@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.measure import Measurement
 from gateway.http import ServerLimits, error_response
 from gateway.store import StoreUnavailable
@@ -131,7 +132,7 @@ async def _feedback(store: MemoryStore) -> Response:
         Upstream(lambda got: answer()).running() as model,
         gateway(one_model({"v1": ([model.url], {})})) as (plane, port),
     ):
-        Measurement(store).install(plane)
+        install_hooks(plane, measurement=Measurement(store))
         body = b'{"request_id":"never-routed","metric":"converted","value":1}'
         head = b"POST /v1/feedback HTTP/1.1\r\nhost: gw\r\ncontent-length: %d\r\n\r\n" % len(body)
         return await exchange(port, head + body)
@@ -298,7 +299,7 @@ _ADMIN = ("gateway/control/", "gateway/mesh/api.py")
 
 
 def _codes_in_gateway() -> dict[str, str]:
-    """Every string literal passed as a reason code in gateway/: code -> where."""
+    """Every reason code passed in gateway/ (a string literal or a ``reasons.X`` constant): code -> where."""
     found: dict[str, str] = {}
     for path in sorted((ROOT / "gateway").rglob("*.py")):
         where = str(path.relative_to(ROOT))
@@ -313,6 +314,9 @@ def _codes_in_gateway() -> dict[str, str]:
                 arg = node.args[at]
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     found.setdefault(arg.value, f"{where}:{node.lineno}")
+                elif isinstance(arg, ast.Attribute) and getattr(arg.value, "id", "") == "reasons":
+                    code = getattr(reasons, arg.attr, f"reasons.{arg.attr}")  # a constant of it
+                    found.setdefault(code, f"{where}:{node.lineno}")
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from gateway.dataplane.hooks import install_hooks
 from gateway.telemetry.tracing import Tracing, TracingConfig
 from tests.engine.helpers import exchange
 
@@ -29,7 +30,7 @@ async def test_tracestate_goes_on_only_with_the_callers_trace(traceparent: str, 
         gateway(one_model({"v1": ([model.url], {})})) as (plane, port),
     ):
         config = TracingConfig(exporters=("console",), sampler="parentbased_always_on")
-        Tracing(config, exporter=InMemorySpanExporter()).install(plane)
+        install_hooks(plane, tracing=Tracing(config, exporter=InMemorySpanExporter()))
         extra = f"traceparent: {traceparent}\r\ntracestate: vendor=abc\r\n".encode()
         response = await exchange(port, infer(headers=extra))
     assert response.status == 200

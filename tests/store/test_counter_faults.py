@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from experiments.counters import arm_group, metric_fields
+from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.measure import Measurement
 from gateway.store.buffer import CounterBuffer
 from gateway.store.redis import RedisStore
@@ -101,7 +102,7 @@ def test_feedback_whose_square_overflows_is_a_400_and_counts_nothing(redis_store
     plane = SimpleNamespace(
         table=RouteTable(1, {"digits": _route()}), observers=[], extra_routes={}, mint_request_id=None
     )
-    m.install(plane)  # type: ignore[arg-type]
+    install_hooks(plane, measurement=m)  # type: ignore[arg-type]
     rid = plane.mint_request_id(_route(), Choice("v2", "ab", "v2"))
     status, body = _post(m, {"request_id": rid, "metric": "score", "value": 1e200})
     assert status == 400 and "value" in body["error"], body

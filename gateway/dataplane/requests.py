@@ -1,0 +1,111 @@
+"""What the data plane reads of a request: its route, its routing headers, its version.
+
+Small pure functions over the engine's ``Request`` (bytes in, no I/O), each with one job:
+
+- `parse_target(path)`: a model path as ``(model, pinned version, action)``, else the path;
+- `method_problem(action, method)`: why the method does not fit the route (405), if it does not;
+- `routing_headers(request, split_header)`: the routing key, the caller's request id, the
+  timeout header(s) and the flag attributes, in one pass over the headers;
+- `choose(model, action, key, attrs, rng)`: the version that serves an unpinned request;
+- `upstream_headers(request, minted_id)`: the headers sent upstream.
+"""
+
+from __future__ import annotations
+
+import random
+
+from gateway.http import DROP_FORWARD, Headers, Request, proxy_headers
+from router.choose import choose_version
+from router.table import Choice, ModelRoute
+
+__all__ = [
+    "KEY_HEADER",
+    "REQUEST_ID_HEADER",
+    "TIMEOUT_HEADER",
+    "choose",
+    "method_problem",
+    "parse_target",
+    "routing_headers",
+    "upstream_headers",
+]
+
+MODELS_PREFIX = "/v2/models/"
+ATTR_PREFIX = b"x-meshgate-attr-"
+KEY_HEADER = b"x-meshgate-key"
+REQUEST_ID_HEADER = b"x-request-id"
+TIMEOUT_HEADER = b"x-meshgate-timeout-ms"
+_ACTIONS = ("infer", "", "ready")
+_NO_ATTRS: dict[str, str] = {}  # shared empty attributes: never written to
+# Not forwarded: hop-by-hop and framing fields, and the client's timeout (the exchange sends the
+# remaining deadline instead).
+_DROP_UPSTREAM = DROP_FORWARD | {TIMEOUT_HEADER}
+
+Route = tuple[str, str | None, str | None]
+
+
+def parse_target(path: str) -> Route | str:
+    """A decoded path as ``(model, pinned version or None, action)`` for ``/v2/models/...``
+    (action ``"infer"``, ``""`` metadata, ``"ready"``; None: no such route), else the path."""
+    if not path.startswith(MODELS_PREFIX):
+        return path
+    parts = path[len(MODELS_PREFIX) :].split("/")
+    n = len(parts)
+    if n >= 3 and parts[1] == "versions":
+        pinned, action = parts[2], parts[3] if n == 4 else ("" if n == 3 else None)
+    else:
+        pinned, action = None, parts[1] if n == 2 else ("" if n == 1 else None)
+    return (parts[0], pinned, action if action in _ACTIONS else None)
+
+
+def method_problem(path: str, action: str, method: bytes) -> tuple[str, bytes] | None:
+    """``(message, allow header)`` when `method` does not fit the action (405), else None."""
+    expect = b"POST" if action == "infer" else b"GET"
+    if method == expect or (method == b"HEAD" and expect == b"GET"):
+        return None
+    allowed = b"POST" if expect == b"POST" else b"GET, HEAD"
+    return f"{path} takes {allowed.decode()}, not {method.decode()}", allowed
+
+
+def routing_headers(
+    request: Request, split_header: bytes
+) -> tuple[str | None, str | None, bytes | None, dict[str, str]]:
+    """``(key, request id, timeout, attributes)`` from one pass over the headers.
+
+    The key is ``x-meshgate-key``, else the model's split header; repeated timeout headers all
+    count (joined with commas: the shortest wins); ``x-meshgate-attr-<name>`` are flag attributes.
+    """
+    key = rid = timeout = None
+    attrs = _NO_ATTRS
+    x_only = split_header.startswith(b"x-")  # then every header read here starts with x-
+    for hname, value in request.headers:
+        if x_only and not hname.startswith(b"x-"):
+            continue
+        if hname == KEY_HEADER or (hname == split_header and key is None):
+            key = value.decode("latin-1")
+        elif hname == REQUEST_ID_HEADER:
+            rid = value.decode("latin-1")
+        elif hname == TIMEOUT_HEADER:
+            timeout = value if timeout is None else timeout + b"," + value
+        elif hname.startswith(ATTR_PREFIX):
+            if attrs is _NO_ATTRS:
+                attrs = {}
+            attrs[hname[len(ATTR_PREFIX) :].decode("latin-1")] = value.decode("latin-1")
+    return key, rid, timeout, attrs
+
+
+def choose(
+    model: ModelRoute, action: str, key: str | None, attrs: dict[str, str], rng: random.Random
+) -> Choice | None:
+    """The version that serves an unpinned request: flags and the split for inference, while
+    metadata and readiness describe the default version. None: the model has no default."""
+    if action == "infer":
+        return choose_version(model, key, attrs, rng)
+    return model.default_choice
+
+
+def upstream_headers(request: Request, minted_id: bytes | None) -> Headers:
+    """The caller's headers as sent upstream (without hop-by-hop fields and the timeout), with
+    the request id the gateway minted when the caller sent none."""
+    if minted_id is None:
+        return proxy_headers(request, (), _DROP_UPSTREAM)
+    return proxy_headers(request, ((REQUEST_ID_HEADER, minted_id),), _DROP_UPSTREAM)
