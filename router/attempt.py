@@ -60,8 +60,8 @@ to the fallback version, else the 429 goes to the client as the model sent it.
 
 Usage (an executor on callbacks; `send`/`deliver`/`reply` stand for its I/O):
 
-    m = Attempts(state.runtime, lookup, deadline, now, waiter=self, stats=stats,
-                 fallback=route.fallback, replayable=body is not None)
+    m = Attempts(version, runtime, lookup, deadline, now, waiter=self, stats=stats,
+                 fallback=route.fallback, replayable=body is not None, model=name)
     self.run(m.start())
 
     def run(self, d):
@@ -88,8 +88,9 @@ head, calls `commit()` with the first byte, then `ended()` or, if the stream bre
 ``failed(Outcome.RESET, ...)`` (-> DONE; the breaker and outlier detector count it). If it
 breaks before `commit()`, the same `failed` may still retry or fall back.
 
-After each ``answered(streaming=False)``, ``failed`` and ``ended``, the attempt's record is in
-`ep`, `outcome`, `started_at`, `ended_at` (for per-attempt hooks).
+After each ``answered``, ``failed`` and ``ended``, the attempt's record is in `ep`, `outcome`,
+`started_at`, `ended_at` (for per-attempt hooks; `ep` and the times exist once an attempt was
+sent).
 """
 
 from __future__ import annotations
@@ -246,7 +247,6 @@ class Attempts:
         "_bound_by_deadline",
         "_chain",
         "_committed",
-        "_deadline",
         "_failed_answer",
         "_latency",
         "_lookup",
@@ -255,11 +255,11 @@ class Attempts:
         "_pending",
         "_queued",
         "_replayable",
-        "_sent",
         "_stats",
         "_tried",
         "_waiter",
         "attempts",
+        "deadline",
         "done",
         "ended_at",
         "ep",
@@ -278,7 +278,6 @@ class Attempts:
         lookup: Callable[[str], VersionRuntime | None],
         deadline: Deadline,
         now: Callable[[], float],
-        *,
         waiter: Waiter,
         stats: AttemptStats,
         fallback: tuple[str, ...] = (),
@@ -293,7 +292,7 @@ class Attempts:
         self.version = version
         self.runtime = runtime
         self._lookup = lookup
-        self._deadline = deadline
+        self.deadline = deadline
         self._now = now
         self._waiter = waiter
         self._stats = stats
@@ -308,19 +307,12 @@ class Attempts:
         self._queued = False
         self._open = False  # an attempt is in flight (begun, outcome not recorded)
         self._pending: Outcome | None = None  # a streamed answer's outcome, recorded at its end
-        self._latency = 0.0
-        self._bound_by_deadline = False
-        self._sent = False
+        # _latency and _bound_by_deadline are set by the attempt that reads them
         self._committed = False
         self._failed_answer: str | None = None  # the latest attempt's failed answer, if it was one
-        self.ep = -1
-        self.outcome: Outcome | None = None
-        self.started_at = self.ended_at = 0.0
+        self.outcome: Outcome | None = None  # with ep, started_at, ended_at: the last attempt's
 
     # -- outcomes in ---------------------------------------------------------------------------
-    def start(self) -> Decision:
-        """The first decision: admission on the chosen version."""
-        return self._enter()
 
     def proceed(self) -> Decision:
         """After a `Retry` delay: the next attempt; after a `Fallback`: admission on that version."""
@@ -328,7 +320,7 @@ class Attempts:
             return DONE
         if self._admitted:
             return self._send()
-        return self._enter()
+        return self.start()
 
     def resumed(self) -> Decision:
         """A released slot was handed to this queued request (or a raised limit admitted it)."""
@@ -357,12 +349,15 @@ class Attempts:
             return DONE
         outcome = _SUCCESS if 200 <= status < 400 else classify_status(status)
         if outcome is _SUCCESS or outcome is _CLIENT_ERROR:  # the model's answer, for the client
+            self.outcome = outcome
+            self.ended_at = now = self._now()
             if streaming:  # recorded at its end; the latency is the time to its head
-                self._pending = self.outcome = outcome
-                self.ended_at = now = self._now()
+                self._pending = outcome
                 self._latency = now - self.started_at
                 return DELIVER
-            self._record(outcome)
+            # the common case, inline: _record() and _finish()
+            self._open = False
+            self.runtime.finish(self.ep, outcome, now - self.started_at)
             self._finish()
             return DELIVER
         self._record(outcome)
@@ -376,7 +371,7 @@ class Attempts:
         with reason code `reason`; or a streamed answer broke (after `commit()`: DONE)."""
         if self.done or not self._open:
             return DONE
-        if outcome is _TIMEOUT and (self._bound_by_deadline or self._deadline.expired()):
+        if outcome is _TIMEOUT and (self._bound_by_deadline or self.deadline.expired()):
             outcome = _DEADLINE  # the attempt's timeout was the rest of the request deadline
         self._pending = None
         self._record(outcome)
@@ -404,7 +399,6 @@ class Attempts:
         """The client went away: stop; an attempt in flight counts as neither success nor failure."""
         if self.done:
             return
-        self.done = True
         rt = self.runtime
         if self._open:
             self._open = False
@@ -413,6 +407,7 @@ class Attempts:
         elif self._queued:
             self._queued = False
             rt.cancel(self._waiter)
+        self._over()
         self._release()
 
     def shadow(self) -> str | None:
@@ -430,8 +425,9 @@ class Attempts:
         return self._committed
 
     # -- the sequence --------------------------------------------------------------------------
-    def _enter(self) -> Decision:
-        """Admission on the current version: breaker gate, then a slot or the queue."""
+    def start(self) -> Decision:
+        """The first decision: admission on the chosen version (after a `Fallback`, `proceed()`
+        comes here for the next version)."""
         rt = self.runtime
         self._attempt, self._tried = 0, ()
         reason = rt.admit(self._waiter)
@@ -440,12 +436,12 @@ class Attempts:
             return self._send()
         if reason == QUEUED:  # a slot frees up -> resumed(); the deadline bounds the wait
             self._queued = True
-            return Wait(self._deadline.expires_at)
+            return Wait(self.deadline.expires_at)
         return self._version_failed(reason, self._text(reason))
 
     def _send(self) -> Decision:
         # one clock read answers expired() and the attempt's timeout alike
-        deadline = self._deadline
+        deadline = self.deadline
         remaining = deadline.remaining_s()
         if remaining <= 0.0:
             return self._version_failed(DEADLINE_EXCEEDED, _late("before an attempt could start"))
@@ -461,7 +457,7 @@ class Attempts:
         self._tried = (*tried, ep)
         self._attempt += 1
         self.attempts += 1
-        self._open = self._sent = True
+        self._open = True
         rt.begin(ep)
         per_try = deadline.per_try_s
         if per_try is None or per_try >= remaining:
@@ -487,7 +483,7 @@ class Attempts:
             return DONE
         if not self._replayable:
             return self._version_failed(reason, message)
-        delay = self.runtime.retry_delay(self._attempt, outcome, self._deadline.remaining_s())
+        delay = self.runtime.retry_delay(self._attempt, outcome, self.deadline.remaining_s())
         if delay.__class__ is float:
             self._stats.retries += 1
             return Retry(delay)  # type: ignore[arg-type]
@@ -510,7 +506,7 @@ class Attempts:
             and len(self._tried) < len(rt.endpoints)
         ):
             ep = rt.pick(self._tried)
-            if ep is not None and ep not in self._tried and self._deadline.remaining_s() > 0.0:
+            if ep is not None and ep not in self._tried and self.deadline.remaining_s() > 0.0:
                 if rt.budget.try_withdraw():
                     self._stats.retries += 1
                     return Retry(0.0)  # the next pick avoids every endpoint tried
@@ -521,7 +517,7 @@ class Attempts:
         """This version cannot serve: follow the fallback chain, else answer why."""
         self._release()
         chain = self._chain
-        if reason != DEADLINE_EXCEEDED and not self._committed and (self._replayable or not self._sent):
+        if reason != DEADLINE_EXCEEDED and not self._committed and (self._replayable or not self.attempts):
             while chain:
                 nxt, chain = chain[0], chain[1:]
                 rt = self._lookup(nxt)
@@ -531,18 +527,31 @@ class Attempts:
                     return Fallback(nxt)
             self._chain = ()
         if self._failed_answer is not None and reason in _PASSED_THROUGH:
-            self.done = True
+            self._over()
             return Deliver(self._failed_answer)
         return self._end_with(Answer(reason, message, self.runtime.retry_after_s(reason)))
 
     def _end_with(self, answer: Answer) -> Answer:
         self._release()
-        self.done = True
+        self._over()
         return answer
 
     def _finish(self) -> None:
-        self._release()
+        """The request is over and gives its slot back (`_over` and `_release`, inline: the
+        end of every successful request)."""
         self.done = True
+        self._waiter = None  # type: ignore[assignment]
+        if self._admitted:
+            self._admitted = False
+            waiter = self.runtime.release()
+            if waiter is not None:
+                waiter.resume()  # type: ignore[attr-defined]
+
+    def _over(self) -> None:
+        """The request is over: no more waiting, so the waiter (its executor) is let go; the
+        two would otherwise keep each other alive until the garbage collector runs."""
+        self.done = True
+        self._waiter = None  # type: ignore[assignment]
 
     def _release(self) -> None:
         """Give the slot back; it goes to exactly one queued request, which is resumed."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from gateway.dataplane.headers import response_headers, retry_after_s
 from gateway.http import UpstreamError, UpstreamResponse, relay
 from router import reasons
-from router.attempt import Answer, Attempts, Deliver, Fallback, Retry, Send, Wait
+from router.attempt import DELIVER, Answer, Attempts, Deliver, Fallback, Retry, Send, Wait
 from router.deadline import Deadline
 from router.retry import Outcome
 from router.table import Choice, ModelRoute
@@ -75,7 +75,6 @@ class Exchange:
         "_timer",
         "attempt",
         "choice",
-        "deadline",
         "done",
         "headers",
         "llm",
@@ -110,13 +109,16 @@ class Exchange:
         self.trace: object = None  # set by a tracing hook
         self.llm: LlmUsage | None = None  # what an LLM route measured (gateway.dataplane.llm_usage)
         self._body = request.body  # None: streamed (larger than the engine's buffered limit)
-        self.deadline = deadline
         self.request_id = request_id
         self.t0 = plane.now()
         self.done = False
         self.shadow: ShadowCopy | None = None
         self._state = state
-        self._endpoints: tuple[Endpoint, ...] = plane.upstreams.endpoints(state)
+        upstreams = plane.upstreams
+        endpoints = state.endpoints
+        if endpoints is None or state.generation != upstreams.generation:
+            endpoints = upstreams.endpoints(state)
+        self._endpoints: tuple[Endpoint, ...] = endpoints
         self._handle = None
         self._timer: asyncio.TimerHandle | None = None
         self._last: UpstreamResponse | None = None  # the latest attempt's answer
@@ -127,17 +129,21 @@ class Exchange:
             state.lookup,
             deadline,
             plane.now,
-            waiter=self,
-            stats=plane.stats,
-            fallback=state.route.fallback,
-            replayable=self._body is not None,
-            model=model.name,
-        )
+            self,  # the waiter: resume() when a slot is handed over
+            plane.stats,
+            state.route.fallback,
+            self._body is not None,  # replayable: buffered
+            model.name,
+        )  # positional: keyword arguments cost ~0.4 us here
 
     @property
     def request(self) -> Request:
         """The caller's request (read-only): telemetry reads its headers (traceparent)."""
         return self._request
+
+    @property
+    def deadline(self) -> Deadline:
+        return self.attempt.deadline
 
     @property
     def version(self) -> str:
@@ -156,7 +162,11 @@ class Exchange:
     # -- executing decisions --------------------------------------------------------------
     def start(self) -> None:
         self._responder.on_disconnect(self._client_gone)
-        self._run(self.attempt.start())
+        d = self.attempt.start()
+        if d.__class__ is Send:  # the common case, without the dispatch
+            self._send(d)  # type: ignore[arg-type]
+        else:
+            self._run(d)
 
     def resume(self) -> None:
         """A slot was handed to this queued exchange (a release, or a raised limit)."""
@@ -232,7 +242,10 @@ class Exchange:
             d = m.failed(error_outcome(error), error.reason, error.message)  # type: ignore[union-attr]
         if self._plane.on_attempt:
             self._plane.attempted(self, m.ep, m.outcome, response, error, m.started_at, m.ended_at)
-        self._run(d)
+        if d is DELIVER:  # the common case, without the dispatch
+            self._deliver(None)
+        else:
+            self._run(d)
 
     def _on_stream_done(self, status: int, error: UpstreamError | None) -> None:
         """End of a streamed exchange: the endpoint relayed the answer itself; the body is gone,
@@ -299,10 +312,11 @@ class Exchange:
         """The gateway's response headers, serialised: cached per version where they repeat."""
         choice = self.choice
         state = self._state
-        if choice.flag is None and not self.attempt.fallback:
+        version = choice.version
+        if choice.flag is None and version == state.route.version:  # no flag, no fallback
             if choice.experiment is None:
                 return b"%bx-meshgate-request-id: %b\r\n" % (state.version_line, self.request_id.encode())
-            if choice.experiment == state.split_experiment and choice.arm == state.route.version:
+            if choice.experiment == state.split_experiment and choice.arm == version:
                 return b"%bx-meshgate-request-id: %b\r\n%b" % (
                     state.version_line, self.request_id.encode(), state.split_lines,
                 )  # fmt: skip

@@ -26,11 +26,11 @@ from gateway.clientkeys.gate import KeyGate
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.headers import response_headers
 from gateway.dataplane.requests import (
-    choose,
+    DROP_UPSTREAM,
+    REQUEST_ID_HEADER,
     method_problem,
     parse_target,
     routing_headers,
-    upstream_headers,
 )
 from gateway.dataplane.shadow import ShadowCopy, ShadowStats
 from gateway.dataplane.upstreams import Upstreams
@@ -44,8 +44,10 @@ from gateway.http import (
     UpstreamResponse,
     date_header,
     error_response,
+    proxy_headers,
 )
 from router import reasons
+from router.choose import choose_version
 from router.deadline import Deadline, DeadlineHeaderError
 from router.resilience import VersionRuntime
 from router.retry import Outcome
@@ -324,12 +326,13 @@ class DataPlane:
         if action is None:
             self.reply_error(responder, reasons.NOT_FOUND, f"no route for {request.path}")
             return
-        problem = method_problem(request.path, action, request.method)
-        if problem is not None:
-            self.reply_error(
-                responder, reasons.METHOD_NOT_ALLOWED, problem[0], None, [(b"allow", problem[1])]
-            )
-            return
+        if request.method != (b"POST" if action == "infer" else b"GET"):
+            problem = method_problem(request.path, action, request.method)
+            if problem is not None:
+                self.reply_error(
+                    responder, reasons.METHOD_NOT_ALLOWED, problem[0], None, [(b"allow", problem[1])]
+                )
+                return
         model = self.table.models.get(name)
         if model is None:
             self.reply_error(
@@ -348,7 +351,10 @@ class DataPlane:
                 return
             choice = state.pinned_choice
         else:
-            choice = choose(model, action, key, attrs, self.rng)
+            # only inference is split; metadata and readiness describe the default version
+            choice = (
+                choose_version(model, key, attrs, self.rng) if action == "infer" else model.default_choice
+            )
             if choice is None:
                 self.reply_error(responder, reasons.NO_ENDPOINT, f"model {name!r} has no default version")
                 return
@@ -368,9 +374,9 @@ class DataPlane:
         if rid is None:  # no caller's id: a fresh one, which may carry the assignment (feedback)
             mint = self.mint_request_id
             rid = mint(model, choice) if mint is not None else _request_ids.next()
-            headers = upstream_headers(request, rid.encode())
+            headers = proxy_headers(request, ((REQUEST_ID_HEADER, rid.encode()),), DROP_UPSTREAM)
         else:
-            headers = upstream_headers(request, None)
+            headers = proxy_headers(request, (), DROP_UPSTREAM)
         ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid, state)
         if state.runtime.shadow is not None and action == "infer" and request.body is not None:
             shadow = ex.attempt.shadow()

@@ -1,32 +1,27 @@
-"""What the data plane reads of a request: its route, its routing headers, its version.
+"""What the data plane reads of a request (its route, its routing headers) and sends upstream.
 
-Small pure functions over the engine's ``Request`` (bytes in, no I/O), each with one job:
+Small pure functions over the engine's ``Request`` (bytes in, no I/O), each with one job (the
+version is ``router.choose.choose_version``'s choice):
 
 - `parse_target(path)`: a model path as ``(model, pinned version, action)``, else the path;
 - `method_problem(action, method)`: why the method does not fit the route (405), if it does not;
 - `routing_headers(request, split_header)`: the routing key, the caller's request id, the
   timeout header(s) and the flag attributes, in one pass over the headers;
-- `choose(model, action, key, attrs, rng)`: the version that serves an unpinned request;
-- `upstream_headers(request, minted_id)`: the headers sent upstream.
+- `DROP_UPSTREAM`: what ``proxy_headers`` leaves out of the headers sent upstream.
 """
 
 from __future__ import annotations
 
-import random
-
-from gateway.http import DROP_FORWARD, Headers, Request, proxy_headers
-from router.choose import choose_version
-from router.table import Choice, ModelRoute
+from gateway.http import DROP_FORWARD, Request
 
 __all__ = [
+    "DROP_UPSTREAM",
     "KEY_HEADER",
     "REQUEST_ID_HEADER",
     "TIMEOUT_HEADER",
-    "choose",
     "method_problem",
     "parse_target",
     "routing_headers",
-    "upstream_headers",
 ]
 
 MODELS_PREFIX = "/v2/models/"
@@ -38,7 +33,7 @@ _ACTIONS = ("infer", "", "ready")
 _NO_ATTRS: dict[str, str] = {}  # shared empty attributes: never written to
 # Not forwarded: hop-by-hop and framing fields, and the client's timeout (the exchange sends the
 # remaining deadline instead).
-_DROP_UPSTREAM = DROP_FORWARD | {TIMEOUT_HEADER}
+DROP_UPSTREAM = DROP_FORWARD | {TIMEOUT_HEADER}
 
 Route = tuple[str, str | None, str | None]
 
@@ -91,21 +86,3 @@ def routing_headers(
                 attrs = {}
             attrs[hname[len(ATTR_PREFIX) :].decode("latin-1")] = value.decode("latin-1")
     return key, rid, timeout, attrs
-
-
-def choose(
-    model: ModelRoute, action: str, key: str | None, attrs: dict[str, str], rng: random.Random
-) -> Choice | None:
-    """The version that serves an unpinned request: flags and the split for inference, while
-    metadata and readiness describe the default version. None: the model has no default."""
-    if action == "infer":
-        return choose_version(model, key, attrs, rng)
-    return model.default_choice
-
-
-def upstream_headers(request: Request, minted_id: bytes | None) -> Headers:
-    """The caller's headers as sent upstream (without hop-by-hop fields and the timeout), with
-    the request id the gateway minted when the caller sent none."""
-    if minted_id is None:
-        return proxy_headers(request, (), _DROP_UPSTREAM)
-    return proxy_headers(request, ((REQUEST_ID_HEADER, minted_id),), _DROP_UPSTREAM)
