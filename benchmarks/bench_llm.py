@@ -46,8 +46,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.bench_proxy import RESULTS, ROOT, _free_port, _stop, _wait_http, cpu_split, machine, running
+from benchmarks.bench_proxy import RESULTS, ROOT, _stop, _wait_http, cpu_split, machine, running, target_names
 from benchmarks.llm_load import BENCH_KEY, run_llm_load
+from gateway.localproc import free_port
 
 TARGETS = ("direct", "meshgate", "litellm")
 PROMPT = [{"role": "user", "content": "Speak of the king and the crown."}]
@@ -83,7 +84,7 @@ def _upstream_command() -> tuple[list[str], str]:
 @contextmanager
 def meshgate_up(directory: Path, upstream: str) -> Iterator[tuple[int, str]]:
     """``meshgate up`` with model ``chat`` (v1, v2 on ``upstream``) under a 50/50 A/B experiment."""
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     data_dir = directory / "data"
     command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
     command += ["--data-dir", str(data_dir), "--log-level", "warning"]
@@ -134,7 +135,7 @@ def find_litellm(given: str | None) -> str | None:
 @contextmanager
 def litellm_proxy(binary: str, directory: Path, upstream: str) -> Iterator[tuple[int, str]]:
     """LiteLLM's proxy, one worker, model ``chat`` -> tinylm at ``upstream`` (OpenAI-compatible)."""
-    port = _free_port()
+    port = free_port()
     config = directory / "litellm.yaml"
     config.write_text(
         "model_list:\n  - model_name: chat\n    litellm_params:\n      model: openai/tinylm\n"
@@ -300,14 +301,8 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = set(names) - set(TARGETS)
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}"
-        )
-    return names
+def _targets(text: str) -> list[str]:
+    return target_names(text, TARGETS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
-    parser.add_argument("--targets", type=_names, default=list(TARGETS), help="comma-separated subset")
+    parser.add_argument("--targets", type=_targets, default=list(TARGETS), help="comma-separated subset")
     parser.add_argument("--litellm", help="the litellm executable (default: see above)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)

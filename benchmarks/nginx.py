@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway.localproc import free_port
+
 __all__ = ["NGINX", "NginxMissing", "NginxProxy", "nginx_proxy"]
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
@@ -60,12 +62,6 @@ class NginxMissing(RuntimeError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def render_config(directory: Path, port: int, upstreams: list[tuple[str, float]]) -> str:
     """nginx.conf for a weighted split (split_clients on the request id) with upstream keep-alive."""
     blocks, split = [], []
@@ -97,7 +93,7 @@ def nginx_proxy(upstreams: list[tuple[str, float]], port: int | None = None) -> 
         raise NginxMissing(
             "nginx is not installed (apt-get install nginx-light); skipping the nginx baseline"
         )
-    port = port or _free_port()
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="meshgate-nginx-") as tmp:
         directory = Path(tmp)
         config = directory / "nginx.conf"
