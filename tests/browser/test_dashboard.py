@@ -113,13 +113,19 @@ def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mes
             expect(card).to_contain_text("Sample ratio check")
             expect(card.locator("svg.forest").first).to_be_visible()
             expect(card).to_contain_text("chance to beat control")
-            latency = _settled_latency(mesh)  # the page refreshes itself: compare once counters settle
             rows = card.locator('table[data-metric="latency"] tbody tr')
-            expected_ms = [round(arm["mean"] * 1000, 3) for arm in latency["arms"]]
-            wait_for(  # until its next refresh shows the settled figures
-                lambda: [round(float(rows.nth(i).locator("td.mean").inner_text()), 3) for i in range(2)],
-                lambda shown: shown == expected_ms,
-                what=f"the page showing latency means {expected_ms} ms",
+
+            def page_and_api() -> tuple[list[float], dict]:
+                """The page's latency means and the API's settled figures, read together: a request
+                counted after one flush moves both, so they are compared at the same moment."""
+                settled = _settled_latency(mesh)
+                shown = [round(float(rows.nth(i).locator("td.mean").inner_text()), 3) for i in range(2)]
+                return shown, settled
+
+            shown_ms, latency = wait_for(  # until a refresh shows the API's figures
+                page_and_api,
+                lambda seen: seen[0] == [round(arm["mean"] * 1000, 3) for arm in seen[1]["arms"]],
+                what="the page showing the API's latency means (ms)",
                 interval=0.2,
             )
             expect(card).to_contain_text("latency (continuous, ms, lower is better)")
