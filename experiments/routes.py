@@ -16,7 +16,7 @@ from experiments.flags import Flag
 from router.client_keys import ClientKey, KeyTable
 from router.flags import CompiledFlag
 from router.policy import PolicyError, TrafficPolicy, fallback_chain, merge
-from router.table import ModelRoute, RouteTable, Split, VersionRoute
+from router.table import LlmRoute, ModelRoute, RouteTable, Split, VersionRoute
 
 __all__ = ["ACTIVE_STATUSES", "COLLECTIONS", "build_route_table", "compile_policies"]
 
@@ -41,6 +41,14 @@ def _split_for(exp: Mapping[str, Any], versions: Mapping[str, VersionRoute]) -> 
     metrics = {m["name"]: m.get("kind", "binary") for m in exp.get("metrics", [])}
     salt = exp.get("salt") or exp["name"]
     return Split.compile(exp["name"], salt, exp.get("key_header") or "x-meshgate-key", ranges, metrics)
+
+
+def _llm_route(model: str, doc: Mapping[str, Any]) -> LlmRoute | None:
+    if doc.get("protocol") != "openai":
+        return None
+    return LlmRoute(
+        doc.get("upstream_model") or model, doc.get("api_key"), doc.get("price_in"), doc.get("price_out")
+    )
 
 
 def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]]) -> RouteTable:
@@ -71,7 +79,12 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
             continue
         versions = {
             v: VersionRoute(
-                v, tuple(d["endpoints"]), d.get("identity"), policies[v], fallback_chain(v, policies)
+                v,
+                tuple(d["endpoints"]),
+                d.get("identity"),
+                policies[v],
+                fallback_chain(v, policies),
+                _llm_route(name, d),
             )
             for v, d in vdocs.items()
         }

@@ -21,6 +21,8 @@ __all__ = [
     "Model",
     "ModelVersion",
     "RegistryError",
+    "protocol_conflict",
+    "validate_api_key_ref",
     "validate_endpoint",
     "validate_name",
 ]
@@ -31,7 +33,14 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HOST_PATTERN = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?")
 # A workload's SPIFFE ID (the SPIFFE standard): trust domain, then a non-empty path of segments
 _SPIFFE_PATTERN = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+")
-PROTOCOLS = frozenset({"v2"})
+#: v2 = Open Inference Protocol (KServe, Triton); openai = OpenAI-compatible HTTP (vLLM, TGI,
+#: Ollama, hosted providers), served on the data port's /v1/chat/completions and friends
+PROTOCOLS = frozenset({"v2", "openai"})
+#: where the gateway reads a provider key: an environment variable or a file (never the key itself)
+_API_KEY_REF = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/[^\x00-\x1f\x7f]{1,1023}")
+_MAX_PRICE = 1e6  # USD per million tokens; far above any real price, so a typo (or a unit slip) shows
+#: fields only an OpenAI-compatible version has
+_LLM_FIELDS = ("upstream_model", "api_key", "price_in", "price_out")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 
 
@@ -99,6 +108,57 @@ def validate_identity(value: object) -> str:
     return value
 
 
+def validate_api_key_ref(value: object) -> str:
+    """A provider key *reference*: ``env:VAR`` or ``file:/absolute/path``, resolved by the gateway.
+
+    The registry never holds a secret: a literal key (``sk-...``) is refused with a hint.
+    """
+    if not isinstance(value, str) or not _API_KEY_REF.fullmatch(value):
+        raise RegistryError(
+            "api_key",
+            f"expected env:VARIABLE or file:/absolute/path (where the gateway reads the key), "
+            f"got {_shown(value)}: the registry stores no secret itself",
+        )
+    return value
+
+
+def _shown(value: object) -> str:
+    """A refused api_key value for an error message: its type, never a possible secret."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return type(value).__name__
+
+
+def _validate_upstream_model(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 256 or not value.isprintable():
+        raise RegistryError(
+            "upstream_model",
+            f"expected the upstream's model name (1-256 printable characters), got {value!r}",
+        )
+    return value
+
+
+def _validate_price(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _MAX_PRICE:
+        raise RegistryError(
+            field, f"expected USD per million tokens, a number from 0 to {_MAX_PRICE:g}, got {value!r}"
+        )
+    return float(value)
+
+
+def protocol_conflict(mv: ModelVersion, others: Mapping[str, str]) -> str | None:
+    """Why ``mv`` cannot join a model whose other versions (version -> protocol) speak another
+    protocol, or None. A model answers on one API: experiments, fallbacks and shadows move
+    requests between its versions unchanged, which only works when they all speak it."""
+    for version, protocol in sorted(others.items()):
+        if version != mv.version and protocol != mv.protocol:
+            return (
+                f"model {mv.model!r} speaks protocol {protocol!r} (version {version}); "
+                f"a version of protocol {mv.protocol!r} cannot join it: register it under another model"
+            )
+    return None
+
+
 def _validate_labels(labels: object) -> dict[str, str]:
     if not isinstance(labels, Mapping):
         raise RegistryError("labels", "expected an object of string keys and string values")
@@ -124,6 +184,13 @@ class ModelVersion:
     created_at: float = 0.0
     policy: Mapping[str, Any] | None = None
     identity: str | None = None
+    #: protocol openai only: the model name the upstream expects (None: the meshgate model's name)
+    upstream_model: str | None = None
+    #: protocol openai only: where the gateway reads the provider key (``env:VAR``, ``file:PATH``)
+    api_key: str | None = None
+    #: protocol openai only: USD per million prompt (in) and completion (out) tokens
+    price_in: float | None = None
+    price_out: float | None = None
 
     @classmethod
     def create(
@@ -137,6 +204,10 @@ class ModelVersion:
         policy: Mapping[str, Any] | None = None,
         identity: object = None,
         created_at: float | None = None,
+        upstream_model: object = None,
+        api_key: object = None,
+        price_in: object = None,
+        price_out: object = None,
     ) -> ModelVersion:
         """Validate raw input into a ModelVersion; raises RegistryError naming the bad field."""
         validate_name(model, "model")
@@ -149,9 +220,27 @@ class ModelVersion:
         if len(set(eps)) != len(eps):
             raise RegistryError("endpoints", "duplicate endpoint")
         if not isinstance(protocol, str) or protocol not in PROTOCOLS:
-            raise RegistryError("protocol", f"unsupported protocol {protocol!r} (supported: v2)")
+            raise RegistryError("protocol", f"unsupported protocol {protocol!r} (supported: v2, openai)")
         if identity is not None:
             validate_identity(identity)
+        llm = {
+            "upstream_model": upstream_model,
+            "api_key": api_key,
+            "price_in": price_in,
+            "price_out": price_out,
+        }
+        if protocol != "openai":
+            given = [name for name, value in llm.items() if value is not None]
+            if given:
+                raise RegistryError(given[0], "only a version of protocol openai has this field")
+        else:
+            if upstream_model is not None:
+                _validate_upstream_model(upstream_model)
+            if api_key is not None:
+                validate_api_key_ref(api_key)
+            for name in ("price_in", "price_out"):
+                if llm[name] is not None:
+                    llm[name] = _validate_price(llm[name], name)
         return cls(
             model=model,
             version=version,
@@ -161,6 +250,7 @@ class ModelVersion:
             created_at=time.time() if created_at is None else created_at,
             policy=dict(policy) if policy is not None else None,
             identity=identity,
+            **llm,  # type: ignore[arg-type]
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +263,7 @@ class ModelVersion:
             "created_at": self.created_at,
             "policy": dict(self.policy) if self.policy is not None else None,
             "identity": self.identity,
+            **({name: getattr(self, name) for name in _LLM_FIELDS} if self.protocol == "openai" else {}),
         }
 
     @classmethod
@@ -186,6 +277,7 @@ class ModelVersion:
             policy=d.get("policy"),
             identity=d.get("identity"),
             created_at=d.get("created_at", 0.0),
+            **{name: d.get(name) for name in _LLM_FIELDS},
         )
 
 

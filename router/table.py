@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from router.client_keys import KeyTable
 from router.hashing import bucket
 
-__all__ = ["NO_ARM", "Choice", "ModelRoute", "RouteTable", "Split", "VersionRoute"]
+__all__ = ["NO_ARM", "Choice", "LlmRoute", "ModelRoute", "RouteTable", "Split", "VersionRoute"]
 
 BUCKETS = 10_000
 NO_ARM = 255  # bucket not allocated to any arm: the default version serves it
@@ -33,6 +33,17 @@ _MISSING: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
+class LlmRoute:
+    """What an OpenAI-compatible version adds: the upstream's model name, where its provider
+    key is read (a reference, resolved by the gateway), and its prices (USD per 1M tokens)."""
+
+    upstream_model: str
+    api_key: str | None = None  # "env:VAR" | "file:PATH"
+    price_in: float | None = None
+    price_out: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class VersionRoute:
     """One version's endpoints, expected identity and compiled traffic policy."""
 
@@ -41,6 +52,7 @@ class VersionRoute:
     identity: str | None
     policy: Any  # router.policy.TrafficPolicy
     fallback: tuple[str, ...] = ()  # bounded, acyclic chain of versions to try next
+    llm: LlmRoute | None = None  # set for protocol openai
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     reg.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
     reg.add_argument("--policy", help="traffic policy YAML/JSON file for this version")
     reg.add_argument("--identity", help="SPIFFE ID the endpoints must present (mTLS)")
+    reg.add_argument(
+        "--protocol",
+        default="v2",
+        help="v2 (Open Inference Protocol, the default) or openai (OpenAI-compatible)",
+    )
+    llm = reg.add_argument_group("protocol openai")
+    llm.add_argument(
+        "--upstream-model", help="the model name the upstream expects (default: the model's name)"
+    )
+    llm.add_argument(
+        "--api-key",
+        help="where the gateway reads the provider key: env:VAR or file:/path (never the key itself)",
+    )
+    llm.add_argument("--price-in", type=float, help="USD per million prompt tokens")
+    llm.add_argument("--price-out", type=float, help="USD per million completion tokens")
     reg.set_defaults(func=_register)
 
     ls = msub.add_parser("list", parents=[common], help="list models")
@@ -73,6 +88,11 @@ def _register(args: argparse.Namespace, client: AdminClient) -> None:
         body["policy"] = load_data_file(args.policy)
     if args.identity:
         body["identity"] = args.identity
+    if args.protocol != "v2":
+        body["protocol"] = args.protocol
+    for name in ("upstream_model", "api_key", "price_in", "price_out"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
     mv = client.request(
         "PUT", f"/v1/models/{segment(args.model)}/versions/{segment(args.version)}", json=body
     )

@@ -55,7 +55,7 @@ from gateway.control.keys_service import plan_update
 from gateway.control.schemas import VersionBody
 from gateway.control.transact import transact
 from gateway.store import Store, Write
-from models.registry import ModelVersion, RegistryError, validate_name
+from models.registry import ModelVersion, RegistryError, protocol_conflict, validate_name
 from router.policy import PolicyError
 
 __all__ = ["ApplyService", "apply_router"]
@@ -176,15 +176,17 @@ class _Plan:
                 model,
                 version,
                 body.endpoints,
-                protocol=body.protocol,
-                labels=body.labels,
-                policy=body.policy,
-                identity=body.identity,
+                **body.registry_fields(),
                 created_at=existing["created_at"] if existing else time.time(),
             )
             compile_policies(None, {version: mv.policy})
         except (RegistryError, PolicyError) as exc:
             raise _invalid(path, str(exc)) from None
+        conflict = protocol_conflict(
+            mv, {v: d.get("protocol", "v2") for v, d in self.versions(model).items()}
+        )
+        if conflict is not None:
+            raise _invalid(path, conflict)
         self._record("version", "versions", key, existing, mv.to_dict())
 
     def experiment(self, spec: object, path: str, now: float) -> None:

@@ -24,15 +24,7 @@ def models_router(registry: RegistryService) -> APIRouter:
 
     @router.put("/{model}/versions/{version}", status_code=200)
     def put_version(model: str, version: str, body: VersionBody, response: Response) -> dict:
-        mv = ModelVersion.create(
-            model,
-            version,
-            body.endpoints,
-            protocol=body.protocol,
-            labels=body.labels,
-            policy=body.policy,
-            identity=body.identity,
-        )
+        mv = ModelVersion.create(model, version, body.endpoints, **body.registry_fields())
         stored, created = registry.put_version(mv)
         response.status_code = 201 if created else 200
         return stored.to_dict()

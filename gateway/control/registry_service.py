@@ -15,7 +15,7 @@ from experiments.routes import compile_policies
 from gateway.control.errors import ApiError
 from gateway.control.transact import transact
 from gateway.store import Store, Write
-from models.registry import Model, ModelVersion, validate_name
+from models.registry import Model, ModelVersion, protocol_conflict, validate_name
 from router.policy import PolicyError, validate_fallbacks
 
 __all__ = ["RegistryService", "load_models"]
@@ -87,6 +87,11 @@ class RegistryService:
             writes = []
             created = model is None or mv.version not in model.versions
             stored = mv
+            conflict = protocol_conflict(
+                mv, {v: d.protocol for v, d in model.versions.items()} if model else {}
+            )
+            if conflict is not None:
+                raise ApiError(409, "conflict", conflict)
             if not created:  # keep the original creation time on replace
                 stored = ModelVersion(**{**_fields(mv), "created_at": model.versions[mv.version].created_at})
             policies = {v: d.policy for v, d in model.versions.items()} if model else {}

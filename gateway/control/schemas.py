@@ -17,10 +17,21 @@ class StrictBody(BaseModel):
 
 class VersionBody(StrictBody):
     endpoints: list[str] = Field(min_length=1, description="http(s)://host:port of each replica")
-    protocol: str = Field("v2", description="v2 = Open Inference Protocol")
+    protocol: str = Field("v2", description="v2 = Open Inference Protocol; openai = OpenAI-compatible API")
     labels: dict[str, str] = Field(default_factory=dict)
     policy: dict[str, Any] | None = Field(None, description="traffic policy for this version")
     identity: str | None = Field(None, description="SPIFFE ID the endpoints must present (mTLS)")
+    upstream_model: str | None = Field(None, description="openai: the model name the upstream expects")
+    api_key: str | None = Field(
+        None,
+        description="openai: where the gateway reads the provider key: env:VAR or file:/path (never the key)",
+    )
+    price_in: float | None = Field(None, description="openai: USD per million prompt tokens")
+    price_out: float | None = Field(None, description="openai: USD per million completion tokens")
+
+    def registry_fields(self) -> dict[str, Any]:
+        """The keyword arguments of ``ModelVersion.create`` this body carries (validated there)."""
+        return self.model_dump(exclude={"endpoints"})
 
 
 class ModelPatch(StrictBody):
