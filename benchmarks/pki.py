@@ -41,6 +41,7 @@ class Pki:
         self.server = self._leaf("server", server_sans)
         self.client_uri = "spiffe://meshgate.test/gateway/g1"
         self.client = self._leaf("client", [x509.UniformResourceIdentifier(self.client_uri)])
+        self._issued = 0
 
     def _leaf(self, name: str, sans: list[x509.GeneralName]) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -73,8 +74,14 @@ class Pki:
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
         return context
 
-    def client_context(self, with_cert: bool = True) -> ssl.SSLContext:
+    def client_context(self, with_cert: bool = True, uri: str | None = None) -> ssl.SSLContext:
+        """The client certificate's context; `uri` issues a new one with that SPIFFE URI (a
+        rotated identity)."""
         context = ssl.create_default_context(cafile=str(self.ca_path))
-        if with_cert:
+        if uri is not None:
+            self._issued += 1
+            sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+            context.load_cert_chain(*self._leaf(f"client-{self._issued}", sans))
+        elif with_cert:
             context.load_cert_chain(*self.client)
         return context

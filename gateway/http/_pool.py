@@ -102,6 +102,7 @@ class Endpoint:
         self._opened = 0  # connections open or opening
         self._connecting: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._retired = False  # replaced by the pool: keeps no idle connection, closes when done
 
     # -- public --------------------------------------------------------------------------------
     def send(
@@ -229,6 +230,9 @@ class Endpoint:
             if exchange._state == Handle._WAITING:
                 conn.assign(exchange)
                 return
+        if self._retired:
+            conn.abort()
+            return
         self._idle.append(conn)
 
     def _lost(self, conn: _Connection) -> None:
@@ -237,6 +241,8 @@ class Endpoint:
             self._idle.remove(conn)
         if self._has_waiters() and self._opened < self.pool.max_connections_per_endpoint:
             self._open()
+        elif self._retired and not self._opened:
+            self.pool._retired.discard(self)
 
     def _has_waiters(self) -> bool:
         waiters = self._waiters
@@ -246,6 +252,8 @@ class Endpoint:
 
     def _open(self) -> None:
         self._opened += 1
+        if self._retired:  # an exchange begun before the replacement still runs here
+            self.pool._retired.add(self)
         task = self.pool._loop.create_task(self._connect())
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
@@ -298,6 +306,15 @@ class Endpoint:
             if session is not None and session.has_ticket:
                 self._session = session
 
+    def _retire(self) -> None:
+        """Replaced: in-flight exchanges finish here, then each connection closes as it frees."""
+        self._retired = True
+        for conn in self._idle:
+            conn.abort()
+        self._idle.clear()
+        if self._opened:
+            self.pool._retired.add(self)
+
     async def aclose(self) -> None:
         self._closed = True
         for task in list(self._connecting):
@@ -330,8 +347,9 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_buffered_response = max_buffered_response
         self.tls_session_reuse = tls_session_reuse  # offer each endpoint's last TLS session again
-        self._endpoints: dict[str | tuple[str, PeerVerifier], Endpoint] = {}
-        self._replaced: list[Endpoint] = []  # by a new TLS context: closed with the pool
+        # by (url, ssl, verify_peer); (url, None, verify_peer) is the URL's current endpoint
+        self._endpoints: dict[tuple[str, ssl_module.SSLContext | None, PeerVerifier | None], Endpoint] = {}
+        self._retired: set[Endpoint] = set()  # replaced, still with connections open
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._wheel_ref: DeadlineWheel | None = None
 
@@ -355,30 +373,36 @@ class UpstreamPool:
         server_hostname: str | None = None,
         verify_peer: PeerVerifier | None = None,
     ) -> Endpoint:
-        """The endpoint for `url` (created once, then cached; per `verify_peer` when one is given).
+        """The endpoint for `url`, `ssl` and `verify_peer` (created once, then cached).
 
         `verify_peer(peer_cert)` runs on every new connection right after its handshake, before
         any request is sent on it: an `UpstreamError` closes the connection and fails the waiting
         request with it (pass the same callable each time: it is part of the cache key).
-        A different `ssl` context for an https URL makes a new endpoint (new connections use
-        it); the one it replaces finishes what it has and is closed with the pool.
+        `ssl=None` asks for the URL's current endpoint, whatever its context (a new https one
+        gets a default context). A new `ssl` context for an https URL replaces its endpoint: the
+        old one finishes its in-flight exchanges and closes each connection as it frees.
         """
-        key = url if verify_peer is None else (url, verify_peer)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None or (ssl is not None and endpoint.ssl is not None and endpoint.ssl is not ssl):
-            if endpoint is not None:
-                self._replaced.append(endpoint)
+        endpoint = self._endpoints.get((url, ssl, verify_peer))
+        if endpoint is None:
+            current = self._endpoints.get((url, None, verify_peer))
+            if current is not None and current.ssl is None:  # plaintext: no context to change
+                return current
             endpoint = Endpoint(self, url.rstrip("/"), ssl, server_hostname, verify_peer)
-            self._endpoints[key] = endpoint
+            if current is not None:
+                del self._endpoints[(url, current.ssl, verify_peer)]
+                current._retire()
+            self._endpoints[(url, None, verify_peer)] = endpoint
+            self._endpoints[(url, endpoint.ssl, verify_peer)] = endpoint
         return endpoint
 
     def __repr__(self) -> str:
-        return f"<UpstreamPool endpoints={list(self._endpoints.values())!r}>"
+        current = [e for (_, ssl, _), e in self._endpoints.items() if ssl is None]
+        return f"<UpstreamPool endpoints={current!r} retired={len(self._retired)}>"
 
     async def aclose(self) -> None:
-        endpoints = [*self._endpoints.values(), *self._replaced]
+        endpoints = {*self._endpoints.values(), *self._retired}
         self._endpoints.clear()
-        self._replaced.clear()
+        self._retired.clear()
         for endpoint in endpoints:
             await endpoint.aclose()
         if self._wheel_ref is not None:

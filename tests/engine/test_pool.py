@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -432,6 +433,20 @@ async def test_closed_pool_and_bad_urls_fail_clearly() -> None:
     assert caught.value.reason == "cancelled"
     with pytest.raises(ValueError, match="max_connections"):
         UpstreamPool(max_connections_per_endpoint=0)
+
+
+async def test_endpoints_are_cached_by_url_tls_context_and_verifier() -> None:
+    pool = UpstreamPool()
+    url = f"https://{HOST}:1"
+    first_context, second_context = ssl.create_default_context(), ssl.create_default_context()
+    first = pool.endpoint(url, ssl=first_context)
+    assert pool.endpoint(url, ssl=first_context) is first
+    assert pool.endpoint(url) is first  # no context given: the URL's current endpoint
+    second = pool.endpoint(url, ssl=second_context)  # a new context replaces it
+    assert second is not first and second.ssl is second_context and pool.endpoint(url) is second
+    plain = pool.endpoint(f"http://{HOST}:1")
+    assert pool.endpoint(f"http://{HOST}:1", ssl=first_context) is plain  # plaintext has no context
+    await pool.aclose()
 
 
 async def test_pipelined_requests_through_the_proxy_keep_their_order() -> None:
