@@ -440,25 +440,27 @@ class Attempts:
         return self._version_failed(reason, self._text(reason))
 
     def _send(self) -> Decision:
-        # one clock read answers expired() and the attempt's timeout alike
+        # one clock read answers expired(), the attempt's timeout and its start alike
         deadline = self.deadline
-        remaining = deadline.remaining_s()
+        now = self._now()
+        remaining = deadline.expires_at - now
         if remaining <= 0.0:
             return self._version_failed(DEADLINE_EXCEEDED, _late("before an attempt could start"))
         rt = self.runtime
+        balancer = rt.balancer  # rt.pick and rt.begin, one call each fewer
         tried = self._tried
-        ep = rt.pick(tried)
+        ep = balancer.pick(tried)
         if ep is None and tried:
-            ep = rt.pick(())  # every endpoint tried once: a second try may still land
+            ep = balancer.pick(())  # every endpoint tried once: a second try may still land
         if ep is None:
             return self._version_failed(NO_HEALTHY_ENDPOINT, self._text(NO_HEALTHY_ENDPOINT))
         self.ep = ep
-        self.started_at = self._now()
+        self.started_at = now
         self._tried = (*tried, ep)
         self._attempt += 1
         self.attempts += 1
         self._open = True
-        rt.begin(ep)
+        balancer.begin(ep)
         per_try = deadline.per_try_s
         if per_try is None or per_try >= remaining:
             self._bound_by_deadline = True
@@ -543,7 +545,7 @@ class Attempts:
         self._waiter = None  # type: ignore[assignment]
         if self._admitted:
             self._admitted = False
-            waiter = self.runtime.release()
+            waiter = self.runtime.limiter.release()  # rt.release, one call fewer
             if waiter is not None:
                 waiter.resume()  # type: ignore[attr-defined]
 

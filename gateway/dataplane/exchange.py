@@ -68,7 +68,6 @@ class Exchange:
         "_last",
         "_method",
         "_plane",
-        "_request",
         "_responder",
         "_state",
         "_target",
@@ -76,13 +75,16 @@ class Exchange:
         "attempt",
         "choice",
         "done",
+        "fallback",
         "headers",
         "llm",
         "model",
+        "request",
         "request_id",
         "shadow",
         "t0",
         "trace",
+        "version",
     )
 
     def __init__(
@@ -99,10 +101,15 @@ class Exchange:
         state: VersionState,
     ) -> None:
         self._plane = plane
-        self._request = request
+        #: the caller's request (read-only): telemetry reads its headers (traceparent)
+        self.request = request
         self._responder = responder
         self.model = model
         self.choice = choice
+        #: the version being served, and whether it is a fallback's (plain attributes, kept by
+        #: `_switch`: the telemetry hooks read them several times per request)
+        self.version = choice.version
+        self.fallback = False
         self._method = request.method if request.method != b"HEAD" else b"GET"  # the responder drops the body
         self._target = target
         self.headers = headers  # sent upstream; start hooks may add to it (traceparent)
@@ -110,7 +117,7 @@ class Exchange:
         self.llm: LlmUsage | None = None  # what an LLM route measured (gateway.dataplane.llm_usage)
         self._body = request.body  # None: streamed (larger than the engine's buffered limit)
         self.request_id = request_id
-        self.t0 = plane.now()
+        self.t0 = deadline.started_at  # the request's start: one clock read for both
         self.done = False
         self.shadow: ShadowCopy | None = None
         self._state = state
@@ -137,22 +144,8 @@ class Exchange:
         )  # positional: keyword arguments cost ~0.4 us here
 
     @property
-    def request(self) -> Request:
-        """The caller's request (read-only): telemetry reads its headers (traceparent)."""
-        return self._request
-
-    @property
     def deadline(self) -> Deadline:
         return self.attempt.deadline
-
-    @property
-    def version(self) -> str:
-        """The version being served (a fallback's once the request fell back)."""
-        return self.attempt.version
-
-    @property
-    def fallback(self) -> bool:
-        return self.attempt.fallback
 
     @property
     def attempts(self) -> int:
@@ -208,6 +201,7 @@ class Exchange:
         state = self._state
         rest = self._target[len(state.meta_target) :]
         state = self._state = self._plane.version_state(self.model.name, version)
+        self.version, self.fallback = version, True
         self._target = state.meta_target + rest
         self._endpoints = self._plane.upstreams.endpoints(state)
 
@@ -218,7 +212,7 @@ class Exchange:
         endpoint = self._endpoints[d.ep]
         if self._body is None:  # a streamed body cannot be replayed: one attempt, piped both ways
             self._handle = endpoint.forward_stream(
-                self._request, self._responder, self._method, self._target, self.headers, timeout,
+                self.request, self._responder, self._method, self._target, self.headers, timeout,
                 self._on_stream_done, response_headers(self), timeout_line,
             )  # fmt: skip
             return
@@ -241,7 +235,9 @@ class Exchange:
             self._last = None
             d = m.failed(error_outcome(error), error.reason, error.message)  # type: ignore[union-attr]
         if self._plane.on_attempt:
-            self._plane.attempted(self, m.ep, m.outcome, response, error, m.started_at, m.ended_at)
+            self._plane.attempted(
+                self, self._state.route.endpoints[m.ep], m.outcome, response, error, m.started_at, m.ended_at
+            )
         if d is DELIVER:  # the common case, without the dispatch
             self._deliver(None)
         else:
@@ -262,7 +258,9 @@ class Exchange:
             else m.failed(error_outcome(error), error.reason, error.message)
         )
         if self._plane.on_attempt:
-            self._plane.attempted(self, m.ep, m.outcome, None, error, m.started_at, m.ended_at)
+            self._plane.attempted(
+                self, self._state.route.endpoints[m.ep], m.outcome, None, error, m.started_at, m.ended_at
+            )
         if d.__class__ is Answer:  # nothing reached the client: answer why
             self._answer(d)  # type: ignore[arg-type]
             return

@@ -467,16 +467,16 @@ class DataPlane:
     def attempted(
         self,
         ex: Exchange,
-        ep: int,
+        endpoint: str,
         outcome: Outcome,
         response: UpstreamResponse | None,
         error: UpstreamError | None,
         start: float,
         end: float,
     ) -> None:
-        """Hand one upstream attempt to the hooks: raw values, nothing built per attempt
-        (a hook that wants a record, e.g. tracing for a sampled request, builds its own)."""
-        endpoint = ex.model.versions[ex.version].endpoints[ep]
+        """Hand one upstream attempt (on the endpoint with URL `endpoint`) to the hooks: raw
+        values, nothing built per attempt (a hook that wants a record, e.g. tracing for a
+        sampled request, builds its own)."""
         for hook in self.on_attempt:
             hook(ex, endpoint, outcome, response, error, start, end)
 

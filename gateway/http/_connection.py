@@ -170,7 +170,6 @@ class _Connection(asyncio.Protocol):
         "_length",
         "_listed",
         "_parser",
-        "_response",
         "_status",
         "_stream",
         "_writable_cb",
@@ -211,7 +210,6 @@ class _Connection(asyncio.Protocol):
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._stream: BodyStream | None = None
-        self._response: UpstreamResponse | None = None
         self._keep_alive = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------
@@ -400,7 +398,15 @@ class _Connection(asyncio.Protocol):
 
     def _complete_buffered(self, exchange: Handle) -> None:
         chunks = self._body_chunks
-        response = self._response_for(chunks[0] if len(chunks) == 1 else b"".join(chunks), None)
+        response = UpstreamResponse(  # _response_for, inline: once per proxied request
+            self._status,
+            self._headers,
+            chunks[0] if len(chunks) == 1 else b"".join(chunks),
+            None,
+            self._length,
+            self.peer_cert,
+            self.peer_cert_der,
+        )
         self._release()
         exchange._answer(response)
 

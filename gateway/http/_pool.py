@@ -206,7 +206,8 @@ class Endpoint:
         if self._closed:
             exchange._fail(UpstreamError(CANCELLED, "the upstream pool is closed"))
             return
-        exchange._bucket = self.pool._wheel.add(exchange, timeout)
+        pool = self.pool
+        exchange._bucket = (pool._wheel_ref or pool._wheel).add(exchange, timeout)
         idle = self._idle
         while idle:
             conn = idle.pop()

@@ -612,10 +612,12 @@ class HttpProtocol(asyncio.Protocol):
                 responders[0]._fire_writable()
             if self._paused & _PAUSE_PIPELINE and len(responders) < self._limits.max_pipelined:
                 self._resume(_PAUSE_PIPELINE)
-        else:
-            self._resume(_PAUSE_PIPELINE)
+        else:  # the common case; _resume(_PAUSE_PIPELINE) and _set_deadline(False), inline
+            if self._paused & _PAUSE_PIPELINE:
+                self._resume(_PAUSE_PIPELINE)
             if not self._in_head and self._accepting:
-                self._set_deadline(False)
+                self._deadline = self._server.now + self._limits.keepalive_timeout
+                self._deadline_is_head = False
 
     def _close_after_response(self) -> None:
         """Close once the last response is written; while the client is still sending a body,
