@@ -6,10 +6,12 @@ load loop, a sampler, or a window in which something must *not* happen. Each suc
 below with the reason; a new one needs an entry (or, better, a poll). ``tests/support`` is exempt:
 it is where the one poll loop lives.
 
-Layout (not checked, kept by review): a test sits beside the code it tests -- tests/router,
-tests/experiments (and experiments/stats), tests/models, tests/<gateway subpackage> (cli, control,
-dataplane, mesh, store, telemetry; engine is gateway/http) -- in-process, on loopback; tests that
-run several meshgate processes go to tests/integration, browser tests to tests/browser.
+Layout: a test sits beside the code it tests -- tests/router, tests/experiments (and
+experiments/stats), tests/models, tests/<gateway subpackage> (cli, clientkeys, control, dataplane,
+http, mesh, store, telemetry) -- in-process, on loopback; tests that run several meshgate
+processes go to tests/integration, the fault soak to tests/soak, browser tests to tests/browser;
+helpers shared by more than one directory live in tests/support. The directories are checked
+below (a new one must mirror a package); which file tests what is kept by review.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ SLEEP = re.compile(
 
 #: (file under tests/, text on the line) -> why that sleep is not a wait.
 ALLOWED = {
-    ("engine/test_pool_interim.py", "await asyncio.sleep(5)"): "the upstream holds its connection open",
+    ("http/test_pool_interim.py", "await asyncio.sleep(5)"): "the upstream holds its connection open",
     ("integration/keygate_worker.py", "await asyncio.sleep(max(0.0, args.start - time.time()))"): (
         "two load processes start at one wall-clock instant"
     ),
-    ("engine/test_server_early_answer.py", "await asyncio.sleep(0.02)"): "paces a bounded send loop",
-    ("engine/test_deadlines.py", "await asyncio.sleep(0.05)"): "a window: a closed wheel must fire nothing",
-    ("engine/test_streaming_memory.py", "await asyncio.sleep(0.02)"): "the RSS sampler's period",
+    ("http/test_server_early_answer.py", "await asyncio.sleep(0.02)"): "paces a bounded send loop",
+    ("http/test_deadlines.py", "await asyncio.sleep(0.05)"): "a window: a closed wheel must fire nothing",
+    ("http/test_streaming_memory.py", "await asyncio.sleep(0.02)"): "the RSS sampler's period",
     ("dataplane/test_deadline_faults.py", "await asyncio.sleep(1.0)"): "a scripted upstream answering late",
     ("integration/test_resilience.py", "time.sleep(stub.ready_delay_s)"): "a stub scripted to be slow",
     ("integration/test_resilience.py", "time.sleep(1.0)"): "a window: checks still running may end",
@@ -75,6 +77,26 @@ def test_every_allowed_sleep_still_exists():
     found = _sleeps()
     stale = [key for key in ALLOWED if not any(rel == key[0] and key[1] in line for rel, line in found)]
     assert not stale, stale
+
+
+#: test directories that mirror no package of the same name, and why
+NOT_A_PACKAGE = {
+    "integration": "several meshgate processes, real sockets and Redis",
+    "soak": "the fault soak's short form",
+    "browser": "the dashboard in a real browser",
+    "support": "the shared helpers",
+}
+
+
+def test_the_test_tree_mirrors_the_packages():
+    tops = ("gateway", "router", "experiments", "models")
+    packages = {*tops, *(p.stem for top in tops for p in (TESTS.parent / top).iterdir())}
+    strays = [
+        d.name
+        for d in sorted(TESTS.iterdir())
+        if d.is_dir() and (d / "__init__.py").exists() and d.name not in packages | set(NOT_A_PACKAGE)
+    ]
+    assert not strays, f"tests/<dir> must be named after the package it tests: {strays}"
 
 
 def test_no_test_module_imports_another():

@@ -11,9 +11,9 @@ import pytest
 
 from models.zoo import digits_holdout
 from tests.browser.chromium import ARTIFACTS, launch
+from tests.support.inprocess import in_process_mesh
 from tests.support.procs import model_server, oip_digits, wait_flushed
 from tests.support.wait import wait_for
-from tests.telemetry.helpers import in_process_mesh
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from gateway.registration import GATEWAYS_NAMESPACE
 from gateway.runtime import default_store_url
 from gateway.store import open_store
 from tests.browser.chromium import ARTIFACTS, launch
-from tests.telemetry.helpers import OTHER, in_process_mesh
+from tests.support.inprocess import OTHER, in_process_mesh
 
 
 def test_the_gateways_page_lists_the_live_data_plane(tmp_path):

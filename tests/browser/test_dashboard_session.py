@@ -4,7 +4,7 @@ the last data out of sight, also when the address's #page changes (back/forward,
 from __future__ import annotations
 
 from tests.browser.chromium import launch
-from tests.telemetry.helpers import in_process_mesh
+from tests.support.inprocess import in_process_mesh
 
 
 def test_an_expired_session_hides_every_page_even_when_the_hash_changes(tmp_path):

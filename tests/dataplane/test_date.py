@@ -7,7 +7,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from tests.engine.helpers import exchange
+from tests.support.engine import exchange
 
 from .upstreams import Upstream, answer, gateway, infer, one_model
 

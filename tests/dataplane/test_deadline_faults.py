@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.engine.helpers import exchange
+from tests.support.engine import exchange
 
 from .upstreams import Received, Upstream, answer, gateway, infer, one_model
 

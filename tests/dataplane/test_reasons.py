@@ -24,8 +24,8 @@ from gateway.store.memory import MemoryStore
 from router import reasons
 from router.reasons import REASONS, Delivery
 from router.table import ModelRoute, RouteTable
-from tests.engine.helpers import Response, exchange, raw_connection, read_response
 from tests.support import await_for, free_port
+from tests.support.engine import Response, exchange, raw_connection, read_response
 
 from .upstreams import Upstream, answer, gateway, infer, one_model
 
@@ -231,7 +231,7 @@ async def _model_limits() -> Response:
 #: codes provoked by one test elsewhere (file::function), where the set-up already lives
 ELSEWHERE = {
     reasons.INTERNAL_ERROR: (
-        "tests/engine/test_server.py::test_handler_failure_gets_500_and_connection_survives"
+        "tests/http/test_server.py::test_handler_failure_gets_500_and_connection_survives"
     ),
     reasons.UNAUTHORIZED: (
         "tests/integration/test_mesh.py::test_valid_identity_not_in_policy_gets_403_and_is_logged"
@@ -243,13 +243,13 @@ ELSEWHERE = {
         "tests/dataplane/test_feedback_ids.py::test_feedback_for_a_running_experiment_reads_nothing_but_the_claim"
     ),
     reasons.INVALID_API_KEY: (
-        "tests/dataplane/test_key_gate.py::test_missing_invalid_revoked_and_not_allowed_keys_get_openai_errors"
+        "tests/clientkeys/test_key_gate.py::test_missing_invalid_revoked_and_not_allowed_keys_get_openai_errors"
     ),
     reasons.MODEL_NOT_ALLOWED: (
-        "tests/dataplane/test_key_gate.py::test_missing_invalid_revoked_and_not_allowed_keys_get_openai_errors"
+        "tests/clientkeys/test_key_gate.py::test_missing_invalid_revoked_and_not_allowed_keys_get_openai_errors"
     ),
     reasons.RATE_LIMITED: (
-        "tests/dataplane/test_key_gate.py::test_rate_limited_answer_carries_retry_after_and_ratelimit_headers"
+        "tests/clientkeys/test_key_gate.py::test_rate_limited_answer_carries_retry_after_and_ratelimit_headers"
     ),
 }
 

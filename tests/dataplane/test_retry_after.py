@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.helpers import exchange
+from tests.support.engine import exchange
 
 from .upstreams import Upstream, answer, gateway, infer, one_model
 

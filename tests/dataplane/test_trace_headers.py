@@ -7,7 +7,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.dataplane.hooks import install_hooks
 from gateway.telemetry.tracing import Tracing, TracingConfig
-from tests.engine.helpers import exchange
+from tests.support.engine import exchange
 
 from .upstreams import Upstream, answer, gateway, infer, one_model
 

@@ -12,8 +12,8 @@ from gateway.dataplane.plane import DataPlane
 from gateway.http import Request, Responder, UpstreamPool
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
-from tests.engine.helpers import HOST, serving
 from tests.support import await_for
+from tests.support.engine import HOST, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from gateway.dataplane.plane import DataPlane
 from gateway.http import ServerLimits, UpstreamPool, start_server
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
-from tests.engine.helpers import HOST
+from tests.support.engine import HOST
 
 #: What an upstream does with one request: the raw bytes to answer, None to hang up at once,
 #: or an awaitable of either (to answer late).

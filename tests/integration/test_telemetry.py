@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.zoo import digits_holdout
 from tests.support import free_port, model_server, oip_digits, wait_for
-from tests.telemetry.helpers import in_process_mesh
+from tests.support.inprocess import in_process_mesh
 
 
 def _body(i: int = 0) -> bytes:

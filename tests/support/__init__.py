@@ -49,6 +49,15 @@ The mesh (``tests/support/mesh.py``, import it from there):
     ``make_token``, ``issue`` (``meshgate ca issue``), ``client_context``, ``tls_post``,
     ``outbound_infer``, ``TD`` (the trust domain), ``BODY`` (an FP64 pair for echo/sum).
 
+The engine on real sockets (``tests/support/engine.py``, import it from there):
+    ``serving(handler, limits=None, ssl_context=None)``: an engine server on a free loopback port;
+    ``raw_connection(port)``, ``exchange(port, data)``, ``read_response(reader)``, ``at_eof(reader)``,
+    ``echo_handler`` (answers with what it saw, as JSON), ``Response``.
+
+A meshgate in this process (``tests/support/inprocess.py``, import it from there):
+    ``in_process_mesh(tmp, ...)``: ``meshgate up`` on its own thread and loop, so a test can hand
+    it an in-memory span exporter; ``OTHER``, a second gateway's heartbeat record.
+
 Redis (``tests/support/redis_server.py``):
     ``SHARED_REDIS_URL``, ``unique_prefix()``, ``delete_prefix(url, prefix)``,
     ``shared_redis_or_fail()``; ``RedisServer(dir)``: a private ``redis-server`` on a free port

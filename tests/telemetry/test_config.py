@@ -1,4 +1,4 @@
-"""Telemetry settings and the pieces that need no process: trace context, sessions, log targets."""
+"""Telemetry settings and the pieces that need no process: trace context, log targets."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import json
 
 import pytest
 
-from gateway.control.auth import SESSION_TTL_S, AdminAuth
 from gateway.telemetry.access_log import _MAX_PENDING, AccessLog, access_log_target
 from gateway.telemetry.tracing import DEFAULT_RATIO, TelemetryConfigError, TracingConfig, parse_traceparent
-from tests.support import FakeClock
 
 TID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SID = "00f067aa0ba902b7"
@@ -94,32 +92,6 @@ def test_otlp_without_the_optional_package_says_what_to_install():
 
     with pytest.raises(TelemetryConfigError, match="pip install opentelemetry-exporter-otlp-proto-http"):
         Tracing(TracingConfig.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
-
-
-# -- dashboard sessions ------------------------------------------------------------------------
-def test_a_session_is_an_hmac_not_the_token_and_expires():
-    clock = FakeClock(1_700_000_000.0)
-    auth = AdminAuth("the-admin-token", now=clock)
-    value = auth.new_session()
-    assert "the-admin-token" not in value
-    assert auth.check_session(value)
-    assert auth.new_session() != value  # a nonce in each
-    clock.t += SESSION_TTL_S + 1
-    assert not auth.check_session(value)
-
-
-@pytest.mark.parametrize(
-    "mangle", [lambda v: v[:-1] + ("0" if v[-1] != "0" else "1"), lambda v: "9" + v, lambda v: ""]
-)
-def test_a_tampered_session_is_refused(mangle):
-    auth = AdminAuth("the-admin-token")
-    assert not auth.check_session(mangle(auth.new_session()))
-    assert not auth.check_session(None)
-
-
-def test_a_new_token_ends_every_session():
-    old = AdminAuth("old-token").new_session()
-    assert not AdminAuth("new-token").check_session(old)
 
 
 # -- access log ------------------------------------------------------------------------------

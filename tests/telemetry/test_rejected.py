@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import free_port, wait_for
-from tests.telemetry.helpers import in_process_mesh
+from tests.support.inprocess import in_process_mesh
 
 
 def _rejected(mesh) -> dict[tuple[str, str], float]:

@@ -1,4 +1,5 @@
-"""A meshgate process run in-process on its own thread and event loop, for telemetry tests.
+"""A meshgate process run in-process on its own thread and event loop (telemetry, control,
+browser tests).
 
 In-process so that a test can hand the gateway an in-memory span exporter and read what it
 recorded; on a thread so that tests can use plain synchronous httpx clients against it.

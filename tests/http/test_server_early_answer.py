@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from gateway.http import JSON_HEADERS, Request, Responder, ServerLimits, error_response
-
-from .helpers import at_eof, raw_connection, read_response, serving
+from tests.support.engine import at_eof, raw_connection, read_response, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.http import Request, Responder, ServerLimits
-
-from .helpers import HOST, raw_connection, serving
+from tests.support.engine import HOST, raw_connection, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -12,8 +12,7 @@ import pytest
 from benchmarks.pki import Pki
 from gateway.http import Request, Responder, ServerLimits, pipe
 from tests.support import await_for
-
-from .helpers import HOST, at_eof, echo_handler, exchange, raw_connection, read_response, serving
+from tests.support.engine import HOST, at_eof, echo_handler, exchange, raw_connection, read_response, serving
 
 pytestmark = pytest.mark.anyio
 

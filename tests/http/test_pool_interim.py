@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from gateway.http import UpstreamError, UpstreamPool
+from tests.support.engine import HOST
 
-from .helpers import HOST
 from .test_pool import pool_for, raw_upstream
 
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,7 @@ import pytest
 from benchmarks.pki import Pki
 from gateway.http import Request, Responder, Server, UpstreamError, UpstreamPool
 from tests.support import await_for
-
-from .helpers import HOST, serving
+from tests.support.engine import HOST, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -23,8 +23,7 @@ from gateway.http import (
     UpstreamResponse,
     proxy_headers,
 )
-
-from .helpers import HOST, echo_handler, exchange, raw_connection, read_response, serving
+from tests.support.engine import HOST, echo_handler, exchange, raw_connection, read_response, serving
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,5 @@
-"""Real-socket helpers for the engine tests: servers, raw clients, a response reader."""
+"""Real-socket helpers for tests of the engine (gateway/http) and of the data plane on it:
+servers, raw clients, a response reader."""
 
 from __future__ import annotations
 

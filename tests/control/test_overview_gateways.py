@@ -11,7 +11,7 @@ from gateway.registration import GATEWAYS_NAMESPACE
 from gateway.runtime import default_store_url
 from gateway.store import Write, open_store
 from tests.support import MESHGATE, wait_for
-from tests.telemetry.helpers import OTHER, in_process_mesh
+from tests.support.inprocess import OTHER, in_process_mesh
 
 
 def _wait_for_gateways(mesh, ids: set[str]) -> list[dict]:
