@@ -341,7 +341,7 @@ class Attempts:
         return self._end_with(Answer(DEADLINE_EXCEEDED, _late("while queued for a free slot")))
 
     def answered(
-        self, status: int, *, retry_after_s: float | None = None, streaming: bool = False
+        self, status: int, retry_after_s: float | None = None, streaming: bool = False
     ) -> Decision:
         """The attempt got an answer with `status`. `retry_after_s`: the answer's retry-after
         (a 429's); `streaming`: its body is still to come, the attempt ends with `ended()`."""
@@ -355,10 +355,22 @@ class Attempts:
                 self._pending = outcome
                 self._latency = now - self.started_at
                 return DELIVER
-            # the common case, inline: _record() and _finish()
+            # the common case, inline: _record() (with rt.finish: balancer, breaker, outlier
+            # detector) and _finish()
             self._open = False
-            self.runtime.finish(self.ep, outcome, now - self.started_at)
-            self._finish()
+            rt = self.runtime
+            latency = now - self.started_at
+            ep = self.ep
+            rt.balancer.finish(ep, latency)
+            rt.breaker.record(False, latency)
+            rt.outlier.record(ep, False)
+            self.done = True
+            self._waiter = None  # type: ignore[assignment]
+            if self._admitted:
+                self._admitted = False
+                waiter = rt.limiter.release()
+                if waiter is not None:
+                    waiter.resume()  # type: ignore[attr-defined]
             return DELIVER
         self._record(outcome)
         self._failed_answer = UPSTREAM_RATE_LIMITED if outcome is _TOO_MANY else UPSTREAM_5XX

@@ -230,7 +230,7 @@ class Exchange:
             self._last = response
             status = response.status
             after = retry_after_s(response.headers) if status == 429 else None
-            d = m.answered(status, retry_after_s=after, streaming=response.stream is not None)
+            d = m.answered(status, after, response.stream is not None)  # positional: no kwnames
         else:
             self._last = None
             d = m.failed(error_outcome(error), error.reason, error.message)  # type: ignore[union-attr]

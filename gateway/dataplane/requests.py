@@ -73,7 +73,7 @@ def routing_headers(
     attrs = _NO_ATTRS
     x_only = split_header.startswith(b"x-")  # then every header read here starts with x-
     for hname, value in request.headers:
-        if x_only and not hname.startswith(b"x-"):
+        if x_only and hname[0] != 120:  # not b"x...": an index, not a startswith() call
             continue
         if hname == KEY_HEADER or (hname == split_header and key is None):
             key = value.decode("latin-1")

@@ -141,14 +141,21 @@ class AccessLog:
             ex.fallback,
         )
         middle = self._middles.get(key) or self._middle(key)
-        trace_id = trace_id_of(ex)
+        tr = ex.trace  # untraced here: only the caller's traceparent can name a trace
+        trace_id = caller_trace_id(ex.request.headers) if tr is None else trace_id_of(ex)
         llm = ex.llm
-        self._add(
-            f"{self._time()}{_q(ex.request_id)},"
+        ms = int(self._wall() * 1000.0) - self._second_ms  # _time() and _add(), inline
+        if not 0 <= ms < 1000:
+            ms = self._second(ms + self._second_ms)
+        lines = self._lines
+        lines.append(
+            f"{self._prefix}{_MS[ms]}{_q(ex.request_id)},"
             f'"trace_id":{"null" if trace_id is None else _q(trace_id)},{middle[0]}'
             f"{(time.monotonic() - ex.t0) * 1000.0:.3f}"
             f"{middle[1] if llm is None else middle[1][:-1] + _llm_fields(llm)}"
         )
+        if len(lines) >= _MAX_PENDING:
+            self.flush()
 
     def refused(self, request: Request, status: int, reason: str) -> None:
         """A request refused before routing (an unknown model, a wrong method, a bad header):
