@@ -208,7 +208,8 @@ class Exchange:
     def _send(self, d: Send) -> None:
         timeout = d.timeout_s
         # the upstream is told when this attempt is abandoned (Envoy's x-envoy-expected-rq-timeout-ms)
-        timeout_line = _TIMEOUT_LINE % max(1, int(timeout * 1000.0))
+        ms = int(timeout * 1000.0)
+        timeout_line = _TIMEOUT_LINE % (ms if ms > 0 else 1)  # a conditional, not max()
         endpoint = self._endpoints[d.ep]
         if self._body is None:  # a streamed body cannot be replayed: one attempt, piped both ways
             self._handle = endpoint.forward_stream(
@@ -234,10 +235,11 @@ class Exchange:
         else:
             self._last = None
             d = m.failed(error_outcome(error), error.reason, error.message)  # type: ignore[union-attr]
-        if self._plane.on_attempt:
-            self._plane.attempted(
-                self, self._state.route.endpoints[m.ep], m.outcome, response, error, m.started_at, m.ended_at
-            )
+        hooks = self._plane.on_attempt
+        if hooks:  # plane.attempted, inline: once per attempt
+            url, outcome = self._state.route.endpoints[m.ep], m.outcome
+            for hook in hooks:
+                hook(self, url, outcome, response, error, m.started_at, m.ended_at)
         if d is DELIVER:  # the common case, without the dispatch
             self._deliver(None)
         else:
@@ -286,7 +288,7 @@ class Exchange:
         if reason is None and response.stream is None:  # the common case, inline: one write, no relay
             if not responder.disconnected:
                 responder.respond(
-                    response.status, response.headers, response.body or b"", raw=self.header_lines()
+                    response.status, response.headers, response.body or b"", (), self.header_lines()
                 )
             self._plane.completed(self, response.status, None, response)
             return

@@ -274,7 +274,7 @@ class DataPlane:
                 self._parsed.clear()
             self._parsed[request.target] = route
         if route.__class__ is tuple:
-            self._model_request(request, responder, *route)  # type: ignore[misc]
+            self._model_request(request, responder, route)  # type: ignore[arg-type]
         else:
             self._other_request(request, responder, route)  # type: ignore[arg-type]
 
@@ -320,9 +320,11 @@ class DataPlane:
         responder.respond(status, headers, out)
 
     def _model_request(
-        self, request: Request, responder: Responder, name: str, pinned: str | None, action: str | None
+        self, request: Request, responder: Responder, route: tuple[str, str | None, str | None]
     ) -> None:
-        """Route one model request: refuse what does not fit, choose the version, start its exchange."""
+        """Route one model request (`route`: model, pinned version, action): refuse what does
+        not fit, choose the version, start its exchange."""
+        name, pinned, action = route  # unpacked here: a *route call takes the slow path
         if action is None:
             self.reply_error(responder, reasons.NOT_FOUND, f"no route for {request.path}")
             return
