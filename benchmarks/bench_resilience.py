@@ -1,7 +1,8 @@
 """Resilience cost, in one run: the routing decision (us/request) and a real gateway's throughput
-with policies off, at their defaults and all on.
+with policies off, at their defaults and all on; and how punctually a deadline is answered.
 
     python -m benchmarks.bench_resilience [--duration 5] [--rounds 3] [--requests 200000]
+        [--deadline-requests 30] [--part decisions|plane|deadline|all]
 
 1. Decision: `benchmarks.bench_policies`' scenarios (admit -> pick -> begin -> finish ->
    release with every policy on, 4 endpoints, 1% of attempts failing), best and median of 5.
@@ -18,8 +19,14 @@ with policies off, at their defaults and all on.
    Each is driven with wrk -t1 -c32 and -c1 in interleaved rounds; figures are medians over
    rounds, with the gateway's CPU per request from /proc. Shadow copies are extra upstream
    requests the gateway sends, so ``all-on`` does 5% more work by design.
+3. Deadline: a model server that never answers (``hang_rate`` 1) behind a ``meshgate up``;
+   ``--deadline-requests`` sequential requests with ``x-meshgate-timeout-ms: 200`` each get a
+   504 ``deadline_exceeded``; the figure is how long after its deadline the client had it
+   (median, p90, max in ms). The goal: never early, a median within a few ms. The tests
+   check the deadline's answer and that the attempt is cancelled, not its timing.
 
-Writes benchmarks/results/resilience.json and prints a markdown table.
+Writes benchmarks/results/resilience.json (one part alone: resilience-<part>.json) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ POLICIES: dict[str, dict | None] = {
 }
 # The static upstream answers any path, so each policy gets its own model name.
 MODELS = {"off": "sum", "defaults": "echo", "all-on": "digits"}
+DEADLINE_MS, DEADLINE = 200, "deadline_exceeded"
+NEVER_TRIPS = {"circuit_breaker": {"min_calls": 100_000}, "outlier": {"consecutive_failures": 100_000}}
 
 
 def bench_decisions(requests: int, repeat: int) -> list[dict]:
@@ -130,30 +139,76 @@ def bench_plane(duration: float, rounds: int) -> dict:
     }
 
 
-def table(decisions: list[dict], plane: dict) -> str:
-    lines = ["| decision scenario | best us/req | median us/req |", "|---|---|---|"]
-    for row in decisions:
+def bench_deadline(requests: int, timeout_ms: int = DEADLINE_MS) -> dict:
+    """Client-side time past the deadline of requests to a model that never answers."""
+    with ExitStack() as stack:
+        _, model_url = stack.enter_context(running(*upstream_command("model", "v1")))
+        httpx.post(f"{model_url}/v2/debug/faults", json={"hang_rate": 1.0}).raise_for_status()
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-deadline-")))
+        data_url, admin, _ = stack.enter_context(gateway(data_dir))
+        # every request times out on purpose: no breaker or ejection may take the model away
+        register_version(admin, "echo", "v1", model_url, policy=NEVER_TRIPS)
+        client = stack.enter_context(httpx.Client(timeout=10.0))
+        url, headers = f"{data_url}/v2/models/echo/infer", {"x-meshgate-timeout-ms": str(timeout_ms)}
+        for _ in range(100):  # until the model routes (before: model_not_found)
+            if client.post(url, content=BODY, headers=headers).headers.get("x-meshgate-error") == DEADLINE:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("echo never routed to the hanging model")
+        past_ms, wrong = [], 0
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            r = client.post(url, content=BODY, headers=headers)
+            past_ms.append((time.perf_counter() - t0) * 1000 - timeout_ms)
+            wrong += r.status_code != 504 or r.headers.get("x-meshgate-error") != DEADLINE
+    past_ms.sort()
+    return {
+        "timeout_ms": timeout_ms,
+        "requests": requests,
+        "not_deadline_exceeded": wrong,
+        "past_deadline_ms_min": round(past_ms[0], 2),
+        "past_deadline_ms_median": round(statistics.median(past_ms), 2),
+        "past_deadline_ms_p90": round(past_ms[int(0.9 * (len(past_ms) - 1))], 2),
+        "past_deadline_ms_max": round(past_ms[-1], 2),
+    }
+
+
+def table(decisions: list[dict], plane: dict | None, deadline: dict | None) -> str:
+    lines = []
+    if decisions:
+        lines += ["| decision scenario | best us/req | median us/req |", "|---|---|---|"]
+        for row in decisions:
+            best, median = row["us_per_request_best"], row["us_per_request_median"]
+            lines.append(f"| {row['scenario']} | {best:.2f} | {median:.2f} |")
+        lines.append("")
+    if plane is not None:
+        lines += [
+            "| policies | rps @32 | p50 @32 (us) | p99 @32 (us) | gateway CPU/req @32 (us) | errors @32 "
+            "| rps @1 | p50 @1 (us) | p99 @1 (us) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label, row in plane["rows"].items():
+            c32, c1 = row["c32"], row["c1"]
+            lines.append(
+                f"| {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
+                f"| {c32['cpu_us_per_request']} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
+                f"| {c1['p99_us']:,.0f} |"
+            )
+        lines.append("")
         lines.append(
-            f"| {row['scenario']} | {row['us_per_request_best']:.2f} | {row['us_per_request_median']:.2f} |"
+            f"- all-on / off rps @32 = {plane['all_on_vs_off_rps_c32']}, "
+            f"defaults / off = {plane['defaults_vs_off_rps_c32']}"
         )
-    lines += [
-        "",
-        "| policies | rps @32 | p50 @32 (us) | p99 @32 (us) | gateway CPU/req @32 (us) | errors @32 "
-        "| rps @1 | p50 @1 (us) | p99 @1 (us) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, row in plane["rows"].items():
-        c32, c1 = row["c32"], row["c1"]
+        lines.append("")
+    if deadline is not None:
+        d = deadline
         lines.append(
-            f"| {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
-            f"| {c32['cpu_us_per_request']} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
-            f"| {c1['p99_us']:,.0f} |"
+            f"- deadline {d['timeout_ms']} ms, {d['requests']} requests to a hanging model: answered "
+            f"{d['past_deadline_ms_median']} ms after it (median; p90 {d['past_deadline_ms_p90']}, "
+            f"min {d['past_deadline_ms_min']}, max {d['past_deadline_ms_max']}); "
+            f"{d['not_deadline_exceeded']} not a 504 deadline_exceeded"
         )
-    lines.append("")
-    lines.append(
-        f"- all-on / off rps @32 = {plane['all_on_vs_off_rps_c32']}, "
-        f"defaults / off = {plane['defaults_vs_off_rps_c32']}"
-    )
     return "\n".join(lines)
 
 
@@ -165,9 +220,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument("--requests", type=int, default=200_000, help="decisions per decision run")
     parser.add_argument("--repeat", type=int, default=5, help="decision runs per scenario")
+    parser.add_argument("--deadline-requests", type=int, default=30, help="requests to a hanging model")
+    parser.add_argument("--part", choices=["decisions", "plane", "deadline", "all"], default="all")
     args = parser.parse_args(argv)
-    decisions = bench_decisions(args.requests, args.repeat)
-    plane = bench_plane(args.duration, args.rounds)
+    if args.deadline_requests < 1:
+        parser.error("--deadline-requests must be >= 1")
+    every = args.part == "all"
+    decisions = bench_decisions(args.requests, args.repeat) if every or args.part == "decisions" else []
+    plane = bench_plane(args.duration, args.rounds) if every or args.part == "plane" else None
+    deadline = bench_deadline(args.deadline_requests) if every or args.part == "deadline" else None
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = {
         "benchmark": "resilience",
@@ -178,10 +239,12 @@ def main(argv: list[str] | None = None) -> None:
         "policies": {label: POLICIES[label] for label in MODELS},
         "decision": decisions,
         "data_plane": plane,
+        "deadline": deadline,
     }
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(decisions, plane))
-    print(f"wrote {RESULTS}")
+    path = RESULTS if every else RESULTS.with_name(f"resilience-{args.part}.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(decisions, plane, deadline))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

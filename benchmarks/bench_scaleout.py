@@ -1,6 +1,7 @@
 """Scale-out: what the store costs the data plane, and what more gateway processes buy.
 
     python -m benchmarks.bench_scaleout [--duration 5] [--rounds 3] [--redis redis://127.0.0.1:6379/0]
+        [--part stores|scaleout|propagation|all] [--writes 10]
 
 Every target fronts one fixed-response upstream (``bench_proxy static-upstream``, so the
 gateway and not the model is the bottleneck) for model ``sum`` with an A/B experiment on
@@ -22,6 +23,13 @@ v1/v2: every request is counted and leaves a join record, i.e. the write-behind 
   and every gateway process, so more processes cannot scale linearly here; the figures
   show the overhead and the ceiling, not the many-machine behaviour.
 
+* ``propagation``: ``meshgate control`` + 3 gateways on Redis: for each of ``--writes`` writes,
+  the time from just before it until every gateway routes the new model (each polled every
+  ~5 ms), for a registration through the admin API (pub/sub) and for a write straight into
+  Redis without PUBLISH (a lost notification: only the version poll finds it). The goal: a
+  write reaches every gateway within 1 s. Reported as median, p90 and max over observations
+  (the tests check that a write reaches every gateway, not how fast).
+
 Targets are measured in interleaved rounds and each figure is the median over rounds.
 Writes ``benchmarks/results/scaleout.json`` and ``scaleout.md``.
 """
@@ -38,6 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
@@ -251,34 +260,42 @@ def flush_costs(tmp: Path, redis_url: str, records: int = 5000, reps: int = 5) -
     return out
 
 
+class _Cluster:
+    """``meshgate control`` and gateways on one Redis prefix, stopped with ``stack``."""
+
+    def __init__(self, stack: ExitStack, tmp: Path, upstream: str, redis_url: str, prefix: str) -> None:
+        self.stack, self.tmp, self.prefix = stack, tmp, prefix
+        self.common = ["--store", redis_url, "--store-prefix", prefix, "--log-level", "warning"]
+        admin_port = free_port()
+        control_dir = tmp / "control"
+        stack.enter_context(
+            meshgate(
+                ["control", *self.common, "--admin-port", str(admin_port), "--data-dir", str(control_dir)],
+                tmp / "control.log",
+                f"http://{HOST}:{admin_port}/healthz",
+            )
+        )
+        self.admin = Admin(admin_port, control_dir)
+        stack.callback(self.admin.close)
+        self.admin.setup(upstream)
+
+    def gateway(self, name: str, *extra: str) -> str:
+        port = free_port()
+        url = f"http://{HOST}:{port}"
+        args = ["gateway", *self.common, "--port", str(port), "--data-dir", str(self.tmp / name), *extra]
+        self.stack.enter_context(meshgate(args, self.tmp / f"{name}.log", f"{url}/v2/health/ready"))
+        wait_experiment(url)
+        return url
+
+
 def bench_scaleout(tmp: Path, upstream: str, redis_url: str, duration: float, rounds: int) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
-    common = ["--store", redis_url, "--store-prefix", prefix, "--log-level", "warning"]
     try:
         with ExitStack() as stack:
-            admin_port = free_port()
-            control_dir = tmp / "control"
-            stack.enter_context(
-                meshgate(
-                    ["control", *common, "--admin-port", str(admin_port), "--data-dir", str(control_dir)],
-                    tmp / "control.log",
-                    f"http://{HOST}:{admin_port}/healthz",
-                )
-            )
-            admin = Admin(admin_port, control_dir)
-            stack.callback(admin.close)
-            admin.setup(upstream)
-
-            def gateway(name: str, *extra: str) -> str:
-                port = free_port()
-                url = f"http://{HOST}:{port}"
-                args = ["gateway", *common, "--port", str(port), "--data-dir", str(tmp / name), *extra]
-                stack.enter_context(meshgate(args, tmp / f"{name}.log", f"{url}/v2/health/ready"))
-                wait_experiment(url)
-                return url
-
-            singles = [gateway(f"gateway-{i}") for i in range(3)]
-            workers = {n: gateway(f"workers-{n}", "--workers", str(n)) for n in (2, 3)}
+            mesh = _Cluster(stack, tmp, upstream, redis_url, prefix)
+            admin = mesh.admin
+            singles = [mesh.gateway(f"gateway-{i}") for i in range(3)]
+            workers = {n: mesh.gateway(f"workers-{n}", "--workers", str(n)) for n in (2, 3)}
             time.sleep(1.5)  # every worker has sent a heartbeat: their pids are listed
             targets: dict[str, tuple[list[str], list[int]]] = {}
             for n in (1, 2, 3):
@@ -297,6 +314,104 @@ def bench_scaleout(tmp: Path, upstream: str, redis_url: str, duration: float, ro
     finally:
         delete_prefix(redis_url, prefix)
     return {"rows": rows}
+
+
+def routed_after(
+    urls: list[str], model: str, write: Callable[[], None], timeout: float = 10.0
+) -> list[float]:
+    """Seconds from just before ``write()`` until each gateway routes ``model`` (polled every ~5 ms)."""
+    seen: list[float | None] = [None] * len(urls)
+    go = threading.Event()
+    t0 = 0.0
+
+    def watch(i: int, url: str) -> None:
+        with httpx.Client(timeout=2.0) as client:
+            go.wait()
+            while time.monotonic() < t0 + timeout:
+                if (
+                    client.get(f"{url}/v2/models/{model}/ready").headers.get("x-meshgate-error")
+                    != "model_not_found"
+                ):
+                    seen[i] = time.monotonic() - t0
+                    return
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=watch, args=(i, url)) for i, url in enumerate(urls)]
+    for thread in threads:
+        thread.start()
+    t0 = time.monotonic()
+    go.set()
+    write()
+    for thread in threads:
+        thread.join()
+    if None in seen:
+        raise RuntimeError(f"{model} never reached some gateways within {timeout} s: {seen}")
+    return seen  # type: ignore[return-value]
+
+
+def _silent_copy(redis_url: str, prefix: str, model: str) -> Callable[[], None]:
+    """A write that bumps the config version without PUBLISH (a lost notification): ``sum``
+    copied as ``model``, straight into Redis."""
+    keys = RedisKeys(prefix)
+
+    def write() -> None:
+        raw = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            doc = raw.hget(keys.collection("models"), "sum")
+            versions = raw.hgetall(keys.collection("versions"))
+            pipe = raw.pipeline(transaction=True)
+            pipe.hset(keys.collection("models"), model, doc.replace('"sum"', f'"{model}"'))
+            for key, text in versions.items():
+                if json.loads(text)["model"] == "sum":
+                    pipe.hset(
+                        keys.collection("versions"),
+                        key.replace("sum", model),
+                        text.replace('"sum"', f'"{model}"'),
+                    )
+            pipe.incr(keys.version)
+            pipe.execute()
+        finally:
+            raw.close()
+
+    return write
+
+
+def bench_propagation(tmp: Path, upstream: str, redis_url: str, writes: int) -> dict:
+    """How long a control-plane write takes to reach 3 gateways: by pub/sub (a registration
+    through the admin API) and by the version poll alone (a write without PUBLISH)."""
+    prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    try:
+        with ExitStack() as stack:
+            mesh = _Cluster(stack, tmp, upstream, redis_url, prefix)
+            urls = [mesh.gateway(f"gateway-{i}") for i in range(3)]
+            pubsub, poll = [], []
+            for i in range(writes):
+                pubsub += routed_after(
+                    urls, f"prop-{i}", lambda i=i: register(mesh.admin.client, f"prop-{i}", "v1", upstream)
+                )
+                poll += routed_after(urls, f"silent-{i}", _silent_copy(redis_url, prefix, f"silent-{i}"))
+    finally:
+        delete_prefix(redis_url, prefix)
+
+    def figures(times: list[float]) -> dict:
+        ms = sorted(t * 1000 for t in times)
+        return {
+            "observations": len(ms),
+            "median_ms": round(statistics.median(ms), 1),
+            "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1),
+            "max_ms": round(ms[-1], 1),
+        }
+
+    return {"gateways": 3, "writes": writes, "pubsub": figures(pubsub), "poll_only": figures(poll)}
+
+
+def _propagation_line(p: dict) -> str:
+    pubsub, poll = p["pubsub"], p["poll_only"]
+    return (
+        f"- propagation to {p['gateways']} gateways ({p['writes']} writes of each kind, goal <= 1000 ms): "
+        f"pub/sub median {pubsub['median_ms']} ms, p90 {pubsub['p90_ms']}, max {pubsub['max_ms']}; "
+        f"version poll alone (no PUBLISH) median {poll['median_ms']} ms, max {poll['max_ms']}"
+    )
 
 
 def table(results: dict) -> str:
@@ -319,6 +434,7 @@ def table(results: dict) -> str:
         f"{r['index_bytes_each']} B for expiry-index entries ({r['index_entries']} indexed)",
         "- gateway CPU per join record in the flusher thread (us): "
         + ", ".join(f"{k} {v}" for k, v in results["flush_cpu_us_per_record"].items()),
+        _propagation_line(results["propagation"]),
         f"- machine: {results['machine']['cores']} cores ({results['machine']['cpu']}); wrk, the upstream, "
         "Redis and every gateway share them, so process counts above 1 cannot scale linearly here",
     ]
@@ -332,10 +448,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis for the redis targets")
-    parser.add_argument("--part", choices=["stores", "scaleout", "both"], default="both")
+    parser.add_argument("--part", choices=["stores", "scaleout", "propagation", "all"], default="all")
+    parser.add_argument("--writes", type=int, default=10, help="propagation: writes of each kind")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.rounds < 1:
-        parser.error("--duration must be > 0 and --rounds >= 1")
+    if args.duration <= 0 or args.rounds < 1 or args.writes < 1:
+        parser.error("--duration must be > 0, --rounds and --writes >= 1")
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "command": "python -m benchmarks.bench_scaleout "
@@ -352,13 +469,17 @@ def main(argv: list[str] | None = None) -> None:
             running([sys.executable, "-m", "benchmarks.bench_proxy", "static-upstream"], "http://")
         )
         results["flush_cpu_us_per_record"] = flush_costs(tmp, args.redis)
-        if args.part in ("stores", "both"):
+        if args.part in ("stores", "all"):
             results["stores"] = bench_stores(tmp, upstream, args.redis, args.duration, args.rounds)
-        if args.part in ("scaleout", "both"):
+        if args.part in ("scaleout", "all"):
             results["scaleout"] = bench_scaleout(tmp, upstream, args.redis, args.duration, args.rounds)
+        if args.part in ("propagation", "all"):
+            (tmp / "propagation").mkdir()
+            results["propagation"] = bench_propagation(tmp / "propagation", upstream, args.redis, args.writes)
     results["load_average_after"] = os.getloadavg()
-    (RESULTS / "scaleout.json").write_text(json.dumps(results, indent=2))
-    if args.part == "both":
+    name = "scaleout" if args.part == "all" else f"scaleout-{args.part}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    if args.part == "all":
         markdown = table(results)
         (RESULTS / "scaleout.md").write_text(markdown + "\n")
         print(markdown)

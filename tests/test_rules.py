@@ -1,5 +1,6 @@
 """The test suite's own rules, checked: a test waits on an observable condition or an explicit
-flush (``tests.support.wait_for`` / ``await_for`` / ``wait_flushed``), never on a fixed sleep.
+flush (``tests.support.wait_for`` / ``await_for`` / ``wait_flushed``), never on a fixed sleep;
+and it asserts no upper bound on a measured time (speed is measured by benchmarks/).
 
 A sleep is allowed only where it is not a wait: a stub's scripted slowness, pacing a bounded
 load loop, a sampler, or a window in which something must *not* happen. Each such line is listed
@@ -16,6 +17,7 @@ below (a new one must mirror a package); which file tests what is kept by review
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -69,6 +71,80 @@ def test_no_fixed_sleep_outside_the_allow_list():
         "a fixed sleep in a test: wait on what it waits for with tests.support.wait_for/await_for "
         "(or wait_flushed for a gateway's counters), or add it to ALLOWED in tests/test_rules.py "
         "with why it is not a wait:\n" + "\n".join(unexplained)
+    )
+
+
+#: clock readings: time.monotonic(), time.perf_counter(), time.time(), loop.time() and the _ns forms
+_CLOCKS = {"monotonic", "perf_counter", "time", "monotonic_ns", "perf_counter_ns", "time_ns"}
+
+
+def _reads_clock(node: ast.AST) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _CLOCKS
+        for n in ast.walk(node)
+    )
+
+
+def _durations(tree: ast.AST) -> set[str]:
+    """Names bound to a measured duration: ``elapsed = time.monotonic() - t0`` and what is
+    computed from one (``ms = elapsed * 1000``), plus any name that says so (``elapsed``, ``took``)."""
+    names: set[str] = set()
+    for _ in range(3):  # durations computed from durations
+        for node in ast.walk(tree):
+            assigns = isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign) and node.value is not None
+            if assigns and _measures(node.value, names):  # type: ignore[union-attr]
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]  # type: ignore[union-attr]
+                names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _measures(node: ast.AST, durations: set[str]) -> bool:
+    for n in ast.walk(node):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Sub) and _reads_clock(n.left):
+            return True
+        if isinstance(n, ast.Name) and (n.id in durations or re.search(r"elapsed|took", n.id)):
+            return True
+    return False
+
+
+def _timing_assertions() -> list[str]:
+    """``assert`` comparisons that bound a measured time from above: a clock read at assertion
+    time, or a duration, on the smaller side (``elapsed < 1.2``, ``time.time() + 590 < t``,
+    ``abs(t - time.time()) < 3``). Load only ever makes those larger, so they fail on a busy
+    machine. Lower bounds (``elapsed >= 0.2``: a deadline is never early) and brackets
+    between clock readings taken around the event (``before <= t <= time.time()``) pass."""
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        rel = path.relative_to(TESTS).as_posix()
+        if rel.startswith("support/") or rel == "test_rules.py":
+            continue
+        tree = ast.parse(path.read_text())
+        durations = _durations(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Assert):
+                continue
+            for compare in (n for n in ast.walk(node.test) if isinstance(n, ast.Compare)):
+                sides = [compare.left, *compare.comparators]
+                for i, op in enumerate(compare.ops):
+                    if isinstance(op, ast.Lt | ast.LtE):
+                        smaller = sides[i]
+                    elif isinstance(op, ast.Gt | ast.GtE):
+                        smaller = sides[i + 1]
+                    else:
+                        continue
+                    if _reads_clock(smaller) or _measures(smaller, durations):
+                        found.append(f"{rel}:{node.lineno}: {ast.unparse(node.test)}")
+    return found
+
+
+def test_no_timing_assertion_in_a_test():
+    """Speed and timing targets are measured by benchmarks/ (medians over rounds), never
+    asserted in a test: the machines are shared and noisy."""
+    found = _timing_assertions()
+    assert not found, (
+        "a test bounds a measured time from above: assert what the timing stands for instead "
+        "(a reason code, what the upstream saw, an order of events) and measure the time in a "
+        "benchmark under benchmarks/:\n" + "\n".join(found)
     )
 
 

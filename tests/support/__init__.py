@@ -40,7 +40,7 @@ Many gateways (``tests/support/cluster.py``, import it from there):
         ``.gateways`` [``Gateway``: ``.url``, ``.status()``], ``.spawn_gateway()``,
         ``.wait_ready()``, ``.stop_gateway()``, ``.register()``, ``.store()``, ``.wait_flushed()``).
     ``arm_totals(store, experiment)``: the experiment's ``ArmCounters`` per arm in the store.
-    ``propagation_times(gateways, model, write)``: seconds until each gateway routes ``model``.
+    ``wait_routable(gateways, model)``: until every gateway routes ``model``.
 
 The mesh (``tests/support/mesh.py``, import it from there):
     ``mesh_with_port(tmp)``: ``running_mesh`` with a mesh (mTLS) port, as ``mesh.mesh_port``.

@@ -7,8 +7,6 @@ that exits with an error fails the test with its log's tail.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from gateway.store.redis import RedisStore
 from tests.support.procs import HOST, MESHGATE, Proc, free_port, wait_flushed, wait_http
 from tests.support.wait import wait_for
 
-__all__ = ["START_TIMEOUT_S", "Cluster", "Gateway", "arm_totals", "cluster", "propagation_times"]
+__all__ = ["START_TIMEOUT_S", "Cluster", "Gateway", "arm_totals", "cluster", "wait_routable"]
 
 # Starting a process imports FastAPI, numpy and scipy: seconds on a busy 2-core machine.
 START_TIMEOUT_S = 60.0
@@ -139,27 +137,13 @@ def _routable(url: str, model: str, client: httpx.Client) -> bool:
     return r.headers.get("x-meshgate-error") != "model_not_found"
 
 
-def propagation_times(gateways: list[Gateway], model: str, write, timeout: float = 5.0) -> list[float]:
-    """Seconds from just before ``write()`` until each gateway routes ``model`` (polled every ~10 ms)."""
-    seen: list[float | None] = [None] * len(gateways)
-    go = threading.Event()
+def wait_routable(gateways: list[Gateway], model: str, timeout: float = 10.0) -> None:
+    """Until every gateway routes ``model`` (a control-plane write has reached them all).
 
-    def watch(i: int, gw: Gateway) -> None:
-        with httpx.Client(timeout=2.0) as client:
-            go.wait()
-            while time.monotonic() < t0 + timeout:
-                if _routable(gw.url, model, client):
-                    seen[i] = time.monotonic() - t0
-                    return
-                time.sleep(0.01)
-
-    threads = [threading.Thread(target=watch, args=(i, gw)) for i, gw in enumerate(gateways)]
-    for t in threads:
-        t.start()
-    t0 = time.monotonic()
-    go.set()
-    write()
-    for t in threads:
-        t.join()
-    assert all(s is not None for s in seen), f"{model} never reached some gateways: {seen}"
-    return [s for s in seen if s is not None]
+    How fast a write propagates is measured by ``benchmarks/bench_scaleout.py``, not here.
+    """
+    with httpx.Client(timeout=2.0) as client:
+        for gw in gateways:
+            wait_for(
+                lambda gw=gw: _routable(gw.url, model, client), what=f"{model} on {gw.url}", timeout=timeout
+            )
