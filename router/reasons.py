@@ -36,7 +36,6 @@ __all__ = [
     "BREAKER_OPEN",
     "CANCELLED",
     "CLIENT_CLOSED",
-    "CLIENT_DISCONNECTED",
     "DEADLINE_EXCEEDED",
     "INTERNAL_ERROR",
     "INVALID_API_KEY",
@@ -157,9 +156,11 @@ UPSTREAM_5XX = "upstream_5xx"
 UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
 STREAM_BROKEN = "stream_broken"
 # nobody left to answer (499 is nginx's "client closed request": logs and metrics need a code)
+# an upstream call abandoned: the pool closing, or the engine cutting short a call whose caller left
 CANCELLED = "cancelled"
+# the data plane's caller hung up before its answer (waiting for it, or mid-upload): one code
+# wherever the gateway notices; experiments do not count it, and it is no verdict on the model
 CLIENT_CLOSED = "client_closed"
-CLIENT_DISCONNECTED = "client_disconnected"
 
 _G = GrpcStatus
 _THROUGH = Delivery.THROUGH
@@ -234,7 +235,6 @@ _ALL = (
     Reason(STREAM_BROKEN, 502, "the stream ended midway: {detail}", True, _G.UNAVAILABLE, _LOGGED),
     Reason(CANCELLED, 499, "the upstream call was cancelled", False, _G.CANCELLED, _LOGGED),
     Reason(CLIENT_CLOSED, 499, "the client closed the connection", False, _G.CANCELLED, _LOGGED),
-    Reason(CLIENT_DISCONNECTED, 499, "the client closed the connection", False, _G.CANCELLED, _LOGGED),
 )
 
 REASONS: Mapping[str, Reason] = MappingProxyType({r.code: r for r in _ALL})

@@ -251,6 +251,9 @@ class Exchange:
         self._handle = None
         if self.done:
             return
+        if error is not None and error.reason == reasons.CLIENT_CLOSED:  # left mid-upload: no verdict
+            self._client_gone()
+            return
         m = self.attempt
         if self._responder.started:
             m.commit()

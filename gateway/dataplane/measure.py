@@ -42,6 +42,7 @@ from gateway.dataplane.llm_usage import LlmUsage
 from gateway.http import Request, Responder, UpstreamResponse, error_response, json_response
 from gateway.store import Store, StoreUnavailable
 from gateway.store.buffer import CounterBuffer, RecordBuffer
+from router.reasons import CLIENT_CLOSED
 from router.table import RouteTable
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ class Measurement:
     ) -> None:
         choice = ex.choice
         experiment = choice.experiment
-        if experiment is None or reason == "client_closed":
+        if experiment is None or reason == CLIENT_CLOSED:
             return
         latency = time.monotonic() - ex.t0
         key = (experiment, choice.arm)

@@ -20,7 +20,7 @@ import httptools
 
 from router.reasons import (
     BAD_REQUEST,
-    CLIENT_DISCONNECTED,
+    CLIENT_CLOSED,
     INTERNAL_ERROR,
     PAYLOAD_TOO_LARGE,
     REASONS,
@@ -427,7 +427,7 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline = 0.0
         stream = self._stream
         if stream is not None and not stream.complete:
-            stream.fail(StreamError(499, CLIENT_DISCONNECTED, REASONS[CLIENT_DISCONNECTED].message))
+            stream.fail(StreamError(499, CLIENT_CLOSED, REASONS[CLIENT_CLOSED].message))
         for responder in self._responders:
             responder._lost()
         self._responders.clear()
