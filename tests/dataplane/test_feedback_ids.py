@@ -23,8 +23,8 @@ from gateway.dataplane.measure import JOIN_NAMESPACE, Measurement
 from gateway.store import StoreUnavailable, Write
 from gateway.store.memory import MemoryStore
 from router.table import Choice, ModelRoute, RouteTable, Split
-from tests.store.conftest import store
 from tests.support.clock import FakeClock
+from tests.support.stores import store
 
 __all__ = ["store"]
 

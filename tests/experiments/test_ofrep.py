@@ -9,7 +9,7 @@ from openfeature.evaluation_context import EvaluationContext
 from experiments.flags import Flag
 from experiments.ofrep import Context, OfrepError, OfrepService, parse_context
 from router.flags import ErrorCode, evaluate
-from tests.experiments.ofrep_server import FLAGS, check_cases, client_for, make_service, serve
+from tests.support.ofrep import FLAGS, check_cases, client_for, make_service, serve
 
 SINGLE = "/ofrep/v1/evaluate/flags/"
 BULK = "/ofrep/v1/evaluate/flags"

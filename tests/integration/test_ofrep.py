@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.experiments.ofrep_server import FLAGS, check_cases
 from tests.support import free_port, running_mesh, wait_for
+from tests.support.ofrep import FLAGS, check_cases
 
 
 def test_openfeature_sdk_resolves_the_gateways_flags(tmp_path):

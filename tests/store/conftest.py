@@ -1,44 +1,7 @@
-"""Backends the store contract suite runs against. Each test gets a fresh, isolated store:
-SQLite in a temp file, Redis on 127.0.0.1:6379 under a key prefix of its own (deleted after)."""
+"""The store tests' fixtures: ``store`` (each backend in turn) and ``private_redis``."""
 
 from __future__ import annotations
 
-import pytest
+from tests.support.stores import private_redis, store
 
-from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
-from gateway.store.sqlite import SQLiteStore
-from tests.support.redis_server import (
-    SHARED_REDIS_URL,
-    delete_prefix,
-    private_redis,
-    shared_redis_or_fail,
-    unique_prefix,
-)
-
-__all__ = ["private_redis"]
-
-BACKENDS = ["sqlite", "redis", "memory"]
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "meshgate.db", purge_interval_s=0.0)
-        cleanup = None
-    elif request.param == "memory":
-        s = MemoryStore()
-        cleanup = None
-    elif request.param == "redis":
-        shared_redis_or_fail()
-        prefix = unique_prefix()
-        s = RedisStore(SHARED_REDIS_URL, prefix=prefix)
-        cleanup = prefix
-    else:  # pragma: no cover - every listed backend is handled above
-        raise AssertionError(request.param)
-    try:
-        yield s
-    finally:
-        s.close()
-        if cleanup is not None:
-            delete_prefix(SHARED_REDIS_URL, cleanup)
+__all__ = ["private_redis", "store"]

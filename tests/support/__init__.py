@@ -58,6 +58,11 @@ A meshgate in this process (``tests/support/inprocess.py``, import it from there
     ``in_process_mesh(tmp, ...)``: ``meshgate up`` on its own thread and loop, so a test can hand
     it an in-memory span exporter; ``OTHER``, a second gateway's heartbeat record.
 
+Stores (``tests/support/stores.py``): the ``store`` fixture, every backend in turn.
+
+OFREP (``tests/support/ofrep.py``): ``FLAGS``, ``check_cases(base_url)`` through OpenFeature's own
+provider, ``serve(service)``: a stdlib server for an ``OfrepService``.
+
 Redis (``tests/support/redis_server.py``):
     ``SHARED_REDIS_URL``, ``unique_prefix()``, ``delete_prefix(url, prefix)``,
     ``shared_redis_or_fail()``; ``RedisServer(dir)``: a private ``redis-server`` on a free port
