@@ -85,6 +85,7 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
                 policies[v],
                 fallback_chain(v, policies),
                 _llm_route(name, d),
+                d.get("protocol", "v2"),
             )
             for v, d in vdocs.items()
         }
@@ -95,6 +96,7 @@ def build_route_table(config_version: int, snap: Mapping[str, Mapping[str, dict]
             versions=versions,
             split=_split_for(exp, versions) if exp else None,
             flags=tuple(flags_by_model.get(name, ())),
+            protocol=next((d.get("protocol", "v2") for d in vdocs.values()), "v2"),
         )
     return RouteTable(config_version, models, flags, _client_keys(snap.get("keys", {})))
 

@@ -33,9 +33,11 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HOST_PATTERN = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?")
 # A workload's SPIFFE ID (the SPIFFE standard): trust domain, then a non-empty path of segments
 _SPIFFE_PATTERN = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+")
-#: v2 = Open Inference Protocol (KServe, Triton); openai = OpenAI-compatible HTTP (vLLM, TGI,
-#: Ollama, hosted providers), served on the data port's /v1/chat/completions and friends
-PROTOCOLS = frozenset({"v2", "openai"})
+#: v2 = Open Inference Protocol (KServe, Triton) over HTTP; v2-grpc = the same protocol over gRPC
+#: (``inference.GRPCInferenceService``; endpoints are http://host:port for plaintext HTTP/2,
+#: https:// for TLS), served on the gateway's gRPC port; openai = OpenAI-compatible HTTP (vLLM,
+#: TGI, Ollama, hosted providers), served on the data port's /v1/chat/completions and friends
+PROTOCOLS = frozenset({"v2", "v2-grpc", "openai"})
 #: where the gateway reads a provider key: an environment variable or a file (never the key itself)
 _API_KEY_REF = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/[^\x00-\x1f\x7f]{1,1023}")
 _MAX_PRICE = 1e6  # USD per million tokens; far above any real price, so a typo (or a unit slip) shows
@@ -220,7 +222,9 @@ class ModelVersion:
         if len(set(eps)) != len(eps):
             raise RegistryError("endpoints", "duplicate endpoint")
         if not isinstance(protocol, str) or protocol not in PROTOCOLS:
-            raise RegistryError("protocol", f"unsupported protocol {protocol!r} (supported: v2, openai)")
+            raise RegistryError(
+                "protocol", f"unsupported protocol {protocol!r} (supported: v2, v2-grpc, openai)"
+            )
         if identity is not None:
             validate_identity(identity)
         llm = {

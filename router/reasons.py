@@ -66,6 +66,7 @@ __all__ = [
     "UPSTREAM_TIMEOUT",
     "UPSTREAM_UNREACHABLE",
     "VERSION_NOT_FOUND",
+    "WRONG_PROTOCOL",
     "Delivery",
     "GrpcStatus",
     "Reason",
@@ -132,6 +133,7 @@ MODEL_NOT_FOUND = "model_not_found"
 VERSION_NOT_FOUND = "version_not_found"
 UNKNOWN_REQUEST = "unknown_request"
 UNKNOWN_METRIC = "unknown_metric"
+WRONG_PROTOCOL = "wrong_protocol"  # a model served over gRPC asked for over HTTP, or the reverse
 # who sends it
 UNAUTHORIZED = "unauthorized"
 INVALID_API_KEY = "invalid_api_key"
@@ -181,6 +183,13 @@ _ALL = (
     Reason(REQUEST_TIMEOUT, 408, "the request head did not arrive in time", True, _G.DEADLINE_EXCEEDED),
     Reason(MODEL_NOT_FOUND, 404, "model {model!r} is not registered", False, _G.NOT_FOUND),
     Reason(VERSION_NOT_FOUND, 404, "model {model!r} has no version {version!r}", False, _G.NOT_FOUND),
+    Reason(
+        WRONG_PROTOCOL,
+        400,
+        "model {model!r} speaks protocol {protocol}: {where}",
+        False,
+        _G.FAILED_PRECONDITION,
+    ),
     Reason(UNKNOWN_REQUEST, 404, "no routed request {request_id!r} is on record", False, _G.NOT_FOUND),
     Reason(
         UNKNOWN_METRIC,

@@ -53,6 +53,7 @@ class VersionRoute:
     policy: Any  # router.policy.TrafficPolicy
     fallback: tuple[str, ...] = ()  # bounded, acyclic chain of versions to try next
     llm: LlmRoute | None = None  # set for protocol openai
+    protocol: str = "v2"  # the registry's protocol: v2, v2-grpc (endpoints speak gRPC), openai
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class ModelRoute:
     versions: Mapping[str, VersionRoute]
     split: Split | None = None
     flags: tuple[Any, ...] = ()  # router.flags compiled flags that route this model
+    protocol: str = "v2"  # one per model (models.registry.protocol_conflict): the front end serving it
     #: the Choice of requests that neither a flag nor the split routes (shared: immutable)
     default_choice: Choice | None = field(default=None, init=False, repr=False, compare=False)
 

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     reg.add_argument(
         "--protocol",
         default="v2",
-        help="v2 (Open Inference Protocol, the default) or openai (OpenAI-compatible)",
+        help="v2 (Open Inference Protocol over HTTP, the default), v2-grpc (the same over gRPC) or openai",
     )
     llm = reg.add_argument_group("protocol openai")
     llm.add_argument(

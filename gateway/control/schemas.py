@@ -17,7 +17,10 @@ class StrictBody(BaseModel):
 
 class VersionBody(StrictBody):
     endpoints: list[str] = Field(min_length=1, description="http(s)://host:port of each replica")
-    protocol: str = Field("v2", description="v2 = Open Inference Protocol; openai = OpenAI-compatible API")
+    protocol: str = Field(
+        "v2",
+        description="v2 = Open Inference Protocol; v2-grpc = the same over gRPC; openai = OpenAI API",
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     policy: dict[str, Any] | None = Field(None, description="traffic policy for this version")
     identity: str | None = Field(None, description="SPIFFE ID the endpoints must present (mTLS)")

@@ -61,6 +61,7 @@ _KEY = b"x-meshgate-key"
 _OFREP = "/ofrep/v1/evaluate/flags"
 _MAX_PARSED = 4096  # distinct request targets remembered (model paths repeat; a scan must not grow it)
 _RETRY_AFTER = (b"retry-after", b"1")
+_GRPC = "v2-grpc"
 
 
 class _RequestIds:
@@ -319,8 +320,19 @@ class DataPlane:
             return
         responder.respond(status, headers, out)
 
+    def grpc_infer(self, request: Request, responder: Responder, name: str, pinned: str | None) -> None:
+        """The gRPC front end's entry (``gateway.grpc``): a ModelInfer for a model of protocol
+        v2-grpc, routed exactly as an HTTP inference request (`request` carries its metadata as
+        headers, its message bytes as the body; `responder` maps the answer back to gRPC)."""
+        self.stats.requests += 1
+        self._model_request(request, responder, (name, pinned, "infer"), True)
+
     def _model_request(
-        self, request: Request, responder: Responder, route: tuple[str, str | None, str | None]
+        self,
+        request: Request,
+        responder: Responder,
+        route: tuple[str, str | None, str | None],
+        grpc: bool = False,
     ) -> None:
         """Route one model request (`route`: model, pinned version, action): refuse what does
         not fit, choose the version, start its exchange."""
@@ -339,6 +351,13 @@ class DataPlane:
         if model is None:
             self.reply_error(
                 responder, reasons.MODEL_NOT_FOUND, reasons.REASONS[reasons.MODEL_NOT_FOUND].text(model=name)
+            )
+            return
+        if (model.protocol == _GRPC) is not grpc:  # its endpoints speak the other wire protocol
+            where = "call it on the gateway's gRPC port" if not grpc else "call it over HTTP on the data port"
+            why = reasons.REASONS[reasons.WRONG_PROTOCOL]
+            self.reply_error(
+                responder, reasons.WRONG_PROTOCOL, why.text(model=name, protocol=model.protocol, where=where)
             )
             return
         split = model.split

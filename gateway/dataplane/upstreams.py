@@ -3,9 +3,11 @@
 ``Upstreams`` resolves a registered endpoint URL into the pool's ``Endpoint`` for the TLS
 context in force (the gateway's mesh identity, for https endpoints) and, when the version
 was registered with a SPIFFE identity, a verifier that checks it on every new connection.
-The pool caches endpoints by (URL, TLS context, verifier), so a new mesh context reaches
-endpoints resolved before it; a version's endpoints are resolved once per route table and
-context (``endpoints(state)``).
+A version of protocol v2-grpc resolves through the pool registered for it in ``pools``
+(``gateway.grpc`` installs its HTTP/2 client there: same ``endpoint(url, ssl=, verify_peer=)``
+and the same Endpoint interface). The pool caches endpoints by (URL, TLS context, verifier),
+so a new mesh context reaches endpoints resolved before it; a version's endpoints are resolved
+once per route table and context (``endpoints(state)``).
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ __all__ = ["Upstreams"]
 class Upstreams:
     """Endpoint, TLS and identity resolution for the data plane's versions."""
 
-    __slots__ = ("_verifiers", "generation", "mesh_tls", "pool")
+    __slots__ = ("_verifiers", "generation", "mesh_tls", "pool", "pools")
 
     def __init__(self, pool: UpstreamPool, mesh_tls: ssl.SSLContext | None = None) -> None:
         self.pool = pool
         self.mesh_tls = mesh_tls  # the gateway identity's client context, for https endpoints
         self.generation = 0  # bumped when the context changes: resolved endpoints are stale
         self._verifiers: dict[tuple[str, str], PeerVerifier] = {}
+        #: pools for versions whose protocol is not HTTP/1.1 (protocol -> pool), e.g. v2-grpc
+        self.pools: dict[str, UpstreamPool] = {}
 
     def set_mesh_tls(self, context: ssl.SSLContext | None) -> None:
         if context is not self.mesh_tls:
@@ -46,7 +50,8 @@ class Upstreams:
         A version registered with an identity gets endpoints that check it on every new
         connection, before any request is sent on it (``peer_identity_mismatch``, 502).
         """
-        return self.pool.endpoint(
+        pool = self.pools.get(vr.protocol, self.pool) if vr.protocol != "v2" else self.pool
+        return pool.endpoint(
             vr.endpoints[index], ssl=self.mesh_tls, verify_peer=self._verifier(vr.version, vr.identity)
         )
 

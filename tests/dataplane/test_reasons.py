@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,14 @@ async def _unknown_model() -> Response:
 @walks(reasons.VERSION_NOT_FOUND)
 async def _unknown_version() -> Response:
     return await _one(request(b"POST", b"/v2/models/m/versions/v9/infer"))
+
+
+@walks(reasons.WRONG_PROTOCOL)
+async def _grpc_model_over_http() -> Response:
+    table = one_model({"v1": (["http://127.0.0.1:1"], {})})
+    grpc_only = replace(table.models["m"], protocol="v2-grpc")  # served on the gRPC port only
+    async with gateway(RouteTable(1, {"m": grpc_only})) as (_plane, port):
+        return await exchange(port, infer())
 
 
 class _DownStore(MemoryStore):

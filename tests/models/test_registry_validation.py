@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from models.registry import ModelVersion, RegistryError, validate_endpoint, validate_identity
+from models.registry import (
+    ModelVersion,
+    RegistryError,
+    protocol_conflict,
+    validate_endpoint,
+    validate_identity,
+)
 
 
 @pytest.mark.parametrize(
@@ -58,3 +64,12 @@ def test_identities_that_are_refused(identity: object) -> None:
 def test_a_protocol_that_is_not_a_string_is_a_registry_error() -> None:
     with pytest.raises(RegistryError, match="unsupported protocol"):
         ModelVersion.create("m", "v1", ["http://127.0.0.1:1"], protocol=["v2"])  # type: ignore[arg-type]
+
+
+def test_v2_grpc_is_a_protocol_and_keeps_to_its_model() -> None:
+    grpc_v1 = ModelVersion.create("m", "v1", ["http://127.0.0.1:8001"], protocol="v2-grpc")
+    assert ModelVersion.from_dict(grpc_v1.to_dict()) == grpc_v1
+    http_v2 = ModelVersion.create("m", "v2", ["http://127.0.0.1:8000"])
+    assert "speaks protocol 'v2-grpc'" in (protocol_conflict(http_v2, {"v1": "v2-grpc"}) or "")
+    with pytest.raises(RegistryError, match="only a version of protocol openai"):
+        ModelVersion.create("m", "v1", ["http://127.0.0.1:1"], protocol="v2-grpc", upstream_model="x")
