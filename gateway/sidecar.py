@@ -6,6 +6,12 @@ against the model's authorization policy, and forwards to the plaintext ``--upst
 localhost through the engine's keep-alive pool. A refused caller gets 403
 ``x-meshgate-error: unauthorized`` and its identity is logged.
 
+gRPC (``--grpc-upstream``, optional): the inbound port also offers ALPN ``h2``; such a
+connection is authorized by the caller's identity as above (a refused caller gets gRPC
+``PERMISSION_DENIED`` with ``x-meshgate-error: unauthorized``) and relayed, bytes unchanged, to
+the model's plaintext gRPC port (:mod:`gateway.sidecar_h2`). The outbound port tells HTTP/2
+(its preface) from HTTP/1.1 and relays it over mTLS, ALPN ``h2``, to the same ``--gateway``.
+
 Outbound (``--outbound``, optional): a plaintext port on 127.0.0.1 where the model calls other
 models by name (``/v2/models/{other}/infer``). Requests go over mTLS, with this workload's
 identity, to a gateway's mesh port (``--gateway``), which applies the full routing policies and
@@ -34,7 +40,9 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -70,7 +78,8 @@ from gateway.mesh.signers import SignError, control_plane_signer
 from gateway.mesh.tls import verify_peer
 from gateway.mesh.tokens import TokenError
 from gateway.mesh.workload import RotationError, WorkloadIdentity
-from router.reasons import NOT_FOUND, PEER_IDENTITY_MISMATCH, REASONS, UNAUTHORIZED
+from gateway.sidecar_h2 import Front, Refusal, Relays
+from router.reasons import NOT_FOUND, PEER_IDENTITY_MISMATCH, REASONS, UNAUTHORIZED, UPSTREAM_UNREACHABLE
 
 __all__ = ["PolicySource", "Sidecar", "SidecarConfig", "SidecarError", "main", "run_sidecar"]
 
@@ -104,6 +113,7 @@ class SidecarConfig:
     policy_refresh_s: float = 10.0
     timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
+    grpc_upstream: str | None = None  # the model's plaintext gRPC port, http://host:port
 
     def __post_init__(self) -> None:
         if (self.outbound is None) != (self.gateway is None):
@@ -116,6 +126,19 @@ class SidecarConfig:
             )
         if self.policy_refresh_s <= 0 or self.timeout_s <= 0:
             raise SidecarError("--policy-refresh and --timeout must be positive")
+        if self.grpc_upstream is not None:
+            _host_port(self.grpc_upstream, "--grpc-upstream", "http")
+
+
+def _host_port(url: str, option: str, scheme: str) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else f"{scheme}://{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != scheme or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise SidecarError(f"{option} must be {scheme}://host:port, not {url!r}")
+    return parts.hostname, port
 
 
 class PolicySource:
@@ -175,24 +198,42 @@ class Sidecar:
         self._gateways = compile_patterns(f"spiffe://{config.trust_domain}/gateway/*")
         self._upstream = pool.endpoint(config.upstream)
         self._gateway: Endpoint | None = None
+        self._grpc_upstream = (
+            None
+            if config.grpc_upstream is None
+            else _host_port(config.grpc_upstream, "--grpc-upstream", "http")
+        )
+        self._h2_inbound = Relays()  # callers' HTTP/2 connections relayed to the model's gRPC port
+        self._h2_outbound = Relays()  # the model's HTTP/2 connections relayed to the gateway
+        self._h2_context: ssl.SSLContext | None = None  # outbound mTLS with ALPN h2
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
         await self.identity.start()
         self.set_policy(await self.policy.fetch())
+        server_ssl = self.identity.server_context()
+        inbound_front = None
+        if self._grpc_upstream is not None:
+            server_ssl.set_alpn_protocols(["h2", "http/1.1"])
+            inbound_front = self._front(self._inbound_h2)
         self.inbound = await start_server(
             self._handle_inbound,
             *cfg.listen,
-            ssl=self.identity.server_context(),
+            ssl=server_ssl,
             limits=ServerLimits(max_body_bytes=cfg.max_body_bytes),
+            front=inbound_front,
         )
         if cfg.outbound is not None and cfg.gateway is not None:
             self._gateway = self.pool.endpoint(
                 cfg.gateway, ssl=self.identity.client_context(), verify_peer=self._verify_gateway
             )
+            self._h2_context = self.identity.client_context()
+            self._h2_context.set_alpn_protocols(["h2"])
             limits = ServerLimits(max_body_bytes=cfg.max_body_bytes, buffered_body_bytes=cfg.max_body_bytes)
-            self.outbound = await start_server(self._handle_outbound, *cfg.outbound, limits=limits)
+            self.outbound = await start_server(
+                self._handle_outbound, *cfg.outbound, limits=limits, front=self._front(self._outbound_h2)
+            )
         self._refresher = asyncio.create_task(self._refresh_forever(), name="policy-refresh")
 
     async def aclose(self) -> None:
@@ -203,6 +244,10 @@ class Sidecar:
         for server in (self.inbound, self.outbound):
             if server is not None:
                 server.close()
+        self._h2_inbound.close_all()  # byte relays have no request boundary to wait for
+        self._h2_outbound.close_all()
+        for server in (self.inbound, self.outbound):
+            if server is not None:
                 await server.wait_closed()
         await self.identity.aclose()
         await self.keys.aclose()
@@ -212,6 +257,9 @@ class Sidecar:
         if authz != self.authz:
             self.authz = authz
             self._decisions = {}
+            revoked = self._h2_inbound.revoke(lambda caller: self._decide(*caller).allowed)
+            if revoked:
+                log.warning("closed %d gRPC connection(s) of callers the new policy refuses", revoked)
             policy = authz.models.get(self.config.model)
             allowed = (
                 [p.text for p in policy.allow] if policy is not None else f"mesh default {authz.default}"
@@ -227,34 +275,73 @@ class Sidecar:
                 log.warning("policy refresh failed, keeping the last policy: %s", exc)
 
     # -- inbound: mesh -> model --------------------------------------------------------
-    def _decide(self, request: Request) -> Decision:
-        der = request.peer_cert_der or b""
+    def _decide(self, der: bytes | None, cert: dict | None) -> Decision:
+        der = der or b""
         decision = self._decisions.get(der)
         if decision is None:
             if len(self._decisions) >= _DECISION_CACHE:
                 self._decisions.clear()
-            decision = self._decisions[der] = self.authz.decide(
-                self.config.model, peer_identity(request.peer_cert)
-            )
+            decision = self._decisions[der] = self.authz.decide(self.config.model, peer_identity(cert))
         return decision
 
+    def _denied(self, cert: dict | None, decision: Decision) -> str:
+        """Count and log a refusal; the message for the caller."""
+        self.denied += 1
+        caller = peer_identity(cert)
+        log.warning(
+            "denied %s calling model %s/%s (%s)",
+            caller or "a certificate without a mesh identity",
+            self.config.model,
+            self.config.version,
+            decision.value,
+        )
+        return REASONS[UNAUTHORIZED].text(caller=caller, model=self.config.model)
+
     def _handle_inbound(self, request: Request, responder: Responder) -> None:
-        decision = self._decide(request)
+        decision = self._decide(request.peer_cert_der, request.peer_cert)
         if not decision.allowed:
-            self.denied += 1
-            caller = peer_identity(request.peer_cert)
-            log.warning(
-                "denied %s calling model %s/%s (%s)",
-                caller or "a certificate without a mesh identity",
-                self.config.model,
-                self.config.version,
-                decision.value,
-            )
-            _reply_error(
-                responder, UNAUTHORIZED, REASONS[UNAUTHORIZED].text(caller=caller, model=self.config.model)
-            )
+            _reply_error(responder, UNAUTHORIZED, self._denied(request.peer_cert, decision))
             return
         self._forward(self._upstream, request, responder)
+
+    def _front(self, on_h2: Callable[[asyncio.Transport, bytes], asyncio.Protocol]):
+        return lambda engine: Front(engine, on_h2)
+
+    def _inbound_h2(self, transport: asyncio.Transport, received: bytes) -> asyncio.Protocol:
+        """A caller's gRPC connection (ALPN h2): authorized once, by its identity, then relayed."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        caller = (ssl_object.getpeercert(binary_form=True), ssl_object.getpeercert() or None)
+        decision = self._decide(*caller)
+        if not decision.allowed:
+            return Refusal(UNAUTHORIZED, self._denied(caller[1], decision), received)
+        assert self._grpc_upstream is not None  # h2 is offered only with --grpc-upstream
+        return self._h2_inbound.open(transport, received, self._grpc_upstream, caller=caller)
+
+    def _outbound_h2(self, transport: asyncio.Transport, received: bytes) -> asyncio.Protocol:
+        """The model's own gRPC connection: over mTLS (ALPN h2) to the gateway, once it proves to be one."""
+        gateway = urlsplit(self.config.gateway or "")
+        if gateway.hostname is None or gateway.port is None:
+            return Refusal(
+                UPSTREAM_UNREACHABLE, f"--gateway {self.config.gateway!r} has no host:port", received
+            )
+        return self._h2_outbound.open(
+            transport,
+            received,
+            (gateway.hostname, gateway.port),
+            ssl_context=self._h2_context,
+            verify=self._verify_gateway_h2,
+        )
+
+    def _verify_gateway_h2(self, ssl_object: ssl.SSLObject) -> tuple[str, str] | None:
+        error = self._verify_gateway(ssl_object.getpeercert())
+        if error is not None:
+            return error.reason, error.message
+        if ssl_object.selected_alpn_protocol() != "h2":
+            return (
+                UPSTREAM_UNREACHABLE,
+                f"the mesh port {self.config.gateway} does not speak HTTP/2 (ALPN h2)",
+            )
+        return None
 
     # -- outbound: model -> gateway mesh port -> other model ----------------------------
     def _handle_outbound(self, request: Request, responder: Responder) -> None:
@@ -363,6 +450,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--outbound", type=_address, help="plaintext port for the model's own calls (127.0.0.1:15001)"
     )
     p.add_argument("--gateway", help="https:// URL of a gateway's mesh port, for --outbound")
+    p.add_argument(
+        "--grpc-upstream",
+        help="the model server's plaintext gRPC port (e.g. http://127.0.0.1:9003): offers h2 inbound",
+    )
     p.add_argument("--cert-lifetime", type=_positive, help="ask for certificates this many seconds long")
     p.add_argument("--policy-refresh", type=_positive, default=10.0, help="seconds between policy reads")
     p.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for an answer head")
@@ -394,6 +485,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         cert_lifetime_s=args.cert_lifetime,
         policy_refresh_s=args.policy_refresh,
         timeout_s=args.timeout,
+        grpc_upstream=args.grpc_upstream,
     )
 
 
@@ -427,7 +519,11 @@ async def run_sidecar(config: SidecarConfig, stop: asyncio.Event | None = None) 
         if sidecar.outbound is not None and config.outbound is not None:
             out = f"; outbound on http://{config.outbound[0]}:{sidecar.outbound.port} -> {config.gateway}"
         tune_gc(_GC_THRESHOLD)
-        print(f"sidecar {sidecar.identity.identity} on {where} (mTLS) -> {config.upstream}{out}", flush=True)
+        grpc = f", gRPC -> {config.grpc_upstream}" if config.grpc_upstream else ""
+        print(
+            f"sidecar {sidecar.identity.identity} on {where} (mTLS) -> {config.upstream}{grpc}{out}",
+            flush=True,
+        )
         await (stop or asyncio.Event()).wait()
     finally:
         await sidecar.aclose()

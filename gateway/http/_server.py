@@ -765,12 +765,21 @@ async def start_server(
     limits: ServerLimits = ServerLimits(),
     backlog: int = 1024,
     reuse_port: bool = False,
+    front: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol] | None = None,
 ) -> Server:
-    """Listen on host:port and call `handler(request, responder)` for every request."""
+    """Listen on host:port and call `handler(request, responder)` for every request.
+
+    ``front(engine)``, when given, makes each connection's first protocol from the engine's
+    protocol factory: it may hand the connection to another protocol (the sidecar's HTTP/2 relay).
+    """
     loop = asyncio.get_running_loop()
     server = Server(loop, limits)
+
+    def engine() -> asyncio.Protocol:
+        return HttpProtocol(handler, limits, server)
+
     server._server = await loop.create_server(
-        lambda: HttpProtocol(handler, limits, server),
+        engine if front is None else lambda: front(engine),
         host,
         port,
         ssl=ssl,

@@ -1,0 +1,264 @@
+"""gRPC through ``meshgate sidecar``: HTTP/2 relayed both ways, authorized by the caller's identity.
+
+Real processes on loopback: ``meshgate up --mesh-port`` (CA and policies), ``meshgate serve-model
+digits --grpc-port``, ``meshgate sidecar --grpc-upstream``; ``tritonclient.grpc`` and grpcio as
+clients, given mesh certificates through ``tls_bridge`` (gRPC checks DNS names, mesh certificates
+carry SPIFFE IDs).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+
+from models.oip_proto import SERVICE, ServerLiveResponse
+from tests.support import HOST, Mesh, free_port, model_server, wait_for
+from tests.support.mesh import (
+    TD,
+    Sidecar,
+    client_context,
+    issue,
+    mesh_with_port,
+    sidecar,
+    tls_bridge,
+)
+
+SIXTEEN_MB = 16 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sidecar-grpc")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp: Path) -> Iterator[Mesh]:
+    with mesh_with_port(tmp) as m:
+        assert m.register("digits", "v1", f"https://{HOST}:9").status_code == 201
+        resp = m.admin.put("/v1/policies/digits", json={"allow": ["gateway/*"]})
+        assert resp.status_code in (200, 201), resp.text
+        yield m
+
+
+@pytest.fixture(scope="module")
+def digits_grpc(tmp: Path) -> Iterator[int]:
+    port = free_port()
+    with model_server(tmp, "digits", "v1", "--grpc-port", str(port)):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def digits_sidecar(mesh: Mesh, tmp: Path, digits_grpc: int) -> Iterator[Sidecar]:
+    with sidecar(
+        mesh, tmp, "digits", "v1", "http://127.0.0.1:9", "--grpc-upstream", f"http://{HOST}:{digits_grpc}"
+    ) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def certs(mesh: Mesh, tmp: Path) -> dict[str, tuple[Path, Path, Path]]:
+    out = tmp / "certs"
+    return {
+        "gateway": issue(mesh.data_dir, "gateway/tester", out),  # the policy allows gateway/*
+        "sum": issue(mesh.data_dir, "model/sum/v1", out),  # a mesh identity the policy refuses
+    }
+
+
+def _context(certs: dict, who: str | None) -> ssl.SSLContext:
+    _, _, bundle = certs["gateway"]
+    if who is None:
+        return client_context(bundle)
+    cert, key, _ = certs[who]
+    return client_context(bundle, cert, key)
+
+
+def _pixels(rows: int) -> np.ndarray:
+    return np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+
+
+def _infer(port: int, pixels: np.ndarray) -> tgrpc.InferResult:
+    client = tgrpc.InferenceServerClient(f"{HOST}:{port}")
+    try:
+        tensor = tgrpc.InferInput("pixels", list(pixels.shape), "FP32")
+        tensor.set_data_from_numpy(pixels)  # raw_input_contents
+        return client.infer("digits", [tensor], model_version="v1", client_timeout=60)
+    finally:
+        client.close()
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_an_allowed_identity_gets_the_same_outputs_as_direct(digits_sidecar, digits_grpc, certs) -> None:
+    pixels = _pixels(7)
+    direct = _infer(digits_grpc, pixels)
+    with tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port:
+        through = _infer(port, pixels)
+    for name in ("label", "probabilities"):
+        np.testing.assert_array_equal(through.as_numpy(name), direct.as_numpy(name))
+    assert through.get_response().model_version == "v1"
+
+
+def test_a_16_mb_tensor_passes(digits_sidecar, digits_grpc, certs) -> None:
+    pixels = _pixels(SIXTEEN_MB // (64 * 4))
+    assert pixels.nbytes == SIXTEEN_MB
+    with tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port:
+        through = _infer(port, pixels)
+    np.testing.assert_array_equal(through.as_numpy("label"), _infer(digits_grpc, pixels).as_numpy("label"))
+
+
+def test_a_refused_identity_gets_permission_denied_with_the_reason(digits_sidecar, certs) -> None:
+    with tls_bridge(digits_sidecar.port, _context(certs, "sum")) as port:
+        with pytest.raises(tgrpc.InferenceServerException, match="PERMISSION_DENIED"):
+            _infer(port, _pixels(1))
+        with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+            live = channel.unary_unary(f"/{SERVICE}/ServerLive")
+            for _ in range(2):  # every call on the connection is answered, not just the first
+                with pytest.raises(grpc.RpcError) as info:
+                    live(b"", timeout=10)
+                assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+                assert f"{TD}/model/sum/v1" in info.value.details()
+                assert ("x-meshgate-error", "unauthorized") in info.value.trailing_metadata()
+    assert f"denied {TD}/model/sum/v1 calling model digits/v1" in digits_sidecar.log()
+
+
+def test_a_client_without_a_certificate_is_refused(digits_sidecar, certs) -> None:
+    ctx = _context(certs, None)
+    ctx.set_alpn_protocols(["h2"])
+    received = b""
+    try:  # TLS 1.3: the refusal (an alert, or the close) arrives after the client's handshake
+        with (
+            socket.create_connection((HOST, digits_sidecar.port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=HOST) as tls,
+        ):
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            while chunk := tls.recv(4096):
+                received += chunk
+    except (ssl.SSLError, OSError):
+        pass
+    assert received == b""  # not even the server's SETTINGS: nothing reached HTTP/2
+    with (
+        tls_bridge(digits_sidecar.port, _context(certs, None)) as port,
+        pytest.raises(tgrpc.InferenceServerException, match="UNAVAILABLE"),
+    ):
+        _infer(port, _pixels(1))
+
+
+def test_http_1_1_still_goes_to_the_http_upstream(digits_sidecar, certs) -> None:
+    """ALPN http/1.1 (or none) is the engine's, as before: here its upstream is closed (port 9)."""
+    ctx = _context(certs, "gateway")
+    ctx.set_alpn_protocols(["http/1.1"])
+    with (
+        socket.create_connection((HOST, digits_sidecar.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        tls.sendall(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+        head = tls.recv(4096)
+    assert head.startswith(b"HTTP/1.1 502") and b"x-meshgate-error: upstream_unreachable" in head
+
+
+def test_connections_close_both_ways_without_leaking_descriptors(digits_sidecar, certs) -> None:
+    pid = digits_sidecar.proc.popen.pid
+    before = _fds(pid)
+    with tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port:
+        for _ in range(20):
+            with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+                answer = channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
+                assert ServerLiveResponse.FromString(answer).live
+    wait_for(lambda: _fds(pid), lambda n: n <= before, what=f"the sidecar back to {before} descriptors")
+
+
+def test_a_policy_change_closes_connections_it_no_longer_allows(mesh, digits_sidecar, certs) -> None:
+    with (
+        tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port,
+        grpc.insecure_channel(f"{HOST}:{port}") as channel,
+    ):
+        live = channel.unary_unary(f"/{SERVICE}/ServerLive")
+        live(b"", timeout=10)
+        resp = mesh.admin.put("/v1/policies/digits", json={"allow": ["model/other/*"]})
+        assert resp.status_code in (200, 201), resp.text
+
+        def code() -> grpc.StatusCode:
+            try:
+                live(b"", timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        try:
+            wait_for(code, lambda c: c is grpc.StatusCode.PERMISSION_DENIED, what="the new policy applied")
+        finally:
+            resp = mesh.admin.put("/v1/policies/digits", json={"allow": ["gateway/*"]})
+            assert resp.status_code in (200, 201), resp.text
+    assert "closed 1 gRPC connection(s) of callers the new policy refuses" in digits_sidecar.log()
+
+
+# -- outbound: the model's own gRPC calls, over mTLS to a gateway ------------------------------------
+class _Gateway:
+    """A grpcio server over mTLS with a gateway identity: what the outbound side must reach."""
+
+    def __init__(self, cert: Path, key: Path, bundle: Path) -> None:
+        self.callers: list[str] = []
+        self._lock = threading.Lock()
+        pair = [(key.read_bytes(), cert.read_bytes())]
+        creds = grpc.ssl_server_credentials(pair, bundle.read_bytes(), require_client_auth=True)
+        self.server = grpc.server(futures.ThreadPoolExecutor(2))
+        live = grpc.unary_unary_rpc_method_handler(self._live)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"ServerLive": live}),)
+        )
+        self.port = self.server.add_secure_port(f"{HOST}:0", creds)
+        self.server.start()
+
+    def _live(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        sans = context.auth_context().get("x509_subject_alternative_name", [])
+        with self._lock:
+            self.callers += [s.decode() for s in sans]
+        return ServerLiveResponse(live=True).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def gateway(mesh: Mesh, tmp: Path) -> Iterator[_Gateway]:
+    cert, key, bundle = issue(mesh.data_dir, "gateway/grpc-fake", tmp / "gw-certs")
+    gw = _Gateway(cert, key, bundle)
+    try:
+        yield gw
+    finally:
+        gw.server.stop(None)
+
+
+def test_outbound_grpc_goes_over_mtls_to_the_gateway(mesh, tmp, digits_grpc, gateway) -> None:
+    with sidecar(
+        mesh, tmp, "caller", "v1", "http://127.0.0.1:9", "--gateway", f"https://{HOST}:{gateway.port}",
+        outbound=True,
+    ) as s:  # fmt: skip
+        client = tgrpc.InferenceServerClient(f"{HOST}:{s.outbound}")
+        try:
+            assert client.is_server_live()
+        finally:
+            client.close()
+    assert f"{TD}/model/caller/v1" in gateway.callers
+
+
+def test_outbound_grpc_refuses_a_peer_that_is_not_a_gateway(mesh, tmp, digits_sidecar) -> None:
+    """The digits sidecar's own port speaks h2 with a model identity: nothing is relayed to it."""
+    to = f"https://{HOST}:{digits_sidecar.port}"
+    with (
+        sidecar(mesh, tmp, "caller", "v1", "http://127.0.0.1:9", "--gateway", to, outbound=True) as s,
+        grpc.insecure_channel(f"{HOST}:{s.outbound}") as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert ("x-meshgate-error", "peer_identity_mismatch") in info.value.trailing_metadata()
