@@ -20,7 +20,7 @@ def test_inference_through_gateway_equals_direct_call(mesh, digits):
     created = mesh.register("digits", "v1", digits["v1"])
     assert created.status_code == 201
     mesh.register("digits", "v2", digits["v2"])
-    mesh.wait_routable("digits")
+    mesh.wait_routable("digits", "v2")
     body = _body()
     direct = httpx.post(f"{digits['v1']}/v2/models/digits/versions/v1/infer", content=body)
     via = mesh.data.post("/v2/models/digits/infer", content=body)

@@ -146,12 +146,14 @@ class Mesh:
     def register(self, model: str, version: str, *endpoints: str, **body) -> httpx.Response:
         return register(self.admin, model, version, *endpoints, **body)
 
-    def wait_routable(self, model: str, timeout: float = 5.0) -> None:
-        """Wait until the data plane knows ``model`` (config propagation is asynchronous)."""
+    def wait_routable(self, model: str, version: str | None = None, timeout: float = 5.0) -> None:
+        """Wait until the data plane knows ``model`` (and ``version``, when given: a version
+        registered after the model's first one reaches the gateway in a later config push)."""
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/ready"
         wait_for(
-            lambda: self.data.get(f"/v2/models/{model}/ready").headers.get("x-meshgate-error"),
-            lambda error: error != "model_not_found",
-            what=f"model {model} routable on {self.url}",
+            lambda: self.data.get(path).headers.get("x-meshgate-error"),
+            lambda error: error not in ("model_not_found", "version_not_found"),
+            what=f"model {model} {version or ''} routable on {self.url}",
             timeout=timeout,
         )
 
