@@ -10,6 +10,12 @@ connection errors, timeouts, a peer with the wrong identity) is a failure. Resul
 ``VersionRuntime.health_check``, whose thresholds decide when the balancer skips or takes
 back the endpoint.
 
+A version of protocol ``v2-grpc`` is probed over gRPC instead (:func:`grpc_ready`): a
+``ModelReady`` call on the endpoint its pool resolves (``gateway.grpc``'s client: mTLS and the
+identity check on connect), a pass when the status is OK and the answer says ready, with the
+same timeout and thresholds. ModelReady rather than ``grpc.health.v1``: the reference server and
+Triton serve it, and it says the version is loaded, not just that the process is up.
+
 State is per process, like the rest of the resilience state (Envoy checks from every
 proxy too). Endpoints are tracked by (model, version, URL), so route-table rebuilds keep
 their schedule, and a check whose version or endpoint vanished meanwhile is dropped.
@@ -21,16 +27,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.http import UpstreamError
+from models.oip_proto import ModelReadyRequest, ModelReadyResponse
 
 if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane
     from router.policy import HealthCheckPolicy
     from router.table import VersionRoute
 
-__all__ = ["MAX_IDLE_S", "HealthChecker"]
+__all__ = ["MAX_IDLE_S", "GrpcCaller", "HealthChecker", "grpc_ready"]
 
 log = logging.getLogger("meshgate.health_checks")
 
@@ -38,6 +45,32 @@ log = logging.getLogger("meshgate.health_checks")
 MAX_IDLE_S = 0.5
 
 _Key = tuple[str, str, str]  # (model, version, endpoint URL)
+_GRPC = "v2-grpc"  # the registry protocol probed over gRPC
+
+
+class _Reply(Protocol):
+    code: int
+    body: bytes
+
+
+class GrpcCaller(Protocol):
+    """What a gRPC probe needs of an endpoint: one unary call (``gateway.grpc``'s GrpcEndpoint)."""
+
+    async def call(self, method: str, message: bytes, *, timeout: float) -> _Reply: ...
+
+
+async def grpc_ready(endpoint: GrpcCaller, model: str, version: str, timeout: float) -> bool:
+    """``ModelReady`` for the version: True when it answers OK and ready (the HTTP probe's 200).
+
+    Raises ``UpstreamError`` when no answer came (unreachable, reset, wrong peer identity)."""
+    message = ModelReadyRequest(name=model, version=version).SerializeToString()
+    reply = await endpoint.call("ModelReady", message, timeout=timeout)
+    if reply.code != 0:
+        return False
+    try:
+        return ModelReadyResponse.FromString(reply.body).ready
+    except Exception:  # protobuf's DecodeError: not a ModelReadyResponse, not ready
+        return False
 
 
 class HealthChecker:
@@ -99,12 +132,15 @@ class HealthChecker:
         if vr is None or url not in vr.endpoints:
             return
         endpoint = self._plane.upstreams.endpoint(vr, vr.endpoints.index(url))
-        target = f"/v2/models/{model}/versions/{version}/ready".encode()
         timeout = hc.timeout_ms / 1000.0
         try:
             async with asyncio.timeout(timeout):
-                response = await endpoint.request(b"GET", target, timeout=timeout)
-            ok = response.status == 200 and self._plane.upstreams.check_peer(vr, response) is None
+                if vr.protocol == _GRPC:
+                    ok = await grpc_ready(endpoint, model, version, timeout)  # type: ignore[arg-type]
+                else:
+                    target = f"/v2/models/{model}/versions/{version}/ready".encode()
+                    response = await endpoint.request(b"GET", target, timeout=timeout)
+                    ok = response.status == 200 and self._plane.upstreams.check_peer(vr, response) is None
         except (UpstreamError, TimeoutError):
             ok = False
         self._record(key, ok)
