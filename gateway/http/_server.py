@@ -257,7 +257,10 @@ class Responder:
         parts = self._head(status, headers, len(body), extra, raw)
         if body and not self._head_only:
             parts.append(body)
-        self._emit(b"".join(parts))
+        if self._pending is None:  # _emit, inline: nothing queued ahead of this response
+            self._conn._transport.write(b"".join(parts))
+        else:
+            self._emit(b"".join(parts))
         self._conn._response_done(self)
 
     def start(
