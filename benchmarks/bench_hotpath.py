@@ -26,6 +26,12 @@ processes' load inflates a long run by +-20% (caches and hyperthreads are shared
 many short runs moves by a few percent — and garbage-collector runs per 10k requests (generation
 0, with ``gateway.http.tune_gc`` applied as the processes apply it). ``--profile CONFIG`` prints
 cProfile's top functions for one configuration. Writes benchmarks/results/hotpath.json.
+
+``--instructions`` reports instead what does not move with the machine's load: the CPU
+instructions per request of each configuration, counted by valgrind's callgrind (the
+difference between a run of 6,000 and one of 1,000 requests after the same warm-up, so start-up
+and warm-up cancel out; about 20 s per configuration). Use it for before/after on a shared
+machine; it needs ``valgrind`` (``apt-get install valgrind``) and says so when it is missing.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ import io
 import json
 import pstats
 import random
+import re
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -198,6 +208,37 @@ async def profile(config: str, requests: int) -> str:
     return out.getvalue()
 
 
+async def run_once(config: str, requests: int) -> None:
+    """Warm up, then proxy `requests` requests once (what ``--instructions`` counts)."""
+    rig = Rig(config, asyncio.get_running_loop())
+    rig.run(2000)
+    tune_gc()
+    rig.run(requests)
+
+
+_COLLECTED = re.compile(rb"Collected : (\d+)")
+
+
+def instructions(configs: list[str], short: int = 1000, long: int = 6000) -> dict[str, int]:
+    """Instructions per request of each configuration, by callgrind (see the module docstring)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    out: dict[str, int] = {}
+    for config in configs:
+        counts = []
+        for n in (short, long):
+            command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+            command += [sys.executable, "-m", "benchmarks.bench_hotpath", "--run-once", config, str(n)]
+            done = subprocess.run(command, capture_output=True, check=True)
+            found = _COLLECTED.search(done.stderr)
+            if found is None:
+                raise RuntimeError(f"no instruction count from callgrind: {done.stderr[-500:]!r}")
+            counts.append(int(found.group(1)))
+        out[config] = round((counts[1] - counts[0]) / (long - short))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,12 +247,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=200, help="runs per configuration")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--profile", choices=CONFIGS, help="print cProfile's top functions for one config")
+    parser.add_argument(
+        "--instructions", action="store_true", help="CPU instructions per request (callgrind) instead"
+    )
+    parser.add_argument("--run-once", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = sorted({*configs, *(args.run_once or ())[:1]} - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown configuration {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
+    if args.instructions:
+        print("| config | instructions/request |\n|---|---|")
+        for config, count in instructions(configs).items():
+            print(f"| {config} | {count:,} |")
+        return
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        if args.run_once:
+            runner.run(run_once(args.run_once[0], int(args.run_once[1])))
+            return
         if args.profile:
             print(runner.run(profile(args.profile, args.requests * args.repeat)))
             return
-        configs = [c for c in args.configs.split(",") if c]
         results = runner.run(measure(configs, args.requests, args.repeat))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"machine": machine(), "requests": args.requests, "repeat": args.repeat, "configs": results}

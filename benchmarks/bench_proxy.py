@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_proxy [--duration 4] [--rounds 3] [--upstream model|static|both]
                                      [--targets direct,engine,meshgate,meshgate_quiet,nginx] [--profile]
+                                     [--ref-tree DIR]
 
 Per upstream kind, two upstream processes (v1 weight 90, v2 weight 10) and these targets:
 
@@ -11,6 +12,9 @@ Per upstream kind, two upstream processes (v1 weight 90, v2 weight 10) and these
   telemetry at its defaults (metrics on, JSON access log to a file, experiment counters);
 - ``meshgate_quiet``: the same with metrics and the access log off (``MESHGATE_METRICS=off``,
   ``--no-access-log``; the experiment's counters stay: they are the product);
+- ``meshgate_ref`` (with ``--ref-tree DIR``): ``meshgate`` run from another checkout, e.g. a
+  ``git worktree`` of the commit before a change, so that a change's before and after are
+  measured in the same interleaved rounds, beside the same peers;
 - ``engine``: the HTTP engine alone as a 90/10 proxy (``benchmarks.proxy_app``: no routing,
   no policies, no telemetry), to separate the engine's cost from the data plane's;
 - ``nginx``: 90/10 (``split_clients``) with upstream keep-alive;
@@ -157,20 +161,27 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> No
 
 @contextmanager
 def meshgate_up(
-    directory: Path, upstreams: dict[str, list[str]], quiet: bool, python: str = sys.executable
+    directory: Path,
+    upstreams: dict[str, list[str]],
+    quiet: bool,
+    python: str = sys.executable,
+    root: Path = ROOT,
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``meshgate up`` fronting each kind's upstreams as a model with a 90/10 A/B experiment."""
+    """``meshgate up`` fronting each kind's upstreams as a model with a 90/10 A/B experiment;
+    `root`: the checkout whose code runs (its ``gateway`` package first on the path)."""
     port, admin_port = free_port(), free_port()
     data_dir = directory / "data"
     command = [python, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
     command += ["--data-dir", str(data_dir), "--log-level", "warning"]
     env = dict(os.environ)
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)
     if quiet:
         command.append("--no-access-log")
         env["MESHGATE_METRICS"] = "off"
     with open(directory / "stdout.log", "wb") as out:  # the access log (JSON lines) lands here
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            command, cwd=root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
     try:
         _wait_http(f"http://127.0.0.1:{admin_port}/healthz", process)
@@ -245,7 +256,7 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def start_targets(
-    stack: ExitStack, kinds: list[str], wanted: list[str]
+    stack: ExitStack, kinds: list[str], wanted: list[str], ref_tree: Path | None = None
 ) -> tuple[dict[tuple[str, str], tuple[str, list[int]]], dict[str, int], str | None]:
     """Every process, started once: {(kind, target): (url, pids)}, meshgate pids by name, and a note
     naming the peers that are not installed."""
@@ -278,20 +289,30 @@ def start_targets(
                 continue
             targets[(kind, name)] = (peer.url + path, peer.pids())
     gateways: dict[str, int] = {}
-    for name in ("meshgate", "meshgate_quiet"):
-        if name not in wanted:
+    for name in ("meshgate", "meshgate_quiet", "meshgate_ref"):
+        if name not in wanted and not (name == "meshgate_ref" and ref_tree is not None):
             continue
+        root = ref_tree if name == "meshgate_ref" and ref_tree is not None else ROOT
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-")))
-        process, url = stack.enter_context(meshgate_up(directory, upstreams, quiet=name == "meshgate_quiet"))
+        process, url = stack.enter_context(
+            meshgate_up(directory, upstreams, quiet=name == "meshgate_quiet", root=root)
+        )
         gateways[name] = process.pid
         for kind in kinds:
             targets[(kind, name)] = (f"{url}/v2/models/{MODEL_OF[kind]}/infer", with_children(process.pid))
     return targets, gateways, "; ".join(sorted(set(missing.values()))) or None
 
 
-def bench(kinds: list[str], wanted: list[str], duration: float, rounds: int, profile: bool) -> dict:
+def bench(
+    kinds: list[str],
+    wanted: list[str],
+    duration: float,
+    rounds: int,
+    profile: bool,
+    ref_tree: Path | None = None,
+) -> dict:
     with ExitStack() as stack:
-        targets, gateways, missing_note = start_targets(stack, kinds, wanted)
+        targets, gateways, missing_note = start_targets(stack, kinds, wanted, ref_tree)
         runs: dict[tuple[str, str], dict[str, list[dict]]] = {key: {"c32": [], "c1": []} for key in targets}
         for i in range(rounds):
             for (kind, name), (url, pids) in targets.items():
@@ -337,6 +358,10 @@ def ratios(rows: dict[str, dict]) -> dict:
             out[f"{name}_rps_vs_{label}_c32"] = round(row["c32"]["rps"] / peer["c32"]["rps"], 3)
             cpu, cpu_peer = row["c32"]["cpu_us_per_request"], peer["c32"]["cpu_us_per_request"]
             out[f"{name}_cpu_vs_{label}_c32"] = round(cpu / cpu_peer, 3) if cpu and cpu_peer else None
+    mine, ref = rows.get("meshgate"), rows.get("meshgate_ref")
+    if mine is not None and ref is not None:  # a change's after against its before, same rounds
+        cpu, cpu_ref = mine["c32"]["cpu_us_per_request"], ref["c32"]["cpu_us_per_request"]
+        out["meshgate_cpu_vs_meshgate_ref_c32"] = round(cpu / cpu_ref, 3) if cpu and cpu_ref else None
     return out
 
 
@@ -418,7 +443,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", choices=[*KINDS, "both"], default="both")
     parser.add_argument("--targets", type=target_names, default=list(TARGETS), help="comma-separated subset")
     parser.add_argument("--profile", action="store_true", help="py-spy the meshgate gateway at saturation")
+    parser.add_argument(
+        "--ref-tree", type=Path, help="also run meshgate from this checkout (target meshgate_ref)"
+    )
     args = parser.parse_args(argv)
+    if args.ref_tree is not None and not (args.ref_tree / "gateway" / "__main__.py").is_file():
+        parser.error(f"--ref-tree {args.ref_tree}: not a meshgate checkout (no gateway/__main__.py)")
     if args.mode == "static-upstream":
         serve_static()
         return
@@ -431,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "load_average_before": os.getloadavg(),
-        **bench(kinds, args.targets, args.duration, args.rounds, args.profile),
+        **bench(kinds, args.targets, args.duration, args.rounds, args.profile, args.ref_tree),
         "load_average_after": os.getloadavg(),
     }
     (RESULTS / "proxy.json").write_text(json.dumps(results, indent=2))
