@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -28,6 +29,7 @@ from gateway.dataplane.health_checks import HealthChecker
 from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.measure import Measurement
 from gateway.dataplane.plane import DataPlane
+from gateway.grpc.client import install_client
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server, tune_gc
 from gateway.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
 from gateway.registration import (
@@ -39,6 +41,9 @@ from gateway.registration import (
 )
 from gateway.store import Store, StoreUnavailable, open_store
 from gateway.telemetry import install_telemetry, serve_metrics
+
+if TYPE_CHECKING:
+    from gateway.grpc.server import GrpcGateway
 
 __all__ = ["ProcessOptions", "default_store_url", "run", "run_process", "shares_limits"]
 
@@ -66,6 +71,7 @@ class ProcessOptions:
     trust_domain: str = "meshgate.local"  # the mesh CA's, created at the first control-plane start
     cert_lifetime_s: float | None = None  # workload certificates (default 24 h; tests use seconds)
     mesh_port: int | None = None  # the data plane over mTLS for mesh workloads (off by default)
+    grpc_port: int | None = None  # inference.GRPCInferenceService on the data plane (off by default)
     join_token: str | None = None  # a gateway without the CA in-process gets its identity with it
     control_url: str | None = None  # ... from this control plane
     tls_cert: str | None = None  # TLS for plain clients on the data port (ordinary certificate)
@@ -108,11 +114,16 @@ class Running:
     key_sync: KeySync | None = None
     registration: Registration | None = None
     mesh: GatewayMesh | None = None
+    grpc: GrpcGateway | None = None  # the gRPC port, when asked for
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
     def data_port(self) -> int | None:
         return self.data_server.port if self.data_server else None
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self.grpc.port if self.grpc else None
 
     @property
     def admin_port(self) -> int | None:
@@ -129,6 +140,7 @@ async def _start(opts: ProcessOptions) -> Running:
         pool = UpstreamPool()
         plane = DataPlane(pool)
         running.plane = plane
+        grpc_pool = install_client(plane)  # versions of protocol v2-grpc are called over HTTP/2
         measurement = Measurement(store)
         install_hooks(plane, measurement=measurement)  # counts requests, mints their ids, /v1/feedback
         running.measurement = measurement
@@ -165,6 +177,18 @@ async def _start(opts: ProcessOptions) -> Running:
         running.data_server = await start_server(
             plane.handle, opts.host, opts.port, ssl=tls, limits=limits, reuse_port=opts.reuse_port
         )
+        if running.mesh.identity is not None:  # the same identity, with ALPN h2, for gRPC upstreams
+            grpc_pool.tls_for(plane.mesh_tls, running.mesh.identity.client_context())
+        if opts.grpc_port is not None:
+            from gateway.grpc.server import start_grpc_gateway  # grpcio loads only when asked for
+
+            running.grpc = await start_grpc_gateway(
+                plane,
+                opts.host,
+                opts.grpc_port,
+                reuse_port=opts.reuse_port,
+                max_message_bytes=opts.max_body_bytes,
+            )
         identity = GatewayIdentity(
             opts.gateway_id,
             advertised_address(opts.host, running.data_server.port),
@@ -235,6 +259,8 @@ async def _stop(running: Running) -> None:
     if running.data_server is not None:
         running.data_server.close()
         await running.data_server.wait_closed()
+    if running.grpc is not None:
+        await running.grpc.close()
     if running.mesh is not None:
         await running.mesh.aclose()
     for task in running.tasks:
@@ -245,6 +271,8 @@ async def _stop(running: Running) -> None:
         await running.key_sync.aclose()
     if running.plane is not None:
         await running.plane.pool.aclose()
+        for pool in running.plane.upstreams.pools.values():
+            await pool.aclose()
     running.store.close()
 
 

@@ -153,10 +153,14 @@ def run_workers(
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers: list[_Worker] = []
     reserved = _reserve(opts.host, opts.port)
+    grpc = _reserve(opts.host, opts.grpc_port) if opts.grpc_port is not None else None  # shared as well
     metrics: _WorkerMetrics | None = None
     try:
         opts = dataclasses.replace(
-            opts, port=reserved.getsockname()[1], gateway_id=opts.gateway_id or new_gateway_id()
+            opts,
+            port=reserved.getsockname()[1],
+            grpc_port=grpc.getsockname()[1] if grpc is not None else None,
+            gateway_id=opts.gateway_id or new_gateway_id(),
         )
         env = dict(os.environ)
         if opts.metrics_port is not None:
@@ -168,6 +172,8 @@ def run_workers(
         for worker in workers:
             worker.wait_ready(deadline)
         reserved.close()
+        if grpc is not None:
+            grpc.close()
         if on_ready is not None:
             on_ready(opts.port)
         while not stop.wait(0.2):
@@ -178,6 +184,8 @@ def run_workers(
         return 0
     finally:
         reserved.close()
+        if grpc is not None:
+            grpc.close()
         deadline = time.monotonic() + _STOP_TIMEOUT_S
         codes = [w.stop(deadline) for w in workers]
         if any(codes):

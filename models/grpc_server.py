@@ -41,12 +41,13 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 16 MB tensor fits with room (g
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Server options shared by the model server and the gateway."""
+def grpc_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Server options shared by the model server and the gateway. Without `reuse_port` a port
+    in use is an error, not a second listener; with it, several workers share the port."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 

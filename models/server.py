@@ -9,6 +9,7 @@ write per response and no task per request. Standard library and numpy only. Fau
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -240,12 +241,18 @@ def run_model_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     debug_endpoints: bool = True,
     grpc_port: int | None = None,
+    served_name: str | None = None,
 ) -> None:
     """Blocking entry point for `meshgate serve-model`: uvloop when importable, stops on SIGINT/SIGTERM.
 
-    Raises `models.zoo.UnknownModelError` for a name or version the zoo does not have.
+    `served_name`: the name the model answers to (default its zoo name), as a Triton model
+    repository names its models. Raises `models.zoo.UnknownModelError` for a name or version
+    the zoo does not have.
     """
     model = load_model(model_name, version)
+    if served_name is not None:
+        model = copy.copy(model)  # the zoo's instance is shared
+        model.name = served_name
 
     run_blocking(
         lambda: serve_model(

@@ -42,6 +42,12 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
         p.add_argument("--host", default="127.0.0.1", help="data-plane bind address (default 127.0.0.1)")
         p.add_argument("--port", type=_port, default=8080, help="data-plane port (default 8080)")
         p.add_argument(
+            "--grpc-port",
+            type=_port,
+            default=None,
+            help="gRPC port: the OIP over gRPC for models of protocol v2-grpc (default off)",
+        )
+        p.add_argument(
             "--max-body-bytes",
             type=_positive_int,
             default=64 * 1024 * 1024,
@@ -96,6 +102,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sm.add_argument("--version", required=True)
     sm.add_argument("--host", default="127.0.0.1")
     sm.add_argument("--port", type=_port, default=9001)
+    sm.add_argument("--name", default=None, help="the name the model answers to (default: its zoo name)")
     sm.add_argument(
         "--error-rate", type=float, default=0.0, help="fraction of infer/completion calls answered 5xx"
     )
@@ -170,6 +177,7 @@ def _options(args: argparse.Namespace, *, data: bool, admin: bool):
     )
     if data:
         opts.host, opts.port, opts.max_body_bytes = args.host, args.port, args.max_body_bytes
+        opts.grpc_port = args.grpc_port
         opts.extra["access_log"] = args.access_log
     if admin:
         opts.admin_host, opts.admin_port = args.admin_host, args.admin_port
@@ -219,6 +227,8 @@ def _announce(running) -> None:
     opts = running.options
     if running.data_port:
         print(f"data plane on http://{opts.host}:{running.data_port}", flush=True)
+    if running.grpc_port:
+        print(f"gRPC port on {opts.host}:{running.grpc_port}", flush=True)
     mesh_cmd.announce(running)
     if running.registration is not None:
         print(f"gateway id {running.registration.identity.id}", flush=True)
@@ -273,7 +283,15 @@ def _serve_model(args: argparse.Namespace) -> int:
             from models.server import run_model_server
 
             faults = Faults(error_rate=args.error_rate, seed=args.seed, **_knobs(args, _OIP_KNOBS))
-            run_model_server(args.model, args.version, args.host, args.port, faults, grpc_port=args.grpc_port)
+            run_model_server(
+                args.model,
+                args.version,
+                args.host,
+                args.port,
+                faults,
+                grpc_port=args.grpc_port,
+                served_name=args.name,
+            )
     except ValueError as exc:  # a bad fault knob
         raise CliError(str(exc)) from None
     except UnknownModelError as exc:

@@ -320,12 +320,15 @@ class DataPlane:
             return
         responder.respond(status, headers, out)
 
-    def grpc_infer(self, request: Request, responder: Responder, name: str, pinned: str | None) -> None:
-        """The gRPC front end's entry (``gateway.grpc``): a ModelInfer for a model of protocol
-        v2-grpc, routed exactly as an HTTP inference request (`request` carries its metadata as
-        headers, its message bytes as the body; `responder` maps the answer back to gRPC)."""
+    def grpc_request(
+        self, request: Request, responder: Responder, name: str, pinned: str | None, action: str
+    ) -> None:
+        """The gRPC front end's entry (``gateway.grpc``): ModelInfer (action ``"infer"``),
+        ModelReady (``"ready"``) or ModelMetadata (``""``) for a model of protocol v2-grpc,
+        routed exactly as the HTTP request of that action (`request` carries the call's metadata
+        as headers, its message bytes as the body; `responder` maps the answer back to gRPC)."""
         self.stats.requests += 1
-        self._model_request(request, responder, (name, pinned, "infer"), True)
+        self._model_request(request, responder, (name, pinned, action), True)
 
     def _model_request(
         self,

@@ -1,0 +1,733 @@
+"""The HTTP/2 client for v2-grpc upstreams: unary gRPC calls on asyncio, with our own TLS.
+
+Why not grpcio's channel: it cannot check the SPIFFE URI SAN of the peer (meshgate's mesh mTLS
+verifies the version's workload identity when the connection is made, before any request is
+written) and it keeps its own TLS stack apart from the mesh contexts that follow rotation.
+This client is the engine's upstream pool in HTTP/2: one multiplexed connection per endpoint
+(a new one after GOAWAY or a failure), callbacks and no coroutine per call, flow control
+both ways, the peer check on every new TLS connection.
+
+Two faces, one implementation:
+
+- ``GrpcPool().endpoint(url, ssl=ctx, verify_peer=fn)`` gives a ``GrpcEndpoint`` with the
+  engine's Endpoint interface (``send(method, target, headers, body, timeout, callback)``),
+  so ``gateway.dataplane``'s Exchange, shadows and health checks drive it unchanged. The
+  Open Inference Protocol's HTTP shapes map to RPCs: ``POST .../infer`` is ModelInfer (the body
+  is the client's ModelInferRequest bytes, forwarded untouched, with one field appended that
+  names the routed version: the last occurrence of a scalar field wins), ``GET .../ready`` is
+  ModelReady and ``GET /v2/models/{m}/versions/{v}`` ModelMetadata. The answer is an
+  ``UpstreamResponse`` whose ``status`` is the gRPC status as HTTP (OK 200, UNAVAILABLE 503,
+  RESOURCE_EXHAUSTED 429, ...: what ``router.attempt`` classifies), whose ``headers`` are the
+  response metadata with ``grpc-status``/``grpc-message``, and whose ``body`` is the message.
+- ``await endpoint.call(method, message, metadata=(), timeout=30.0)`` for anyone else (the
+  sidecar, probes, benchmarks): ``method`` is ``"ModelInfer"`` or a full ``/pkg.Service/Method``
+  path; returns ``GrpcReply(code, message, body, metadata)`` or raises ``UpstreamError``::
+
+      pool = GrpcPool()
+      ep = pool.endpoint("https://10.0.0.7:9443", ssl=identity.client_context(),
+                         verify_peer=lambda cert: None)   # or a SPIFFE check
+      reply = await ep.call("ModelInfer", request_bytes, timeout=5.0)
+      await pool.aclose()
+
+TLS contexts need ALPN ``h2`` (gRPC servers refuse TLS without it); ``GrpcPool`` sets it on a
+copy it makes with ``h2_context(ctx)`` when the caller registered one (``tls_for``), else on
+the context itself (mesh client contexts are used by this pool alone when given only here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import ssl as _ssl
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from gateway.grpc import _h2
+from gateway.grpc._h2 import HeaderCache, frame, frame_head, literal
+from gateway.http import (
+    UPSTREAM_BAD_RESPONSE,
+    UPSTREAM_RESET,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNREACHABLE,
+    UpstreamError,
+    UpstreamResponse,
+)
+from models.oip_proto import (
+    SERVICE,
+    ModelMetadataRequest,
+    ModelReadyRequest,
+    ModelReadyResponse,
+    version_field,
+)
+from router.reasons import CANCELLED, GrpcStatus
+
+if TYPE_CHECKING:
+    from gateway.dataplane.plane import DataPlane
+
+__all__ = ["GRPC_AS_HTTP", "GrpcEndpoint", "GrpcPool", "GrpcReply", "install_client"]
+
+log = logging.getLogger("meshgate.grpc.client")
+
+#: a gRPC status as the HTTP status router.attempt classifies (503 retried by default)
+GRPC_AS_HTTP = {
+    GrpcStatus.OK: 200,
+    GrpcStatus.CANCELLED: 499,
+    GrpcStatus.INVALID_ARGUMENT: 400,
+    GrpcStatus.DEADLINE_EXCEEDED: 504,
+    GrpcStatus.NOT_FOUND: 404,
+    GrpcStatus.ALREADY_EXISTS: 409,
+    GrpcStatus.PERMISSION_DENIED: 403,
+    GrpcStatus.RESOURCE_EXHAUSTED: 429,
+    GrpcStatus.FAILED_PRECONDITION: 400,
+    GrpcStatus.ABORTED: 409,
+    GrpcStatus.OUT_OF_RANGE: 400,
+    GrpcStatus.UNIMPLEMENTED: 501,
+    GrpcStatus.UNAVAILABLE: 503,
+    GrpcStatus.UNAUTHENTICATED: 401,
+}
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_WINDOW = DEFAULT_MAX_MESSAGE_BYTES + 1024  # our receive window: a whole answer fits
+_MAX_FRAME = 16384  # what we accept (the protocol's default); the peer may allow us more
+_CONNECT_TIMEOUT_S = 5.0
+_PATH = {
+    "ModelInfer": f"/{SERVICE}/ModelInfer".encode(),
+    "ModelReady": f"/{SERVICE}/ModelReady".encode(),
+    "ModelMetadata": f"/{SERVICE}/ModelMetadata".encode(),
+}
+_RESERVED = frozenset(
+    {
+        b"content-type",
+        b"te",
+        b"grpc-timeout",
+        b"grpc-encoding",
+        b"grpc-accept-encoding",
+        b"host",
+        b"content-length",
+    }
+)
+_REFUSED_STREAM = 0x7
+_CANCEL = 0x8
+
+
+class GrpcReply:
+    """One call's answer: gRPC status code and message, the response message, its metadata."""
+
+    __slots__ = ("body", "code", "message", "metadata", "peer_cert")
+
+    def __init__(
+        self, code: int, message: str, body: bytes, metadata: list[tuple[bytes, bytes]], peer_cert
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.body = body
+        self.metadata = metadata
+        self.peer_cert = peer_cert
+
+    def __repr__(self) -> str:
+        return f"<GrpcReply {self.code} {self.message!r} body={len(self.body)}>"
+
+
+Callback = Callable[[UpstreamResponse | None, UpstreamError | None], None]
+
+
+class _Call:
+    """One stream: what is left to send, what arrived, how it ends. ``cancel()`` ends it."""
+
+    __slots__ = (
+        "_conn",
+        "_endpoint",
+        "chunks",
+        "done",
+        "headers",
+        "id",
+        "kind",
+        "on_done",
+        "received",
+        "sending",
+        "timer",
+        "trailers",
+        "window",
+    )
+
+    def __init__(
+        self, endpoint: GrpcEndpoint, head: bytes, chunks: deque, on_done: Callable, kind: str
+    ) -> None:
+        self._endpoint = endpoint
+        self._conn: _Connection | None = None
+        self.id = 0
+        self.headers = head  # the encoded header block, until written
+        self.chunks = chunks  # DATA still to send: memoryviews, the last ends the stream
+        self.sending = True
+        self.window = 0
+        self.received: list[bytes] = []
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.on_done = on_done  # (call, reply | None, error | None)
+        self.kind = kind
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+    def cancel(self) -> None:
+        """Abandon the call (the caller left): RST_STREAM, no callback."""
+        if not self.done:
+            self._finish(None, UpstreamError(CANCELLED, "the call was cancelled"), notify=False)
+
+    def expire(self) -> None:
+        self.timer = None
+        if not self.done:
+            self._finish(
+                None, UpstreamError(UPSTREAM_TIMEOUT, f"no response from {self._endpoint.url} in time")
+            )
+
+    def _finish(self, reply: GrpcReply | None, error: UpstreamError | None, notify: bool = True) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self._conn
+        if conn is not None:
+            conn.forget(self, reset=error is not None)
+        elif self in self._endpoint.waiting:
+            self._endpoint.waiting.remove(self)
+        if notify:
+            self.on_done(self, reply, error)
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection to an upstream, multiplexing calls."""
+
+    def __init__(self, endpoint: GrpcEndpoint) -> None:
+        # global
+        self._endpoint = endpoint
+        self._loop = asyncio.get_running_loop()
+        # per connection
+        self.transport: asyncio.Transport | None = None
+        self.peer_cert: dict | None = None
+        self.open = False  # ready for new streams
+        self.closed = False
+        self._calls: dict[int, _Call] = {}
+        self._next_id = 1
+        self._buf = bytearray()
+        self._headers = HeaderCache()
+        self._block: bytearray | None = None  # a header block continued over CONTINUATION frames
+        self._block_stream = 0
+        self._block_end = False
+        self._send_window = 65535  # the connection's, for our DATA
+        self._stream_window = 65535  # the peer's initial window for each stream
+        self._max_frame = _MAX_FRAME  # the largest frame the peer accepts
+        self._max_streams = 1 << 31
+        self._unacked = 0  # DATA received since our last connection WINDOW_UPDATE
+        self._blocked: deque[_Call] = deque()  # calls waiting for flow-control credit
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.peer_cert = ssl_object.getpeercert()
+        transport.write(  # type: ignore[attr-defined]
+            _h2.PREFACE
+            + _h2.settings({0x1: 0, 0x2: 0, 0x4: _WINDOW, 0x5: _MAX_FRAME})
+            + frame(_h2.WINDOW_UPDATE, 0, 0, (_WINDOW - 65535).to_bytes(4, "big"))
+        )
+        self.open = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.closed = True
+        self._endpoint.lost(self)
+        why = f"the upstream closed the connection ({exc})" if exc else "the upstream closed the connection"
+        for call in list(self._calls.values()):
+            call._conn = None
+            call._finish(None, UpstreamError(UPSTREAM_RESET, why))
+        self._calls.clear()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= 9:
+                word = int.from_bytes(buf[pos : pos + 4], "big")
+                length = word >> 8
+                if end - pos - 9 < length:
+                    break
+                kind, flags = word & 0xFF, buf[pos + 4]
+                stream = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+                payload = bytes(buf[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+                self._frame(kind, flags, stream, payload)
+        except _ProtocolError as exc:
+            self._fail(str(exc))
+            return
+        del buf[:pos]
+
+    # -- calls -----------------------------------------------------------------------------
+    def start(self, call: _Call) -> None:
+        sid = self._next_id
+        self._next_id += 2
+        call.id, call._conn = sid, self
+        call.window = self._stream_window
+        self._calls[sid] = call
+        head = call.headers
+        self.transport.write(frame_head(_h2.HEADERS, _h2.END_HEADERS, sid, len(head)) + head)  # type: ignore[union-attr]
+        call.headers = b""
+        self._send(call)
+        if len(self._calls) >= self._max_streams or self._next_id >= 1 << 31:
+            self.open = False  # full: the endpoint opens another connection for what follows
+
+    def _send(self, call: _Call) -> None:
+        """Write as much of the call's DATA as both windows allow; park it when they run out."""
+        write = self.transport.write  # type: ignore[union-attr]
+        chunks = call.chunks
+        while chunks:
+            chunk = chunks[0]
+            size = min(len(chunk), self._max_frame, call.window, self._send_window)
+            if size <= 0 and len(chunk):
+                if call not in self._blocked:
+                    self._blocked.append(call)
+                return
+            last = size == len(chunk) and len(chunks) == 1
+            write(frame_head(_h2.DATA, _h2.END_STREAM if last else 0, call.id, size))
+            if size:
+                write(chunk[:size])
+            call.window -= size
+            self._send_window -= size
+            if size == len(chunk):
+                chunks.popleft()
+            else:
+                chunks[0] = chunk[size:]
+        call.sending = False
+
+    def forget(self, call: _Call, reset: bool) -> None:
+        if self._calls.pop(call.id, None) is not None and reset and not self.closed:
+            self.transport.write(frame(_h2.RST_STREAM, 0, call.id, _CANCEL.to_bytes(4, "big")))  # type: ignore[union-attr]
+        if call in self._blocked:
+            self._blocked.remove(call)
+
+    def close(self) -> None:
+        self.open = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    # -- frames in -------------------------------------------------------------------------
+    def _frame(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
+        if self._block is not None and kind != _h2.CONTINUATION:
+            raise _ProtocolError("a header block was interrupted")
+        if kind == _h2.DATA:
+            self._data(flags, stream, payload)
+        elif kind == _h2.HEADERS:
+            payload = _unpad(flags, payload)
+            if flags & _h2.PRIORITY_FLAG:
+                payload = payload[5:]
+            self._header_block(stream, payload, flags & _h2.END_HEADERS, flags & _h2.END_STREAM)
+        elif kind == _h2.CONTINUATION:
+            if self._block is None or stream != self._block_stream:
+                raise _ProtocolError("CONTINUATION without its HEADERS")
+            self._block += payload
+            if flags & _h2.END_HEADERS:
+                block, self._block = bytes(self._block), None
+                self._headers_done(stream, block, self._block_end)
+        elif kind == _h2.SETTINGS:
+            if not flags & _h2.ACK:
+                self._settings(payload)
+                self.transport.write(frame(_h2.SETTINGS, _h2.ACK, 0))  # type: ignore[union-attr]
+        elif kind == _h2.WINDOW_UPDATE:
+            self._window_update(stream, int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
+        elif kind == _h2.PING:
+            if not flags & _h2.ACK:
+                self.transport.write(frame(_h2.PING, _h2.ACK, 0, payload))  # type: ignore[union-attr]
+        elif kind == _h2.RST_STREAM:
+            call = self._calls.get(stream)
+            if call is not None:
+                code = int.from_bytes(payload[:4], "big")
+                self._calls.pop(stream)
+                call._conn = None
+                reason = UPSTREAM_UNREACHABLE if code == _REFUSED_STREAM else UPSTREAM_RESET
+                call._finish(
+                    None, UpstreamError(reason, f"the upstream reset the stream (HTTP/2 error {code})")
+                )
+        elif kind == _h2.GOAWAY:
+            self._goaway(int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
+        elif kind == _h2.PUSH_PROMISE:
+            raise _ProtocolError("PUSH_PROMISE, though push is disabled")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 section 5.5)
+
+    def _data(self, flags: int, stream: int, payload: bytes) -> None:
+        self._unacked += len(payload)
+        if self._unacked >= _WINDOW // 2:
+            self.transport.write(frame(_h2.WINDOW_UPDATE, 0, 0, self._unacked.to_bytes(4, "big")))  # type: ignore[union-attr]
+            self._unacked = 0
+        call = self._calls.get(stream)
+        if call is None:
+            return
+        call.received.append(_unpad(flags, payload))
+        if flags & _h2.END_STREAM:
+            self._complete(call, None)
+
+    def _header_block(self, stream: int, block: bytes, end_headers: int, end_stream: int) -> None:
+        if end_headers:
+            self._headers_done(stream, block, end_stream)
+        else:
+            self._block, self._block_stream, self._block_end = bytearray(block), stream, bool(end_stream)
+
+    def _headers_done(self, stream: int, block: bytes, end_stream: bool) -> None:
+        try:
+            headers = self._headers.decode(block)
+        except Exception as exc:  # hpack's errors: the connection's header state is lost
+            raise _ProtocolError(f"a malformed header block ({exc})") from None
+        call = self._calls.get(stream)
+        if call is None:
+            return
+        if call.trailers is None and not end_stream:  # the response head
+            status = _first(headers, b":status")
+            ctype = _first(headers, b"content-type") or b""
+            if status != b"200" or not ctype.startswith(b"application/grpc"):
+                self._calls.pop(stream)
+                call._conn = None
+                self.transport.write(frame(_h2.RST_STREAM, 0, stream, _CANCEL.to_bytes(4, "big")))  # type: ignore[union-attr]
+                call._finish(
+                    None,
+                    UpstreamError(
+                        UPSTREAM_BAD_RESPONSE,
+                        f"not a gRPC answer (HTTP status {status.decode() if status else '?'}, "
+                        f"content-type {ctype.decode('latin-1') or 'none'})",
+                    ),
+                )
+                return
+            call.trailers = [h for h in headers if not h[0].startswith(b":")]
+            return
+        head = call.trailers or []
+        call.trailers = head + [h for h in headers if not h[0].startswith(b":")]
+        if end_stream:
+            self._complete(call, _first(headers, b":status"))
+
+    def _complete(self, call: _Call, trailers_only_status: bytes | None) -> None:
+        self._calls.pop(call.id, None)
+        call._conn = None
+        metadata = call.trailers or []
+        code = _first(metadata, b"grpc-status")
+        if code is None or not code.isdigit():
+            call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, "the answer has no grpc-status"))
+            return
+        data = b"".join(call.received)
+        body = b""
+        if data:
+            if len(data) < 5 or data[0] != 0 or int.from_bytes(data[1:5], "big") != len(data) - 5:
+                reason = "a compressed message" if data[:1] == b"\x01" else "not one length-prefixed message"
+                call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, f"the answer is {reason}"))
+                return
+            body = data[5:]
+        message = _first(metadata, b"grpc-message") or b""
+        call._finish(GrpcReply(int(code), _percent_decode(message), body, metadata, self.peer_cert), None)
+
+    def _settings(self, payload: bytes) -> None:
+        for i in range(0, len(payload) - 5, 6):
+            key, value = (
+                int.from_bytes(payload[i : i + 2], "big"),
+                int.from_bytes(payload[i + 2 : i + 6], "big"),
+            )
+            if key == 0x3:
+                self._max_streams = value
+            elif key == 0x4:
+                delta = value - self._stream_window
+                self._stream_window = value
+                for call in self._calls.values():
+                    call.window += delta
+                self._unblock()
+            elif key == 0x5:
+                self._max_frame = value
+
+    def _window_update(self, stream: int, increment: int) -> None:
+        if stream == 0:
+            self._send_window += increment
+        else:
+            call = self._calls.get(stream)
+            if call is None:
+                return
+            call.window += increment
+        self._unblock()
+
+    def _unblock(self) -> None:
+        blocked, self._blocked = self._blocked, deque()
+        for call in blocked:
+            if not call.done and call.sending:
+                self._send(call)
+
+    def _goaway(self, last_stream: int) -> None:
+        """The peer stops: streams above `last_stream` were never processed (safe to retry)."""
+        self.open = False
+        self._endpoint.lost(self)
+        for sid, call in list(self._calls.items()):
+            if sid > last_stream:
+                self._calls.pop(sid)
+                call._conn = None
+                call._finish(None, UpstreamError(UPSTREAM_UNREACHABLE, "the upstream is going away (GOAWAY)"))
+        if not self._calls:
+            self.close()
+
+    def _fail(self, why: str) -> None:
+        log.warning("closing an HTTP/2 connection to %s: %s", self._endpoint.url, why)
+        for call in list(self._calls.values()):
+            call._conn = None
+            call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, why))
+        self._calls.clear()
+        self.close()
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+def _unpad(flags: int, payload: bytes) -> bytes:
+    if flags & _h2.PADDED:
+        if not payload or payload[0] >= len(payload):
+            raise _ProtocolError("bad padding")
+        return payload[1 : len(payload) - payload[0]]
+    return payload
+
+
+def _first(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _percent_decode(raw: bytes) -> str:
+    if b"%" not in raw:
+        return raw.decode("utf-8", "replace")
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+class GrpcEndpoint:
+    """One upstream address: a connection (made on first use, again after a failure) and its calls."""
+
+    def __init__(
+        self,
+        url: str,
+        ssl: _ssl.SSLContext | None,
+        verify_peer: Callable[[dict | None], UpstreamError | None] | None,
+        max_message_bytes: int,
+    ) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = ssl if parts.scheme == "https" else None
+        self._verify = verify_peer
+        self._max = max_message_bytes
+        scheme = literal(7 if self._ssl is not None else 6, b"https" if self._ssl is not None else b"http")
+        # the fixed part of every request's header block (RFC 7541 static-table indexes)
+        self._fixed = (
+            b"\x83"  # :method POST
+            + scheme
+            + literal(1, f"{self.host}:{self.port}".encode())  # :authority
+            + literal(31, b"application/grpc")
+            + literal(b"te", b"trailers")
+        )
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Task | None = None
+        self.waiting: list[_Call] = []
+        self.closed = False
+
+    def __repr__(self) -> str:
+        state = "open" if self._conn is not None and self._conn.open else "idle"
+        return f"<GrpcEndpoint {self.url} {state} waiting={len(self.waiting)}>"
+
+    # -- the engine's Endpoint interface ---------------------------------------------------
+    def send(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        timeout: float,
+        callback: Callback,
+        extra_head: bytes = b"",
+    ) -> _Call:
+        """An OIP request shape as its RPC (see the module docstring); `extra_head` (the HTTP
+        timeout line) is replaced by grpc-timeout."""
+        rpc, message = _as_rpc(method, target, body)
+        return self._call(rpc, message, headers, timeout, _http_callback(callback))
+
+    def forward_stream(self, *args: object, **kwargs: object) -> None:
+        raise NotImplementedError("gRPC messages are always buffered: the exchange never streams them")
+
+    async def call(
+        self,
+        method: str,
+        message: bytes,
+        metadata: Iterable[tuple[bytes, bytes]] = (),
+        timeout: float = 30.0,
+    ) -> GrpcReply:
+        """One unary call; `method` is an ``inference.GRPCInferenceService`` method name or a
+        ``/package.Service/Method`` path. Raises ``UpstreamError`` when no answer came."""
+        future = asyncio.get_running_loop().create_future()
+
+        def done(_call: _Call, reply: GrpcReply | None, error: UpstreamError | None) -> None:
+            if not future.done():
+                future.set_result(reply) if error is None else future.set_exception(error)
+
+        call = self._call(method, [memoryview(message)], list(metadata), timeout, done)
+        try:
+            return await future
+        finally:
+            call.cancel()
+
+    # -- calls -----------------------------------------------------------------------------
+    def _call(self, rpc: str, chunks: list, headers: list, timeout: float, on_done: Callable) -> _Call:
+        path = _PATH.get(rpc) or rpc.encode()
+        size = sum(len(c) for c in chunks)
+        block = [
+            self._fixed,
+            literal(4, path),
+            literal(b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))),
+        ]
+        for name, value in headers:
+            if name in _RESERVED or name.startswith(b":"):
+                continue
+            if name.endswith(b"-bin"):
+                value = base64.b64encode(value).rstrip(b"=")
+            block.append(literal(name, value))
+        data = deque([memoryview(b"\x00" + size.to_bytes(4, "big")), *chunks])
+        call = _Call(self, b"".join(block), data, on_done, rpc)
+        call.timer = asyncio.get_running_loop().call_later(timeout, call.expire)
+        if size > self._max:
+            call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, f"the message exceeds {self._max} bytes"))
+            return call
+        conn = self._conn
+        if conn is not None and conn.open:
+            conn.start(call)
+        else:
+            self.waiting.append(call)
+            if self._connecting is None:
+                self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        return call
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        error: UpstreamError | None = None
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                ),
+                _CONNECT_TIMEOUT_S,
+            )
+        except (TimeoutError, OSError, _ssl.SSLError) as exc:
+            error = UpstreamError(UPSTREAM_UNREACHABLE, f"cannot connect to {self.host}:{self.port}: {exc}")
+        else:
+            if self._verify is not None:
+                error = self._verify(conn.peer_cert)
+            if error is not None:
+                conn.close()
+            else:
+                self._conn = conn
+        finally:
+            self._connecting = None
+        waiting, self.waiting = self.waiting, []
+        for call in waiting:
+            if call.done:
+                continue
+            if error is not None:
+                call._finish(None, error)
+            elif self._conn is not None and self._conn.open:
+                self._conn.start(call)
+            else:  # the new connection filled up at once: the next one takes the rest
+                self.waiting.append(call)
+        if self.waiting and self._connecting is None and not self.closed:
+            self._connecting = loop.create_task(self._connect())
+
+    def lost(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _as_rpc(method: bytes, target: bytes, body: bytes | None) -> tuple[str, list]:
+    """``(rpc, message chunks)`` for an OIP HTTP shape on ``/v2/models/{m}/versions/{v}[/...]``."""
+    parts = target.split(b"?", 1)[0].decode("latin-1").split("/")
+    # ["", "v2", "models", m, "versions", v, action?]
+    if len(parts) < 6 or parts[1:3] != ["v2", "models"] or parts[4] != "versions":
+        raise ValueError(f"not a versioned model path: {target!r}")
+    model, version, action = parts[3], parts[5], parts[6] if len(parts) > 6 else ""
+    if method == b"POST" and action == "infer":
+        return "ModelInfer", [memoryview(body or b""), memoryview(version_field(version))]
+    message = (ModelReadyRequest if action == "ready" else ModelMetadataRequest)(name=model, version=version)
+    return ("ModelReady" if action == "ready" else "ModelMetadata"), [memoryview(message.SerializeToString())]
+
+
+def _http_callback(callback: Callback) -> Callable[[_Call, GrpcReply | None, UpstreamError | None], None]:
+    def done(call: _Call, reply: GrpcReply | None, error: UpstreamError | None) -> None:
+        if reply is None:
+            callback(None, error)
+            return
+        status = GRPC_AS_HTTP.get(reply.code, 500)
+        if (
+            call.kind == "ModelReady"
+            and status == 200
+            and not ModelReadyResponse.FromString(reply.body).ready
+        ):
+            status = 503  # answered, not ready: a failed health check
+        callback(
+            UpstreamResponse(status, reply.metadata, reply.body, None, None, reply.peer_cert, None), None
+        )
+
+    return done
+
+
+class GrpcPool:
+    """Endpoints by (URL, TLS context, verifier), as the engine's ``UpstreamPool`` keys them."""
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._max = max_message_bytes
+        self._endpoints: dict[tuple, GrpcEndpoint] = {}
+        self._h2: dict[_ssl.SSLContext, _ssl.SSLContext] = {}
+
+    def tls_for(self, context: _ssl.SSLContext, h2_context: _ssl.SSLContext) -> None:
+        """Use `h2_context` (ALPN h2, same identity) wherever `context` is given."""
+        h2_context.set_alpn_protocols(["h2"])
+        self._h2[context] = h2_context
+
+    def endpoint(
+        self,
+        url: str,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        verify_peer: Callable[[dict | None], UpstreamError | None] | None = None,
+    ) -> GrpcEndpoint:
+        if ssl is not None:
+            h2 = self._h2.get(ssl)
+            if h2 is None:
+                ssl.set_alpn_protocols(["h2"])
+                h2 = ssl
+            ssl = h2
+        key = (url, ssl, verify_peer)
+        ep = self._endpoints.get(key)
+        if ep is None:
+            ep = self._endpoints[key] = GrpcEndpoint(url, ssl, verify_peer, self._max)
+        return ep
+
+    async def aclose(self) -> None:
+        for ep in self._endpoints.values():
+            ep.close()
+        self._endpoints.clear()
+
+
+def install_client(plane: DataPlane, pool: GrpcPool | None = None) -> GrpcPool:
+    """Resolve the endpoints of a data plane's v2-grpc versions through this client (its pool)."""
+    pool = pool or GrpcPool()
+    plane.upstreams.pools["v2-grpc"] = pool  # type: ignore[assignment]
+    return pool

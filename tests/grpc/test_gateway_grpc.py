@@ -1,0 +1,249 @@
+"""The gateway's gRPC port end to end: `meshgate up --grpc-port`, reference model servers over
+gRPC, Triton's own clients (tritonclient.grpc, tritonclient.http) and a raw grpcio channel."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+
+from gateway.grpc import _h2
+from models.oip_proto import SERVICE, ModelInferRequest, ModelInferResponse, ServerLiveResponse
+from tests.support import free_port
+from tests.support.procs import HOST, model_server, running_mesh
+from tests.support.wait import wait_for
+
+MAX_MESSAGE = 20 * 1024 * 1024  # the gateway's --max-body-bytes: a 16 MB tensor fits, 21 MB does not
+INFER = f"/{SERVICE}/ModelInfer"
+
+
+class _Model:
+    def __init__(self, url: str, grpc_port: int) -> None:
+        self.url = url
+        self.grpc_url = f"http://{HOST}:{grpc_port}"
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grpc")
+    ports = {name: free_port() for name in ("v1", "v2", "hang", "flaky")}
+    with (
+        model_server(tmp, "digits", "v1", "--grpc-port", str(ports["v1"])) as v1,
+        model_server(tmp, "digits", "v2", "--grpc-port", str(ports["v2"])) as v2,
+        model_server(tmp, "digits", "v1", "--name", "digits-http") as http_twin,
+        model_server(tmp, "digits", "v1", "--grpc-port", str(ports["hang"]), "--hang-rate", "1"),
+        model_server(tmp, "digits", "v1", "--grpc-port", str(ports["flaky"]), "--name", "flaky"),
+    ):
+        grpc_port = free_port()
+        extra = ("--grpc-port", str(grpc_port), "--max-body-bytes", str(MAX_MESSAGE))
+        with running_mesh(tmp / "data", *extra) as m:
+            m.grpc_port = grpc_port
+            m.models = {"v1": _Model(v1, ports["v1"]), "v2": _Model(v2, ports["v2"])}
+            for version, model in m.models.items():
+                registered = m.register("digits", version, model.grpc_url, protocol="v2-grpc")
+                assert registered.status_code in (200, 201)
+            assert m.register("digits-http", "v1", http_twin).status_code in (200, 201)
+            dead = f"http://{HOST}:{free_port()}"  # nothing listens there
+            live = f"http://{HOST}:{ports['flaky']}"
+            assert m.register("flaky", "v1", dead, live, protocol="v2-grpc").status_code in (200, 201)
+            hang_url = f"http://{HOST}:{ports['hang']}"
+            assert m.register("slow", "v1", hang_url, protocol="v2-grpc").status_code in (200, 201)
+            m.wait_routable("slow")
+            yield m
+
+
+@pytest.fixture
+def channel(mesh):
+    with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as ch:
+        yield ch
+
+
+def _infer(channel: grpc.Channel, request: bytes, metadata=(), timeout: float = 10.0):
+    """A raw ModelInfer: (response message, trailing metadata as a dict)."""
+    call = channel.unary_unary(INFER)
+    body, state = call.with_call(request, metadata=metadata, timeout=timeout)
+    return ModelInferResponse.FromString(body), dict(state.trailing_metadata())
+
+
+def _error(channel: grpc.Channel, request: bytes, metadata=(), timeout: float = 10.0) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary(INFER).with_call(request, metadata=metadata, timeout=timeout)
+    return info.value
+
+
+def _trailers(error: grpc.RpcError) -> dict:
+    return dict(error.trailing_metadata() or ())
+
+
+def _request(model: str = "digits", version: str = "", rows: int = 1) -> bytes:
+    pixels = np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+    msg = ModelInferRequest(model_name=model, model_version=version)
+    tensor = msg.inputs.add(name="pixels", datatype="FP32")
+    tensor.shape.extend(pixels.shape)
+    msg.raw_input_contents.append(pixels.tobytes())
+    return msg.SerializeToString()
+
+
+def _pixels(rows: int) -> np.ndarray:
+    return np.random.default_rng(7).random((rows, 64), dtype=np.float32)
+
+
+def test_triton_grpc_and_http_clients_get_identical_outputs(mesh):
+    grpc_client = tgrpc.InferenceServerClient(f"{HOST}:{mesh.grpc_port}")
+    direct = tgrpc.InferenceServerClient(mesh.models["v1"].grpc_url.removeprefix("http://"))
+    http_client = thttp.InferenceServerClient(mesh.url.removeprefix("http://"))
+    try:
+        assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+        assert grpc_client.is_model_ready("digits")
+        assert grpc_client.get_model_metadata("digits").inputs[0].name == "pixels"
+        for rows in (3, 65536):  # a 16 MB tensor (65536 x 64 float32) as the last
+            pixels = _pixels(rows)
+            g_in = tgrpc.InferInput("pixels", list(pixels.shape), "FP32")
+            g_in.set_data_from_numpy(pixels)  # binary: raw_input_contents
+            got = grpc_client.infer("digits", [g_in], model_version="v1")
+            assert got.get_response().model_version == "v1"
+            # the same model directly over gRPC, and through the gateway over HTTP (JSON tensors:
+            # the reference server has no binary extension, so only the small tensor goes there)
+            wants = [direct.infer("digits", [g_in])]
+            if rows < 100:
+                h_in = thttp.InferInput("pixels", list(pixels.shape), "FP32")
+                h_in.set_data_from_numpy(pixels, binary_data=False)
+                wants.append(http_client.infer("digits-http", [h_in]))
+            for want in wants:
+                for name in ("label", "probabilities"):
+                    np.testing.assert_array_equal(got.as_numpy(name), want.as_numpy(name))
+    finally:
+        grpc_client.close()
+        direct.close()
+        http_client.close()
+
+
+def test_pinned_versions_and_the_response_metadata(channel):
+    for version in ("v1", "v2"):
+        answer, trailers = _infer(channel, _request(version=version))
+        assert answer.model_version == version
+        assert trailers["x-meshgate-version"] == version
+        assert trailers["x-meshgate-request-id"]
+    error = _error(channel, _request(version="v9"))
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    assert _trailers(error)["x-meshgate-error"] == "version_not_found"
+
+
+def test_unknown_model_and_wrong_protocol_say_why(channel):
+    error = _error(channel, _request(model="nope"))
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    assert _trailers(error)["x-meshgate-error"] == "model_not_found"
+    assert "nope" in error.details()
+    error = _error(channel, _request(model="digits-http"))  # served over HTTP only
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert _trailers(error)["x-meshgate-error"] == "wrong_protocol"
+
+
+def test_an_experiment_splits_grpc_traffic_stickily_by_key(mesh, channel):
+    body = {"name": "digits-grpc-ab", "model": "digits", "arms": {"v1": 50, "v2": 50}, "control": "v1"}
+    assert mesh.admin.post("/v1/experiments", json=body).status_code == 201
+    try:
+
+        def split() -> bool:
+            return "x-meshgate-experiment" in _infer(channel, _request(), [("x-meshgate-key", "k")])[1]
+
+        wait_for(split, what="the experiment routes gRPC traffic")
+        arms = {}
+        for i in range(40):
+            for _ in range(2):
+                answer, trailers = _infer(channel, _request(), [("x-meshgate-key", f"user-{i}")])
+                assert trailers["x-meshgate-experiment"] == "digits-grpc-ab"
+                assert answer.model_version == trailers["x-meshgate-arm"]
+                assert arms.setdefault(i, trailers["x-meshgate-arm"]) == trailers["x-meshgate-arm"]  # sticky
+        assert set(arms.values()) == {"v1", "v2"}
+        mesh.wait_flushed()
+        results = mesh.admin.get("/v1/experiments/digits-grpc-ab/results").json()
+        counted = sum(arm["requests"] for arm in results["arms"])
+        assert counted >= 80, results
+    finally:
+        mesh.admin.post("/v1/experiments/digits-grpc-ab/stop")
+
+
+def test_deadlines_end_in_deadline_exceeded(channel):
+    # the route's own deadline, shortened by the caller: the gateway answers with its reason
+    error = _error(channel, _request(model="slow"), [("x-meshgate-timeout-ms", "200")])
+    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _trailers(error)["x-meshgate-error"] == "deadline_exceeded"
+    # grpc-timeout is the client's deadline: the call ends with DEADLINE_EXCEEDED either way
+    error = _error(channel, _request(model="slow"), timeout=0.3)
+    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=5) == b"\x08\x01"
+
+
+def test_a_dead_endpoint_is_ejected_and_calls_keep_succeeding(channel):
+    ok = 0
+    for _ in range(200):
+        try:
+            _infer(channel, _request(model="flaky"))
+            ok += 1
+        except grpc.RpcError:
+            pass
+    assert ok >= 198, f"{ok}/200 succeeded"
+
+
+def test_bad_input_gets_a_clear_status_and_the_port_keeps_serving(mesh, channel):
+    error = _error(channel, b"\x0a\xff\xff")  # a length running past the end
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert _trailers(error)["x-meshgate-error"] == "bad_request"
+    error = _error(channel, _request(rows=MAX_MESSAGE // 256 + 1))  # 21 MB, above the limit
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _raw_http2(mesh.grpc_port, b"application/json")[0] in (b"415", b"200")
+    http1 = _raw_bytes(mesh.grpc_port, b"POST /x HTTP/1.1\r\nhost: g\r\ncontent-length: 0\r\n\r\n")
+    assert b"HTTP/1.1 200" not in http1  # refused (closed or a protocol error), never served
+    live = channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=5)
+    assert ServerLiveResponse.FromString(live).live
+    with urllib.request.urlopen(f"{mesh.url}/v2/health/live", timeout=5) as resp:
+        assert resp.status == 200
+
+
+def _raw_bytes(port: int, data: bytes) -> bytes:
+    with socket.create_connection((HOST, port), timeout=2) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while len(out) < 65536:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except TimeoutError:
+            pass
+        return out
+
+
+def _raw_http2(port: int, content_type: bytes) -> tuple[bytes | None, bytes]:
+    """A ModelInfer with another content-type, on raw frames: (the answer's :status, raw bytes)."""
+    block = (
+        b"\x83\x86"
+        + _h2.literal(4, INFER.encode())
+        + _h2.literal(1, f"{HOST}:{port}".encode())
+        + _h2.literal(31, content_type)
+        + _h2.literal(b"te", b"trailers")
+    )
+    message = b"\x00" + len(b"{}").to_bytes(4, "big") + b"{}"
+    data = (
+        _h2.PREFACE
+        + _h2.settings({})
+        + _h2.frame(_h2.HEADERS, _h2.END_HEADERS, 1, block)
+        + _h2.frame(_h2.DATA, _h2.END_STREAM, 1, message)
+    )
+    out = _raw_bytes(port, data)
+    cache = _h2.HeaderCache()
+    pos = 0
+    while pos + 9 <= len(out):
+        length, kind, stream = int.from_bytes(out[pos : pos + 3], "big"), out[pos + 3], out[pos + 5 : pos + 9]
+        payload = out[pos + 9 : pos + 9 + length]
+        pos += 9 + length
+        if kind == _h2.HEADERS and int.from_bytes(stream, "big") == 1:
+            return dict(cache.decode(payload)).get(b":status"), out
+    return None, out
