@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.grpc import _h2
-from models.oip_proto import SERVICE, ModelInferRequest, ModelInferResponse, ServerLiveResponse
+from models.oip_proto import SERVICE, ModelInferResponse, ServerLiveResponse
 from tests.support import free_port
 from tests.support.procs import HOST, model_server, running_mesh
 from tests.support.wait import wait_for
 
+from .messages import INFER, infer_request
+
 MAX_MESSAGE = 20 * 1024 * 1024  # the gateway's --max-body-bytes: a 16 MB tensor fits, 21 MB does not
-INFER = f"/{SERVICE}/ModelInfer"
 
 
 class _Model:
@@ -80,15 +82,6 @@ def _trailers(error: grpc.RpcError) -> dict:
     return dict(error.trailing_metadata() or ())
 
 
-def _request(model: str = "digits", version: str = "", rows: int = 1) -> bytes:
-    pixels = np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
-    msg = ModelInferRequest(model_name=model, model_version=version)
-    tensor = msg.inputs.add(name="pixels", datatype="FP32")
-    tensor.shape.extend(pixels.shape)
-    msg.raw_input_contents.append(pixels.tobytes())
-    return msg.SerializeToString()
-
-
 def _pixels(rows: int) -> np.ndarray:
     return np.random.default_rng(7).random((rows, 64), dtype=np.float32)
 
@@ -125,21 +118,21 @@ def test_triton_grpc_and_http_clients_get_identical_outputs(mesh):
 
 def test_pinned_versions_and_the_response_metadata(channel):
     for version in ("v1", "v2"):
-        answer, trailers = _infer(channel, _request(version=version))
+        answer, trailers = _infer(channel, infer_request(version=version))
         assert answer.model_version == version
         assert trailers["x-meshgate-version"] == version
         assert trailers["x-meshgate-request-id"]
-    error = _error(channel, _request(version="v9"))
+    error = _error(channel, infer_request(version="v9"))
     assert error.code() is grpc.StatusCode.NOT_FOUND
     assert _trailers(error)["x-meshgate-error"] == "version_not_found"
 
 
 def test_unknown_model_and_wrong_protocol_say_why(channel):
-    error = _error(channel, _request(model="nope"))
+    error = _error(channel, infer_request(model="nope"))
     assert error.code() is grpc.StatusCode.NOT_FOUND
     assert _trailers(error)["x-meshgate-error"] == "model_not_found"
     assert "nope" in error.details()
-    error = _error(channel, _request(model="digits-http"))  # served over HTTP only
+    error = _error(channel, infer_request(model="digits-http"))  # served over HTTP only
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert _trailers(error)["x-meshgate-error"] == "wrong_protocol"
 
@@ -150,13 +143,13 @@ def test_an_experiment_splits_grpc_traffic_stickily_by_key(mesh, channel):
     try:
 
         def split() -> bool:
-            return "x-meshgate-experiment" in _infer(channel, _request(), [("x-meshgate-key", "k")])[1]
+            return "x-meshgate-experiment" in _infer(channel, infer_request(), [("x-meshgate-key", "k")])[1]
 
         wait_for(split, what="the experiment routes gRPC traffic")
         arms = {}
         for i in range(40):
             for _ in range(2):
-                answer, trailers = _infer(channel, _request(), [("x-meshgate-key", f"user-{i}")])
+                answer, trailers = _infer(channel, infer_request(), [("x-meshgate-key", f"user-{i}")])
                 assert trailers["x-meshgate-experiment"] == "digits-grpc-ab"
                 assert answer.model_version == trailers["x-meshgate-arm"]
                 assert arms.setdefault(i, trailers["x-meshgate-arm"]) == trailers["x-meshgate-arm"]  # sticky
@@ -171,11 +164,11 @@ def test_an_experiment_splits_grpc_traffic_stickily_by_key(mesh, channel):
 
 def test_deadlines_end_in_deadline_exceeded(channel):
     # the route's own deadline, shortened by the caller: the gateway answers with its reason
-    error = _error(channel, _request(model="slow"), [("x-meshgate-timeout-ms", "200")])
+    error = _error(channel, infer_request(model="slow"), [("x-meshgate-timeout-ms", "200")])
     assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert _trailers(error)["x-meshgate-error"] == "deadline_exceeded"
     # grpc-timeout is the client's deadline: the call ends with DEADLINE_EXCEEDED either way
-    error = _error(channel, _request(model="slow"), timeout=0.3)
+    error = _error(channel, infer_request(model="slow"), timeout=0.3)
     assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=5) == b"\x08\x01"
 
@@ -184,7 +177,7 @@ def test_a_dead_endpoint_is_ejected_and_calls_keep_succeeding(channel):
     ok = 0
     for _ in range(200):
         try:
-            _infer(channel, _request(model="flaky"))
+            _infer(channel, infer_request(model="flaky"))
             ok += 1
         except grpc.RpcError:
             pass
@@ -195,7 +188,7 @@ def test_bad_input_gets_a_clear_status_and_the_port_keeps_serving(mesh, channel)
     error = _error(channel, b"\x0a\xff\xff")  # a length running past the end
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert _trailers(error)["x-meshgate-error"] == "bad_request"
-    error = _error(channel, _request(rows=MAX_MESSAGE // 256 + 1))  # 21 MB, above the limit
+    error = _error(channel, infer_request(rows=MAX_MESSAGE // 256 + 1))  # 21 MB, above the limit
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert _raw_http2(mesh.grpc_port, b"application/json")[0] in (b"415", b"200")
     http1 = _raw_bytes(mesh.grpc_port, b"POST /x HTTP/1.1\r\nhost: g\r\ncontent-length: 0\r\n\r\n")
@@ -247,3 +240,20 @@ def _raw_http2(port: int, content_type: bytes) -> tuple[bytes | None, bytes]:
         if kind == _h2.HEADERS and int.from_bytes(stream, "big") == 1:
             return dict(cache.decode(payload)).get(b":status"), out
     return None, out
+
+
+def test_metrics_and_the_access_log_count_grpc_requests(mesh, channel):
+    _, trailers = _infer(channel, infer_request(version="v2"))
+    request_id = trailers["x-meshgate-request-id"]
+
+    def counted() -> float:
+        want = {"model": "digits", "version": "v2", "code": "200"}
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(mesh.admin.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "meshgate_requests_total" and want.items() <= sample.labels.items()
+        )
+
+    wait_for(counted, lambda n: n >= 1, what="the gRPC request in meshgate_requests_total")
+    wait_for(lambda: request_id in mesh.proc.output(), what="the gRPC request in the access log")
