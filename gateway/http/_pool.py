@@ -282,6 +282,8 @@ class Endpoint:
                 self._waiters.popleft()._fail(error)
             if self._has_waiters() and not self._closed:
                 self._open()
+            elif self._retired and not self._opened:
+                self.pool._retired.discard(self)
             return
         if self._closed:
             conn.abort()

@@ -23,6 +23,7 @@ from gateway.http import (
     UpstreamResponse,
     proxy_headers,
 )
+from tests.support import free_port
 from tests.support.engine import HOST, echo_handler, exchange, raw_connection, read_response, serving
 
 pytestmark = pytest.mark.anyio
@@ -445,6 +446,21 @@ async def test_endpoints_are_cached_by_url_tls_context_and_verifier() -> None:
     assert second is not first and second.ssl is second_context and pool.endpoint(url) is second
     plain = pool.endpoint(f"http://{HOST}:1")
     assert pool.endpoint(f"http://{HOST}:1", ssl=first_context) is plain  # plaintext has no context
+    await pool.aclose()
+
+
+async def test_a_replaced_endpoint_that_cannot_connect_is_let_go() -> None:
+    pool = UpstreamPool()
+    url = f"https://{HOST}:{free_port()}"  # nothing listens there
+    old = pool.endpoint(url, ssl=ssl.create_default_context())
+    pending = asyncio.create_task(old.request(b"GET", b"/", [], b"", 5))
+    await asyncio.sleep(0)  # its connection is being opened
+    pool.endpoint(url, ssl=ssl.create_default_context())
+    assert "retired=1" in repr(pool)
+    with pytest.raises(UpstreamError) as caught:
+        await pending
+    assert caught.value.reason == "upstream_unreachable"
+    assert "retired=0" in repr(pool)  # nothing left open: the pool holds it no longer
     await pool.aclose()
 
 
