@@ -263,9 +263,7 @@ class Exchange:
             else m.failed(error_outcome(error), error.reason, error.message)
         )
         if self._plane.on_attempt:
-            self._plane.attempted(
-                self, self._state.route.endpoints[m.ep], m.outcome, None, error, m.started_at, m.ended_at
-            )
+            self._plane.attempted(self, m.ep, m.outcome, None, error, m.started_at, m.ended_at)
         if d.__class__ is Answer:  # nothing reached the client: answer why
             self._answer(d)  # type: ignore[arg-type]
             return

@@ -491,16 +491,18 @@ class DataPlane:
     def attempted(
         self,
         ex: Exchange,
-        endpoint: str,
+        ep: int,
         outcome: Outcome,
         response: UpstreamResponse | None,
         error: UpstreamError | None,
         start: float,
         end: float,
     ) -> None:
-        """Hand one upstream attempt (on the endpoint with URL `endpoint`) to the hooks: raw
-        values, nothing built per attempt (a hook that wants a record, e.g. tracing for a
-        sampled request, builds its own)."""
+        """Hand one upstream attempt (on endpoint index `ep` of the version served) to the hooks:
+        raw values, nothing built per attempt (a hook that wants a record, e.g. tracing for a
+        sampled request, builds its own). ``Exchange`` runs the hooks itself on its buffered
+        path; the other executors (streamed answers, the OpenAI routes) call this."""
+        endpoint = ex.model.versions[ex.version].endpoints[ep]
         for hook in self.on_attempt:
             hook(ex, endpoint, outcome, response, error, start, end)
 
