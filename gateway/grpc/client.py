@@ -92,6 +92,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _WINDOW = DEFAULT_MAX_MESSAGE_BYTES + 1024  # our receive window: a whole answer fits
 _MAX_FRAME = 16384  # what we accept (the protocol's default); the peer may allow us more
 _CONNECT_TIMEOUT_S = 5.0
+_JOIN_BYTES = 64 * 1024  # writes up to this size are joined into one buffer (one send)
 _PATH = {
     "ModelInfer": f"/{SERVICE}/ModelInfer".encode(),
     "ModelReady": f"/{SERVICE}/ModelReady".encode(),
@@ -144,6 +145,7 @@ class _Call:
         "headers",
         "id",
         "kind",
+        "left",
         "on_done",
         "received",
         "sending",
@@ -160,6 +162,7 @@ class _Call:
         self.id = 0
         self.headers = head  # the encoded header block, until written
         self.chunks = chunks  # DATA still to send: memoryviews, the last ends the stream
+        self.left = sum(len(c) for c in chunks)  # bytes of DATA still to send
         self.sending = True
         self.window = 0
         self.received: list[bytes] = []
@@ -210,6 +213,7 @@ class _Connection(asyncio.Protocol):
         self._calls: dict[int, _Call] = {}
         self._next_id = 1
         self._buf = bytearray()
+        self._greeted = False  # the server's preface (a SETTINGS frame) arrived
         self._headers = HeaderCache()
         self._block: bytearray | None = None  # a header block continued over CONTINUATION frames
         self._block_stream = 0
@@ -251,10 +255,16 @@ class _Connection(asyncio.Protocol):
         try:
             while end - pos >= 9:
                 word = int.from_bytes(buf[pos : pos + 4], "big")
-                length = word >> 8
+                length, kind = word >> 8, word & 0xFF
+                if length > _MAX_FRAME:  # also what an HTTP/1.1 answer looks like, read as a frame
+                    raise _ProtocolError(f"a frame of {length} bytes, above {_MAX_FRAME}: not HTTP/2?")
+                if not self._greeted:
+                    if kind != _h2.SETTINGS:
+                        raise _ProtocolError("the server did not open with SETTINGS: not HTTP/2")
+                    self._greeted = True
                 if end - pos - 9 < length:
                     break
-                kind, flags = word & 0xFF, buf[pos + 4]
+                flags = buf[pos + 4]
                 stream = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
                 payload = bytes(buf[pos + 9 : pos + 9 + length])
                 pos += 9 + length
@@ -272,34 +282,46 @@ class _Connection(asyncio.Protocol):
         call.window = self._stream_window
         self._calls[sid] = call
         head = call.headers
-        self.transport.write(frame_head(_h2.HEADERS, _h2.END_HEADERS, sid, len(head)) + head)  # type: ignore[union-attr]
         call.headers = b""
-        self._send(call)
+        self._send(call, [frame_head(_h2.HEADERS, _h2.END_HEADERS, sid, len(head)), head])
         if len(self._calls) >= self._max_streams or self._next_id >= 1 << 31:
             self.open = False  # full: the endpoint opens another connection for what follows
 
-    def _send(self, call: _Call) -> None:
-        """Write as much of the call's DATA as both windows allow; park it when they run out."""
-        write = self.transport.write  # type: ignore[union-attr]
+    def _send(self, call: _Call, out: list | None = None) -> None:
+        """Write as much of the call's DATA as both windows allow, in one write (small messages
+        are joined; large ones go out as a list of views, never copied); park the call when
+        the windows run out."""
+        out = out if out is not None else []
         chunks = call.chunks
-        while chunks:
-            chunk = chunks[0]
-            size = min(len(chunk), self._max_frame, call.window, self._send_window)
-            if size <= 0 and len(chunk):
+        left = call.left
+        while left:
+            size = min(left, self._max_frame, call.window, self._send_window)
+            if size <= 0:
                 if call not in self._blocked:
                     self._blocked.append(call)
-                return
-            last = size == len(chunk) and len(chunks) == 1
-            write(frame_head(_h2.DATA, _h2.END_STREAM if last else 0, call.id, size))
-            if size:
-                write(chunk[:size])
+                break
+            left -= size
+            out.append(frame_head(_h2.DATA, 0 if left else _h2.END_STREAM, call.id, size))
             call.window -= size
             self._send_window -= size
-            if size == len(chunk):
-                chunks.popleft()
+            while size:  # the frame's payload: views over the chunks, across their boundaries
+                chunk = chunks[0]
+                if len(chunk) <= size:
+                    out.append(chunk)
+                    size -= len(chunk)
+                    chunks.popleft()
+                else:
+                    out.append(chunk[:size])
+                    chunks[0] = chunk[size:]
+                    size = 0
+        call.left = left
+        call.sending = left > 0
+        if out:
+            total = sum(len(piece) for piece in out)
+            if total <= _JOIN_BYTES:
+                self.transport.write(b"".join(out))  # type: ignore[union-attr]
             else:
-                chunks[0] = chunk[size:]
-        call.sending = False
+                self.transport.writelines(out)  # type: ignore[union-attr]
 
     def forget(self, call: _Call, reset: bool) -> None:
         if self._calls.pop(call.id, None) is not None and reset and not self.closed:
