@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 
-import grpc
 import pytest
 
 from gateway.dataplane.health_checks import MAX_IDLE_S, HealthChecker, grpc_ready
 from gateway.dataplane.plane import DataPlane
-from gateway.http import Request, Responder, UpstreamPool, start_server
+from gateway.grpc.client import GrpcPool, install_client
+from gateway.http import Request, Responder, UpstreamError, UpstreamPool, start_server
 from models.faults import FaultInjector, Faults
 from models.grpc_server import start_grpc_model_server
-from models.oip_proto import SERVICE
 from models.zoo import load_model
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
@@ -201,38 +199,7 @@ async def test_run_stops_cleanly_with_a_check_in_flight(plane, servers):
         await task
 
 
-# -- versions of protocol v2-grpc: ModelReady over gRPC -----------------------------------------------
-class _GrpcioEndpoint:
-    """A grpcio channel with the probe's ``call`` interface, against the real reference gRPC server.
-
-    Stands in for gateway.grpc's GrpcEndpoint (the pool the data plane resolves v2-grpc versions
-    with) so that the probe and its wiring are tested on a real gRPC server on their own."""
-
-    def __init__(self, url: str) -> None:
-        self.channel = grpc.aio.insecure_channel(url.removeprefix("http://"))
-        self.calls: list[str] = []
-
-    async def call(self, method: str, message: bytes, *, timeout: float):
-        self.calls.append(method)
-        try:
-            body = await self.channel.unary_unary(f"/{SERVICE}/{method}")(message, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            return SimpleNamespace(code=exc.code().value[0], body=b"")
-        return SimpleNamespace(code=0, body=body)
-
-
-class _GrpcioPool:
-    def __init__(self) -> None:
-        self.endpoints: dict[str, _GrpcioEndpoint] = {}
-
-    def endpoint(self, url: str, ssl=None, verify_peer=None) -> _GrpcioEndpoint:
-        if url not in self.endpoints:
-            self.endpoints[url] = _GrpcioEndpoint(url)
-        return self.endpoints[url]
-
-    async def aclose(self) -> None:
-        for ep in self.endpoints.values():
-            await ep.channel.close()
+# -- versions of protocol v2-grpc: ModelReady over gRPC, through gateway.grpc's client -------------------
 
 
 @pytest.fixture
@@ -245,21 +212,21 @@ async def grpc_digits() -> AsyncIterator[str]:
 
 
 async def test_grpc_ready_asks_the_server_for_the_version(grpc_digits):
-    pool = _GrpcioPool()
+    pool = GrpcPool()
     try:
         ep = pool.endpoint(grpc_digits)
         assert await grpc_ready(ep, "digits", "v1", 5.0)
         assert not await grpc_ready(ep, "digits", "v9", 5.0)  # NOT_FOUND: another version
         assert not await grpc_ready(ep, "other", "v1", 5.0)
         dead = pool.endpoint(f"http://127.0.0.1:{free_port()}")
-        assert not await grpc_ready(dead, "digits", "v1", 5.0)  # UNAVAILABLE
+        with pytest.raises(UpstreamError, match="upstream_unreachable"):  # the checker counts a failure
+            await grpc_ready(dead, "digits", "v1", 5.0)
     finally:
         await pool.aclose()
 
 
 async def test_grpc_versions_are_probed_over_grpc_with_the_same_thresholds(plane, grpc_digits):
-    pool = _GrpcioPool()
-    plane.upstreams.pools["v2-grpc"] = pool
+    pool = install_client(plane)
     dead = f"http://127.0.0.1:{free_port()}"
     route = VersionRoute(
         "v1", (grpc_digits, dead), None, TrafficPolicy.from_dict(_CHECKED), protocol="v2-grpc"
@@ -275,7 +242,6 @@ async def test_grpc_versions_are_probed_over_grpc_with_the_same_thresholds(plane
             states = [e["health_check"] for e in rt.snapshot()["endpoints"]]
             assert states == ["healthy", "healthy" if expected else "unhealthy"]
             clock.t += 5
-        assert pool.endpoints[grpc_digits].calls == ["ModelReady", "ModelReady"]
         assert rt.pick(exclude=(0,)) == 0  # the dead endpoint is skipped
     finally:
         await pool.aclose()
