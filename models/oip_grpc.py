@@ -31,7 +31,7 @@ from models.oip import (
 )
 from models.oip_proto import ModelInferRequest, ModelInferResponse, ModelMetadataResponse
 
-__all__ = ["encode_infer_proto", "metadata_proto", "parse_infer_proto"]
+__all__ = ["encode_infer_proto", "metadata_proto", "parse_infer_proto", "response_document"]
 
 # The typed ``contents`` field of each datatype (FP16 travels as raw bytes only).
 _CONTENTS_FIELD = {
@@ -196,3 +196,33 @@ def metadata_proto(doc: Mapping[str, Any]) -> bytes:
         for spec in doc.get(key) or ():
             getattr(msg, key).add(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"])
     return msg.SerializeToString()
+
+
+def response_document(body: bytes) -> dict[str, Any]:
+    """A ``ModelInferResponse`` as the JSON side's document (``{"outputs": [{"name", "shape",
+    "datatype", "data"}]}``), so shadows compare gRPC answers with ``models.compare`` as they do
+    JSON ones. Raises ``OipError`` on bytes that are not such a message."""
+    try:
+        msg = ModelInferResponse.FromString(body)
+    except DecodeError as exc:
+        raise OipError("body", f"not a ModelInferResponse message ({exc})") from exc
+    raw = msg.raw_output_contents
+    outputs = []
+    for index, tensor in enumerate(msg.outputs):
+        where = f"outputs[{index}]"
+        shape = tuple(tensor.shape)
+        if raw:
+            if index >= len(raw):
+                raise OipError("raw_output_contents", f"has no entry for {where}")
+            array = _from_raw(where, tensor.datatype, shape, raw[index])
+        else:
+            array = _from_contents(where, tensor.datatype, shape, tensor.contents)
+        outputs.append(
+            {
+                "name": tensor.name,
+                "shape": list(shape),
+                "datatype": tensor.datatype,
+                "data": array.ravel().tolist(),
+            }
+        )
+    return {"model_name": msg.model_name, "model_version": msg.model_version, "outputs": outputs}

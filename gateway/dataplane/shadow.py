@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.dataplane.exchange import error_outcome
 from gateway.http import UpstreamError, UpstreamResponse
 from models.compare import compare
+from models.oip_grpc import response_document
 from router.retry import classify_status
 
 if TYPE_CHECKING:
@@ -136,11 +137,13 @@ class ShadowCopy:
     def _compare(self) -> None:
         """Parse and compare both bodies (after the client has its answer)."""
         stats = self._stats
+        grpc = any(name == b"grpc-status" for name, _ in self._primary.headers)  # a v2-grpc version's
+        parse = response_document if grpc else json.loads
         try:
-            result = compare(json.loads(self._primary.body), json.loads(self._shadow.body))
-        except ValueError:
+            result = compare(parse(self._primary.body), parse(self._shadow.body))
+        except ValueError:  # OipError is one
             stats.compared += 1
-            stats.last_disagreement = "a response body is not JSON"
+            stats.last_disagreement = f"a response body is not {'a ModelInferResponse' if grpc else 'JSON'}"
             return
         stats.compared += 1
         if result.agree:

@@ -257,3 +257,24 @@ def test_metrics_and_the_access_log_count_grpc_requests(mesh, channel):
 
     wait_for(counted, lambda n: n >= 1, what="the gRPC request in meshgate_requests_total")
     wait_for(lambda: request_id in mesh.proc.output(), what="the gRPC request in the access log")
+
+
+def test_shadow_copies_of_grpc_calls_are_compared_and_change_no_answer(mesh, channel):
+    v1 = mesh.models["v1"].grpc_url
+    policy = {"shadow": {"version": "v2", "percent": 100}}
+    mesh.register("digits", "v1", v1, protocol="v2-grpc", policy=policy)
+
+    def shadows() -> dict | None:
+        health = mesh.admin.get("/v1/models/digits/health").json()
+        found = health["versions"]["v1"]["shadows"]
+        return found[0] if found else None
+
+    try:
+        wait_for(lambda: _infer(channel, infer_request(version="v1")) and shadows(), what="the shadow policy")
+        answer, trailers = _infer(channel, infer_request(version="v1", rows=5))
+        assert trailers["x-meshgate-version"] == "v1" and answer.model_version == "v1"
+        stats = wait_for(shadows, lambda s: s["compared"] >= 2, what="the shadow answers compared")
+        assert stats["shadow_version"] == "v2" and stats["errors"] == 0
+        assert "not a ModelInferResponse" not in (stats["last_disagreement"] or "")
+    finally:
+        mesh.register("digits", "v1", v1, protocol="v2-grpc")
