@@ -33,9 +33,6 @@ SLEEP = re.compile(
 #: (file under tests/, text on the line) -> why that sleep is not a wait.
 ALLOWED = {
     ("http/test_pool_interim.py", "await asyncio.sleep(5)"): "the upstream holds its connection open",
-    ("integration/keygate_worker.py", "await asyncio.sleep(max(0.0, args.start - time.time()))"): (
-        "two load processes start at one wall-clock instant"
-    ),
     ("http/test_server_early_answer.py", "await asyncio.sleep(0.02)"): "paces a bounded send loop",
     ("http/test_deadlines.py", "await asyncio.sleep(0.05)"): "a window: a closed wheel must fire nothing",
     ("http/test_streaming_memory.py", "await asyncio.sleep(0.02)"): "the RSS sampler's period",

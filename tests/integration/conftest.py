@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.procs import model_server, running_mesh
+from tests.support.redis_server import shared_prefix  # noqa: F401 - a fixture for these modules
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from gateway.config_sync import ConfigSync
 from gateway.dataplane.plane import DataPlane
 from gateway.http import UpstreamPool
 from gateway.store.redis import RedisStore
+from tests.support.ratelimit import until
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -32,7 +33,7 @@ async def main(args: argparse.Namespace) -> None:
     key_sync = KeySync(plane.key_gate, store)
     tasks = [asyncio.create_task(config.run()), asyncio.create_task(key_sync.run())]
     print("ready", flush=True)
-    await asyncio.sleep(max(0.0, args.start - time.time()))  # both workers start at one instant
+    await until(args.start)  # both workers start at one instant
     gate, auth = plane.key_gate, f"Bearer {args.key}"
     admitted = refused = 0
     while time.time() < args.start + args.seconds:

@@ -5,37 +5,18 @@ tpm + the answers in flight + one answer per gateway)."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
-
-import pytest
 
 from gateway.control.keys_service import KeyService, KeySpec
 from gateway.store.redis import RedisStore
 from tests.support.procs import Proc
-from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
+from tests.support.ratelimit import start_inside_a_minute
+from tests.support.redis_server import SHARED_REDIS_URL
 from tests.support.wait import wait_for
 
 GATEWAYS = 2
 SECONDS = 3.0
-
-
-def _start_inside_a_minute(now: float) -> float:
-    """An instant >= now + 8 s whose run does not cross a minute boundary (the sliding window
-    would then rightly admit more as the previous minute decays)."""
-    start = math.floor(now) + 8.0
-    if start % 60 > 55 - SECONDS:
-        start += 60 - start % 60 + 1
-    return start
-
-
-@pytest.fixture
-def prefix():
-    shared_redis_or_fail()
-    p = unique_prefix()
-    yield p
-    delete_prefix(SHARED_REDIS_URL, p)
 
 
 def _run(tmp_path, prefix: str, spec: KeySpec, tokens: int) -> tuple[list[dict], dict]:
@@ -43,7 +24,7 @@ def _run(tmp_path, prefix: str, spec: KeySpec, tokens: int) -> tuple[list[dict],
     service = KeyService(store)
     try:
         _, key = service.create("shared", spec)
-        start = _start_inside_a_minute(time.time())
+        start = start_inside_a_minute(time.time(), SECONDS, lead=8.0)  # the workers' start-up fits
         workers = [
             Proc(
                 [
@@ -77,9 +58,9 @@ def _run(tmp_path, prefix: str, spec: KeySpec, tokens: int) -> tuple[list[dict],
         store.close()
 
 
-def test_two_gateways_share_the_requests_per_minute(tmp_path, prefix):
+def test_two_gateways_share_the_requests_per_minute(tmp_path, shared_prefix):
     rpm = 300
-    results, usage = _run(tmp_path, prefix, KeySpec(rpm=rpm), tokens=0)
+    results, usage = _run(tmp_path, shared_prefix, KeySpec(rpm=rpm), tokens=0)
     admitted = sum(r["admitted"] for r in results)
     tried = admitted + sum(r["refused"] for r in results)
     print(f"rpm {rpm}: {tried} tried, admitted {[r['admitted'] for r in results]} = {admitted}")
@@ -90,9 +71,9 @@ def test_two_gateways_share_the_requests_per_minute(tmp_path, prefix):
     assert usage["total_requests"] == admitted  # the store saw every admitted request
 
 
-def test_two_gateways_share_the_tokens_per_minute(tmp_path, prefix):
+def test_two_gateways_share_the_tokens_per_minute(tmp_path, shared_prefix):
     tpm, per_request = 20_000, 100
-    results, usage = _run(tmp_path, prefix, KeySpec(tpm=tpm), tokens=per_request)
+    results, usage = _run(tmp_path, shared_prefix, KeySpec(tpm=tpm), tokens=per_request)
     admitted = sum(r["admitted"] for r in results)
     tokens = admitted * per_request
     overshoot = tokens - tpm

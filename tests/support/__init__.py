@@ -65,9 +65,14 @@ provider, ``serve(service)``: a stdlib server for an ``OfrepService``.
 
 Redis (``tests/support/redis_server.py``):
     ``SHARED_REDIS_URL``, ``unique_prefix()``, ``delete_prefix(url, prefix)``,
-    ``shared_redis_or_fail()``; ``RedisServer(dir)``: a private ``redis-server`` on a free port
-    (``start``, ``kill`` = SIGKILL, ``stop``, ``client``); the ``private_redis`` fixture (import it
-    into a conftest to use it).
+    ``shared_redis_or_fail()``; the ``shared_prefix`` fixture (a fresh prefix on the shared Redis,
+    deleted afterwards; the integration conftest imports it); ``RedisServer(dir)``: a private
+    ``redis-server`` on a free port (``start``, ``kill`` = SIGKILL, ``stop``, ``client``); the
+    ``private_redis`` fixture (import it into a conftest to use it).
+
+Rate limits (``tests/support/ratelimit.py``): ``start_inside_a_minute(now, seconds, lead)``, an
+    instant whose run stays inside one wall-clock minute, and ``await until(instant)``: loads
+    measured against a sliding minute start there, all processes at once.
 
 Rules the suite checks (``tests/test_rules.py``): no ``time.sleep``/``asyncio.sleep`` in test
 files outside this package except on its allow-list, each entry saying why.

@@ -25,6 +25,7 @@ __all__ = [
     "RedisServer",
     "delete_prefix",
     "private_redis",
+    "shared_prefix",
     "shared_redis_or_fail",
     "unique_prefix",
 ]
@@ -66,6 +67,17 @@ def shared_redis_or_fail(url: str = SHARED_REDIS_URL) -> None:
         pytest.fail(f"no Redis at {url} ({exc}); start one with .ci/ensure-services")
     finally:
         client.close()
+
+
+@pytest.fixture
+def shared_prefix() -> Iterator[str]:
+    """A fresh key prefix on the shared Redis, its keys deleted afterwards."""
+    shared_redis_or_fail()
+    prefix = unique_prefix()
+    try:
+        yield prefix
+    finally:
+        delete_prefix(SHARED_REDIS_URL, prefix)
 
 
 class RedisServer:
