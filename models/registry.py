@@ -31,6 +31,7 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # RFC 1123 host names (urlsplit lowercases them) and "_", which Docker's service names may hold;
 # IPv4 literals match too, IPv6 ones are checked apart
 _HOST_PATTERN = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?")
+_BASE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+/?")
 # A workload's SPIFFE ID (the SPIFFE standard): trust domain, then a non-empty path of segments
 _SPIFFE_PATTERN = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+")
 #: v2 = Open Inference Protocol (KServe, Triton) over HTTP; v2-grpc = the same protocol over gRPC
@@ -64,8 +65,11 @@ def validate_name(value: object, field: str = "name") -> str:
     return value
 
 
-def validate_endpoint(value: object, field: str = "endpoint") -> str:
-    """An endpoint is an absolute http(s) URL of a host and port, with no path, query or credentials."""
+def validate_endpoint(value: object, field: str = "endpoint", base_path: bool = False) -> str:
+    """An endpoint is an absolute http(s) URL of a host and port, with no path, query or credentials.
+
+    `base_path`: a path is allowed too (protocol openai: a provider's API base such as
+    ``https://api.example.com/v1``, under which the gateway calls ``/v1/...`` routes)."""
     if not isinstance(value, str):
         raise RegistryError(field, f"expected a URL string, got {type(value).__name__}")
     try:
@@ -82,7 +86,10 @@ def validate_endpoint(value: object, field: str = "endpoint") -> str:
         raise RegistryError(field, f"invalid URL {value!r}: {host!r} is not a host name or IP address")
     if parts.username or parts.password:
         raise RegistryError(field, f"invalid URL {value!r}: credentials are not allowed in endpoints")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    if base_path and parts.path not in ("", "/") and not parts.query and not parts.fragment:
+        if not _BASE_PATH.fullmatch(parts.path):
+            raise RegistryError(field, f"invalid URL {value!r}: a path of /, letters, digits and -._~ only")
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
         raise RegistryError(field, f"invalid URL {value!r}: give scheme://host:port only, no path or query")
     del port  # parsed only to reject out-of-range ports
     return value.rstrip("/")
@@ -216,7 +223,8 @@ class ModelVersion:
         validate_name(version, "version")
         if isinstance(endpoints, str | bytes) or not isinstance(endpoints, Iterable):
             raise RegistryError("endpoints", "expected a list of URLs")
-        eps = tuple(validate_endpoint(e, f"endpoints[{i}]") for i, e in enumerate(endpoints))
+        paths = protocol == "openai"
+        eps = tuple(validate_endpoint(e, f"endpoints[{i}]", paths) for i, e in enumerate(endpoints))
         if not eps:
             raise RegistryError("endpoints", "at least one endpoint is required")
         if len(set(eps)) != len(eps):

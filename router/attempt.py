@@ -41,6 +41,8 @@ and reports what happened:
   ``failed(outcome, reason, message)``            no answer: a transport error (``Outcome``
                                                   CONNECT_FAILURE, RESET, TIMEOUT) with its
                                                   reason code; or a streamed answer broke
+  ``shortened()``                                 the executor bounds the attempt tighter than
+                                                  `Send` did (its timeout may be retried)
   ``commit()``                                    the first byte reached the client: from now
                                                   on no retry and no fallback
   ``ended()``                                     a streamed answer (``streaming=True``) ended
@@ -394,6 +396,12 @@ class Attempts:
         if outcome is _DEADLINE:
             return self._end_with(Answer(DEADLINE_EXCEEDED, _late("while waiting for the model")))
         return self._after_failure(outcome, reason, message)
+
+    def shortened(self) -> None:
+        """The executor gives the attempt in flight less time than its `Send` said (a stream's
+        first-token timeout): a timeout is then the attempt's own, not the deadline's, and may
+        be retried."""
+        self._bound_by_deadline = False
 
     def commit(self) -> None:
         """The first byte of the answer reached the client: no retry or fallback after this."""

@@ -202,10 +202,23 @@ class TimeoutPolicy(_Section):
       timeout is 15 s, Linkerd's 10 s; model inference is slower, so meshgate starts at 30 s).
       A client may shorten it with ``x-meshgate-timeout-ms``, never extend it.
     per_try_ms: optional cap on one attempt (Envoy's per_try_timeout, unset by default).
+
+    Streamed answers of the OpenAI-compatible routes (Server-Sent Events) have three more:
+    first_token_ms: an attempt that has sent no event this long after the request went out
+      is abandoned (``first_token_timeout``) and retried or falls back like a per-try timeout,
+      since nothing has reached the client yet; default 15000, half the default deadline, so
+      a retry still fits. Also cut to what remains of `request_ms`.
+    stream_idle_ms: once events flow, the longest silence between two (default 30000); a
+      silent stream ends with an SSE error event (``stream_idle_timeout``).
+    stream_ms: the whole streamed answer from the request's start (default 600000: the OpenAI
+      SDK's own default timeout; `request_ms` bounds only the wait for the first event).
     """
 
     request_ms: int = _f(30_000, int, lo=0, lo_open=True)
     per_try_ms: int | None = _f(None, int, lo=0, lo_open=True, optional=True)
+    first_token_ms: int = _f(15_000, int, lo=0, lo_open=True)
+    stream_idle_ms: int = _f(30_000, int, lo=0, lo_open=True)
+    stream_ms: int = _f(600_000, int, lo=0, lo_open=True)
 
     def _check(self) -> None:
         if self.per_try_ms is not None and self.per_try_ms > self.request_ms:

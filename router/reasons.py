@@ -37,6 +37,7 @@ __all__ = [
     "CANCELLED",
     "CLIENT_CLOSED",
     "DEADLINE_EXCEEDED",
+    "FIRST_TOKEN_TIMEOUT",
     "INTERNAL_ERROR",
     "INVALID_API_KEY",
     "METHOD_NOT_ALLOWED",
@@ -48,6 +49,7 @@ __all__ = [
     "OVERLOADED",
     "PAYLOAD_TOO_LARGE",
     "PEER_IDENTITY_MISMATCH",
+    "PROVIDER_KEY_UNAVAILABLE",
     "RATE_LIMITED",
     "REASONS",
     "REQUEST_HEADER_TOO_LARGE",
@@ -56,6 +58,8 @@ __all__ = [
     "STATUS",
     "STORE_UNAVAILABLE",
     "STREAM_BROKEN",
+    "STREAM_IDLE_TIMEOUT",
+    "STREAM_TIMEOUT",
     "UNAUTHORIZED",
     "UNKNOWN_METRIC",
     "UNKNOWN_REQUEST",
@@ -157,6 +161,10 @@ PEER_IDENTITY_MISMATCH = "peer_identity_mismatch"
 UPSTREAM_5XX = "upstream_5xx"
 UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
 STREAM_BROKEN = "stream_broken"
+FIRST_TOKEN_TIMEOUT = "first_token_timeout"
+STREAM_IDLE_TIMEOUT = "stream_idle_timeout"
+STREAM_TIMEOUT = "stream_timeout"
+PROVIDER_KEY_UNAVAILABLE = "provider_key_unavailable"
 # nobody left to answer (499 is nginx's "client closed request": logs and metrics need a code)
 # an upstream call abandoned: the pool closing, or the engine cutting short a call whose caller left
 CANCELLED = "cancelled"
@@ -242,6 +250,29 @@ _ALL = (
     Reason(UPSTREAM_5XX, 502, "the model answered with an error", True, _G.INTERNAL, _THROUGH),
     Reason(UPSTREAM_RATE_LIMITED, 429, "the model is rate limiting", True, _G.RESOURCE_EXHAUSTED, _THROUGH),
     Reason(STREAM_BROKEN, 502, "the stream ended midway: {detail}", True, _G.UNAVAILABLE, _LOGGED),
+    Reason(
+        FIRST_TOKEN_TIMEOUT,
+        504,
+        "no first token from {url} within {limit_ms} ms",
+        True,
+        _G.DEADLINE_EXCEEDED,
+    ),
+    Reason(
+        STREAM_IDLE_TIMEOUT,
+        504,
+        "the stream was silent for {limit_ms} ms",
+        True,
+        _G.DEADLINE_EXCEEDED,
+        _LOGGED,
+    ),
+    Reason(STREAM_TIMEOUT, 504, "the stream ran past {limit_ms} ms", True, _G.DEADLINE_EXCEEDED, _LOGGED),
+    Reason(
+        PROVIDER_KEY_UNAVAILABLE,
+        503,
+        "{model}/{version}: the provider key {ref} cannot be read",
+        False,
+        _G.FAILED_PRECONDITION,
+    ),
     Reason(CANCELLED, 499, "the upstream call was cancelled", False, _G.CANCELLED, _LOGGED),
     Reason(CLIENT_CLOSED, 499, "the client closed the connection", False, _G.CANCELLED, _LOGGED),
 )

@@ -41,7 +41,7 @@ from router.client_keys import ClientKey, KeyCheck, KeyTable
 from router.ratelimit import Meter, Verdict, go_duration
 from router.reasons import INVALID_API_KEY, MODEL_NOT_ALLOWED, RATE_LIMITED
 
-__all__ = ["Admission", "KeyGate"]
+__all__ = ["Admission", "KeyGate", "openai_error"]
 
 Headers = list[tuple[bytes, bytes]]
 Refusal = tuple[int, Headers, bytes]
@@ -55,8 +55,18 @@ class Admission(NamedTuple):
     refusal: Refusal | None = None
 
 
-def _error(status: int, reason: str, message: str, err_type: str, code: str, extra: Headers) -> Refusal:
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+def openai_error(
+    status: int,
+    reason: str,
+    message: str,
+    err_type: str,
+    code: str | None,
+    extra: Headers,
+    param: str | None = None,
+) -> Refusal:
+    """An answer in OpenAI's error document, ``{"error": {message, type, param, code}}``, with
+    ``x-meshgate-error: <reason>`` (the LLM routes answer every error this way)."""
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
     headers = [_JSON, (b"x-meshgate-error", reason.encode()), *extra]
     return status, headers, json.dumps(body, separators=(",", ":")).encode()
 
@@ -118,7 +128,7 @@ class KeyGate:
         if check is KeyCheck.MISSING:
             return self._refuse(
                 INVALID_API_KEY,
-                _error(
+                openai_error(
                     401,
                     INVALID_API_KEY,
                     "You didn't provide an API key: send it as 'Authorization: Bearer mg-...'.",
@@ -131,7 +141,7 @@ class KeyGate:
             what = f"the API key {key.id} ({key.name}) was revoked" if key else "Incorrect API key provided"
             return self._refuse(
                 INVALID_API_KEY,
-                _error(
+                openai_error(
                     401,
                     INVALID_API_KEY,
                     f"{what}: create one with `meshgate keys create NAME`.",
@@ -144,7 +154,7 @@ class KeyGate:
             allowed = ", ".join(sorted(key.models))
             return self._refuse(
                 MODEL_NOT_ALLOWED,
-                _error(
+                openai_error(
                     403,
                     MODEL_NOT_ALLOWED,
                     f"the API key {key.name} may not use model {model!r} (allowed: {allowed}).",
@@ -170,7 +180,7 @@ class KeyGate:
         return Admission(
             key.id,
             [],
-            _error(
+            openai_error(
                 429,
                 RATE_LIMITED,
                 f"Rate limit reached for key {key.name} on {unit}: Limit {limit}. "

@@ -50,6 +50,7 @@ _ERROR_OUTCOME = {
     reasons.UPSTREAM_RESET: Outcome.RESET,
     reasons.UPSTREAM_BAD_RESPONSE: Outcome.RESET,
     reasons.UPSTREAM_TIMEOUT: Outcome.TIMEOUT,
+    reasons.FIRST_TOKEN_TIMEOUT: Outcome.TIMEOUT,
 }
 _TIMEOUT_LINE = b"x-meshgate-timeout-ms: %d\r\n"
 _STATUS = reasons.STATUS

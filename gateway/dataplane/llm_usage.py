@@ -30,6 +30,8 @@ class LlmUsage:
     cost_usd: float | None = None
     #: the stream ended midway (reason ``stream_broken``): the client got an SSE error event
     broken: bool = False
+    #: the ``model`` the upstream's answer names (OpenTelemetry's ``gen_ai.response.model``)
+    response_model: str | None = None
 
     @property
     def total_tokens(self) -> int | None:

@@ -25,6 +25,7 @@ from experiments.ofrep import OfrepService
 from gateway.clientkeys.gate import KeyGate
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.headers import response_headers
+from gateway.dataplane.openai_routes import OpenAiRoutes
 from gateway.dataplane.requests import (
     DROP_UPSTREAM,
     REQUEST_ID_HEADER,
@@ -218,6 +219,7 @@ class DataPlane:
         self._versions: dict[str, dict[str, VersionState]] = {}  # model -> version -> state
         self._parsed: dict[bytes, tuple[str, str | None, str | None] | str] = {}  # target -> route
         self._shadows: dict[tuple[str, str, str], ShadowStats] = {}
+        OpenAiRoutes(self).install()  # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models
 
     # -- configuration ----------------------------------------------------------------------
     def set_table(self, table: RouteTable) -> None:
@@ -264,6 +266,14 @@ class DataPlane:
 
     def version_state(self, model: str, version: str) -> VersionState:
         return self._versions[model][version]
+
+    def version_states(self, model: str) -> dict[str, VersionState]:
+        return self._versions[model]
+
+    def new_request_id(self, model: ModelRoute, choice: Choice) -> str:
+        """A fresh request id (one the measurement mints carries the assignment)."""
+        mint = self.mint_request_id
+        return mint(model, choice) if mint is not None else _request_ids.next()
 
     # -- requests -----------------------------------------------------------------------
     def handle(self, request: Request, responder: Responder) -> None:

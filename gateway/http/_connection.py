@@ -42,7 +42,8 @@ UpstreamCallback = Callable[["UpstreamResponse | None", "UpstreamError | None"],
 
 
 class UpstreamResponse:
-    """A response from an upstream: `body` whole, or (larger than the pool's limit) in `stream`."""
+    """A response from an upstream: `body` whole, or in `stream` (larger than the pool's limit, or
+    Server-Sent Events, which are relayed as they come)."""
 
     __slots__ = ("body", "headers", "length", "peer_cert", "peer_cert_der", "status", "stream")
 
@@ -170,6 +171,7 @@ class _Connection(asyncio.Protocol):
         "_length",
         "_listed",
         "_parser",
+        "_sse",
         "_status",
         "_stream",
         "_writable_cb",
@@ -211,6 +213,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._stream: BodyStream | None = None
         self._keep_alive = False
+        self._sse = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -338,6 +341,8 @@ class _Connection(asyncio.Protocol):
                 if listed:
                     self._listed = listed if self._listed is None else self._listed | listed
             return
+        if name == b"content-type" and value[:17].lower() == b"text/event-stream":
+            self._sse = True  # events are relayed as they come, never buffered to the end
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -360,7 +365,8 @@ class _Connection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
             self._complete_buffered(exchange)
             raise _HeadDone
-        if self._length is not None and self._length > self.endpoint.pool.max_buffered_response:
+        length = self._length
+        if self._sse or (length is not None and length > self.endpoint.pool.max_buffered_response):
             self._open_stream(exchange)
 
     def on_body(self, body: bytes) -> None:

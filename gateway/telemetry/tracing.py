@@ -430,6 +430,8 @@ def _genai_attributes(ex: Exchange, llm: LlmUsage, operation: str) -> dict[str, 
         "meshgate.llm.streamed": llm.streamed,
         "meshgate.llm.broken": llm.broken,
     }
+    if llm.response_model is not None:
+        attributes["gen_ai.response.model"] = llm.response_model
     if llm.prompt_tokens is not None:
         attributes["gen_ai.usage.input_tokens"] = llm.prompt_tokens
     if llm.completion_tokens is not None:

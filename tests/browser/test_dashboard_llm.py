@@ -22,8 +22,9 @@ def mesh(tmp_path_factory):
             m.register("chat", version, url, protocol="openai", upstream_model="tinylm", price_out=1.0)
         experiment = {"name": "chat-ab", "model": "chat", "arms": {"v1": 50, "v2": 50}}
         assert m.admin.post("/v1/experiments", json=experiment).status_code == 201
+        # ignore_eos: every answer has 8 tokens (tinylm v2 may end "Speak." at once: no cost to show)
         body = {"model": "chat", "messages": [{"role": "user", "content": "Speak."}], "max_tokens": 8,
-                "stream": True}  # fmt: skip
+                "ignore_eos": True, "stream": True}  # fmt: skip
         arms = set()
         for i in range(200):  # bounded: until both arms have streamed answers (config propagates first)
             with m.data.stream(

@@ -260,6 +260,12 @@ ELSEWHERE = {
     reasons.RATE_LIMITED: (
         "tests/clientkeys/test_key_gate.py::test_rate_limited_answer_carries_retry_after_and_ratelimit_headers"
     ),
+    reasons.FIRST_TOKEN_TIMEOUT: (
+        "tests/integration/test_llm_faults.py::test_a_slow_first_token_falls_back_and_without_fallback_is_a_504"
+    ),
+    reasons.PROVIDER_KEY_UNAVAILABLE: (
+        "tests/integration/test_llm_faults.py::test_a_provider_key_the_gateway_cannot_read_is_a_503"
+    ),
 }
 
 

@@ -107,9 +107,9 @@ def test_prometheus_counts_the_tokens_by_version(traffic):
         what="LLM token counters in /metrics",
     )
     for version in ("v1", "v2"):
-        found = re.search(
-            rf'meshgate_llm_tokens_total{{model="chat",version="{version}",type="output"}} (\S+)', text
-        )
+        # label order is the exposition's (the multiprocess collector sorts them)
+        labels = rf'(?=[^}}]*model="chat")(?=[^}}]*version="{version}")(?=[^}}]*type="output")[^}}]*'
+        found = re.search(rf"meshgate_llm_tokens_total{{{labels}}} (\S+)", text)
         assert found, text[:2000]
         # every answer of this version, the probes included: at least what these clients saw
         want = sum(s["usage"]["completion_tokens"] for s in seen if s["version"] == version)

@@ -1,0 +1,261 @@
+"""The OpenAI-compatible routes of the data port, for the models of protocol ``openai``.
+
+    POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings   GET /v1/models
+
+A request is read (``openai_body``: ``model``, ``stream``, ``stream_options``), admitted by
+the client-key gate (``plane.key_gate``), routed like an OIP request (a ``model/version`` or
+an ``x-meshgate-version`` header pins the version; else flags, then the experiment, then the
+default version) and run by an ``LlmExchange`` on the same attempt machine. Every refusal is
+an OpenAI error document with ``x-meshgate-error``: 400 for a body the gateway cannot route
+on, 401/403/429 from the key gate, 404 for an unknown model or version, 405 for the wrong
+method, 413 for a body above the engine's buffered limit (LLM bodies are read whole).
+
+Provider keys are references (``env:VAR``, ``file:PATH``); `ProviderKeys` reads each one
+when first needed and again at most every `ProviderKeys.REFRESH_S` (a rotated file is seen).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.clientkeys.gate import openai_error
+from gateway.dataplane.openai_body import BodyProblem, read_body
+from gateway.dataplane.openai_exchange import LlmExchange, error_type
+from gateway.dataplane.requests import DROP_UPSTREAM, REQUEST_ID_HEADER, routing_headers
+from gateway.http import date_header, proxy_headers
+from router import reasons
+from router.choose import choose_version
+from router.client_keys import KeyCheck
+from router.deadline import Deadline, DeadlineHeaderError
+
+if TYPE_CHECKING:
+    from gateway.dataplane.plane import DataPlane
+    from gateway.http import Request, Responder
+    from router.table import ModelRoute
+
+__all__ = ["OpenAiRoutes", "ProviderKeys"]
+
+Headers = list[tuple[bytes, bytes]]
+
+#: never sent upstream: the client's own credentials (the provider key replaces them)
+DROP_LLM = DROP_UPSTREAM | {b"authorization", b"api-key", b"x-api-key"}
+_PIN_HEADER = b"x-meshgate-version"
+_KEY_HEADER = b"x-meshgate-key"
+_POST = [(b"allow", b"POST")]
+_GET = [(b"allow", b"GET")]
+
+
+class ProviderKeys:
+    """Provider keys by reference, read from the environment or a file, briefly cached."""
+
+    REFRESH_S = 10.0
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
+        self._cache: dict[str, tuple[str | None, float]] = {}
+
+    def resolve(self, ref: str) -> str | None:
+        """The key a reference names (None: unset, unreadable or empty)."""
+        now = self._now()
+        found = self._cache.get(ref)
+        if found is not None and now - found[1] < self.REFRESH_S:
+            return found[0]
+        kind, _, where = ref.partition(":")
+        value: str | None
+        if kind == "env":
+            value = os.environ.get(where)
+        else:
+            try:
+                value = Path(where).read_text().strip()
+            except OSError:
+                value = None
+        value = value.strip() if value else None
+        self._cache[ref] = (value or None, now)
+        return value or None
+
+
+class OpenAiRoutes:
+    """The four routes; `install` puts them on the plane's ``extra_routes``."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.keys = ProviderKeys(plane.now)
+
+    def install(self) -> None:
+        self.plane.extra_routes.update(
+            {
+                "/v1/chat/completions": self.chat,
+                "/v1/completions": self.completions,
+                "/v1/embeddings": self.embeddings,
+                "/v1/models": self.models,
+            }
+        )
+
+    def chat(self, request: Request, responder: Responder) -> None:
+        self._generate(request, responder, b"/v1/chat/completions", True)
+
+    def completions(self, request: Request, responder: Responder) -> None:
+        self._generate(request, responder, b"/v1/completions", True)
+
+    def embeddings(self, request: Request, responder: Responder) -> None:
+        self._generate(request, responder, b"/v1/embeddings", False)
+
+    # -- refusals -----------------------------------------------------------------------
+    def _refuse(
+        self,
+        request: Request,
+        responder: Responder,
+        reason: str,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        more: Headers | None = None,
+    ) -> None:
+        status = reasons.STATUS[reason]
+        answer = openai_error(status, reason, message, error_type(status), code or reason, more or [], param)
+        self._refused(request, responder, reason, answer)
+
+    def _refused(self, request: Request, responder: Responder, reason: str, answer: tuple) -> None:
+        """Send a refusal made before routing; count and log it as the plane's own are."""
+        plane = self.plane
+        status, headers, body = answer
+        responder.respond(status, [*headers, date_header()], body)
+        plane.stats.errors += 1
+        plane.rejected[reason] = plane.rejected.get(reason, 0) + 1
+        for refused in plane.refusal_observers:
+            refused(request, status, reason)
+
+    # -- routes ----------------------------------------------------------------------------
+    def models(self, request: Request, responder: Responder) -> None:
+        """``GET /v1/models``: the models of protocol openai (the ones a client key allows)."""
+        if request.method not in (b"GET", b"HEAD"):
+            self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, "/v1/models takes GET", more=_GET)
+            return
+        table = self.plane.table
+        keys = table.client_keys
+        allowed: Callable[[str], bool] = lambda name: True  # noqa: E731
+        if not keys.open:
+            authorization = request.header(b"authorization")
+            text = authorization.decode("latin-1") if authorization is not None else None
+            check, key = keys.check(text)
+            if check is not KeyCheck.OK or key is None:
+                adm = self.plane.key_gate.admit(authorization, "")
+                if adm.refusal is not None:
+                    self._refused(request, responder, reasons.INVALID_API_KEY, adm.refusal)
+                    return
+            else:
+                allowed = key.allows
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "meshgate"}
+            for name, route in sorted(table.models.items())
+            if _speaks_openai(route) and allowed(name)
+        ]
+        body = json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
+        responder.respond(200, [(b"content-type", b"application/json"), date_header()], body)
+
+    def _generate(self, request: Request, responder: Responder, path: bytes, streams: bool) -> None:
+        plane = self.plane
+        route = path.decode()
+        if request.method != b"POST":
+            self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, f"{route} takes POST", more=_POST)
+            return
+        raw = request.body
+        if raw is None:  # larger than the engine's buffered limit: an LLM body is read whole
+            self._refuse(
+                request,
+                responder,
+                reasons.PAYLOAD_TOO_LARGE,
+                "the request body is too large for this gateway's LLM routes",
+                code="request_too_large",
+            )
+            return
+        try:
+            body = read_body(raw, streams)
+        except BodyProblem as problem:
+            self._refuse(request, responder, reasons.BAD_REQUEST, str(problem), problem.param, problem.code)
+            return
+        adm = plane.key_gate.admit(request.header(b"authorization"), body.model)
+        if adm.refusal is not None:
+            reason = dict(adm.refusal[1]).get(b"x-meshgate-error", b"invalid_api_key").decode()
+            self._refused(request, responder, reason, adm.refusal)
+            return
+        model = plane.table.models.get(body.model)
+        if model is None or not _speaks_openai(model):
+            why = (
+                "does not exist"
+                if model is None
+                else "speaks the Open Inference Protocol, not the OpenAI API"
+            )
+            self._refuse(
+                request,
+                responder,
+                reasons.MODEL_NOT_FOUND,
+                f"The model `{body.model}` {why} on this gateway: GET /v1/models lists the ones it serves.",
+                "model",
+                "model_not_found",
+                adm.headers,
+            )
+            return
+        split = model.split
+        key, rid, timeout, attrs = routing_headers(
+            request, split.key_header if split is not None else _KEY_HEADER
+        )
+        pinned = body.pinned
+        if pinned is None:
+            header = request.header(_PIN_HEADER)
+            pinned = header.decode("latin-1") if header is not None else None
+        states = plane.version_states(model.name)
+        if pinned is not None:
+            state = states.get(pinned)
+            if state is None:
+                known = ", ".join(sorted(model.versions))
+                self._refuse(
+                    request,
+                    responder,
+                    reasons.VERSION_NOT_FOUND,
+                    f"The model `{body.model}` has no version `{pinned}` (versions: {known}).",
+                    "model",
+                    "model_not_found",
+                    adm.headers,
+                )
+                return
+            choice = state.pinned_choice
+        else:
+            choice = choose_version(model, key, attrs, plane.rng)
+            if choice is None:
+                self._refuse(
+                    request,
+                    responder,
+                    reasons.NO_ENDPOINT,
+                    f"The model `{body.model}` has no default version.",
+                    "model",
+                    more=adm.headers,
+                )
+                return
+            state = states[choice.version]
+        try:
+            deadline = Deadline.from_header(state.route.policy.timeouts, plane.now, timeout)
+        except DeadlineHeaderError as exc:
+            self._refuse(request, responder, reasons.BAD_REQUEST, str(exc), "x-meshgate-timeout-ms")
+            return
+        if rid is None:
+            rid = plane.new_request_id(model, choice)
+            headers = proxy_headers(request, ((REQUEST_ID_HEADER, rid.encode()),), DROP_LLM)
+        else:
+            headers = proxy_headers(request, (), DROP_LLM)
+        ex = LlmExchange(
+            plane, request, responder, model, choice, headers, deadline, rid, state, body, path,
+            (adm.key_id, adm.headers), self.keys,
+        )  # fmt: skip
+        for hook in plane.on_start:
+            hook(ex)
+        ex.start()
+
+
+def _speaks_openai(model: ModelRoute) -> bool:
+    return any(vr.llm is not None for vr in model.versions.values())
