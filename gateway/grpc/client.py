@@ -696,6 +696,10 @@ def _http_callback(callback: Callback) -> Callable[[_Call, GrpcReply | None, Ups
         if reply is None:
             callback(None, error)
             return
+        if reply.code == GrpcStatus.DEADLINE_EXCEEDED:  # the grpc-timeout we sent ran out there:
+            message = f"the upstream's deadline passed ({reply.message})"  # our timeout, seen first
+            callback(None, UpstreamError(UPSTREAM_TIMEOUT, message))
+            return
         status = GRPC_AS_HTTP.get(reply.code, 500)
         if (
             call.kind == "ModelReady"

@@ -62,7 +62,7 @@ log = logging.getLogger("meshgate.grpc")
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
 _TIMEOUT = b"x-meshgate-timeout-ms"
 _PATHS = {name: f"/{SERVICE}/{name}".encode() for name in ("ModelInfer", "ModelReady", "ModelMetadata")}
-_NOT_SENT_BACK = frozenset({b"content-type", b"grpc-status", b"grpc-message", b"date", b"content-length"})
+_NOT_SENT_BACK = frozenset({b"content-type", b"date", b"content-length"})
 
 
 class _Responder:
@@ -222,7 +222,7 @@ def _answer(responder: _Responder, context: grpc.aio.ServicerContext) -> bytes:
             code = int(value)
         elif name == b"grpc-message":
             message = value.decode("utf-8", "replace")
-        elif name not in _NOT_SENT_BACK and not name.startswith(b":"):
+        elif name not in _NOT_SENT_BACK and not name.startswith((b":", b"grpc-")):  # grpc-*: reserved
             if name == b"x-meshgate-error":
                 reason = value.decode()
             key = name.decode("latin-1")

@@ -1,0 +1,77 @@
+"""Retries over gRPC, in one process: an upstream's UNAVAILABLE is retried within the budget
+(the default retry_on has 503, which UNAVAILABLE maps to); INVALID_ARGUMENT passes through."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+
+from gateway.dataplane.plane import DataPlane
+from gateway.grpc.server import start_grpc_gateway
+from gateway.http import UpstreamPool
+from models.grpc_server import generic_service
+from models.oip_proto import ModelInferResponse
+from router.policy import TrafficPolicy
+from router.table import ModelRoute, RouteTable, VersionRoute
+from tests.support import HOST
+
+from .messages import INFER, infer_request
+
+
+@asynccontextmanager
+async def _upstream(script: list[grpc.StatusCode | None]) -> AsyncIterator[str]:
+    """A gRPC ModelInfer that answers with the next status of `script` (None: OK), then OK."""
+
+    async def infer(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        code = script.pop(0) if script else None
+        if code is not None:
+            await context.abort(code, f"scripted {code.name}")
+        return ModelInferResponse(model_name="m", model_version="v1").SerializeToString()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((generic_service({"ModelInfer": infer}),))
+    port = server.add_insecure_port(f"{HOST}:0")
+    await server.start()
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        await server.stop(0)
+
+
+@asynccontextmanager
+async def _gateway(endpoint: str) -> AsyncIterator[tuple[DataPlane, grpc.aio.Channel]]:
+    vr = VersionRoute("v1", (endpoint,), None, TrafficPolicy.from_dict({}), (), None, "v2-grpc")
+    plane = DataPlane(UpstreamPool())
+    plane.set_table(RouteTable(1, {"m": ModelRoute("m", "v1", {"v1": vr}, protocol="v2-grpc")}))
+    gateway = await start_grpc_gateway(plane, HOST, 0)
+    try:
+        async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
+            yield plane, channel
+    finally:
+        await gateway.close()
+        for pool in plane.upstreams.pools.values():
+            await pool.aclose()
+        await plane.pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_unavailable_is_retried_and_the_client_sees_the_answer() -> None:
+    async with _upstream([grpc.StatusCode.UNAVAILABLE]) as url, _gateway(url) as (plane, channel):
+        body = await channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
+        assert ModelInferResponse.FromString(body).model_version == "v1"
+        assert plane.stats.retries == 1
+
+
+@pytest.mark.anyio
+async def test_the_models_own_client_error_passes_through_unretried() -> None:
+    script = [grpc.StatusCode.INVALID_ARGUMENT]
+    async with _upstream(script) as url, _gateway(url) as (plane, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "scripted INVALID_ARGUMENT"
+        assert plane.stats.retries == 0
+        assert "x-meshgate-error" not in dict(info.value.trailing_metadata())
