@@ -29,9 +29,13 @@ Two faces, one implementation:
       reply = await ep.call("ModelInfer", request_bytes, timeout=5.0)
       await pool.aclose()
 
-TLS contexts need ALPN ``h2`` (gRPC servers refuse TLS without it); ``GrpcPool`` sets it on a
-copy it makes with ``h2_context(ctx)`` when the caller registered one (``tls_for``), else on
-the context itself (mesh client contexts are used by this pool alone when given only here).
+TLS contexts need ALPN ``h2`` (gRPC servers and the sidecar's HTTP/2 port select it). A context
+shared with the HTTP/1.1 pool must not offer h2 there, so register a twin with the same identity:
+``pool.tls_for(shared_ctx, identity.client_context())`` (the runtime does this for the
+gateway's mesh identity); a context given without a twin gets ALPN h2 set on itself.
+The sidecar (or anything else) reaches an mTLS gRPC upstream with
+``GrpcPool().endpoint("https://host:port", ssl=ctx, verify_peer=check).call(...)``, where
+``check(peer_cert) -> UpstreamError | None`` runs on every new connection before any request.
 """
 
 from __future__ import annotations

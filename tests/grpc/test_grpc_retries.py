@@ -1,22 +1,27 @@
-"""Retries over gRPC, in one process: an upstream's UNAVAILABLE is retried within the budget
+"""Retries and health checks over gRPC, in one process: an upstream's UNAVAILABLE is retried within the budget
 (the default retry_on has 503, which UNAVAILABLE maps to); INVALID_ARGUMENT passes through."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
 import pytest
 
+from gateway.dataplane.health_checks import HealthChecker
 from gateway.dataplane.plane import DataPlane
+from gateway.grpc.client import install_client
 from gateway.grpc.server import start_grpc_gateway
 from gateway.http import UpstreamPool
-from models.grpc_server import generic_service
+from models.faults import FaultInjector, Faults
+from models.grpc_server import generic_service, start_grpc_model_server
 from models.oip_proto import ModelInferResponse
+from models.zoo import load_model
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
-from tests.support import HOST
+from tests.support import HOST, await_for, free_port
 
 from .messages import INFER, infer_request
 
@@ -75,3 +80,38 @@ async def test_the_models_own_client_error_passes_through_unretried() -> None:
         assert info.value.details() == "scripted INVALID_ARGUMENT"
         assert plane.stats.retries == 0
         assert "x-meshgate-error" not in dict(info.value.trailing_metadata())
+
+
+@pytest.mark.anyio
+async def test_health_checks_probe_grpc_versions_through_this_client() -> None:
+    model = await start_grpc_model_server(load_model("digits", "v1"), FaultInjector(Faults()), host=HOST)
+    dead = f"http://{HOST}:{free_port()}"
+    policy = TrafficPolicy.from_dict(
+        {
+            "health_check": {
+                "interval_s": 0.05,
+                "timeout_ms": 500,
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+            }
+        }
+    )
+    vr = VersionRoute("v1", (model.url, dead), None, policy, (), None, "v2-grpc")
+    plane = DataPlane(UpstreamPool())
+    install_client(plane)
+    plane.set_table(RouteTable(1, {"digits": ModelRoute("digits", "v1", {"v1": vr}, protocol="v2-grpc")}))
+    checker = asyncio.create_task(HealthChecker(plane).run())
+    try:
+        runtime = plane.runtime("digits", vr)
+        snapshot = await await_for(
+            runtime.snapshot,
+            lambda s: [e["available"] for e in s["endpoints"]] == [True, False],
+            what="the dead endpoint marked unhealthy, the live one healthy",
+        )
+        assert snapshot["available_endpoints"] == 1
+    finally:
+        checker.cancel()
+        await asyncio.gather(checker, return_exceptions=True)
+        for pool in plane.upstreams.pools.values():
+            await pool.aclose()
+        await model.close()
