@@ -262,3 +262,16 @@ def test_outbound_grpc_refuses_a_peer_that_is_not_a_gateway(mesh, tmp, digits_si
         channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert ("x-meshgate-error", "peer_identity_mismatch") in info.value.trailing_metadata()
+
+
+def test_outbound_grpc_to_a_mesh_port_without_http2_is_unavailable_with_the_reason(mesh, tmp) -> None:
+    """The gateway's mesh port speaks HTTP/1.1 only (no ALPN h2): said, not relayed as garbage."""
+    with (
+        sidecar(mesh, tmp, "caller", "v1", "http://127.0.0.1:9", outbound=True) as s,
+        grpc.insecure_channel(f"{HOST}:{s.outbound}") as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "does not speak HTTP/2" in info.value.details()
+    assert ("x-meshgate-error", "upstream_unreachable") in info.value.trailing_metadata()
