@@ -192,6 +192,8 @@ def _run(opts) -> int:
         run_process(opts)
     except ValueError as exc:  # a bad store URL or prefix
         raise CliError(str(exc)) from None
+    except OSError as exc:  # a port in use (data, admin, mesh or gRPC port)
+        raise CliError(f"cannot start: {exc}") from None
     return 0
 
 
