@@ -293,7 +293,7 @@ class LlmExchange(Exchange):
         m = self.attempt
         d = m.failed(error_outcome(error), error.reason, error.message)
         if self._plane.on_attempt:
-            self._plane.attempted(self, self._url(), m.outcome, None, error, m.started_at, m.ended_at)
+            self._plane.attempted(self, m.ep, m.outcome, None, error, m.started_at, m.ended_at)
         self._run(d)
 
     def stream_over(self, reason: str | None, message: str) -> None:
@@ -311,7 +311,7 @@ class LlmExchange(Exchange):
             outcome = Outcome.RESET if reason == reasons.STREAM_BROKEN else Outcome.TIMEOUT
             m.failed(outcome, reason, message)
         if self._plane.on_attempt:
-            self._plane.attempted(self, self._url(), m.outcome, None, None, m.started_at, m.ended_at)
+            self._plane.attempted(self, m.ep, m.outcome, None, None, m.started_at, m.ended_at)
         self._over(200, reason, None)
 
 

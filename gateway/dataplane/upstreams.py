@@ -48,12 +48,14 @@ class Upstreams:
         """https endpoints present the gateway's mesh identity (SNI is the endpoint's host).
 
         A version registered with an identity gets endpoints that check it on every new
-        connection, before any request is sent on it (``peer_identity_mismatch``, 502).
+        connection, before any request is sent on it (``peer_identity_mismatch``, 502). An
+        LLM version (protocol openai) without an identity is an outside provider: its https
+        endpoints are checked against the system's public CAs, not the mesh's.
         """
         pool = self.pools.get(vr.protocol, self.pool) if vr.protocol != "v2" else self.pool
-        return pool.endpoint(
-            vr.endpoints[index], ssl=self.mesh_tls, verify_peer=self._verifier(vr.version, vr.identity)
-        )
+        ssl = self.mesh_tls if vr.llm is None or vr.identity is not None else None
+        verifier = self._verifier(vr.version, vr.identity)
+        return pool.endpoint(vr.endpoints[index], ssl=ssl, verify_peer=verifier)
 
     def endpoints(self, state: VersionState) -> tuple[Endpoint, ...]:
         """A version's endpoints by index, resolved once per route table and TLS context."""

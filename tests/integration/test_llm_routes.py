@@ -185,3 +185,29 @@ def test_the_sdk_raises_its_own_errors(llm):
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError):
         via.chat.completions.create(model="chat", messages=CHAT, stream="sometimes")  # type: ignore[arg-type]
+
+
+def test_every_stream_is_counted_once_when_it_ends(llm):
+    """The observers run at a stream's end with what it measured (and the upstream connection
+    goes back to the pool clean: the next streams on it succeed)."""
+    mesh, v1, _ = llm
+    mesh.register(
+        "counted", "v1", v1, protocol="openai", upstream_model="tinylm", api_key="env:MESHGATE_TEST_V1_KEY"
+    )
+    wait_for(
+        lambda: "counted" in {m["id"] for m in mesh.data.get("/v1/models").json()["data"]}, what="listed"
+    )
+    via = OpenAI(base_url=f"{mesh.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    for _ in range(6):
+        chunks = list(via.chat.completions.create(model="counted", messages=CHAT, max_tokens=5, stream=True))
+        assert chunks[-1].choices[0].finish_reason
+    text = wait_for(
+        lambda: mesh.admin.get("/metrics").text,
+        lambda t: 'meshgate_llm_time_to_first_token_seconds_count{model="counted",version="v1"} 6.0' in t,
+        what="six streams measured",
+    )
+    counted = [
+        line for line in text.splitlines() if line.startswith("meshgate_requests_total") and "counted" in line
+    ]
+    assert len(counted) == 1 and 'code="200"' in counted[0] and 'reason="none"' in counted[0], counted
+    assert counted[0].endswith(" 6.0")

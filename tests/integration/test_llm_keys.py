@@ -1,0 +1,64 @@
+"""Client keys on the OpenAI routes through a real gateway: the SDK's own errors for a missing,
+wrong or disallowed key and a key over its limit (429, retry-after, x-ratelimit-*); the client's
+key never reaches the provider."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.support import model_server, running_mesh, wait_for
+
+CHAT = [{"role": "user", "content": "Speak."}]
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("llm-keys")
+    with model_server(tmp, "tinylm", "v1") as v1, running_mesh(tmp / "data") as mesh:
+        for name in ("chat", "other"):
+            mesh.register(name, "v1", v1, protocol="openai", upstream_model="tinylm")
+        wait_for(lambda: len(mesh.data.get("/v1/models").json()["data"]) == 2, what="both listed")
+        created = mesh.admin.post("/v1/keys", json={"name": "team-a", "rpm": 3, "models": ["chat"]})
+        assert created.status_code == 201, created.text
+        key = created.json()["key"]
+        wait_for(lambda: mesh.data.get("/v1/models").status_code, lambda s: s == 401, what="keys in force")
+        yield mesh, v1, key
+
+
+def _client(mesh, key: str) -> OpenAI:
+    return OpenAI(base_url=f"{mesh.url}/v1", api_key=key, max_retries=0)
+
+
+def test_a_missing_or_wrong_key_is_a_401_and_a_disallowed_model_a_403(keyed):
+    mesh, _, key = keyed
+    r = mesh.data.post("/v1/chat/completions", json={"model": "chat", "messages": CHAT})
+    assert r.status_code == 401 and r.headers["x-meshgate-error"] == "invalid_api_key"
+    assert r.json()["error"]["code"] == "missing_api_key" and r.headers["www-authenticate"] == "Bearer"
+    with pytest.raises(openai.AuthenticationError) as caught:
+        _client(mesh, "mg-nope_nope").chat.completions.create(model="chat", messages=CHAT)
+    assert caught.value.code == "invalid_api_key"
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        _client(mesh, key).chat.completions.create(model="other", messages=CHAT, max_tokens=2)
+    assert denied.value.code == "model_not_allowed"
+    assert [m.id for m in _client(mesh, key).models.list()] == ["chat"]  # what the key may use
+
+
+def test_a_key_over_its_limit_gets_429_with_retry_after_and_ratelimit_headers(keyed):
+    mesh, v1, key = keyed
+    client = _client(mesh, key)
+    seen = []
+    with pytest.raises(openai.RateLimitError) as caught:
+        for _ in range(4):  # rpm 3 (one may have gone to the disallowed model's refusal: not counted)
+            r = client.chat.completions.with_raw_response.create(model="chat", messages=CHAT, max_tokens=2)
+            seen.append(r.headers)
+    assert seen and seen[0]["x-ratelimit-limit-requests"] == "3"
+    assert int(seen[-1]["x-ratelimit-remaining-requests"]) < int(seen[0]["x-ratelimit-remaining-requests"])
+    limited = caught.value.response
+    assert int(limited.headers["retry-after"]) >= 1 and limited.headers["x-ratelimit-limit-requests"] == "3"
+    assert limited.headers["x-meshgate-error"] == "rate_limited"
+    assert caught.value.code == "rate_limit_exceeded"
+    forwarded = httpx.get(f"{v1}/v2/debug/requests").json()["requests"]
+    assert forwarded and all(item["authorization"] is None for item in forwarded)  # never the client's
