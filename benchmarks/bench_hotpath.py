@@ -30,7 +30,10 @@ cProfile's top functions for one configuration. Writes benchmarks/results/hotpat
 ``--instructions`` reports instead what does not move with the machine's load: the CPU
 instructions per request of each configuration, counted by valgrind's callgrind (the
 difference between a run of 6,000 and one of 1,000 requests after the same warm-up, so start-up
-and warm-up cancel out; about 20 s per configuration). Use it for before/after on a shared
+and warm-up cancel out; about 20 s per configuration, longer on a loaded machine). Counts of
+one tree still move by about 1% between runs (paths that depend on the time passing, such as
+the per-second and per-tick work, run more often when valgrind runs slower): compare trees
+measured close together, and trust differences above that. Use it for before/after on a shared
 machine; it needs ``valgrind`` (``apt-get install valgrind``) and says so when it is missing.
 """
 
@@ -42,6 +45,7 @@ import cProfile
 import gc
 import io
 import json
+import os
 import pstats
 import random
 import re
@@ -230,7 +234,8 @@ def instructions(configs: list[str], short: int = 1000, long: int = 6000) -> dic
         for n in (short, long):
             command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
             command += [sys.executable, "-m", "benchmarks.bench_hotpath", "--run-once", config, str(n)]
-            done = subprocess.run(command, capture_output=True, check=True)
+            env = {**os.environ, "PYTHONHASHSEED": "0"}  # one dict layout for both runs
+            done = subprocess.run(command, capture_output=True, check=True, env=env)
             found = _COLLECTED.search(done.stderr)
             if found is None:
                 raise RuntimeError(f"no instruction count from callgrind: {done.stderr[-500:]!r}")
