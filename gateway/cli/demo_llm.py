@@ -151,11 +151,12 @@ def _arm_lines(results: dict) -> list[str]:
 
 
 def _counted(admin: httpx.Client, served: int, timeout: float = 10.0) -> dict:
-    """The experiment's results once its counters hold every request served (they flush each second)."""
+    """The experiment's results once its counters hold every stream served (they flush each
+    second; the routing probe is a whole answer, so it is not among the streams)."""
     deadline = time.monotonic() + timeout
     while True:
         results = admin.get("/v1/experiments/chat-ab/results").json()
-        counted = sum((a["llm"] or {}).get("requests", 0) for a in results["arms"])
+        counted = sum((a["llm"] or {}).get("streams", 0) for a in results["arms"])
         feedback = next(m for m in results["metrics"] if m["name"] == "thumbs_up")
         if (
             counted >= served and sum(a["n"] for a in feedback["arms"]) >= served
