@@ -188,6 +188,7 @@ async def _start(opts: ProcessOptions) -> Running:
                 opts.grpc_port,
                 reuse_port=opts.reuse_port,
                 max_message_bytes=opts.max_body_bytes,
+                tls=(opts.tls_cert, opts.tls_key) if opts.tls_cert and opts.tls_key else None,
             )
         identity = GatewayIdentity(
             opts.gateway_id,

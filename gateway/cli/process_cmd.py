@@ -230,7 +230,8 @@ def _announce(running) -> None:
     if running.data_port:
         print(f"data plane on http://{opts.host}:{running.data_port}", flush=True)
     if running.grpc_port:
-        print(f"gRPC port on {opts.host}:{running.grpc_port}", flush=True)
+        tls = " (TLS)" if opts.tls_cert else ""
+        print(f"gRPC port on {opts.host}:{running.grpc_port}{tls}", flush=True)
     mesh_cmd.announce(running)
     if running.registration is not None:
         print(f"gateway id {running.registration.identity.id}", flush=True)

@@ -36,6 +36,7 @@ import base64
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
@@ -278,15 +279,21 @@ async def start_grpc_gateway(
     *,
     reuse_port: bool = False,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    tls: tuple[str, str] | None = None,
 ) -> GrpcGateway:
-    """Serve `plane` over gRPC on host:port (0: a free one); installs the gRPC client too."""
+    """Serve `plane` over gRPC on host:port (0: a free one); installs the gRPC client too.
+    `tls`: (certificate chain file, key file), the data port's public certificate (``--tls-cert``)."""
     if "v2-grpc" not in plane.upstreams.pools:
         install_client(plane, GrpcPool(max_message_bytes))
     server = grpc.aio.server(options=grpc_options(max_message_bytes, reuse_port))
     server.add_generic_rpc_handlers((generic_service(_Service(plane).handlers()),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            chain, key = (Path(f).read_bytes() for f in tls)
+            bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
     except RuntimeError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
     if bound == 0:

@@ -33,6 +33,7 @@ from tests.support.mesh import (
     make_token,
     mesh_with_port,
     outbound_infer,
+    self_signed_tls,
     sidecar,
     sidecar_args,
     tls_post,
@@ -436,29 +437,7 @@ def test_policy_read_needs_a_proof_from_that_model(mesh: Mesh, certs: dict) -> N
 
 # -- plain clients, and the sidecar's footprint -----------------------------------------
 def test_data_port_serves_tls_with_an_ordinary_certificate(tmp_path: Path) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_file, key_file = self_signed_tls(tmp_path)
     port, admin_port = free_port(), free_port()
     proc = Proc(
         [*MESHGATE, "up", "--port", str(port), "--admin-port", str(admin_port),
