@@ -33,6 +33,8 @@ class SseEvents:
         self._rest = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._rest and 0 <= chunk.find(b"\n\n") == len(chunk) - 2 and b"\r" not in chunk:
+            return [chunk]  # the common case: an upstream writes one event at a time
         data = self._rest + chunk if self._rest else chunk
         events: list[bytes] = []
         start = 0
@@ -63,6 +65,8 @@ def usage_of(event: bytes, last: bool = False) -> dict[str, Any] | None:
     if at < 0:
         return None
     i = at + len(_USAGE)
+    if b"{" not in event[i : i + 4]:  # "usage":null, the other chunks' (one short slice, no loop)
+        return None
     n = len(event)
     while i < n and event[i] in b" \t:":
         i += 1
