@@ -542,6 +542,9 @@ class GrpcEndpoint:
         self.url = url
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.scheme == "https" and ssl is None:  # no mesh identity: an ordinary TLS client
+            ssl = _ssl.create_default_context()
+            ssl.set_alpn_protocols(["h2"])
         self._ssl = ssl if parts.scheme == "https" else None
         self._verify = verify_peer
         self._max = max_message_bytes

@@ -23,13 +23,15 @@ from .messages import infer_request
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def _call_against(reply: Reply | None, timeout: float = 5.0) -> UpstreamError:
+async def _call_against(reply: Reply | None, timeout: float = 5.0, scheme: str = "http") -> UpstreamError:
     server = await asyncio.start_server(reply, HOST, 0) if reply is not None else None
     port = server.sockets[0].getsockname()[1] if server is not None else free_port()
     pool = GrpcPool()
     try:
         with pytest.raises(UpstreamError) as info:
-            await pool.endpoint(f"http://{HOST}:{port}").call("ModelInfer", infer_request(), timeout=timeout)
+            await pool.endpoint(f"{scheme}://{HOST}:{port}").call(
+                "ModelInfer", infer_request(), timeout=timeout
+            )
         return info.value
     finally:
         await pool.aclose()
@@ -73,3 +75,9 @@ async def test_an_http1_server_is_a_bad_response_at_once() -> None:
 @pytest.mark.anyio
 async def test_a_server_that_never_answers_times_out() -> None:
     assert (await _call_against(_silent, timeout=0.2)).reason == UPSTREAM_TIMEOUT
+
+
+@pytest.mark.anyio
+async def test_an_https_endpoint_without_a_mesh_context_still_speaks_tls() -> None:
+    error = await _call_against(_closes, scheme="https")  # the ClientHello meets a plain server
+    assert error.reason == UPSTREAM_UNREACHABLE and "cannot connect" in error.message
