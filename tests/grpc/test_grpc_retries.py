@@ -17,7 +17,7 @@ from gateway.grpc.server import start_grpc_gateway
 from gateway.http import UpstreamPool
 from models.faults import FaultInjector, Faults
 from models.grpc_server import generic_service, start_grpc_model_server
-from models.oip_proto import ModelInferResponse
+from models.oip_proto import ModelInferResponse, routing_fields
 from models.zoo import load_model
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
@@ -34,7 +34,8 @@ async def _upstream(script: list[grpc.StatusCode | None]) -> AsyncIterator[str]:
         code = script.pop(0) if script else None
         if code is not None:
             await context.abort(code, f"scripted {code.name}")
-        return ModelInferResponse(model_name="m", model_version="v1").SerializeToString()
+        name, version = routing_fields(body)  # the version the gateway appended: the one it serves
+        return ModelInferResponse(model_name=name, model_version=version).SerializeToString()
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((generic_service({"ModelInfer": infer}),))
@@ -115,3 +116,30 @@ async def test_health_checks_probe_grpc_versions_through_this_client() -> None:
         for pool in plane.upstreams.pools.values():
             await pool.aclose()
         await model.close()
+
+
+@pytest.mark.anyio
+async def test_a_failing_version_falls_back_and_the_upstream_is_told_which_version_serves() -> None:
+    async with _upstream([]) as url:
+        dead = f"http://{HOST}:{free_port()}"
+        policies = {
+            v: TrafficPolicy.from_dict(p) for v, p in (("v1", {"fallback_version": "v2"}), ("v2", {}))
+        }
+        versions = {
+            "v1": VersionRoute("v1", (dead,), None, policies["v1"], ("v2",), None, "v2-grpc"),
+            "v2": VersionRoute("v2", (url,), None, policies["v2"], (), None, "v2-grpc"),
+        }
+        plane = DataPlane(UpstreamPool())
+        plane.set_table(RouteTable(1, {"m": ModelRoute("m", "v1", versions, protocol="v2-grpc")}))
+        gateway = await start_grpc_gateway(plane, HOST, 0)
+        try:
+            async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
+                call = channel.unary_unary(INFER)(infer_request(model="m", version="v1"), timeout=10)
+                answer = ModelInferResponse.FromString(await call)
+                trailers = dict(await call.trailing_metadata())
+            assert answer.model_version == "v2"  # pinned v1, served by its fallback, told so
+            assert trailers["x-meshgate-version"] == "v2" and trailers["x-meshgate-fallback"] == "1"
+        finally:
+            await gateway.close()
+            for pool in plane.upstreams.pools.values():
+                await pool.aclose()
