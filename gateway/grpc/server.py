@@ -268,7 +268,9 @@ class GrpcGateway:
         self.host = host
         self.port = port
 
-    async def close(self, grace_s: float = 0.5) -> None:
+    async def close(self, grace_s: float = 5.0) -> None:
+        """New calls are refused at once; calls in flight get `grace_s` to finish (nothing
+        accepted is dropped on a normal stop), then are cancelled."""
         await self._server.stop(grace=grace_s)
 
 

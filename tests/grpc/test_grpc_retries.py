@@ -27,10 +27,15 @@ from .messages import INFER, infer_request
 
 
 @asynccontextmanager
-async def _upstream(script: list[grpc.StatusCode | None]) -> AsyncIterator[str]:
-    """A gRPC ModelInfer that answers with the next status of `script` (None: OK), then OK."""
+async def _upstream(
+    script: list[grpc.StatusCode | None], hold: asyncio.Event | None = None
+) -> AsyncIterator[str]:
+    """A gRPC ModelInfer that answers with the next status of `script` (None: OK), then OK;
+    with `hold`, only once it is set."""
 
     async def infer(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if hold is not None:
+            await hold.wait()
         code = script.pop(0) if script else None
         if code is not None:
             await context.abort(code, f"scripted {code.name}")
@@ -141,5 +146,26 @@ async def test_a_failing_version_falls_back_and_the_upstream_is_told_which_versi
             assert trailers["x-meshgate-version"] == "v2" and trailers["x-meshgate-fallback"] == "1"
         finally:
             await gateway.close()
+            for pool in plane.upstreams.pools.values():
+                await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_call_in_flight_when_the_port_stops_is_answered() -> None:
+    hold = asyncio.Event()
+    async with _upstream([], hold) as url:
+        vr = VersionRoute("v1", (url,), None, TrafficPolicy.from_dict({}), (), None, "v2-grpc")
+        plane = DataPlane(UpstreamPool())
+        plane.set_table(RouteTable(1, {"m": ModelRoute("m", "v1", {"v1": vr}, protocol="v2-grpc")}))
+        gateway = await start_grpc_gateway(plane, HOST, 0)
+        try:
+            async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
+                call = channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
+                await await_for(lambda: plane.stats.requests, what="the call reaching the plane")
+                stopping = asyncio.create_task(gateway.close())  # begins before the answer can come
+                hold.set()
+                assert ModelInferResponse.FromString(await call).model_version == "v1"
+                await stopping
+        finally:
             for pool in plane.upstreams.pools.values():
                 await pool.aclose()
