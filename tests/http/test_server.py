@@ -228,9 +228,18 @@ async def test_large_request_body_streams_to_the_handler() -> None:
     assert seen == [True, True]
 
 
+def _send_buffer_max() -> int:
+    """The most a server socket's send buffer grows to here (tcp_wmem's maximum; 4 MB by default)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 << 20
+
+
 async def test_streamed_response_applies_backpressure_to_a_slow_reader() -> None:
     chunk = b"z" * 65536
-    total = 64
+    total = 2 * _send_buffer_max() // len(chunk) + 64  # more than the kernel holds for a client not reading
     events: list[str] = []
 
     def handler(request: Request, responder: Responder) -> None:
@@ -249,7 +258,10 @@ async def test_streamed_response_applies_backpressure_to_a_slow_reader() -> None
 
         pump()
 
-    async with serving(handler) as server, raw_connection(server.port) as (reader, writer):
+    async with (
+        serving(handler) as server,
+        raw_connection(server.port, receive_buffer=65536) as (reader, writer),
+    ):
         writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         # do not read: the server's buffer fills and writing must pause
         await await_for(lambda: events, lambda seen: "full" in seen, what="the responder's buffer full")
