@@ -10,7 +10,8 @@ gRPC (``--grpc-upstream``, optional): the inbound port also offers ALPN ``h2``; 
 connection is authorized by the caller's identity as above (a refused caller gets gRPC
 ``PERMISSION_DENIED`` with ``x-meshgate-error: unauthorized``) and relayed, bytes unchanged, to
 the model's plaintext gRPC port (:mod:`gateway.sidecar_h2`). The outbound port tells HTTP/2
-(its preface) from HTTP/1.1 and relays it over mTLS, ALPN ``h2``, to the same ``--gateway``.
+(its preface) from HTTP/1.1 and relays it over mTLS, ALPN ``h2``, to the same ``--gateway``
+(a peer that does not negotiate h2, as today's HTTP/1.1 mesh port, is answered UNAVAILABLE).
 
 Outbound (``--outbound``, optional): a plaintext port on 127.0.0.1 where the model calls other
 models by name (``/v2/models/{other}/infer``). Requests go over mTLS, with this workload's
