@@ -167,6 +167,7 @@ class _Connection(asyncio.Protocol):
         "_chunked",
         "_chunked_request",
         "_headers",
+        "_held",
         "_keep_alive",
         "_length",
         "_listed",
@@ -202,6 +203,7 @@ class _Connection(asyncio.Protocol):
         self._writable_cb: Callable[[], None] | None = None
         self._chunked_request = False
         self._listed: frozenset[bytes] | None = None  # fields the Connection header names; reset on use
+        self._held: list[bytes] = []  # an event stream's chunks of the read being parsed
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -259,9 +261,24 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadDone):
                 return
+            self._deliver_held()
             self._bad_response(f"malformed response: {exc}")
+            return
         except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101 nobody asked for
             self._bad_response(f"unrequested protocol switch ({self._status} from {self.endpoint.url})")
+            return
+        if self._held:
+            self._deliver_held()
+
+    def _deliver_held(self) -> None:
+        """An event stream gets what one read brought as one chunk: its chunked encoding makes
+        each event a body callback, and one delivery lets the relay write them to its client in
+        one send (at 32 streams ~2 events arrive per read: about half the client writes saved)."""
+        held, stream = self._held, self._stream
+        if held and stream is not None:
+            chunk = held[0] if len(held) == 1 else b"".join(held)
+            held.clear()
+            stream.feed(chunk)
 
     def _bad_response(self, message: str) -> None:
         exchange = self.exchange
@@ -372,7 +389,10 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         stream = self._stream
         if stream is not None:
-            stream.feed(body)
+            if self._sse:
+                self._held.append(body)  # delivered once the read is parsed (_deliver_held)
+            else:
+                stream.feed(body)
             return
         self._body_chunks.append(body)
         self._body_size += len(body)
@@ -388,6 +408,7 @@ class _Connection(asyncio.Protocol):
             return
         stream = self._stream
         if stream is not None:
+            self._deliver_held()
             self._stream = None
             self._release()
             stream.end()

@@ -473,3 +473,33 @@ async def test_pipelined_requests_through_the_proxy_keep_their_order() -> None:
         writer.write(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(10)))
         targets = [(await read_response(reader)).json()["target"] for _ in range(10)]
     assert targets == [f"/{i}" for i in range(10)]
+
+
+async def test_an_event_streams_events_of_one_read_arrive_as_one_chunk() -> None:
+    """Chunked encoding makes each event a body callback; what one read brought is delivered
+    once, so a relay writes it to its client in one send (not one per event)."""
+    events = [b'data: {"n": %d}\n\n' % i for i in range(4)]
+    more = asyncio.Event()
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data)
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        writer.write(head + b"".join(chunk(e) for e in events[:3]))  # one write, one read
+        await writer.drain()
+        await more.wait()
+        writer.write(chunk(events[3]) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_upstream(upstream) as port, pool_for() as pool:
+        answered: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
+        endpoint = pool.endpoint(f"http://{HOST}:{port}")
+        endpoint.send(b"GET", b"/", [], b"", 5, lambda r, e: answered.set_result(r))
+        stream = (await answered).stream
+        assert stream is not None
+        assert await stream.read() == b"".join(events[:3])
+        more.set()
+        assert await stream.read() == events[3]
+        assert await stream.read() == b""
