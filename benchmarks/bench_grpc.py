@@ -47,7 +47,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.bench_proxy import RESULTS, ROOT, cpu_split, machine, running, target_names
+from benchmarks.bench_proxy import ROOT, cpu_split, machine, publish, running, target_names
 from benchmarks.envoy import EnvoyMissing, envoy_grpc_proxy
 from benchmarks.grpc_load import run_grpc_load
 from gateway.localproc import free_port
@@ -322,7 +322,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "static-upstream":
         serve_static()
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
     results = {
         "command": "python -m benchmarks.bench_grpc " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {**machine(), "load_tool": "grpcio (benchmarks.grpc_load)"},
@@ -332,10 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         **bench(args.targets, args.duration, args.rounds),
         "load_average_after": os.getloadavg(),
     }
-    (RESULTS / "grpc.json").write_text(json.dumps(results, indent=2))
-    markdown = table(results)
-    (RESULTS / "grpc.md").write_text(markdown + "\n")
-    print(markdown)
+    publish("grpc", results, table)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,17 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.bench_proxy import RESULTS, ROOT, _stop, _wait_http, cpu_split, machine, running, target_names
+from benchmarks.bench_proxy import (
+    RESULTS,
+    ROOT,
+    _stop,
+    _wait_http,
+    cpu_split,
+    machine,
+    publish,
+    running,
+    target_names,
+)
 from benchmarks.llm_load import BENCH_KEY, run_llm_load
 from gateway.localproc import free_port
 
@@ -314,7 +324,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", type=_targets, default=list(TARGETS), help="comma-separated subset")
     parser.add_argument("--litellm", help="the litellm executable (default: see above)")
     args = parser.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     results = {
         "command": "python -m benchmarks.bench_llm " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
@@ -325,10 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         **bench(args.targets, args.duration, args.rounds, args.litellm),
         "load_average_after": os.getloadavg(),
     }
-    (RESULTS / "llm.json").write_text(json.dumps(results, indent=2))
-    markdown = table(results)
-    (RESULTS / "llm.md").write_text(markdown + "\n")
-    print(markdown)
+    publish("llm", results, table)
 
 
 if __name__ == "__main__":

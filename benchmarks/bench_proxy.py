@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
@@ -453,7 +453,6 @@ def main(argv: list[str] | None = None) -> None:
         serve_static()
         return
     kinds = list(KINDS) if args.upstream == "both" else [args.upstream]
-    RESULTS.mkdir(parents=True, exist_ok=True)
     results = {
         "command": "python -m benchmarks.bench_proxy " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
@@ -464,9 +463,15 @@ def main(argv: list[str] | None = None) -> None:
         **bench(kinds, args.targets, args.duration, args.rounds, args.profile, args.ref_tree),
         "load_average_after": os.getloadavg(),
     }
-    (RESULTS / "proxy.json").write_text(json.dumps(results, indent=2))
+    publish("proxy", results, table)
+
+
+def publish(name: str, results: dict, table: Callable[[dict], str]) -> None:
+    """Write one benchmark's results as ``RESULTS/<name>.json`` and its table as ``.md``, and print it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
     markdown = table(results)
-    (RESULTS / "proxy.md").write_text(markdown + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown + "\n")
     print(markdown)
 
 
