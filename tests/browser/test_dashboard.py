@@ -115,16 +115,18 @@ def test_dashboard_signs_in_and_shows_the_experiment_its_arms_and_the_canary(mes
             expect(card).to_contain_text("chance to beat control")
             rows = card.locator('table[data-metric="latency"] tbody tr')
 
-            def page_and_api() -> tuple[list[float], dict]:
+            def page_and_api() -> tuple[list[str], dict]:
                 """The page's latency means and the API's settled figures, read together: a request
                 counted after one flush moves both, so they are compared at the same moment."""
                 settled = _settled_latency(mesh)
-                shown = [round(float(rows.nth(i).locator("td.mean").inner_text()), 3) for i in range(2)]
+                shown = [rows.nth(i).locator("td.mean").inner_text() for i in range(2)]
                 return shown, settled
 
             shown_ms, latency = wait_for(  # until a refresh shows the API's figures
                 page_and_api,
-                lambda seen: seen[0] == [round(arm["mean"] * 1000, 3) for arm in seen[1]["arms"]],
+                # the page's own format (4 decimals), not a second rounding of it: 0.46951 shows
+                # as "0.4695", which rounds to 0.469 while the API's figure rounds to 0.470
+                lambda seen: seen[0] == [f"{arm['mean'] * 1000:.4f}" for arm in seen[1]["arms"]],
                 what="the page showing the API's latency means (ms)",
                 interval=0.2,
             )
