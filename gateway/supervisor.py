@@ -139,11 +139,15 @@ class _Worker:
 
 
 def run_workers(
-    opts: ProcessOptions, on_ready: Callable[[int], None] | None = None, *, log_level: str = "info"
+    opts: ProcessOptions,
+    on_ready: Callable[[ProcessOptions], None] | None = None,
+    *,
+    log_level: str = "info",
 ) -> int:
     """Run ``opts.workers`` data planes on one port until SIGTERM/SIGINT; returns the exit code.
 
-    ``on_ready(port)`` is called once every worker listens.
+    ``on_ready(opts)`` is called once every worker listens, with the ports resolved (a port 0
+    asked for is the one the kernel chose, for the data port and the gRPC port alike).
     """
     if opts.run_control_plane or not opts.run_data_plane:
         raise SupervisorError("--workers runs data planes only (meshgate gateway)")
@@ -175,7 +179,7 @@ def run_workers(
         if grpc is not None:
             grpc.close()
         if on_ready is not None:
-            on_ready(opts.port)
+            on_ready(opts)
         while not stop.wait(0.2):
             for worker in workers:
                 code = worker.proc.poll()

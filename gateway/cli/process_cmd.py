@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from gateway.cli import mesh_cmd
 from gateway.cli.admin_client import CliError
+
+if TYPE_CHECKING:  # the runtime loads only when a process starts
+    from gateway.runtime import ProcessOptions
 
 __all__ = ["add_parsers"]
 
@@ -215,9 +219,11 @@ def _gateway(args: argparse.Namespace) -> int:
 
     opts.workers, opts.gateway_id = args.workers, new_gateway_id()
 
-    def announce(port: int) -> None:
-        print(f"data plane on http://{opts.host}:{port} ({opts.workers} workers)", flush=True)
-        print(f"gateway id {opts.gateway_id}-w0..{opts.workers - 1}", flush=True)
+    def announce(ready: ProcessOptions) -> None:
+        print(f"data plane on http://{ready.host}:{ready.port} ({ready.workers} workers)", flush=True)
+        if ready.grpc_port is not None:
+            _announce_grpc(ready, ready.grpc_port)
+        print(f"gateway id {ready.gateway_id}-w0..{ready.workers - 1}", flush=True)
 
     try:
         return run_workers(opts, announce, log_level=args.log_level)
@@ -225,13 +231,17 @@ def _gateway(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def _announce_grpc(opts: ProcessOptions, port: int) -> None:
+    tls = " (TLS)" if opts.tls_cert else ""
+    print(f"gRPC port on {opts.host}:{port}{tls}", flush=True)
+
+
 def _announce(running) -> None:
     opts = running.options
     if running.data_port:
         print(f"data plane on http://{opts.host}:{running.data_port}", flush=True)
     if running.grpc_port:
-        tls = " (TLS)" if opts.tls_cert else ""
-        print(f"gRPC port on {opts.host}:{running.grpc_port}{tls}", flush=True)
+        _announce_grpc(opts, running.grpc_port)
     mesh_cmd.announce(running)
     if running.registration is not None:
         print(f"gateway id {running.registration.identity.id}", flush=True)

@@ -3,6 +3,8 @@ as they share the HTTP port, and every fresh connection is served."""
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import pytest
 
@@ -41,11 +43,15 @@ def mesh(tmp_path_factory):
 
 
 def test_workers_share_the_grpc_port(mesh):
-    grpc_port = free_port()
-    gw = mesh.spawn_gateway("--workers", "2", "--grpc-port", str(grpc_port))
+    """``--grpc-port 0``: the supervisor prints the port the kernel chose, as ``meshgate up`` does."""
+    gw = mesh.spawn_gateway("--workers", "2", "--grpc-port", "0")
     try:
         mesh.wait_ready(gw)
         wait_for(lambda: "2 workers" in gw.proc.output(), what="the workers announcement")
+        announced = re.search(rf"^gRPC port on {re.escape(HOST)}:(\d+)$", gw.proc.output(), re.MULTILINE)
+        assert announced is not None, gw.proc.output()[-2000:]
+        grpc_port = int(announced.group(1))
+        assert grpc_port != 0
 
         def answered() -> str:
             with grpc.insecure_channel(f"{HOST}:{grpc_port}") as channel:  # a new connection each time
