@@ -13,11 +13,19 @@ A :class:`Meter` is one key's accounting on one gateway, in one of two modes:
 * **shared** (several gateways on one Redis): requests are admitted against a *lease*, a number
   of requests the store granted this gateway for the current minute. The store never grants
   more than ``rpm - prev * (1 - f) - reserved`` (``reserved``: every lease granted so far this
-  minute, used or not), so leases alone never exceed the limit. Two exceptions are bounded: a
-  gateway that has not synced the key yet this minute admits **one** request without a lease
-  (a key's first request is not refused while its lease is fetched), and a gateway whose sync
-  failed (store down) falls back to exact mode against the full limit until a sync succeeds.
-  Hence, while the store is up: requests per sliding minute <= rpm + G for G gateways.
+  minute, used or not; ``prev``: the previous minute's reservations, which cover its requests
+  before every gateway has reported them), so leases alone never exceed the limit. A lease is
+  a reservation in its own minute and lapses when the minute ends (what is left goes back to
+  it at the next sync), so within ``ahead_s`` of the end a sync also reserves the **next**
+  minute's lease, and the boundary finds it in place: a gateway does not go without a lease
+  for the sync interval after each boundary. At that boundary the minute counts whole beside
+  the next one's leases, so every grant also keeps ``reserved + next_reserved <= rpm``.
+  Two exceptions are bounded: a gateway that has not synced the key yet this minute admits
+  **one** request without a lease (a key's first request is not refused while its lease is
+  fetched), and a gateway whose sync failed (store down) falls back to exact mode against the
+  full limit until a sync succeeds. Hence, while the store is up: requests per sliding minute
+  <= rpm + G for G gateways (+ G more for one sync interval after a boundary, from gateways
+  whose unleased request of the minute before came in its last sync interval, still unreported).
 
 Tokens are known only after the answer: ``record`` adds them and a request is admitted while
 the token budget is above zero, so one large answer may take it below zero and block later
@@ -118,14 +126,17 @@ class Verdict(NamedTuple):
 
 class Flush(NamedTuple):
     """What one sync sends for a key: the counts per minute the store has not seen, and the
-    lease change for the current minute, for requests and for tokens (``want`` more,
-    ``give_back`` returned)."""
+    lease changes, for requests and for tokens: in the current minute (``want`` more,
+    ``give_back`` returned), in the next one (``want_next``, asked ahead near the minute's end)
+    and in the previous one (``lapsed``: what was left of its lease when it ended, returned)."""
 
     #: minute -> (requests, unleased requests, tokens, unleased tokens)
     counts: dict[int, tuple[int, int, int, int]]
     window: int
     want: tuple[int, int]  # (requests, tokens)
     give_back: tuple[int, int]
+    want_next: tuple[int, int] = (0, 0)
+    lapsed: tuple[int, int] = (0, 0)
 
 
 def _target(limit: int, demand: int) -> int:
@@ -134,8 +145,17 @@ def _target(limit: int, demand: int) -> int:
     return min(max(1, math.ceil(limit / 10)), max(1, 2 * demand))
 
 
-def _grant(limit: int, want: int, reserved_after: int, prev: int, f: float) -> int:
-    room = limit - prev * (1 - f) - (reserved_after - want)
+def _grant(limit: int, want: int, reserved_after: int, prev: int, f: float, next_reserved: int) -> int:
+    """This minute's lease: room under the sliding window (``prev``: the previous minute's
+    reservations, weighed as it still counts) and under what the next minute already holds
+    (at the boundary this minute counts whole beside the next one's leases)."""
+    room = limit - max(prev * (1 - f), next_reserved) - (reserved_after - want)
+    return max(0, min(want, math.floor(room)))
+
+
+def _grant_next(limit: int, want: int, reserved: int, next_reserved_after: int) -> int:
+    """The next minute's lease, asked ahead: at its start this minute's reservations count whole."""
+    room = limit - reserved - (next_reserved_after - want)
     return max(0, min(want, math.floor(room)))
 
 
@@ -144,12 +164,14 @@ class Meter:
 
     __slots__ = (
         "_demand",
+        "_lapsed",
         "_pending",
         "_unleased_used",
         "cur",
         "degraded",
         "lease",
         "limits",
+        "next_lease",
         "prev",
         "shared",
         "synced",
@@ -166,6 +188,8 @@ class Meter:
         #: [requests, tokens] this gateway may still use this minute (shared mode); tokens of an
         #: answer beyond the token lease are sent as unleased, for the store to reserve
         self.lease = [0, 0]
+        self.next_lease = [0, 0]  # reserved in the next minute: its lease when it starts
+        self._lapsed = [0, 0]  # the previous minute's lease left when it ended: to give back
         self.synced = False  # a sync has settled this minute (shared mode)
         self.degraded = False  # the last sync failed: exact mode against the full limit
         self._unleased_used = False
@@ -179,10 +203,15 @@ class Meter:
     def _roll(self, now: float) -> float:
         index, f = window_of(now)
         if index != self.window:
-            self.prev = self.cur if index == self.window + 1 else [0, 0]
+            follows = index == self.window + 1
+            self.prev = self.cur if follows else [0, 0]
             self.cur = [0, 0]
             self.window = index
-            self.lease = [0, 0]  # a lease is a reservation in its own minute
+            # a lease is a reservation in its own minute: what is left lapses (and goes back at
+            # the next sync); the one reserved ahead for this minute takes its place
+            self._lapsed = [max(0, n) for n in self.lease] if follows else [0, 0]
+            self.lease = self.next_lease if follows else [0, 0]
+            self.next_lease = [0, 0]
             self.synced = False
             self._unleased_used = False
         return f
@@ -260,14 +289,17 @@ class Meter:
             counts[3] += tokens - covered
 
     # -- the sync protocol (shared mode; exact mode only publishes its counts) ------------
-    def begin_sync(self, now: float) -> Flush:
+    def begin_sync(self, now: float, ahead_s: float = 0.0) -> Flush:
         """Take what the store has not seen yet; return lease beyond what the recent demand
-        needs at once (it can no longer be used), and ask for a top-up to that target."""
-        self._roll(now)
+        needs at once (it can no longer be used), and ask for a top-up to that target; within
+        ``ahead_s`` of the minute's end, ask for the next minute's lease too, so that the
+        boundary finds one in place."""
+        f = self._roll(now)
         counts = {w: (c[0], c[1], c[2], c[3]) for w, c in self._pending.items() if any(c)}
         self._pending = {}
-        want, give_back = [0, 0], [0, 0]
+        want, give_back, want_next = [0, 0], [0, 0], [0, 0]
         if self.shared:
+            ahead = (1 - f) * WINDOW_S <= ahead_s
             for i, limit in enumerate((self.limits.rpm, self.limits.tpm)):
                 if limit is None:
                     continue
@@ -276,40 +308,71 @@ class Meter:
                     give_back[i], self.lease[i] = self.lease[i] - target, target
                 else:
                     want[i] = target - max(self.lease[i], 0)
+                if ahead:
+                    want_next[i] = max(0, target - self.next_lease[i])
         self._demand = [0, 0]
-        return Flush(counts, self.window, (want[0], want[1]), (give_back[0], give_back[1]))
+        lapsed, self._lapsed = self._lapsed, [0, 0]
+        return Flush(
+            counts,
+            self.window,
+            (want[0], want[1]),
+            (give_back[0], give_back[1]),
+            (want_next[0], want_next[1]),
+            (lapsed[0], lapsed[1]),
+        )
 
     def grant(
-        self, flush: Flush, reserved_after: tuple[int, int], prev_totals: tuple[int, int], now: float
-    ) -> tuple[int, int]:
-        """How much of ``flush.want`` the store's answer allows: ``reserved_after`` is the
-        minute's reservations (requests, tokens) right after this sync added its ``want``;
-        the rest must go back."""
+        self,
+        flush: Flush,
+        reserved_after: tuple[int, int],
+        prev_reserved: tuple[int, int],
+        next_reserved_after: tuple[int, int],
+        now: float,
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """How much of ``flush.want`` and ``flush.want_next`` the store's answer allows, as
+        (requests, tokens) for this minute and for the next: ``reserved_after`` and
+        ``next_reserved_after`` are those minutes' reservations right after this sync added
+        its own, ``prev_reserved`` the previous minute's (what was reserved there, or counted
+        if more: requests used from a lease may not have been counted yet). The rest must go
+        back. Every grant keeps, with the reservations made before it, both
+        ``prev * (1 - f) + reserved <= limit`` (the sliding window) and
+        ``reserved + next_reserved <= limit`` (the window at the next boundary)."""
         index, f = window_of(now)
         f = f if index == flush.window else 1.0
-        rpm, tpm = self.limits.rpm, self.limits.tpm
-        req = 0 if rpm is None else _grant(rpm, flush.want[0], reserved_after[0], prev_totals[0], f)
-        tok = 0 if tpm is None else _grant(tpm, flush.want[1], reserved_after[1], prev_totals[1], f)
-        return req, tok
+        this, ahead = [0, 0], [0, 0]
+        for i, limit in enumerate((self.limits.rpm, self.limits.tpm)):
+            if limit is not None:
+                reserved, nxt = reserved_after[i], next_reserved_after[i]
+                this[i] = _grant(limit, flush.want[i], reserved, prev_reserved[i], f, nxt)
+                ahead[i] = _grant_next(limit, flush.want_next[i], reserved, nxt)
+        return (this[0], this[1]), (ahead[0], ahead[1])
 
     def settle(
         self,
         flush: Flush,
-        granted: tuple[int, int],
+        granted: tuple[tuple[int, int], tuple[int, int]],
         totals: tuple[int, int],
         prev_totals: tuple[int, int],
         now: float,
     ) -> None:
         """Take in a successful sync: the store's totals (which include ``flush``) plus what
-        was counted here meanwhile, and the granted lease if the minute has not moved on."""
+        was counted here meanwhile, and the granted leases (``grant``'s answer) for the
+        minutes that have not ended."""
         self._roll(now)
         self.degraded = False
+        this, ahead = granted
+        if self.window == flush.window + 1:
+            # the minute ended during the round trip: its grant lapses at once, the one asked
+            # ahead is this minute's; the next sync sees the new minute's totals
+            self._lapsed = [self._lapsed[0] + this[0], self._lapsed[1] + this[1]]
+            self.lease = [self.lease[0] + ahead[0], self.lease[1] + ahead[1]]
         if self.window != flush.window:
-            return  # the answer is about a minute that is over: the next sync sees the new one
+            return  # (a later minute: both grants are over and the store lets them expire)
         late = self._pending.get(self.window, (0, 0, 0, 0))
         self.cur = [totals[0] + late[0], totals[1] + late[2]]
         self.prev = [prev_totals[0], prev_totals[1]]
-        self.lease = [self.lease[0] + granted[0], self.lease[1] + granted[1]]
+        self.lease = [self.lease[0] + this[0], self.lease[1] + this[1]]
+        self.next_lease = [self.next_lease[0] + ahead[0], self.next_lease[1] + ahead[1]]
         self.synced = True
 
     def sync_failed(self, flush: Flush) -> None:
@@ -321,4 +384,5 @@ class Meter:
         if flush.window == self.window:
             # the store still holds what was to go back: keep it here too (usable again)
             self.lease = [self.lease[0] + flush.give_back[0], self.lease[1] + flush.give_back[1]]
+            self._lapsed = [self._lapsed[0] + flush.lapsed[0], self._lapsed[1] + flush.lapsed[1]]
         self.degraded = self.shared

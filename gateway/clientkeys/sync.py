@@ -45,6 +45,9 @@ class KeySync:
         self.gate = gate
         self.store = store
         self.interval_s = gate.sync_s if interval_s is None else interval_s
+        #: how long before a minute's end the syncs reserve the next minute's leases: enough
+        #: syncs that one lands in it when the loop is busy, short enough to hold little early
+        self.ahead_s = max(1.0, 5 * self.interval_s)
         self.failures = 0
         self.syncs = 0
         self._totals: dict[str, dict[str, int]] = {}  # all-time deltas not yet in the store
@@ -61,11 +64,16 @@ class KeySync:
                 totals = self._totals.setdefault(TOTALS_PREFIX + key_id, {})
                 totals["requests"] = totals.get("requests", 0) + req
                 totals["tokens"] = totals.get("tokens", 0) + tok
-            cur = adds.setdefault(window_group(key_id, flush.window), {})
-            for name, want, back in zip(("res", "rtk"), flush.want, flush.give_back, strict=True):
-                if want - back:
-                    cur[name] = cur.get(name, 0) + want - back
-            adds.setdefault(window_group(key_id, flush.window - 1), {})
+            changes = (
+                (flush.window, flush.want, flush.give_back),
+                (flush.window + 1, flush.want_next, (0, 0)),
+                (flush.window - 1, (0, 0), flush.lapsed),
+            )
+            for minute, wants, backs in changes:  # every minute the grant reads, changed or not
+                fields = adds.setdefault(window_group(key_id, minute), {})
+                for name, want, back in zip(("res", "rtk"), wants, backs, strict=True):
+                    if want - back:
+                        fields[name] = fields.get(name, 0) + want - back
         return adds
 
     async def sync(self) -> None:
@@ -74,7 +82,7 @@ class KeySync:
         now = self.gate.now()
         minute = window_of(now)[0]
         meters = dict(self.gate.meters)
-        flushes = {key_id: meter.begin_sync(now) for key_id, meter in meters.items()}
+        flushes = {key_id: meter.begin_sync(now, self.ahead_s) for key_id, meter in meters.items()}
         for key_id, flush in flushes.items():
             if flush.counts or any(flush.want):  # counted, or still waiting for a lease
                 self._idle[key_id] = minute
@@ -112,16 +120,24 @@ class KeySync:
                 continue
             cur = totals.get(window_group(key_id, flush.window), {})
             prev = totals.get(window_group(key_id, flush.window - 1), {})
+            nxt = totals.get(window_group(key_id, flush.window + 1), {})
             granted = meter.grant(
-                flush, (cur.get("res", 0), cur.get("rtk", 0)), (prev.get("req", 0), prev.get("tok", 0)), after
+                flush,
+                (cur.get("res", 0), cur.get("rtk", 0)),
+                (max(prev.get("req", 0), prev.get("res", 0)), max(prev.get("tok", 0), prev.get("rtk", 0))),
+                (nxt.get("res", 0), nxt.get("rtk", 0)),
+                after,
             )
-            back = {
-                name: got - want
-                for name, got, want in zip(("res", "rtk"), granted, flush.want, strict=True)
-                if got < want
-            }
-            if back:
-                give_back[window_group(key_id, flush.window)] = back
+            for minute, got, wants in zip(
+                (flush.window, flush.window + 1), granted, (flush.want, flush.want_next), strict=True
+            ):
+                back = {
+                    name: have - want
+                    for name, have, want in zip(("res", "rtk"), got, wants, strict=True)
+                    if have < want
+                }
+                if back:
+                    give_back[window_group(key_id, minute)] = back
             meter.settle(
                 flush,
                 granted,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 
@@ -13,7 +14,7 @@ from gateway.clientkeys.sync import NAMESPACE, TOTALS_PREFIX, window_group
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from router.client_keys import ClientKey, KeyTable, digest, mint
-from router.ratelimit import Limits
+from router.ratelimit import Limits, go_duration, window_of
 from tests.support import FakeClock
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
 
@@ -136,16 +137,23 @@ def shared_store(request, tmp_path):
         delete_prefix(SHARED_REDIS_URL, prefix)
 
 
+def _two_gates(shared_store, clock: FakeClock, rpm: int) -> tuple[tuple[str, str, ClientKey], list, list]:
+    """A key with this rpm and two gates (as two gateways) metering it, each syncing through
+    its own connection to one store: (key, gates, their syncs)."""
+    first, another = shared_store
+    second = first if isinstance(first, MemoryStore) else another()  # memory: one object
+    key = _new(rpm=rpm, tpm=None)
+    table = _table(key)
+    gates = [KeyGate(lambda: table, shared=True, now=clock) for _ in range(2)]
+    return key, gates, [KeySync(g, s) for g, s in zip(gates, (first, second), strict=True)]
+
+
 def test_two_gates_on_one_store_stay_within_rpm_plus_one_per_gate(shared_store):
     """Two gates (as two gateways) hammer one key in turns, syncing through one store: together
     they admit at most rpm + 2 in the minute (one unleased first request each)."""
-    first, another = shared_store
-    second = first if isinstance(first, MemoryStore) else another()  # memory: one object
+    first = shared_store[0]
     clock = FakeClock(T0)
-    key = _new(rpm=40, tpm=None)
-    table = _table(key)
-    gates = [KeyGate(lambda: table, shared=True, now=clock) for _ in range(2)]
-    syncs = [KeySync(g, s) for g, s in zip(gates, (first, second), strict=True)]
+    key, gates, syncs = _two_gates(shared_store, clock, rpm=40)
     admitted = 0
 
     async def drive() -> int:
@@ -203,3 +211,84 @@ def test_a_failed_sync_keeps_the_counts_and_limits_locally_until_the_store_is_ba
     assert got["req"] == 10 and got["res"] >= 10  # every admitted request reached the store, reserved
     assert store.counters(TOTALS_PREFIX + key[0]) == {"requests": 10, "tokens": 0}
     assert not gate.meters[key[0]].degraded
+
+
+def _sliding(admitted: list[float], now: float) -> float:
+    """The key's sliding-window count at ``now`` from every admission's time (the truth)."""
+    minute, f = window_of(now)
+    prev = sum(window_of(t)[0] == minute - 1 for t in admitted)
+    return prev * (1 - f) + sum(window_of(t)[0] == minute for t in admitted)
+
+
+def test_a_key_under_its_limit_is_not_refused_at_the_minute_boundary(shared_store):
+    """Two gates (as two gateways) on one store send a steady 2 requests per sync interval
+    each, from 2 s before a minute's end to 2 s after it, far under the key's rpm: every one
+    is admitted, and its x-ratelimit-* headers say what the window holds. (Each gate's lease
+    used to be reset at the boundary: its first request went through unleased and the next
+    were refused until its next sync.)"""
+    rpm = 600
+    clock = FakeClock(60.0 * 1001 - 2.0)
+    key, gates, syncs = _two_gates(shared_store, clock, rpm)
+    auth = f"Bearer {key[1]}"
+    admitted: list[float] = []
+    refused: list[tuple[float, int]] = []
+
+    async def drive() -> None:
+        for gate, sync in zip(gates, syncs, strict=True):  # each gate's first lease
+            assert gate.admit(auth, "chat").refusal is None
+            admitted.append(clock())
+            await sync.sync()
+        for _tick in range(40):
+            for i, (gate, sync) in enumerate(zip(gates, syncs, strict=True)):
+                for _ in range(2):
+                    adm = gate.admit(auth, "chat")
+                    if adm.refusal is not None:
+                        refused.append((clock(), i))
+                        continue
+                    admitted.append(clock())
+                    headers = dict(adm.headers)
+                    true_remaining = math.floor(rpm - _sliding(admitted, clock()))
+                    remaining = int(headers[b"x-ratelimit-remaining-requests"])
+                    # what the gate knows: all but the other gate's requests since its last sync
+                    assert true_remaining <= remaining <= true_remaining + 2
+                    # this minute's requests leave the window at the end of the next minute
+                    f = window_of(clock())[1]
+                    assert headers[b"x-ratelimit-reset-requests"] == go_duration((2 - f) * 60).encode()
+                await sync.sync()
+            clock.advance(0.1)
+
+    asyncio.run(drive())
+    assert refused == []
+    assert len(admitted) == 2 + 40 * 2 * 2
+
+
+def test_two_gates_over_the_limit_across_a_minute_boundary_stay_within_rpm_plus_one_per_gate(shared_store):
+    """Two gates hammer one key for a minute and through the next boundary, each syncing half
+    a sync interval after its requests (so some of them reach the store only in the next
+    minute): the key's sliding-window count never passes rpm + 2, although each gate reserves
+    the next minute's lease ahead of the boundary."""
+    rpm = 100
+    clock = FakeClock(60.0 * 1000 + 0.08)  # requests at .08, .18, ...: the last of a minute at 59.98
+    key, gates, syncs = _two_gates(shared_store, clock, rpm)
+    auth = f"Bearer {key[1]}"
+    admitted: list[float] = []
+    worst = 0.0
+
+    async def drive() -> None:
+        nonlocal worst
+        for _tick in range(650):  # to 5 s into the next minute
+            for gate in gates:
+                for _ in range(10):
+                    if gate.admit(auth, "chat").refusal is None:
+                        admitted.append(clock())
+                        worst = max(worst, _sliding(admitted, clock()))
+            clock.advance(0.05)
+            for sync in syncs:
+                await sync.sync()
+            clock.advance(0.05)
+
+    asyncio.run(drive())
+    assert worst <= rpm + 2
+    in_first_minute = sum(window_of(t)[0] == 1000 for t in admitted)
+    assert rpm - 2 * math.ceil(rpm / 10) <= in_first_minute <= rpm + 2
+    assert sum(window_of(t)[0] == 1001 for t in admitted) > 0  # the next minute admits as the first decays

@@ -89,8 +89,8 @@ def test_shared_mode_one_unleased_request_then_only_leases():
     assert flush.counts == {1000: (1, 1, 0, 0)}
     assert flush.want == (4, 0)  # twice the demand since the last sync (2 asked)
     # the store: 1 unleased + 4 asked reserved -> 5; room 100 - (5 - 4) = 99: all granted
-    granted = m.grant(flush, (5, 0), (0, 0), now=T0 + 1)
-    assert granted == (4, 0)
+    granted = m.grant(flush, (5, 0), (0, 0), (0, 0), now=T0 + 1)
+    assert granted == ((4, 0), (0, 0))  # nothing asked for the next minute yet
     m.settle(flush, granted, (1, 0), (0, 0), T0 + 1)
     assert [m.admit(T0 + 2).admitted for _ in range(5)] == [True] * 4 + [False]
 
@@ -110,8 +110,10 @@ def test_shared_grant_never_exceeds_the_room_left():
     flush = m.begin_sync(T0 + 30)
     assert flush.want[0] == 10  # a tenth of rpm
     # others hold 86 of this minute, the previous minute had 8 (weight 0.5): room 100 - 4 - 87 = 9
-    assert m.grant(flush, (86 + 1 + 10, 0), (8, 0), now=T0 + 30) == (9, 0)
-    assert m.grant(flush, (95 + 1 + 10, 0), (8, 0), now=T0 + 30) == (0, 0)
+    assert m.grant(flush, (86 + 1 + 10, 0), (8, 0), (0, 0), now=T0 + 30) == ((9, 0), (0, 0))
+    assert m.grant(flush, (95 + 1 + 10, 0), (8, 0), (0, 0), now=T0 + 30) == ((0, 0), (0, 0))
+    # the next minute holds 7 already (asked ahead by others): they bind before the 4 do
+    assert m.grant(flush, (86 + 1 + 10, 0), (8, 0), (7, 0), now=T0 + 30) == ((6, 0), (0, 0))
 
 
 def test_shared_tokens_come_out_of_the_token_lease_and_the_excess_is_reserved():
@@ -132,7 +134,11 @@ def test_shared_lease_is_given_back_when_demand_falls_and_lapses_with_its_minute
     flush = m.begin_sync(T0 + 5)  # no demand: keep 1, give 9 back
     assert (flush.want, flush.give_back, m.lease) == ((0, 0), (9, 0), [1, 0])
     m.admit(T0 + 61)  # next minute: the old lease is gone, one unleased request
-    assert m.lease == [0, 0] and m.begin_sync(T0 + 61).counts == {1001: (1, 1, 0, 0)}
+    assert m.lease == [0, 0]
+    flush = m.begin_sync(T0 + 61)
+    assert flush.counts == {1001: (1, 1, 0, 0)}
+    assert flush.lapsed == (1, 0)  # what was left of the old minute's lease goes back to it
+    assert m.begin_sync(T0 + 61.1).lapsed == (0, 0)  # once
 
 
 def test_failed_sync_keeps_the_counts_and_falls_back_to_exact_mode():
@@ -144,7 +150,7 @@ def test_failed_sync_keeps_the_counts_and_falls_back_to_exact_mode():
     assert [m.admit(T0 + 2).admitted for _ in range(3)] == [True, True, False]  # 1 + 2 = rpm
     again = m.begin_sync(T0 + 2)
     assert again.counts == {1000: (3, 3, 0, 0)}  # unleased: the store reserves them when it answers
-    m.settle(again, (0, 0), (3, 0), (0, 0), T0 + 2)
+    m.settle(again, ((0, 0), (0, 0)), (3, 0), (0, 0), T0 + 2)
     assert not m.degraded
 
 
@@ -155,7 +161,8 @@ def test_settle_adds_what_was_counted_during_the_round_trip():
     m.lease[1] = 50  # a token lease granted earlier
     assert m.admit(T0 + 1.05).admitted
     m.record(7, T0 + 1.05)
-    m.settle(flush, (0, 0), (40, 900), (10, 0), T0 + 1.06)  # other gateways' counts are in the totals
+    # other gateways' counts are in the totals
+    m.settle(flush, ((0, 0), (0, 0)), (40, 900), (10, 0), T0 + 1.06)
     assert m.cur == [41, 907] and m.prev == [10, 0]
 
 
@@ -164,3 +171,37 @@ def test_retry_after_is_finite_for_any_reachable_budget():
     m.admit(T0)
     v = m.admit(T0)
     assert not v.admitted and math.isfinite(v.retry_after_s)
+
+
+def test_near_the_minute_end_a_sync_reserves_the_next_minutes_lease():
+    m = Meter(Limits(rpm=100, tpm=1000), shared=True, now=T0)
+    m.lease, m.synced = [3, 50], True
+    m.admit(T0 + 58)
+    assert m.begin_sync(T0 + 58, ahead_s=1.0).want_next == (0, 0)  # 2 s before the end: not yet
+    m.admit(T0 + 59.5)
+    m.record(20, T0 + 59.5)
+    flush = m.begin_sync(T0 + 59.5, ahead_s=1.0)
+    assert flush.want_next == (2, 40)  # the same target as this minute's lease
+    # at the boundary this minute counts whole: 60 reserved here leave 40 for the next one,
+    # of which others asked ahead 39 (+ this sync's 2): 1 request fits; tokens have room
+    granted = m.grant(flush, (60, 300), (0, 0), (39 + 2, 40), now=T0 + 59.5)
+    assert granted[1] == (1, 40)
+    m.settle(flush, granted, (50, 300), (0, 0), T0 + 59.5)
+    assert m.next_lease == [1, 40]
+    assert m.lease == [1, 40]  # no room for more requests this minute (60 + 41 > 100)
+    v = m.admit(T0 + 60.01)  # the new minute starts with the lease reserved for it
+    assert v.admitted and m.lease == [0, 40]
+    assert m.begin_sync(T0 + 60.02).lapsed == (1, 40)  # the old minute's, returned to it
+
+
+def test_a_grant_that_arrives_after_its_minute_lapses_and_the_one_ahead_is_kept():
+    m = Meter(Limits(rpm=100), shared=True, now=T0)
+    m.lease, m.synced = [1, 0], True
+    for _ in range(3):
+        m.admit(T0 + 59.95)
+    flush = m.begin_sync(T0 + 59.95, ahead_s=1.0)
+    assert (flush.want, flush.want_next) == ((6, 0), (6, 0))
+    granted = m.grant(flush, (10, 0), (0, 0), (6, 0), now=T0 + 60.02)
+    m.settle(flush, granted, (3, 0), (0, 0), T0 + 60.02)  # the answer came in the next minute
+    assert m.lease == [6, 0] and m.next_lease == [0, 0]
+    assert m.begin_sync(T0 + 60.1).lapsed == (6, 0)  # this minute's grant was never usable
