@@ -11,8 +11,12 @@ prices per million tokens. A figure the gateway could not know is ``None``, neve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["LlmUsage"]
+if TYPE_CHECKING:
+    from router.table import LlmRoute
+
+__all__ = ["LlmUsage", "cost_usd"]
 
 
 @dataclass(slots=True)
@@ -38,3 +42,13 @@ class LlmUsage:
         if self.prompt_tokens is None and self.completion_tokens is None:
             return None
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+
+
+def cost_usd(prices: LlmRoute, prompt: int | None, completion: int | None) -> float | None:
+    """What `prompt` and `completion` tokens cost at a version's prices (USD per 1M tokens);
+    None when no token count is known or the version has no prices."""
+    if prompt is None and completion is None:
+        return None
+    if prices.price_in is None and prices.price_out is None:
+        return None
+    return ((prompt or 0) * (prices.price_in or 0.0) + (completion or 0) * (prices.price_out or 0.0)) / 1e6

@@ -24,13 +24,15 @@ The observers run once the answer is over (for a stream: at its end), with ``ex.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.clientkeys.gate import openai_error
 from gateway.dataplane.exchange import Exchange, error_outcome
 from gateway.dataplane.headers import response_headers
-from gateway.dataplane.llm_usage import LlmUsage
+from gateway.dataplane.llm_usage import LlmUsage, cost_usd
+from gateway.dataplane.shadow import LlmShadowCopy
 from gateway.dataplane.sse import DONE_EVENT, SseEvents, error_event, is_usage_chunk, response_model, usage_of
 from gateway.http import BodyStream, UpstreamError, UpstreamResponse, upstream_error
 from router import reasons
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane, VersionState
     from gateway.http import Handle, Request, Responder
     from router.deadline import Deadline
-    from router.table import Choice, ModelRoute
+    from router.table import Choice, LlmRoute, ModelRoute, VersionRoute
 
 __all__ = ["LlmExchange", "error_type"]
 
@@ -51,6 +53,7 @@ Headers = list[tuple[bytes, bytes]]
 _AUTH = b"authorization"
 _NO_AUTH = (b"host", b"")  # the pool writes host itself: this slot sends nothing
 _RATE_HEADER = b"x-ratelimit-"
+_KINDS = {b"/v1/chat/completions": "chat", b"/v1/completions": "text", b"/v1/embeddings": "embeddings"}
 _prefixes: dict[str, bytes] = {}
 
 
@@ -116,19 +119,43 @@ class LlmExchange(Exchange):
         self.llm = LlmUsage(streamed=body.stream)
 
     # -- per version ------------------------------------------------------------------
+    def _auth(self, llm: LlmRoute) -> tuple[bytes, bytes] | None:
+        """The upstream's ``Authorization`` slot for a version (None: its key cannot be read)."""
+        if llm.api_key is None:
+            return _NO_AUTH
+        key = self._keys.resolve(llm.api_key)  # type: ignore[attr-defined]
+        return (_AUTH, b"Bearer " + key.encode()) if key is not None else None
+
     def _prepare(self) -> str | None:
         """Body and provider key for the version being served; a problem, if the key is missing."""
         state = self._state
         llm = state.route.llm
-        key = None
-        if llm.api_key is not None:
-            key = self._keys.resolve(llm.api_key)  # type: ignore[attr-defined]
-            if key is None:
-                return llm.api_key
-        self.headers[0] = (_AUTH, b"Bearer " + key.encode()) if key is not None else _NO_AUTH
-        self._body = self._llm_body.for_upstream(llm.upstream_model, self._asked)
+        auth = self._auth(llm)  # type: ignore[arg-type]
+        if auth is None:
+            return llm.api_key  # type: ignore[union-attr]
+        self.headers[0] = auth
+        self._body = self._llm_body.for_upstream(llm.upstream_model, self._asked)  # type: ignore[union-attr]
         self._prepared = state
         return None
+
+    def start(self) -> None:
+        if self._state.runtime.shadow is not None:  # no work at all for a version without one
+            shadow = self.attempt.shadow()
+            if shadow is not None:
+                self.shadow = LlmShadowCopy.start(  # type: ignore[assignment]
+                    self._plane, self.model, self.version, shadow, _KINDS[self._path],
+                    self._mirror_request, partial(upstream_target, path=self._path), self.llm, self.t0,
+                )  # fmt: skip
+        super().start()
+
+    def _mirror_request(self, vr: VersionRoute) -> tuple[Headers, bytes] | str:
+        """The headers and body of a shadow copy to `vr` (its model name, its provider key),
+        or the reference of a key that cannot be read."""
+        llm = vr.llm
+        auth = self._auth(llm)  # type: ignore[arg-type]
+        if auth is None:
+            return llm.api_key  # type: ignore[union-attr,return-value]
+        return [auth, *self.headers[1:]], self._llm_body.for_upstream(llm.upstream_model, self._asked)  # type: ignore[union-attr]
 
     def _url(self) -> str:
         """The URL of the endpoint of the latest attempt."""
@@ -264,13 +291,8 @@ class LlmExchange(Exchange):
     def _over(self, status: int, reason: str | None, response: UpstreamResponse | None) -> None:
         """The request is over: price it, count its tokens against the key, run the observers."""
         llm = self.llm
-        prices = self._state.route.llm
         if llm.prompt_tokens is not None or llm.completion_tokens is not None:  # type: ignore[union-attr]
-            if prices.price_in is not None or prices.price_out is not None:
-                llm.cost_usd = (  # type: ignore[union-attr]
-                    (llm.prompt_tokens or 0) * (prices.price_in or 0.0)  # type: ignore[union-attr]
-                    + (llm.completion_tokens or 0) * (prices.price_out or 0.0)  # type: ignore[union-attr]
-                ) / 1e6
+            llm.cost_usd = cost_usd(self._state.route.llm, llm.prompt_tokens, llm.completion_tokens)  # type: ignore[union-attr,arg-type]
             self._plane.key_gate.record(self._key_id, llm.total_tokens)  # type: ignore[union-attr]
         self._plane.completed(self, status, reason, response)
 
@@ -303,6 +325,8 @@ class LlmExchange(Exchange):
         m = self.attempt
         if reason is None:
             m.ended()
+            if self.shadow is not None:
+                self.shadow.primary_streamed()  # type: ignore[attr-defined]
         else:
             call, self._call = self._call, None
             if call is not None:
@@ -322,6 +346,7 @@ class SseRelay:
         "_events",
         "_ex",
         "_first_at",
+        "_keep",
         "_last_at",
         "_live",
         "_response",
@@ -337,6 +362,8 @@ class SseRelay:
         self._events = SseEvents()
         self._live = True
         self._strip_usage = not ex._llm_body.include_usage
+        shadow = ex.shadow
+        self._keep = shadow.keep if shadow is not None else None  # type: ignore[attr-defined]  # the answer, for its comparison
         self._first_at: float | None = None
         self._last_at = 0.0
         plane = ex._plane
@@ -355,6 +382,8 @@ class SseRelay:
         events = self._events.feed(chunk)
         if not events:
             return
+        if self._keep is not None:
+            self._keep(events)
         ex = self._ex
         llm = ex.llm
         out: list[bytes] = []

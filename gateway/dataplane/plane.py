@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from experiments.ofrep import OfrepService
 from gateway.clientkeys.gate import KeyGate
@@ -218,7 +219,7 @@ class DataPlane:
         self._runtimes: dict[tuple[str, str], VersionRuntime] = {}
         self._versions: dict[str, dict[str, VersionState]] = {}  # model -> version -> state
         self._parsed: dict[bytes, tuple[str, str | None, str | None] | str] = {}  # target -> route
-        self._shadows: dict[tuple[str, str, str], ShadowStats] = {}
+        self._shadows: dict[tuple[str, str, str], Any] = {}  # ShadowStats or LlmShadowStats
         OpenAiRoutes(self).install()  # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models
 
     # -- configuration ----------------------------------------------------------------------
@@ -458,11 +459,15 @@ class DataPlane:
             },
         }
 
-    def shadow_stats(self, model: str, version: str, shadow: str) -> ShadowStats:
+    def shadow_stats(
+        self, model: str, version: str, shadow: str, kind: Callable[[str], Any] = ShadowStats
+    ) -> Any:
+        """The shadow statistics of (model, primary version, shadow version), made on first use
+        (`kind`: ``ShadowStats``, or the LLM routes' ``LlmShadowStats``)."""
         key = (model, version, shadow)
         stats = self._shadows.get(key)
         if stats is None:
-            stats = self._shadows[key] = ShadowStats(shadow)
+            stats = self._shadows[key] = kind(shadow)
         return stats
 
     def shadow_report(self, model: str) -> dict[str, list[dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.support.procs import model_server, running_mesh
@@ -21,3 +22,18 @@ def mesh(tmp_path):
     """A fresh, empty `meshgate up` per test."""
     with running_mesh(tmp_path / "data") as m:
         yield m
+
+
+@pytest.fixture
+def faults():
+    """``faults(url, **knobs)`` sets a model server's fault knobs for one test (``POST
+    /v2/debug/faults``); every server it touched is healed afterwards."""
+    touched: set[str] = set()
+
+    def set_faults(url: str, **knobs: object) -> None:
+        touched.add(url)
+        httpx.post(f"{url}/v2/debug/faults", json=knobs).raise_for_status()
+
+    yield set_faults
+    for url in touched:
+        httpx.post(f"{url}/v2/debug/faults", json={}).raise_for_status()

@@ -129,9 +129,11 @@ def test_canary_of_v2_promotes_automatically(mesh):
     assert [e["type"] for e in last["events"]] == ["started", "advanced", "advanced", "promoted"]
     assert mesh.admin.get("/v1/models/digits").json()["default_version"] == "v2"
     wait_for(  # the route table follows the new default
-        lambda: mesh.data.post(
-            "/v2/models/digits/infer", content=_bodies()[0][0], headers={"x-meshgate-key": "z"}
-        ).headers,
+        lambda: (
+            mesh.data.post(
+                "/v2/models/digits/infer", content=_bodies()[0][0], headers={"x-meshgate-key": "z"}
+            ).headers
+        ),
         lambda h: h["x-meshgate-version"] == "v2" and "x-meshgate-experiment" not in h,
         what="traffic on v2 with no experiment",
     )
@@ -160,9 +162,11 @@ def test_canary_of_a_failing_version_rolls_back_and_clients_barely_notice(mesh, 
     assert mesh.admin.get("/v1/models/digits").json()["default_version"] == "v1"
     # after the rollback every request goes to the baseline again
     wait_for(
-        lambda: mesh.data.post(
-            "/v2/models/digits/infer", content=_bodies()[0][0], headers={"x-meshgate-key": "unit-1"}
-        ).headers,
+        lambda: (
+            mesh.data.post(
+                "/v2/models/digits/infer", content=_bodies()[0][0], headers={"x-meshgate-key": "unit-1"}
+            ).headers
+        ),
         lambda h: "x-meshgate-experiment" not in h,
         what="the canary gone from the data plane",
     )

@@ -29,19 +29,6 @@ def llm(tmp_path_factory):
         yield mesh, v1, v2
 
 
-@pytest.fixture
-def faults(llm):
-    """Set tinylm knobs per server for one test; every server is healed afterwards."""
-    _, v1, v2 = llm
-
-    def set_faults(url: str, **knobs: object) -> None:
-        httpx.post(f"{url}/v2/debug/faults", json=knobs).raise_for_status()
-
-    yield set_faults
-    for url in (v1, v2):
-        set_faults(url)
-
-
 def _model(mesh, v1: str, v2: str | None = None, policy: dict | None = None, **v1_extra) -> str:
     """A fresh model (its own policies): v1 at `v1`, optionally v2 at `v2`; routable when this returns."""
     name = f"chat{next(_names)}"
