@@ -4,15 +4,21 @@ One ``KeyGate`` per gateway process (``plane.key_gate``). It reads only the rout
 compiled key table and its own meters: nothing here awaits or touches the store (the
 ``KeySync`` task shares the counts in the background). The whole API::
 
-    adm = plane.key_gate.admit(authorization, model)
+    caller = plane.key_gate.authenticate(authorization)
     #   authorization: the request's Authorization header (str, bytes or None)
+    if caller.refusal is not None:
+        status, headers, body = caller.refusal  # a 401, sent before the body is even looked at
+    ...                                         # read the body
+    adm = plane.key_gate.admit_key(caller.key, model)
     #   model: the meshgate model name from the body (before any /version pin)
     if adm.refusal is not None:
         status, headers, body = adm.refusal    # send it as it is: an OpenAI-shaped error
-        ...                                     # (401, 403 or 429 with retry-after) and headers
+        ...                                     # (403, or 429 with retry-after) and headers
     else:
         ...                                     # route; add adm.headers to the answer's headers
         plane.key_gate.record(adm.key_id, tokens)   # after the answer: prompt + completion tokens
+
+``admit(authorization, model)`` does both steps at once.
 
 * No active key configured: every request is admitted (``key_id`` None, no headers).
 * A missing, unknown or revoked key: 401 ``invalid_api_key`` (the body's code is
@@ -41,12 +47,19 @@ from router.client_keys import ClientKey, KeyCheck, KeyTable
 from router.ratelimit import Meter, Verdict, go_duration
 from router.reasons import INVALID_API_KEY, MODEL_NOT_ALLOWED, RATE_LIMITED
 
-__all__ = ["Admission", "KeyGate", "openai_error"]
+__all__ = ["Admission", "Caller", "KeyGate", "openai_error"]
 
 Headers = list[tuple[bytes, bytes]]
 Refusal = tuple[int, Headers, bytes]
 
 _JSON = (b"content-type", b"application/json")
+
+
+class Caller(NamedTuple):
+    """Who is calling: ``key`` None and no refusal when no active key exists (open routes)."""
+
+    key: ClientKey | None
+    refusal: Refusal | None = None
 
 
 class Admission(NamedTuple):
@@ -114,55 +127,64 @@ class KeyGate:
             meter.limits = key.limits  # a changed limit applies from the next request on
         return meter
 
-    def _refuse(self, reason: str, refusal: Refusal) -> Admission:
+    def _refuse(self, reason: str, refusal: Refusal) -> Refusal:
         self.refused[reason] = self.refused.get(reason, 0) + 1
-        return Admission(None, [], refusal)
+        return refusal
 
     def admit(self, authorization: str | bytes | None, model: str) -> Admission:
+        """``authenticate`` and ``admit_key`` in one step."""
+        caller = self.authenticate(authorization)
+        if caller.refusal is not None:
+            return Admission(None, [], caller.refusal)
+        return self.admit_key(caller.key, model)
+
+    def authenticate(self, authorization: str | bytes | None) -> Caller:
+        """The key an ``Authorization`` header presents, or the 401 that refuses it."""
         table = self._keys()
         if table.open:
-            return Admission(None, [])  # a new list: the caller may extend it
+            return Caller(None)
         if isinstance(authorization, bytes):
             authorization = authorization.decode("latin-1")
         check, key = table.check(authorization)
+        if check is KeyCheck.OK and key is not None:
+            return Caller(key)
         if check is KeyCheck.MISSING:
-            return self._refuse(
+            refusal = openai_error(
+                401,
                 INVALID_API_KEY,
-                openai_error(
-                    401,
-                    INVALID_API_KEY,
-                    "You didn't provide an API key: send it as 'Authorization: Bearer mg-...'.",
-                    "invalid_request_error",
-                    "missing_api_key",
-                    [(b"www-authenticate", b"Bearer")],
-                ),
+                "You didn't provide an API key: send it as 'Authorization: Bearer mg-...'.",
+                "invalid_request_error",
+                "missing_api_key",
+                [(b"www-authenticate", b"Bearer")],
             )
-        if check is not KeyCheck.OK or key is None:
+        else:
             what = f"the API key {key.id} ({key.name}) was revoked" if key else "Incorrect API key provided"
-            return self._refuse(
+            refusal = openai_error(
+                401,
                 INVALID_API_KEY,
-                openai_error(
-                    401,
-                    INVALID_API_KEY,
-                    f"{what}: create one with `meshgate keys create NAME`.",
-                    "invalid_request_error",
-                    "invalid_api_key",
-                    [(b"www-authenticate", b'Bearer error="invalid_token"')],
-                ),
+                f"{what}: create one with `meshgate keys create NAME`.",
+                "invalid_request_error",
+                "invalid_api_key",
+                [(b"www-authenticate", b'Bearer error="invalid_token"')],
             )
+        return Caller(None, self._refuse(INVALID_API_KEY, refusal))
+
+    def admit_key(self, key: ClientKey | None, model: str) -> Admission:
+        """Admit an authenticated caller's request for ``model`` (the allowed models, then the
+        rate limits); ``key`` None (open routes) is always admitted."""
+        if key is None:
+            return Admission(None, [])  # a new list: the caller may extend it
         if not key.allows(model):
             allowed = ", ".join(sorted(key.models))
-            return self._refuse(
+            refusal = openai_error(
+                403,
                 MODEL_NOT_ALLOWED,
-                openai_error(
-                    403,
-                    MODEL_NOT_ALLOWED,
-                    f"the API key {key.name} may not use model {model!r} (allowed: {allowed}).",
-                    "invalid_request_error",
-                    "model_not_allowed",
-                    [],
-                ),
+                f"the API key {key.name} may not use model {model!r} (allowed: {allowed}).",
+                "invalid_request_error",
+                "model_not_allowed",
+                [],
             )
+            return Admission(None, [], self._refuse(MODEL_NOT_ALLOWED, refusal))
         verdict = self._meter(key).admit(self.now(), self.sync_s)
         headers = _limit_headers(verdict)
         if verdict.admitted:

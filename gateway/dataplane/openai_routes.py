@@ -2,8 +2,10 @@
 
     POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings   GET /v1/models
 
-A request is read (``openai_body``: ``model``, ``stream``, ``stream_options``), admitted by
-the client-key gate (``plane.key_gate``), routed like an OIP request (a ``model/version`` or
+A request's key is checked by the client-key gate (``plane.key_gate``) before anything else
+but its method, so a caller without a good key gets 401 whatever its body; then the body is
+read (``openai_body``: ``model``, ``stream``, ``stream_options``), the request admitted by the
+gate (allowed model, rate limits), routed like an OIP request (a ``model/version`` or
 an ``x-meshgate-version`` header pins the version; else flags, then the experiment, then the
 default version) and run by an ``LlmExchange`` on the same attempt machine. Every refusal is
 an OpenAI error document with ``x-meshgate-error``: 400 for a body the gateway cannot route
@@ -164,6 +166,12 @@ class OpenAiRoutes:
         if request.method != b"POST":
             self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, f"{route} takes POST", more=_POST)
             return
+        # the key first, as OpenAI and LiteLLM answer: the body of a caller without a good
+        # key is never looked at (nor is it told how the gateway reads bodies)
+        caller = plane.key_gate.authenticate(request.header(b"authorization"))
+        if caller.refusal is not None:
+            self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
+            return
         raw = request.body
         if raw is None:  # larger than the engine's buffered limit: an LLM body is read whole
             self._refuse(
@@ -179,7 +187,7 @@ class OpenAiRoutes:
         except BodyProblem as problem:
             self._refuse(request, responder, reasons.BAD_REQUEST, str(problem), problem.param, problem.code)
             return
-        adm = plane.key_gate.admit(request.header(b"authorization"), body.model)
+        adm = plane.key_gate.admit_key(caller.key, body.model)
         if adm.refusal is not None:
             reason = dict(adm.refusal[1]).get(b"x-meshgate-error", b"invalid_api_key").decode()
             self._refused(request, responder, reason, adm.refusal)

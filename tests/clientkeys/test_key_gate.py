@@ -41,6 +41,20 @@ def test_no_active_key_means_open():
     adm = gate.admit(None, "chat")
     assert adm.refusal is None and adm.key_id is None and adm.headers == []
     gate.record(None, 50)  # a no-op
+    assert gate.authenticate(None) == (None, None) and gate.admit_key(None, "chat").refusal is None
+
+
+def test_authenticate_needs_no_model_and_admit_key_checks_it():
+    ok = _new(models=frozenset({"chat"}))
+    gate = KeyGate(lambda: _table(ok), shared=False)
+    caller = gate.authenticate(f"Bearer {ok[1]}".encode())
+    assert caller.refusal is None and caller.key is not None and caller.key.id == ok[0]
+    assert gate.admit_key(caller.key, "chat").key_id == ok[0]
+    status, _, body = _error(gate.admit_key(caller.key, "embed"))
+    assert status == 403 and body["error"]["code"] == "model_not_allowed"
+    refused = gate.authenticate(b"Bearer nope")
+    assert refused.key is None and refused.refusal is not None and refused.refusal[0] == 401
+    assert gate.refused == {"model_not_allowed": 1, "invalid_api_key": 1}
 
 
 def test_missing_invalid_revoked_and_not_allowed_keys_get_openai_errors():

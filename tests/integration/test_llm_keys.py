@@ -4,6 +4,8 @@ key never reaches the provider."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -44,6 +46,51 @@ def test_a_missing_or_wrong_key_is_a_401_and_a_disallowed_model_a_403(keyed):
         _client(mesh, key).chat.completions.create(model="other", messages=CHAT, max_tokens=2)
     assert denied.value.code == "model_not_allowed"
     assert [m.id for m in _client(mesh, key).models.list()] == ["chat"]  # what the key may use
+
+
+BAD_JSON = b'{"model": "chat", "messages": ['
+
+
+def _post(mesh, body: bytes, key: str | None) -> httpx.Response:
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    return mesh.data.post("/v1/chat/completions", content=body, headers=headers)
+
+
+def _error(r: httpx.Response, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"] and "type" in error and "param" in error
+    return error
+
+
+def test_the_key_is_checked_before_the_body_is_read(keyed):
+    """OpenAI and LiteLLM answer 401 to a request without a valid key whatever its body: a
+    malformed or oversize body is reported only to a caller with a good key."""
+    mesh, _, key = keyed
+    _error(_post(mesh, BAD_JSON, None), 401, "missing_api_key")
+    _error(_post(mesh, BAD_JSON, "mg-nope_nope"), 401, "invalid_api_key")
+    _error(_post(mesh, BAD_JSON, key), 400, "invalid_request_error")
+    big = b'{"model": "chat", "prompt": "' + b"a" * (2 << 20) + b'"}'  # above the 1 MiB read whole
+    _error(_post(mesh, big, None), 401, "missing_api_key")
+    _error(_post(mesh, big, key), 413, "request_too_large")
+    created = mesh.admin.post("/v1/keys", json={"name": "gone"})
+    assert created.status_code == 201, created.text
+    gone = created.json()["key"]
+    assert mesh.admin.delete("/v1/keys/gone").status_code == 204
+    revoked = wait_for(
+        lambda: _post(mesh, BAD_JSON, gone),
+        lambda r: r.status_code == 401,
+        what="the revocation in force",
+    )
+    assert "revoked" in _error(revoked, 401, "invalid_api_key")["message"]
+    good = json.dumps({"model": "chat", "messages": CHAT}).encode()
+    _error(_post(mesh, good, gone), 401, "invalid_api_key")
+    _error(mesh.data.get("/v1/models", headers={"authorization": f"Bearer {gone}"}), 401, "invalid_api_key")
+    # a good key and a good body for a model the key may not use: 403, as docs/client-keys.md says
+    other = json.dumps({"model": "other", "messages": CHAT}).encode()
+    assert _error(_post(mesh, other, key), 403, "model_not_allowed")["type"] == "invalid_request_error"
 
 
 def test_a_key_over_its_limit_gets_429_with_retry_after_and_ratelimit_headers(keyed):
