@@ -1,6 +1,7 @@
 """The OpenAI-compatible routes of the data port, for the models of protocol ``openai``.
 
-    POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings   GET /v1/models
+    POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings
+    GET /v1/models              GET /v1/models/{model} (a model, or a pinned "model/version")
 
 A request's key is checked by the client-key gate (``plane.key_gate``) before anything else
 but its method, so a caller without a good key gets 401 whatever its body; then the body is
@@ -9,7 +10,8 @@ gate (allowed model, rate limits), routed like an OIP request (a ``model/version
 an ``x-meshgate-version`` header pins the version; else flags, then the experiment, then the
 default version) and run by an ``LlmExchange`` on the same attempt machine. Every refusal is
 an OpenAI error document with ``x-meshgate-error``: 400 for a body the gateway cannot route
-on, 401/403/429 from the key gate, 404 for an unknown model or version, 405 for the wrong
+on, 401/403/429 from the key gate, 404 for an unknown model or version (and, on the GET routes,
+for a model the client key may not use: the list does not show it either), 405 for the wrong
 method, 413 for a body above the engine's buffered limit (LLM bodies are read whole).
 
 Provider keys are references (``env:VAR``, ``file:PATH``); `ProviderKeys` reads each one
@@ -50,6 +52,8 @@ _PIN_HEADER = b"x-meshgate-version"
 _KEY_HEADER = b"x-meshgate-key"
 _POST = [(b"allow", b"POST")]
 _GET = [(b"allow", b"GET")]
+_MODELS_PREFIX = "/v1/models/"
+_ANY: Callable[[str], bool] = lambda name: True  # noqa: E731
 
 
 class ProviderKeys:
@@ -82,7 +86,7 @@ class ProviderKeys:
 
 
 class OpenAiRoutes:
-    """The four routes; `install` puts them on the plane's ``extra_routes``."""
+    """The routes; `install` puts them on the plane's ``extra_routes`` and ``extra_prefixes``."""
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -97,6 +101,7 @@ class OpenAiRoutes:
                 "/v1/models": self.models,
             }
         )
+        self.plane.extra_prefixes.append((_MODELS_PREFIX, self.model))
 
     def chat(self, request: Request, responder: Responder) -> None:
         self._generate(request, responder, b"/v1/chat/completions", True)
@@ -133,32 +138,57 @@ class OpenAiRoutes:
             refused(request, status, reason)
 
     # -- routes ----------------------------------------------------------------------------
-    def models(self, request: Request, responder: Responder) -> None:
-        """``GET /v1/models``: the models of protocol openai (the ones a client key allows)."""
+    def _readable(self, request: Request, responder: Responder, route: str) -> Callable[[str], bool] | None:
+        """The GET routes' gate: which model names the caller may see (with client keys, the
+        ones its key allows), or None when it was refused (the refusal is sent)."""
         if request.method not in (b"GET", b"HEAD"):
-            self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, "/v1/models takes GET", more=_GET)
+            self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, f"{route} takes GET", more=_GET)
+            return None
+        keys = self.plane.table.client_keys
+        if keys.open:
+            return _ANY
+        authorization = request.header(b"authorization")
+        text = authorization.decode("latin-1") if authorization is not None else None
+        check, key = keys.check(text)
+        if check is KeyCheck.OK and key is not None:
+            return key.allows
+        adm = self.plane.key_gate.admit(authorization, "")
+        if adm.refusal is not None:
+            self._refused(request, responder, reasons.INVALID_API_KEY, adm.refusal)
+            return None
+        return _ANY
+
+    def models(self, request: Request, responder: Responder) -> None:
+        """``GET /v1/models``: the models of protocol openai (the ones a client key allows).
+        Versions are not listed: a list is what pickers show, and a model's name is what goes
+        through its experiment; ``GET /v1/models/{model}/{version}`` answers for a pin."""
+        allowed = self._readable(request, responder, "/v1/models")
+        if allowed is None:
             return
-        table = self.plane.table
-        keys = table.client_keys
-        allowed: Callable[[str], bool] = lambda name: True  # noqa: E731
-        if not keys.open:
-            authorization = request.header(b"authorization")
-            text = authorization.decode("latin-1") if authorization is not None else None
-            check, key = keys.check(text)
-            if check is not KeyCheck.OK or key is None:
-                adm = self.plane.key_gate.admit(authorization, "")
-                if adm.refusal is not None:
-                    self._refused(request, responder, reasons.INVALID_API_KEY, adm.refusal)
-                    return
-            else:
-                allowed = key.allows
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "meshgate"}
-            for name, route in sorted(table.models.items())
+            _card(name) for name, route in sorted(self.plane.table.models.items())
             if _speaks_openai(route) and allowed(name)
-        ]
-        body = json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
-        responder.respond(200, [(b"content-type", b"application/json"), date_header()], body)
+        ]  # fmt: skip
+        _json(responder, {"object": "list", "data": data})
+
+    def model(self, request: Request, responder: Responder) -> None:
+        """``GET /v1/models/{id}`` (OpenAI's retrieve model): the model of protocol openai named
+        `id`, or a version of it pinned as ``model/version`` (every name a request body's
+        ``model`` takes: its card has ``parent``, as vLLM's for an adapter of a base model)."""
+        allowed = self._readable(request, responder, "/v1/models/{model}")
+        if allowed is None:
+            return
+        ident = request.path[len(_MODELS_PREFIX) :]
+        name, _, pinned = ident.partition("/")
+        route = self.plane.table.models.get(name)
+        if route is None or not _speaks_openai(route) or not allowed(name):
+            message = _absent(ident, route if route is not None and allowed(name) else None)
+            self._refuse(request, responder, reasons.MODEL_NOT_FOUND, message, "model", "model_not_found")
+        elif pinned and pinned not in route.versions:
+            message = _no_version(route, pinned)
+            self._refuse(request, responder, reasons.VERSION_NOT_FOUND, message, "model", "model_not_found")
+        else:
+            _json(responder, _card(ident, name if pinned else None))
 
     def _generate(self, request: Request, responder: Responder, path: bytes, streams: bool) -> None:
         plane = self.plane
@@ -194,16 +224,11 @@ class OpenAiRoutes:
             return
         model = plane.table.models.get(body.model)
         if model is None or not _speaks_openai(model):
-            why = (
-                "does not exist"
-                if model is None
-                else "speaks the Open Inference Protocol, not the OpenAI API"
-            )
             self._refuse(
                 request,
                 responder,
                 reasons.MODEL_NOT_FOUND,
-                f"The model `{body.model}` {why} on this gateway: GET /v1/models lists the ones it serves.",
+                _absent(body.model, model),
                 "model",
                 "model_not_found",
                 adm.headers,
@@ -221,12 +246,11 @@ class OpenAiRoutes:
         if pinned is not None:
             state = states.get(pinned)
             if state is None:
-                known = ", ".join(sorted(model.versions))
                 self._refuse(
                     request,
                     responder,
                     reasons.VERSION_NOT_FOUND,
-                    f"The model `{body.model}` has no version `{pinned}` (versions: {known}).",
+                    _no_version(model, pinned),
                     "model",
                     "model_not_found",
                     adm.headers,
@@ -263,6 +287,29 @@ class OpenAiRoutes:
         for hook in plane.on_start:
             hook(ex)
         ex.start()
+
+
+def _absent(name: str, model: ModelRoute | None) -> str:
+    """Why `name` is not served here (`model`: an OIP model of that name, if there is one)."""
+    why = "does not exist" if model is None else "speaks the Open Inference Protocol, not the OpenAI API"
+    return f"The model `{name}` {why} on this gateway: GET /v1/models lists the ones it serves."
+
+
+def _no_version(model: ModelRoute, pinned: str) -> str:
+    known = ", ".join(sorted(model.versions))
+    return f"The model `{model.name}` has no version `{pinned}` (versions: {known})."
+
+
+def _card(ident: str, parent: str | None = None) -> dict:
+    card = {"id": ident, "object": "model", "created": 0, "owned_by": "meshgate"}
+    if parent is not None:
+        card["parent"] = parent
+    return card
+
+
+def _json(responder: Responder, doc: dict) -> None:
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    responder.respond(200, [(b"content-type", b"application/json"), date_header()], body)
 
 
 def _speaks_openai(model: ModelRoute) -> bool:

@@ -209,6 +209,8 @@ class DataPlane:
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
         self.refusal_observers: list[Callable[[Request, int, str], None]] = []  # refused before routing
         self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
+        #: routes by path prefix (``/v1/models/``), tried in order when no exact route matches
+        self.extra_prefixes: list[tuple[str, Callable[[Request, Responder], None]]] = []
         # Mints the request id when the caller sent none (experiment measurement installs one
         # whose ids carry their assignment); None: 96 random bits.
         self.mint_request_id: Callable[[ModelRoute, Choice], str] | None = None
@@ -220,7 +222,9 @@ class DataPlane:
         self._versions: dict[str, dict[str, VersionState]] = {}  # model -> version -> state
         self._parsed: dict[bytes, tuple[str, str | None, str | None] | str] = {}  # target -> route
         self._shadows: dict[tuple[str, str, str], Any] = {}  # ShadowStats or LlmShadowStats
-        OpenAiRoutes(self).install()  # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models
+        OpenAiRoutes(
+            self
+        ).install()  # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}]
 
     # -- configuration ----------------------------------------------------------------------
     def set_table(self, table: RouteTable) -> None:
@@ -304,6 +308,8 @@ class DataPlane:
             self._ofrep(request, responder, path[len(_OFREP) :])
         else:
             route = self.extra_routes.get(path)
+            if route is None:
+                route = next((r for prefix, r in self.extra_prefixes if path.startswith(prefix)), None)
             if route is not None:
                 route(request, responder)
             else:

@@ -46,6 +46,10 @@ def test_a_missing_or_wrong_key_is_a_401_and_a_disallowed_model_a_403(keyed):
         _client(mesh, key).chat.completions.create(model="other", messages=CHAT, max_tokens=2)
     assert denied.value.code == "model_not_allowed"
     assert [m.id for m in _client(mesh, key).models.list()] == ["chat"]  # what the key may use
+    assert _client(mesh, key).models.retrieve("chat/v1").id == "chat/v1"
+    with pytest.raises(openai.NotFoundError):  # not listed for this key, so not found either
+        _client(mesh, key).models.retrieve("other")
+    assert mesh.data.get("/v1/models/chat").status_code == 401
 
 
 BAD_JSON = b'{"model": "chat", "messages": ['

@@ -147,6 +147,33 @@ def test_the_provider_key_goes_upstream_and_the_clients_never(llm):
     assert _last_request(v2)["authorization"] == "Bearer sk-provider-v2"
 
 
+def test_the_sdk_retrieves_a_model_and_a_pinned_version(llm):
+    """``client.models.retrieve``: every id the list shows, and every ``model/version`` a body may
+    name (the list shows models only); anything else is the SDK's NotFoundError."""
+    mesh, _, _ = llm
+    via = OpenAI(base_url=f"{mesh.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    for listed in via.models.list():
+        assert via.models.retrieve(listed.id) == listed
+    chat = via.models.retrieve("chat")
+    assert (chat.id, chat.object, chat.owned_by) == ("chat", "model", "meshgate")
+    pinned = via.models.retrieve("chat/v2")  # the SDK sends /v1/models/chat%2Fv2
+    assert pinned.id == "chat/v2" and pinned.model_extra == {"parent": "chat"}
+    assert mesh.data.get("/v1/models/chat/v1").json()["id"] == "chat/v1"  # unescaped too
+    mesh.register("oip-only", "v1", "http://127.0.0.1:9")  # an Open Inference Protocol model
+    wait_for(lambda: mesh.data.get("/v2/models/oip-only").status_code != 404, what="oip-only routed")
+    for missing, reason, says in (
+        ("gpt-nothing", "model_not_found", "does not exist"),
+        ("chat/v9", "version_not_found", "has no version `v9` (versions: v1, v2)"),
+        ("oip-only", "model_not_found", "speaks the Open Inference Protocol"),
+    ):
+        with pytest.raises(openai.NotFoundError) as caught:
+            via.models.retrieve(missing)
+        assert caught.value.code == "model_not_found" and says in caught.value.message
+        assert caught.value.response.headers["x-meshgate-error"] == reason
+        assert set(caught.value.body) == {"message", "type", "param", "code"}
+        assert caught.value.param == "model" and caught.value.type == "invalid_request_error"
+
+
 BIG = b'{"model": "chat", "prompt": "' + b"a " * 600_000 + b'"}'
 
 
@@ -164,6 +191,8 @@ BIG = b'{"model": "chat", "prompt": "' + b"a " * 600_000 + b'"}'
         ("POST", "/v1/embeddings", b'{"model": "chat/v9", "input": "x"}', 404, "version_not_found", "model"),
         ("GET", "/v1/chat/completions", b"", 405, "method_not_allowed", None),
         ("DELETE", "/v1/models", b"", 405, "method_not_allowed", None),
+        ("DELETE", "/v1/models/chat", b"", 405, "method_not_allowed", None),
+        ("GET", "/v1/models/", b"", 404, "model_not_found", "model"),
         ("POST", "/v1/completions", BIG, 413, "payload_too_large", None),
     ],
 )  # fmt: skip
