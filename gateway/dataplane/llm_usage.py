@@ -6,17 +6,26 @@ run, so experiment counters, Prometheus metrics, traces and the access log read 
 figures. Times are seconds on the monotonic clock; token counts come from the upstream's
 ``usage`` object (for streams, the usage chunk the gateway asks for), cost from the version's
 prices per million tokens. A figure the gateway could not know is ``None``, never 0.
+
+A client key is charged ``charged_tokens``: the upstream's count when it came, else for a
+stream that relayed events without one (the client left, the stream broke, the upstream does
+not send usage) an estimate, so that leaving a stream early does not escape the key's tpm.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from router.table import LlmRoute
 
-__all__ = ["LlmUsage", "cost_usd"]
+__all__ = ["CHARS_PER_TOKEN", "LlmUsage", "charged_tokens", "cost_usd"]
+
+#: characters of a request body per token, for the prompt's estimate (OpenAI's rule of thumb
+#: for English text; the body's JSON around the prompt counts too, which errs high)
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(slots=True)
@@ -52,3 +61,15 @@ def cost_usd(prices: LlmRoute, prompt: int | None, completion: int | None) -> fl
     if prices.price_in is None and prices.price_out is None:
         return None
     return ((prompt or 0) * (prices.price_in or 0.0) + (completion or 0) * (prices.price_out or 0.0)) / 1e6
+
+
+def charged_tokens(usage: LlmUsage, body_chars: int) -> int | None:
+    """The tokens a request counts against its client key: the upstream's usage when it came;
+    for a stream that relayed events but no usage, the prompt estimated from the request
+    body's ``body_chars`` plus one token per event relayed (OpenAI and vLLM stream about a
+    token an event; the role and finish events count one each). None: nothing to charge (no
+    usage and nothing relayed: the upstream refused or failed before its first event)."""
+    total = usage.total_tokens
+    if total is not None or not usage.events:
+        return total
+    return math.ceil(body_chars / CHARS_PER_TOKEN) + usage.events

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from gateway.clientkeys.gate import openai_error
 from gateway.dataplane.exchange import Exchange, error_outcome
 from gateway.dataplane.headers import response_headers
-from gateway.dataplane.llm_usage import LlmUsage, cost_usd
+from gateway.dataplane.llm_usage import LlmUsage, charged_tokens, cost_usd
 from gateway.dataplane.shadow import LlmShadowCopy
 from gateway.dataplane.sse import DONE_EVENT, SseEvents, error_event, is_usage_chunk, response_model, usage_of
 from gateway.http import BodyStream, UpstreamError, UpstreamResponse, upstream_error
@@ -293,14 +293,20 @@ class LlmExchange(Exchange):
         llm = self.llm
         if llm.prompt_tokens is not None or llm.completion_tokens is not None:  # type: ignore[union-attr]
             llm.cost_usd = cost_usd(self._state.route.llm, llm.prompt_tokens, llm.completion_tokens)  # type: ignore[union-attr,arg-type]
-            self._plane.key_gate.record(self._key_id, llm.total_tokens)  # type: ignore[union-attr]
+        self._charge()
         self._plane.completed(self, status, reason, response)
+
+    def _charge(self) -> None:
+        """Count the request's tokens against its client key (an estimate for a stream that
+        ended without its usage: gateway.dataplane.llm_usage.charged_tokens)."""
+        self._plane.key_gate.record(self._key_id, charged_tokens(self.llm, len(self._llm_body.text)))  # type: ignore[arg-type]
 
     def _client_gone(self) -> None:
         relay = self._relay
         if relay is not None and not self.done:
             relay.stop()
             relay.measure(self._plane.now())
+            self._charge()  # what it was sent counts, though it left before the usage chunk
         super()._client_gone()
 
     # -- the stream's end ----------------------------------------------------------------

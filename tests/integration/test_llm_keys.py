@@ -5,6 +5,7 @@ key never reaches the provider."""
 from __future__ import annotations
 
 import json
+import math
 
 import httpx
 import openai
@@ -113,3 +114,42 @@ def test_a_key_over_its_limit_gets_429_with_retry_after_and_ratelimit_headers(ke
     assert caught.value.code == "rate_limit_exceeded"
     forwarded = httpx.get(f"{v1}/v2/debug/requests").json()["requests"]
     assert forwarded and all(item["authorization"] is None for item in forwarded)  # never the client's
+
+
+def test_a_stream_the_client_leaves_still_counts_its_tokens(keyed, faults):
+    """A client that closes a stream before its usage chunk is charged the prompt's estimate
+    (a token per 4 characters of the body) and a token per event relayed (docs/client-keys.md):
+    leaving early does not escape the key's tpm."""
+    mesh, v1, _ = keyed
+    created = mesh.admin.post("/v1/keys", json={"name": "leaver", "tpm": 30})
+    assert created.status_code == 201, created.text
+    auth = {"authorization": f"Bearer {created.json()['key']}"}
+    wait_for(lambda: mesh.data.get("/v1/models", headers=auth).status_code, lambda s: s == 200, what="key")
+    faults(v1, time_per_token_ms=50)  # 200 tokens 50 ms apart: the upstream is far from done
+    doc = {"model": "chat", "messages": CHAT, "max_tokens": 200, "stream": True, "ignore_eos": True}
+    body = json.dumps(doc).encode()
+    received = 0
+    with (
+        httpx.Client(base_url=mesh.url, timeout=30.0) as client,
+        client.stream("POST", "/v1/chat/completions", content=body, headers=auth) as r,
+    ):
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            received += line.startswith("data: ")
+            if received == 5:
+                break  # leaving the block closes the unfinished response and its connection
+    usage = wait_for(
+        lambda: mesh.admin.get("/v1/keys/leaver").json()["usage"],
+        lambda u: u["total_tokens"] > 0,
+        what="the stream's tokens counted",
+    )
+    prompt = math.ceil(len(body) / 4)
+    print(f"left after {received} events: charged {usage['total_tokens']} tokens (prompt estimate {prompt})")
+    assert usage["total_requests"] == 1
+    # the events the client read at least, at most all the answer's (role and finish events too)
+    assert prompt + received <= usage["total_tokens"] <= prompt + 200 + 2
+    assert usage["tokens_last_minute"] == usage["total_tokens"]
+    assert usage["remaining_tokens"] == 0
+    again = json.dumps({**doc, "stream": False})
+    refused = mesh.data.post("/v1/chat/completions", content=again, headers=auth)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
