@@ -4,6 +4,7 @@ set (change limits), revoke."""
 from __future__ import annotations
 
 import argparse
+import time
 
 from gateway.cli.admin_client import AdminClient, segment
 from gateway.cli.output import print_json, print_table
@@ -77,6 +78,9 @@ def _list(args: argparse.Namespace, client: AdminClient) -> None:
     if args.json:
         print_json(data)
         return
+    if not data["keys"]:
+        print("no client keys: the LLM routes take any caller; create one with `meshgate keys create NAME`")
+        return
     rows = [
         (
             k["name"],
@@ -131,5 +135,12 @@ def _set(args: argparse.Namespace, client: AdminClient) -> None:
 
 
 def _revoke(args: argparse.Namespace, client: AdminClient) -> None:
-    client.request("DELETE", f"/v1/keys/{segment(args.name)}")
+    path = f"/v1/keys/{segment(args.name)}"
+    key = client.get(path)  # an unknown key is an error here (404, exit status 1)
+    if key["revoked"]:
+        at = key.get("revoked_at")
+        when = f" at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(at))}" if at else ""
+        print(f"key {args.name} was already revoked{when}: nothing changed")
+        return
+    client.request("DELETE", path)
     print(f"revoked key {args.name}: its callers get 401 from every gateway once it has the new config")

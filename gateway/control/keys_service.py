@@ -153,7 +153,7 @@ class KeyService:
         check_name(name)
         doc = self.store.get(COLLECTION, name)
         if doc is None:
-            raise ApiError.not_found(f"key {name!r} does not exist")
+            raise ApiError.not_found(f"key {name!r} does not exist: `meshgate keys list` shows the keys")
         return doc
 
     def list(self) -> list[dict]:
@@ -182,7 +182,7 @@ class KeyService:
         def plan(snap: dict) -> tuple[list[Write], None]:
             doc = snap[COLLECTION].get(name)
             if doc is None:
-                raise ApiError.not_found(f"key {name!r} does not exist")
+                raise ApiError.not_found(f"key {name!r} does not exist: `meshgate keys list` shows the keys")
             if doc.get("revoked"):
                 return [], None  # revoking twice changes nothing
             return [Write(COLLECTION, name, {**doc, "revoked": True, "revoked_at": now})], None

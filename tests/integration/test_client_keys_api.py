@@ -100,6 +100,15 @@ def test_cli_create_list_show_set_revoke(mesh):
     assert bad.returncode == 1 and "rpm" in bad.stderr and "422" in bad.stderr
     missing = mesh.cli("keys", "show", "nobody", check=False)
     assert missing.returncode == 1 and "404" in missing.stderr
+    for command in ("revoke", "show"):  # an unknown key: what to do instead, exit status 1
+        unknown = mesh.cli("keys", command, "nobody", check=False)
+        assert unknown.returncode == 1 and unknown.stdout == "", unknown
+        assert "key 'nobody' does not exist" in unknown.stderr and "meshgate keys list" in unknown.stderr
+    again = mesh.cli("keys", "revoke", "cli-team")
+    assert "already revoked" in again.stdout
+    for bad in ("Bad Name", "a/b"):
+        refused = mesh.cli("keys", "revoke", bad, check=False)
+        assert refused.returncode == 1 and "invalid" in refused.stderr, refused
 
 
 def test_apply_sets_the_limits_of_existing_keys_and_never_mints_one(mesh):

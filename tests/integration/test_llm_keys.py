@@ -150,6 +150,9 @@ def test_a_stream_the_client_leaves_still_counts_its_tokens(keyed, faults):
     assert prompt + received <= usage["total_tokens"] <= prompt + 200 + 2
     assert usage["tokens_last_minute"] == usage["total_tokens"]
     assert usage["remaining_tokens"] == 0
+    shown = mesh.cli("keys", "show", "leaver").stdout  # the CLI shows the same figures
+    assert f"total: 1 requests, {usage['total_tokens']} tokens" in shown and "remaining 0 tokens" in shown
+    assert "leaver" in mesh.cli("keys", "list").stdout
     again = json.dumps({**doc, "stream": False})
     refused = mesh.data.post("/v1/chat/completions", content=again, headers=auth)
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
