@@ -180,7 +180,7 @@ async def _start(opts: ProcessOptions) -> Running:
         if running.mesh.identity is not None:  # the same identity, with ALPN h2, for gRPC upstreams
             grpc_pool.tls_for(plane.mesh_tls, running.mesh.identity.client_context())
         if opts.grpc_port is not None:
-            from gateway.grpc.server import start_grpc_gateway  # grpcio loads only when asked for
+            from gateway.grpc.server import start_grpc_gateway  # loaded only when asked for
 
             running.grpc = await start_grpc_gateway(
                 plane,
@@ -188,7 +188,9 @@ async def _start(opts: ProcessOptions) -> Running:
                 opts.grpc_port,
                 reuse_port=opts.reuse_port,
                 max_message_bytes=opts.max_body_bytes,
-                tls=(opts.tls_cert, opts.tls_key) if opts.tls_cert and opts.tls_key else None,
+                tls=public_tls_context(opts.tls_cert, opts.tls_key)
+                if tls is not None
+                else None,  # its own: ALPN h2
             )
         identity = GatewayIdentity(
             opts.gateway_id,

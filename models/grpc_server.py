@@ -28,6 +28,7 @@ from models.oip_proto import (
     ServerLiveResponse,
     ServerMetadataResponse,
     ServerReadyResponse,
+    method_handlers,
     routing_fields,
 )
 from models.zoo import Model
@@ -67,16 +68,6 @@ class _Service:
         self._live = ServerLiveResponse(live=True).SerializeToString()
         self._ready = ServerReadyResponse(ready=True).SerializeToString()
         self._metadata = metadata_proto(model.metadata())
-
-    def handlers(self) -> dict[str, Handler]:
-        return {
-            "ServerLive": self.server_live,
-            "ServerReady": self.server_ready,
-            "ServerMetadata": self.server_metadata,
-            "ModelReady": self.model_ready,
-            "ModelMetadata": self.model_metadata,
-            "ModelInfer": self.model_infer,
-        }
 
     async def server_live(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return self._live
@@ -173,7 +164,7 @@ async def start_grpc_model_server(
 ) -> GrpcModelServer:
     """Listen on host:port (0 picks a free port) with the model and the HTTP port's faults."""
     server = grpc.aio.server(options=grpc_options(max_message_bytes))
-    server.add_generic_rpc_handlers((generic_service(_Service(model, faults).handlers()),))
+    server.add_generic_rpc_handlers((generic_service(method_handlers(_Service(model, faults))),))
     bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")

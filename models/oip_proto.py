@@ -18,6 +18,7 @@ from __future__ import annotations
 from google.protobuf import descriptor_pool, message_factory
 
 __all__ = [
+    "METHODS",
     "SERVICE",
     "ModelInferRequest",
     "ModelInferResponse",
@@ -29,11 +30,28 @@ __all__ = [
     "ServerMetadataResponse",
     "ServerReadyResponse",
     "WireError",
+    "method_handlers",
     "routing_fields",
     "version_field",
 ]
 
 SERVICE = "inference.GRPCInferenceService"
+#: the unary methods meshgate serves, each by the snake_case method of a service object
+METHODS = {
+    "ServerLive": "server_live",
+    "ServerReady": "server_ready",
+    "ServerMetadata": "server_metadata",
+    "ModelReady": "model_ready",
+    "ModelMetadata": "model_metadata",
+    "ModelInfer": "model_infer",
+}
+
+
+def method_handlers(service: object) -> dict:
+    """``{RPC name: service.<snake_case>}`` for the methods of ``METHODS``: the one table of the
+    gateway's gRPC port and the reference model server."""
+    return {name: getattr(service, attr) for name, attr in METHODS.items()}
+
 
 FILE_DESCRIPTOR = (
     b'\n\x15grpc_predict_v2.proto\x12\tinference"\x13\n\x11ServerLiveRequest"(\n\x12ServerLiveRes'

@@ -3,6 +3,7 @@
 ``gateway.grpc.server.start_grpc_gateway(plane, host, port)`` serves
 ``inference.GRPCInferenceService`` on the data plane (``meshgate up|gateway --grpc-port 8001``);
 ``gateway.grpc.client.GrpcPool().endpoint(url, ssl=, verify_peer=)`` calls gRPC upstreams over
-HTTP/2, plaintext or with a mesh TLS context and an identity check. The client imports no
-grpcio (a gateway without a gRPC port does not load it).
+HTTP/2, plaintext or with a mesh TLS context and an identity check. Both are our own HTTP/2
+on the gateway's event loop (``_h2``: framing, HPACK through the ``hpack`` package, flow
+control); neither imports grpcio.
 """

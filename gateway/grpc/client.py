@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from gateway.grpc import _h2
-from gateway.grpc._h2 import HeaderCache, frame, frame_head, literal
+from gateway.grpc._h2 import field, frame, frame_head, literal
 from gateway.http import (
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_RESET,
@@ -96,7 +96,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _WINDOW = DEFAULT_MAX_MESSAGE_BYTES + 1024  # our receive window: a whole answer fits
 _MAX_FRAME = 16384  # what we accept (the protocol's default); the peer may allow us more
 _CONNECT_TIMEOUT_S = 5.0
-_JOIN_BYTES = 64 * 1024  # writes up to this size are joined into one buffer (one send)
 _PATH = {
     "ModelInfer": f"/{SERVICE}/ModelInfer".encode(),
     "ModelReady": f"/{SERVICE}/ModelReady".encode(),
@@ -113,8 +112,6 @@ _RESERVED = frozenset(
         b"content-length",
     }
 )
-_REFUSED_STREAM = 0x7
-_CANCEL = 0x8
 
 
 class GrpcReply:
@@ -138,37 +135,21 @@ class GrpcReply:
 Callback = Callable[[UpstreamResponse | None, UpstreamError | None], None]
 
 
-class _Call:
+class _Call(_h2.Stream):
     """One stream: what is left to send, what arrived, how it ends. ``cancel()`` ends it."""
 
-    __slots__ = (
-        "_conn",
-        "_endpoint",
-        "chunks",
-        "done",
-        "headers",
-        "id",
-        "kind",
-        "left",
-        "on_done",
-        "received",
-        "sending",
-        "timer",
-        "trailers",
-        "window",
-    )
+    __slots__ = ("_conn", "_endpoint", "done", "headers", "kind", "on_done", "received", "timer", "trailers")
 
     def __init__(
         self, endpoint: GrpcEndpoint, head: bytes, chunks: deque, on_done: Callable, kind: str
     ) -> None:
+        super().__init__()
         self._endpoint = endpoint
         self._conn: _Connection | None = None
-        self.id = 0
         self.headers = head  # the encoded header block, until written
         self.chunks = chunks  # DATA still to send: memoryviews, the last ends the stream
         self.left = sum(len(c) for c in chunks)  # bytes of DATA still to send
         self.sending = True
-        self.window = 0
         self.received: list[bytes] = []
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.on_done = on_done  # (call, reply | None, error | None)
@@ -195,39 +176,27 @@ class _Call:
             self.timer = None
         conn = self._conn
         if conn is not None:
-            conn.forget(self, reset=error is not None)
+            conn.drop(self, reset=error is not None)
         elif self in self._endpoint.waiting:
             self._endpoint.waiting.remove(self)
         if notify:
             self.on_done(self, reply, error)
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(_h2.Connection):
     """One HTTP/2 connection to an upstream, multiplexing calls."""
 
+    recv_max_frame = _MAX_FRAME
+    recv_stream_window = recv_conn_window = _WINDOW
+
     def __init__(self, endpoint: GrpcEndpoint) -> None:
+        super().__init__(table_size=0)  # we announce a header table of 0: no decoder state
         # global
         self._endpoint = endpoint
-        self._loop = asyncio.get_running_loop()
         # per connection
-        self.transport: asyncio.Transport | None = None
         self.peer_cert: dict | None = None
         self.open = False  # ready for new streams
-        self.closed = False
-        self._calls: dict[int, _Call] = {}
         self._next_id = 1
-        self._buf = bytearray()
-        self._greeted = False  # the server's preface (a SETTINGS frame) arrived
-        self._headers = HeaderCache()
-        self._block: bytearray | None = None  # a header block continued over CONTINUATION frames
-        self._block_stream = 0
-        self._block_end = False
-        self._send_window = 65535  # the connection's, for our DATA
-        self._stream_window = 65535  # the peer's initial window for each stream
-        self._max_frame = _MAX_FRAME  # the largest frame the peer accepts
-        self._max_streams = 1 << 31
-        self._unacked = 0  # DATA received since our last connection WINDOW_UPDATE
-        self._blocked: deque[_Call] = deque()  # calls waiting for flow-control credit
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -235,11 +204,9 @@ class _Connection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.peer_cert = ssl_object.getpeercert()
-        transport.write(  # type: ignore[attr-defined]
-            _h2.PREFACE
-            + _h2.settings({0x1: 0, 0x2: 0, 0x4: _WINDOW, 0x5: _MAX_FRAME})
-            + frame(_h2.WINDOW_UPDATE, 0, 0, (_WINDOW - 65535).to_bytes(4, "big"))
-        )
+        pairs = {_h2.HEADER_TABLE_SIZE: 0, _h2.ENABLE_PUSH: 0}
+        pairs.update({_h2.INITIAL_WINDOW_SIZE: _WINDOW, _h2.MAX_FRAME_SIZE: _MAX_FRAME})
+        transport.write(_h2.PREFACE + self.greeting(pairs))  # type: ignore[attr-defined]
         self.open = True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -247,36 +214,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._endpoint.lost(self)
         why = f"the upstream closed the connection ({exc})" if exc else "the upstream closed the connection"
-        for call in list(self._calls.values()):
-            call._conn = None
-            call._finish(None, UpstreamError(UPSTREAM_RESET, why))
-        self._calls.clear()
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        pos, end = 0, len(buf)
-        try:
-            while end - pos >= 9:
-                word = int.from_bytes(buf[pos : pos + 4], "big")
-                length, kind = word >> 8, word & 0xFF
-                if length > _MAX_FRAME:  # also what an HTTP/1.1 answer looks like, read as a frame
-                    raise _ProtocolError(f"a frame of {length} bytes, above {_MAX_FRAME}: not HTTP/2?")
-                if not self._greeted:
-                    if kind != _h2.SETTINGS:
-                        raise _ProtocolError("the server did not open with SETTINGS: not HTTP/2")
-                    self._greeted = True
-                if end - pos - 9 < length:
-                    break
-                flags = buf[pos + 4]
-                stream = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-                payload = bytes(buf[pos + 9 : pos + 9 + length])
-                pos += 9 + length
-                self._frame(kind, flags, stream, payload)
-        except _ProtocolError as exc:
-            self._fail(str(exc))
-            return
-        del buf[:pos]
+        calls = list(self.streams.values())
+        self.streams.clear()
+        for call in calls:
+            call._conn = None  # type: ignore[attr-defined]
+            call._finish(None, UpstreamError(UPSTREAM_RESET, why))  # type: ignore[attr-defined]
 
     # -- calls -----------------------------------------------------------------------------
     def start(self, call: _Call) -> None:
@@ -284,54 +226,17 @@ class _Connection(asyncio.Protocol):
         self._next_id += 2
         call.id, call._conn = sid, self
         call.window = self._stream_window
-        self._calls[sid] = call
+        self.streams[sid] = call
         head = call.headers
         call.headers = b""
-        self._send(call, [frame_head(_h2.HEADERS, _h2.END_HEADERS, sid, len(head)), head])
-        if len(self._calls) >= self._max_streams or self._next_id >= 1 << 31:
+        self.send(call, [frame_head(_h2.HEADERS, _h2.END_HEADERS, sid, len(head)), head])
+        if len(self.streams) >= self._max_streams or self._next_id >= 1 << 31:
             self.open = False  # full: the endpoint opens another connection for what follows
 
-    def _send(self, call: _Call, out: list | None = None) -> None:
-        """Write as much of the call's DATA as both windows allow, in one write (small messages
-        are joined; large ones go out as a list of views, never copied); park the call when
-        the windows run out."""
-        out = out if out is not None else []
-        chunks = call.chunks
-        left = call.left
-        while left:
-            size = min(left, self._max_frame, call.window, self._send_window)
-            if size <= 0:
-                if call not in self._blocked:
-                    self._blocked.append(call)
-                break
-            left -= size
-            out.append(frame_head(_h2.DATA, 0 if left else _h2.END_STREAM, call.id, size))
-            call.window -= size
-            self._send_window -= size
-            while size:  # the frame's payload: views over the chunks, across their boundaries
-                chunk = chunks[0]
-                if len(chunk) <= size:
-                    out.append(chunk)
-                    size -= len(chunk)
-                    chunks.popleft()
-                else:
-                    out.append(chunk[:size])
-                    chunks[0] = chunk[size:]
-                    size = 0
-        call.left = left
-        call.sending = left > 0
-        if out:
-            total = sum(len(piece) for piece in out)
-            if total <= _JOIN_BYTES:
-                self.transport.write(b"".join(out))  # type: ignore[union-attr]
-            else:
-                self.transport.writelines(out)  # type: ignore[union-attr]
-
-    def forget(self, call: _Call, reset: bool) -> None:
-        if self._calls.pop(call.id, None) is not None and reset and not self.closed:
-            self.transport.write(frame(_h2.RST_STREAM, 0, call.id, _CANCEL.to_bytes(4, "big")))  # type: ignore[union-attr]
-        if call in self._blocked:
-            self._blocked.remove(call)
+    def drop(self, call: _Call, reset: bool) -> None:
+        if self.streams.get(call.id) is call and reset and not self.closed:
+            self._write(frame(_h2.RST_STREAM, 0, call.id, _h2.CANCEL.to_bytes(4, "big")))
+        self.forget(call)
 
     def close(self) -> None:
         self.open = False
@@ -339,81 +244,23 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- frames in -------------------------------------------------------------------------
-    def _frame(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
-        if self._block is not None and kind != _h2.CONTINUATION:
-            raise _ProtocolError("a header block was interrupted")
-        if kind == _h2.DATA:
-            self._data(flags, stream, payload)
-        elif kind == _h2.HEADERS:
-            payload = _unpad(flags, payload)
-            if flags & _h2.PRIORITY_FLAG:
-                payload = payload[5:]
-            self._header_block(stream, payload, flags & _h2.END_HEADERS, flags & _h2.END_STREAM)
-        elif kind == _h2.CONTINUATION:
-            if self._block is None or stream != self._block_stream:
-                raise _ProtocolError("CONTINUATION without its HEADERS")
-            self._block += payload
-            if flags & _h2.END_HEADERS:
-                block, self._block = bytes(self._block), None
-                self._headers_done(stream, block, self._block_end)
-        elif kind == _h2.SETTINGS:
-            if not flags & _h2.ACK:
-                self._settings(payload)
-                self.transport.write(frame(_h2.SETTINGS, _h2.ACK, 0))  # type: ignore[union-attr]
-        elif kind == _h2.WINDOW_UPDATE:
-            self._window_update(stream, int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
-        elif kind == _h2.PING:
-            if not flags & _h2.ACK:
-                self.transport.write(frame(_h2.PING, _h2.ACK, 0, payload))  # type: ignore[union-attr]
-        elif kind == _h2.RST_STREAM:
-            call = self._calls.get(stream)
-            if call is not None:
-                code = int.from_bytes(payload[:4], "big")
-                self._calls.pop(stream)
-                call._conn = None
-                reason = UPSTREAM_UNREACHABLE if code == _REFUSED_STREAM else UPSTREAM_RESET
-                call._finish(
-                    None, UpstreamError(reason, f"the upstream reset the stream (HTTP/2 error {code})")
-                )
-        elif kind == _h2.GOAWAY:
-            self._goaway(int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
-        elif kind == _h2.PUSH_PROMISE:
-            raise _ProtocolError("PUSH_PROMISE, though push is disabled")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 section 5.5)
-
-    def _data(self, flags: int, stream: int, payload: bytes) -> None:
-        self._unacked += len(payload)
-        if self._unacked >= _WINDOW // 2:
-            self.transport.write(frame(_h2.WINDOW_UPDATE, 0, 0, self._unacked.to_bytes(4, "big")))  # type: ignore[union-attr]
-            self._unacked = 0
-        call = self._calls.get(stream)
+    def _on_data(self, call: _h2.Stream | None, payload: bytes, end_stream: bool) -> None:
         if call is None:
             return
-        call.received.append(_unpad(flags, payload))
-        if flags & _h2.END_STREAM:
-            self._complete(call, None)
+        call.received.append(payload)  # type: ignore[attr-defined]
+        if end_stream:
+            self._complete(call)  # type: ignore[arg-type]
 
-    def _header_block(self, stream: int, block: bytes, end_headers: int, end_stream: int) -> None:
-        if end_headers:
-            self._headers_done(stream, block, end_stream)
-        else:
-            self._block, self._block_stream, self._block_end = bytearray(block), stream, bool(end_stream)
-
-    def _headers_done(self, stream: int, block: bytes, end_stream: bool) -> None:
-        try:
-            headers = self._headers.decode(block)
-        except Exception as exc:  # hpack's errors: the connection's header state is lost
-            raise _ProtocolError(f"a malformed header block ({exc})") from None
-        call = self._calls.get(stream)
+    def _on_headers(self, stream: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        call: _Call | None = self.streams.get(stream)  # type: ignore[assignment]
         if call is None:
             return
         if call.trailers is None and not end_stream:  # the response head
             status = _first(headers, b":status")
             ctype = _first(headers, b"content-type") or b""
             if status != b"200" or not ctype.startswith(b"application/grpc"):
-                self._calls.pop(stream)
+                self.drop(call, reset=True)
                 call._conn = None
-                self.transport.write(frame(_h2.RST_STREAM, 0, stream, _CANCEL.to_bytes(4, "big")))  # type: ignore[union-attr]
                 call._finish(
                     None,
                     UpstreamError(
@@ -428,10 +275,10 @@ class _Connection(asyncio.Protocol):
         head = call.trailers or []
         call.trailers = head + [h for h in headers if not h[0].startswith(b":")]
         if end_stream:
-            self._complete(call, _first(headers, b":status"))
+            self._complete(call)
 
-    def _complete(self, call: _Call, trailers_only_status: bytes | None) -> None:
-        self._calls.pop(call.id, None)
+    def _complete(self, call: _Call) -> None:
+        self.forget(call)
         call._conn = None
         metadata = call.trailers or []
         code = _first(metadata, b"grpc-status")
@@ -449,70 +296,33 @@ class _Connection(asyncio.Protocol):
         message = _first(metadata, b"grpc-message") or b""
         call._finish(GrpcReply(int(code), _percent_decode(message), body, metadata, self.peer_cert), None)
 
-    def _settings(self, payload: bytes) -> None:
-        for i in range(0, len(payload) - 5, 6):
-            key, value = (
-                int.from_bytes(payload[i : i + 2], "big"),
-                int.from_bytes(payload[i + 2 : i + 6], "big"),
-            )
-            if key == 0x3:
-                self._max_streams = value
-            elif key == 0x4:
-                delta = value - self._stream_window
-                self._stream_window = value
-                for call in self._calls.values():
-                    call.window += delta
-                self._unblock()
-            elif key == 0x5:
-                self._max_frame = value
+    def _on_reset(self, stream: int, code: int) -> None:
+        call: _Call | None = self.streams.get(stream)  # type: ignore[assignment]
+        if call is not None:
+            self.forget(call)
+            call._conn = None
+            reason = UPSTREAM_UNREACHABLE if code == _h2.REFUSED_STREAM else UPSTREAM_RESET
+            call._finish(None, UpstreamError(reason, f"the upstream reset the stream (HTTP/2 error {code})"))
 
-    def _window_update(self, stream: int, increment: int) -> None:
-        if stream == 0:
-            self._send_window += increment
-        else:
-            call = self._calls.get(stream)
-            if call is None:
-                return
-            call.window += increment
-        self._unblock()
-
-    def _unblock(self) -> None:
-        blocked, self._blocked = self._blocked, deque()
-        for call in blocked:
-            if not call.done and call.sending:
-                self._send(call)
-
-    def _goaway(self, last_stream: int) -> None:
+    def _on_goaway(self, last_stream: int, code: int) -> None:
         """The peer stops: streams above `last_stream` were never processed (safe to retry)."""
         self.open = False
         self._endpoint.lost(self)
-        for sid, call in list(self._calls.items()):
+        for sid, call in list(self.streams.items()):
             if sid > last_stream:
-                self._calls.pop(sid)
-                call._conn = None
-                call._finish(None, UpstreamError(UPSTREAM_UNREACHABLE, "the upstream is going away (GOAWAY)"))
-        if not self._calls:
+                self.forget(call)
+                call._conn = None  # type: ignore[attr-defined]
+                call._finish(None, UpstreamError(UPSTREAM_UNREACHABLE, "the upstream is going away (GOAWAY)"))  # type: ignore[attr-defined]
+        if not self.streams:
             self.close()
 
-    def _fail(self, why: str) -> None:
-        log.warning("closing an HTTP/2 connection to %s: %s", self._endpoint.url, why)
-        for call in list(self._calls.values()):
-            call._conn = None
-            call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, why))
-        self._calls.clear()
-        self.close()
-
-
-class _ProtocolError(Exception):
-    pass
-
-
-def _unpad(flags: int, payload: bytes) -> bytes:
-    if flags & _h2.PADDED:
-        if not payload or payload[0] >= len(payload):
-            raise _ProtocolError("bad padding")
-        return payload[1 : len(payload) - payload[0]]
-    return payload
+    def _failed(self, error: _h2.ProtocolError) -> None:
+        self.open = False
+        calls = list(self.streams.values())
+        self.streams.clear()
+        for call in calls:
+            call._conn = None  # type: ignore[attr-defined]
+            call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, f"{self._endpoint.url}: {error}"))  # type: ignore[attr-defined]
 
 
 def _first(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -620,7 +430,7 @@ class GrpcEndpoint:
                 continue
             if name.endswith(b"-bin"):
                 value = base64.b64encode(value).rstrip(b"=")
-            block.append(literal(name, value))
+            block.append(field(name, value))
         data = deque([memoryview(b"\x00" + size.to_bytes(4, "big")), *chunks])
         call = _Call(self, b"".join(block), data, on_done, rpc)
         call.timer = asyncio.get_running_loop().call_later(timeout, call.expire)

@@ -66,10 +66,10 @@ def channel(mesh):
 
 
 def _infer(channel: grpc.Channel, request: bytes, metadata=(), timeout: float = 10.0):
-    """A raw ModelInfer: (response message, trailing metadata as a dict)."""
+    """A raw ModelInfer: (response message, the response's initial metadata as a dict)."""
     call = channel.unary_unary(INFER)
     body, state = call.with_call(request, metadata=metadata, timeout=timeout)
-    return ModelInferResponse.FromString(body), dict(state.trailing_metadata())
+    return ModelInferResponse.FromString(body), dict(state.initial_metadata())
 
 
 def _error(channel: grpc.Channel, request: bytes, metadata=(), timeout: float = 10.0) -> grpc.RpcError:
@@ -118,10 +118,13 @@ def test_triton_grpc_and_http_clients_get_identical_outputs(mesh):
 
 def test_pinned_versions_and_the_response_metadata(channel):
     for version in ("v1", "v2"):
-        answer, trailers = _infer(channel, infer_request(version=version))
-        assert answer.model_version == version
-        assert trailers["x-meshgate-version"] == version
-        assert trailers["x-meshgate-request-id"]
+        call = channel.unary_unary(INFER)
+        body, state = call.with_call(infer_request(version=version), timeout=10)
+        assert ModelInferResponse.FromString(body).model_version == version
+        head, trailers = dict(state.initial_metadata()), dict(state.trailing_metadata())
+        assert head["x-meshgate-version"] == version  # in the response headers, not the trailers
+        assert head["x-meshgate-request-id"]
+        assert "x-meshgate-version" not in trailers and "x-meshgate-error" not in trailers
     error = _error(channel, infer_request(version="v9"))
     assert error.code() is grpc.StatusCode.NOT_FOUND
     assert _trailers(error)["x-meshgate-error"] == "version_not_found"
@@ -149,10 +152,10 @@ def test_an_experiment_splits_grpc_traffic_stickily_by_key(mesh, channel):
         arms = {}
         for i in range(40):
             for _ in range(2):
-                answer, trailers = _infer(channel, infer_request(), [("x-meshgate-key", f"user-{i}")])
-                assert trailers["x-meshgate-experiment"] == "digits-grpc-ab"
-                assert answer.model_version == trailers["x-meshgate-arm"]
-                assert arms.setdefault(i, trailers["x-meshgate-arm"]) == trailers["x-meshgate-arm"]  # sticky
+                answer, head = _infer(channel, infer_request(), [("x-meshgate-key", f"user-{i}")])
+                assert head["x-meshgate-experiment"] == "digits-grpc-ab"
+                assert answer.model_version == head["x-meshgate-arm"]
+                assert arms.setdefault(i, head["x-meshgate-arm"]) == head["x-meshgate-arm"]  # sticky
         assert set(arms.values()) == {"v1", "v2"}
         mesh.wait_flushed()
         results = mesh.admin.get("/v1/experiments/digits-grpc-ab/results").json()
@@ -190,9 +193,10 @@ def test_bad_input_gets_a_clear_status_and_the_port_keeps_serving(mesh, channel)
     assert _trailers(error)["x-meshgate-error"] == "bad_request"
     error = _error(channel, infer_request(rows=MAX_MESSAGE // 256 + 1))  # 21 MB, above the limit
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    # grpcio takes any content-type as gRPC: a JSON body then is a malformed message, said so
+    # another content-type is not a gRPC call: HTTP 415 (gRPC's rule), with the status and reason
     answer = _raw_http2(mesh.grpc_port, b"application/json")
-    assert answer[b"grpc-status"] == b"3" and answer[b"x-meshgate-error"] == b"bad_request", answer
+    assert answer[b":status"] == b"415" and answer[b"grpc-status"] == b"3", answer
+    assert answer[b"x-meshgate-error"] == b"bad_request" and b"application/json" in answer[b"grpc-message"]
     http1 = _raw_bytes(mesh.grpc_port, b"POST /x HTTP/1.1\r\nhost: g\r\ncontent-length: 0\r\n\r\n")
     assert b"HTTP/1.1 200" not in http1  # refused (closed or a protocol error), never served
     live = channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=5)
@@ -247,8 +251,8 @@ def _raw_http2(port: int, content_type: bytes) -> dict[bytes, bytes]:
 
 
 def test_metrics_and_the_access_log_count_grpc_requests(mesh, channel):
-    _, trailers = _infer(channel, infer_request(version="v2"))
-    request_id = trailers["x-meshgate-request-id"]
+    _, head = _infer(channel, infer_request(version="v2"))
+    request_id = head["x-meshgate-request-id"]
 
     def counted() -> float:
         want = {"model": "digits", "version": "v2", "code": "200"}
@@ -275,8 +279,8 @@ def test_shadow_copies_of_grpc_calls_are_compared_and_change_no_answer(mesh, cha
 
     try:
         wait_for(lambda: _infer(channel, infer_request(version="v1")) and shadows(), what="the shadow policy")
-        answer, trailers = _infer(channel, infer_request(version="v1", rows=5))
-        assert trailers["x-meshgate-version"] == "v1" and answer.model_version == "v1"
+        answer, head = _infer(channel, infer_request(version="v1", rows=5))
+        assert head["x-meshgate-version"] == "v1" and answer.model_version == "v1"
         stats = wait_for(shadows, lambda s: s["compared"] >= 2, what="the shadow answers compared")
         assert stats["shadow_version"] == "v2" and stats["errors"] == 0
         assert "not a ModelInferResponse" not in (stats["last_disagreement"] or "")

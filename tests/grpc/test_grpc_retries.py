@@ -141,9 +141,9 @@ async def test_a_failing_version_falls_back_and_the_upstream_is_told_which_versi
             async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
                 call = channel.unary_unary(INFER)(infer_request(model="m", version="v1"), timeout=10)
                 answer = ModelInferResponse.FromString(await call)
-                trailers = dict(await call.trailing_metadata())
+                head = dict(await call.initial_metadata())
             assert answer.model_version == "v2"  # pinned v1, served by its fallback, told so
-            assert trailers["x-meshgate-version"] == "v2" and trailers["x-meshgate-fallback"] == "1"
+            assert head["x-meshgate-version"] == "v2" and head["x-meshgate-fallback"] == "1"
         finally:
             await gateway.close()
             for pool in plane.upstreams.pools.values():

@@ -57,7 +57,7 @@ def test_workers_share_the_grpc_port(mesh):
             with grpc.insecure_channel(f"{HOST}:{grpc_port}") as channel:  # a new connection each time
                 body, call = channel.unary_unary(INFER).with_call(infer_request(), timeout=10)
             assert ModelInferResponse.FromString(body).model_name == "digits"
-            return dict(call.trailing_metadata())["x-meshgate-version"]
+            return dict(call.initial_metadata())["x-meshgate-version"]
 
         def routed() -> str | None:
             try:
