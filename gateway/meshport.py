@@ -121,17 +121,18 @@ class MeshPort:
         if path.startswith(_MODELS):
             model = path[len(_MODELS) :].partition("/")[0]
             caller = peer_identity(request.peer_cert)
-            decision = self.authz.decide(model, caller)
+            decision = self.authz.decide(model, caller, path)
             if not decision.allowed:
-                self._deny(responder, model, caller, decision)
+                self._deny(responder, model, caller, decision, path)
                 return
         self._handle(request, responder)
 
-    def _deny(self, responder: Responder, model: str, caller: object, decision: Decision) -> None:
+    def _deny(self, responder: Responder, model: str, caller: object, decision: Decision, path: str) -> None:
         self.denied += 1
-        log.warning("mesh port: denied %s calling model %s (%s)", caller, model, decision.value)
+        at = f" at {path}" if decision is Decision.DENIED_PATH_BY_POLICY else ""
+        log.warning("mesh port: denied %s calling model %s%s (%s)", caller, model, at, decision.value)
         responder.respond(
-            *error_response(UNAUTHORIZED, REASONS[UNAUTHORIZED].text(caller=caller, model=model))
+            *error_response(UNAUTHORIZED, REASONS[UNAUTHORIZED].text(caller=caller, model=model) + at)
         )
 
     def _load(self) -> bool:

@@ -3,15 +3,19 @@
 Inbound (``--listen``): terminates mTLS with this workload's identity
 (``spiffe://<td>/model/<name>/<version>``), reads the caller's verified SPIFFE ID, checks it
 against the model's authorization policy, and forwards to the plaintext ``--upstream`` on
-localhost through the engine's keep-alive pool. A refused caller gets 403
+localhost through the engine's keep-alive pool. A policy entry may limit a caller to some
+paths (:mod:`gateway.mesh.authz`), checked per request. A refused caller gets 403
 ``x-meshgate-error: unauthorized`` and its identity is logged.
 
 gRPC (``--grpc-upstream``, optional): the inbound port also offers ALPN ``h2``; such a
 connection is authorized by the caller's identity as above (a refused caller gets gRPC
 ``PERMISSION_DENIED`` with ``x-meshgate-error: unauthorized``) and relayed, bytes unchanged, to
-the model's plaintext gRPC port (:mod:`gateway.sidecar_h2`). The outbound port tells HTTP/2
-(its preface) from HTTP/1.1 and relays it over mTLS, ALPN ``h2``, to the same ``--gateway``
-(a peer that does not negotiate h2, as today's HTTP/1.1 mesh port, is answered UNAVAILABLE).
+the model's plaintext gRPC port (:mod:`gateway.sidecar_h2`). A caller the policy limits to some
+methods (``/package.Service/Method`` paths) gets a guarded relay: each stream's ``:path`` is
+read from its HPACK-decoded headers, and a forbidden stream alone is answered PERMISSION_DENIED.
+The outbound port tells HTTP/2 (its preface) from HTTP/1.1 and relays it over mTLS, ALPN ``h2``,
+to the same ``--gateway`` (a peer that does not negotiate h2, as today's HTTP/1.1 mesh port, is
+answered UNAVAILABLE).
 
 Outbound (``--outbound``, optional): a plaintext port on 127.0.0.1 where the model calls other
 models by name (``/v2/models/{other}/infer``). Requests go over mTLS, with this workload's
@@ -65,7 +69,7 @@ from gateway.http import (
     start_server,
     tune_gc,
 )
-from gateway.mesh.authz import AuthzPolicy, Decision
+from gateway.mesh.authz import Access, AuthzPolicy, Decision
 from gateway.mesh.identity import (
     DEFAULT_TRUST_DOMAIN,
     IdentityError,
@@ -79,7 +83,7 @@ from gateway.mesh.signers import SignError, control_plane_signer
 from gateway.mesh.tls import verify_peer
 from gateway.mesh.tokens import TokenError
 from gateway.mesh.workload import RotationError, WorkloadIdentity
-from gateway.sidecar_h2 import Front, Refusal, Relays
+from gateway.sidecar_h2 import Front, Refusal, Relay, Relays
 from router.reasons import NOT_FOUND, PEER_IDENTITY_MISMATCH, REASONS, UNAUTHORIZED, UPSTREAM_UNREACHABLE
 
 __all__ = ["PolicySource", "Sidecar", "SidecarConfig", "SidecarError", "main", "run_sidecar"]
@@ -88,6 +92,7 @@ log = logging.getLogger("meshgate.sidecar")
 
 _MODELS = "/v2/models/"
 _DECISION_CACHE = 1024  # distinct peer certificates remembered between policy changes
+Caller = tuple[bytes | None, dict | None]  # a peer's certificate: DER and the ssl module's dict
 # Each closed connection leaves a reference cycle (the engine's protocol and its parser) holding
 # its TLS state, ~70 KB, until the cyclic GC runs: the engine's threshold (50k) let ~900 closed
 # connections pile up under connection churn; 2k bounds that to a few MB at no measurable CPU cost.
@@ -195,7 +200,7 @@ class Sidecar:
         self.inbound: Server | None = None
         self.outbound: Server | None = None
         self.denied = 0
-        self._decisions: dict[bytes, Decision] = {}  # peer certificate DER -> decision, per policy
+        self._decisions: dict[bytes, Access] = {}  # peer certificate DER -> access, per policy
         self._gateways = compile_patterns(f"spiffe://{config.trust_domain}/gateway/*")
         self._upstream = pool.endpoint(config.upstream)
         self._gateway: Endpoint | None = None
@@ -205,6 +210,7 @@ class Sidecar:
             else _host_port(config.grpc_upstream, "--grpc-upstream", "http")
         )
         self._h2_inbound = Relays()  # callers' HTTP/2 connections relayed to the model's gRPC port
+        self._h2_refused: set[Refusal] = set()  # callers' HTTP/2 connections the policy refused
         self._h2_outbound = Relays()  # the model's HTTP/2 connections relayed to the gateway
         self._h2_context: ssl.SSLContext | None = None  # outbound mTLS with ALPN h2
         self._refresher: asyncio.Task[None] | None = None
@@ -246,6 +252,8 @@ class Sidecar:
             if server is not None:
                 server.close()
         self._h2_inbound.close_all()  # byte relays have no request boundary to wait for
+        for refusal in list(self._h2_refused):
+            refusal.end()
         self._h2_outbound.close_all()
         for server in (self.inbound, self.outbound):
             if server is not None:
@@ -258,13 +266,18 @@ class Sidecar:
         if authz != self.authz:
             self.authz = authz
             self._decisions = {}
-            revoked = self._h2_inbound.revoke(lambda caller: self._decide(*caller).allowed)
+            revoked = self._h2_inbound.revoke(self._keeps)
             if revoked:
                 log.warning("closed %d gRPC connection(s) of callers the new policy refuses", revoked)
+            admitted = [r for r in self._h2_refused if self._access(*r.caller).any]  # type: ignore[misc]
+            for refusal in admitted:
+                refusal.end()  # GOAWAY: the caller's client reconnects, and is admitted
+            if admitted:
+                log.info(
+                    "ended %d refused gRPC connection(s) of callers the new policy admits", len(admitted)
+                )
             policy = authz.models.get(self.config.model)
-            allowed = (
-                [p.text for p in policy.allow] if policy is not None else f"mesh default {authz.default}"
-            )
+            allowed = policy.to_dict()["allow"] if policy is not None else f"mesh default {authz.default}"
             log.info("policy for model %s: %s", self.config.model, allowed)
 
     async def _refresh_forever(self) -> None:
@@ -276,32 +289,41 @@ class Sidecar:
                 log.warning("policy refresh failed, keeping the last policy: %s", exc)
 
     # -- inbound: mesh -> model --------------------------------------------------------
-    def _decide(self, der: bytes | None, cert: dict | None) -> Decision:
+    def _access(self, der: bytes | None, cert: dict | None) -> Access:
         der = der or b""
-        decision = self._decisions.get(der)
-        if decision is None:
+        access = self._decisions.get(der)
+        if access is None:
             if len(self._decisions) >= _DECISION_CACHE:
                 self._decisions.clear()
-            decision = self._decisions[der] = self.authz.decide(self.config.model, peer_identity(cert))
-        return decision
+            access = self._decisions[der] = self.authz.access(self.config.model, peer_identity(cert))
+        return access
 
-    def _denied(self, cert: dict | None, decision: Decision) -> str:
+    def _keeps(self, relay: Relay) -> bool:
+        """Whether an open gRPC connection may stay under the current policy: its caller may still
+        call something, and a relay that reads no paths (it was opened for a caller allowed every
+        path) only while that still holds: its HPACK state was never followed, it cannot start."""
+        access = self._access(*relay.caller)  # type: ignore[misc]
+        return access.any and (relay.guarded or access.everywhere)
+
+    def _denied(self, cert: dict | None, decision: Decision, path: str | None = None) -> str:
         """Count and log a refusal; the message for the caller."""
         self.denied += 1
         caller = peer_identity(cert)
+        at = f" at {path}" if decision is Decision.DENIED_PATH_BY_POLICY else ""
         log.warning(
-            "denied %s calling model %s/%s (%s)",
+            "denied %s calling model %s/%s%s (%s)",
             caller or "a certificate without a mesh identity",
             self.config.model,
             self.config.version,
+            at,
             decision.value,
         )
-        return REASONS[UNAUTHORIZED].text(caller=caller, model=self.config.model)
+        return REASONS[UNAUTHORIZED].text(caller=caller, model=self.config.model) + at
 
     def _handle_inbound(self, request: Request, responder: Responder) -> None:
-        decision = self._decide(request.peer_cert_der, request.peer_cert)
+        decision = self._access(request.peer_cert_der, request.peer_cert).decide(request.path)
         if not decision.allowed:
-            _reply_error(responder, UNAUTHORIZED, self._denied(request.peer_cert, decision))
+            _reply_error(responder, UNAUTHORIZED, self._denied(request.peer_cert, decision, request.path))
             return
         self._forward(self._upstream, request, responder)
 
@@ -309,14 +331,28 @@ class Sidecar:
         return lambda engine: Front(engine, on_h2)
 
     def _inbound_h2(self, transport: asyncio.Transport, received: bytes) -> asyncio.Protocol:
-        """A caller's gRPC connection (ALPN h2): authorized once, by its identity, then relayed."""
+        """A caller's gRPC connection (ALPN h2): authorized by its identity, then relayed; guarded
+        (each stream's method checked) when the policy allows the caller only some paths."""
         ssl_object = transport.get_extra_info("ssl_object")
         caller = (ssl_object.getpeercert(binary_form=True), ssl_object.getpeercert() or None)
-        decision = self._decide(*caller)
-        if not decision.allowed:
-            return Refusal(UNAUTHORIZED, self._denied(caller[1], decision), received)
+        access = self._access(*caller)
+        if not access.any:
+            refusal = Refusal(UNAUTHORIZED, self._denied(caller[1], access.decision), received, caller)
+            refusal.on_lost = self._h2_refused.discard
+            self._h2_refused.add(refusal)
+            return refusal
         assert self._grpc_upstream is not None  # h2 is offered only with --grpc-upstream
-        return self._h2_inbound.open(transport, received, self._grpc_upstream, caller=caller)
+        authorize = None if access.everywhere else self._authorize_stream
+        return self._h2_inbound.open(
+            transport, received, self._grpc_upstream, caller=caller, authorize=authorize
+        )
+
+    def _authorize_stream(self, caller: Caller, path: str) -> tuple[str, str] | None:
+        """A guarded relay's check of one new stream, under the policy of the moment."""
+        decision = self._access(*caller).decide(path)
+        if decision.allowed:
+            return None
+        return UNAUTHORIZED, self._denied(caller[1], decision, path)
 
     def _outbound_h2(self, transport: asyncio.Transport, received: bytes) -> asyncio.Protocol:
         """The model's own gRPC connection: over mTLS (ALPN h2) to the gateway, once it proves to be one."""

@@ -119,10 +119,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     allow = psub.add_parser("allow", parents=[common], help="allow callers (creates the model's policy)")
     allow.add_argument("model")
     allow.add_argument("--from", dest="patterns", action="append", required=True, help="identity or prefix*")
+    paths_help = "only this path (repeatable): /package.Service/Method or an HTTP path; prefix*, *suffix"
+    allow.add_argument("--path", dest="paths", action="append", help=paths_help)
     allow.set_defaults(func=_allow)
     deny = psub.add_parser("deny", parents=[common], help="stop allowing callers; with no --from, lock down")
     deny.add_argument("model")
     deny.add_argument("--from", dest="patterns", action="append", help="identity or prefix* to remove")
+    deny.add_argument("--path", dest="paths", action="append", help="the entry's paths, as allowed")
     deny.set_defaults(func=_deny)
     ls = psub.add_parser("list", parents=[common], help="the mesh default and every policy")
     ls.set_defaults(func=_list)
@@ -194,24 +197,36 @@ def _ca_bundle(args: argparse.Namespace, client: AdminClient) -> None:
         print(pem, end="")
 
 
+def _entry_text(entry: str | dict) -> str:
+    return entry if isinstance(entry, str) else f"{entry['from']} at {', '.join(entry['paths'])}"
+
+
 def _print_policy(args: argparse.Namespace, policy: dict) -> None:
     if args.json:
         print_json(policy)
     else:
-        allowed = ", ".join(policy["allow"]) or "nobody (locked down)"
+        allowed = "; ".join(map(_entry_text, policy["allow"])) or "nobody (locked down)"
         print(f"model {policy['model']} allows: {allowed}")
+
+
+def _entries(args: argparse.Namespace) -> list:
+    if not args.paths:
+        return args.patterns
+    return [{"from": pattern, "paths": args.paths} for pattern in args.patterns]
 
 
 def _allow(args: argparse.Namespace, client: AdminClient) -> None:
     _print_policy(
-        args, client.request("PATCH", f"/v1/policies/{segment(args.model)}", json={"add": args.patterns})
+        args, client.request("PATCH", f"/v1/policies/{segment(args.model)}", json={"add": _entries(args)})
     )
 
 
 def _deny(args: argparse.Namespace, client: AdminClient) -> None:
+    if args.paths and not args.patterns:
+        raise CliError("--path names the paths of a --from entry: give --from too")
     if args.patterns:
         policy = client.request(
-            "PATCH", f"/v1/policies/{segment(args.model)}", json={"remove": args.patterns}
+            "PATCH", f"/v1/policies/{segment(args.model)}", json={"remove": _entries(args)}
         )
     else:
         policy = client.request("PUT", f"/v1/policies/{segment(args.model)}", json={"allow": []})
@@ -224,7 +239,7 @@ def _list(args: argparse.Namespace, client: AdminClient) -> None:
         print_json(data)
         return
     print(f"mesh default: {data['default']} (trust domain {data['trust_domain']})")
-    rows = [(p["model"], "\n".join(p["allow"]) or "nobody") for p in data["policies"]]
+    rows = [(p["model"], "\n".join(map(_entry_text, p["allow"])) or "nobody") for p in data["policies"]]
     print_table("policies", ["model", "allowed callers"], rows)
 
 

@@ -7,14 +7,16 @@ Operators (admin token):
 ``PUT /v1/policies``            ``{"default": "allow-mesh" | "deny"}``: the default for models
                                 without a policy
 ``GET /v1/policies/{model}``    one policy (404: the model follows the mesh default)
-``PUT /v1/policies/{model}``    ``{"allow": [patterns]}``: create or replace (``[]`` locks it)
+``PUT /v1/policies/{model}``    ``{"allow": [entries]}``: create or replace (``[]`` locks it)
 ``PATCH /v1/policies/{model}``  ``{"add": [...], "remove": [...]}``: edit the allow list in one
                                 transaction (creates the policy when absent)
 ``DELETE /v1/policies/{model}`` back to the mesh default
 ==============================  ===============================================================
 
-Patterns are SPIFFE IDs or prefixes ending in ``*``, full or short (``gateway/*``), and must be
-in the mesh's trust domain. A policy names a registered model (a typo would otherwise protect
+An entry is an identity pattern (any path) or ``{"from": pattern, "paths": [...]}`` (only those
+paths: gRPC ``/package.Service/Method`` or HTTP paths; see :mod:`gateway.mesh.authz`). Patterns
+are SPIFFE IDs or prefixes ending in ``*``, full or short (``gateway/*``), and must be in the
+mesh's trust domain. A policy names a registered model (a typo would otherwise protect
 nothing); deleting the model leaves its policy, which applies again if it is registered anew.
 
 Workloads (no admin token): ``POST /v1/mesh/authz`` returns the policy that applies to one model,
@@ -58,13 +60,26 @@ __all__ = ["PolicyService", "mesh_authz_router", "mount_mesh", "policies_router"
 _COLLS = ("models", COLLECTION, SETTINGS_COLLECTION)
 
 
+class PathsEntry(StrictBody):
+    from_: str = Field(alias="from", description="caller identities: a SPIFFE ID or a prefix ending in *")
+    paths: list[str] = Field(description="what they may call: exact, prefix*, *suffix or *")
+
+
+Entry = str | PathsEntry
+_ENTRY = "an identity pattern (SPIFFE ID or prefix*), or {from, paths} to allow only those paths"
+
+
 class AllowBody(StrictBody):
-    allow: list[str] = Field(description="caller identities: SPIFFE IDs or prefixes ending in *")
+    allow: list[Entry] = Field(description=f"caller entries: {_ENTRY}")
 
 
 class PatchBody(StrictBody):
-    add: list[str] = Field(default_factory=list, description="patterns to allow")
-    remove: list[str] = Field(default_factory=list, description="patterns to stop allowing")
+    add: list[Entry] = Field(default_factory=list, description="entries to allow")
+    remove: list[Entry] = Field(default_factory=list, description="entries to stop allowing")
+
+
+def _plain(entries: list[Entry]) -> list:
+    return [e if isinstance(e, str) else e.model_dump(by_alias=True) for e in entries]
 
 
 class DefaultBody(StrictBody):
@@ -92,21 +107,22 @@ class PolicyService:
         self.store = store
         self.trust_domain = trust_domain
 
-    def _policy(self, model: str, patterns: list[str]) -> ModelPolicy:
+    def _policy(self, model: str, patterns: list) -> ModelPolicy:
         try:
             policy = ModelPolicy.from_dict(
                 {"model": model, "allow": patterns}, trust_domain=self.trust_domain
             )
         except PolicyError as exc:
             raise ApiError.invalid(f"{exc.field}: {exc.message}") from None
-        for i, pattern in enumerate(policy.allow):
-            if pattern.trust_domain != self.trust_domain:
+        for i, rule in enumerate(policy.allow):
+            if rule.identity.trust_domain != self.trust_domain:
                 raise ApiError.invalid(
-                    f"allow[{i}]: {pattern.text} is outside the mesh's trust domain {self.trust_domain!r}"
+                    f"allow[{i}]: {rule.identity.text} is outside the mesh's trust domain "
+                    f"{self.trust_domain!r}"
                 )
         return policy
 
-    def _edit(self, model: str, edit: Callable[[list[str]], list[str]]) -> tuple[ModelPolicy, bool]:
+    def _edit(self, model: str, edit: Callable[[list], list]) -> tuple[ModelPolicy, bool]:
         _check_model(model)
 
         def plan(snap: dict) -> tuple[list[Write], tuple[ModelPolicy, bool]]:
@@ -118,18 +134,18 @@ class PolicyService:
 
         return transact(self.store, _COLLS, plan)
 
-    def put(self, model: str, allow: list[str]) -> tuple[ModelPolicy, bool]:
+    def put(self, model: str, allow: list) -> tuple[ModelPolicy, bool]:
         self._policy(model, allow)  # a bad pattern is a 422 even for an unregistered model
         return self._edit(model, lambda _old: allow)
 
-    def patch(self, model: str, add: list[str], remove: list[str]) -> ModelPolicy:
-        """Add and remove patterns (compared in their full form) in one transaction."""
+    def patch(self, model: str, add: list, remove: list) -> ModelPolicy:
+        """Add and remove entries (compared in their full form) in one transaction."""
         if not add and not remove:  # else an absent policy would be created empty, denying every caller
             raise ApiError.invalid("body: give add or remove (or both): a list of patterns")
-        added = [p.text for p in self._policy(model, add).allow]
-        removed = {p.text for p in self._policy(model, remove).allow}
+        added = [rule.to_dict() for rule in self._policy(model, add).allow]
+        removed = [rule.to_dict() for rule in self._policy(model, remove).allow]
 
-        def edit(old: list[str]) -> list[str]:
+        def edit(old: list) -> list:
             kept = [p for p in old if p not in removed]
             return kept + [p for p in added if p not in kept]
 
@@ -189,13 +205,13 @@ def policies_router(service: PolicyService) -> APIRouter:
 
     @router.put("/{model}", status_code=200)
     def put_policy(model: str, body: AllowBody, response: Response) -> dict:
-        policy, created = service.put(model, body.allow)
+        policy, created = service.put(model, _plain(body.allow))
         response.status_code = 201 if created else 200
         return policy.to_dict()
 
     @router.patch("/{model}")
     def patch_policy(model: str, body: PatchBody) -> dict:
-        return service.patch(model, body.add, body.remove).to_dict()
+        return service.patch(model, _plain(body.add), _plain(body.remove)).to_dict()
 
     @router.delete("/{model}", status_code=204)
     def delete_policy(model: str) -> Response:
@@ -223,7 +239,7 @@ def mesh_authz_router(
             "model": body.model,
             "default": authz.default,
             "trust_domain": authz.trust_domain,
-            "allow": None if policy is None else [p.text for p in policy.allow],
+            "allow": None if policy is None else policy.to_dict()["allow"],
         }
 
     return router

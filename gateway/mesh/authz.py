@@ -1,14 +1,23 @@
-"""Authorization policies: which mesh identities may call which model.
+"""Authorization policies: which mesh identities may call which model, and at which paths.
 
-A model with a policy admits exactly the identities its ``allow`` patterns match (an empty
+A model with a policy admits exactly the identities its ``allow`` entries match (an empty
 list locks it down). A model without one follows the mesh default: ``allow-mesh`` admits
 any identity of the mesh's trust domain (TLS has already proven the chain), ``deny`` admits
 nobody. Policies are validated and compiled once, when the config version changes; the
 sidecar's per-request check is a dict lookup and a few ``startswith``.
 
+An entry is an identity pattern (the caller may call any path), or an identity pattern with
+the paths it may call, as Istio's AuthorizationPolicy pairs ``principals`` with ``paths``: for
+gRPC a path is ``/package.Service/Method``, for HTTP the request path. A path pattern is
+exact (``/inference.GRPCInferenceService/ModelInfer``), a prefix (``/v2/models/digits/*``), a
+suffix (``*/ModelReady``) or ``*`` (any path); the entries that match a caller add up.
+
 Documents (what ``/v1/policies`` and ``meshgate apply`` store)::
 
-    {"model": "digits", "allow": ["spiffe://meshgate.local/gateway/*"]}
+    {"model": "digits", "allow": [
+        "spiffe://meshgate.local/gateway/*",
+        {"from": "spiffe://meshgate.local/model/reporter/*",
+         "paths": ["/inference.GRPCInferenceService/ModelInfer", "*/ModelReady"]}]}
 
 and the whole mesh: ``{"default": "allow-mesh", "models": {"digits": {"allow": [...]}}}``.
 """
@@ -16,6 +25,7 @@ and the whole mesh: ``{"default": "allow-mesh", "models": {"digits": {"allow": [
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,7 +40,18 @@ from gateway.mesh.identity import (
 )
 from models.registry import NAME_PATTERN
 
-__all__ = ["ALLOW_MESH", "DEFAULTS", "DENY", "AuthzPolicy", "Decision", "ModelPolicy", "PolicyError"]
+__all__ = [
+    "ALLOW_MESH",
+    "DEFAULTS",
+    "DENY",
+    "Access",
+    "AllowRule",
+    "AuthzPolicy",
+    "Decision",
+    "ModelPolicy",
+    "PathPattern",
+    "PolicyError",
+]
 
 ALLOW_MESH = "allow-mesh"
 DENY = "deny"
@@ -52,6 +73,7 @@ class Decision(enum.Enum):
     ALLOWED_BY_POLICY = "allowed_by_policy"
     ALLOWED_BY_MESH_DEFAULT = "allowed_by_mesh_default"
     DENIED_BY_POLICY = "denied_by_policy"
+    DENIED_PATH_BY_POLICY = "denied_path_by_policy"  # the caller may call the model, not this path
     DENIED_BY_MESH_DEFAULT = "denied_by_mesh_default"
     DENIED_NOT_IN_MESH = "denied_not_in_mesh"
 
@@ -80,10 +102,98 @@ def _no_extra(doc: Mapping[str, Any], allowed: set[str], path: str) -> None:
         )
 
 
+_PATH_CHARS = re.compile(r"[!-~]+")  # visible ASCII: what an HTTP/2 :path or an HTTP path holds
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    """A path the caller may call: exact, ``prefix*``, ``*suffix`` or ``*`` (Istio's four forms)."""
+
+    text: str
+
+    @classmethod
+    def parse(cls, value: object, path: str) -> PathPattern:
+        if not isinstance(value, str) or not _PATH_CHARS.fullmatch(value):
+            raise PolicyError(path, f"invalid path pattern {value!r}: use visible ASCII, no spaces")
+        inner = value[1:-1] if len(value) > 1 else ""
+        if "*" in inner or (value.startswith("*") and value.endswith("*") and value != "*"):
+            raise PolicyError(
+                path, f"invalid path pattern {value!r}: one '*', at the start or the end (or '*' alone)"
+            )
+        if not value.startswith(("/", "*")):
+            raise PolicyError(path, f"invalid path pattern {value!r}: a path starts with '/'")
+        return cls(value)
+
+    def matches(self, target: str) -> bool:
+        text = self.text
+        if text.endswith("*"):
+            return target.startswith(text[:-1])
+        if text.startswith("*"):
+            return target.endswith(text[1:])
+        return target == text
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    """One ``allow`` entry: callers matching ``identity``, at ``paths`` (None: every path)."""
+
+    identity: IdentityPattern
+    paths: tuple[PathPattern, ...] | None = None
+
+    @classmethod
+    def parse(cls, item: object, path: str, trust_domain: str | None) -> AllowRule:
+        try:
+            if not isinstance(item, Mapping):
+                return cls(IdentityPattern.parse(item, trust_domain))
+            _no_extra(item, {"from", "paths"}, path)
+            identity = IdentityPattern.parse(item.get("from"), trust_domain)
+        except IdentityError as exc:
+            where = f"{path}.from" if isinstance(item, Mapping) else path
+            raise PolicyError(where, str(exc)) from None
+        paths = item.get("paths")
+        if not isinstance(paths, list) or not paths:
+            raise PolicyError(
+                f"{path}.paths",
+                "expected a non-empty list of path patterns (leave the entry a plain "
+                "identity pattern to allow every path)",
+            )
+        return cls(identity, tuple(PathPattern.parse(p, f"{path}.paths[{i}]") for i, p in enumerate(paths)))
+
+    def to_dict(self) -> str | dict[str, Any]:
+        if self.paths is None:
+            return self.identity.text
+        return {"from": self.identity.text, "paths": [p.text for p in self.paths]}
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What one caller may do on one model: computed once per caller, checked per request."""
+
+    decision: Decision  # for every path when ``paths`` is None, else for the paths listed
+    paths: tuple[PathPattern, ...] | None = None
+
+    @property
+    def any(self) -> bool:
+        """Some path is allowed (a connection may be admitted)."""
+        return self.decision.allowed
+
+    @property
+    def everywhere(self) -> bool:
+        """Every path is allowed: nothing per request to check."""
+        return self.paths is None and self.decision.allowed
+
+    def decide(self, target: str | None) -> Decision:
+        """For a request at ``target`` (None: a connection, before any request path is known)."""
+        paths = self.paths
+        if paths is None or target is None or any(p.matches(target) for p in paths):
+            return self.decision
+        return Decision.DENIED_PATH_BY_POLICY
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPolicy:
     model: str
-    allow: tuple[IdentityPattern, ...]
+    allow: tuple[AllowRule, ...]
 
     @classmethod
     def from_dict(cls, doc: object, *, path: str = "", trust_domain: str | None = None) -> ModelPolicy:
@@ -94,17 +204,27 @@ class ModelPolicy:
         model = _model_name(data.get("model"), f"{prefix}model")
         allow = data.get("allow")
         if not isinstance(allow, list):
-            raise PolicyError(f"{prefix}allow", "expected a list of identity patterns")
-        patterns = []
-        for i, item in enumerate(allow):
-            try:
-                patterns.append(IdentityPattern.parse(item, trust_domain))
-            except IdentityError as exc:
-                raise PolicyError(f"{prefix}allow[{i}]", str(exc)) from None
-        return cls(model, tuple(patterns))
+            raise PolicyError(
+                f"{prefix}allow", "expected a list of identity patterns or {from, paths} entries"
+            )
+        rules = tuple(
+            AllowRule.parse(item, f"{prefix}allow[{i}]", trust_domain) for i, item in enumerate(allow)
+        )
+        return cls(model, rules)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "allow": [p.text for p in self.allow]}
+        return {"model": self.model, "allow": [rule.to_dict() for rule in self.allow]}
+
+    def access(self, caller: SpiffeId) -> Access:
+        paths: list[PathPattern] = []
+        for rule in self.allow:
+            if rule.identity.matches(caller):
+                if rule.paths is None:
+                    return Access(Decision.ALLOWED_BY_POLICY)
+                paths += [p for p in rule.paths if p not in paths]
+        if not paths:
+            return Access(Decision.DENIED_BY_POLICY)
+        return Access(Decision.ALLOWED_BY_POLICY, tuple(paths))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,24 +284,28 @@ class AuthzPolicy:
         ]
         return cls.compile(policies, default=data.get("default", ALLOW_MESH), trust_domain=trust_domain)
 
-    def decide(self, model: str, caller: SpiffeId | str | None) -> Decision:
-        """Admit or refuse ``caller`` (the verified peer's identity, None without one) for ``model``."""
+    def access(self, model: str, caller: SpiffeId | str | None) -> Access:
+        """What ``caller`` (the verified peer's identity, None without one) may do on ``model``."""
         if isinstance(caller, str):
             try:
                 caller = SpiffeId.parse(caller)
             except IdentityError:
                 caller = None
         if caller is None or caller.trust_domain != self.trust_domain:
-            return Decision.DENIED_NOT_IN_MESH
+            return _NOT_IN_MESH
         policy = self.models.get(model)
         if policy is not None:
-            matched = any(p.matches(caller) for p in policy.allow)
-            return Decision.ALLOWED_BY_POLICY if matched else Decision.DENIED_BY_POLICY
-        return (
-            Decision.ALLOWED_BY_MESH_DEFAULT
-            if self.default == ALLOW_MESH
-            else Decision.DENIED_BY_MESH_DEFAULT
-        )
+            return policy.access(caller)
+        return _MESH_ALLOWS if self.default == ALLOW_MESH else _MESH_DENIES
 
-    def allows(self, model: str, caller: SpiffeId | str | None) -> bool:
-        return self.decide(model, caller).allowed
+    def decide(self, model: str, caller: SpiffeId | str | None, target: str | None = None) -> Decision:
+        """Admit or refuse ``caller`` for ``model``, at the request path ``target`` when given."""
+        return self.access(model, caller).decide(target)
+
+    def allows(self, model: str, caller: SpiffeId | str | None, target: str | None = None) -> bool:
+        return self.decide(model, caller, target).allowed
+
+
+_NOT_IN_MESH = Access(Decision.DENIED_NOT_IN_MESH)
+_MESH_ALLOWS = Access(Decision.ALLOWED_BY_MESH_DEFAULT)
+_MESH_DENIES = Access(Decision.DENIED_BY_MESH_DEFAULT)

@@ -93,7 +93,7 @@ def certs(mesh: Mesh, tmp: Path) -> dict[str, tuple[Path, Path, Path]]:
     return made
 
 
-def set_policy(mesh: Mesh, model: str, allow: list[str] | None) -> None:
+def set_policy(mesh: Mesh, model: str, allow: list | None) -> None:
     if allow is None:
         resp = mesh.admin.delete(f"/v1/policies/{model}")
         assert resp.status_code in (204, 404), resp.text
@@ -212,6 +212,26 @@ def test_valid_identity_not_in_policy_gets_403_and_is_logged(
         assert (
             mesh.data.post("/v2/models/echo/infer", content=BODY).status_code == 200
         )  # the gateway is allowed
+    finally:
+        set_policy(mesh, "echo", None)
+
+
+def test_a_policy_entry_with_paths_limits_the_caller_to_those_paths(
+    mesh: Mesh, echo_sidecar: Sidecar, certs: dict
+) -> None:
+    """Istio's ``paths`` per principal, on the HTTP/1.1 side: one policy format for HTTP and gRPC."""
+    set_policy(mesh, "echo", [{"from": "gateway/*", "paths": ["/v2/models/echo/infer", "*/ready"]}])
+    try:
+        cert, key, bundle = certs["gateway"]
+        ctx = client_context(bundle, cert, key)
+        pinned = "/v2/models/echo/versions/v1/infer"
+        _, headers, body, _ = wait_for(
+            lambda: (r := tls_post(echo_sidecar.port, ctx, pinned))[0] == 403 and r, what="the paths applied"
+        )
+        assert headers["x-meshgate-error"] == "unauthorized"
+        assert json.loads(body)["error"].endswith(f"may not call model 'echo' at {pinned}")
+        assert tls_post(echo_sidecar.port, ctx, "/v2/models/echo/infer")[0] == 200
+        assert f"calling model echo/v1 at {pinned} (denied_path_by_policy)" in echo_sidecar.log()
     finally:
         set_policy(mesh, "echo", None)
 
@@ -377,6 +397,19 @@ def test_policies_api_validates_and_edits(mesh: Mesh, echo_sidecar: Sidecar) -> 
         assert mesh.cli("policies", "show", "echo").stdout.strip() == f"model echo allows: {TD}/model/sum/*"
         mesh.cli("policies", "allow", "echo", "--from", "gateway/*")
         assert admin.get("/v1/policies/echo").json()["allow"] == [f"{TD}/model/sum/*", f"{TD}/gateway/*"]
+        infer = "/inference.GRPCInferenceService/ModelInfer"
+        mesh.cli(
+            "policies", "allow", "echo", "--from", "model/r/*", "--path", infer, "--path", "*/ModelReady"
+        )
+        paths = {"from": f"{TD}/model/r/*", "paths": [infer, "*/ModelReady"]}
+        assert admin.get("/v1/policies/echo").json()["allow"][-1] == paths
+        shown = mesh.cli("policies", "show", "echo").stdout.strip()
+        assert shown.endswith(f"; {TD}/model/r/* at {infer}, */ModelReady"), shown
+        bad_path = admin.patch("/v1/policies/echo", json={"add": [{"from": "model/r/*", "paths": ["Infer"]}]})
+        assert bad_path.status_code == 422
+        assert bad_path.json()["error"]["message"].startswith("allow[0].paths[0]: invalid path pattern")
+        removed = admin.patch("/v1/policies/echo", json={"remove": [paths]})
+        assert removed.json()["allow"] == [f"{TD}/model/sum/*", f"{TD}/gateway/*"]
         mesh.cli("policies", "deny", "echo")
         assert admin.get("/v1/policies/echo").json()["allow"] == []
     finally:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 
-from models.oip_proto import SERVICE, ServerLiveResponse
+from models.oip_proto import SERVICE, ModelReadyRequest, ModelReadyResponse, ServerLiveResponse
 from tests.support import HOST, Mesh, free_port, model_server, wait_for
 from tests.support.mesh import (
     TD,
@@ -94,6 +94,14 @@ def _infer(port: int, pixels: np.ndarray) -> tgrpc.InferResult:
         return client.infer("digits", [tensor], model_version="v1", client_timeout=60)
     finally:
         client.close()
+
+
+def _code(call) -> grpc.StatusCode:
+    try:
+        call(b"", timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
 
 
 def _fds(pid: int) -> int:
@@ -189,19 +197,81 @@ def test_a_policy_change_closes_connections_it_no_longer_allows(mesh, digits_sid
         resp = mesh.admin.put("/v1/policies/digits", json={"allow": ["model/other/*"]})
         assert resp.status_code in (200, 201), resp.text
 
-        def code() -> grpc.StatusCode:
-            try:
-                live(b"", timeout=10)
-            except grpc.RpcError as exc:
-                return exc.code()
-            return grpc.StatusCode.OK
-
         try:
-            wait_for(code, lambda c: c is grpc.StatusCode.PERMISSION_DENIED, what="the new policy applied")
+            wait_for(lambda: _code(live), lambda c: c is grpc.StatusCode.PERMISSION_DENIED,
+                     what="the new policy applied")  # fmt: skip
         finally:
             resp = mesh.admin.put("/v1/policies/digits", json={"allow": ["gateway/*"]})
             assert resp.status_code in (200, 201), resp.text
     assert "closed 1 gRPC connection(s) of callers the new policy refuses" in digits_sidecar.log()
+
+
+def test_a_refused_connection_ends_when_the_policy_admits_its_caller(mesh, digits_sidecar, certs) -> None:
+    """A refused caller's connection is answered, not dropped, so its client keeps it: once the
+    policy admits the caller the sidecar says GOAWAY, and the same channel's next calls succeed."""
+    with (
+        tls_bridge(digits_sidecar.port, _context(certs, "sum")) as port,
+        grpc.insecure_channel(f"{HOST}:{port}") as channel,
+    ):
+        live = channel.unary_unary(f"/{SERVICE}/ServerLive")
+        with pytest.raises(grpc.RpcError) as info:
+            live(b"", timeout=10)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        resp = mesh.admin.put("/v1/policies/digits", json={"allow": ["gateway/*", "model/sum/*"]})
+        assert resp.status_code in (200, 201), resp.text
+
+        try:
+            wait_for(lambda: _code(live), lambda c: c is grpc.StatusCode.OK, what="the same channel admitted")
+        finally:
+            resp = mesh.admin.put("/v1/policies/digits", json={"allow": ["gateway/*"]})
+            assert resp.status_code in (200, 201), resp.text
+    assert "ended 1 refused gRPC connection(s) of callers the new policy admits" in digits_sidecar.log()
+
+
+def test_a_policy_with_paths_refuses_a_method_on_its_stream_and_the_connection_goes_on(
+    mesh, digits_sidecar, digits_grpc, certs
+) -> None:
+    """Istio's ``paths`` per principal for gRPC methods: this caller may ModelInfer and ModelReady,
+    not ServerMetadata. One channel (one HTTP/2 connection): the refused call gets PERMISSION_DENIED
+    with the reason and the calls before and after it on the same connection are answered."""
+    methods = [f"/{SERVICE}/ModelInfer", f"/{SERVICE}/ModelReady"]
+    resp = mesh.admin.put("/v1/policies/digits", json={"allow": [{"from": "gateway/*", "paths": methods}]})
+    assert resp.status_code in (200, 201), resp.text
+    request = ModelReadyRequest(name="digits", version="v1").SerializeToString()
+    try:
+        with (
+            tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port,
+            grpc.insecure_channel(f"{HOST}:{port}") as channel,
+        ):
+            ready = channel.unary_unary(f"/{SERVICE}/ModelReady")
+            metadata = channel.unary_unary(f"/{SERVICE}/ServerMetadata")
+
+            def refused() -> grpc.RpcError | None:
+                try:
+                    metadata(b"", timeout=10)
+                except grpc.RpcError as exc:
+                    return exc
+                return None
+
+            at = f"may not call model 'digits' at /{SERVICE}/ServerMetadata"
+            error = wait_for(refused, lambda e: e is not None and e.details().endswith(at),
+                             what="the paths applied at the sidecar")  # fmt: skip
+            assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert ("x-meshgate-error", "unauthorized") in error.trailing_metadata()
+            for _ in range(3):  # allowed and refused calls interleaved on the one connection
+                assert ModelReadyResponse.FromString(ready(request, timeout=10)).ready
+                assert refused().code() is grpc.StatusCode.PERMISSION_DENIED
+            pixels = _pixels(3)
+            through = _infer(port, pixels)  # ModelInfer with raw_input_contents
+            np.testing.assert_array_equal(
+                through.as_numpy("label"), _infer(digits_grpc, pixels).as_numpy("label")
+            )
+        log = digits_sidecar.log()
+        assert f"calling model digits/v1 at /{SERVICE}/ServerMetadata (denied_path_by_policy)" in log
+        assert "broke HTTP/2" not in log
+    finally:
+        resp = mesh.admin.put("/v1/policies/digits", json={"allow": ["gateway/*"]})
+        assert resp.status_code in (200, 201), resp.text
 
 
 # -- outbound: the model's own gRPC calls, over mTLS to a gateway ------------------------------------

@@ -1,5 +1,11 @@
-"""The sidecar's HTTP/2 pieces in-process, on uvloop: a relay's backpressure and closing, and the
-frames a refusal answers with (decoded with the ``hpack`` library, not with our own encoder).
+"""The sidecar's HTTP/2 pieces in-process, on uvloop: a relay's backpressure and closing, the
+frames a refusal answers with (decoded with the ``hpack`` library, not with our own encoder), and
+a guarded relay that authorizes streams one by one by their ``:path``.
+
+For the guarded relay the caller's header blocks are made by ``hpack``'s encoder (dynamic table,
+Huffman), and what reaches the upstream is decoded by a fresh ``hpack`` decoder, as a real server
+would: the relay's HPACK state, its re-encoding after a refusal and the frames it answers with
+are checked by an implementation that is not ours.
 
 End to end through a real ``meshgate sidecar`` (gRPC clients, mTLS, policies): see
 tests/integration/test_sidecar_grpc.py.
@@ -8,15 +14,19 @@ tests/integration/test_sidecar_grpc.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import pytest
-from hpack import Decoder
+from hpack import Decoder, Encoder
 
-from gateway.sidecar_h2 import PREFACE, Refusal, Relays
+from gateway.sidecar_h2 import PREFACE, HeaderDecoder, HpackError, Refusal, Relays
 from tests.support import await_for
 
 pytestmark = pytest.mark.anyio
+U = TypeVar("U", bound=asyncio.Protocol)
 
 BIG = 16 * 1024 * 1024
 
@@ -47,30 +57,46 @@ class _Upstream(asyncio.Protocol):
 
 
 class _Adopt(asyncio.Protocol):
-    """A listener's first protocol that hands every connection to ``relays`` (as the sidecar's Front)."""
+    """A listener's first protocol that hands every connection to ``relays`` (as the sidecar's Front);
+    with ``allowed`` the relay is guarded and admits the streams of those paths only."""
 
-    def __init__(self, relays: Relays, upstream: tuple[str, int]) -> None:
+    def __init__(self, relays: Relays, upstream: tuple[str, int], allowed: set[str] | None = None) -> None:
         self._relays = relays
         self._upstream = upstream
+        self._allowed = allowed
+
+    def authorize(self, caller: object, path: str) -> tuple[str, str] | None:
+        assert self._allowed is not None
+        return None if path in self._allowed else ("unauthorized", f"{caller} may not call {path}")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        protocol = self._relays.open(transport, b"", self._upstream)  # type: ignore[arg-type]
+        protocol = self._relays.open(
+            transport,  # type: ignore[arg-type]
+            b"",
+            self._upstream,
+            caller="spiffe://meshgate.local/model/reporter/v1",
+            authorize=None if self._allowed is None else self.authorize,
+        )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[tuple[Relays, list[_Upstream], int]]:
+@asynccontextmanager
+async def _serving(
+    make: Callable[[], U], allowed: set[str] | None = None
+) -> AsyncIterator[tuple[Relays, list[U], int]]:
+    """An upstream server of ``make()`` protocols behind a relay listener: (relays, upstreams, port)."""
     loop = asyncio.get_running_loop()
-    upstreams: list[_Upstream] = []
+    upstreams: list[U] = []
 
-    def upstream() -> _Upstream:
-        upstreams.append(_Upstream())
+    def upstream() -> U:
+        upstreams.append(make())
         return upstreams[-1]
 
     up = await loop.create_server(upstream, "127.0.0.1", 0)
     relays = Relays()
-    front = await loop.create_server(lambda: _Adopt(relays, up.sockets[0].getsockname()[:2]), "127.0.0.1", 0)
+    address = up.sockets[0].getsockname()[:2]
+    front = await loop.create_server(lambda: _Adopt(relays, address, allowed), "127.0.0.1", 0)
     try:
         yield relays, upstreams, front.sockets[0].getsockname()[1]
     finally:
@@ -78,6 +104,12 @@ async def relay() -> AsyncIterator[tuple[Relays, list[_Upstream], int]]:
         for server in (front, up):
             server.close()
             await server.wait_closed()
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[tuple[Relays, list[_Upstream], int]]:
+    async with _serving(_Upstream) as serving:
+        yield serving
 
 
 async def test_a_relay_stops_reading_the_caller_while_the_upstream_is_full_and_delivers_all(relay):
@@ -203,3 +235,190 @@ async def test_a_refusal_closes_on_what_is_not_http2(garbage):
     refusal.data_received(garbage)
     assert transport.closed
     refusal.connection_lost(None)
+
+
+# -- a guarded relay: streams authorized by :path ------------------------------------------------
+INFER = b"/inference.GRPCInferenceService/ModelInfer"
+METADATA = b"/inference.GRPCInferenceService/ServerMetadata"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+
+
+def _request(path: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", path),
+        (b":authority", b"digits:8001"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        *extra,
+    ]
+
+
+class _Server(asyncio.Protocol):
+    """An upstream that opens with SETTINGS and keeps every byte it is sent."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(SETTINGS)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        assert self.received.startswith(PREFACE)
+        return _whole_frames(bytes(self.received[len(PREFACE) :]))
+
+
+async def _read_until(reader: asyncio.StreamReader, done) -> list[tuple[int, int, int, bytes]]:
+    data = b""
+    while True:
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        assert chunk, f"closed; frames so far: {_frames(data)}"
+        data += chunk
+        try:
+            frames = _whole_frames(data)
+        except AssertionError:  # a frame still on its way
+            continue
+        if done(frames):
+            return frames
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[tuple[Relays, list[_Server], int]]:
+    async with _serving(_Server, {INFER.decode()}) as serving:
+        yield serving
+
+
+def _whole_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    frames = _frames(data)
+    assert sum(9 + len(f[3]) for f in frames) == len(data), "a frame cut short"
+    return frames
+
+
+async def test_a_forbidden_stream_alone_is_refused_and_the_next_ones_decode_upstream(guarded):
+    relays, upstreams, port = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    encoder = Encoder()  # the caller's HPACK state: indexing and Huffman, as grpcio's
+    first = encoder.encode(_request(INFER, (b"x-meshgate-key", b"user-1")))
+    refused = encoder.encode(_request(METADATA, (b"x-trace", b"abc123")))  # inserts into the table
+    third = encoder.encode(_request(INFER, (b"x-trace", b"abc123")))  # refers to what stream 3 added
+    assert len(third) < 10  # indexed fields only: the relay must keep the table to read it
+    writer.write(
+        PREFACE
+        + SETTINGS
+        + _frame(1, 0x4, 1, first)  # HEADERS, END_HEADERS
+        + _frame(0, 0x1, 1, b"\0\0\0\0\x02hi")  # DATA, END_STREAM
+        + _frame(1, 0x4, 3, refused)
+        + _frame(0, 0x1, 3, b"m" * 300)  # the refused stream's message: dropped, window given back
+        + _frame(1, 0x4, 5, third)
+        + _frame(0, 0x1, 5, b"\0\0\0\0\x02ho")
+    )
+    answers = await _read_until(reader, lambda fs: any(f[0] == 8 for f in fs))
+    await await_for(lambda: upstreams and upstreams[0].received, lambda r: r.endswith(b"ho"), what="stream 5")
+    writer.close()
+
+    upstream_frames = upstreams[0].frames()
+    assert [(k, s) for k, _, s, _ in upstream_frames] == [(4, 0), (1, 1), (0, 1), (1, 5), (0, 5)]
+    decoder = Decoder()  # the upstream's HPACK state: it never saw stream 3's block
+    assert decoder.decode(upstream_frames[1][3], raw=True) == _request(INFER, (b"x-meshgate-key", b"user-1"))
+    assert decoder.decode(upstream_frames[3][3], raw=True) == _request(INFER, (b"x-trace", b"abc123"))
+    assert upstream_frames[1][3] == first  # before the refusal, blocks pass unchanged
+
+    assert answers[0] == (4, 0, 0, b"")  # the upstream's SETTINGS first, then the relay's frames
+    kinds = [(k, f, s) for k, f, s, _ in answers]
+    assert kinds == [(4, 0, 0), (1, 5, 3), (3, 0, 3), (8, 0, 0)]
+    trailers = dict(Decoder().decode(answers[1][3]))
+    assert trailers["grpc-status"] == "7" and trailers["x-meshgate-error"] == "unauthorized"
+    assert "may not call /inference.GRPCInferenceService/ServerMetadata" in trailers["grpc-message"]
+    assert int.from_bytes(answers[3][3], "big") == 300  # the connection window stream 3 used
+    await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay closed")
+
+
+async def test_with_nothing_refused_the_upstream_gets_the_callers_bytes_unchanged(guarded):
+    _, upstreams, port = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    encoder = Encoder()
+    big = b"\0" + (200_000).to_bytes(4, "big") + bytes(range(256)) * 781 + b"\0" * 64  # split across reads
+    sent = PREFACE + SETTINGS
+    for stream in (1, 3, 5):
+        block = encoder.encode(_request(INFER, (b"x-n", str(stream).encode())))
+        sent += _frame(1, 0, stream, block[:3]) + _frame(9, 0x4, stream, block[3:])  # HEADERS + CONTINUATION
+        sent += b"".join(_frame(0, 0, stream, big[i : i + 16384]) for i in range(0, len(big), 16384))
+        sent += _frame(0, 0x1, stream)
+    for i in range(0, len(sent), 1000):  # frame headers cut across writes too
+        writer.write(sent[i : i + 1000])
+        await writer.drain()
+    await await_for(lambda: upstreams and len(upstreams[0].received), lambda n: n == len(sent), what="all")
+    assert bytes(upstreams[0].received) == sent
+    assert await reader.read(9) == SETTINGS  # and nothing of the relay's own
+    writer.close()
+
+
+async def test_a_refusal_waits_for_the_upstreams_frame_to_end():
+    """The relay's answer goes between the upstream's frames, never inside one or a header block."""
+    async with _serving(_Server, set()) as (relays, upstreams, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREFACE + SETTINGS)
+        await await_for(lambda: upstreams and upstreams[0].received, what="the relay linked")
+        data = _frame(0, 0, 1, b"d" * 100)
+        continued = _frame(1, 0, 1, b"\x88") + _frame(9, 0x4, 1, b"\x88")
+        encoder = Encoder()
+
+        async def refuse_while(partial: bytes, rest: bytes, stream: int) -> None:
+            upstreams[0].transport.write(partial)
+            writer.write(_frame(1, 0x4, stream, encoder.encode(_request(METADATA))))
+            await await_for(lambda: next(iter(relays.open_relays)).upstream._queue, what="the answer held")
+            upstreams[0].transport.write(rest)
+
+        await refuse_while(data[:50], data[50:], 3)  # inside a DATA frame
+        await refuse_while(continued[:12], continued[12:], 5)  # inside a header block
+        frames = await _read_until(reader, lambda fs: sum(f[0] == 3 for f in fs) == 2)
+        writer.close()
+    expected = [(4, 0), (0, 1), (1, 3), (3, 3), (1, 1), (9, 1), (1, 5), (3, 5)]
+    assert [(k, s) for k, _, s, _ in frames] == expected
+
+
+async def test_a_header_block_that_does_not_decode_closes_the_connection(guarded):
+    relays, upstreams, port = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(PREFACE + SETTINGS + _frame(1, 0x4, 1, b"\xff\xff\xff\xff\xff\xff\x7f"))  # index past 2^28
+    assert await asyncio.wait_for(reader.read(), 10) == SETTINGS  # then closed
+    await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay closed")
+    assert b"\xff\xff\xff" not in upstreams[0].received  # the bad block went nowhere
+    writer.close()
+
+
+def test_the_decoder_reads_what_hpack_encodes_across_blocks_and_table_sizes():
+    rng = random.Random(7)
+    encoder, ours, theirs = Encoder(), HeaderDecoder(), Decoder()
+    theirs.max_allowed_table_size = 65536
+    names = [b":path", b"content-type", b"grpc-timeout", b"x-meshgate-key", b"x-long", b"user-agent"]
+    for i in range(400):
+        if i % 50 == 25:
+            encoder.header_table_size = rng.choice([0, 256, 4096, 8192])  # a size update in the block
+        fields = [(rng.choice(names), bytes(rng.choices(b"abcdefgh/ .", k=rng.randint(0, 90)))) for _ in
+                  range(rng.randint(1, 8))]  # fmt: skip
+        block = encoder.encode(fields, huffman=rng.random() < 0.7)
+        decoded, _changed = ours.decode(block)
+        assert decoded == theirs.decode(block, raw=True) == fields
+
+
+@pytest.mark.parametrize(
+    ("block", "words"),
+    [
+        (b"\x80", "index 0"),
+        (b"\xbe", "index 62 is not in the table"),
+        (b"\x40\x05ab", "past the end"),
+        (b"\x3f\xe1\xff\x04", "dynamic table of"),
+        (b"\x00\x81\xff\x00", "Huffman"),
+        (b"\x40", "ends inside a field"),
+    ],
+)
+def test_the_decoder_refuses_bad_blocks_with_the_reason(block, words):
+    with pytest.raises(HpackError, match=words):
+        HeaderDecoder().decode(block)
