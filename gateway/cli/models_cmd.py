@@ -1,4 +1,4 @@
-"""``meshgate models``: register, list, show, set-default, remove."""
+"""``meshgate models``: register, list, show, shadows, set-default, remove."""
 
 from __future__ import annotations
 
@@ -47,6 +47,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     show = msub.add_parser("show", parents=[common], help="show one model")
     show.add_argument("model")
     show.set_defaults(func=_show)
+
+    shadows = msub.add_parser(
+        "shadows", parents=[common], help="what each version's shadow shows: copies, agreement, figures"
+    )
+    shadows.add_argument("model")
+    shadows.set_defaults(func=_shadows)
 
     sd = msub.add_parser("set-default", parents=[common], help="route unpinned traffic to a version")
     sd.add_argument("model")
@@ -130,6 +136,68 @@ def _show(args: argparse.Namespace, client: AdminClient) -> None:
         for v in m["versions"]
     ]
     print_table(f"model {m['name']}", ["version", "endpoints", "protocol", "identity", "labels"], rows)
+
+
+def _pair(shadow: float | None, primary: float | None, digits: int) -> str | None:
+    """``shadow / primary`` (an LLM shadow's figure beside the primary's on the same requests)."""
+    if shadow is None and primary is None:
+        return None
+    return " / ".join("-" if x is None else f"{x:.{digits}f}" for x in (shadow, primary))
+
+
+def _num(x: float | None) -> str | None:
+    return None if x is None else f"{x:.1f}"
+
+
+def _shadows(args: argparse.Namespace, client: AdminClient) -> None:
+    """The shadow statistics of ``GET /v1/models/{m}/health`` (this gateway process's)."""
+    health = client.get(f"/v1/models/{segment(args.model)}/health")
+    found = [(v, s) for v, state in health["versions"].items() for s in state["shadows"]]
+    if args.json:
+        print_json({v: [s for version, s in found if version == v] for v, _ in found})
+        return
+    if not found:
+        print(f"no shadow traffic for {args.model} in this gateway")
+        return
+    rows, notes = [], []
+    for version, s in found:
+        llm = s.get("protocol") == "openai"
+        shadow, primary = s.get("shadow", {}), s.get("primary", {})
+        rate = s["agreement_rate"]
+        similarity = None
+        if s.get("mean_jaccard") is not None:
+            similarity = f"Jaccard {s['mean_jaccard']:.3f}"
+        if s.get("mean_cosine") is not None:
+            cosine = f"cosine {s['mean_cosine']:.4f} (min {s['min_cosine']:.4f})"
+            similarity = f"{similarity}, {cosine}" if similarity else cosine
+        if not llm:
+            similarity = f"max |diff| {s['max_abs_diff']:g}"
+        rows.append(
+            (
+                version,
+                s["shadow_version"],
+                s["sent"],
+                s["skipped"],
+                s["errors"],
+                s["compared"],
+                None if rate is None else f"{rate * 100:.1f}%",
+                similarity,
+                _pair(s["mean_latency_ms"], primary.get("mean_latency_ms"), 1)
+                if llm
+                else _num(s["mean_latency_ms"]),
+                _pair(shadow.get("mean_ttft_ms"), primary.get("mean_ttft_ms"), 1) if llm else None,
+                f"{shadow['completion_tokens']} / {primary['completion_tokens']}" if llm else None,
+                _pair(shadow.get("cost_usd"), primary.get("cost_usd"), 6) if llm else None,
+            )
+        )
+        for what in ("last_disagreement", "last_error"):
+            if s.get(what):
+                notes.append(f"{version} -> {s['shadow_version']}: {what.replace('_', ' ')}: {s[what]}")
+    columns = ["version", "shadow", "sent", "skipped", "errors", "compared", "agreed", "similarity",
+               "latency ms", "TTFT ms", "tokens out", "cost USD"]  # fmt: skip
+    print_table(f"shadows of {args.model} (shadow / primary on the compared requests)", columns, rows)
+    for note in notes:
+        print(note)
 
 
 def _set_default(args: argparse.Namespace, client: AdminClient) -> None:

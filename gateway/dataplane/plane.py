@@ -476,6 +476,10 @@ class DataPlane:
             stats = self._shadows[key] = kind(shadow)
         return stats
 
+    def shadows(self) -> dict[tuple[str, str, str], Any]:
+        """Every shadow's statistics in this process, by (model, primary version, shadow version)."""
+        return dict(self._shadows)
+
     def shadow_report(self, model: str) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
         for (m, version, _), stats in sorted(self._shadows.items()):

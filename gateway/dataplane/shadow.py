@@ -62,19 +62,33 @@ class ShadowStats:
     sent: int = 0
     skipped: int = 0  # not sent: the shadow's breaker was open, it was overloaded or had no endpoint
     errors: int = 0
+    answered: int = 0
     compared: int = 0
     agreed: int = 0
     max_abs_diff: float = 0.0
     latency_sum_s: float = 0.0
     last_disagreement: str | None = None
 
+    def series(self) -> dict[str, float]:
+        """The monotone figures Prometheus counts (``gateway.telemetry.metrics``)."""
+        return {
+            "answered": self.answered,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "compared": self.compared,
+            "agreed": self.agreed,
+            "latency_n": self.answered,
+            "latency_sum_s": self.latency_sum_s,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        done = self.sent - self.errors
+        done = self.answered
         return {
             "shadow_version": self.shadow_version,
             "sent": self.sent,
             "skipped": self.skipped,
             "errors": self.errors,
+            "answered": self.answered,
             "compared": self.compared,
             "agreed": self.agreed,
             "agreement_rate": self.agreed / self.compared if self.compared else None,
@@ -175,6 +189,7 @@ class ShadowCopy(_Pair):
                 stats.errors += 1
                 response = None
             else:
+                stats.answered += 1
                 stats.latency_sum_s += latency
             copy._arrive(shadow=response)
 
@@ -272,6 +287,28 @@ class LlmShadowStats:
     primary: LlmFigures = field(default_factory=LlmFigures)  # the primary's answers that were compared
     last_disagreement: str | None = None
     last_error: str | None = None
+
+    def series(self) -> dict[str, float]:
+        """The monotone figures Prometheus counts (``gateway.telemetry.metrics``)."""
+        f = self.shadow
+        return {
+            "answered": f.answers,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "compared": self.compared,
+            "agreed": self.agreed,
+            "latency_n": f.answers,
+            "latency_sum_s": f.latency_sum_s,
+            "ttft_n": f.ttft_n,
+            "ttft_sum_s": f.ttft_sum_s,
+            "jaccard_n": self.jaccard_n,
+            "jaccard_sum": self.jaccard_sum,
+            "cosine_n": self.cosine_n,
+            "cosine_sum": self.cosine_sum,
+            "prompt_tokens": f.prompt_tokens,
+            "completion_tokens": f.completion_tokens,
+            "cost_usd": f.cost_usd or 0.0,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         rate = self.agreed / self.compared if self.compared else None

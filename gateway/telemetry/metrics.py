@@ -13,6 +13,14 @@ An LLM request (``ex.llm`` set by the OpenAI-compatible routes) also adds its to
 time (histograms) and cost (``meshgate_llm_cost_usd_total``) by model and version, in a
 per-(model, version) tally published the same way; an OIP request pays one attribute read.
 
+Shadow traffic (``gateway.dataplane.shadow``): each (model, version, shadow version)'s counts
+are copied by ``refresh()`` as differences, like the retry counters: copies by outcome
+(``meshgate_shadow_copies_total``), pairs compared and agreed, the copies' latency and, for LLM
+versions, time to first token, answer similarity (``meshgate_shadow_similarity{measure=jaccard|
+cosine}``: ``_sum / _count`` is the mean), tokens and cost. Summaries without quantiles: their
+``_sum`` and ``_count`` add up over workers and over time, so a rate of one over the other is
+the mean in a window.
+
 Requests refused before routing (unknown model 404, wrong method 405, a bad
 ``x-meshgate-timeout-ms`` 400, no route) have no model or version the gateway could trust:
 they count in ``meshgate_requests_total`` with ``model=""`` and ``version=""`` (the model name
@@ -41,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
@@ -227,6 +235,54 @@ class _LlmTally:
         self.sent = (self.input, self.output, self.cost)
 
 
+# a shadow's figure (``ShadowStats.series()``) -> (metric family, extra labels, the child's part)
+_SHADOW_SERIES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "answered": ("shadow_copies", ("answered",), None),
+    "errors": ("shadow_copies", ("error",), None),
+    "skipped": ("shadow_copies", ("skipped",), None),
+    "compared": ("shadow_compared", (), None),
+    "agreed": ("shadow_agreed", (), None),
+    "latency_n": ("shadow_latency", (), "_count"),
+    "latency_sum_s": ("shadow_latency", (), "_sum"),
+    "ttft_n": ("shadow_ttft", (), "_count"),
+    "ttft_sum_s": ("shadow_ttft", (), "_sum"),
+    "jaccard_n": ("shadow_similarity", ("jaccard",), "_count"),
+    "jaccard_sum": ("shadow_similarity", ("jaccard",), "_sum"),
+    "cosine_n": ("shadow_similarity", ("cosine",), "_count"),
+    "cosine_sum": ("shadow_similarity", ("cosine",), "_sum"),
+    "prompt_tokens": ("shadow_tokens", ("input",), None),
+    "completion_tokens": ("shadow_tokens", ("output",), None),
+    "cost_usd": ("shadow_cost", (), None),
+}
+
+
+class _ShadowSeries:
+    """One (model, version, shadow)'s figures, published as differences since the last refresh;
+    a series is made on its first non-zero figure (an OIP shadow has no token series)."""
+
+    __slots__ = ("_incs", "_key", "_metrics", "_sent")
+
+    def __init__(self, metrics: Metrics, key: tuple[str, str, str]) -> None:
+        self._metrics = metrics
+        self._key = key
+        self._incs: dict[str, Callable[[float], None]] = {}
+        self._sent: dict[str, float] = {}
+
+    def publish(self, figures: dict[str, float]) -> None:
+        sent = self._sent
+        for name, value in figures.items():
+            delta = value - sent.get(name, 0)
+            if not delta:
+                continue
+            inc = self._incs.get(name)
+            if inc is None:
+                family, extra, part = _SHADOW_SERIES[name]
+                child = getattr(self._metrics, family).labels(*self._key, *extra)
+                inc = self._incs[name] = (getattr(child, part) if part else child).inc
+            inc(delta)
+            sent[name] = value
+
+
 def _observe(tally: _Tally, value: float, bounds: tuple[float, ...]) -> None:
     tally.n += 1
     tally.sum += value
@@ -359,6 +415,54 @@ class Metrics:
             ["model", "version"],
             registry=reg,
         )
+        shadow = ["model", "version", "shadow"]
+        self.shadow_copies = Counter(
+            "meshgate_shadow_copies",
+            "Shadow copies of a version's requests by outcome: answered, error (failed), skipped "
+            "(not sent: the shadow's breaker open, its limit reached, no endpoint)",
+            [*shadow, "outcome"],
+            registry=reg,
+        )
+        self.shadow_compared = Counter(
+            "meshgate_shadow_compared", "Primary and shadow answer pairs compared", shadow, registry=reg
+        )
+        self.shadow_agreed = Counter(
+            "meshgate_shadow_agreed",
+            "Compared pairs that agree (OIP: outputs within tolerance; LLM: identical answers)",
+            shadow,
+            registry=reg,
+        )
+        self.shadow_latency = Summary(
+            "meshgate_shadow_latency_seconds",
+            "Answered shadow copies: sent to the answer's end",
+            shadow,
+            registry=reg,
+        )
+        self.shadow_ttft = Summary(
+            "meshgate_shadow_time_to_first_token_seconds",
+            "Streamed LLM shadow copies: sent to the first event",
+            shadow,
+            registry=reg,
+        )
+        self.shadow_similarity = Summary(
+            "meshgate_shadow_similarity",
+            "LLM answer pairs: token Jaccard of the texts (measure jaccard), mean cosine of the "
+            "embeddings (measure cosine)",
+            [*shadow, "measure"],
+            registry=reg,
+        )
+        self.shadow_tokens = Counter(
+            "meshgate_shadow_llm_tokens",
+            "Tokens of answered LLM shadow copies, by type (input, output)",
+            [*shadow, "type"],
+            registry=reg,
+        )
+        self.shadow_cost = Counter(
+            "meshgate_shadow_llm_cost_usd",
+            "Cost of answered LLM shadow copies at the shadow version's prices",
+            shadow,
+            registry=reg,
+        )
         self.cert_expiry = Gauge(
             "meshgate_certificate_expiry_timestamp_seconds",
             "When the workload certificate expires (Unix time)",
@@ -369,6 +473,7 @@ class Metrics:
         self._entries: dict[tuple, _Tally] = {}
         self._upstream: dict[tuple, _Tally] = {}
         self._llm: dict[tuple[str, str], _LlmTally] = {}
+        self._shadows: dict[tuple[str, str, str], _ShadowSeries] = {}
         self.plane: DataPlane | None = None
         self._seen_retries = 0
         self._seen_exhausted = 0
@@ -482,6 +587,11 @@ class Metrics:
                         if labels not in self._was_ejected:
                             self.ejections.labels(*labels).inc()
             self._was_ejected = ejected_now
+            for key, stats in plane.shadows().items():
+                series = self._shadows.get(key)
+                if series is None:
+                    series = self._shadows[key] = _ShadowSeries(self, key)
+                series.publish(stats.series())
         for gauge, old in self._labelled.items():
             for labels in old - seen.get(gauge, set()):  # a version or endpoint that is gone
                 if self.multiproc_dir:  # the files cannot remove it: mark it for the exposition

@@ -11,6 +11,7 @@ from itertools import count
 import httpx
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import model_server, running_mesh, wait_for
 
@@ -96,6 +97,17 @@ def _client(mesh) -> OpenAI:
 
 def _stats(url: str) -> dict:
     return httpx.get(f"{url}/v2/debug/stats").json()
+
+
+def _shadow_samples(text: str, labels: dict[str, str]) -> dict[tuple[str, str | None], float]:
+    """The meshgate_shadow_* samples of one (model, version, shadow), by name and their other label."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("meshgate_shadow") and labels.items() <= s.labels.items():
+                rest = [v for k, v in s.labels.items() if k not in labels]
+                out[(s.name, rest[0] if rest else None)] = s.value
+    return out
 
 
 def _asks(client: OpenAI, name: str) -> list[str]:
@@ -227,3 +239,32 @@ def test_a_shadow_without_its_provider_key_is_an_error_not_a_copy(llm):
     assert answer.choices[0].message.content
     stats = wait_for(lambda: _shadow(mesh, name), lambda s: s["errors"] > start["errors"], what="counted")
     assert stats["sent"] == start["sent"] and "MESHGATE_TEST_NO_SUCH_KEY" in stats["last_error"]
+
+
+def test_the_cli_and_prometheus_show_what_the_api_shows(llm):
+    mesh, _, _ = llm
+    name = _model(llm, "v1-copy")
+    start = _mirror(llm, name, "v1-copy")
+    _asks(_client(mesh), name)
+    stats = _settled(mesh, name, start["sent"] + 4)
+    labels = {"model": name, "version": "v1", "shadow": "v1-copy"}
+    expected = {
+        ("meshgate_shadow_copies_total", "answered"): stats["sent"],
+        ("meshgate_shadow_compared_total", None): stats["compared"],
+        ("meshgate_shadow_agreed_total", None): stats["agreed"],
+        ("meshgate_shadow_similarity_count", "jaccard"): 3,  # the chat, the stream, the completion
+        ("meshgate_shadow_time_to_first_token_seconds_count", None): 1,
+        ("meshgate_shadow_llm_tokens_total", "output"): stats["shadow"]["completion_tokens"],
+    }
+    samples = wait_for(
+        lambda: _shadow_samples(mesh.admin.get("/metrics").text, labels),
+        lambda samples: all(samples.get(k) == v for k, v in expected.items()),
+        what="the shadow's counts in /metrics",
+    )
+    assert samples[("meshgate_shadow_llm_cost_usd_total", None)] == pytest.approx(stats["shadow"]["cost_usd"])
+
+    shown = mesh.cli("models", "shadows", name).stdout
+    assert "v1-copy" in shown and "100.0%" in shown and "Jaccard 1.000" in shown, shown
+    as_json = json.loads(mesh.cli("models", "shadows", name, "--json").stdout)
+    assert as_json["v1"][0]["compared"] == stats["compared"] and as_json["v1"][0]["protocol"] == "openai"
+    assert "no shadow traffic" in mesh.cli("models", "shadows", _model(llm, "v2")).stdout
