@@ -24,6 +24,7 @@ The I/O boundary is duck-typed, so another front end (gRPC) can bring adapters:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,10 @@ _ERROR_OUTCOME = {
     reasons.UPSTREAM_TIMEOUT: Outcome.TIMEOUT,
     reasons.FIRST_TOKEN_TIMEOUT: Outcome.TIMEOUT,
 }
+log = logging.getLogger("meshgate.dataplane")
+
 _TIMEOUT_LINE = b"x-meshgate-timeout-ms: %d\r\n"
+_CRASHED = "the gateway failed handling the model's answer (its log says why)"
 _STATUS = reasons.STATUS
 
 
@@ -224,27 +228,51 @@ class Exchange:
 
     # -- outcomes -------------------------------------------------------------------------
     def _on_result(self, response: UpstreamResponse | None, error: UpstreamError | None) -> None:
-        self._handle = None
-        if self.done:
-            return
-        m = self.attempt
-        if response is not None:
-            self._last = response
-            status = response.status
-            after = retry_after_s(response.headers) if status == 429 else None
-            d = m.answered(status, after, response.stream is not None)  # positional: no kwnames
-        else:
-            self._last = None
-            d = m.failed(error_outcome(error), error.reason, error.message)  # type: ignore[union-attr]
-        hooks = self._plane.on_attempt
-        if hooks:  # plane.attempted, inline: once per attempt
-            url, outcome = self._state.route.endpoints[m.ep], m.outcome
-            for hook in hooks:
-                hook(self, url, outcome, response, error, m.started_at, m.ended_at)
-        if d is DELIVER:  # the common case, without the dispatch
-            self._deliver(None)
-        else:
-            self._run(d)
+        try:
+            self._handle = None
+            if self.done:
+                return
+            m = self.attempt
+            if response is not None:
+                self._last = response
+                status = response.status
+                after = retry_after_s(response.headers) if status == 429 else None
+                d = m.answered(status, after, response.stream is not None)  # positional: no kwnames
+            else:
+                self._last = None
+                d = m.failed(error_outcome(error), error.reason, error.message)  # type: ignore[union-attr]
+            hooks = self._plane.on_attempt
+            if hooks:  # plane.attempted, inline: once per attempt
+                url, outcome = self._state.route.endpoints[m.ep], m.outcome
+                for hook in hooks:
+                    hook(self, url, outcome, response, error, m.started_at, m.ended_at)
+            if d is DELIVER:  # the common case, without the dispatch
+                self._deliver(None)
+            else:
+                self._run(d)
+        except Exception:
+            self._crashed()
+            raise  # to the engine, which logs it and closes the upstream connection
+
+    def _crashed(self) -> None:
+        """Handling the upstream's outcome raised (a bug: in a hook, an observer, this code):
+        the caller still gets an answer, 500 internal_error, or a cut connection once its answer
+        has begun; the attempt ends with no verdict on the model (its slot is freed)."""
+        try:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.attempt.cancel()
+            responder = self._responder
+            if responder.started:
+                if not responder.done:
+                    responder.abort()
+                self.done = True
+            elif not responder.disconnected:
+                self.done = True
+                self._answer(Answer(reasons.INTERNAL_ERROR, _CRASHED))
+        except Exception:
+            log.exception("answering %s after its exchange failed failed too", self.request_id)
 
     def _on_stream_done(self, status: int, error: UpstreamError | None) -> None:
         """End of a streamed exchange: the endpoint relayed the answer itself; the body is gone,

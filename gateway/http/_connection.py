@@ -9,11 +9,14 @@ A connection carries one exchange at a time; when the response ends it goes back
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl as ssl_module
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
+
+from router.reasons import INTERNAL_ERROR
 
 from ._errors import (
     CANCELLED,
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from ._pool import Endpoint
 
 __all__ = ["Handle", "UpstreamCallback", "UpstreamResponse"]
+
+log = logging.getLogger("meshgate.http")
 
 # Request fields the pool writes itself; skipped when a caller passes them.
 _SET_BY_POOL: frozenset[bytes] = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
@@ -259,10 +264,10 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadDone):
+            if isinstance(exc.__context__, _Stop):
                 return
-            self._deliver_held()
-            self._bad_response(f"malformed response: {exc}")
+            if self._deliver_held():
+                self._bad_response(f"malformed response: {exc}")
             return
         except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101 nobody asked for
             self._bad_response(f"unrequested protocol switch ({self._status} from {self.endpoint.url})")
@@ -270,15 +275,40 @@ class _Connection(asyncio.Protocol):
         if self._held:
             self._deliver_held()
 
-    def _deliver_held(self) -> None:
+    def _deliver_held(self) -> bool:
         """An event stream gets what one read brought as one chunk: its chunked encoding makes
         each event a body callback, and one delivery lets the relay write them to its client in
-        one send (at 32 streams ~2 events arrive per read: about half the client writes saved)."""
+        one send (at 32 streams ~2 events arrive per read: about half the client writes saved).
+        False: the consumer failed (`_consumer_failed`)."""
         held, stream = self._held, self._stream
         if held and stream is not None:
             chunk = held[0] if len(held) == 1 else b"".join(held)
             held.clear()
-            stream.feed(chunk)
+            try:
+                stream.feed(chunk)
+            except Exception:
+                self._consumer_failed("body")
+                return False
+        return True
+
+    def _consumer_failed(self, what: str) -> None:
+        """A callback of whoever consumes this exchange raised (the response callback, a
+        streamed body's data or end): a bug on the gateway's side, never the upstream's. Logged;
+        this connection is closed, never handed to the next request (its state is unknown, and
+        an exception reaching the parser would otherwise be taken for a malformed response and
+        abort whatever exchange the connection carries by then); a body still streaming is
+        failed, so that its consumer ends the client's answer with an error."""
+        url = self.endpoint.url
+        log.exception("the %s callback of a response from %s failed: closing that connection", what, url)
+        self.exchange = None
+        self._held.clear()
+        stream, self._stream = self._stream, None
+        self.abort()
+        if stream is not None and not stream.complete:
+            try:
+                stream.fail(StreamError(500, INTERNAL_ERROR, "the gateway failed relaying the answer"))
+            except Exception:
+                log.exception("ending the stream from %s failed too", self.endpoint.url)
 
     def _bad_response(self, message: str) -> None:
         exchange = self.exchange
@@ -381,18 +411,23 @@ class _Connection(asyncio.Protocol):
             # httptools cannot be told a HEAD response has no body: answer now, start a fresh parser.
             self._parser = httptools.HttpResponseParser(self)
             self._complete_buffered(exchange)
-            raise _HeadDone
+            raise _Stop
         length = self._length
-        if self._sse or (length is not None and length > self.endpoint.pool.max_buffered_response):
-            self._open_stream(exchange)
+        big = length is not None and length > self.endpoint.pool.max_buffered_response
+        if (self._sse or big) and self._open_stream(exchange) is None:
+            raise _Stop
 
     def on_body(self, body: bytes) -> None:
         stream = self._stream
         if stream is not None:
             if self._sse:
                 self._held.append(body)  # delivered once the read is parsed (_deliver_held)
-            else:
+                return
+            try:
                 stream.feed(body)
+            except Exception:
+                self._consumer_failed("body")
+                raise _Stop from None
             return
         self._body_chunks.append(body)
         self._body_size += len(body)
@@ -400,22 +435,33 @@ class _Connection(asyncio.Protocol):
         if self._body_size > self.endpoint.pool.max_buffered_response and exchange is not None:
             chunks, self._body_chunks = self._body_chunks, []
             stream = self._open_stream(exchange)
-            for chunk in chunks:
-                stream.feed(chunk)
+            if stream is None:
+                raise _Stop
+            try:
+                for chunk in chunks:
+                    stream.feed(chunk)
+            except Exception:
+                self._consumer_failed("body")
+                raise _Stop from None
 
     def on_message_complete(self) -> None:
         if self._status < 200:
             return
         stream = self._stream
         if stream is not None:
-            self._deliver_held()
+            if not self._deliver_held():
+                raise _Stop
             self._stream = None
-            self._release()
-            stream.end()
+            try:
+                stream.end()
+            except Exception:
+                self._consumer_failed("end of body")
+                raise _Stop from None
+            self._release()  # after the consumer's end: a connection it failed on is not reused
             return
         exchange = self.exchange
-        if exchange is not None:
-            self._complete_buffered(exchange)
+        if exchange is not None and not self._complete_buffered(exchange):
+            raise _Stop
 
     # -- completion ----------------------------------------------------------------------------
     def _response_for(self, body: bytes | None, stream: BodyStream | None) -> UpstreamResponse:
@@ -423,7 +469,9 @@ class _Connection(asyncio.Protocol):
             self._status, self._headers, body, stream, self._length, self.peer_cert, self.peer_cert_der
         )
 
-    def _complete_buffered(self, exchange: Handle) -> None:
+    def _complete_buffered(self, exchange: Handle) -> bool:
+        """Answer the exchange with the whole body, then release the connection; False: the
+        callback failed and the connection is closed (`_consumer_failed`)."""
         chunks = self._body_chunks
         response = UpstreamResponse(  # _response_for, inline: once per proxied request
             self._status,
@@ -434,14 +482,24 @@ class _Connection(asyncio.Protocol):
             self.peer_cert,
             self.peer_cert_der,
         )
+        try:
+            exchange._answer(response)
+        except Exception:
+            self._consumer_failed("response")
+            return False
         self._release()
-        exchange._answer(response)
+        return True
 
-    def _open_stream(self, exchange: Handle) -> BodyStream:
+    def _open_stream(self, exchange: Handle) -> BodyStream | None:
+        """Answer the exchange with a streamed body; None: the callback failed (`_consumer_failed`)."""
         transport = self.transport
         stream = BodyStream(self._length, transport.pause_reading, transport.resume_reading)
         self._stream = stream
-        exchange._answer(self._response_for(None, stream))
+        try:
+            exchange._answer(self._response_for(None, stream))
+        except Exception:
+            self._consumer_failed("response")
+            return None
         return stream
 
     def _release(self) -> None:
@@ -462,5 +520,6 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _HeadDone(Exception):
-    """Stops the parser after a HEAD response's head (its body length is not a body)."""
+class _Stop(Exception):
+    """Stops the parser: after a HEAD response's head (its body length is not a body), or after
+    a consumer's callback failed (the connection is closed)."""

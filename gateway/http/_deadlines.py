@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger("meshgate.http")
 
 
 class Expiring(Protocol):
@@ -59,7 +62,10 @@ class DeadlineWheel:
         if keys:
             self._schedule()
         for on_timeout in expired:
-            on_timeout()
+            try:
+                on_timeout()
+            except Exception:  # one failing must not leave the others of its bucket unfired
+                log.exception("a deadline's timeout callback failed")
 
     def close(self) -> None:
         if self._timer is not None:
