@@ -156,14 +156,13 @@ class HeaderCache:
     change the dynamic table: such a block decodes the same while the table stays as it is
     (any change forgets them all). gRPC answers and requests repeat the same few blocks."""
 
-    __slots__ = ("_changes", "_decoder", "_known", "_table")
+    __slots__ = ("_decoder", "_known", "_table")
     _MAX = 256
 
     def __init__(self, table_size: int = HeaderTable.DEFAULT_SIZE) -> None:
         self._decoder = Decoder()
         self._table = self._decoder.header_table = _Table()
         self._decoder.header_table_size = table_size  # what we announce (SETTINGS_HEADER_TABLE_SIZE)
-        self._changes = self._table.changes
         self._known: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
@@ -172,12 +171,11 @@ class HeaderCache:
         if known is not None:
             return known
         table = self._table
-        if table.changes != self._changes:
-            self._known.clear()
         before = table.changes
         headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
-        self._changes = table.changes
-        if table.changes == before and len(self._known) < self._MAX:
+        if table.changes != before:  # the blocks remembered may mean something else now
+            self._known.clear()
+        elif len(self._known) < self._MAX:
             self._known[block] = headers
         return headers
 

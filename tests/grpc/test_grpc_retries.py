@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -16,61 +14,20 @@ from gateway.grpc.client import install_client
 from gateway.grpc.server import start_grpc_gateway
 from gateway.http import UpstreamPool
 from models.faults import FaultInjector, Faults
-from models.grpc_server import generic_service, start_grpc_model_server
-from models.oip_proto import ModelInferResponse, routing_fields
+from models.grpc_server import start_grpc_model_server
+from models.oip_proto import ModelInferResponse
 from models.zoo import load_model
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
 from tests.support import HOST, await_for, free_port
 
+from .harness import channel_to, scripted, serving, upstream
 from .messages import INFER, infer_request
-
-
-@asynccontextmanager
-async def _upstream(
-    script: list[grpc.StatusCode | None], hold: asyncio.Event | None = None
-) -> AsyncIterator[str]:
-    """A gRPC ModelInfer that answers with the next status of `script` (None: OK), then OK;
-    with `hold`, only once it is set."""
-
-    async def infer(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        if hold is not None:
-            await hold.wait()
-        code = script.pop(0) if script else None
-        if code is not None:
-            await context.abort(code, f"scripted {code.name}")
-        name, version = routing_fields(body)  # the version the gateway appended: the one it serves
-        return ModelInferResponse(model_name=name, model_version=version).SerializeToString()
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((generic_service({"ModelInfer": infer}),))
-    port = server.add_insecure_port(f"{HOST}:0")
-    await server.start()
-    try:
-        yield f"http://{HOST}:{port}"
-    finally:
-        await server.stop(0)
-
-
-@asynccontextmanager
-async def _gateway(endpoint: str) -> AsyncIterator[tuple[DataPlane, grpc.aio.Channel]]:
-    vr = VersionRoute("v1", (endpoint,), None, TrafficPolicy.from_dict({}), (), None, "v2-grpc")
-    plane = DataPlane(UpstreamPool())
-    plane.set_table(RouteTable(1, {"m": ModelRoute("m", "v1", {"v1": vr}, protocol="v2-grpc")}))
-    gateway = await start_grpc_gateway(plane, HOST, 0)
-    try:
-        async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
-            yield plane, channel
-    finally:
-        await gateway.close()
-        for pool in plane.upstreams.pools.values():
-            await pool.aclose()
-        await plane.pool.aclose()
 
 
 @pytest.mark.anyio
 async def test_unavailable_is_retried_and_the_client_sees_the_answer() -> None:
-    async with _upstream([grpc.StatusCode.UNAVAILABLE]) as url, _gateway(url) as (plane, channel):
+    async with upstream(scripted([grpc.StatusCode.UNAVAILABLE])) as url, channel_to(url) as (plane, channel):
         body = await channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
         assert ModelInferResponse.FromString(body).model_version == "v1"
         assert plane.stats.retries == 1
@@ -79,7 +36,7 @@ async def test_unavailable_is_retried_and_the_client_sees_the_answer() -> None:
 @pytest.mark.anyio
 async def test_the_models_own_client_error_passes_through_unretried() -> None:
     script = [grpc.StatusCode.INVALID_ARGUMENT]
-    async with _upstream(script) as url, _gateway(url) as (plane, channel):
+    async with upstream(scripted(script)) as url, channel_to(url) as (plane, channel):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -125,7 +82,7 @@ async def test_health_checks_probe_grpc_versions_through_this_client() -> None:
 
 @pytest.mark.anyio
 async def test_a_failing_version_falls_back_and_the_upstream_is_told_which_version_serves() -> None:
-    async with _upstream([]) as url:
+    async with upstream(scripted([])) as url:
         dead = f"http://{HOST}:{free_port()}"
         policies = {
             v: TrafficPolicy.from_dict(p) for v, p in (("v1", {"fallback_version": "v2"}), ("v2", {}))
@@ -153,19 +110,14 @@ async def test_a_failing_version_falls_back_and_the_upstream_is_told_which_versi
 @pytest.mark.anyio
 async def test_a_call_in_flight_when_the_port_stops_is_answered() -> None:
     hold = asyncio.Event()
-    async with _upstream([], hold) as url:
-        vr = VersionRoute("v1", (url,), None, TrafficPolicy.from_dict({}), (), None, "v2-grpc")
-        plane = DataPlane(UpstreamPool())
-        plane.set_table(RouteTable(1, {"m": ModelRoute("m", "v1", {"v1": vr}, protocol="v2-grpc")}))
-        gateway = await start_grpc_gateway(plane, HOST, 0)
-        try:
-            async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
-                call = channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
-                await await_for(lambda: plane.stats.requests, what="the call reaching the plane")
-                stopping = asyncio.create_task(gateway.close())  # begins before the answer can come
-                hold.set()
-                assert ModelInferResponse.FromString(await call).model_version == "v1"
-                await stopping
-        finally:
-            for pool in plane.upstreams.pools.values():
-                await pool.aclose()
+    async with (
+        upstream(scripted([], hold)) as url,
+        serving(url) as (plane, gateway),
+        grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel,
+    ):
+        call = channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
+        await await_for(lambda: plane.stats.requests, what="the call reaching the plane")
+        stopping = asyncio.create_task(gateway.close())  # begins before the answer can come
+        hold.set()
+        assert ModelInferResponse.FromString(await call).model_version == "v1"
+        await stopping
