@@ -651,7 +651,10 @@ class Relay:
                 pending, side.pending = b"".join(side.pending), []
                 side.forward(pending)
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
+        """Close both sides once what they buffered is written; ``abort``: at once, which a caller
+        over TLS notices at once too (a TLS close waits for the peer's close_notify, which a gRPC
+        client may never send, and meanwhile keeps writing calls to the dead connection)."""
         if self._closed:
             return
         self._closed = True
@@ -659,7 +662,10 @@ class Relay:
             self._connect.cancel()
         for side in (self.client, self.upstream):
             if side.transport is not None and not side.transport.is_closing():
-                side.transport.close()
+                if abort:
+                    side.transport.abort()
+                else:
+                    side.transport.close()
         self._relays.forget(self)
 
 
@@ -736,7 +742,7 @@ class Relays:
         """Close the relays that ``keep`` refuses (their caller is no longer allowed); how many."""
         gone = [r for r in self.open_relays if not keep(r)]
         for relay in gone:
-            relay.close()
+            relay.close(abort=True)
         return len(gone)
 
     def forget(self, relay: Relay) -> None:

@@ -12,9 +12,14 @@ Choices, and why:
   do not trust that root yet.
 * **Name constraints.** The root carries a critical ``permittedSubtrees`` URI constraint on
   the trust domain, so even a leaf signed by mistake cannot name another trust domain, and
-  OpenSSL checks this on every handshake.
-* **Leaves** carry exactly one URI SAN (the SPIFFE ID), ``digitalSignature``, serverAuth and
-  clientAuth, a notBefore backdated by a minute for clock skew, and never outlive the root.
+  OpenSSL checks this on every handshake; roots made since leaves carry DNS names also permit
+  DNS names under the trust domain only, so the mesh root never vouches for another site.
+* **Leaves** carry exactly one URI SAN (the SPIFFE ID) and the DNS names the CA derives from it
+  (:attr:`SpiffeId.dns_names`, e.g. ``v1.digits.model.meshgate.local``: never names a CSR asks
+  for), ``digitalSignature``, serverAuth and clientAuth, a notBefore backdated by a minute for
+  clock skew, and never outlive the root. The DNS names are for clients that check a server's
+  name and can do nothing else (grpcio: ``grpc.ssl_target_name_override``); the mesh's own
+  peers check the SPIFFE ID.
   Default lifetime 24 h (as Istio and Linkerd), at most 30 days.
 * **Bundle**: the active root, the prepared next root, then retired roots still valid.
 
@@ -43,6 +48,7 @@ from gateway.mesh.identity import (
     DEFAULT_TRUST_DOMAIN,
     IdentityError,
     SpiffeId,
+    gateway_id,
     parse_identity,
     peer_identity,
     uri_sans,
@@ -122,6 +128,15 @@ def _pem(cert: x509.Certificate) -> str:
 
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+def _permitted(trust_domain: str) -> list[x509.GeneralName]:
+    """A root's permitted names: URIs of the trust domain and, when it is a DNS name, DNS names
+    under it (the names leaves carry, see :attr:`SpiffeId.dns_names`)."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(trust_domain)]
+    if gateway_id("x", trust_domain).dns_names:
+        names.append(x509.DNSName(trust_domain))
+    return names
 
 
 def _check_key(public_key: object) -> None:
@@ -260,9 +275,7 @@ class MeshCA:
                 critical=True,
             )
             .add_extension(
-                x509.NameConstraints(
-                    permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain)], excluded_subtrees=None
-                ),
+                x509.NameConstraints(permitted_subtrees=_permitted(trust_domain), excluded_subtrees=None),
                 critical=True,
             )
             .add_extension(ski, critical=False)
@@ -400,7 +413,10 @@ class MeshCA:
                 critical=False,
             )
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(identity.uri), *map(x509.DNSName, identity.dns_names)]
+                ),
+                critical=False,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(

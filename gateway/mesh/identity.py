@@ -40,6 +40,7 @@ SCHEME = "spiffe://"
 _TRUST_DOMAIN = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}")
 # What may precede a trailing '*': whole segments, then possibly a partial one.
 _PATTERN_PATH = re.compile(r"(?:/[a-z0-9._-]+)*/[a-z0-9._-]*")
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 PeerCert: TypeAlias = "bytes | Mapping[str, Any] | x509.Certificate | None"
 """A peer certificate as the callers hold it: DER, ``SSLSocket.getpeercert()`` dict, or parsed."""
@@ -81,6 +82,26 @@ class SpiffeId:
 
     def __str__(self) -> str:
         return self.uri
+
+    @property
+    def dns_names(self) -> tuple[str, ...]:
+        """The DNS names its certificate carries beside the SPIFFE ID, for clients that check a
+        server's name (grpcio does, and offers no other check): under the trust domain, as
+        Kubernetes names services under ``cluster.local``. ``model/<name>/<version>`` gets
+        ``<version>.<name>.model.<td>`` and ``<name>.model.<td>`` (any version of the model),
+        ``gateway/<id>`` gets ``<id>.gateway.<td>``. Each label is one identity segment, so no
+        two identities share a name; a segment that is not a DNS label (a ``.`` or ``_`` in it)
+        gives no name, nor does a trust domain that is not a DNS name."""
+        domain = self.trust_domain
+        if len(domain) > 200 or not all(_DNS_LABEL.fullmatch(label) for label in domain.split(".")):
+            return ()
+        if self.kind == "gateway":
+            names = [(self.name, "gateway")]
+        else:
+            names = [(self.version or "", self.name, "model"), (self.name, "model")]
+        return tuple(
+            ".".join((*labels, domain)) for labels in names if all(_DNS_LABEL.fullmatch(x) for x in labels)
+        )
 
     @classmethod
     def parse(cls, uri: object) -> SpiffeId:

@@ -2,8 +2,10 @@
 
 Real processes on loopback: ``meshgate up --mesh-port`` (CA and policies), ``meshgate serve-model
 digits --grpc-port``, ``meshgate sidecar --grpc-upstream``; ``tritonclient.grpc`` and grpcio as
-clients, given mesh certificates through ``tls_bridge`` (gRPC checks DNS names, mesh certificates
-carry SPIFFE IDs).
+clients, presenting mesh certificates themselves: grpcio checks the server certificate's DNS
+names against the target (nothing else can be asked of it), and mesh certificates carry the
+identity's DNS name (``v1.digits.model.meshgate.local``) beside the SPIFFE ID, which the clients
+name with ``grpc.ssl_target_name_override``.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from tests.support.mesh import (
     issue,
     mesh_with_port,
     sidecar,
-    tls_bridge,
 )
 
 SIXTEEN_MB = 16 * 1024 * 1024
+DIGITS_NAME = "v1.digits.model.meshgate.local"  # the DNS name of the sidecar's identity
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +84,41 @@ def _context(certs: dict, who: str | None) -> ssl.SSLContext:
     return client_context(bundle, cert, key)
 
 
+def _files(certs: dict, who: str | None) -> dict[str, str | None]:
+    """tritonclient's TLS arguments: the mesh bundle, and ``who``'s certificate and key."""
+    cert, key, bundle = certs[who] if who is not None else (None, None, certs["gateway"][2])
+    return {
+        "root_certificates": str(bundle),
+        "certificate_chain": None if cert is None else str(cert),
+        "private_key": None if key is None else str(key),
+    }
+
+
+def _channel(sidecar: Sidecar, certs: dict, who: str | None, name: str | None = DIGITS_NAME) -> grpc.Channel:
+    """A grpcio channel to the sidecar presenting ``who``'s mesh certificate, checking the server's
+    certificate against ``name`` (None: against the target address, as by default)."""
+    files = {k: Path(v).read_bytes() if v else None for k, v in _files(certs, who).items()}
+    options = [] if name is None else [("grpc.ssl_target_name_override", name)]
+    return grpc.secure_channel(f"{HOST}:{sidecar.port}", grpc.ssl_channel_credentials(**files), options)
+
+
 def _pixels(rows: int) -> np.ndarray:
     return np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
 
 
-def _infer(port: int, pixels: np.ndarray) -> tgrpc.InferResult:
-    client = tgrpc.InferenceServerClient(f"{HOST}:{port}")
+def _infer(
+    port: int, pixels: np.ndarray, certs: dict | None = None, who: str | None = None
+) -> tgrpc.InferResult:
+    """tritonclient's infer, in plaintext, or over mTLS with ``who``'s certificate when ``certs``."""
+    tls: dict = {}
+    if certs is not None:
+        big = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        tls = {
+            "ssl": True,
+            **_files(certs, who),
+            "channel_args": [*big, ("grpc.ssl_target_name_override", DIGITS_NAME)],
+        }
+    client = tgrpc.InferenceServerClient(f"{HOST}:{port}", **tls)
     try:
         tensor = tgrpc.InferInput("pixels", list(pixels.shape), "FP32")
         tensor.set_data_from_numpy(pixels)  # raw_input_contents
@@ -111,33 +142,49 @@ def _fds(pid: int) -> int:
 def test_an_allowed_identity_gets_the_same_outputs_as_direct(digits_sidecar, digits_grpc, certs) -> None:
     pixels = _pixels(7)
     direct = _infer(digits_grpc, pixels)
-    with tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port:
-        through = _infer(port, pixels)
+    through = _infer(digits_sidecar.port, pixels, certs, "gateway")
     for name in ("label", "probabilities"):
         np.testing.assert_array_equal(through.as_numpy(name), direct.as_numpy(name))
     assert through.get_response().model_version == "v1"
 
 
+def test_a_grpcio_client_checks_the_sidecars_dns_name_not_its_address(digits_sidecar, certs) -> None:
+    """grpcio compares the target (or ``grpc.ssl_target_name_override``) with the server
+    certificate's DNS and IP names only, never a URI SAN: mesh certificates carry the identity's
+    names under the trust domain, the version's and the model's; a name they lack is refused."""
+    for name in (DIGITS_NAME, "digits.model.meshgate.local"):
+        with _channel(digits_sidecar, certs, "gateway", name) as channel:
+            assert ServerLiveResponse.FromString(
+                channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
+            ).live
+    for name in (None, "v2.digits.model.meshgate.local", f"{TD}/model/digits/v1"):  # None: 127.0.0.1
+        with (
+            _channel(digits_sidecar, certs, "gateway", name) as channel,
+            pytest.raises(grpc.RpcError) as info,
+        ):
+            channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "Hostname Verification Check failed" in info.value.details()
+
+
 def test_a_16_mb_tensor_passes(digits_sidecar, digits_grpc, certs) -> None:
     pixels = _pixels(SIXTEEN_MB // (64 * 4))
     assert pixels.nbytes == SIXTEEN_MB
-    with tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port:
-        through = _infer(port, pixels)
+    through = _infer(digits_sidecar.port, pixels, certs, "gateway")
     np.testing.assert_array_equal(through.as_numpy("label"), _infer(digits_grpc, pixels).as_numpy("label"))
 
 
 def test_a_refused_identity_gets_permission_denied_with_the_reason(digits_sidecar, certs) -> None:
-    with tls_bridge(digits_sidecar.port, _context(certs, "sum")) as port:
-        with pytest.raises(tgrpc.InferenceServerException, match="PERMISSION_DENIED"):
-            _infer(port, _pixels(1))
-        with grpc.insecure_channel(f"{HOST}:{port}") as channel:
-            live = channel.unary_unary(f"/{SERVICE}/ServerLive")
-            for _ in range(2):  # every call on the connection is answered, not just the first
-                with pytest.raises(grpc.RpcError) as info:
-                    live(b"", timeout=10)
-                assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
-                assert f"{TD}/model/sum/v1" in info.value.details()
-                assert ("x-meshgate-error", "unauthorized") in info.value.trailing_metadata()
+    with pytest.raises(tgrpc.InferenceServerException, match="PERMISSION_DENIED"):
+        _infer(digits_sidecar.port, _pixels(1), certs, "sum")
+    with _channel(digits_sidecar, certs, "sum") as channel:
+        live = channel.unary_unary(f"/{SERVICE}/ServerLive")
+        for _ in range(2):  # every call on the connection is answered, not just the first
+            with pytest.raises(grpc.RpcError) as info:
+                live(b"", timeout=10)
+            assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert f"{TD}/model/sum/v1" in info.value.details()
+            assert ("x-meshgate-error", "unauthorized") in info.value.trailing_metadata()
     assert f"denied {TD}/model/sum/v1 calling model digits/v1" in digits_sidecar.log()
 
 
@@ -156,11 +203,8 @@ def test_a_client_without_a_certificate_is_refused(digits_sidecar, certs) -> Non
     except (ssl.SSLError, OSError):
         pass
     assert received == b""  # not even the server's SETTINGS: nothing reached HTTP/2
-    with (
-        tls_bridge(digits_sidecar.port, _context(certs, None)) as port,
-        pytest.raises(tgrpc.InferenceServerException, match="UNAVAILABLE"),
-    ):
-        _infer(port, _pixels(1))
+    with pytest.raises(tgrpc.InferenceServerException, match="UNAVAILABLE"):
+        _infer(digits_sidecar.port, _pixels(1), certs, None)
 
 
 def test_http_1_1_still_goes_to_the_http_upstream(digits_sidecar, certs) -> None:
@@ -179,18 +223,16 @@ def test_http_1_1_still_goes_to_the_http_upstream(digits_sidecar, certs) -> None
 def test_connections_close_both_ways_without_leaking_descriptors(digits_sidecar, certs) -> None:
     pid = digits_sidecar.proc.popen.pid
     before = _fds(pid)
-    with tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port:
-        for _ in range(20):
-            with grpc.insecure_channel(f"{HOST}:{port}") as channel:
-                answer = channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
-                assert ServerLiveResponse.FromString(answer).live
+    for _ in range(20):
+        with _channel(digits_sidecar, certs, "gateway") as channel:
+            answer = channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
+            assert ServerLiveResponse.FromString(answer).live
     wait_for(lambda: _fds(pid), lambda n: n <= before, what=f"the sidecar back to {before} descriptors")
 
 
 def test_a_policy_change_closes_connections_it_no_longer_allows(mesh, digits_sidecar, certs) -> None:
     with (
-        tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port,
-        grpc.insecure_channel(f"{HOST}:{port}") as channel,
+        _channel(digits_sidecar, certs, "gateway") as channel,
     ):
         live = channel.unary_unary(f"/{SERVICE}/ServerLive")
         live(b"", timeout=10)
@@ -210,8 +252,7 @@ def test_a_refused_connection_ends_when_the_policy_admits_its_caller(mesh, digit
     """A refused caller's connection is answered, not dropped, so its client keeps it: once the
     policy admits the caller the sidecar says GOAWAY, and the same channel's next calls succeed."""
     with (
-        tls_bridge(digits_sidecar.port, _context(certs, "sum")) as port,
-        grpc.insecure_channel(f"{HOST}:{port}") as channel,
+        _channel(digits_sidecar, certs, "sum") as channel,
     ):
         live = channel.unary_unary(f"/{SERVICE}/ServerLive")
         with pytest.raises(grpc.RpcError) as info:
@@ -240,8 +281,7 @@ def test_a_policy_with_paths_refuses_a_method_on_its_stream_and_the_connection_g
     request = ModelReadyRequest(name="digits", version="v1").SerializeToString()
     try:
         with (
-            tls_bridge(digits_sidecar.port, _context(certs, "gateway")) as port,
-            grpc.insecure_channel(f"{HOST}:{port}") as channel,
+            _channel(digits_sidecar, certs, "gateway") as channel,
         ):
             ready = channel.unary_unary(f"/{SERVICE}/ModelReady")
             metadata = channel.unary_unary(f"/{SERVICE}/ServerMetadata")
@@ -262,7 +302,7 @@ def test_a_policy_with_paths_refuses_a_method_on_its_stream_and_the_connection_g
                 assert ModelReadyResponse.FromString(ready(request, timeout=10)).ready
                 assert refused().code() is grpc.StatusCode.PERMISSION_DENIED
             pixels = _pixels(3)
-            through = _infer(port, pixels)  # ModelInfer with raw_input_contents
+            through = _infer(digits_sidecar.port, pixels, certs, "gateway")  # ModelInfer, raw_input_contents
             np.testing.assert_array_equal(
                 through.as_numpy("label"), _infer(digits_grpc, pixels).as_numpy("label")
             )

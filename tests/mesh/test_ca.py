@@ -51,7 +51,10 @@ def test_root_is_p256_ca_constrained_to_the_trust_domain(ca):
     )
     assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     nc = root.extensions.get_extension_for_class(x509.NameConstraints)
-    assert nc.critical and nc.value.permitted_subtrees == [x509.UniformResourceIdentifier("meshgate.local")]
+    assert nc.critical and nc.value.permitted_subtrees == [
+        x509.UniformResourceIdentifier("meshgate.local"),
+        x509.DNSName("meshgate.local"),  # the leaves' DNS names, and no other
+    ]
     years = (root.not_valid_after_utc - root.not_valid_before_utc).days / 365
     assert 9.9 < years < 10.1
 
@@ -62,7 +65,11 @@ def test_issued_certificate_carries_the_svid_fields_and_lifetime(ca, tmp_path):
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [MODEL]
-    assert len(list(san)) == 1
+    assert san.get_values_for_type(x509.DNSName) == [
+        "v2.digits.model.meshgate.local",
+        "digits.model.meshgate.local",
+    ]
+    assert len(list(san)) == 3
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
     assert usage.critical and usage.value.digital_signature and not usage.value.key_cert_sign
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -113,11 +120,49 @@ def test_name_constraints_stop_a_leaf_for_another_trust_domain(ca, tmp_path):
 
 def test_sign_csr_issues_exactly_the_allowed_identity(ca):
     key = ec.generate_private_key(ec.SECP256R1())
-    for csr in (make_csr(key), make_csr(key, uris=())):
+    asks_for_a_name = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(MODEL), x509.DNSName("bank.example")]
+            ),
+            False,
+        )
+    )
+    dns_csr = asks_for_a_name.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    for csr in (make_csr(key), make_csr(key, uris=()), dns_csr):
         cert = x509.load_pem_x509_certificate(ca.sign_csr(csr, MODEL, lifetime_s=600).encode())
         assert cert.public_key() == key.public_key()
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [MODEL]
+        # the names come from the identity, never from what the CSR asks for
+        assert sans.get_values_for_type(x509.DNSName) == [
+            "v2.digits.model.meshgate.local",
+            "digits.model.meshgate.local",
+        ]
+
+
+def test_name_constraints_stop_a_leaf_for_a_dns_name_outside_the_trust_domain(ca, tmp_path):
+    """DNS names on leaves must not make the mesh root a CA for the web: the root permits only
+    names under the trust domain (OpenSSL checks it), and the CA's own leaves verify."""
+    root_key = serialization.load_pem_private_key((ca.data_dir / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    rogue = (
+        x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.root.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(MODEL),
+                                                    x509.DNSName("bank.example")]), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+    result = _openssl_verify(
+        tmp_path, ca.bundle_pem(), rogue.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    assert result.returncode != 0 and "permitted subtree violation" in result.stderr
+    _, ours = ca.issue("gateway/gw-1")
+    assert _openssl_verify(tmp_path, ca.bundle_pem(), ours).returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,21 @@ def test_model_and_gateway_ids_round_trip():
     assert g == gateway_id("gw-1", "prod.example")
 
 
+def test_dns_names_are_the_identitys_segments_under_the_trust_domain():
+    assert model_id("digits", "v2").dns_names == (
+        "v2.digits.model.meshgate.local",
+        "digits.model.meshgate.local",
+    )
+    assert gateway_id("gw-1", "prod.example").dns_names == ("gw-1.gateway.prod.example",)
+    # a segment that is not a DNS label gives no name (a '.' would let two identities share one)
+    assert model_id("digits", "v1.2").dns_names == ("digits.model.meshgate.local",)
+    assert model_id("my_model", "v1").dns_names == ()
+    assert gateway_id("gw", "under_score.td").dns_names == ()  # nor a trust domain that is no DNS name
+    names = {n for m in ("a", "a-b", "b") for v in ("v1", "a", "b") for n in model_id(m, v).dns_names}
+    names |= {n for g in ("a", "model", "v1") for n in gateway_id(g).dns_names}
+    assert len(names) == 3 * 3 + 3 + 3  # no two identities share a name
+
+
 def test_short_form_is_qualified_with_the_trust_domain():
     assert parse_identity("model/digits/v2").uri == "spiffe://meshgate.local/model/digits/v2"
     assert parse_identity("gateway/a", "other.td").uri == "spiffe://other.td/gateway/a"

@@ -7,12 +7,10 @@ test sees it, and is stopped afterwards; a sidecar must exit cleanly (code 0).
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ __all__ = [
     "outbound_infer",
     "sidecar",
     "sidecar_args",
-    "tls_bridge",
     "tls_post",
 ]
 
@@ -152,61 +149,6 @@ def outbound_infer(port: int) -> tuple[http.client.HTTPResponse, bytes]:
         return resp, resp.read()
     finally:
         conn.close()
-
-
-@contextmanager
-def tls_bridge(port: int, ctx: ssl.SSLContext) -> Iterator[int]:
-    """A plaintext loopback port whose connections go on over TLS (``ctx``, ALPN h2) to ``port``.
-
-    gRPC clients check the server certificate's DNS names, which mesh certificates do not have
-    (they name SPIFFE IDs): a test gives tritonclient/grpcio a mesh client certificate this way.
-    A connection whose handshake fails is closed, so the client sees UNAVAILABLE.
-    """
-    ctx.set_alpn_protocols(["h2"])
-    loop = asyncio.new_event_loop()
-    ready: list[int] = []
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=HOST)
-        except (OSError, ssl.SSLError):
-            writer.close()
-            return
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def serve() -> asyncio.Server:
-        server = await asyncio.start_server(handle, HOST, 0)
-        ready.append(server.sockets[0].getsockname()[1])
-        return server
-
-    server = loop.run_until_complete(serve())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def stop() -> None:
-        server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    try:
-        yield ready[0]
-    finally:
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def self_signed_tls(directory: Path) -> tuple[Path, Path]:
