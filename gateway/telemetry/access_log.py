@@ -6,9 +6,13 @@ Fields: ``time`` (UTC, RFC 3339, ms), ``request_id``, ``trace_id`` (null when un
 (upstream attempts), ``fallback``. A request on the OpenAI-compatible routes adds what the
 gateway measured of it (``ex.llm``): ``stream``, ``ttft_ms`` and ``inter_token_ms`` (streams),
 ``prompt_tokens``, ``completion_tokens``, ``cost_usd`` (null when unknown) and ``broken``
-(the stream ended midway). A request refused before routing (404 for an unknown
-model, 405, a bad ``x-meshgate-timeout-ms``) gets a line too, as Envoy logs its ``NR``
-requests: model and version null, its ``path`` (without the query) and the caller's
+(the stream ended midway). ``protocol`` is ``"http"`` or ``"grpc"``; a gRPC line (a call on the
+gateway's gRPC port) adds ``grpc_status`` and ``grpc_status_name``, the status the caller got
+(``7``, ``"PERMISSION_DENIED"``): the upstream's own, or the one of meshgate's reason, as the
+gRPC port answers it. ``status`` stays the HTTP-equivalent (``403``), so one query spans both.
+A request refused before routing (404 for an unknown model, 405, a bad
+``x-meshgate-timeout-ms``) gets a line too, as Envoy logs its ``NR`` requests: model and
+version null, its ``path`` (without the query; a gRPC call's is its method) and the caller's
 ``x-request-id`` if it sent one. Never a header value other than the request id and trace
 id, never a body: tokens and payloads cannot leak through it.
 
@@ -29,6 +33,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, TextIO
 
 from gateway.telemetry.tracing import TelemetryConfigError, caller_trace_id, trace_id_of
+from router.reasons import REASONS, GrpcStatus
 
 if TYPE_CHECKING:
     from gateway.dataplane.exchange import Exchange
@@ -45,6 +50,40 @@ _MAX_PENDING = 256
 _MAX_MIDDLES = 4096
 _MS = tuple(f'.{ms:03d}Z","request_id":' for ms in range(1000))
 _q = encode_basestring_ascii
+
+
+_GRPC_NAMES = {int(code): _q(code.name) for code in GrpcStatus}
+_UNKNOWN = int(GrpcStatus.UNKNOWN)
+
+
+def _is_grpc(request: Request) -> bool:
+    """A call on the gateway's gRPC port: its only HTTP/2 front end (the data and mesh ports are
+    HTTP/1.1), which hands the plane requests of version "2"."""
+    return request.http_version == "2"
+
+
+def grpc_status(status: int, reason: str | None, response: UpstreamResponse | None) -> int:
+    """The gRPC status a call was answered with, from the plane's outcome, as the gRPC port maps
+    it: the upstream's ``grpc-status`` when it sent one (a reason overrides an OK), else the
+    reason's status, else OK below HTTP 400 and UNKNOWN above."""
+    code = None
+    if response is not None:
+        for name, value in response.headers:
+            if name == b"grpc-status":
+                code = int(value) if value.isdigit() else _UNKNOWN
+                break
+    if code is None or (code == 0 and reason is not None):
+        why = REASONS.get(reason) if reason is not None else None
+        code = int(why.grpc) if why is not None else (0 if status < 400 else _UNKNOWN)
+    return code
+
+
+def _grpc_fields(code: int | None) -> str:
+    if code is None:
+        return ',"protocol":"http"'
+    return (
+        f',"protocol":"grpc","grpc_status":{code:d},"grpc_status_name":{_GRPC_NAMES.get(code, _q(str(code)))}'
+    )
 
 
 def _opt(value: str | None) -> str:
@@ -139,6 +178,7 @@ class AccessLog:
             reason,
             ex.attempts,
             ex.fallback,
+            grpc_status(status, reason, response) if _is_grpc(ex.request) else None,
         )
         middle = self._middles.get(key) or self._middle(key)
         tr = ex.trace  # untraced here: only the caller's traceparent can name a trace
@@ -162,11 +202,12 @@ class AccessLog:
         no model or version answered it, so the line names the path that was asked for (never
         the query, which may hold secrets) and the caller's request id when it sent one."""
         rid = request.header(b"x-request-id")
+        code = grpc_status(status, reason, None) if _is_grpc(request) else None
         self._add(
             f"{self._time()}{'null' if rid is None else _q(rid.decode('latin-1'))},"
             f'"trace_id":{_opt(caller_trace_id(request.headers))},"model":null,"version":null,'
             f'"experiment":null,"arm":null,"status":{status:d},"reason":{_q(reason)},'
-            f'"duration_ms":null,"attempts":0,"fallback":false,"path":{_q(request.path)}}}'
+            f'"duration_ms":null,"attempts":0,"fallback":false{_grpc_fields(code)},"path":{_q(request.path)}}}'
         )
 
     def _time(self) -> str:
@@ -191,13 +232,13 @@ class AccessLog:
 
     def _middle(self, key: tuple) -> tuple[str, str]:
         """The fields around ``duration_ms`` for one outcome, JSON-escaped, cached (bounded)."""
-        model, version, experiment, arm, status, reason, attempts, fallback = key
+        model, version, experiment, arm, status, reason, attempts, fallback, code = key
         if len(self._middles) >= _MAX_MIDDLES:  # upstream statuses vary; the table bounds the rest
             self._middles.clear()
         middle = self._middles[key] = (
             f'"model":{_q(model)},"version":{_q(version)},"experiment":{_opt(experiment)},'
             f'"arm":{_opt(arm)},"status":{status:d},"reason":{_opt(reason)},"duration_ms":',
-            f',"attempts":{attempts:d},"fallback":{"true" if fallback else "false"}}}',
+            f',"attempts":{attempts:d},"fallback":{"true" if fallback else "false"}{_grpc_fields(code)}}}',
         )
         return middle
 

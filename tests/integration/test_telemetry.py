@@ -361,6 +361,7 @@ def test_access_log_has_one_json_line_per_request_with_its_fields_and_no_secrets
         "duration_ms",
         "attempts",
         "fallback",
+        "protocol",
     }
     for row in rows.values():
         assert set(row) == fields

@@ -141,12 +141,21 @@ def test_access_log_flushes_every_batch_without_waiting():
     assert len(out.getvalue().splitlines()) == _MAX_PENDING + 1
 
 
-def _exchange(request_id: str, experiment: str | None, traced: bool, model: str = "m", t0: float = 0.0):
+def _exchange(
+    request_id: str,
+    experiment: str | None,
+    traced: bool,
+    model: str = "m",
+    t0: float = 0.0,
+    grpc: bool = False,
+):
     from types import SimpleNamespace
 
     traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
     return SimpleNamespace(
-        request=SimpleNamespace(headers=[(b"traceparent", traceparent)] if traced else []),
+        request=SimpleNamespace(
+            headers=[(b"traceparent", traceparent)] if traced else [], http_version="2" if grpc else "1.1"
+        ),
         trace=None,
         request_id=request_id,
         model=SimpleNamespace(name=model),
@@ -210,8 +219,48 @@ def test_access_log_line_is_byte_for_byte_the_documented_format(monkeypatch):
     assert out.getvalue() == (
         '{"time":"2023-11-14T22:13:20.042Z","request_id":"r1","trace_id":"' + "a" * 32 + '",'
         '"model":"m","version":"v1","experiment":"e","arm":"v1","status":200,"reason":null,'
-        '"duration_ms":12.500,"attempts":2,"fallback":true}\n'
+        '"duration_ms":12.500,"attempts":2,"fallback":true,"protocol":"http"}\n'
         '{"time":"2023-11-14T22:13:20.042Z","request_id":"r2","trace_id":null,'
         '"model":"m","version":"v1","experiment":null,"arm":null,"status":504,'
-        '"reason":"deadline_exceeded","duration_ms":1012.500,"attempts":2,"fallback":true}\n'
+        '"reason":"deadline_exceeded","duration_ms":1012.500,"attempts":2,"fallback":true,"protocol":"http"}\n'
+    )
+
+
+def test_a_grpc_call_logs_the_grpc_status_it_was_answered_with(monkeypatch):
+    """The status the caller got, as the gRPC port maps the plane's outcome: the upstream's own
+    grpc-status, else the reason's; the HTTP-equivalent stays in ``status``."""
+    from types import SimpleNamespace
+
+    out = io.StringIO()
+    log = AccessLog(out, wall=lambda: 1_700_000_000.0424)
+    monkeypatch.setattr("gateway.telemetry.access_log.time.monotonic", lambda: 100.0125)
+    upstream = SimpleNamespace(headers=[(b"grpc-status", b"5"), (b"grpc-message", b"no such tensor")])
+    answered_ok = SimpleNamespace(headers=[(b"grpc-status", b"0")])
+    log.observe(_exchange("ok", None, False, t0=100.0, grpc=True), 200, None, answered_ok)
+    log.observe(_exchange("up", None, False, t0=100.0, grpc=True), 404, None, upstream)  # its own status
+    log.observe(_exchange("gw", None, False, t0=100.0, grpc=True), 504, "deadline_exceeded", None)
+    log.observe(
+        _exchange("ok-but", None, False, t0=100.0, grpc=True), 200, "upstream_bad_response", answered_ok
+    )
+    request = SimpleNamespace(
+        headers=[],
+        http_version="2",
+        path="/inference.GRPCInferenceService/ModelInfer",
+        header=lambda _n: None,
+    )
+    log.refused(request, 404, "model_not_found")
+    log.flush()
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["protocol"], r["status"], r["grpc_status"], r["grpc_status_name"]) for r in rows] == [
+        ("grpc", 200, 0, "OK"),
+        ("grpc", 404, 5, "NOT_FOUND"),
+        ("grpc", 504, 4, "DEADLINE_EXCEEDED"),
+        ("grpc", 200, 13, "INTERNAL"),
+        ("grpc", 404, 5, "NOT_FOUND"),
+    ]
+    assert rows[-1]["path"] == "/inference.GRPCInferenceService/ModelInfer" and rows[-1]["model"] is None
+    assert (
+        out.getvalue()
+        .splitlines()[2]
+        .endswith('"fallback":true,"protocol":"grpc","grpc_status":4,"grpc_status_name":"DEADLINE_EXCEEDED"}')
     )
