@@ -36,9 +36,13 @@ tokens per sliding minute <= tpm + the tokens of the requests admitted while the
 lease was still positive but not yet charged (the answers in flight, as with one OpenAI
 process) + the answers of the G unleased requests.
 
-A gateway asks to hold twice its demand of one sync interval, at most a tenth of the limit, and
-returns what it holds beyond that; so under-admission (room held in another gateway's unused
-lease) is bounded by the others' leases, each at most a tenth of the limit.
+A gateway asks to hold twice its demand of one sync interval, or half its share of the room
+left (``(limit - estimate) / (2 G)``, G the gateways that synced the key this minute or the
+last) if more, at most a tenth of the limit, and returns what it holds beyond that. The share
+is what lets a gateway meet a burst (or a ramp from idle) far under the limit with a lease
+in place: following the demand alone, a lease only doubled per sync. Under-admission (room
+held in another gateway's unused lease) stays bounded by the others' leases, each at most a
+tenth of the limit, and half the room left all together.
 
 Time is injected (``now``, wall-clock seconds: windows are aligned to the minute on every
 gateway, so their clocks must agree, as NTP keeps them). The store side of a sync lives in
@@ -137,12 +141,17 @@ class Flush(NamedTuple):
     give_back: tuple[int, int]
     want_next: tuple[int, int] = (0, 0)
     lapsed: tuple[int, int] = (0, 0)
+    #: this gateway's first sync of the minute: it counts itself among the key's gateways
+    first: bool = False
 
 
-def _target(limit: int, demand: int) -> int:
-    """The lease a gateway asks to hold: twice its demand of one sync interval, at least 1, at
-    most a tenth of the limit (so one busy gateway does not reserve everyone's minute at once)."""
-    return min(max(1, math.ceil(limit / 10)), max(1, 2 * demand))
+def _target(limit: int, demand: int, free: float, gateways: int) -> int:
+    """The lease a gateway asks to hold: twice its demand of one sync interval, or half its
+    share of the room left (``free`` among the ``gateways`` metering the key) if more, so a
+    burst far under the limit finds a lease in place however idle the gateway was; at least
+    1, at most a tenth of the limit (so one busy gateway does not reserve everyone's minute)."""
+    share = math.floor(free / (2 * max(1, gateways)))
+    return min(max(1, math.ceil(limit / 10)), max(1, 2 * demand, share))
 
 
 def _grant(limit: int, want: int, reserved_after: int, prev: int, f: float, next_reserved: int) -> int:
@@ -163,12 +172,14 @@ class Meter:
     """One key's counts and leases on one gateway (see the module docstring)."""
 
     __slots__ = (
+        "_counted",
         "_demand",
         "_lapsed",
         "_pending",
         "_unleased_used",
         "cur",
         "degraded",
+        "gateways",
         "lease",
         "limits",
         "next_lease",
@@ -191,6 +202,8 @@ class Meter:
         self.next_lease = [0, 0]  # reserved in the next minute: its lease when it starts
         self._lapsed = [0, 0]  # the previous minute's lease left when it ended: to give back
         self.synced = False  # a sync has settled this minute (shared mode)
+        self.gateways = 1  # how many gateways meter the key, as the last sync read it
+        self._counted: int | None = None  # the minute this gateway counted itself in
         self.degraded = False  # the last sync failed: exact mode against the full limit
         self._unleased_used = False
         self._demand = [0, 0]  # requests asked for, tokens recorded since the last sync
@@ -298,12 +311,15 @@ class Meter:
         counts = {w: (c[0], c[1], c[2], c[3]) for w, c in self._pending.items() if any(c)}
         self._pending = {}
         want, give_back, want_next = [0, 0], [0, 0], [0, 0]
+        first = self.shared and self._counted != self.window
         if self.shared:
+            self._counted = self.window
             ahead = (1 - f) * WINDOW_S <= ahead_s
             for i, limit in enumerate((self.limits.rpm, self.limits.tpm)):
                 if limit is None:
                     continue
-                target = _target(limit, self._demand[i])
+                free = limit - (self.prev[i] * (1 - f) + self.cur[i])
+                target = _target(limit, self._demand[i], free, self.gateways)
                 if self.lease[i] > target:
                     give_back[i], self.lease[i] = self.lease[i] - target, target
                 else:
@@ -319,6 +335,7 @@ class Meter:
             (give_back[0], give_back[1]),
             (want_next[0], want_next[1]),
             (lapsed[0], lapsed[1]),
+            first,
         )
 
     def grant(
@@ -354,12 +371,14 @@ class Meter:
         totals: tuple[int, int],
         prev_totals: tuple[int, int],
         now: float,
+        gateways: int = 1,
     ) -> None:
         """Take in a successful sync: the store's totals (which include ``flush``) plus what
-        was counted here meanwhile, and the granted leases (``grant``'s answer) for the
-        minutes that have not ended."""
+        was counted here meanwhile, the granted leases (``grant``'s answer) for the minutes
+        that have not ended, and how many gateways meter the key (this minute or the last)."""
         self._roll(now)
         self.degraded = False
+        self.gateways = max(1, gateways)
         this, ahead = granted
         if self.window == flush.window + 1:
             # the minute ended during the round trip: its grant lapses at once, the one asked

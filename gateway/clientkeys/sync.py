@@ -74,6 +74,9 @@ class KeySync:
                 for name, want, back in zip(("res", "rtk"), wants, backs, strict=True):
                     if want - back:
                         fields[name] = fields.get(name, 0) + want - back
+            if flush.first:  # one more gateway meters the key this minute
+                fields = adds[window_group(key_id, flush.window)]
+                fields["gws"] = fields.get("gws", 0) + 1
         return adds
 
     async def sync(self) -> None:
@@ -144,6 +147,7 @@ class KeySync:
                 (cur.get("req", 0), cur.get("tok", 0)),
                 (prev.get("req", 0), prev.get("tok", 0)),
                 after,
+                max(cur.get("gws", 0), prev.get("gws", 0)),
             )
         return give_back
 

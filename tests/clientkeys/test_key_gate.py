@@ -306,3 +306,23 @@ def test_two_gates_over_the_limit_across_a_minute_boundary_stay_within_rpm_plus_
     in_first_minute = sum(window_of(t)[0] == 1000 for t in admitted)
     assert rpm - 2 * math.ceil(rpm / 10) <= in_first_minute <= rpm + 2
     assert sum(window_of(t)[0] == 1001 for t in admitted) > 0  # the next minute admits as the first decays
+
+
+def test_a_burst_far_under_the_limit_after_an_idle_spell_is_admitted(shared_store):
+    """A gate that saw one request a second holds more than its demand when the key is far
+    under its limit: a burst of 50 (rpm 6000) within one sync interval goes through. (The
+    lease used to follow the demand alone, twice that of one interval: the burst got 2.)"""
+    clock = FakeClock(60.0 * 1000 + 5)
+    key, gates, syncs = _two_gates(shared_store, clock, rpm=6000)
+    auth = f"Bearer {key[1]}"
+
+    async def drive() -> list[bool]:
+        for _tick in range(20):  # 2 s of one request a second on each gate
+            for gate, sync in zip(gates, syncs, strict=True):
+                if _tick % 10 == 0:
+                    assert gate.admit(auth, "chat").refusal is None
+                await sync.sync()
+            clock.advance(0.1)
+        return [gates[0].admit(auth, "chat").refusal is None for _ in range(50)]
+
+    assert asyncio.run(drive()) == [True] * 50

@@ -82,6 +82,7 @@ def test_unlimited_key_is_counted_but_never_refused():
 
 def test_shared_mode_one_unleased_request_then_only_leases():
     m = Meter(Limits(rpm=100), shared=True, now=T0)
+    m.gateways = 100  # among 100 gateways a share of the room is < 1: the demand sizes the lease
     assert m.admit(T0 + 1).admitted  # the key's first request here: no lease yet
     v = m.admit(T0 + 1, sync_s=0.1)
     assert not v.admitted and v.retry_after_s == pytest.approx(0.1)  # room exists: retry after a sync
@@ -130,8 +131,8 @@ def test_shared_tokens_come_out_of_the_token_lease_and_the_excess_is_reserved():
 
 def test_shared_lease_is_given_back_when_demand_falls_and_lapses_with_its_minute():
     m = Meter(Limits(rpm=100), shared=True, now=T0)
-    m.lease, m.synced = [10, 0], True
-    flush = m.begin_sync(T0 + 5)  # no demand: keep 1, give 9 back
+    m.lease, m.synced, m.gateways = [10, 0], True, 100
+    flush = m.begin_sync(T0 + 5)  # no demand (and no share of the room): keep 1, give 9 back
     assert (flush.want, flush.give_back, m.lease) == ((0, 0), (9, 0), [1, 0])
     m.admit(T0 + 61)  # next minute: the old lease is gone, one unleased request
     assert m.lease == [0, 0]
@@ -175,7 +176,7 @@ def test_retry_after_is_finite_for_any_reachable_budget():
 
 def test_near_the_minute_end_a_sync_reserves_the_next_minutes_lease():
     m = Meter(Limits(rpm=100, tpm=1000), shared=True, now=T0)
-    m.lease, m.synced = [3, 50], True
+    m.lease, m.synced, m.gateways = [3, 50], True, 100
     m.admit(T0 + 58)
     assert m.begin_sync(T0 + 58, ahead_s=1.0).want_next == (0, 0)  # 2 s before the end: not yet
     m.admit(T0 + 59.5)
@@ -196,7 +197,7 @@ def test_near_the_minute_end_a_sync_reserves_the_next_minutes_lease():
 
 def test_a_grant_that_arrives_after_its_minute_lapses_and_the_one_ahead_is_kept():
     m = Meter(Limits(rpm=100), shared=True, now=T0)
-    m.lease, m.synced = [1, 0], True
+    m.lease, m.synced, m.gateways = [1, 0], True, 100
     for _ in range(3):
         m.admit(T0 + 59.95)
     flush = m.begin_sync(T0 + 59.95, ahead_s=1.0)
@@ -205,3 +206,17 @@ def test_a_grant_that_arrives_after_its_minute_lapses_and_the_one_ahead_is_kept(
     m.settle(flush, granted, (3, 0), (0, 0), T0 + 60.02)  # the answer came in the next minute
     assert m.lease == [6, 0] and m.next_lease == [0, 0]
     assert m.begin_sync(T0 + 60.1).lapsed == (6, 0)  # this minute's grant was never usable
+
+
+def test_far_under_the_limit_a_lease_is_half_a_share_of_the_room_left():
+    m = Meter(Limits(rpm=6000, tpm=100_000), shared=True, now=T0)
+    m.cur, m.synced, m.gateways = [100, 40_000], True, 10
+    m.lease = [5, 0]  # one request a minute or so: the demand alone would keep 1
+    flush = m.begin_sync(T0 + 30)
+    # requests: (6000 - 100) / (2 * 10) = 295; tokens: (100000 - 40000) / 20 = 3000
+    assert flush.want == (295 - 5, 3000) and flush.first
+    m.gateways = 2  # two gateways: 1475 each would pass a tenth of the limit
+    assert m.begin_sync(T0 + 30.1).want == (600 - 5, 10_000 - 0) and not m.begin_sync(T0 + 30.2).first
+    m.cur, m.lease = [5800, 99_000], [600, 10_000]  # near the limit: the share shrinks with the room
+    assert m.begin_sync(T0 + 30.3).give_back == (600 - 50, 10_000 - 250)
+    assert m.begin_sync(T0 + 61).first  # a new minute: the gateway counts itself in it again
