@@ -278,10 +278,12 @@ class Meter:
             limit,
             0.0 if admitted else max(waits),
             rpm,
-            None if rpm is None else max(0, math.floor(rpm - req_est)),
+            # the limit that refuses has nothing remaining until retry-after (a lease out in
+            # shared mode refuses while the window still has room: the 429 must not say so)
+            None if rpm is None else 0 if not req_ok else max(0, math.floor(rpm - req_est)),
             _reset(self.prev[0], self.cur[0], f),
             tpm,
-            None if tpm is None else max(0, math.floor(tpm - tok_est)),
+            None if tpm is None else 0 if not tok_ok else max(0, math.floor(tpm - tok_est)),
             _reset(self.prev[1], self.cur[1], f),
         )
 

@@ -86,6 +86,8 @@ def test_shared_mode_one_unleased_request_then_only_leases():
     assert m.admit(T0 + 1).admitted  # the key's first request here: no lease yet
     v = m.admit(T0 + 1, sync_s=0.1)
     assert not v.admitted and v.retry_after_s == pytest.approx(0.1)  # room exists: retry after a sync
+    # a 429 says nothing remains until retry-after, as OpenAI's do, though the window has room
+    assert v.remaining_requests == 0 and v.reset_requests_s == pytest.approx(119.0)
     flush = m.begin_sync(T0 + 1)
     assert flush.counts == {1000: (1, 1, 0, 0)}
     assert flush.want == (4, 0)  # twice the demand since the last sync (2 asked)
