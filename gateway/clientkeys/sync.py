@@ -2,8 +2,9 @@
 
 For each key a gateway has metered, one sync adds what it counted since the last one to the
 key's window counters (``ratelimit`` namespace, group ``<key id>/<minute>``: ``req`` requests,
-``tok`` tokens, ``res`` and ``rtk`` the requests and tokens reserved by leases) and reads the
-totals of this minute and the one before, for every key in **one** store call; the all-time
+``tok`` tokens, ``res`` and ``rtk`` the requests and tokens reserved by leases, ``gws`` the
+gateways that synced the key in that minute) and reads the totals of this minute, the one
+before and the one after (leases reserved ahead), for every key in **one** store call; the all-time
 totals per key go to the counter group ``clientkey:<id>`` (``requests``, ``tokens``). In shared
 mode the same call tops up the gateway's leases: it adds ``want`` to ``res``/``rtk`` and keeps
 what fits under the limit (``Meter.grant``), giving the rest back in a second call. The data
