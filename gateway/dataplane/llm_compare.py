@@ -35,7 +35,14 @@ import numpy as np
 __all__ = ["LlmComparison", "compare_answers", "cosine", "jaccard", "texts_of", "tokens"]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-_DATA = b"data:"
+_DATA_LINE = re.compile(rb"^data: ?([^\r\n]*)", re.MULTILINE)
+_PIECE = {
+    "chat": re.compile(rb'"content"\s*:\s*"((?:[^"\\]|\\.)*)"'),
+    "text": re.compile(rb'"text"\s*:\s*"((?:[^"\\]|\\.)*)"'),
+}
+_INDEX = re.compile(rb'"index"\s*:\s*(\d+)')
+_ERROR = re.compile(rb'"error"\s*:')
+_decode = json.JSONDecoder().decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +89,14 @@ def texts_of(kind: str, body: bytes | None, events: list[bytes] | None) -> list[
     if events is None:
         docs = [json.loads(body or b"")]
     else:
-        docs = []
-        for event in events:
-            for line in event.splitlines():
-                if not line.startswith(_DATA):
-                    continue
-                data = line[len(_DATA) :].strip()
-                if data != b"[DONE]":
-                    docs.append(json.loads(data))
+        blob = b"".join(events)
+        indexes = _INDEX.findall(blob)
+        if _ERROR.search(blob) is None and all(i == b"0" for i in indexes):
+            # one choice, no error event (the common stream): its text pieces, without parsing
+            # every chunk (a JSON key can only match outside a string, where quotes are escaped)
+            pieces = b'","'.join(_PIECE[kind].findall(blob))
+            return ["".join(_decode((b'["' + pieces + b'"]').decode()))] if indexes else []
+        docs = [_decode(d.decode()) for d in _DATA_LINE.findall(blob) if d.strip() != b"[DONE]"]
     parts: dict[int, list[str]] = {}
     for doc in docs:
         if not isinstance(doc, dict):

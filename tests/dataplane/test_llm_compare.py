@@ -78,6 +78,20 @@ def test_texts_of_whole_and_streamed_answers():
     assert texts_of("text", whole, None) == ["x", "y"]
 
 
+def test_a_single_choice_stream_reads_as_its_chunks_parsed_one_by_one():
+    """The fast path (text pieces found in the joined events) and the general one (every chunk
+    parsed) agree, escapes, non-ASCII, nested "content" and spaced JSON included."""
+    tricky = ['The "king"', " said: \\ \u00e9\n", ' {"content": "no"}', " caf\u00e9 ☕", ""]
+    events = _chat_stream(*tricky)
+    events.insert(2, b'data: {"choices": [{"index": 0, "delta": {"content": " spaced"}}]}\n\n')
+    expected = "".join(tricky[:1]) + " spaced" + "".join(tricky[1:])
+    assert texts_of("chat", None, events) == [expected]
+    forced = [*events, _event({"choices": [{"index": 1, "delta": {"content": ""}}]})]  # two choices
+    assert texts_of("chat", None, forced) == [expected, ""]
+    assert texts_of("chat", None, _chat_stream()) == [""]  # the role event only: one empty choice
+    assert texts_of("chat", None, [b"data: [DONE]\n\n"]) == []
+
+
 def test_identical_text_is_an_exact_match_whole_or_streamed():
     result = compare_answers("chat", _chat("The king."), None, None, _chat_stream("The ", "king."))
     assert result.exact and result.jaccard == 1.0 and result.reason is None
