@@ -141,7 +141,8 @@ class _Table(HeaderTable):
         self.changes = 0
 
     def add(self, name: bytes, value: bytes) -> None:
-        self.changes += 1
+        if self.dynamic_entries or self.maxsize:  # into a table of size 0 nothing goes: no change
+            self.changes += 1
         super().add(name, value)
 
     def _resize(self, size: int) -> None:

@@ -288,6 +288,11 @@ def test_the_header_cache_forgets_blocks_when_the_table_changes() -> None:
     assert cache.decode(indexed) == [(b"x-a", b"1")] == cache.decode(indexed)
     assert cache.decode(encoder.encode([(b"x-b", b"2")])) == [(b"x-b", b"2")]  # a new newest entry
     assert indexed == b"\xbe" and cache.decode(b"\xbe") == [(b"x-b", b"2")]  # the same bytes now mean x-b
+    # the client's table of size 0: an encoder indexing anyway changes nothing, blocks are remembered
+    client = _h2.HeaderCache(table_size=0)
+    block = b"\x48\x03200" + b"\x40\x0bgrpc-status\x010"  # :status 200, grpc-status 0 with indexing
+    assert client.decode(block) == [(b":status", b"200"), (b"grpc-status", b"0")]
+    assert client.decode(block) is client.decode(block)
 
 
 async def test_oversize_messages_are_refused_as_soon_as_their_length_arrives() -> None:
