@@ -238,7 +238,8 @@ class Connection(asyncio.Protocol):
         self._unacked = 0  # DATA received since our last connection WINDOW_UPDATE
         self._blocked: deque[Stream] = deque()  # streams waiting for flow-control credit
         self._write_paused = False
-        self._out: list | None = None  # writes held while frames are read, then sent as one
+        self._loop = asyncio.get_running_loop()
+        self._out: list | None = None  # writes held until the loop's turn ends, then sent as one
 
     def greeting(self, pairs: dict[int, int]) -> bytes:
         """Our SETTINGS and the WINDOW_UPDATE that opens the connection's receive window."""
@@ -261,13 +262,11 @@ class Connection(asyncio.Protocol):
 
     # -- frames in -------------------------------------------------------------------------
     def frames(self, data: bytes) -> None:
-        """Read the frames in `data` (and what was left of the last read); writes made meanwhile
-        leave together at the end."""
+        """Read the frames in `data` (and what was left of the last read)."""
         buf = self._buf
         if buf:
             buf += data
             data = buf  # type: ignore[assignment]
-        self._out = out = []
         pos, end = 0, len(data)
         limit = self.recv_max_frame
         try:
@@ -292,14 +291,8 @@ class Connection(asyncio.Protocol):
                 if self.closed:
                     return
         except ProtocolError as exc:
-            self._out = None
-            self._flush(out)  # what was answered before the error still goes out
             self._fail(exc)
             return
-        finally:
-            if self._out is not None:
-                self._out = None
-                self._flush(out)
         if data is buf:
             del buf[:pos]
         elif pos < end:
@@ -429,11 +422,29 @@ class Connection(asyncio.Protocol):
 
     # -- frames out ------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
+        self._held().append(data)
+
+    def _held(self) -> list:
+        """The writes of this turn of the event loop: they leave as one when it ends (answers
+        and requests of many streams, acks, window updates: one send instead of one each)."""
         out = self._out
-        if out is not None:
-            out.append(data)
-        elif not self.closed:
-            self.transport.write(data)  # type: ignore[union-attr]
+        if out is None:
+            out = self._out = []
+            self._loop.call_soon(self._release)
+        return out
+
+    def _release(self) -> None:
+        out, self._out = self._out, None
+        if out:
+            self._flush(out)
+
+    def shut(self) -> None:
+        """Close the transport after what is held is written."""
+        if self.closed or self.transport is None:
+            return
+        self._release()
+        self.closed = True
+        self.transport.close()
 
     def _flush(self, out: list) -> None:
         if not out or self.closed:
@@ -447,10 +458,11 @@ class Connection(asyncio.Protocol):
 
     def send(self, stream: Stream, out: list) -> None:
         """Write `out` (frames already made) and as much of the stream's DATA as both windows
-        allow, in one write (small messages are joined; large ones go out as a list of views,
-        never copied), then its ``tail``; park the stream when the windows run out."""
+        allow, then its ``tail``; park the stream when the windows run out. Small messages join
+        the writes held for the end of the loop's turn; a large one leaves at once as a list of
+        views, never copied."""
         chunks = stream.chunks
-        left = stream.left
+        left = before = stream.left
         end_flag = 0 if stream.tail else END_STREAM
         while left:
             size = min(left, self._max_frame, stream.window, self._send_window)
@@ -477,11 +489,9 @@ class Connection(asyncio.Protocol):
         if not left and stream.tail:
             out.append(stream.tail)
             stream.tail = b""
-        held = self._out
-        if held is not None:
-            held.extend(out)
-        else:
-            self._flush(out)
+        self._held().extend(out)
+        if stream.left + _JOIN_BYTES < before:  # a large message: out now, not after the turn
+            self._release()
         if not left:
             self._sent(stream)
 
@@ -508,6 +518,7 @@ class Connection(asyncio.Protocol):
             return
         log.warning("closing an HTTP/2 connection: %s", error)
         if self.transport is not None:
+            self._release()  # what was answered before the error still goes out
             debug = str(error).encode("utf-8", "replace")[:256]
             last = max(self.streams, default=0)
             self.transport.write(

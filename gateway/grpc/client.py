@@ -240,8 +240,7 @@ class _Connection(_h2.Connection):
 
     def close(self) -> None:
         self.open = False
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        self.shut()
 
     # -- frames in -------------------------------------------------------------------------
     def _on_data(self, call: _h2.Stream | None, payload: bytes, end_stream: bool) -> None:

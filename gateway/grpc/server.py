@@ -524,9 +524,8 @@ class _Connection(_h2.Connection):
         self._closed_stream()
 
     def _closed_stream(self) -> None:
-        if self._goaway_id >= 0 and not self.streams and not self.closed:
-            self.closed = True
-            self.transport.close()  # type: ignore[union-attr]
+        if self._goaway_id >= 0 and not self.streams:
+            self.shut()
 
     # -- stopping ----------------------------------------------------------------------------
     def drain(self) -> None:
@@ -543,9 +542,7 @@ class _Connection(_h2.Connection):
         self.streams.clear()
         for rpc in rpcs:
             rpc.gone()  # type: ignore[attr-defined]
-        if not self.closed:
-            self.closed = True
-            self.transport.close()  # type: ignore[union-attr]
+        self.shut()
 
 
 class _Service:
