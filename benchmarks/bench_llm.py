@@ -92,8 +92,8 @@ def _upstream_command() -> tuple[list[str], str]:
 
 
 @contextmanager
-def meshgate_up(directory: Path, upstream: str) -> Iterator[tuple[int, str]]:
-    """``meshgate up`` with model ``chat`` (v1, v2 on ``upstream``) under a 50/50 A/B experiment."""
+def meshgate_process(directory: Path) -> Iterator[tuple[subprocess.Popen, str, httpx.Client]]:
+    """A bare ``meshgate up`` in ``directory``: its process, data URL and an admin client."""
     port, admin_port = free_port(), free_port()
     data_dir = directory / "data"
     command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
@@ -105,18 +105,24 @@ def meshgate_up(directory: Path, upstream: str) -> Iterator[tuple[int, str]]:
         token = (data_dir / "admin.token").read_text().strip()
         auth = {"authorization": f"Bearer {token}"}
         with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", headers=auth, timeout=10) as admin:
-            for version in ("v1", "v2"):
-                spec = {"endpoints": [upstream], "protocol": "openai", "upstream_model": "tinylm",
-                        "price_in": 0.10, "price_out": 0.40}  # fmt: skip
-                admin.put(f"/v1/models/chat/versions/{version}", json=spec).raise_for_status()
-            experiment = {"name": "bench-chat", "model": "chat", "arms": {"v1": 50, "v2": 50},
-                          "metrics": ["thumbs_up:binary"]}  # fmt: skip
-            admin.post("/v1/experiments", json=experiment).raise_for_status()
-        url = f"http://127.0.0.1:{port}"
-        _wait_split(url, process)
-        yield process.pid, url
+            yield process, f"http://127.0.0.1:{port}", admin
     finally:
         _stop(process)
+
+
+@contextmanager
+def meshgate_up(directory: Path, upstream: str) -> Iterator[tuple[int, str]]:
+    """``meshgate up`` with model ``chat`` (v1, v2 on ``upstream``) under a 50/50 A/B experiment."""
+    with meshgate_process(directory) as (process, url, admin):
+        for version in ("v1", "v2"):
+            spec = {"endpoints": [upstream], "protocol": "openai", "upstream_model": "tinylm",
+                    "price_in": 0.10, "price_out": 0.40}  # fmt: skip
+            admin.put(f"/v1/models/chat/versions/{version}", json=spec).raise_for_status()
+        experiment = {"name": "bench-chat", "model": "chat", "arms": {"v1": 50, "v2": 50},
+                      "metrics": ["thumbs_up:binary"]}  # fmt: skip
+        admin.post("/v1/experiments", json=experiment).raise_for_status()
+        _wait_split(url, process)
+        yield process.pid, url
 
 
 def _wait_split(url: str, process: subprocess.Popen, timeout: float = 20.0) -> None:

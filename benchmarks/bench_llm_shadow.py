@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.bench_llm import MODES, _pids, measure, median_of
-from benchmarks.bench_proxy import ROOT, _stop, _wait_http, cpu_split, machine, publish, running
-from gateway.localproc import free_port
+from benchmarks.bench_llm import MODES, _pids, measure, median_of, meshgate_process
+from benchmarks.bench_proxy import cpu_split, machine, publish, running
 
 SETTINGS = {"none": None, "shadow": {"version": "v2", "percent": 100}}
 _COMPARED = (
@@ -54,28 +52,12 @@ def _tinylm(version: str) -> tuple[list[str], str]:
 @contextmanager
 def gateway(directory: Path, v1: str, v2: str) -> Iterator[tuple[int, str, httpx.Client]]:
     """``meshgate up`` with model ``chat``: v1 (default) and v2 of protocol openai."""
-    port, admin_port = free_port(), free_port()
-    data_dir = directory / "data"
-    command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
-    command += ["--data-dir", str(data_dir), "--log-level", "warning"]
-    with open(directory / "stdout.log", "wb") as out:  # the access log lands here
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-    try:
-        _wait_http(f"http://127.0.0.1:{admin_port}/healthz", process)
-        token = (data_dir / "admin.token").read_text().strip()
-        admin = httpx.Client(
-            base_url=f"http://127.0.0.1:{admin_port}",
-            headers={"authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-        with admin:
-            _put(admin, "v2", v2, None)
-            _put(admin, "v1", v1, None)
-            admin.patch("/v1/models/chat", json={"default_version": "v1"}).raise_for_status()
-            _applied(admin)
-            yield process.pid, f"http://127.0.0.1:{port}", admin
-    finally:
-        _stop(process)
+    with meshgate_process(directory) as (process, url, admin):
+        _put(admin, "v2", v2, None)
+        _put(admin, "v1", v1, None)
+        admin.patch("/v1/models/chat", json={"default_version": "v1"}).raise_for_status()
+        _applied(admin)
+        yield process.pid, url, admin
 
 
 def _put(admin: httpx.Client, version: str, endpoint: str, shadow: dict | None) -> None:
