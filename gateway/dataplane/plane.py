@@ -222,9 +222,8 @@ class DataPlane:
         self._versions: dict[str, dict[str, VersionState]] = {}  # model -> version -> state
         self._parsed: dict[bytes, tuple[str, str | None, str | None] | str] = {}  # target -> route
         self._shadows: dict[tuple[str, str, str], Any] = {}  # ShadowStats or LlmShadowStats
-        OpenAiRoutes(
-            self
-        ).install()  # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}]
+        # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}]
+        OpenAiRoutes(self).install()
 
     # -- configuration ----------------------------------------------------------------------
     def set_table(self, table: RouteTable) -> None:
