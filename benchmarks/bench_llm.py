@@ -1,13 +1,16 @@
 """LLM traffic through the gateway, side by side in one run: tinylm directly, meshgate, LiteLLM's proxy.
 
     python -m benchmarks.bench_llm [--duration 4] [--rounds 3] [--litellm PATH]
-                                   [--targets direct,meshgate,litellm]
+                                   [--targets direct,relay,meshgate,litellm]
 
 One upstream, tinylm v1 (``models.llm.server``, the reference OpenAI-compatible server), and the
 same route for every target: ``POST /v1/chat/completions`` with ``max_tokens: 64``, streamed
 (``stream: true``, ``stream_options.include_usage``) and not. Targets:
 
 - ``direct``: tinylm itself (its CPU is the upstream's, for scale);
+- ``relay``: a bare uvloop TCP relay in front of it (``benchmarks.tcp_relay``: no parsing, one
+  write per read), the floor of any proxy on this event loop: what one read and one write per
+  event cost on this machine, beside meshgate's figure;
 - ``meshgate``: ``python -m gateway up`` with model ``chat`` (versions v1 and v2 of protocol
   ``openai`` on the one upstream, prices per million tokens) and a 50/50 A/B experiment with a
   feedback metric, telemetry at its defaults (metrics, JSON access log to a file, experiment
@@ -23,9 +26,10 @@ non-streamed requests/s at 32 concurrent streams with the proxy's CPU per reques
 of its processes from /proc over the requests served) and, streamed, per event; time to first
 token p50/p99 at one stream at a time (``benchmarks.llm_load``: the first ``data:`` event with
 text). Ratios, measured in the same run: the gateway's added time to first token (p50, p99)
-over direct, its CPU per streamed event, and requests/s per core against LiteLLM's (the inverse
-ratio of CPU per request). Goals (issue 14): added TTFT p50 <= 1 ms; CPU per streamed event <=
-10 us; >= 50x LiteLLM's requests/s per core. Writes benchmarks/results/llm.json and llm.md.
+over direct, its CPU per streamed event (and above the bare relay's, the floor), and requests/s
+per core against LiteLLM's (the inverse ratio of CPU per request). Goals (issue 14): added TTFT
+p50 <= 1 ms; CPU per streamed event <= 10 us; >= 50x LiteLLM's requests/s per core. Writes
+benchmarks/results/llm.json and llm.md.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from benchmarks.bench_proxy import (
 from benchmarks.llm_load import BENCH_KEY, run_llm_load
 from gateway.localproc import free_port
 
-TARGETS = ("direct", "meshgate", "litellm")
+TARGETS = ("direct", "relay", "meshgate", "litellm")
 PROMPT = [{"role": "user", "content": "Speak of the king and the crown."}]
 MAX_TOKENS = 64
 MODES = {  # mode -> (request body, concurrent streams)
@@ -231,6 +235,14 @@ def ratios(rows: dict[str, dict[str, dict]]) -> dict:
                     None if ours is None or base is None else round((ours - base) / 1000.0, 3)
                 )
         out[f"{name}_cpu_us_per_event"] = row["stream_c32"]["cpu_us_per_event"]
+        out[f"{name}_cpu_us_per_event_c1"] = row["stream_c1"]["cpu_us_per_event"]
+        floor = rows.get("relay")
+        if floor is not None and name != "relay":  # what it spends per event above one read + one write
+            for mode, suffix in (("stream_c32", ""), ("stream_c1", "_c1")):
+                ours, base = row[mode]["cpu_us_per_event"], floor[mode]["cpu_us_per_event"]
+                out[f"{name}_cpu_us_per_event_over_relay{suffix}"] = (
+                    None if ours is None or base is None else round(ours - base, 2)
+                )
     mine, peer = rows.get("meshgate"), rows.get("litellm")
     if mine is not None and peer is not None:
         for mode in ("stream_c32", "whole_c32"):
@@ -259,6 +271,10 @@ def bench(wanted: list[str], duration: float, rounds: int, litellm: str | None) 
         targets: dict[str, tuple[str, str, list[int]]] = {}  # name -> (url, model, pids)
         if "direct" in wanted:
             targets["direct"] = (upstream, "tinylm", [upstream_proc.pid])
+        if "relay" in wanted:
+            command = [sys.executable, "-m", "benchmarks.tcp_relay", "--upstream", upstream]
+            relay_proc, url = stack.enter_context(running(command, "relay"))
+            targets["relay"] = (url, "tinylm", [relay_proc.pid])
         if "meshgate" in wanted:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-llm-")))
             pid, url = stack.enter_context(meshgate_up(directory, upstream))
@@ -289,9 +305,9 @@ def bench(wanted: list[str], duration: float, rounds: int, litellm: str | None) 
 
 def table(results: dict) -> str:
     lines = [
-        "| target | stream rps @32 | CPU/req (us) | CPU/event (us) | events/req | whole rps @32 "
-        "| CPU/req (us) | TTFT p50 @1 (ms) | TTFT p99 @1 (ms) | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | stream rps @32 | CPU/req (us) | CPU/event (us) | events/req | CPU/event @1 (us) "
+        "| whole rps @32 | CPU/req (us) | TTFT p50 @1 (ms) | TTFT p99 @1 (ms) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(us: float | None) -> str:
@@ -304,7 +320,7 @@ def table(results: dict) -> str:
         errors = s["errors"] + w["errors"] + one["errors"]
         lines.append(
             f"| {label} | {s['rps']:,.0f} | {s['cpu_us_per_request']} | {s['cpu_us_per_event']} "
-            f"| {per_req:.1f} | {w['rps']:,.0f} | {w['cpu_us_per_request']} "
+            f"| {per_req:.1f} | {one['cpu_us_per_event']} | {w['rps']:,.0f} | {w['cpu_us_per_request']} "
             f"| {ms(one['ttft_p50_us'])} | {ms(one['ttft_p99_us'])} | {errors} |"
         )
     lines.append("")
