@@ -12,7 +12,10 @@ The I/O boundary is duck-typed, so another front end (gRPC) can bring adapters:
 - a *Responder* (``gateway.http.Responder``): ``respond(status, headers, body, extra=, raw=)``
   for a whole answer; ``start(status, headers, length, extra)``, ``write(chunk) -> bool``,
   ``on_writable(cb)``, ``end()``, ``abort()`` for a streamed one; ``on_disconnect(cb)``; the
-  flags ``started``, ``done``, ``disconnected``; and ``request`` (the caller's request);
+  flags ``started``, ``done``, ``disconnected``; ``request`` (the caller's request); and,
+  optionally, ``after_answer(fn, *args)``, which runs what only records a delivered answer
+  once the answer has left (gRPC holds its writes for the end of the loop's turn; absent or
+  None: ``respond`` writes at once, the observers run right after it);
 - an *Endpoint* (``gateway.http.Endpoint``): ``send(method, target, headers, body, timeout,
   callback, extra_head)`` and ``forward_stream(request, responder, method, target, headers,
   timeout, on_done, response_headers, extra_head)``, each returning a *Handle* whose
@@ -320,7 +323,11 @@ class Exchange:
                 responder.respond(
                     response.status, response.headers, response.body or b"", (), self.header_lines()
                 )
-            self._plane.completed(self, response.status, None, response)
+            later = getattr(responder, "after_answer", None)  # gRPC's leaves as the loop's turn ends:
+            if later is None:  # the observers (counters, metrics, the access log) follow it there
+                self._plane.completed(self, response.status, None, response)
+            else:
+                later(self._plane.completed, self, response.status, None, response)
             return
         extra = response_headers(self)
         if reason is not None:

@@ -192,6 +192,12 @@ class _Rpc(_h2.Stream):
         else:
             self.conn.refuse(self, code, message or reason or b"", fields)
 
+    def after_answer(self, fn: Callable[..., None], *args: object) -> None:
+        """Run `fn` once the answer has left: the connection's writes of this loop turn go out
+        in a callback scheduled when the first of them was held, so one scheduled now follows
+        it (the observers of a delivered answer do not delay it)."""
+        self.conn._loop.call_soon(fn, *args)
+
     def gone(self) -> None:
         """The caller cancelled (RST_STREAM) or its connection closed: the exchange stops."""
         if self.done or self.disconnected:

@@ -12,10 +12,11 @@ import pytest
 from hpack import Encoder
 
 from gateway.grpc import _h2
+from gateway.grpc import server as grpc_server
 from models.oip_proto import SERVICE, ModelInferResponse, ServerLiveResponse
 from tests.support import HOST, await_for
 
-from .harness import scripted, serving, upstream
+from .harness import channel_to, scripted, serving, upstream
 from .messages import INFER, infer_request
 
 LIVE = f"/{SERVICE}/ServerLive"
@@ -220,6 +221,26 @@ async def test_many_calls_are_in_flight_at_once_on_one_connection() -> None:
                 *(method(infer_request(model="m"), timeout=15) for _ in range(calls))
             )
         assert [ModelInferResponse.FromString(a).model_version for a in answers] == ["v1"] * calls
+
+
+async def test_a_delivered_answer_leaves_before_its_observers_run(monkeypatch) -> None:
+    """The observers (experiment counters, metrics, the access log) only record an answer: they
+    run after its frames are written, not before, so they never delay it."""
+    events: list[str] = []
+    flush = _h2.Connection._flush
+
+    def recorded(conn: _h2.Connection, out: list) -> None:
+        if any(b"application/grpc" in bytes(piece) for piece in out):  # an answer's HEADERS
+            events.append("answer written")
+        flush(conn, out)
+
+    monkeypatch.setattr(grpc_server._Connection, "_flush", recorded)  # the port's side only
+    async with upstream(scripted([])) as url, channel_to(url) as (plane, channel):
+        plane.observers.append(lambda ex, status, reason, response: events.append(f"observed {status}"))
+        body = await channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)
+        assert ModelInferResponse.FromString(body).model_version == "v1"
+        await await_for(lambda: "observed 200" in events, what="the observer")
+    assert events.index("answer written") < events.index("observed 200"), events
 
 
 async def test_a_cancelled_call_cancels_its_upstream_call() -> None:
