@@ -72,6 +72,7 @@ class ProcessOptions:
     cert_lifetime_s: float | None = None  # workload certificates (default 24 h; tests use seconds)
     mesh_port: int | None = None  # the data plane over mTLS for mesh workloads (off by default)
     grpc_port: int | None = None  # inference.GRPCInferenceService on the data plane (off by default)
+    grpc_idle_timeout_s: float = 3600.0  # a gRPC connection without calls is closed after it (0: never)
     join_token: str | None = None  # a gateway without the CA in-process gets its identity with it
     control_url: str | None = None  # ... from this control plane
     tls_cert: str | None = None  # TLS for plain clients on the data port (ordinary certificate)
@@ -188,6 +189,7 @@ async def _start(opts: ProcessOptions) -> Running:
                 opts.grpc_port,
                 reuse_port=opts.reuse_port,
                 max_message_bytes=opts.max_body_bytes,
+                idle_timeout_s=opts.grpc_idle_timeout_s,
                 tls=public_tls_context(opts.tls_cert, opts.tls_key)
                 if tls is not None
                 else None,  # its own: ALPN h2

@@ -23,6 +23,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -50,6 +57,13 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
             type=_port,
             default=None,
             help="gRPC port: the OIP over gRPC for models of protocol v2-grpc (default off)",
+        )
+        p.add_argument(
+            "--grpc-idle-timeout-s",
+            type=_non_negative_float,
+            default=None,
+            help="close a gRPC connection without calls after this long, with GOAWAY NO_ERROR "
+            "(clients reconnect; default 3600, as Envoy's idle_timeout; 0: never)",
         )
         p.add_argument(
             "--max-body-bytes",
@@ -182,6 +196,8 @@ def _options(args: argparse.Namespace, *, data: bool, admin: bool):
     if data:
         opts.host, opts.port, opts.max_body_bytes = args.host, args.port, args.max_body_bytes
         opts.grpc_port = args.grpc_port
+        if args.grpc_idle_timeout_s is not None:
+            opts.grpc_idle_timeout_s = args.grpc_idle_timeout_s
         opts.extra["access_log"] = args.access_log
     if admin:
         opts.admin_host, opts.admin_port = args.admin_host, args.admin_port

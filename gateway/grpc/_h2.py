@@ -212,8 +212,9 @@ class Connection(asyncio.Protocol):
 
     Hooks: ``_on_headers(stream_id, headers, end_stream)``, ``_on_data(stream, payload,
     end_stream)`` (``stream`` None for a stream not open), ``_on_reset(stream_id, code)``,
-    ``_on_goaway(last_stream_id, code)``, ``_sent(stream)`` (its last frame is written),
-    ``_failed(error)`` (a connection error: GOAWAY written, the transport closing).
+    ``_on_goaway(last_stream_id, code)``, ``_on_ping_ack(payload)``, ``_sent(stream)`` (its last
+    frame is written), ``_failed(error)`` (a connection error: GOAWAY written, the transport
+    closing).
     """
 
     #: what we accept: the largest frame, and the receive windows we keep open
@@ -341,6 +342,8 @@ class Connection(asyncio.Protocol):
                 raise ProtocolError("a malformed PING", FRAME_SIZE_ERROR)
             if not flags & ACK:
                 self._write(frame(PING, ACK, 0, bytes(payload)))
+            else:
+                self._on_ping_ack(bytes(payload))
         elif kind == RST_STREAM:
             if len(payload) != 4 or not stream:
                 raise ProtocolError("a malformed RST_STREAM", FRAME_SIZE_ERROR)
@@ -540,6 +543,9 @@ class Connection(asyncio.Protocol):
 
     def _on_goaway(self, last_stream: int, code: int) -> None:
         raise NotImplementedError
+
+    def _on_ping_ack(self, payload: bytes) -> None:
+        """The peer acknowledged a PING of ours (`payload`: its 8 bytes)."""
 
     def _sent(self, stream: Stream) -> None:
         """The stream's last frame is written."""

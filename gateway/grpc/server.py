@@ -24,7 +24,9 @@ the upstream client): no coroutine per call, the plane runs in the protocol's ca
 the HTTP/1.1 engine's does. What gRPC needs of HTTP/2, done properly: the connection preface
 and SETTINGS (with ACK), HPACK decoding with the dynamic table, many concurrent streams,
 flow control both ways (large answers wait for the client's WINDOW_UPDATE), CONTINUATION,
-PING, RST_STREAM (a cancelled call cancels its upstream call), GOAWAY when the port stops.
+PING, RST_STREAM (a cancelled call cancels its upstream call), GOAWAY when the port stops and
+when a connection has had no call for ``idle_timeout_s`` (default 1 h, as Envoy's idle_timeout:
+well-behaved clients such as grpcio reconnect on their next call; PINGs are always answered).
 Refused rather than served: a message above the limit (RESOURCE_EXHAUSTED, as soon as its
 length prefix arrives), a compressed one (UNIMPLEMENTED), another content-type (HTTP 415,
 INVALID_ARGUMENT), an unknown method (UNIMPLEMENTED), HTTP/1.1 spoken to the port (an HTTP/1.1
@@ -69,7 +71,7 @@ from models.oip_proto import (
 )
 from router import reasons
 
-__all__ = ["GrpcGateway", "start_grpc_gateway"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "GrpcGateway", "start_grpc_gateway"]
 
 log = logging.getLogger("meshgate.grpc")
 
@@ -93,6 +95,12 @@ _STREAM_WINDOW = 4 << 20  # what a client may send on a stream before our WINDOW
 _CONN_WINDOW = 16 << 20  # ... and on the connection
 _MAX_FRAME = 1 << 20  # the largest frame a client may send us (fewer frames for big tensors)
 _PREFACE_TIMEOUT_S = 10.0
+#: a connection with no call open this long is closed (GOAWAY NO_ERROR: clients reconnect when
+#: they next call); Envoy's default idle_timeout, gRPC's max_connection_idle does the same
+DEFAULT_IDLE_TIMEOUT_S = 3600.0
+_DRAIN_PING = b"idle\x00\x00\x00\x00"  # the PING that follows an idle connection's first GOAWAY
+_DRAIN_GRACE_S = 5.0  # how long its ack may take before the final GOAWAY goes anyway
+_ALL_STREAMS = (1 << 31) - 1
 # the fixed parts of every answer (RFC 7541 static table: 8 is ":status: 200", 31 content-type)
 _HEAD = b"\x88" + _h2.literal(31, b"application/grpc")
 _STATUS_OK = field(b"grpc-status", b"0")
@@ -269,7 +277,9 @@ class _Connection(_h2.Connection):
         # per connection
         self._client: tuple[str, int] = ("", 0)
         self._preface: bytes | None = b""  # the client's preface so far; None once it is read
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the preface's, then the idle timeout's
+        self._idle_timeout = server.idle_timeout_s
+        self._idle_at = 0.0  # when the last call ended (loop time)
         self._last_id = 0  # the highest stream the client opened
         self._goaway_id = -1  # once the port stops: the last stream we take (GOAWAY sent)
 
@@ -307,6 +317,9 @@ class _Connection(_h2.Connection):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            if self._idle_timeout:
+                self._idle_at = self._loop.time()
+                self._timer = self._loop.call_later(self._idle_timeout, self._idle_check)
             pairs = {_h2.MAX_CONCURRENT_STREAMS: _MAX_STREAMS, _h2.INITIAL_WINDOW_SIZE: _STREAM_WINDOW}
             pairs.update({_h2.MAX_FRAME_SIZE: _MAX_FRAME, _h2.ENABLE_PUSH: 0})
             self.transport.write(self.greeting(pairs))  # type: ignore[union-attr]
@@ -347,6 +360,27 @@ class _Connection(_h2.Connection):
         if self._preface is not None and self.transport is not None:
             self._preface = None
             self.transport.close()
+
+    def _idle_check(self) -> None:
+        """The idle timeout's timer: a connection without calls for that long is closed as
+        gRPC servers close an idle one (max_connection_idle), in two steps (RFC 9113 6.8): a
+        GOAWAY that takes every stream and a PING, then, once the PING's ack says the client
+        saw it (what it sent before is in), the GOAWAY naming the last stream taken. PINGs
+        (keepalives) are answered and do not count as calls."""
+        self._timer = None
+        if self.closed or self._goaway_id >= 0:
+            return
+        left = self._idle_timeout if self.streams else self._idle_at + self._idle_timeout - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._idle_check)
+            return
+        goaway = _ALL_STREAMS.to_bytes(4, "big") + _h2.NO_ERROR.to_bytes(4, "big") + b"idle"
+        self._write(frame(_h2.GOAWAY, 0, 0, goaway) + frame(_h2.PING, 0, 0, _DRAIN_PING))
+        self._timer = self._loop.call_later(_DRAIN_GRACE_S, self.drain)
+
+    def _on_ping_ack(self, payload: bytes) -> None:
+        if payload == _DRAIN_PING:
+            self.drain()
 
     # -- streams in --------------------------------------------------------------------------
     def _on_headers(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
@@ -530,8 +564,11 @@ class _Connection(_h2.Connection):
         self._closed_stream()
 
     def _closed_stream(self) -> None:
-        if self._goaway_id >= 0 and not self.streams:
-            self.shut()
+        if not self.streams:
+            if self._goaway_id >= 0:
+                self.shut()
+            else:
+                self._idle_at = self._loop.time()
 
     # -- stopping ----------------------------------------------------------------------------
     def drain(self) -> None:
@@ -606,9 +643,14 @@ class _Service:
 class GrpcGateway:
     """The listening gRPC port; ``close()`` stops it."""
 
-    def __init__(self, plane: DataPlane, max_message_bytes: int) -> None:
+    def __init__(
+        self, plane: DataPlane, max_message_bytes: int, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    ) -> None:
+        if idle_timeout_s < 0:
+            raise ValueError(f"the gRPC idle timeout must be 0 (never) or positive, not {idle_timeout_s}")
         self.service = _Service(plane)
         self.max_message_bytes = max_message_bytes
+        self.idle_timeout_s = idle_timeout_s  # 0: idle connections stay open
         self.connections: set[_Connection] = set()
         self.host = ""
         self.port = 0
@@ -646,15 +688,17 @@ async def start_grpc_gateway(
     reuse_port: bool = False,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     tls: ssl.SSLContext | None = None,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
 ) -> GrpcGateway:
     """Serve `plane` over gRPC on host:port (0: a free one); installs the gRPC client too.
     `tls`: a server context of its own (the data port's public certificate, ``--tls-cert``); it
-    gets ALPN h2."""
+    gets ALPN h2. `idle_timeout_s`: a connection without calls that long is closed with GOAWAY
+    NO_ERROR (0: never)."""
     if "v2-grpc" not in plane.upstreams.pools:
         install_client(plane, GrpcPool(max_message_bytes))
     if tls is not None:
         tls.set_alpn_protocols(["h2"])
-    gateway = GrpcGateway(plane, max_message_bytes)
+    gateway = GrpcGateway(plane, max_message_bytes, idle_timeout_s)
     loop = asyncio.get_running_loop()
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

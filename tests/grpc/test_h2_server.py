@@ -11,8 +11,11 @@ import grpc
 import pytest
 from hpack import Encoder
 
+from gateway.dataplane.plane import DataPlane
 from gateway.grpc import _h2
 from gateway.grpc import server as grpc_server
+from gateway.grpc.server import GrpcGateway
+from gateway.http import UpstreamPool
 from models.oip_proto import SERVICE, ModelInferResponse, ServerLiveResponse
 from tests.support import HOST, await_for
 
@@ -396,3 +399,55 @@ async def test_stopping_the_port_sends_goaway_and_refuses_later_streams() -> Non
             await stopping
         finally:
             raw.close()
+
+
+async def test_an_idle_connection_is_closed_with_goaway_and_clients_reconnect() -> None:
+    hold = asyncio.Event()
+    async with upstream(scripted([], hold)) as url, serving(url, idle_timeout_s=0.3) as (plane, gateway):
+        # a grpcio channel: its connection closes once idle, its next call opens another
+        async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
+            live = channel.unary_unary(LIVE)
+            assert ServerLiveResponse.FromString(await live(b"", timeout=10)).live
+            first = set(gateway.connections)
+            await await_for(lambda: not gateway.connections, what="the idle connection closed")
+            assert ServerLiveResponse.FromString(await live(b"", timeout=10)).live
+            assert gateway.connections and not gateway.connections & first
+        # on raw frames: a call held open keeps its connection; an idle one gets the two GOAWAYs
+        busy, idle = await _Raw.open(gateway.port), None
+        try:
+            busy.send(_call(1, gateway.port, infer_request(model="m")))
+            await await_for(lambda: plane.stats.requests, what="the held call reaching the plane")
+            idle = await _Raw.open(gateway.port)
+            idle.send(_call(1, gateway.port, b"", path=LIVE))
+            await idle.answer(1)
+            idle.send(_h2.frame(_h2.PING, 0, 0, b"keepaliv"))  # a keepalive: answered, no call
+            _, flags, _, payload = await idle.until(_h2.PING)
+            assert flags & _h2.ACK and payload == b"keepaliv"
+            _, _, _, goaway = await idle.until(_h2.GOAWAY)
+            assert goaway[:8] == ((1 << 31) - 1).to_bytes(4, "big") + b"\0\0\0\0"  # NO_ERROR, all streams
+            _, flags, _, ping = await idle.until(_h2.PING)
+            assert not flags & _h2.ACK
+            idle.send(_h2.frame(_h2.PING, _h2.ACK, 0, ping))
+            _, _, _, goaway = await idle.until(_h2.GOAWAY)
+            assert goaway[:8] == (1).to_bytes(4, "big") + b"\0\0\0\0"  # the last stream it took: 1
+            assert await idle.closed()
+            # the busy connection is older than the idle one was, yet open: no GOAWAY before a PING's ack
+            busy.send(_h2.frame(_h2.PING, 0, 0, b"busy-yet"))
+            kinds = [(await busy.frame())[:2]]
+            while kinds[-1] != (_h2.PING, _h2.ACK):
+                kinds.append((await busy.frame())[:2])
+            assert _h2.GOAWAY not in [kind for kind, _ in kinds], kinds
+            hold.set()
+            _, message, trailers = await busy.answer(1)
+            assert trailers[b"grpc-status"] == b"0" and ModelInferResponse.FromString(message).model_version
+            _, _, _, goaway = await busy.until(_h2.GOAWAY)  # idle now: its turn
+            assert int.from_bytes(goaway[4:8], "big") == _h2.NO_ERROR
+        finally:
+            busy.close()
+            if idle is not None:
+                idle.close()
+
+
+async def test_a_negative_idle_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"idle timeout must be 0 \(never\) or positive"):
+        GrpcGateway(DataPlane(UpstreamPool()), 1 << 20, idle_timeout_s=-1)
