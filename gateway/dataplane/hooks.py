@@ -7,8 +7,8 @@
     answered        observers         measurement (experiment counters), tracing (ends the span,
                                       before the access log reads its trace id), metrics, the
                                       access log
-    refused before  refusal_observers the access log (404, 405, a bad timeout header: no exchange)
-    routing
+    refused before  refusal_observers the access log (404, 405, a bad timeout header: no exchange;
+    routing                           the gRPC port's own refusals too, through ``plane.refused``)
     routes          extra_routes      ``POST /v1/feedback`` (measurement); the gateway status
                                       route is added by ``gateway.registration`` when it
                                       registers the process

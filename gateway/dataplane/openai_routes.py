@@ -132,10 +132,7 @@ class OpenAiRoutes:
         plane = self.plane
         status, headers, body = answer
         responder.respond(status, [*headers, date_header()], body)
-        plane.stats.errors += 1
-        plane.rejected[reason] = plane.rejected.get(reason, 0) + 1
-        for refused in plane.refusal_observers:
-            refused(request, status, reason)
+        plane.refused(request, status, reason)
 
     # -- routes ----------------------------------------------------------------------------
     def _readable(self, request: Request, responder: Responder, route: str) -> Callable[[str], bool] | None:

@@ -207,7 +207,8 @@ class DataPlane:
         self.on_start: list[Callable[[Exchange], None]] = []  # before the first attempt
         self.on_attempt: list[AttemptHook] = []  # after each attempt
         self.observers: list[Callable[[Exchange, int, str | None, UpstreamResponse | None], None]] = []
-        self.refusal_observers: list[Callable[[Request, int, str], None]] = []  # refused before routing
+        #: refused before routing: (request, status, reason, the gRPC status answered or None)
+        self.refusal_observers: list[Callable[[Request, int, str, int | None], None]] = []
         self.extra_routes: dict[str, Callable[[Request, Responder], None]] = {}
         #: routes by path prefix (``/v1/models/``), tried in order when no exact route matches
         self.extra_prefixes: list[tuple[str, Callable[[Request, Responder], None]]] = []
@@ -496,7 +497,6 @@ class DataPlane:
         more: Headers = (),  # type: ignore[assignment]
     ) -> None:
         """A gateway-made error; `more`: headers that say more (``retry-after``, ``allow``)."""
-        self.stats.errors += 1
         extra = response_headers(ex) if ex else []
         if reason == reasons.OVERLOADED:  # shed load: ask the client to come back (Envoy sends none; we do)
             extra.append(_RETRY_AFTER)
@@ -504,9 +504,18 @@ class DataPlane:
         status, headers, body = error_response(reason, message, extra)
         responder.respond(status, headers, body)
         if ex is None:  # refused before routing: no exchange, so the observers never see it
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1  # telemetry publishes the tally
-            for refused in self.refusal_observers:
-                refused(responder.request, status, reason)
+            self.refused(responder.request, status, reason)
+        else:
+            self.stats.errors += 1
+
+    def refused(self, request: Request, status: int, reason: str, grpc_status: int | None = None) -> None:
+        """Count and log a request refused before routing (by the plane, the OpenAI routes, or a
+        front end itself: the gRPC port's refusals), as its refusal observers see them;
+        `grpc_status`: the status a gRPC caller was answered with, when not its reason's."""
+        self.stats.errors += 1
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1  # telemetry publishes the tally
+        for refused in self.refusal_observers:
+            refused(request, status, reason, grpc_status)
 
     @staticmethod
     def _reply(responder: Responder, status: int, body: bytes) -> None:

@@ -222,6 +222,13 @@ class _Rpc(_h2.Stream):
     write = end = abort = on_writable = start
 
 
+class _GrpcRequest(Request):
+    """A request made by the gRPC port (its protocol, for the access log)."""
+
+    __slots__ = ()
+    protocol = "grpc"
+
+
 def _raw_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
     out = []
     for line in raw.split(b"\r\n"):
@@ -273,6 +280,7 @@ class _Connection(_h2.Connection):
         # global
         self._server = server
         self._service = server.service
+        self._plane = server.plane
         self._max_message = server.max_message_bytes
         # per connection
         self._client: tuple[str, int] = ("", 0)
@@ -338,9 +346,14 @@ class _Connection(_h2.Connection):
         self._preface = None
         transport = self.transport
         assert transport is not None
-        if got.split(b" ", 1)[0] in _HTTP1_METHODS:
+        line = got.split(b"\r\n", 1)[0].split(b" ")
+        if line[0] in _HTTP1_METHODS:
             status, headers, body = error_response(
                 reasons.BAD_REQUEST, reasons.REASONS[reasons.BAD_REQUEST].text(detail=_HTTP1_REFUSAL)
+            )
+            target = line[1] if len(line) > 1 else b""
+            self._plane.refused(
+                _GrpcRequest(line[0], target, [], "1.1", False, self._client), status, reasons.BAD_REQUEST
             )
             head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
             transport.write(
@@ -406,9 +419,9 @@ class _Connection(_h2.Connection):
             self._request_done(rpc)
 
     def _check_head(self, rpc: _Rpc, headers: list[tuple[bytes, bytes]]) -> tuple | None:
-        """The request head as the plane's Request; a problem as (gRPC status, message, reason,
-        HTTP status) when it is not a call to serve."""
-        path = method = ctype = None
+        """The request head as the plane's Request (a refused call's too: its log line); a
+        problem as (gRPC status, message, reason, HTTP status) when it is not a call to serve."""
+        path = method = ctype = problem = None
         metadata: Headers = []
         timeout = None
         for name, value in headers:
@@ -423,16 +436,22 @@ class _Connection(_h2.Connection):
                 elif name == b"grpc-timeout":
                     timeout = _timeout_ms(value)
                     if timeout is None:
-                        return (3, f"a malformed grpc-timeout {value!r}", reasons.BAD_REQUEST, 200)
+                        problem = (3, f"a malformed grpc-timeout {value!r}", reasons.BAD_REQUEST, 200)
+                        break
                 elif name == b"grpc-encoding" and value != b"identity":
                     pass  # a compressed message says so in its prefix, refused there
             elif name.endswith(b"-bin"):
                 try:
                     metadata.append((name, base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)))
                 except (binascii.Error, ValueError):
-                    return (3, f"metadata {name.decode('latin-1')} is not base64", reasons.BAD_REQUEST, 200)
+                    shown = name.decode("latin-1")
+                    problem = (3, f"metadata {shown} is not base64", reasons.BAD_REQUEST, 200)
+                    break
             else:
                 metadata.append((name, value))
+        rpc.request = _GrpcRequest(b"POST", path or b"", metadata, "2", True, self._client)
+        if problem is not None:
+            return problem
         if ctype is None or not (
             ctype == b"application/grpc" or ctype.startswith((b"application/grpc+", b"application/grpc;"))
         ):
@@ -444,7 +463,6 @@ class _Connection(_h2.Connection):
             return (12, f"unknown method {path.decode('latin-1')}", reasons.NOT_FOUND, 200)
         if timeout is not None:  # grpc-timeout: the client's deadline (it only shortens the route's)
             metadata.append((_TIMEOUT, b"%d" % timeout))
-        rpc.request = Request(b"POST", path, metadata, "2", True, self._client)
         return None
 
     def _on_data(self, stream: _h2.Stream | None, payload: bytes, end_stream: bool) -> None:
@@ -544,7 +562,8 @@ class _Connection(_h2.Connection):
         self._sent(rpc)
 
     def _refuse_early(self, rpc: _Rpc, code: int, message: str, reason: str, http_status: int = 200) -> None:
-        """The gateway refuses the call before the plane sees it."""
+        """The gateway refuses the call before the plane sees it: answered, counted and logged
+        as the plane's refusals are (``status`` the HTTP one sent, else the reason's)."""
         rpc.started = rpc.done = True
         block = [b"\x88" if http_status == 200 else _h2.literal(8, b"%d" % http_status)]
         block.append(_h2.literal(31, b"application/grpc"))
@@ -553,6 +572,11 @@ class _Connection(_h2.Connection):
         block.append(field(b"x-meshgate-error", reason.encode()))
         self._write(header_frames(rpc.id, b"".join(block), True, self._max_frame))
         self._sent(rpc)
+        request = rpc.request
+        assert request is not None
+        self._plane.refused(
+            request, http_status if http_status != 200 else reasons.STATUS[reason], reason, code
+        )
 
     def _sent(self, stream: _h2.Stream) -> None:
         rpc: _Rpc = stream  # type: ignore[assignment]
@@ -648,6 +672,7 @@ class GrpcGateway:
     ) -> None:
         if idle_timeout_s < 0:
             raise ValueError(f"the gRPC idle timeout must be 0 (never) or positive, not {idle_timeout_s}")
+        self.plane = plane
         self.service = _Service(plane)
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s  # 0: idle connections stay open

@@ -82,8 +82,11 @@ class ServerLimits:
 
 
 class Request:
-    """One request's head, and its body: whole in `body`, or arriving through `stream`."""
+    """One request's head, and its body: whole in `body`, or arriving through `stream`.
+    ``protocol`` names the front end that made it: ``"http"`` here (a class attribute, so it
+    costs nothing per request; the gRPC port's requests say ``"grpc"``)."""
 
+    protocol = "http"
     __slots__ = (
         "body",
         "client",

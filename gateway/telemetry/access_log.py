@@ -10,11 +10,15 @@ gateway measured of it (``ex.llm``): ``stream``, ``ttft_ms`` and ``inter_token_m
 gateway's gRPC port) adds ``grpc_status`` and ``grpc_status_name``, the status the caller got
 (``7``, ``"PERMISSION_DENIED"``): the upstream's own, or the one of meshgate's reason, as the
 gRPC port answers it. ``status`` stays the HTTP-equivalent (``403``), so one query spans both.
+The protocol is the front end's (``Request.protocol``), not guessed from the HTTP version.
 A request refused before routing (404 for an unknown model, 405, a bad
 ``x-meshgate-timeout-ms``) gets a line too, as Envoy logs its ``NR`` requests: model and
 version null, its ``path`` (without the query; a gRPC call's is its method) and the caller's
-``x-request-id`` if it sent one. Never a header value other than the request id and trace
-id, never a body: tokens and payloads cannot leak through it.
+``x-request-id`` if it sent one. So do the calls the gRPC port refuses before the plane sees
+them (an unknown method, a compressed, oversize or incomplete message, another content-type,
+HTTP/1.1 spoken to the port: ``protocol`` ``"grpc"``, its HTTP path, ``bad_request``), with
+the gRPC status they were sent. Never a header value other than the request id and trace id,
+never a body: tokens and payloads cannot leak through it.
 
 Lines are buffered in memory and written in one call every ``flush_interval_s`` (and every
 256 lines, and on shutdown), so the hot path never makes a system call for them.
@@ -54,12 +58,6 @@ _q = encode_basestring_ascii
 
 _GRPC_NAMES = {int(code): _q(code.name) for code in GrpcStatus}
 _UNKNOWN = int(GrpcStatus.UNKNOWN)
-
-
-def _is_grpc(request: Request) -> bool:
-    """A call on the gateway's gRPC port: its only HTTP/2 front end (the data and mesh ports are
-    HTTP/1.1), which hands the plane requests of version "2"."""
-    return request.http_version == "2"
 
 
 def grpc_status(status: int, reason: str | None, response: UpstreamResponse | None) -> int:
@@ -178,7 +176,7 @@ class AccessLog:
             reason,
             ex.attempts,
             ex.fallback,
-            grpc_status(status, reason, response) if _is_grpc(ex.request) else None,
+            grpc_status(status, reason, response) if ex.request.protocol == "grpc" else None,
         )
         middle = self._middles.get(key) or self._middle(key)
         tr = ex.trace  # untraced here: only the caller's traceparent can name a trace
@@ -197,12 +195,15 @@ class AccessLog:
         if len(lines) >= _MAX_PENDING:
             self.flush()
 
-    def refused(self, request: Request, status: int, reason: str) -> None:
-        """A request refused before routing (an unknown model, a wrong method, a bad header):
-        no model or version answered it, so the line names the path that was asked for (never
-        the query, which may hold secrets) and the caller's request id when it sent one."""
+    def refused(self, request: Request, status: int, reason: str, answered: int | None = None) -> None:
+        """A request refused before routing (an unknown model, a wrong method, a bad header, a
+        call the gRPC port refuses itself): no model or version answered it, so the line names
+        the path that was asked for (never the query, which may hold secrets) and the caller's
+        request id when it sent one. `answered`: the gRPC status sent, when not the reason's."""
         rid = request.header(b"x-request-id")
-        code = grpc_status(status, reason, None) if _is_grpc(request) else None
+        code = None
+        if request.protocol == "grpc":
+            code = grpc_status(status, reason, None) if answered is None else answered
         self._add(
             f"{self._time()}{'null' if rid is None else _q(rid.decode('latin-1'))},"
             f'"trace_id":{_opt(caller_trace_id(request.headers))},"model":null,"version":null,'

@@ -22,11 +22,12 @@ cosine}``: ``_sum / _count`` is the mean), tokens and cost. Summaries without qu
 the mean in a window.
 
 Requests refused before routing (unknown model 404, wrong method 405, a bad
-``x-meshgate-timeout-ms`` 400, no route) have no model or version the gateway could trust:
-they count in ``meshgate_requests_total`` with ``model=""`` and ``version=""`` (the model name
-in the path is the caller's, unbounded), so ``sum(meshgate_requests_total)`` is every request
-the data plane answered with an inference or error document. They come from the data
-plane's ``rejected`` tally, published like the others.
+``x-meshgate-timeout-ms`` 400, no route; and the calls the gRPC port refuses itself: an unknown
+method, a compressed, oversize or incomplete message, another content-type, HTTP/1.1) have no
+model or version the gateway could trust: they count in ``meshgate_requests_total`` with
+``model=""`` and ``version=""`` (the model name in the path is the caller's, unbounded), so
+``sum(meshgate_requests_total)`` is every request the data plane answered with an inference or
+error document. They come from the data plane's ``rejected`` tally, published like the others.
 
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before prometheus_client
 is imported), every value lives in a per-process mmap file in that directory and ``render()``

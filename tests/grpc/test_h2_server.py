@@ -6,16 +6,21 @@ HTTP/1.1 spoken to the port, GOAWAY when the port stops."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 
 import grpc
 import pytest
 from hpack import Encoder
 
+from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.plane import DataPlane
 from gateway.grpc import _h2
 from gateway.grpc import server as grpc_server
 from gateway.grpc.server import GrpcGateway
 from gateway.http import UpstreamPool
+from gateway.telemetry.access_log import AccessLog
+from gateway.telemetry.metrics import Metrics
 from models.oip_proto import SERVICE, ModelInferResponse, ServerLiveResponse
 from tests.support import HOST, await_for
 
@@ -451,3 +456,65 @@ async def test_an_idle_connection_is_closed_with_goaway_and_clients_reconnect() 
 async def test_a_negative_idle_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match=r"idle timeout must be 0 \(never\) or positive"):
         GrpcGateway(DataPlane(UpstreamPool()), 1 << 20, idle_timeout_s=-1)
+
+
+async def test_the_calls_the_port_refuses_are_logged_and_counted_as_the_planes_refusals() -> None:
+    out = io.StringIO()
+    access_log, metrics = AccessLog(out), Metrics(multiproc_dir="")
+    async with upstream(scripted([])) as url, serving(url, max_message_bytes=1 << 20) as (plane, gateway):
+        install_hooks(plane, metrics=metrics, access_log=access_log)
+        async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
+            for path, body, code in (
+                ("/inference.GRPCInferenceService/Nope", b"", grpc.StatusCode.UNIMPLEMENTED),
+                (INFER, b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT),  # not a protobuf message
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await channel.unary_unary(path)(body, timeout=10, metadata=(("x-request-id", "r-1"),))
+                assert info.value.code() is code
+        raw = await _Raw.open(gateway.port)
+        try:
+            raw.send(
+                _h2.frame(_h2.HEADERS, _h2.END_HEADERS, 1, _block(INFER, gateway.port)),
+                _h2.frame(_h2.DATA, 0, 1, b"\x00" + (100 << 20).to_bytes(4, "big")),  # oversize
+                _h2.frame(_h2.HEADERS, _h2.END_HEADERS, 3, _block(INFER, gateway.port)),
+                _h2.frame(_h2.DATA, _h2.END_STREAM, 3, b"\x01\x00\x00\x00\x00"),  # compressed
+                _h2.frame(
+                    _h2.HEADERS,
+                    _h2.END_HEADERS | _h2.END_STREAM,
+                    5,
+                    _block(INFER, gateway.port, content_type=b"application/json"),
+                ),
+            )
+            for stream in (1, 3, 5):
+                await raw.until(_h2.HEADERS, stream)
+        finally:
+            raw.close()
+        raw = await _Raw.open(gateway.port, first=b"GET /v2/models/m?key=secret HTTP/1.1\r\nhost: g\r\n\r\n")
+        try:
+            assert await raw.closed()
+        finally:
+            raw.close()
+        access_log.flush()
+        rows = [json.loads(line) for line in out.getvalue().splitlines()]
+        got = [
+            (r["protocol"], r["path"], r["status"], r["reason"], r["grpc_status"], r["grpc_status_name"])
+            for r in rows
+        ]
+        assert got == [
+            ("grpc", "/inference.GRPCInferenceService/Nope", 404, "not_found", 12, "UNIMPLEMENTED"),
+            ("grpc", INFER, 400, "bad_request", 3, "INVALID_ARGUMENT"),
+            ("grpc", INFER, 413, "payload_too_large", 8, "RESOURCE_EXHAUSTED"),
+            ("grpc", INFER, 400, "bad_request", 12, "UNIMPLEMENTED"),  # compressed: as it was answered
+            ("grpc", INFER, 415, "bad_request", 3, "INVALID_ARGUMENT"),
+            ("grpc", "/v2/models/m", 400, "bad_request", 3, "INVALID_ARGUMENT"),  # HTTP/1.1: no query
+        ]
+        assert [r["request_id"] for r in rows[:2]] == ["r-1", "r-1"] and rows[0]["model"] is None
+        assert plane.rejected == {"not_found": 1, "bad_request": 4, "payload_too_large": 1}
+        exposition = metrics.render().decode()
+        for code, reason, n in (
+            ("404", "not_found", 1),
+            ("400", "bad_request", 4),
+            ("413", "payload_too_large", 1),
+        ):
+            sample = f'meshgate_requests_total{{code="{code}",model="",reason="{reason}",version=""}} {n}.0'
+            assert sample in exposition, exposition

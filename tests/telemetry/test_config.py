@@ -154,7 +154,7 @@ def _exchange(
     traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
     return SimpleNamespace(
         request=SimpleNamespace(
-            headers=[(b"traceparent", traceparent)] if traced else [], http_version="2" if grpc else "1.1"
+            headers=[(b"traceparent", traceparent)] if traced else [], protocol="grpc" if grpc else "http"
         ),
         trace=None,
         request_id=request_id,
@@ -244,7 +244,7 @@ def test_a_grpc_call_logs_the_grpc_status_it_was_answered_with(monkeypatch):
     )
     request = SimpleNamespace(
         headers=[],
-        http_version="2",
+        protocol="grpc",
         path="/inference.GRPCInferenceService/ModelInfer",
         header=lambda _n: None,
     )

@@ -25,7 +25,7 @@ BROKEN = LlmUsage(streamed=True, ttft_s=0.2, events=1, broken=True)
 def _exchange(llm: LlmUsage | None, version: str = "v1", path: str = "/v1/chat/completions"):
     """What the telemetry hooks read of an exchange (the LLM routes build the real ones)."""
     return SimpleNamespace(
-        request=SimpleNamespace(headers=[], method=b"POST", path=path, http_version="1.1"),
+        request=SimpleNamespace(headers=[], method=b"POST", path=path, protocol="http"),
         headers=[],
         trace=None,
         request_id="req-1",
