@@ -73,6 +73,7 @@ class ProcessOptions:
     mesh_port: int | None = None  # the data plane over mTLS for mesh workloads (off by default)
     grpc_port: int | None = None  # inference.GRPCInferenceService on the data plane (off by default)
     grpc_idle_timeout_s: float = 3600.0  # a gRPC connection without calls is closed after it (0: never)
+    grpc_max_header_list_bytes: int = 16 * 1024  # a gRPC call's metadata above it: RESOURCE_EXHAUSTED
     join_token: str | None = None  # a gateway without the CA in-process gets its identity with it
     control_url: str | None = None  # ... from this control plane
     tls_cert: str | None = None  # TLS for plain clients on the data port (ordinary certificate)
@@ -190,6 +191,7 @@ async def _start(opts: ProcessOptions) -> Running:
                 reuse_port=opts.reuse_port,
                 max_message_bytes=opts.max_body_bytes,
                 idle_timeout_s=opts.grpc_idle_timeout_s,
+                max_header_list_bytes=opts.grpc_max_header_list_bytes,
                 tls=public_tls_context(opts.tls_cert, opts.tls_key)
                 if tls is not None
                 else None,  # its own: ALPN h2

@@ -66,6 +66,13 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
             "(clients reconnect; default 3600, as Envoy's idle_timeout; 0: never)",
         )
         p.add_argument(
+            "--grpc-max-header-list-bytes",
+            type=_positive_int,
+            default=None,
+            help="largest gRPC request metadata (SETTINGS_MAX_HEADER_LIST_SIZE); above it a call gets "
+            "RESOURCE_EXHAUSTED (default 16384, as grpc-go)",
+        )
+        p.add_argument(
             "--max-body-bytes",
             type=_positive_int,
             default=64 * 1024 * 1024,
@@ -198,6 +205,8 @@ def _options(args: argparse.Namespace, *, data: bool, admin: bool):
         opts.grpc_port = args.grpc_port
         if args.grpc_idle_timeout_s is not None:
             opts.grpc_idle_timeout_s = args.grpc_idle_timeout_s
+        if args.grpc_max_header_list_bytes is not None:
+            opts.grpc_max_header_list_bytes = args.grpc_max_header_list_bytes
         opts.extra["access_log"] = args.access_log
     if admin:
         opts.admin_host, opts.admin_port = args.admin_host, args.admin_port

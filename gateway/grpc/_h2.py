@@ -42,6 +42,7 @@ __all__ = [
     "WINDOW_UPDATE",
     "Connection",
     "HeaderCache",
+    "HeaderListTooLarge",
     "ProtocolError",
     "Stream",
     "field",
@@ -152,22 +153,40 @@ class _Table(HeaderTable):
     maxsize = property(HeaderTable.maxsize.fget, _resize)  # type: ignore[assignment]
 
 
+class HeaderListTooLarge(Exception):
+    """A header block decoded (the table is in step) to a list above the limit: ``headers``,
+    and ``size`` as RFC 9113 section 6.5.2 counts it (names, values and 32 bytes per field)."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], size: int, limit: int) -> None:
+        super().__init__(f"a header list of {size} bytes, above {limit}")
+        self.headers = headers
+        self.size = size
+
+
 class HeaderCache:
     """Decodes a connection's header blocks, remembering the blocks whose decoding did not
     change the dynamic table: such a block decodes the same while the table stays as it is
-    (any change forgets them all). gRPC answers and requests repeat the same few blocks."""
+    (any change forgets them all). gRPC answers and requests repeat the same few blocks.
 
-    __slots__ = ("_decoder", "_known", "_table")
+    `max_list`: the largest header list taken (SETTINGS_MAX_HEADER_LIST_SIZE, None: any up to
+    ``HARD_LIST``); a larger one raises ``HeaderListTooLarge`` once decoded, a stream error.
+    It is measured for new blocks only: a remembered block was within it."""
+
+    __slots__ = ("_decoder", "_known", "_max_list", "_table")
     _MAX = 256
+    #: what any block may decode to, a connection error above (hpack stops in the middle)
+    HARD_LIST = 1 << 20
 
-    def __init__(self, table_size: int = HeaderTable.DEFAULT_SIZE) -> None:
-        self._decoder = Decoder()
+    def __init__(self, table_size: int = HeaderTable.DEFAULT_SIZE, max_list: int | None = None) -> None:
+        self._decoder = Decoder(max_header_list_size=self.HARD_LIST)
         self._table = self._decoder.header_table = _Table()
         self._decoder.header_table_size = table_size  # what we announce (SETTINGS_HEADER_TABLE_SIZE)
         self._known: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._max_list = max_list
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """Raises ``hpack`` errors (``HPACKError``) on a malformed block."""
+        """Raises ``hpack`` errors (``HPACKError``) on a malformed block (or one decoding to more
+        than ``HARD_LIST``), ``HeaderListTooLarge`` above `max_list`."""
         known = self._known.get(block)
         if known is not None:
             return known
@@ -176,7 +195,12 @@ class HeaderCache:
         headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
         if table.changes != before:  # the blocks remembered may mean something else now
             self._known.clear()
-        elif len(self._known) < self._MAX:
+        limit = self._max_list
+        if limit is not None:
+            size = sum(len(n) + len(v) for n, v in headers) + 32 * len(headers)
+            if size > limit:
+                raise HeaderListTooLarge(headers, size, limit)
+        if table.changes == before and len(self._known) < self._MAX:
             self._known[block] = headers
         return headers
 
@@ -210,7 +234,8 @@ class Stream:
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection's frames and flow control; subclasses make the streams.
 
-    Hooks: ``_on_headers(stream_id, headers, end_stream)``, ``_on_data(stream, payload,
+    Hooks: ``_on_headers(stream_id, headers, end_stream)``, ``_on_large_headers(stream_id,
+    error, end_stream)`` (a list above ``max_header_list``), ``_on_data(stream, payload,
     end_stream)`` (``stream`` None for a stream not open), ``_on_reset(stream_id, code)``,
     ``_on_goaway(last_stream_id, code)``, ``_on_ping_ack(payload)``, ``_sent(stream)`` (its last
     frame is written), ``_failed(error)`` (a connection error: GOAWAY written, the transport
@@ -222,13 +247,15 @@ class Connection(asyncio.Protocol):
     recv_stream_window = DEFAULT_WINDOW
     recv_conn_window = DEFAULT_WINDOW
 
-    def __init__(self, table_size: int = HeaderTable.DEFAULT_SIZE) -> None:
+    def __init__(
+        self, table_size: int = HeaderTable.DEFAULT_SIZE, max_header_list: int | None = None
+    ) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.streams: dict[int, Stream] = {}
         self._buf = bytearray()
         self._greeted = False  # the peer's first frame (a SETTINGS) arrived
-        self._headers = HeaderCache(table_size)
+        self._headers = HeaderCache(table_size, max_header_list)
         self._block: bytearray | None = None  # a header block continued over CONTINUATION frames
         self._block_stream = 0
         self._block_end = False
@@ -361,6 +388,9 @@ class Connection(asyncio.Protocol):
     def _headers_done(self, stream: int, block: bytes, end_stream: bool) -> None:
         try:
             headers = self._headers.decode(block)
+        except HeaderListTooLarge as exc:  # the table is in step: the stream's own error
+            self._on_large_headers(stream, exc, end_stream)
+            return
         except Exception as exc:  # hpack's errors: the connection's header state is lost
             raise ProtocolError(f"a malformed header block ({exc})", COMPRESSION_ERROR) from None
         self._on_headers(stream, headers, end_stream)
@@ -543,6 +573,10 @@ class Connection(asyncio.Protocol):
 
     def _on_goaway(self, last_stream: int, code: int) -> None:
         raise NotImplementedError
+
+    def _on_large_headers(self, sid: int, error: HeaderListTooLarge, end_stream: bool) -> None:
+        """A header list above the limit we announced (only with ``max_header_list``)."""
+        raise ProtocolError(str(error))
 
     def _on_ping_ack(self, payload: bytes) -> None:
         """The peer acknowledged a PING of ours (`payload`: its 8 bytes)."""

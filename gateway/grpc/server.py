@@ -28,10 +28,13 @@ PING, RST_STREAM (a cancelled call cancels its upstream call), GOAWAY when the p
 when a connection has had no call for ``idle_timeout_s`` (default 1 h, as Envoy's idle_timeout:
 well-behaved clients such as grpcio reconnect on their next call; PINGs are always answered).
 Refused rather than served: a message above the limit (RESOURCE_EXHAUSTED, as soon as its
-length prefix arrives), a compressed one (UNIMPLEMENTED), another content-type (HTTP 415,
-INVALID_ARGUMENT), an unknown method (UNIMPLEMENTED), HTTP/1.1 spoken to the port (an HTTP/1.1
-400 saying where HTTP goes), anything else that is not HTTP/2 (GOAWAY). Several workers
-share the port with SO_REUSEPORT (``reuse_port=True``); with ``tls`` it is TLS with ALPN h2::
+length prefix arrives), metadata above SETTINGS_MAX_HEADER_LIST_SIZE (16 KiB by default, as
+grpc-go's: RESOURCE_EXHAUSTED, ``request_header_too_large``; the connection goes on), a
+compressed message (UNIMPLEMENTED), another content-type (HTTP 415, INVALID_ARGUMENT), an
+unknown method (UNIMPLEMENTED), HTTP/1.1 spoken to the port (an HTTP/1.1 400 saying where HTTP
+goes), anything else that is not HTTP/2 (GOAWAY). Each refusal is counted and logged as the
+plane's are (``DataPlane.refused``). Several workers share the port with SO_REUSEPORT
+(``reuse_port=True``); with ``tls`` it is TLS with ALPN h2::
 
     server = await start_grpc_gateway(plane, "127.0.0.1", 8001)   # meshgate up --grpc-port 8001
     ...
@@ -71,7 +74,7 @@ from models.oip_proto import (
 )
 from router import reasons
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "GrpcGateway", "start_grpc_gateway"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_HEADER_LIST_BYTES", "GrpcGateway", "start_grpc_gateway"]
 
 log = logging.getLogger("meshgate.grpc")
 
@@ -95,6 +98,9 @@ _STREAM_WINDOW = 4 << 20  # what a client may send on a stream before our WINDOW
 _CONN_WINDOW = 16 << 20  # ... and on the connection
 _MAX_FRAME = 1 << 20  # the largest frame a client may send us (fewer frames for big tensors)
 _PREFACE_TIMEOUT_S = 10.0
+#: SETTINGS_MAX_HEADER_LIST_SIZE: a call's metadata above this (names, values, 32 bytes a field)
+#: is refused with RESOURCE_EXHAUSTED; grpc-go's default (Envoy takes 60 KiB)
+DEFAULT_MAX_HEADER_LIST_BYTES = 16 * 1024
 #: a connection with no call open this long is closed (GOAWAY NO_ERROR: clients reconnect when
 #: they next call); Envoy's default idle_timeout, gRPC's max_connection_idle does the same
 DEFAULT_IDLE_TIMEOUT_S = 3600.0
@@ -276,7 +282,7 @@ class _Connection(_h2.Connection):
     recv_conn_window = _CONN_WINDOW
 
     def __init__(self, server: GrpcGateway) -> None:
-        super().__init__()
+        super().__init__(max_header_list=server.max_header_list_bytes)
         # global
         self._server = server
         self._service = server.service
@@ -330,6 +336,7 @@ class _Connection(_h2.Connection):
                 self._timer = self._loop.call_later(self._idle_timeout, self._idle_check)
             pairs = {_h2.MAX_CONCURRENT_STREAMS: _MAX_STREAMS, _h2.INITIAL_WINDOW_SIZE: _STREAM_WINDOW}
             pairs.update({_h2.MAX_FRAME_SIZE: _MAX_FRAME, _h2.ENABLE_PUSH: 0})
+            pairs[_h2.MAX_HEADER_LIST_SIZE] = self._server.max_header_list_bytes
             self.transport.write(self.greeting(pairs))  # type: ignore[union-attr]
             data = got[len(_h2.PREFACE) :]
             if not data:
@@ -396,7 +403,14 @@ class _Connection(_h2.Connection):
             self.drain()
 
     # -- streams in --------------------------------------------------------------------------
-    def _on_headers(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+    def _on_large_headers(self, sid: int, error: _h2.HeaderListTooLarge, end_stream: bool) -> None:
+        """A request head above SETTINGS_MAX_HEADER_LIST_SIZE: a trailers-only
+        RESOURCE_EXHAUSTED (request_header_too_large); the connection goes on."""
+        self._on_headers(sid, error.headers, end_stream, error.size)
+
+    def _on_headers(
+        self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool, oversize: int = 0
+    ) -> None:
         rpc: _Rpc | None = self.streams.get(sid)  # type: ignore[assignment]
         if rpc is not None:  # trailers from the client: only their end counts
             if end_stream:
@@ -413,6 +427,10 @@ class _Connection(_h2.Connection):
         rpc = _Rpc(self, sid, headers)
         self.streams[sid] = rpc
         problem = self._check_head(rpc, headers)
+        if oversize:  # refused, still read for its log line (path, request id)
+            limit = self._server.max_header_list_bytes
+            text = f"the request's metadata ({oversize} bytes) exceeds the limit of {limit} bytes"
+            problem = (8, text, reasons.REQUEST_HEADER_TOO_LARGE, 200)
         if problem is not None:
             self._refuse_early(rpc, *problem)
         elif end_stream:
@@ -668,10 +686,20 @@ class GrpcGateway:
     """The listening gRPC port; ``close()`` stops it."""
 
     def __init__(
-        self, plane: DataPlane, max_message_bytes: int, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+        self,
+        plane: DataPlane,
+        max_message_bytes: int,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        max_header_list_bytes: int = DEFAULT_MAX_HEADER_LIST_BYTES,
     ) -> None:
         if idle_timeout_s < 0:
             raise ValueError(f"the gRPC idle timeout must be 0 (never) or positive, not {idle_timeout_s}")
+        if not 0 < max_header_list_bytes <= _h2.HeaderCache.HARD_LIST:
+            raise ValueError(
+                f"the gRPC header list limit must be 1..{_h2.HeaderCache.HARD_LIST} bytes, "
+                f"not {max_header_list_bytes}"
+            )
+        self.max_header_list_bytes = max_header_list_bytes
         self.plane = plane
         self.service = _Service(plane)
         self.max_message_bytes = max_message_bytes
@@ -714,16 +742,18 @@ async def start_grpc_gateway(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     tls: ssl.SSLContext | None = None,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    max_header_list_bytes: int = DEFAULT_MAX_HEADER_LIST_BYTES,
 ) -> GrpcGateway:
     """Serve `plane` over gRPC on host:port (0: a free one); installs the gRPC client too.
     `tls`: a server context of its own (the data port's public certificate, ``--tls-cert``); it
     gets ALPN h2. `idle_timeout_s`: a connection without calls that long is closed with GOAWAY
-    NO_ERROR (0: never)."""
+    NO_ERROR (0: never). `max_header_list_bytes`: SETTINGS_MAX_HEADER_LIST_SIZE, announced and
+    enforced (a call above it: RESOURCE_EXHAUSTED)."""
     if "v2-grpc" not in plane.upstreams.pools:
         install_client(plane, GrpcPool(max_message_bytes))
     if tls is not None:
         tls.set_alpn_protocols(["h2"])
-    gateway = GrpcGateway(plane, max_message_bytes, idle_timeout_s)
+    gateway = GrpcGateway(plane, max_message_bytes, idle_timeout_s, max_header_list_bytes)
     loop = asyncio.get_running_loop()
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

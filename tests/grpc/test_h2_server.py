@@ -518,3 +518,64 @@ async def test_the_calls_the_port_refuses_are_logged_and_counted_as_the_planes_r
         ):
             sample = f'meshgate_requests_total{{code="{code}",model="",reason="{reason}",version=""}} {n}.0'
             assert sample in exposition, exposition
+
+
+async def test_metadata_above_the_announced_header_list_size_is_refused_and_the_connection_goes_on() -> None:
+    async with upstream(scripted([])) as url, serving(url) as (plane, gateway):
+        raw = await _Raw.open(gateway.port)
+        try:
+            kind, _, _, payload = await raw.frame()
+            assert kind == _h2.SETTINGS and (_h2.MAX_HEADER_LIST_SIZE, 16384) in _settings(payload)
+            # 18 KB of metadata over HEADERS + CONTINUATION, indexed: the dynamic table must stay in step
+            encoder = Encoder()
+            fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER.encode())]
+            fields += [(b":authority", b"gw"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+            metadata = [(b"x-big-%d" % i, b"b" * 1800) for i in range(10)]
+            big = encoder.encode([*fields, (b"x-request-id", b"big-1"), *metadata])
+            raw.send(
+                _h2.frame(_h2.HEADERS, 0, 1, big[:8000]),
+                _h2.frame(_h2.CONTINUATION, _h2.END_HEADERS, 1, big[8000:]),
+                _h2.frame(_h2.DATA, _h2.END_STREAM, 1, _message(infer_request(model="m"))),
+            )
+            _, _, trailers = await raw.answer(1)
+            assert trailers[b"grpc-status"] == b"8", trailers  # RESOURCE_EXHAUSTED
+            assert trailers[b"x-meshgate-error"] == b"request_header_too_large"
+            assert b"16384" in trailers[b"grpc-message"]
+            # the next call refers to what the refused block put in the table: it is served
+            block = encoder.encode([*fields, metadata[-1]])
+            assert len(block) < 100  # x-big-9 (1800 bytes) as an index into the table
+            raw.send(
+                _h2.frame(_h2.HEADERS, _h2.END_HEADERS, 3, block),
+                _h2.frame(_h2.DATA, _h2.END_STREAM, 3, _message(infer_request(model="m"))),
+            )
+            head, _, trailers = await raw.answer(3)
+            assert trailers[b"grpc-status"] == b"0" and head[b"x-meshgate-version"] == b"v1"
+            assert plane.rejected == {"request_header_too_large": 1}
+        finally:
+            raw.close()
+        # grpcio: metadata within the limit is served, larger is refused as RESOURCE_EXHAUSTED saying why
+        async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
+            infer = channel.unary_unary(INFER)
+            body = await infer(infer_request(model="m"), timeout=10, metadata=(("x-meta", "m" * 8000),))
+            assert ModelInferResponse.FromString(body).model_version == "v1"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await infer(infer_request(model="m"), timeout=10, metadata=(("x-meta", "m" * 20_000),))
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+            assert "exceeds the limit of 16384 bytes" in info.value.details()
+            body = await infer(infer_request(model="m"), timeout=10)  # the channel goes on
+            assert ModelInferResponse.FromString(body).model_version == "v1"
+
+
+def test_a_header_list_above_the_limit_is_measured_once_decoded_and_never_remembered() -> None:
+    cache, encoder = _h2.HeaderCache(max_list=100), Encoder()
+    small = encoder.encode([(b"x-a", b"1")])  # 3 + 1 + 32 = 36 bytes
+    assert cache.decode(small) == [(b"x-a", b"1")]
+    indexed = encoder.encode([(b"x-a", b"1"), (b"x-a", b"1"), (b"x-a", b"1")])  # 108 bytes, 3 bytes of block
+    for _ in range(2):
+        with pytest.raises(_h2.HeaderListTooLarge) as info:
+            cache.decode(indexed)
+        assert info.value.size == 108 and info.value.headers == [(b"x-a", b"1")] * 3
+    with pytest.raises(_h2.HeaderListTooLarge):
+        cache.decode(encoder.encode([(b"x-b", b"2" * 100)]))  # refused, yet x-b entered the table
+    again = encoder.encode([(b"x-a", b"1")])
+    assert again == b"\xbf" and cache.decode(again) == [(b"x-a", b"1")]  # x-a is second newest now
