@@ -28,6 +28,7 @@ from gateway.control.canary_loop import run_canary_loop
 from gateway.dataplane.health_checks import HealthChecker
 from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.measure import Measurement
+from gateway.dataplane.openai_routes import LLM_BODY_BYTES
 from gateway.dataplane.plane import DataPlane
 from gateway.grpc.client import install_client
 from gateway.http import Server, ServerLimits, UpstreamPool, start_server, tune_gc
@@ -62,6 +63,7 @@ class ProcessOptions:
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
     max_body_bytes: int = 64 * 1024 * 1024
+    llm_body_bytes: int = LLM_BODY_BYTES  # the LLM routes' bodies (read whole), within max_body_bytes
     run_data_plane: bool = True
     run_control_plane: bool = True
     workers: int = 1  # data-plane processes on one port (gateway.supervisor runs them)
@@ -141,6 +143,7 @@ async def _start(opts: ProcessOptions) -> Running:
     if opts.run_data_plane:
         pool = UpstreamPool()
         plane = DataPlane(pool)
+        plane.llm_body_bytes = opts.llm_body_bytes
         running.plane = plane
         grpc_pool = install_client(plane)  # versions of protocol v2-grpc are called over HTTP/2
         measurement = Measurement(store)

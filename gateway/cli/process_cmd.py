@@ -79,6 +79,13 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
             help="largest accepted request body; larger ones get 413 (default 64 MiB)",
         )
         p.add_argument(
+            "--llm-body-bytes",
+            type=_positive_int,
+            default=32 * 1024 * 1024,
+            help="largest body of the LLM routes (/v1/chat/completions, ...), read whole; larger ones "
+            "get 413 in OpenAI's error shape (default 32 MiB; --max-body-bytes caps it)",
+        )
+        p.add_argument(
             "--access-log",
             action=argparse.BooleanOptionalAction,
             default=None,
@@ -207,6 +214,7 @@ def _options(args: argparse.Namespace, *, data: bool, admin: bool):
             opts.grpc_idle_timeout_s = args.grpc_idle_timeout_s
         if args.grpc_max_header_list_bytes is not None:
             opts.grpc_max_header_list_bytes = args.grpc_max_header_list_bytes
+        opts.llm_body_bytes = args.llm_body_bytes
         opts.extra["access_log"] = args.access_log
     if admin:
         opts.admin_host, opts.admin_port = args.admin_host, args.admin_port

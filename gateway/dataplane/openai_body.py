@@ -5,7 +5,8 @@ pinned as ``"chat/v2"``), ``stream`` and ``stream_options``. `read_body` scans t
 level once (the C scanner parses each value; the positions of ``model`` and
 ``stream_options`` are kept), so that `LlmBody.for_upstream` can hand the upstream the body
 unchanged except for the spliced-in upstream model name and, for a stream, the
-``stream_options.include_usage: true`` that makes the upstream send its usage chunk. A nested
+``stream_options.include_usage: true`` that makes the upstream send its usage chunk: the
+bytes as received when nothing changes, else one copy (bodies run to megabytes). A nested
 ``"model"`` (in a tool schema, in a message) is never touched. Malformed input raises
 `BodyProblem` with OpenAI's ``param`` and ``code``.
 """
@@ -43,6 +44,7 @@ Span = tuple[int, int]
 class LlmBody:
     """The routed fields of one request body and where they sit in its text."""
 
+    raw: bytes  # the body as received
     text: str
     model: str  # the meshgate model (before any "/version")
     pinned: str | None  # the version pinned by "model/version"
@@ -64,17 +66,19 @@ class LlmBody:
                 edits.append((*self.options_span, json.dumps({**(self.options or {}), **_USAGE_ON})))
             else:
                 edits.append((self.end, self.end, ',"stream_options":{"include_usage":true}'))
-        text = self.text
         if not edits:
-            return text.encode()
+            return self.raw
         edits.sort()
-        parts: list[str] = []
+        text = self.text
+        ascii_only = len(text) == len(self.raw)  # then the text's indices are the bytes'
+        source = memoryview(self.raw) if ascii_only else text  # slices of a view copy nothing
+        parts: list = []
         pos = 0
         for start, stop, value in edits:
-            parts += (text[pos:start], value)
+            parts += (source[pos:start], value.encode() if ascii_only else value)
             pos = stop
-        parts.append(text[pos:])
-        return "".join(parts).encode()
+        parts.append(source[pos:])
+        return b"".join(parts) if ascii_only else "".join(parts).encode()
 
 
 def _members(text: str) -> tuple[dict[str, tuple[Any, int, int]], int]:
@@ -197,5 +201,5 @@ def read_body(body: bytes, streams: bool = True) -> LlmBody:
             include_usage = bool(usage)
             options_span = (o_start, o_stop)
     return LlmBody(
-        text, name, pinned or None, stream, include_usage, (m_start, m_stop), options, options_span, end
+        body, text, name, pinned or None, stream, include_usage, (m_start, m_stop), options, options_span, end
     )

@@ -12,7 +12,14 @@ default version) and run by an ``LlmExchange`` on the same attempt machine. Ever
 an OpenAI error document with ``x-meshgate-error``: 400 for a body the gateway cannot route
 on, 401/403/429 from the key gate, 404 for an unknown model or version (and, on the GET routes,
 for a model the client key may not use: the list does not show it either), 405 for the wrong
-method, 413 for a body above the engine's buffered limit (LLM bodies are read whole).
+method, 413 for a body above ``plane.llm_body_bytes`` (`LLM_BODY_BYTES` unless the process
+sets it: ``--llm-body-bytes``; the engine's ``--max-body-bytes`` caps every body before that).
+
+LLM bodies are read whole: the routes must read ``model`` before routing and may replay the
+body on a retry or fallback. One up to the engine's buffered limit (1 MiB) comes whole in
+``request.body``; a larger one arrives through ``request.stream``, whose chunks are kept as they
+come and joined once at its end (a declared length above the limit is refused before any of
+it is read, a chunked body as soon as it passes the limit).
 
 Provider keys are references (``env:VAR``, ``file:PATH``); `ProviderKeys` reads each one
 when first needed and again at most every `ProviderKeys.REFRESH_S` (a rotated file is seen).
@@ -31,10 +38,10 @@ from gateway.clientkeys.gate import openai_error
 from gateway.dataplane.openai_body import BodyProblem, read_body
 from gateway.dataplane.openai_exchange import LlmExchange, error_type
 from gateway.dataplane.requests import DROP_UPSTREAM, REQUEST_ID_HEADER, routing_headers
-from gateway.http import date_header, proxy_headers
+from gateway.http import StreamError, date_header, proxy_headers
 from router import reasons
 from router.choose import choose_version
-from router.client_keys import KeyCheck
+from router.client_keys import ClientKey, KeyCheck
 from router.deadline import Deadline, DeadlineHeaderError
 
 if TYPE_CHECKING:
@@ -42,7 +49,11 @@ if TYPE_CHECKING:
     from gateway.http import Request, Responder
     from router.table import ModelRoute
 
-__all__ = ["OpenAiRoutes", "ProviderKeys"]
+__all__ = ["LLM_BODY_BYTES", "OpenAiRoutes", "ProviderKeys"]
+
+#: the default largest body of an LLM route: long-context prompts run to megabytes (OpenAI and
+#: vLLM take them; LiteLLM's and Kong's AI proxies default to tens of MiB)
+LLM_BODY_BYTES = 32 * 1024 * 1024
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -199,22 +210,69 @@ class OpenAiRoutes:
         if caller.refusal is not None:
             self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
             return
-        raw = request.body
-        if raw is None:  # larger than the engine's buffered limit: an LLM body is read whole
-            self._refuse(
-                request,
-                responder,
-                reasons.PAYLOAD_TOO_LARGE,
-                "the request body is too large for this gateway's LLM routes",
-                code="request_too_large",
-            )
+        if request.body is not None:
+            self._route(request, responder, path, streams, caller.key, request.body)
+        else:
+            self._read_whole(request, responder, path, streams, caller.key)
+
+    def _too_large(self, request: Request, responder: Responder) -> None:
+        limit = self.plane.llm_body_bytes
+        message = f"the request body is larger than this gateway's LLM routes accept ({limit} bytes)"
+        self._refuse(request, responder, reasons.PAYLOAD_TOO_LARGE, message, code="request_too_large")
+
+    def _read_whole(
+        self, request: Request, responder: Responder, path: bytes, streams: bool, key: ClientKey | None
+    ) -> None:
+        """A body above the engine's buffered limit, from ``request.stream``: its chunks as they
+        come, joined once at its end (see the module docstring)."""
+        stream = request.stream
+        assert stream is not None
+        limit = self.plane.llm_body_bytes
+        if stream.length is not None and stream.length > limit:
+            self._too_large(request, responder)
             return
+        chunks: list[bytes] | None = []
+
+        def on_data(chunk: bytes) -> None:
+            nonlocal chunks
+            if chunks is None:
+                return  # refused: the engine discards the rest as it closes the connection
+            chunks.append(chunk)
+            if stream.received > limit:
+                chunks = None
+                self._too_large(request, responder)
+
+        def on_end(error: Exception | None) -> None:
+            if chunks is None:
+                return
+            if error is None:
+                self._route(request, responder, path, streams, key, b"".join(chunks))
+                return
+            # the client left mid-upload (nobody hears the answer: it is counted and logged), or
+            # the engine refused the rest (above --max-body-bytes, a malformed chunk)
+            code = error.code if isinstance(error, StreamError) else reasons.INTERNAL_ERROR
+            problem = "request_too_large" if code == reasons.PAYLOAD_TOO_LARGE else None
+            self._refuse(request, responder, code, str(error), code=problem)
+
+        stream.start(on_data, on_end)
+
+    def _route(
+        self,
+        request: Request,
+        responder: Responder,
+        path: bytes,
+        streams: bool,
+        client_key: ClientKey | None,
+        raw: bytes,
+    ) -> None:
+        """Read the body, admit the request for its model, route it and start its exchange."""
+        plane = self.plane
         try:
             body = read_body(raw, streams)
         except BodyProblem as problem:
             self._refuse(request, responder, reasons.BAD_REQUEST, str(problem), problem.param, problem.code)
             return
-        adm = plane.key_gate.admit_key(caller.key, body.model)
+        adm = plane.key_gate.admit_key(client_key, body.model)
         if adm.refusal is not None:
             reason = dict(adm.refusal[1]).get(b"x-meshgate-error", b"invalid_api_key").decode()
             self._refused(request, responder, reason, adm.refusal)

@@ -26,7 +26,7 @@ from experiments.ofrep import OfrepService
 from gateway.clientkeys.gate import KeyGate
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.headers import response_headers
-from gateway.dataplane.openai_routes import OpenAiRoutes
+from gateway.dataplane.openai_routes import LLM_BODY_BYTES, OpenAiRoutes
 from gateway.dataplane.requests import (
     DROP_UPSTREAM,
     REQUEST_ID_HEADER,
@@ -223,6 +223,7 @@ class DataPlane:
         self._versions: dict[str, dict[str, VersionState]] = {}  # model -> version -> state
         self._parsed: dict[bytes, tuple[str, str | None, str | None] | str] = {}  # target -> route
         self._shadows: dict[tuple[str, str, str], Any] = {}  # ShadowStats or LlmShadowStats
+        self.llm_body_bytes = LLM_BODY_BYTES  # the LLM routes read bodies whole, up to this
         # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}]
         OpenAiRoutes(self).install()
 

@@ -71,3 +71,28 @@ async def test_a_client_leaving_is_client_closed_and_no_failure_of_the_model(bod
     assert seen == [(499, CLIENT_CLOSED)], health
     assert health["endpoints"][0]["consecutive_failures"] == 0
     assert health["breaker"]["state"] == "closed"
+
+
+async def test_a_client_leaving_mid_upload_of_an_llm_body_is_client_closed() -> None:
+    """An LLM body above the engine's buffered limit is read whole by the route before routing:
+    a client that leaves while sending it is refused client_closed (counted, logged), like an
+    OIP one; a chunked body above the LLM routes' limit gets 413 once it passes it."""
+    async with gateway(one_model({"v1": ([f"http://{HOST}:9"], {})})) as (plane, port):
+        refused: list[tuple[int, str]] = []
+        plane.refusal_observers.append(lambda request, status, reason, grpc: refused.append((status, reason)))
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        async with raw_connection(port) as (_, writer):
+            writer.write(head + b"content-length: %d\r\n\r\n" % (4 << 20) + b" " * (2 << 20))
+            await writer.drain()
+            await await_for(lambda: plane.stats.requests, what="the request at the gateway")
+        await await_for(lambda: refused, what="the refusal")
+        assert refused == [(499, CLIENT_CLOSED)] and plane.rejected == {CLIENT_CLOSED: 1}
+        plane.llm_body_bytes = 3 << 20
+        async with raw_connection(port) as (reader, writer):
+            writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+            for _ in range(4):
+                writer.write(b"%x\r\n%b\r\n" % (1 << 20, b" " * (1 << 20)))
+            await writer.drain()
+            answer = await reader.read(65536)
+        assert answer.startswith(b"HTTP/1.1 413 ") and b'"code":"request_too_large"' in answer
+        assert b"connection: close" in answer and refused[-1] == (413, "payload_too_large")

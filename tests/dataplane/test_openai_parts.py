@@ -29,6 +29,13 @@ def test_only_the_top_level_model_is_rewritten_and_the_rest_is_byte_for_byte():
     assert json.loads(out)["messages"][0]["model"] == "inner"
 
 
+def test_a_body_with_utf8_text_is_rewritten_byte_for_byte_too():
+    """The scan's positions are the text's; in UTF-8 beyond ASCII they are not the bytes'."""
+    raw = '{"messages": [{"content": "ça, déjà — 王"}], "model": "chat", "stream": true}'.encode()
+    out = read_body(raw).for_upstream("tinylm", "chat")
+    assert out == raw.replace(b'"chat"', b'"tinylm"')[:-1] + b',"stream_options":{"include_usage":true}}'
+
+
 def test_stream_options_keep_what_the_client_sent():
     body = read_body(b'{"stream_options": {"x": 1}, "model": "chat", "stream": true}')
     doc = json.loads(body.for_upstream("chat", "chat"))
@@ -36,7 +43,7 @@ def test_stream_options_keep_what_the_client_sent():
     asked = read_body(b'{"model": "chat", "stream": true, "stream_options": {"include_usage": true}}')
     assert asked.include_usage and asked.for_upstream("chat", "chat") == asked.text.encode()
     whole = b'{"model":"chat","stream":false}'
-    assert read_body(whole).for_upstream("chat", "chat") == whole  # nothing to change: no copy made
+    assert read_body(whole).for_upstream("chat", "chat") is whole  # nothing to change: no copy made
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,7 @@ def test_the_key_is_checked_before_the_body_is_read(keyed):
     _error(_post(mesh, BAD_JSON, None), 401, "missing_api_key")
     _error(_post(mesh, BAD_JSON, "mg-nope_nope"), 401, "invalid_api_key")
     _error(_post(mesh, BAD_JSON, key), 400, "invalid_request_error")
-    big = b'{"model": "chat", "prompt": "' + b"a" * (2 << 20) + b'"}'  # above the 1 MiB read whole
+    big = b'{"model": "chat", "prompt": "' + b"a" * (32 << 20) + b'"}'  # above the LLM routes' 32 MiB
     _error(_post(mesh, big, None), 401, "missing_api_key")
     _error(_post(mesh, big, key), 413, "request_too_large")
     created = mesh.admin.post("/v1/keys", json={"name": "gone"})

@@ -174,7 +174,7 @@ def test_the_sdk_retrieves_a_model_and_a_pinned_version(llm):
         assert caught.value.param == "model" and caught.value.type == "invalid_request_error"
 
 
-BIG = b'{"model": "chat", "prompt": "' + b"a " * 600_000 + b'"}'
+BIG = b'{"model": "chat", "prompt": "' + b"a" * (32 << 20) + b'"}'  # above the LLM routes' 32 MiB
 
 
 @pytest.mark.parametrize(
