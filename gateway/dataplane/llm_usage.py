@@ -7,9 +7,10 @@ figures. Times are seconds on the monotonic clock; token counts come from the up
 ``usage`` object (for streams, the usage chunk the gateway asks for), cost from the version's
 prices per million tokens. A figure the gateway could not know is ``None``, never 0.
 
-A client key is charged ``charged_tokens``: the upstream's count when it came, else for a
-stream that relayed events without one (the client left, the stream broke, the upstream does
-not send usage) an estimate, so that leaving a stream early does not escape the key's tpm.
+A client key is charged ``charged_tokens``: the upstream's count when it came, else an
+estimate for a stream that relayed events without one (the client left, the stream broke, the
+upstream does not send usage) and for a request, streamed or not, whose client left while the
+upstream had it, so that leaving early does not escape the key's tpm.
 """
 
 from __future__ import annotations
@@ -63,13 +64,15 @@ def cost_usd(prices: LlmRoute, prompt: int | None, completion: int | None) -> fl
     return ((prompt or 0) * (prices.price_in or 0.0) + (completion or 0) * (prices.price_out or 0.0)) / 1e6
 
 
-def charged_tokens(usage: LlmUsage, body_chars: int) -> int | None:
+def charged_tokens(usage: LlmUsage, body_chars: int, left_in_flight: bool = False) -> int | None:
     """The tokens a request counts against its client key: the upstream's usage when it came;
-    for a stream that relayed events but no usage, the prompt estimated from the request
-    body's ``body_chars`` plus one token per event relayed (OpenAI and vLLM stream about a
-    token an event; the role and finish events count one each). None: nothing to charge (no
-    usage and nothing relayed: the upstream refused or failed before its first event)."""
+    else, for a stream that relayed events or a request whose client left while the upstream
+    had it (`left_in_flight`: its prompt was sent and is being processed), the prompt estimated
+    from the request body's ``body_chars`` plus one token per event relayed (OpenAI and vLLM
+    stream about a token an event; the role and finish events count one each). None: nothing
+    to charge (no usage and nothing relayed, and no upstream working on it when the client left:
+    refused, or failed before its first event)."""
     total = usage.total_tokens
-    if total is not None or not usage.events:
+    if total is not None or not (usage.events or left_in_flight):
         return total
     return math.ceil(body_chars / CHARS_PER_TOKEN) + usage.events

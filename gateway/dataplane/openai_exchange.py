@@ -296,17 +296,21 @@ class LlmExchange(Exchange):
         self._charge()
         self._plane.completed(self, status, reason, response)
 
-    def _charge(self) -> None:
-        """Count the request's tokens against its client key (an estimate for a stream that
-        ended without its usage: gateway.dataplane.llm_usage.charged_tokens)."""
-        self._plane.key_gate.record(self._key_id, charged_tokens(self.llm, len(self._llm_body.text)))  # type: ignore[arg-type]
+    def _charge(self, left_in_flight: bool = False) -> None:
+        """Count the request's tokens against its client key (an estimate without the upstream's
+        usage: gateway.dataplane.llm_usage.charged_tokens)."""
+        tokens = charged_tokens(self.llm, len(self._llm_body.text), left_in_flight)  # type: ignore[arg-type]
+        self._plane.key_gate.record(self._key_id, tokens)
 
     def _client_gone(self) -> None:
-        relay = self._relay
-        if relay is not None and not self.done:
-            relay.stop()
-            relay.measure(self._plane.now())
-            self._charge()  # what it was sent counts, though it left before the usage chunk
+        if not self.done:
+            relay = self._relay
+            if relay is not None:
+                relay.stop()
+                relay.measure(self._plane.now())
+            # the prompt it sent counts though it left before the usage (whole answer or stream),
+            # when the upstream has it (a call in flight, or the stream being relayed)
+            self._charge(self._handle is not None)
         super()._client_gone()
 
     # -- the stream's end ----------------------------------------------------------------

@@ -18,3 +18,11 @@ def test_a_stream_without_usage_is_charged_the_prompts_estimate_and_its_events()
 def test_nothing_relayed_and_no_usage_charges_nothing():
     assert charged_tokens(LlmUsage(streamed=True), 400) is None  # refused or failed before an event
     assert charged_tokens(LlmUsage(streamed=False), 400) is None  # a whole answer without usage
+
+
+def test_a_client_leaving_while_the_upstream_has_the_request_is_charged_its_prompts_estimate():
+    # a whole answer, or a stream before its first event: 101 characters -> 26 tokens
+    assert charged_tokens(LlmUsage(streamed=False), 101, left_in_flight=True) == 26
+    assert charged_tokens(LlmUsage(streamed=True), 101, left_in_flight=True) == 26
+    assert charged_tokens(LlmUsage(streamed=True, events=7), 101, left_in_flight=True) == 26 + 7
+    assert charged_tokens(LlmUsage(streamed=False, prompt_tokens=12), 101, left_in_flight=True) == 12

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 
 import httpx
 import openai
@@ -155,4 +156,39 @@ def test_a_stream_the_client_leaves_still_counts_its_tokens(keyed, faults):
     assert "leaver" in mesh.cli("keys", "list").stdout
     again = json.dumps({**doc, "stream": False})
     refused = mesh.data.post("/v1/chat/completions", content=again, headers=auth)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole-answer", "stream-before-its-first-event"])
+def test_a_client_leaving_before_its_answer_is_charged_its_prompt(keyed, faults, stream):
+    """A client that leaves while the upstream works on its request (no answer yet, whole or
+    streamed) is charged the prompt's estimate, a token per 4 characters of the body
+    (docs/client-keys.md): its prompt was sent and processed whatever it does next."""
+    mesh, v1, _ = keyed
+    name = f"left-{'stream' if stream else 'whole'}"
+    body = json.dumps({"model": "chat", "messages": CHAT, "max_tokens": 50, "stream": stream}).encode()
+    prompt = math.ceil(len(body) / 4)
+    created = mesh.admin.post("/v1/keys", json={"name": name, "tpm": prompt})
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    auth = {"authorization": f"Bearer {key}"}
+    wait_for(lambda: mesh.data.get("/v1/models", headers=auth).status_code, lambda s: s == 200, what="key")
+    faults(v1, time_to_first_token_ms=30_000)  # the upstream is far from answering
+    before = httpx.get(f"{v1}/v2/debug/stats").json()["requests"]
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", int(mesh.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(head.encode() + body)
+        wait_for(lambda: httpx.get(f"{v1}/v2/debug/stats").json()["requests"], lambda n: n > before,
+                 what="the request at the upstream")  # fmt: skip
+    usage = wait_for(
+        lambda: mesh.admin.get(f"/v1/keys/{name}").json()["usage"],
+        lambda u: u["total_tokens"] > 0,
+        what="the prompt counted",
+    )
+    assert (usage["total_requests"], usage["total_tokens"], usage["remaining_tokens"]) == (1, prompt, 0)
+    faults(v1)
+    refused = mesh.data.post("/v1/chat/completions", content=body, headers=auth)
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
