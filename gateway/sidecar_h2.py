@@ -25,7 +25,9 @@ speaks the few frames needed to answer each stream with a trailers-only gRPC sta
 ``x-meshgate-error`` (HPACK literals without Huffman coding, which every decoder reads).
 
 Each side pauses reading while the other side's write buffer is over its high-water mark, and
-a side that closes closes the other after its buffered bytes are written.
+a side that closes closes the other after its buffered bytes are written: over TLS without
+waiting for the peer's close_notify, which gRPC clients never send (a model server that dies
+mid-call fails its relayed calls as UNAVAILABLE at once, not at their deadline).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HIGH_WATER = 1024 * 1024  # per side: a 16 MB message flows through without a pause per frame
 _MAX_FRAME = 16_384  # SETTINGS_MAX_FRAME_SIZE's default: what a Refusal accepts
 _REFUSAL_IDLE_S = 30.0  # a refused caller that sends nothing more is closed after this
+_HANG_UP_S = 0.25  # after a relay's TLS close: how often to look whether its bytes are out
 
 _MAX_HEADER_BLOCK = 256 * 1024  # a guarded relay's bound on one request header block
 _MAX_TABLE = 64 * 1024  # the largest HPACK dynamic table a guarded relay keeps for a caller
@@ -371,13 +374,14 @@ class Refusal(asyncio.Protocol):
 class _End(asyncio.Protocol):
     """One side of a relay: what it reads is written to the other side once the relay is linked."""
 
-    __slots__ = ("other", "pending", "relay", "transport")
+    __slots__ = ("lost", "other", "pending", "relay", "transport")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.other: _End | None = None  # set when both sides may talk
         self.pending: list[bytes] = []
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -408,7 +412,21 @@ class _End(asyncio.Protocol):
         return False  # close: the other side is closed after what it has buffered is written
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.relay.close()
+
+    def hang_up(self) -> None:
+        """After a TLS close: end the connection once what it buffered is written, not when the
+        peer's close_notify comes. gRPC clients send none and read ours as "more data wanted"
+        (grpc core), so they would keep the connection, and the calls on it, until the TLS
+        shutdown timeout (30 s) instead of failing them as UNAVAILABLE and reconnecting."""
+        transport = self.transport
+        if self.lost or transport is None:
+            return
+        if transport.get_write_buffer_size():  # still writing: look again
+            asyncio.get_running_loop().call_later(_HANG_UP_S, self.hang_up)
+        else:
+            transport.abort()
 
 
 Authorize = Callable[[object, str], tuple[str, str] | None]
@@ -688,12 +706,16 @@ class Relay:
         self._closed = True
         if self._connect is not None:
             self._connect.cancel()
+        loop = asyncio.get_running_loop()
         for side in (self.client, self.upstream):
-            if side.transport is not None and not side.transport.is_closing():
+            transport = side.transport
+            if transport is not None and not transport.is_closing():
                 if abort:
-                    side.transport.abort()
+                    transport.abort()
                 else:
-                    side.transport.close()
+                    transport.close()
+                    if transport.get_extra_info("sslcontext") is not None:  # TLS: see _End.hang_up
+                        loop.call_later(_HANG_UP_S, side.hang_up)  # what the socket holds goes first
         self._relays.forget(self)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ from models.oip_proto import ModelInferResponse
 from models.zoo import load_model
 from router.policy import TrafficPolicy
 from router.table import ModelRoute, RouteTable, VersionRoute
-from tests.support import HOST, await_for, free_port
+from tests.support import HOST, MESHGATE, Proc, await_for, free_port, wait_http
 
 from .harness import channel_to, scripted, serving, upstream
 from .messages import INFER, infer_request
@@ -121,3 +122,33 @@ async def test_a_call_in_flight_when_the_port_stops_is_answered() -> None:
         hold.set()
         assert ModelInferResponse.FromString(await call).model_version == "v1"
         await stopping
+
+
+@pytest.mark.anyio
+async def test_a_model_server_killed_mid_call_fails_the_call_as_unavailable_and_the_next_reconnects(
+    tmp_path,
+) -> None:
+    grpc_port = free_port()
+
+    def model(*extra: str) -> Proc:
+        port = free_port()
+        args = [*MESHGATE, "serve-model", "digits", "--version", "v1", "--name", "m", "--port", str(port)]
+        proc = Proc([*args, "--grpc-port", str(grpc_port), *extra], tmp_path / f"model-{port}.log")
+        wait_http(f"http://{HOST}:{port}/v2/health/ready", proc.popen)
+        return proc
+
+    proc = model("--hang-rate", "1")  # infer calls are never answered
+    try:
+        async with channel_to(f"http://{HOST}:{grpc_port}") as (plane, channel):
+            infer = channel.unary_unary(INFER)
+            call = infer(infer_request(model="m"), timeout=20)  # left waiting, it would end DEADLINE_EXCEEDED
+            await await_for(lambda: plane.stats.requests, what="the call reaching the plane")
+            proc.stop(signal.SIGKILL)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value
+            proc = model()  # restarted on the same port: the gateway's client connects again
+            answer = ModelInferResponse.FromString(await infer(infer_request(model="m"), timeout=20))
+            assert answer.model_version == "v1"
+    finally:
+        proc.stop()

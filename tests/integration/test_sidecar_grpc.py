@@ -11,11 +11,13 @@ name with ``grpc.ssl_target_name_override``.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -23,8 +25,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 
-from models.oip_proto import SERVICE, ModelReadyRequest, ModelReadyResponse, ServerLiveResponse
-from tests.support import HOST, Mesh, free_port, model_server, wait_for
+from models.oip_proto import (
+    SERVICE,
+    ModelInferResponse,
+    ModelReadyRequest,
+    ModelReadyResponse,
+    ServerLiveResponse,
+)
+from tests.grpc.messages import infer_request
+from tests.support import HOST, MESHGATE, Mesh, Proc, free_port, model_server, wait_for, wait_http
 from tests.support.mesh import (
     TD,
     Sidecar,
@@ -385,3 +394,46 @@ def test_outbound_grpc_to_a_mesh_port_without_http2_is_unavailable_with_the_reas
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "does not speak HTTP/2" in info.value.details()
     assert ("x-meshgate-error", "upstream_unreachable") in info.value.trailing_metadata()
+
+
+@contextmanager
+def _killable_model(tmp: Path, grpc_port: int, *extra: str) -> Iterator[Proc]:
+    """``meshgate serve-model digits`` on a given gRPC port, ready; stopped (if still running) after."""
+    port = free_port()
+    args = [*MESHGATE, "serve-model", "digits", "--version", "v1", "--port", str(port)]
+    proc = Proc([*args, "--grpc-port", str(grpc_port), *extra], tmp / f"killable-{grpc_port}-{port}.log")
+    try:
+        wait_http(f"http://{HOST}:{port}/v2/health/ready", proc.popen)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_a_model_server_that_dies_mid_call_fails_the_relayed_call_at_once_and_new_calls_reconnect(
+    mesh, tmp, certs
+) -> None:
+    """The relay closes the caller's connection when the model's closes, and over TLS a gRPC
+    client reads only the TCP close as one (grpc core takes a close_notify for "more data
+    wanted"): before, the relay's TLS close waited for the caller's close_notify and the call
+    for its deadline."""
+    grpc_port = free_port()
+    upstream = ("--grpc-upstream", f"http://{HOST}:{grpc_port}")
+    with (
+        _killable_model(tmp, grpc_port, "--hang-rate", "1") as model,
+        sidecar(mesh, tmp, "digits", "v1", "http://127.0.0.1:9", *upstream) as s,
+        _channel(s, certs, "gateway") as channel,
+    ):
+        assert ServerLiveResponse.FromString(
+            channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
+        ).live
+        infer = channel.unary_unary(f"/{SERVICE}/ModelInfer")
+        # --hang-rate 1: never answered. The deadline is under the TLS shutdown timeout (30 s), after
+        # which the relay's socket went at last: before, the call always ran into its deadline
+        call = infer.future(infer_request(model="digits"), timeout=20)
+        model.stop(signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as info:
+            call.result()
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value  # not DEADLINE_EXCEEDED
+        with _killable_model(tmp, grpc_port):  # restarted: the next call gets a new relay
+            answer = infer(infer_request(model="digits"), timeout=60, wait_for_ready=True)
+            assert ModelInferResponse.FromString(answer).model_version == "v1"
