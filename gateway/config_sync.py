@@ -35,6 +35,7 @@ class ConfigSync:
         self.error: str | None = None  # why the store's newest version is not in service
         self._tried = -1  # the newest version built, whether it compiled or not
         self._wake = asyncio.Event()
+        self._swapped = asyncio.Event()  # set (and replaced) at every swap
         self._unwatch: Callable[[], None] | None = None
 
     def _load(self) -> RouteTable | None:
@@ -58,8 +59,19 @@ class ConfigSync:
         self.error = None
         self.version = table.config_version
         self.on_table(table)
+        self._swapped.set()
+        self._swapped = asyncio.Event()
         log.info("route table at config version %d (%d models)", table.config_version, len(table.models))
         return True
+
+    async def caught_up(self, version: int) -> None:
+        """Return once the table in service is at config `version` or later: the store's
+        version right after a write, when the caller must see it served (a client key created
+        through the admin API beside this data plane works the moment the API answers)."""
+        while self.version < version:
+            swapped = self._swapped
+            if not await self.refresh() and self.version < version:
+                await swapped.wait()  # the run loop is building it (or a later version)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -217,6 +217,7 @@ async def _start(opts: ProcessOptions) -> Running:
             health=running.plane.health if running.plane else None,
             ca=ca,
             cert_lifetime_s=opts.cert_lifetime_s,
+            served=_served_by(running.sync) if running.sync is not None else None,
         )
         app = create_admin_app(cp)
         config = uvicorn.Config(
@@ -250,6 +251,22 @@ async def _start(opts: ProcessOptions) -> Running:
     if running.plane is not None:
         tune_gc()  # start-up objects frozen; the young generation collected far less often
     return running
+
+
+def _served_by(sync: ConfigSync, timeout_s: float = 5.0) -> Callable[[int], None]:
+    """What the admin API (in its worker threads) calls to wait until this process's data plane
+    serves a config version; after `timeout_s` (a store that does not answer) it answers anyway."""
+    loop = asyncio.get_running_loop()
+
+    def served(version: int) -> None:
+        waiting = asyncio.run_coroutine_threadsafe(sync.caught_up(version), loop)
+        try:
+            waiting.result(timeout_s)
+        except (TimeoutError, StoreUnavailable):
+            waiting.cancel()
+            log.warning("the data plane does not serve config version %d yet", version)
+
+    return served
 
 
 def _warn_persistence(store: Store) -> None:

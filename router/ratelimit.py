@@ -213,6 +213,12 @@ class Meter:
     def __repr__(self) -> str:
         return f"Meter(window={self.window}, cur={self.cur}, prev={self.prev}, lease={self.lease})"
 
+    @property
+    def sync_due(self) -> bool:
+        """Shared mode, and no sync has settled this minute yet (a new key on this gateway, or
+        the minute just began): its lease is what the next sync brings."""
+        return self.shared and not self.degraded and not self.synced
+
     def _roll(self, now: float) -> float:
         index, f = window_of(now)
         if index != self.window:

@@ -20,6 +20,14 @@ compiled key table and its own meters: nothing here awaits or touches the store 
 
 ``admit(authorization, model)`` does both steps at once.
 
+A key's first requests on a gateway in shared mode come before the gateway's first sync of it
+has brought a lease: the first is admitted without one, and ``admit_key(key, model,
+may_wait=True)`` answers the others ``waits`` (no refusal, nothing counted) instead of a 429:
+the caller hands a callback to ``after_sync(key.id, fn)``, which runs once the next sync of that
+key is over (the sync is asked for at once: ``on_wait``), and admits again then (without
+``may_wait``: a refusal then is a real one). The same holds in a minute's first moments when the
+lease reserved ahead for it runs out before its first sync.
+
 * No active key configured: every request is admitted (``key_id`` None, no headers).
 * A missing, unknown or revoked key: 401 ``invalid_api_key`` (the body's code is
   ``missing_api_key`` when none was sent).
@@ -38,9 +46,10 @@ carries ``x-meshgate-error`` with its ``router.reasons`` code, and ``gate.refuse
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from router.client_keys import ClientKey, KeyCheck, KeyTable
@@ -53,6 +62,7 @@ Headers = list[tuple[bytes, bytes]]
 Refusal = tuple[int, Headers, bytes]
 
 _JSON = (b"content-type", b"application/json")
+log = logging.getLogger("meshgate.clientkeys")
 
 
 class Caller(NamedTuple):
@@ -66,6 +76,8 @@ class Admission(NamedTuple):
     key_id: str | None
     headers: Headers
     refusal: Refusal | None = None
+    #: neither admitted nor refused: admit again after the key's next sync (``after_sync``)
+    waits: bool = False
 
 
 def openai_error(
@@ -118,6 +130,10 @@ class KeyGate:
         self.now = now
         self.meters: dict[str, Meter] = {}
         self.refused: dict[str, int] = {}  # by reason, for /metrics and tests
+        #: key id -> callbacks of the requests waiting for its next sync
+        self.waiting: dict[str, list[Callable[[], None]]] = {}
+        #: called when a request starts waiting: the sync (``KeySync``) runs at once
+        self.on_wait: Callable[[], None] | None = None
 
     def _meter(self, key: ClientKey) -> Meter:
         meter = self.meters.get(key.id)
@@ -169,9 +185,10 @@ class KeyGate:
             )
         return Caller(None, self._refuse(INVALID_API_KEY, refusal))
 
-    def admit_key(self, key: ClientKey | None, model: str) -> Admission:
+    def admit_key(self, key: ClientKey | None, model: str, may_wait: bool = False) -> Admission:
         """Admit an authenticated caller's request for ``model`` (the allowed models, then the
-        rate limits); ``key`` None (open routes) is always admitted."""
+        rate limits); ``key`` None (open routes) is always admitted. `may_wait`: a request that
+        only lacks the lease of a sync still to come waits for it (module docstring)."""
         if key is None:
             return Admission(None, [])  # a new list: the caller may extend it
         if not key.allows(model):
@@ -185,10 +202,13 @@ class KeyGate:
                 [],
             )
             return Admission(None, [], self._refuse(MODEL_NOT_ALLOWED, refusal))
-        verdict = self._meter(key).admit(self.now(), self.sync_s)
+        meter = self._meter(key)
+        verdict = meter.admit(self.now(), self.sync_s)
         headers = _limit_headers(verdict)
         if verdict.admitted:
             return Admission(key.id, headers)
+        if may_wait and meter.sync_due:
+            return Admission(key.id, [], None, True)
         wait = verdict.retry_after_s
         if math.isinf(wait):
             wait = 60.0
@@ -212,6 +232,21 @@ class KeyGate:
                 headers,
             ),
         )
+
+    def after_sync(self, key_id: str, callback: Callable[[], None]) -> None:
+        """Call `callback` once the next sync of the key is over (it is asked for now)."""
+        self.waiting.setdefault(key_id, []).append(callback)
+        if self.on_wait is not None:
+            self.on_wait()
+
+    def synced(self, key_ids: Iterable[str]) -> None:
+        """A sync of these keys is over (whether the store answered or not): run their waiters."""
+        for key_id in key_ids:
+            for callback in self.waiting.pop(key_id, ()):
+                try:
+                    callback()
+                except Exception:  # one request's failure is its own: the others still go on
+                    log.exception("a request waiting for the sync of key %s failed", key_id)
 
     def record(self, key_id: str | None, tokens: int | None) -> None:
         """Count an answer's tokens (prompt + completion) against its key's budget."""

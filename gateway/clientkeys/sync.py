@@ -10,6 +10,10 @@ mode the same call tops up the gateway's leases: it adds ``want`` to ``res``/``r
 what fits under the limit (``Meter.grant``), giving the rest back in a second call. The data
 plane never waits for any of it (``router.ratelimit`` explains the bound this gives).
 
+A request that waits for a key's next sync (``KeyGate.after_sync``: a key's first requests on
+this gateway, before its first lease) asks for that sync at once, and every sync ends by
+running the waiters of the keys it covered, whether the store answered or not.
+
 A failed sync keeps the counts for the next one and puts the meters in exact mode against
 the full limit until the store answers again (each gateway then limits on its own: up to G
 times the limit across G gateways while the store is down). A meter idle for two minutes,
@@ -20,6 +24,7 @@ resent (the error is on the side of refusing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -53,6 +58,8 @@ class KeySync:
         self.syncs = 0
         self._totals: dict[str, dict[str, int]] = {}  # all-time deltas not yet in the store
         self._idle: dict[str, int] = {}  # key id -> minute of its last sync with something sent
+        self._wake = asyncio.Event()  # a request waits for a sync: run it now
+        gate.on_wait = self._wake.set
 
     def _plan(self, flushes: Mapping[str, Flush]) -> dict[str, dict[str, int]]:
         adds: dict[str, dict[str, int]] = {}
@@ -94,20 +101,26 @@ class KeySync:
                 del self.gate.meters[key_id]  # idle: its lease (if any) lapses with its minute
                 del self._idle[key_id]
         if flushes:
-            adds = self._plan(flushes)
             try:
-                totals = await asyncio.to_thread(self.store.add_windows, NAMESPACE, adds, WINDOW_TTL_S)
-            except Exception as exc:  # whatever failed, the counts stay for the next sync
-                for key_id, flush in flushes.items():
-                    meters[key_id].sync_failed(flush)
-                self._unplan(flushes)
-                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            give_back = self._settle(meters, flushes, totals)
-            if give_back:
-                await asyncio.to_thread(self.store.add_windows, NAMESPACE, give_back, WINDOW_TTL_S)
+                await self._share(meters, flushes)
+            finally:  # settled, or in exact mode after a failure: the waiting requests go on
+                self.gate.synced(flushes)
         if self._totals:
             await asyncio.to_thread(self._flush_totals)
         self.syncs += 1
+
+    async def _share(self, meters: Mapping[str, Meter], flushes: Mapping[str, Flush]) -> None:
+        adds = self._plan(flushes)
+        try:
+            totals = await asyncio.to_thread(self.store.add_windows, NAMESPACE, adds, WINDOW_TTL_S)
+        except Exception as exc:  # whatever failed, the counts stay for the next sync
+            for key_id, flush in flushes.items():
+                meters[key_id].sync_failed(flush)
+            self._unplan(flushes)
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        give_back = self._settle(meters, flushes, totals)
+        if give_back:
+            await asyncio.to_thread(self.store.add_windows, NAMESPACE, give_back, WINDOW_TTL_S)
 
     def _settle(
         self,
@@ -178,6 +191,7 @@ class KeySync:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # a request waiting from now on gets the sync after this one at once
             try:
                 await self.sync()
                 self.failures = 0
@@ -188,7 +202,8 @@ class KeySync:
             except Exception:  # a defect must not stop the sharing for good
                 self.failures += 1
                 log.exception("client-key sync failed")
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
 
     async def aclose(self) -> None:
         """A last sync, so counts of the final interval reach the store."""

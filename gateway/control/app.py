@@ -42,6 +42,8 @@ class ControlPlane:
     health: Callable[[str], dict | None] | None = None  # the co-located data plane's health view
     ca: MeshCA | None = None  # the mesh CA: its routes and /v1/policies are mounted when set
     cert_lifetime_s: float | None = None  # the longest workload certificate it signs (default 24 h)
+    #: blocks (in an API worker thread) until the co-located data plane serves a config version
+    served: Callable[[int], None] | None = None
     registry: RegistryService = field(init=False)
     experiments: ExperimentsService = field(init=False)
     flags: FlagService = field(init=False)
@@ -76,7 +78,7 @@ def create_admin_app(cp: ControlPlane) -> FastAPI:
     app.include_router(health_router(cp.health), dependencies=auth)
     app.include_router(experiments_router(cp.experiments, cp.health), dependencies=auth)
     app.include_router(flags_router(cp.flags), dependencies=auth)
-    app.include_router(keys_router(cp.keys), dependencies=auth)
+    app.include_router(keys_router(cp.keys, cp.served), dependencies=auth)
     app.include_router(apply_router(cp.apply), dependencies=auth)
     if cp.ca is not None:
         mount_mesh(app, cp.store, cp.ca, auth, lifetime_s=cp.cert_lifetime_s or DEFAULT_LEAF_LIFETIME_S)

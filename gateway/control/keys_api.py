@@ -3,9 +3,15 @@
 ``POST /v1/keys`` creates one and answers the key itself, once; nothing else ever shows it.
 ``GET /v1/keys`` lists keys with their usage, ``GET /v1/keys/{name}`` shows one,
 ``PATCH /v1/keys/{name}`` changes the limits it names, ``DELETE /v1/keys/{name}`` revokes it.
+
+With a data plane in the same process (``meshgate up``), a write is answered once that data
+plane serves it: a created key works there the moment the call returns, a revoked one is
+refused. Other gateways get it with config propagation (docs/client-keys.md).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
@@ -58,12 +64,18 @@ class KeyList(BaseModel):
     keys: list[KeyOut]
 
 
-def keys_router(service: KeyService) -> APIRouter:
+def keys_router(service: KeyService, served: Callable[[int], None] | None = None) -> APIRouter:
+    """`served(version)`: returns once the co-located data plane serves config `version`."""
     router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+    def in_force() -> None:
+        if served is not None:
+            served(service.store.config_version())
 
     @router.post("", status_code=201)
     def create_key(body: KeyCreate) -> KeyCreated:
         doc, token = service.create(body.name, body.spec())
+        in_force()
         return KeyCreated(**doc, key=token)
 
     @router.get("")
@@ -78,11 +90,14 @@ def keys_router(service: KeyService) -> APIRouter:
     def update_key(name: str, body: KeyLimits) -> KeyOut:
         """Change the limits named in the body; the others stay (``null`` unsets a limit)."""
         changes = {f: getattr(body, f) for f in body.model_fields_set}
-        return KeyOut(**service.update(name, changes))
+        doc = service.update(name, changes)
+        in_force()
+        return KeyOut(**doc)
 
     @router.delete("/{name}", status_code=204)
     def revoke_key(name: str) -> Response:
         service.revoke(name)
+        in_force()
         return Response(status_code=204)
 
     return router

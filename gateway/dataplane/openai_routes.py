@@ -31,11 +31,12 @@ import json
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.clientkeys.gate import openai_error
-from gateway.dataplane.openai_body import BodyProblem, read_body
+from gateway.dataplane.openai_body import BodyProblem, LlmBody, read_body
 from gateway.dataplane.openai_exchange import LlmExchange, error_type
 from gateway.dataplane.requests import DROP_UPSTREAM, REQUEST_ID_HEADER, routing_headers
 from gateway.http import StreamError, date_header, proxy_headers
@@ -265,14 +266,33 @@ class OpenAiRoutes:
         client_key: ClientKey | None,
         raw: bytes,
     ) -> None:
-        """Read the body, admit the request for its model, route it and start its exchange."""
-        plane = self.plane
+        """Read the body, then admit the request."""
         try:
             body = read_body(raw, streams)
         except BodyProblem as problem:
             self._refuse(request, responder, reasons.BAD_REQUEST, str(problem), problem.param, problem.code)
             return
-        adm = plane.key_gate.admit_key(client_key, body.model)
+        self._admit(request, responder, path, client_key, body, True)
+
+    def _admit(
+        self,
+        request: Request,
+        responder: Responder,
+        path: bytes,
+        client_key: ClientKey | None,
+        body: LlmBody,
+        may_wait: bool,
+    ) -> None:
+        """Admit the request for its model (or wait for its key's first lease: KeyGate), route
+        it and start its exchange."""
+        plane = self.plane
+        adm = plane.key_gate.admit_key(client_key, body.model, may_wait)
+        if adm.waits:
+            plane.key_gate.after_sync(
+                adm.key_id,  # type: ignore[arg-type]
+                partial(self._admit_later, request, responder, path, client_key, body),
+            )
+            return
         if adm.refusal is not None:
             reason = dict(adm.refusal[1]).get(b"x-meshgate-error", b"invalid_api_key").decode()
             self._refused(request, responder, reason, adm.refusal)
@@ -342,6 +362,14 @@ class OpenAiRoutes:
         for hook in plane.on_start:
             hook(ex)
         ex.start()
+
+    def _admit_later(
+        self, request: Request, responder: Responder, path: bytes, client_key: ClientKey | None, body: LlmBody
+    ) -> None:
+        if responder.disconnected:  # it left while waiting: nothing was admitted or sent
+            self.plane.refused(request, reasons.STATUS[reasons.CLIENT_CLOSED], reasons.CLIENT_CLOSED)
+        else:
+            self._admit(request, responder, path, client_key, body, False)
 
 
 def _absent(name: str, model: ModelRoute | None) -> str:

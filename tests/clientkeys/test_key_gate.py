@@ -15,7 +15,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from router.client_keys import ClientKey, KeyTable, digest, mint
 from router.ratelimit import Limits, go_duration, window_of
-from tests.support import FakeClock
+from tests.support import FakeClock, await_for
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, shared_redis_or_fail, unique_prefix
 
 T0 = 60.0 * 1000 + 5
@@ -326,3 +326,55 @@ def test_a_burst_far_under_the_limit_after_an_idle_spell_is_admitted(shared_stor
         return [gates[0].admit(auth, "chat").refusal is None for _ in range(50)]
 
     assert asyncio.run(drive()) == [True] * 50
+
+
+def test_a_new_keys_first_requests_wait_for_the_first_lease_instead_of_a_429(shared_store):
+    """Before a gateway's first sync of a key, its first request is admitted without a lease and
+    the others wait for that sync (asked for at once), then are admitted against the lease it
+    brought: none is refused (they used to get 429 for ~0.1 s). A real refusal stays one."""
+    clock = FakeClock(T0)
+    key, gates, syncs = _two_gates(shared_store, clock, rpm=600)
+    gate, sync = gates[0], syncs[0]
+    woken: list[bool] = []
+    gate.on_wait = lambda: woken.append(True)  # KeySync.run's wake-up, seen here
+    caller = gate.authenticate(f"Bearer {key[1]}").key
+    first = [gate.admit_key(caller, "chat", may_wait=True) for _ in range(20)]
+    assert first[0].refusal is None and not first[0].waits
+    assert all(a.waits and a.refusal is None for a in first[1:]) and gate.refused == {}
+    later: list = []
+    for _ in first[1:]:
+        gate.after_sync(key[0], lambda: later.append(gate.admit_key(caller, "chat")))
+    assert woken == [True] * 19 and not later
+    asyncio.run(sync.sync())
+    assert len(later) == 19 and all(a.refusal is None for a in later) and gate.waiting == {}
+    assert gate.meters[key[0]].lease[0] > 0
+    # rpm 1, one gate on its own store: the second request waits for the sync, then is refused
+    tight = _new(rpm=1)
+    small = KeyGate(lambda: _table(tight), shared=True, now=clock)
+    assert small.admit_key(tight[2], "chat", may_wait=True).refusal is None
+    assert small.admit_key(tight[2], "chat", may_wait=True).waits
+    asyncio.run(KeySync(small, MemoryStore()).sync())
+    assert small.admit_key(tight[2], "chat", may_wait=True).refusal[0] == 429  # synced: a real 429
+
+
+def test_a_waiting_request_wakes_the_sync_loop():
+    """KeySync.run syncs every interval, and at once when a request waits for it."""
+    key = _new(rpm=600)
+    gate = KeyGate(lambda: _table(key), shared=True)
+    sync = KeySync(gate, MemoryStore(), interval_s=3600.0)
+
+    async def drive() -> list:
+        task = asyncio.create_task(sync.run())
+        try:
+            await await_for(lambda: sync.syncs, what="the first sync")
+            assert gate.admit_key(key[2], "chat", may_wait=True).refusal is None
+            assert gate.admit_key(key[2], "chat", may_wait=True).waits
+            done: list = []
+            gate.after_sync(key[0], lambda: done.append(gate.admit_key(key[2], "chat")))
+            await await_for(lambda: done, what="the waiting request resumed")
+            return done
+        finally:
+            task.cancel()
+
+    done = asyncio.run(drive())
+    assert done[0].refusal is None and sync.syncs == 2

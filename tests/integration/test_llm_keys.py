@@ -192,3 +192,22 @@ def test_a_client_leaving_before_its_answer_is_charged_its_prompt(keyed, faults,
     faults(v1)
     refused = mesh.data.post("/v1/chat/completions", content=body, headers=auth)
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
+
+
+def test_a_key_created_through_the_admin_api_works_at_once_and_a_revoked_one_stops_at_once(keyed):
+    """On the gateway beside the admin API (meshgate up), a key write is answered once the data
+    plane serves it: no 401 window after a create, none that still admits after a revoke."""
+    mesh, _, _ = keyed
+    body = {"model": "chat", "messages": CHAT, "max_tokens": 2}
+    for i in range(5):  # the data port's connection is open: the request follows the answer at once
+        created = mesh.admin.post("/v1/keys", json={"name": f"at-once-{i}"})
+        assert created.status_code == 201, created.text
+        auth = {"authorization": f"Bearer {created.json()['key']}"}
+        answer = mesh.data.post("/v1/chat/completions", json=body, headers=auth)
+        assert answer.status_code == 200, answer.text
+        assert mesh.admin.delete(f"/v1/keys/at-once-{i}").status_code == 204
+        revoked = mesh.data.post("/v1/chat/completions", json=body, headers=auth)
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]["message"]
+    client = _client(mesh, created.json()["key"])  # the SDK's own error for the last one
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(**body)
