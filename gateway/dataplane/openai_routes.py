@@ -42,7 +42,7 @@ from gateway.dataplane.requests import DROP_UPSTREAM, REQUEST_ID_HEADER, routing
 from gateway.http import StreamError, date_header, proxy_headers
 from router import reasons
 from router.choose import choose_version
-from router.client_keys import ClientKey, KeyCheck
+from router.client_keys import ClientKey
 from router.deadline import Deadline, DeadlineHeaderError
 
 if TYPE_CHECKING:
@@ -153,19 +153,11 @@ class OpenAiRoutes:
         if request.method not in (b"GET", b"HEAD"):
             self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, f"{route} takes GET", more=_GET)
             return None
-        keys = self.plane.table.client_keys
-        if keys.open:
-            return _ANY
-        authorization = request.header(b"authorization")
-        text = authorization.decode("latin-1") if authorization is not None else None
-        check, key = keys.check(text)
-        if check is KeyCheck.OK and key is not None:
-            return key.allows
-        adm = self.plane.key_gate.admit(authorization, "")
-        if adm.refusal is not None:
-            self._refused(request, responder, reasons.INVALID_API_KEY, adm.refusal)
+        caller = self.plane.key_gate.authenticate(request.header(b"authorization"))
+        if caller.refusal is not None:
+            self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
             return None
-        return _ANY
+        return _ANY if caller.key is None else caller.key.allows
 
     def models(self, request: Request, responder: Responder) -> None:
         """``GET /v1/models``: the models of protocol openai (the ones a client key allows).
