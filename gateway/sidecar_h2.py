@@ -35,14 +35,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable
 from urllib.parse import quote
 
-from hpack.exceptions import HPACKDecodingError
-from hpack.huffman_table import decode_huffman
-from hpack.table import HeaderTable
-
+from gateway.grpc._hpack import STATIC, HeaderDecoder, HpackError
 from router.reasons import REASONS, UPSTREAM_UNREACHABLE
 
 __all__ = ["PREFACE", "Front", "HeaderDecoder", "HpackError", "Refusal", "Relay", "Relays"]
@@ -98,9 +94,8 @@ def _literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _hpack_int(len(name)) + name + _hpack_int(len(value)) + value
 
 
-_STATIC = HeaderTable.STATIC_TABLE  # RFC 7541 appendix A: index i is _STATIC[i - 1]
 _STATIC_NAMES: dict[bytes, int] = {}
-for _index, (_name, _) in enumerate(_STATIC, 1):
+for _index, (_name, _) in enumerate(STATIC, 1):
     _STATIC_NAMES.setdefault(_name, _index)
 
 
@@ -113,147 +108,6 @@ def _never_indexed(fields: list[tuple[bytes, bytes]]) -> bytes:
         head = _hpack_int(index, 4, 0x10) if index else b"\x10" + _hpack_int(len(name)) + name
         out.append(head + _hpack_int(len(value)) + value)
     return b"".join(out)
-
-
-class HpackError(ValueError):
-    """A header block that does not decode (a COMPRESSION_ERROR for the whole connection)."""
-
-
-class HeaderDecoder:
-    """HPACK decoding (RFC 7541) of one direction of one connection, its dynamic table kept
-    across header blocks. Huffman strings are decoded by the ``hpack`` package; the rest is
-    here, because a gRPC client's blocks are mostly one-byte indexed fields, which this reads
-    in a few hundred nanoseconds (``hpack``'s decoder takes ~17 us for such a block)."""
-
-    __slots__ = ("_entries", "_max", "_size")
-
-    def __init__(self) -> None:
-        self._entries: deque[tuple[bytes, bytes]] = deque()  # newest first: index 62 is [0]
-        self._size = 0
-        self._max = 4096  # SETTINGS_HEADER_TABLE_SIZE's default
-
-    def decode(self, block: bytes, keep: bool = True) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """The header fields of ``block``, and whether it changed the dynamic table. Without
-        ``keep`` only ``:path`` fields are returned, and the values of fields that do not enter
-        the table are skipped, not read: what authorizing a stream needs, at half the cost."""
-        fields: list[tuple[bytes, bytes]] = []
-        changed = False
-        pos, end = 0, len(block)
-        try:
-            while pos < end:
-                byte = block[pos]
-                if byte & 0x80:  # indexed field
-                    index = byte & 0x7F
-                    if index < 0x7F:
-                        pos += 1
-                    else:
-                        index, pos = _integer(block, pos, 0x7F)
-                    field = self._field(index)
-                    if keep or field[0] == b":path":
-                        fields.append(field)
-                elif byte & 0x40:  # literal with incremental indexing
-                    field, pos = self._literal(block, pos, 0x3F, True)
-                    fields.append(field)
-                    self._add(field)
-                    changed = True
-                elif byte & 0x20:  # dynamic table size update
-                    size, pos = _integer(block, pos, 0x1F)
-                    if size > _MAX_TABLE:
-                        raise HpackError(f"a dynamic table of {size} bytes (at most {_MAX_TABLE})")
-                    self._max = size
-                    self._evict(0)
-                    changed = True
-                else:  # literal without indexing, or never indexed
-                    field, pos = self._literal(block, pos, 0x0F, keep)
-                    if field is not None:
-                        fields.append(field)
-        except IndexError:
-            raise HpackError("the header block ends inside a field") from None
-        if not keep:
-            fields = [f for f in fields if f[0] == b":path"]
-        return fields, changed
-
-    def _field(self, index: int) -> tuple[bytes, bytes]:
-        if 0 < index <= len(_STATIC):
-            return _STATIC[index - 1]
-        dynamic = index - len(_STATIC) - 1
-        if index == 0 or dynamic >= len(self._entries):
-            raise HpackError(f"header index {index} is not in the table")
-        return self._entries[dynamic]
-
-    def _literal(
-        self, block: bytes, pos: int, mask: int, keep: bool
-    ) -> tuple[tuple[bytes, bytes] | None, int]:
-        """A literal field, or None for one ``keep`` lets skip (not ``:path``)."""
-        index = block[pos] & mask
-        if index < mask:
-            pos += 1
-        else:
-            index, pos = _integer(block, pos, mask)
-        if index:
-            name = self._field(index)[0]
-        else:
-            name, pos = _string(block, pos)
-        if keep or name == b":path":
-            value, pos = _string(block, pos)
-            return (name, value), pos
-        length = block[pos] & 0x7F
-        if length < 0x7F:
-            pos += 1
-        else:
-            length, pos = _integer(block, pos, 0x7F)
-        pos += length
-        if pos > len(block):
-            raise HpackError("a string runs past the end of the header block")
-        return None, pos
-
-    def _add(self, field: tuple[bytes, bytes]) -> None:
-        size = len(field[0]) + len(field[1]) + 32
-        if size > self._max:  # an entry larger than the table empties it (section 4.4)
-            self._entries.clear()
-            self._size = 0
-            return
-        self._evict(size)
-        self._entries.appendleft(field)
-        self._size += size
-
-    def _evict(self, room: int) -> None:
-        entries = self._entries
-        while entries and self._size + room > self._max:
-            name, value = entries.pop()
-            self._size -= len(name) + len(value) + 32
-
-
-def _integer(block: bytes, pos: int, mask: int) -> tuple[int, int]:
-    value = block[pos] & mask
-    pos += 1
-    if value < mask:
-        return value, pos
-    shift = 0
-    while True:
-        byte = block[pos]
-        pos += 1
-        value += (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 28:
-            raise HpackError("an integer longer than 4 continuation bytes")
-
-
-def _string(block: bytes, pos: int) -> tuple[bytes, int]:
-    huffman = block[pos] & 0x80
-    length, pos = _integer(block, pos, 0x7F)
-    end = pos + length
-    if end > len(block):
-        raise HpackError("a string runs past the end of the header block")
-    raw = block[pos:end]
-    if not huffman:
-        return raw, end
-    try:
-        return decode_huffman(raw), end
-    except HPACKDecodingError as exc:
-        raise HpackError(f"bad Huffman string: {exc}") from None
 
 
 def trailers_only(reason: str, message: str) -> bytes:
@@ -459,7 +313,7 @@ class _Caller(_Framed):
     def __init__(self, relay: Relay, authorize: Authorize) -> None:
         super().__init__(relay)
         self._authorize = authorize
-        self._hpack = HeaderDecoder()
+        self._hpack = HeaderDecoder(limit=_MAX_TABLE)  # the caller's table sizes pass through to the upstream
         self._in_sync = True  # the upstream's HPACK table is the caller's: blocks pass unchanged
         self._preface = len(PREFACE)  # bytes of the client preface still to pass
         self._rest = b""  # a frame header split across reads

@@ -4,10 +4,10 @@
   length) as bytes: ``frame``, ``frame_head``, ``settings``, ``header_frames``.
 - HPACK (RFC 7541): header blocks are written as literals without indexing and without
   Huffman coding (``literal``, ``field``: valid HPACK any decoder takes, no encoder state), and
-  read with the ``hpack`` package's decoder and its dynamic table (``HeaderCache``), which
-  remembers the blocks whose decoding left the table as it was: gRPC clients repeat the same
-  few blocks, all indexed once their fields are in the table, so a dict lookup replaces the
-  pure-Python decode.
+  read with ``_hpack.HeaderDecoder`` and its dynamic table (the sidecar's relay reads with it
+  too) through ``HeaderCache``, which remembers the blocks whose decoding left the table as it
+  was: gRPC clients repeat the same few blocks, all indexed once their fields are in the table,
+  so a dict lookup replaces the pure-Python decode.
 - ``Connection``: an asyncio protocol with what the client and the server do alike: frames
   in (a header block over CONTINUATION frames, SETTINGS and their ACK, PING acks,
   WINDOW_UPDATE), flow control both ways (the connection's and each stream's receive window
@@ -24,8 +24,9 @@ import logging
 import struct
 from collections import deque
 
-from hpack import Decoder
 from hpack.table import HeaderTable
+
+from gateway.grpc._hpack import HeaderDecoder
 
 __all__ = [
     "ACK",
@@ -134,25 +135,6 @@ def field(name: bytes, value: bytes) -> bytes:
     return head + (bytes((size,)) if size < 127 else _integer(size, 7, 0)) + value
 
 
-class _Table(HeaderTable):
-    """hpack's header table, counting the changes to its dynamic part (entries added, resizes)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changes = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        if self.dynamic_entries or self.maxsize:  # into a table of size 0 nothing goes: no change
-            self.changes += 1
-        super().add(name, value)
-
-    def _resize(self, size: int) -> None:
-        self.changes += 1
-        HeaderTable.maxsize.fset(self, size)  # type: ignore[attr-defined]
-
-    maxsize = property(HeaderTable.maxsize.fget, _resize)  # type: ignore[assignment]
-
-
 class HeaderListTooLarge(Exception):
     """A header block decoded (the table is in step) to a list above the limit: ``headers``,
     and ``size`` as RFC 9113 section 6.5.2 counts it (names, values and 32 bytes per field)."""
@@ -168,39 +150,32 @@ class HeaderCache:
     change the dynamic table: such a block decodes the same while the table stays as it is
     (any change forgets them all). gRPC answers and requests repeat the same few blocks.
 
-    `max_list`: the largest header list taken (SETTINGS_MAX_HEADER_LIST_SIZE, None: any up to
-    ``HARD_LIST``); a larger one raises ``HeaderListTooLarge`` once decoded, a stream error.
-    It is measured for new blocks only: a remembered block was within it."""
+    `max_list`: the largest header list taken (SETTINGS_MAX_HEADER_LIST_SIZE, None: any; a block
+    is at most 1 MB in any case); a larger one raises ``HeaderListTooLarge`` once decoded, a
+    stream error. It is measured for new blocks only: a remembered block was within it."""
 
-    __slots__ = ("_decoder", "_known", "_max_list", "_table")
+    __slots__ = ("_decoder", "_known", "_max_list")
     _MAX = 256
-    #: what any block may decode to, a connection error above (hpack stops in the middle)
-    HARD_LIST = 1 << 20
 
     def __init__(self, table_size: int = HeaderTable.DEFAULT_SIZE, max_list: int | None = None) -> None:
-        self._decoder = Decoder(max_header_list_size=self.HARD_LIST)
-        self._table = self._decoder.header_table = _Table()
-        self._decoder.header_table_size = table_size  # what we announce (SETTINGS_HEADER_TABLE_SIZE)
+        self._decoder = HeaderDecoder(table_size)  # what we announce (SETTINGS_HEADER_TABLE_SIZE)
         self._known: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._max_list = max_list
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """Raises ``hpack`` errors (``HPACKError``) on a malformed block (or one decoding to more
-        than ``HARD_LIST``), ``HeaderListTooLarge`` above `max_list`."""
+        """Raises ``HpackError`` on a malformed block, ``HeaderListTooLarge`` above `max_list`."""
         known = self._known.get(block)
         if known is not None:
             return known
-        table = self._table
-        before = table.changes
-        headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
-        if table.changes != before:  # the blocks remembered may mean something else now
+        headers, changed = self._decoder.decode(block)
+        if changed:  # the blocks remembered may mean something else now
             self._known.clear()
         limit = self._max_list
         if limit is not None:
             size = sum(len(n) + len(v) for n, v in headers) + 32 * len(headers)
             if size > limit:
                 raise HeaderListTooLarge(headers, size, limit)
-        if table.changes == before and len(self._known) < self._MAX:
+        if not changed and len(self._known) < self._MAX:
             self._known[block] = headers
         return headers
 

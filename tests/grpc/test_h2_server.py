@@ -17,6 +17,7 @@ from gateway.dataplane.hooks import install_hooks
 from gateway.dataplane.plane import DataPlane
 from gateway.grpc import _h2
 from gateway.grpc import server as grpc_server
+from gateway.grpc._hpack import HpackError
 from gateway.grpc.server import GrpcGateway
 from gateway.http import UpstreamPool
 from gateway.telemetry.access_log import AccessLog
@@ -322,6 +323,10 @@ def test_the_header_cache_forgets_blocks_when_the_table_changes() -> None:
     block = b"\x48\x03200" + b"\x40\x0bgrpc-status\x010"  # :status 200, grpc-status 0 with indexing
     assert client.decode(block) == [(b":status", b"200"), (b"grpc-status", b"0")]
     assert client.decode(block) is client.decode(block)
+    # a table larger than we announce (4096 by default, 0 for the client) is a COMPRESSION_ERROR
+    for cache, update in ((_h2.HeaderCache(), b"\x3f\xe1\x3f"), (client, b"\x3f\xe1\x1f")):  # 8192, 4096
+        with pytest.raises(HpackError, match="a dynamic table of"):
+            cache.decode(update)
 
 
 async def test_oversize_messages_are_refused_as_soon_as_their_length_arrives() -> None:
