@@ -272,9 +272,10 @@ class Connection(asyncio.Protocol):
             data = buf  # type: ignore[assignment]
         pos, end = 0, len(data)
         limit = self.recv_max_frame
+        head = _HEAD.unpack_from
         try:
             while end - pos >= 9:
-                word = int.from_bytes(data[pos : pos + 4], "big")
+                word, flags, stream = head(data, pos)
                 length, kind = word >> 8, word & 0xFF
                 if length > limit:  # also what an HTTP/1.1 answer looks like, read as a frame
                     raise ProtocolError(
@@ -286,11 +287,9 @@ class Connection(asyncio.Protocol):
                     self._greeted = True
                 if end - pos - 9 < length:
                     break
-                flags = data[pos + 4]
-                stream = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
                 payload = data[pos + 9 : pos + 9 + length]
                 pos += 9 + length
-                self._frame(kind, flags, stream, payload)
+                self._frame(kind, flags, stream & 0x7FFFFFFF, payload)
                 if self.closed:
                     return
         except ProtocolError as exc:

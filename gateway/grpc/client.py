@@ -101,6 +101,7 @@ _PATH = {
     "ModelReady": f"/{SERVICE}/ModelReady".encode(),
     "ModelMetadata": f"/{SERVICE}/ModelMetadata".encode(),
 }
+_PATH_FIELD = {rpc: literal(4, path) for rpc, path in _PATH.items()}  # :path, encoded
 _RESERVED = frozenset(
     {
         b"content-type",
@@ -141,14 +142,14 @@ class _Call(_h2.Stream):
     __slots__ = ("_conn", "_endpoint", "done", "headers", "kind", "on_done", "received", "timer", "trailers")
 
     def __init__(
-        self, endpoint: GrpcEndpoint, head: bytes, chunks: deque, on_done: Callable, kind: str
+        self, endpoint: GrpcEndpoint, head: bytes, chunks: deque, left: int, on_done: Callable, kind: str
     ) -> None:
         super().__init__()
         self._endpoint = endpoint
         self._conn: _Connection | None = None
         self.headers = head  # the encoded header block, until written
         self.chunks = chunks  # DATA still to send: memoryviews, the last ends the stream
-        self.left = sum(len(c) for c in chunks)  # bytes of DATA still to send
+        self.left = left  # bytes of DATA still to send
         self.sending = True
         self.received: list[bytes] = []
         self.trailers: list[tuple[bytes, bytes]] | None = None
@@ -417,12 +418,12 @@ class GrpcEndpoint:
 
     # -- calls -----------------------------------------------------------------------------
     def _call(self, rpc: str, chunks: list, headers: list, timeout: float, on_done: Callable) -> _Call:
-        path = _PATH.get(rpc) or rpc.encode()
         size = sum(len(c) for c in chunks)
+        ms = int(timeout * 1000.0)
         block = [
             self._fixed,
-            literal(4, path),
-            literal(b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))),
+            _PATH_FIELD.get(rpc) or literal(4, rpc.encode()),
+            field(b"grpc-timeout", b"%dm" % (ms if ms > 0 else 1)),
         ]
         for name, value in headers:
             if name in _RESERVED or name.startswith(b":"):
@@ -431,7 +432,7 @@ class GrpcEndpoint:
                 value = base64.b64encode(value).rstrip(b"=")
             block.append(field(name, value))
         data = deque([memoryview(b"\x00" + size.to_bytes(4, "big")), *chunks])
-        call = _Call(self, b"".join(block), data, on_done, rpc)
+        call = _Call(self, b"".join(block), data, size + 5, on_done, rpc)
         call.timer = asyncio.get_running_loop().call_later(timeout, call.expire)
         if size > self._max:
             call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, f"the message exceeds {self._max} bytes"))
@@ -494,15 +495,24 @@ class GrpcEndpoint:
             self._conn = None
 
 
+_TAILS: dict[bytes, bytes] = {}  # an infer target -> the field naming its version (targets repeat)
+
+
 def _as_rpc(method: bytes, target: bytes, body: bytes | None) -> tuple[str, list]:
     """``(rpc, message chunks)`` for an OIP HTTP shape on ``/v2/models/{m}/versions/{v}[/...]``."""
+    tail = _TAILS.get(target) if method == b"POST" else None
+    if tail is not None:
+        return "ModelInfer", [memoryview(body or b""), memoryview(tail)]
     parts = target.split(b"?", 1)[0].decode("latin-1").split("/")
     # ["", "v2", "models", m, "versions", v, action?]
     if len(parts) < 6 or parts[1:3] != ["v2", "models"] or parts[4] != "versions":
         raise ValueError(f"not a versioned model path: {target!r}")
     model, version, action = parts[3], parts[5], parts[6] if len(parts) > 6 else ""
     if method == b"POST" and action == "infer":
-        return "ModelInfer", [memoryview(body or b""), memoryview(version_field(version))]
+        tail = version_field(version)
+        if len(_TAILS) < 1024:
+            _TAILS[target] = tail
+        return "ModelInfer", [memoryview(body or b""), memoryview(tail)]
     message = (ModelReadyRequest if action == "ready" else ModelMetadataRequest)(name=model, version=version)
     return ("ModelReady" if action == "ready" else "ModelMetadata"), [memoryview(message.SerializeToString())]
 

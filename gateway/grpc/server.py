@@ -107,6 +107,7 @@ DEFAULT_IDLE_TIMEOUT_S = 3600.0
 _DRAIN_PING = b"idle\x00\x00\x00\x00"  # the PING that follows an idle connection's first GOAWAY
 _DRAIN_GRACE_S = 5.0  # how long its ack may take before the final GOAWAY goes anyway
 _ALL_STREAMS = (1 << 31) - 1
+_HEADS = 64  # request heads remembered as checked, per connection
 # the fixed parts of every answer (RFC 7541 static table: 8 is ":status: 200", 31 content-type)
 _HEAD = b"\x88" + _h2.literal(31, b"application/grpc")
 _STATUS_OK = field(b"grpc-status", b"0")
@@ -296,6 +297,7 @@ class _Connection(_h2.Connection):
         self._idle_at = 0.0  # when the last call ended (loop time)
         self._last_id = 0  # the highest stream the client opened
         self._goaway_id = -1  # once the port stops: the last stream we take (GOAWAY sent)
+        self._heads: dict[int, tuple] = {}  # id(decoded head) -> (head, path, metadata) checked
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -426,7 +428,12 @@ class _Connection(_h2.Connection):
             return
         rpc = _Rpc(self, sid, headers)
         self.streams[sid] = rpc
-        problem = self._check_head(rpc, headers)
+        checked = self._heads.get(id(headers))
+        if checked is not None and checked[0] is headers and not oversize:  # a block seen before
+            rpc.request = _GrpcRequest(b"POST", checked[1], list(checked[2]), "2", True, self._client)
+            problem = None
+        else:
+            problem = self._check_head(rpc, headers)
         if oversize:  # refused, still read for its log line (path, request id)
             limit = self._server.max_header_list_bytes
             text = f"the request's metadata ({oversize} bytes) exceeds the limit of {limit} bytes"
@@ -438,7 +445,10 @@ class _Connection(_h2.Connection):
 
     def _check_head(self, rpc: _Rpc, headers: list[tuple[bytes, bytes]]) -> tuple | None:
         """The request head as the plane's Request (a refused call's too: its log line); a
-        problem as (gRPC status, message, reason, HTTP status) when it is not a call to serve."""
+        problem as (gRPC status, message, reason, HTTP status) when it is not a call to serve.
+        A head that passes is remembered by its decoded list: the header cache gives the same
+        list for a block it has seen (clients repeat theirs), so the next call with it skips
+        the checks."""
         path = method = ctype = problem = None
         metadata: Headers = []
         timeout = None
@@ -481,6 +491,10 @@ class _Connection(_h2.Connection):
             return (12, f"unknown method {path.decode('latin-1')}", reasons.NOT_FOUND, 200)
         if timeout is not None:  # grpc-timeout: the client's deadline (it only shortens the route's)
             metadata.append((_TIMEOUT, b"%d" % timeout))
+        heads = self._heads
+        if len(heads) >= _HEADS:
+            heads.clear()
+        heads[id(headers)] = (headers, path, tuple(metadata))  # the list kept: its id stays its own
         return None
 
     def _on_data(self, stream: _h2.Stream | None, payload: bytes, end_stream: bool) -> None:

@@ -252,6 +252,26 @@ async def test_a_delivered_answer_leaves_before_its_observers_run(monkeypatch) -
     assert events.index("answer written") < events.index("observed 200"), events
 
 
+async def test_a_request_head_seen_before_is_served_as_the_first_was_and_a_new_one_as_itself() -> None:
+    """The port remembers a checked head by its decoded block: the same block again gets the
+    same metadata, another block its own."""
+    async with upstream(scripted([])) as url, serving(url) as (_, gateway):
+        raw = await _Raw.open(gateway.port)
+        try:
+            for stream, request_id in ((1, b"first"), (3, b"first"), (5, b"second"), (7, b"first")):
+                block = _block(INFER, gateway.port, (b"x-request-id", request_id))
+                raw.send(
+                    _h2.frame(_h2.HEADERS, _h2.END_HEADERS, stream, block),
+                    _h2.frame(_h2.DATA, _h2.END_STREAM, stream, _message(infer_request(model="m"))),
+                )
+                head, message, trailers = await raw.answer(stream)
+                assert trailers[b"grpc-status"] == b"0", trailers
+                assert head[b"x-meshgate-request-id"] == request_id
+                assert ModelInferResponse.FromString(message).model_version == "v1"
+        finally:
+            raw.close()
+
+
 async def test_a_cancelled_call_cancels_its_upstream_call() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
