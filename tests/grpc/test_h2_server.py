@@ -434,8 +434,11 @@ async def test_stopping_the_port_sends_goaway_and_refuses_later_streams() -> Non
 async def test_an_idle_connection_is_closed_with_goaway_and_clients_reconnect() -> None:
     hold = asyncio.Event()
     async with upstream(scripted([], hold)) as url, serving(url, idle_timeout_s=0.3) as (plane, gateway):
-        # a grpcio channel: its connection closes once idle, its next call opens another
-        async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel:
+        # a grpcio channel with keepalive on (its PINGs are answered and are no calls): the
+        # connection closes once idle all the same, and the next call opens another
+        keepalive = [("grpc.keepalive_time_ms", 50), ("grpc.keepalive_permit_without_calls", 1)]
+        keepalive.append(("grpc.http2.max_pings_without_data", 0))
+        async with grpc.aio.insecure_channel(f"{HOST}:{gateway.port}", options=keepalive) as channel:
             live = channel.unary_unary(LIVE)
             assert ServerLiveResponse.FromString(await live(b"", timeout=10)).live
             first = set(gateway.connections)
