@@ -230,7 +230,7 @@ class LlmExchange(Exchange):
         body = response.body or b""  # type: ignore[union-attr]
         llm = self.llm
         if response.status == 200:  # type: ignore[union-attr]
-            self._count(usage_of(body, last=True))
+            self._count(usage_of(body))
             llm.response_model = response_model(body)  # type: ignore[union-attr]
         responder = self._responder
         if not responder.disconnected:
@@ -389,27 +389,33 @@ class SseRelay:
     def _on_data(self, chunk: bytes) -> None:
         if not self._live:
             return
-        events = self._events.feed(chunk)
+        splitter = self._events
+        whole = not splitter.pending  # no part of an event held back from the previous chunk
+        events = splitter.feed(chunk)
         if not events:
             return
         if self._keep is not None:
             self._keep(events)
         ex = self._ex
         llm = ex.llm
-        out: list[bytes] = []
         content = 0
+        strip: bytes | None = None  # the usage chunk to keep from the client
         for event in events:
             if event == DONE_EVENT:
-                out.append(event)
                 continue
             usage = usage_of(event)
-            if usage is not None:
-                ex._count(usage)
-                if self._strip_usage and is_usage_chunk(event):
-                    continue
-            else:
+            if usage is None:
                 content += 1
-            out.append(event)
+                continue
+            ex._count(usage)
+            if self._strip_usage and is_usage_chunk(event):
+                strip = event
+        if strip is not None:
+            out = b"".join([event for event in events if event is not strip])
+        elif whole and not splitter.pending:
+            out = chunk  # the events are the chunk itself: no copy
+        else:
+            out = b"".join(events)
         now = ex._plane.now()
         if content:
             if self._first_at is None:
@@ -425,7 +431,7 @@ class SseRelay:
             if responder.disconnected:
                 return
             self._rearm(now)
-        if out and not responder.write(b"".join(out) if len(out) > 1 else out[0]):
+        if out and not responder.write(out):
             stream = self._stream
             stream.pause()
             responder.on_writable(stream.resume)

@@ -461,7 +461,7 @@ class LlmShadowCopy(_Pair):
         stream = response.stream
         if stream is None:
             body = response.body or b""
-            self._answered(body, None, usage_of(body, last=True))
+            self._answered(body, None, usage_of(body))
             return
         if any(name == b"content-type" and value[:17].lower() == _SSE for name, value in response.headers):
             self._sse = SseEvents()
@@ -500,7 +500,7 @@ class LlmShadowCopy(_Pair):
             self._answered(None, self._events if len(self._events) < MAX_KEPT_EVENTS else None, self._usage)
         elif self._kept < _MAX_KEPT_BYTES:
             body = b"".join(self._chunks)
-            self._answered(body, None, usage_of(body, last=True))
+            self._answered(body, None, usage_of(body))
         else:
             self._answered(None, None, None)
 
