@@ -18,7 +18,13 @@ Configurations (the same request bytes every time; 1,000 routing keys cycled):
   feedback joins on: the experiment declares a binary metric);
 - ``defaults``: + Prometheus metrics and the JSON access log (to a null stream): what
   ``meshgate up`` runs with its defaults;
-- ``pinned``: the data plane, no hooks, ``/versions/v1/infer`` (no experiment).
+- ``pinned``: the data plane, no hooks, ``/versions/v1/infer`` (no experiment);
+- ``llm``: ``POST /v1/chat/completions`` (``benchmarks.bench_llm``'s body) on model ``chat``,
+  two ``openai`` versions under a 50/50 A/B experiment with a feedback metric, a client key
+  with rpm and tpm limits on every request, the hooks of ``defaults``; the upstream answers
+  whole, tinylm's 64-token answer with its ``usage``;
+- ``llm_stream``: the same, streamed (``stream_options.include_usage``): tinylm's 67 events,
+  one chunk of the chunked body each.
 
 Reported: CPU microseconds per request (process time) — the best of ``--repeat`` short runs of
 ``--requests`` requests, the configurations interleaved run by run: on a shared machine the other
@@ -55,6 +61,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from benchmarks.bench_llm import body as llm_body
 from benchmarks.bench_proxy import BODY, RESULTS, STATIC_REPLY, machine
 from benchmarks.proxy_app import ProxyApp
 from gateway.dataplane.hooks import install_hooks
@@ -66,15 +73,53 @@ from gateway.http._server import HttpProtocol, Server
 from gateway.store.memory import MemoryStore
 from gateway.telemetry.access_log import AccessLog
 from gateway.telemetry.metrics import Metrics
+from router.client_keys import ClientKey, KeyTable, digest, mint
 from router.policy import TrafficPolicy
-from router.table import ModelRoute, RouteTable, Split, VersionRoute
+from router.ratelimit import Limits
+from router.table import LlmRoute, ModelRoute, RouteTable, Split, VersionRoute
 
-CONFIGS = ("engine", "plane", "measure", "defaults", "pinned")
+CONFIGS = ("engine", "plane", "measure", "defaults", "pinned", "llm", "llm_stream")
+LLM_CONFIGS = ("llm", "llm_stream")
 UPSTREAMS = ("http://127.0.0.1:9001", "http://127.0.0.1:9002")
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (
     len(STATIC_REPLY),
     STATIC_REPLY,
 )
+_LLM_KEY_ID, LLM_KEY = mint()
+_CHAT_ID = '"id":"chatcmpl-08cf73622337f547261a7fec","created":1796662142,"model":"tinylm"'
+_WORDS = [f"word{i % 17}" for i in range(64)]
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def llm_answers() -> tuple[list[bytes], list[bytes]]:
+    """tinylm's answers to bench_llm's request, as the upstream's bytes: whole (one read) and
+    streamed (the head, then one chunk per event; the usage chunk and [DONE] last)."""
+    usage = '"usage":{"prompt_tokens":8,"completion_tokens":64,"total_tokens":72}'
+    doc = (
+        f'{{{_CHAT_ID},"object":"chat.completion","system_fingerprint":"tinylm-v1","choices":[{{'
+        f'"index":0,"message":{{"role":"assistant","content":"{" ".join(_WORDS)}"}},'
+        f'"logprobs":null,"finish_reason":"length"}}],{usage}}}'
+    ).encode()
+    whole = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (
+        len(doc),
+        doc,
+    )
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    head += b"transfer-encoding: chunked\r\n\r\n"
+    chunk = f'{{{_CHAT_ID},"object":"chat.completion.chunk","system_fingerprint":"tinylm-v1","choices":[{{'
+    deltas = ['{"role":"assistant","content":""}', *(f'{{"content":" {w}"}}' for w in _WORDS), "{}"]
+    events = [
+        f'data: {chunk}"index":0,"delta":{delta},"logprobs":null,"finish_reason":'
+        f'{"null" if i < len(deltas) - 1 else chr(34) + "length" + chr(34)}}}],"usage":null}}\n\n'
+        for i, delta in enumerate(deltas)
+    ]
+    events.append(f'data: {{{_CHAT_ID},"object":"chat.completion.chunk","choices":[],{usage}}}\n\n')
+    events.append("data: [DONE]\n\n")
+    stream = [head, *(_chunk(e.encode()) for e in events), b"0\r\n\r\n"]
+    return [whole], stream
 
 
 class NullTransport:
@@ -122,17 +167,34 @@ def route_table() -> RouteTable:
     return RouteTable(1, {"static": ModelRoute("static", "v1", versions, split)})
 
 
+def llm_table() -> RouteTable:
+    """Model ``chat``: v1 and v2 of protocol openai with prices, a 50/50 experiment, one client key."""
+    policy = TrafficPolicy()
+    llm = LlmRoute("tinylm", None, 0.10, 0.40)
+    versions = {
+        v: VersionRoute(v, (url,), None, policy, (), llm, "openai")
+        for v, url in zip(("v1", "v2"), UPSTREAMS, strict=True)
+    }
+    ranges = {"v1": [(0, 5000)], "v2": [(5000, 10000)]}
+    split = Split.compile("bench-chat", "bench-chat", "x-meshgate-key", ranges, {"thumbs_up": "binary"})
+    key = ClientKey(_LLM_KEY_ID, "bench", digest(LLM_KEY), Limits(10**9, 10**12))
+    return RouteTable(1, {"chat": ModelRoute("chat", "v1", versions, split)}, client_keys=KeyTable.of([key]))
+
+
 class Rig:
     """One engine server connection and one keep-alive upstream connection per endpoint, all null."""
 
     def __init__(self, config: str, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = UpstreamPool()
+        llm = config in LLM_CONFIGS
+        self.completed = 0  # answers of status 200 the plane's observers saw (not the engine's)
+        self.observed = config != "engine"
         if config == "engine":
             handler = ProxyApp(self.pool, list(UPSTREAMS), [90, 10])
         else:
             plane = DataPlane(self.pool, rng=random.Random(7))
-            plane.set_table(route_table())
-            defaults = config == "defaults"
+            plane.set_table(llm_table() if llm else route_table())
+            defaults = config in ("defaults", *LLM_CONFIGS)
             install_hooks(
                 plane,
                 # counters, and signed ids for feedback
@@ -141,6 +203,7 @@ class Rig:
                 access_log=AccessLog(io.StringIO(), flush_interval_s=3600) if defaults else None,
             )
             handler = plane.handle
+            plane.observers.append(self._completed)
         self.answers: list[_Connection] = []
         for url in UPSTREAMS:
             endpoint = self.pool.endpoint(url)
@@ -155,24 +218,37 @@ class Rig:
         self.protocol = HttpProtocol(handler, ServerLimits(), server)
         self.protocol.connection_made(self.client)
         path = b"/v2/models/static/versions/v1/infer" if config == "pinned" else b"/v2/models/static/infer"
+        body, extra = BODY, b""
+        self.response = [RESPONSE]
+        if llm:
+            path, body = b"/v1/chat/completions", llm_body("chat", config == "llm_stream")
+            extra = b"Authorization: Bearer %b\r\n" % LLM_KEY.encode()
+            whole, stream = llm_answers()
+            self.response = stream if config == "llm_stream" else whole
         rng = random.Random(20261127)
         self.requests = [
-            b"POST %b HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+            b"POST %b HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n%b"
             b"x-meshgate-key: user-%08x\r\nContent-Length: %d\r\n\r\n%b"
-            % (path, rng.getrandbits(31), len(BODY), BODY)
+            % (path, extra, rng.getrandbits(31), len(body), body)
             for _ in range(1000)
         ]
+
+    def _completed(self, ex: object, status: int, reason: str | None, response: object) -> None:
+        self.completed += status == 200 and reason is None
 
     def run(self, n: int) -> float:
         """Proxy `n` requests; CPU seconds taken (process time: other processes' load does not count)."""
         requests, answers, feed = self.requests, self.answers, self.protocol.data_received
-        written = self.client.writes
+        response = self.response
+        written, completed = self.client.writes, self.completed
         started = time.process_time()
         for i in range(n):
             feed(requests[i % 1000])
-            answers.pop().data_received(RESPONSE)
+            upstream = answers.pop().data_received
+            for part in response:
+                upstream(part)
         elapsed = time.process_time() - started
-        if self.client.writes - written != n:
+        if self.client.writes - written < n or (self.completed != completed + n and self.observed):
             raise RuntimeError("not every request was answered")
         return elapsed
 
