@@ -37,6 +37,12 @@ lease reserved ahead for it runs out before its first sync.
 * Every answer to a keyed request, admitted or limited, carries OpenAI's ``x-ratelimit-limit-*``,
   ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` headers for the limits the key has.
 
+A key that authenticated is remembered by its exact ``Authorization`` value for the key table
+it was checked against (a table swap, such as a revocation, forgets them all), so a caller's
+next request skips the parse and the SHA-256: the lookup of an unknown value costs what it
+costs for any value (a dict keyed by the process's randomised string hash; refusals are never
+remembered, so callers sending wrong keys cannot grow it; at most `KeyGate.REMEMBERED`).
+
 ``record`` may be called with ``None`` (open gateway, or tokens unknown) and is then a no-op;
 a token budget that goes negative blocks later requests until the window slides past it.
 Headers are lowercase ``(bytes, bytes)`` pairs, as ``gateway.http`` takes them; each refusal
@@ -98,23 +104,30 @@ def openai_error(
 
 def _limit_headers(v: Verdict) -> Headers:
     out: Headers = []
+    reset = None
     if v.limit_requests is not None:
+        reset = go_duration(v.reset_requests_s).encode()
         out += [
-            (b"x-ratelimit-limit-requests", str(v.limit_requests).encode()),
-            (b"x-ratelimit-remaining-requests", str(v.remaining_requests).encode()),
-            (b"x-ratelimit-reset-requests", go_duration(v.reset_requests_s).encode()),
+            (b"x-ratelimit-limit-requests", b"%d" % v.limit_requests),
+            (b"x-ratelimit-remaining-requests", b"%d" % v.remaining_requests),  # type: ignore[str-format]
+            (b"x-ratelimit-reset-requests", reset),
         ]
     if v.limit_tokens is not None:
+        if reset is None or v.reset_tokens_s != v.reset_requests_s:  # the same once both have counts
+            reset = go_duration(v.reset_tokens_s).encode()
         out += [
-            (b"x-ratelimit-limit-tokens", str(v.limit_tokens).encode()),
-            (b"x-ratelimit-remaining-tokens", str(v.remaining_tokens).encode()),
-            (b"x-ratelimit-reset-tokens", go_duration(v.reset_tokens_s).encode()),
+            (b"x-ratelimit-limit-tokens", b"%d" % v.limit_tokens),
+            (b"x-ratelimit-remaining-tokens", b"%d" % v.remaining_tokens),  # type: ignore[str-format]
+            (b"x-ratelimit-reset-tokens", reset),
         ]
     return out
 
 
 class KeyGate:
     """Authenticates and meters LLM requests (see the module docstring for the API)."""
+
+    #: the most ``Authorization`` values remembered as authenticated (then they are forgotten)
+    REMEMBERED = 4096
 
     def __init__(
         self,
@@ -134,6 +147,9 @@ class KeyGate:
         self.waiting: dict[str, list[Callable[[], None]]] = {}
         #: called when a request starts waiting: the sync (``KeySync``) runs at once
         self.on_wait: Callable[[], None] | None = None
+        #: Authorization value -> its authenticated caller, for the key table `_known_of`
+        self._known: dict[str | bytes, Caller] = {}
+        self._known_of: KeyTable | None = None
 
     def _meter(self, key: ClientKey) -> Meter:
         meter = self.meters.get(key.id)
@@ -159,11 +175,23 @@ class KeyGate:
         table = self._keys()
         if table.open:
             return Caller(None)
+        known = self._known
+        if self._known_of is not table:  # new keys, limits or a revocation: check again
+            known.clear()
+            self._known_of = table
+        elif authorization is not None:
+            caller = known.get(authorization)
+            if caller is not None:
+                return caller
+        given = authorization
         if isinstance(authorization, bytes):
             authorization = authorization.decode("latin-1")
         check, key = table.check(authorization)
         if check is KeyCheck.OK and key is not None:
-            return Caller(key)
+            if len(known) >= self.REMEMBERED:
+                known.clear()
+            caller = known[given] = Caller(key)  # type: ignore[index]
+            return caller
         if check is KeyCheck.MISSING:
             refusal = openai_error(
                 401,

@@ -57,6 +57,22 @@ def test_authenticate_needs_no_model_and_admit_key_checks_it():
     assert gate.refused == {"model_not_allowed": 1, "invalid_api_key": 1}
 
 
+def test_a_remembered_key_is_checked_again_when_the_key_table_changes():
+    ok = _new()
+    tables = [_table(ok)]
+    gate = KeyGate(lambda: tables[0], shared=False)
+    header = f"Bearer {ok[1]}".encode()
+    first = gate.authenticate(header)
+    assert first.key is not None and gate.authenticate(header) is first  # remembered
+    for _ in range(2):  # a refusal is never remembered: it is refused (and counted) each time
+        assert gate.authenticate(b"Bearer " + ok[1][:-1].encode() + b"x").refusal is not None
+    assert gate.refused == {"invalid_api_key": 2}
+    revoked = ClientKey(ok[0], ok[2].name, ok[2].digest, ok[2].limits, revoked=True)
+    tables[0] = KeyTable({ok[0]: revoked, "other": _new()[2]}, open=False)
+    refused = gate.authenticate(header)
+    assert refused.key is None and refused.refusal is not None and b"revoked" in refused.refusal[2]
+
+
 def test_missing_invalid_revoked_and_not_allowed_keys_get_openai_errors():
     ok = _new(models=frozenset({"chat"}))
     gone = _new("old", revoked=True)
