@@ -58,7 +58,7 @@ from collections.abc import Callable
 
 from gateway.dataplane.plane import DataPlane
 from gateway.grpc import _h2
-from gateway.grpc._h2 import field, frame, header_frames
+from gateway.grpc._h2 import field, frame, frame_head, header_frames
 from gateway.grpc.client import DEFAULT_MAX_MESSAGE_BYTES, GrpcPool, install_client
 from gateway.http import Headers, Request, error_response, status_line
 from models.oip_proto import (
@@ -574,12 +574,26 @@ class _Connection(_h2.Connection):
         head = _HEAD + fields
         out = [header_frames(sid, head, False, self._max_frame)]
         size = len(body)
+        framed = size + 5
+        trailers = frame(_h2.HEADERS, _h2.END_HEADERS | _h2.END_STREAM, sid, _STATUS_OK)
+        if (  # a small answer, one DATA frame within both windows: framed here, in one piece
+            framed <= self._max_frame
+            and framed <= rpc.window
+            and framed <= self._send_window
+            and not self._write_paused
+        ):
+            rpc.window -= framed
+            self._send_window -= framed
+            out += (frame_head(_h2.DATA, 0, sid, framed), b"\x00", size.to_bytes(4, "big"), body, trailers)
+            self._write(b"".join(out))
+            self._sent(rpc)
+            return
         rpc.chunks = deque(
             (b"\x00" + size.to_bytes(4, "big"), memoryview(body)) if size else (b"\x00\x00\x00\x00\x00",)
         )
-        rpc.left = size + 5
+        rpc.left = framed
         rpc.sending = True
-        rpc.tail = frame(_h2.HEADERS, _h2.END_HEADERS | _h2.END_STREAM, sid, _STATUS_OK)
+        rpc.tail = trailers
         self.send(rpc, out)
 
     def refuse(self, rpc: _Rpc, code: int, message: bytes, fields: list[bytes]) -> None:
