@@ -286,13 +286,15 @@ class Responder:
             raise RuntimeError("write() outside start()/end()")
         if self.disconnected or not chunk or self._head_only:
             return not self.disconnected
-        if self._chunked:
-            self._emit(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            self._emit(chunk)
-        if self._pending is not None:
-            return self._pending_bytes < self._conn._limits.write_high_water
-        return not self._conn._write_paused
+        data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk
+        pending = self._pending
+        conn = self._conn
+        if pending is None:  # _emit, inline: once per streamed event
+            conn._transport.write(data)
+            return not conn._write_paused
+        pending.append(data)
+        self._pending_bytes += len(data)
+        return self._pending_bytes < conn._limits.write_high_water
 
     def end(self) -> None:
         if self._state != self._STREAMING:
