@@ -96,14 +96,20 @@ def _upstream_command() -> tuple[list[str], str]:
 
 
 @contextmanager
-def meshgate_process(directory: Path) -> Iterator[tuple[subprocess.Popen, str, httpx.Client]]:
-    """A bare ``meshgate up`` in ``directory``: its process, data URL and an admin client."""
+def meshgate_process(
+    directory: Path, root: Path = ROOT
+) -> Iterator[tuple[subprocess.Popen, str, httpx.Client]]:
+    """A bare ``meshgate up`` in ``directory`` (of the code in ``root``): its process, data URL
+    and an admin client."""
     port, admin_port = free_port(), free_port()
     data_dir = directory / "data"
     command = [sys.executable, "-m", "gateway", "up", "--port", str(port), "--admin-port", str(admin_port)]
     command += ["--data-dir", str(data_dir), "--log-level", "warning"]
     with open(directory / "stdout.log", "wb") as out:  # the access log lands here
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        process = subprocess.Popen(
+            command, cwd=root, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env
+        )
     try:
         _wait_http(f"http://127.0.0.1:{admin_port}/healthz", process)
         token = (data_dir / "admin.token").read_text().strip()
@@ -115,9 +121,9 @@ def meshgate_process(directory: Path) -> Iterator[tuple[subprocess.Popen, str, h
 
 
 @contextmanager
-def meshgate_up(directory: Path, upstream: str) -> Iterator[tuple[int, str]]:
+def meshgate_up(directory: Path, upstream: str, root: Path = ROOT) -> Iterator[tuple[int, str]]:
     """``meshgate up`` with model ``chat`` (v1, v2 on ``upstream``) under a 50/50 A/B experiment."""
-    with meshgate_process(directory) as (process, url, admin):
+    with meshgate_process(directory, root) as (process, url, admin):
         for version in ("v1", "v2"):
             spec = {"endpoints": [upstream], "protocol": "openai", "upstream_model": "tinylm",
                     "price_in": 0.10, "price_out": 0.40}  # fmt: skip
@@ -264,7 +270,9 @@ def goals(r: dict) -> dict[str, bool | None]:
     }  # fmt: skip
 
 
-def bench(wanted: list[str], duration: float, rounds: int, litellm: str | None) -> dict:
+def bench(
+    wanted: list[str], duration: float, rounds: int, litellm: str | None, before: Path | None = None
+) -> dict:
     missing = None
     with ExitStack() as stack:
         upstream_proc, upstream = stack.enter_context(running(*_upstream_command()))
@@ -279,6 +287,10 @@ def bench(wanted: list[str], duration: float, rounds: int, litellm: str | None) 
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-llm-")))
             pid, url = stack.enter_context(meshgate_up(directory, upstream))
             targets["meshgate"] = (url, "chat", _pids(pid))
+        if before is not None:  # the same, from another checkout (a commit before a change)
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-llm-before-")))
+            pid, url = stack.enter_context(meshgate_up(directory, upstream, before))
+            targets["meshgate-before"] = (url, "chat", _pids(pid))
         if "litellm" in wanted:
             binary = find_litellm(litellm)
             if binary is None:
@@ -345,6 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument("--targets", type=_targets, default=list(TARGETS), help="comma-separated subset")
     parser.add_argument("--litellm", help="the litellm executable (default: see above)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of another commit (git worktree add DIR COMMIT): its meshgate runs "
+        "beside this one as 'meshgate-before'",
+    )
     args = parser.parse_args(argv)
     results = {
         "command": "python -m benchmarks.bench_llm " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -353,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "max_tokens": MAX_TOKENS,
         "load_average_before": os.getloadavg(),
-        **bench(args.targets, args.duration, args.rounds, args.litellm),
+        **bench(args.targets, args.duration, args.rounds, args.litellm, args.before),
         "load_average_after": os.getloadavg(),
     }
     publish("llm", results, table)
