@@ -66,6 +66,10 @@ _RETRY_AFTER = (b"retry-after", b"1")
 _GRPC = "v2-grpc"
 
 
+_ID_BYTES = 12
+_ID_BATCH = 1024 * _ID_BYTES
+
+
 class _RequestIds:
     """Fresh request ids: 96 random bits as 24 hex digits (like ``secrets.token_hex(12)``).
 
@@ -75,8 +79,6 @@ class _RequestIds:
     """
 
     __slots__ = ("_buf", "_pos")
-    _SIZE = 12
-    _BATCH = 1024 * _SIZE
 
     def __init__(self) -> None:
         self.reset()
@@ -89,10 +91,10 @@ class _RequestIds:
         """12 random bytes (signed feedback ids use them raw)."""
         pos = self._pos
         if pos >= len(self._buf):
-            self._buf = os.urandom(self._BATCH)
+            self._buf = os.urandom(_ID_BATCH)
             pos = 0
-        self._pos = pos + self._SIZE
-        return self._buf[pos : pos + self._SIZE]
+        end = self._pos = pos + _ID_BYTES  # module constants: 3.11 does not specialise class attributes
+        return self._buf[pos:end]
 
     def next(self) -> str:
         return self.take().hex()

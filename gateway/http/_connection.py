@@ -84,6 +84,11 @@ def _request_head(method: bytes, target: bytes, host: bytes, headers: Headers, f
     return b"".join(parts)
 
 
+# A Handle's states: module constants, not class attributes, because CPython 3.11 does not
+# specialise reading a class attribute (they are read several times per upstream exchange).
+_WAITING, _SENT, _ANSWERED, _DONE = 0, 1, 2, 3
+
+
 class Handle:
     """One upstream exchange in flight; `cancel()` ends it (the callback gets `cancelled`)."""
 
@@ -99,8 +104,6 @@ class Handle:
         "_state",
         "_stream_body",
     )
-
-    _WAITING, _SENT, _ANSWERED, _DONE = 0, 1, 2, 3
 
     def __init__(
         self,
@@ -118,13 +121,13 @@ class Handle:
         self._head_only = head_only
         self._stream_body = stream_body
         self._conn: _Connection | None = None
-        self._state = self._WAITING
+        self._state = _WAITING
         self._retried = False
         self._bucket: set | None = None  # its deadline-wheel bucket while armed
 
     @property
     def done(self) -> bool:
-        return self._state >= self._ANSWERED
+        return self._state >= _ANSWERED
 
     def cancel(self) -> None:
         """Abort: the client left or the deadline passed. A connection mid-exchange is closed."""
@@ -132,9 +135,9 @@ class Handle:
         if conn is not None and conn.exchange is self:
             conn.exchange = None
             conn.abort()
-        if self._state < self._ANSWERED:
+        if self._state < _ANSWERED:
             self._fail(UpstreamError(CANCELLED, "the upstream call was cancelled"))
-        self._state = self._DONE
+        self._state = _DONE
 
     def _on_timeout(self) -> None:
         self._bucket = None
@@ -145,7 +148,7 @@ class Handle:
         self._fail(UpstreamError(UPSTREAM_TIMEOUT, f"no response from {self._endpoint.url} in time"))
 
     def _answer(self, response: UpstreamResponse) -> None:
-        self._state = self._ANSWERED
+        self._state = _ANSWERED
         if self._bucket is not None:
             self._bucket.discard(self)
             self._bucket = None
@@ -153,9 +156,9 @@ class Handle:
         callback(response, None)
 
     def _fail(self, error: UpstreamError) -> None:
-        if self._state >= self._ANSWERED:
+        if self._state >= _ANSWERED:
             return
-        self._state = self._DONE
+        self._state = _DONE
         if self._bucket is not None:
             self._bucket.discard(self)
             self._bucket = None
@@ -242,14 +245,14 @@ class _Connection(asyncio.Protocol):
             else:
                 stream.fail(StreamError(502, UPSTREAM_RESET, "the upstream closed the connection mid-body"))
         exchange = self.exchange
-        if exchange is None or exchange._state != Handle._SENT:
+        if exchange is None or exchange._state != _SENT:
             return
         self.exchange = None
         if self._status >= 200 and self._length is None and not self._chunked:
             self._complete_buffered(exchange)  # a close-delimited body ends with the connection
         elif not self.got_bytes and self.served and not exchange._retried and exchange._stream_body is None:
             exchange._retried = True  # a stale keep-alive connection: replay once on a fresh one
-            exchange._state = Handle._WAITING
+            exchange._state = _WAITING
             exchange._conn = None
             self.endpoint._retry(exchange)
         else:
@@ -335,7 +338,7 @@ class _Connection(asyncio.Protocol):
         self._reset_response()
         self.exchange = exchange
         exchange._conn = self
-        exchange._state = Handle._SENT
+        exchange._state = _SENT
         self.got_bytes = False
         body = exchange._body
         if len(body) > 65536:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ._connection import Handle, UpstreamCallback, UpstreamResponse, _Connection, _request_head
+from ._connection import _WAITING, Handle, UpstreamCallback, UpstreamResponse, _Connection, _request_head
 from ._deadlines import DeadlineWheel
 from ._errors import CANCELLED, UPSTREAM_UNREACHABLE, UpstreamError, upstream_error
 from ._headers import Headers
@@ -198,7 +198,7 @@ class Endpoint:
 
     def __repr__(self) -> str:
         idle = sum(1 for conn in self._idle if not conn.closed)
-        waiting = sum(1 for h in self._waiters if h._state == Handle._WAITING)
+        waiting = sum(1 for h in self._waiters if h._state == _WAITING)
         return f"<Endpoint {self.url} active={self._opened - idle} idle={idle} waiting={waiting}>"
 
     # -- the pool's policy ---------------------------------------------------------------------
@@ -228,7 +228,7 @@ class Endpoint:
         waiters = self._waiters
         while waiters:
             exchange = waiters.popleft()
-            if exchange._state == Handle._WAITING:
+            if exchange._state == _WAITING:
                 conn.assign(exchange)
                 return
         if self._retired:
@@ -247,7 +247,7 @@ class Endpoint:
 
     def _has_waiters(self) -> bool:
         waiters = self._waiters
-        while waiters and waiters[0]._state != Handle._WAITING:
+        while waiters and waiters[0]._state != _WAITING:
             waiters.popleft()
         return bool(waiters)
 

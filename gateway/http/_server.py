@@ -53,6 +53,10 @@ _PAUSE_CLOSING = 4  # nothing more will be read
 
 Handler = Callable[["Request", "Responder"], None]
 
+# A Responder's states: module constants, not class attributes, because CPython 3.11 does not
+# specialise reading a class attribute through an instance (they are read on every response).
+_IDLE, _STREAMING, _DONE = 0, 1, 2
+
 
 def status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
@@ -163,12 +167,10 @@ class Responder:
         "request",
     )
 
-    _IDLE, _STREAMING, _DONE = 0, 1, 2
-
     def __init__(self, conn: HttpProtocol, request: Request) -> None:
         self._conn = conn
         self.request = request
-        self._state = self._IDLE
+        self._state = _IDLE
         self._chunked = False
         self._head_only = request.method == b"HEAD"
         self._keep_alive = True
@@ -180,17 +182,17 @@ class Responder:
 
     @property
     def started(self) -> bool:
-        return self._state != self._IDLE
+        return self._state != _IDLE
 
     @property
     def done(self) -> bool:
-        return self._state == self._DONE
+        return self._state == _DONE
 
     def on_disconnect(self, callback: Callable[[], None]) -> None:
         """Call `callback` once if the client goes away before the response is complete."""
         if self.disconnected:
             callback()
-        elif self._state != self._DONE:
+        elif self._state != _DONE:
             callbacks = self._disconnect_cbs
             if callbacks is None:
                 self._disconnect_cbs = callback  # the common case: one listener, no list
@@ -252,9 +254,9 @@ class Responder:
         `raw` are more header lines already serialised (``b"name: value\\r\\n"``), by the
         caller's word free of framing fields.
         """
-        if self._state != self._IDLE:
+        if self._state != _IDLE:
             raise RuntimeError("response already started")
-        self._state = self._DONE
+        self._state = _DONE
         if self.disconnected:
             return
         parts = self._head(status, headers, len(body), extra, raw)
@@ -274,15 +276,15 @@ class Responder:
         extra: Headers = (),  # type: ignore[assignment]
     ) -> None:
         """Begin a streamed response; chunked unless `length` is given."""
-        if self._state != self._IDLE:
+        if self._state != _IDLE:
             raise RuntimeError("response already started")
-        self._state = self._STREAMING
+        self._state = _STREAMING
         if not self.disconnected:
             self._emit(b"".join(self._head(status, headers, length, extra)))
 
     def write(self, chunk: bytes) -> bool:
         """Send a chunk; False means the client is slow: wait for `on_writable` before more."""
-        if self._state != self._STREAMING:
+        if self._state != _STREAMING:
             raise RuntimeError("write() outside start()/end()")
         if self.disconnected or not chunk or self._head_only:
             return not self.disconnected
@@ -297,9 +299,9 @@ class Responder:
         return self._pending_bytes < conn._limits.write_high_water
 
     def end(self) -> None:
-        if self._state != self._STREAMING:
+        if self._state != _STREAMING:
             raise RuntimeError("end() without start()")
-        self._state = self._DONE
+        self._state = _DONE
         if self.disconnected:
             return
         if self._chunked and not self._head_only:
@@ -308,7 +310,7 @@ class Responder:
 
     def abort(self) -> None:
         """Cut the connection: a streamed response failed midway and must not look complete."""
-        self._state = self._DONE
+        self._state = _DONE
         self._conn._abort()
 
     def on_writable(self, callback: Callable[[], None]) -> None:
@@ -345,7 +347,7 @@ class Responder:
         self.disconnected = True
         self._writable_cbs = None
         callbacks, self._disconnect_cbs = self._disconnect_cbs, None
-        if callbacks is None or self._state == self._DONE:
+        if callbacks is None or self._state == _DONE:
             return
         for callback in callbacks if isinstance(callbacks, list) else (callbacks,):
             callback()
@@ -599,7 +601,7 @@ class HttpProtocol(asyncio.Protocol):
         if not responders or responders[0] is not responder:
             return  # it waits in the queue; the one ahead will flush it
         transport = self._transport
-        while responders and responders[0]._state == Responder._DONE:
+        while responders and responders[0]._state == _DONE:
             done = responders.popleft()
             done._disconnect_cbs = None  # the listeners (and the cycles through them) end with the answer
             if not done._keep_alive:
