@@ -17,6 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from json.decoder import scanstring
+from json.encoder import encode_basestring_ascii as _quoted  # json.dumps of a str, without its setup
 from typing import Any
 
 __all__ = ["BodyProblem", "LlmBody", "read_body"]
@@ -26,6 +27,7 @@ _WS = re.compile(r"[ \t\n\r]*")
 _ws = _WS.match
 _BLANK = frozenset(" \t\n\r")
 _USAGE_ON = {"include_usage": True}
+_ROUTED = frozenset(("model", "stream", "stream_options"))
 
 
 class BodyProblem(ValueError):
@@ -60,7 +62,7 @@ class LlmBody:
         client's own ``model`` string, left as it is when it already names that model)."""
         edits: list[tuple[int, int, str]] = []
         if upstream_model != asked:
-            edits.append((*self.model_span, json.dumps(upstream_model)))
+            edits.append((*self.model_span, _quoted(upstream_model)))
         if self.stream and not self.include_usage:
             if self.options_span is not None:  # stream_options given without include_usage
                 edits.append((*self.options_span, json.dumps({**(self.options or {}), **_USAGE_ON})))
@@ -82,10 +84,11 @@ class LlmBody:
 
 
 def _members(text: str) -> tuple[dict[str, tuple[Any, int, int]], int]:
-    """The top-level members of a JSON object, key -> (value, start, end), and the index of
-    its closing brace. Whitespace is skipped by a regex only where there is some (a quarter of
-    the cost of matching it everywhere)."""
-    ws, blank = _ws, _BLANK
+    """The routed top-level members of a JSON object (``model``, ``stream``,
+    ``stream_options``), key -> (value, start, end), and the index of its closing brace; every
+    other value is checked by the C scanner and dropped. Whitespace is stepped over by hand
+    when it is one space (``json.dumps``'s separators), by a regex when there is more."""
+    ws, blank, wanted = _ws, _BLANK, _ROUTED
     i = 0
     c = text[0]
     if c in blank:
@@ -111,13 +114,16 @@ def _members(text: str) -> tuple[dict[str, tuple[Any, int, int]], int]:
             if c != ":":
                 raise ValueError("expected ':'")
             i += 1
+            if text[i] == " ":
+                i += 1
             if text[i] in blank:
                 i = ws(text, i).end()
             try:
                 value, end = _scan_once(text, i)
             except StopIteration:
                 raise ValueError("expected a value") from None
-            members[key] = (value, i, end)  # a repeated key: the last wins, as json.loads does
+            if key in wanted:
+                members[key] = (value, i, end)  # a repeated key: the last wins, as json.loads does
             i = end
             c = text[i]
             if c in blank:
@@ -126,6 +132,9 @@ def _members(text: str) -> tuple[dict[str, tuple[Any, int, int]], int]:
             if c == ",":
                 i += 1
                 c = text[i]
+                if c == " ":
+                    i += 1
+                    c = text[i]
                 if c in blank:
                     i = ws(text, i).end()
                     c = text[i]
