@@ -1,4 +1,4 @@
-"""HTTP/2 for unary gRPC calls, on plain bytes: the framing both ends of meshgate's gRPC share.
+"""HTTP/2 for gRPC calls, on plain bytes: the framing both ends of meshgate's gRPC share.
 
 - Frames (RFC 9113 section 4) and the gRPC message prefix (1 byte compressed flag, 4 bytes
   length) as bytes: ``frame``, ``frame_head``, ``settings``, ``header_frames``.
@@ -191,10 +191,12 @@ class ProtocolError(Exception):
 class Stream:
     """What a ``Connection`` needs of a stream: its DATA still to send and the peer's window
     for it (``chunks`` are views; ``tail``, already framed, follows the last of them: the
-    server's trailers; without it the last DATA frame ends the stream), and the DATA received
-    since its last WINDOW_UPDATE."""
+    server's trailers; without it the last DATA frame ends the stream, unless ``more``: messages
+    are still to come on it, a streaming call's), and the DATA received since its last
+    WINDOW_UPDATE (none goes out while ``held``: the peer stops sending when its window is
+    spent, until ``resume_reading``)."""
 
-    __slots__ = ("chunks", "id", "left", "sending", "tail", "unacked", "window")
+    __slots__ = ("chunks", "held", "id", "left", "more", "sending", "tail", "unacked", "window")
 
     def __init__(self) -> None:
         self.id = 0
@@ -204,6 +206,8 @@ class Stream:
         self.tail = b""
         self.window = 0
         self.unacked = 0
+        self.held = False
+        self.more = False
 
 
 class Connection(asyncio.Protocol):
@@ -385,7 +389,7 @@ class Connection(asyncio.Protocol):
         end = bool(flags & END_STREAM)
         if stream is not None and not end and size:
             stream.unacked += size
-            if stream.unacked >= self.recv_stream_window // 2:
+            if stream.unacked >= self.recv_stream_window // 2 and not stream.held:
                 self._write(frame(WINDOW_UPDATE, 0, sid, stream.unacked.to_bytes(4, "big")))
                 stream.unacked = 0
         self._on_data(stream, payload, end)
@@ -470,7 +474,7 @@ class Connection(asyncio.Protocol):
         views, never copied."""
         chunks = stream.chunks
         left = before = stream.left
-        end_flag = 0 if stream.tail else END_STREAM
+        end_flag = 0 if stream.tail or stream.more else END_STREAM
         while left:
             size = min(left, self._max_frame, stream.window, self._send_window)
             if size <= 0 or self._write_paused:
@@ -509,6 +513,13 @@ class Connection(asyncio.Protocol):
         for stream in blocked:
             if stream.sending and self.streams.get(stream.id) is stream:
                 self.send(stream, [])
+
+    def resume_reading(self, stream: Stream) -> None:
+        """Open a ``held`` stream's receive window again (the DATA read meanwhile)."""
+        stream.held = False
+        if stream.unacked and self.streams.get(stream.id) is stream:
+            self._write(frame(WINDOW_UPDATE, 0, stream.id, stream.unacked.to_bytes(4, "big")))
+            stream.unacked = 0
 
     def forget(self, stream: Stream) -> None:
         """The stream is over: no more frames for it."""
@@ -556,7 +567,7 @@ class Connection(asyncio.Protocol):
         """The peer acknowledged a PING of ours (`payload`: its 8 bytes)."""
 
     def _sent(self, stream: Stream) -> None:
-        """The stream's last frame is written."""
+        """The stream's last frame is written (with ``more``: all of its DATA so far)."""
 
     def _failed(self, error: ProtocolError) -> None:
         """After a connection error (the GOAWAY is written, the transport closing)."""

@@ -55,6 +55,7 @@ import re
 import ssl
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.dataplane.plane import DataPlane
 from gateway.grpc import _h2
@@ -63,6 +64,7 @@ from gateway.grpc.client import DEFAULT_MAX_MESSAGE_BYTES, GrpcPool, install_cli
 from gateway.http import Headers, Request, error_response, status_line
 from models.oip_proto import (
     SERVICE,
+    STREAM_METHODS,
     ModelMetadataRequest,
     ModelReadyRequest,
     ServerLiveResponse,
@@ -73,6 +75,9 @@ from models.oip_proto import (
     routing_fields,
 )
 from router import reasons
+
+if TYPE_CHECKING:
+    from gateway.grpc.stream_infer import StreamInfer
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_HEADER_LIST_BYTES", "GrpcGateway", "start_grpc_gateway"]
 
@@ -118,41 +123,14 @@ _HTTP1_METHODS = frozenset(
 _HTTP1_REFUSAL = "this port speaks gRPC (HTTP/2) only; HTTP/1.1 requests go to the gateway's data port"
 
 
-class _Rpc(_h2.Stream):
-    """One call: its stream (the request arriving, the answer leaving) and the engine's
-    Responder for the data plane."""
+class _Answer:
+    """The engine's Responder for one answer of a call (``_Rpc``: a unary call's; a streaming
+    call's messages have their own, ``gateway.grpc.stream_infer``): the plane's answer mapped to
+    a gRPC status, handed to ``deliver``. Subclasses hold ``request``, ``started``, ``done``,
+    ``disconnected``, ``_gone`` and ``conn``."""
 
-    __slots__ = (
-        "_gone",
-        "conn",
-        "disconnected",
-        "done",
-        "ended",
-        "expected",
-        "headers",
-        "parts",
-        "request",
-        "size",
-        "started",
-    )
+    __slots__ = ()
 
-    def __init__(self, conn: _Connection, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
-        super().__init__()
-        self.id = sid
-        self.window = conn._stream_window
-        self.conn = conn
-        self.headers = headers
-        self.parts: list[bytes] = []  # the request message as it arrives (prefix included)
-        self.size = 0
-        self.expected = -1  # the message's length, from its prefix
-        self.ended = False  # the client's END_STREAM arrived
-        self.request: Request | None = None
-        self.started = False
-        self.done = False
-        self.disconnected = False
-        self._gone: list[Callable[[], None]] | None = None
-
-    # -- the engine's Responder --------------------------------------------------------------
     def on_disconnect(self, callback: Callable[[], None]) -> None:
         if self.disconnected:
             callback()
@@ -172,40 +150,17 @@ class _Rpc(_h2.Stream):
         if self.disconnected:
             return
         try:
-            self._answer(status, headers, body, extra, raw)
+            self.deliver(*answer_status(status, headers, body, extra, raw), body)
         except Exception:  # never into the upstream client's callback: the call fails, said so
             log.exception("gRPC answer failed for %r", self.request)
-            self.conn.refuse(self, 13, b"the gateway failed to encode the answer", [])
+            self.deliver(13, b"the gateway failed to encode the answer", None, [], b"")
 
-    def _answer(self, status: int, headers: Headers, body: bytes, extra: Headers, raw: bytes) -> None:
-        code = message = reason = None
-        fields: list[bytes] = []
-        for pairs in (headers, extra, _raw_headers(raw) if raw else ()):
-            for name, value in pairs:
-                if name == b"grpc-status":
-                    code = int(value) if value.isdigit() else int(reasons.GrpcStatus.UNKNOWN)
-                elif name == b"grpc-message":
-                    message = value
-                elif name == b"x-meshgate-error":
-                    reason = value
-                elif name not in _NOT_SENT_BACK and name[:1] != b":" and not name.startswith(b"grpc-"):
-                    fields.append(field(name, _wire_value(name, value)))
-        if code is None:  # the gateway's own answer: its reason says the status
-            why = reasons.REASONS.get(reason.decode()) if reason is not None else None
-            code = (
-                int(why.grpc) if why is not None else (0 if status < 400 else int(reasons.GrpcStatus.UNKNOWN))
-            )
-            if code != 0:
-                message = _error_text(body).encode()
-        elif code == 0 and reason is not None:  # answered OK, yet the gateway marks it failed
-            why = reasons.REASONS.get(reason.decode())
-            code = int(why.grpc) if why is not None else int(reasons.GrpcStatus.UNKNOWN)
-        if reason is not None:
-            fields.append(field(b"x-meshgate-error", reason))
-        if code == 0:
-            self.conn.answer(self, b"".join(fields), body)
-        else:
-            self.conn.refuse(self, code, message or reason or b"", fields)
+    def deliver(
+        self, code: int, message: bytes, reason: bytes | None, fields: list[bytes], body: bytes
+    ) -> None:
+        """The answer: status `code` (0: `body` is the message), the gateway's `reason` when it
+        marks a failure (also in `fields`, the metadata)."""
+        raise NotImplementedError
 
     def after_answer(self, fn: Callable[..., None], *args: object) -> None:
         """Run `fn` once the answer has left: the connection's writes of this loop turn go out
@@ -227,6 +182,81 @@ class _Rpc(_h2.Stream):
         raise NotImplementedError("gRPC answers are whole messages")
 
     write = end = abort = on_writable = start
+
+
+def answer_status(
+    status: int, headers: Headers, body: bytes, extra: Headers, raw: bytes
+) -> tuple[int, bytes, bytes | None, list[bytes]]:
+    """The plane's answer as gRPC's: (status code, message, reason, metadata fields). The upstream's
+    own status and message pass through; a gateway-made answer has its reason's status."""
+    code = message = reason = None
+    fields: list[bytes] = []
+    for pairs in (headers, extra, _raw_headers(raw) if raw else ()):
+        for name, value in pairs:
+            if name == b"grpc-status":
+                code = int(value) if value.isdigit() else int(reasons.GrpcStatus.UNKNOWN)
+            elif name == b"grpc-message":
+                message = value
+            elif name == b"x-meshgate-error":
+                reason = value
+            elif name not in _NOT_SENT_BACK and name[:1] != b":" and not name.startswith(b"grpc-"):
+                fields.append(field(name, _wire_value(name, value)))
+    if code is None:  # the gateway's own answer: its reason says the status
+        why = reasons.REASONS.get(reason.decode()) if reason is not None else None
+        code = int(why.grpc) if why is not None else (0 if status < 400 else int(reasons.GrpcStatus.UNKNOWN))
+        if code != 0:
+            message = _error_text(body).encode()
+    elif code == 0 and reason is not None:  # answered OK, yet the gateway marks it failed
+        why = reasons.REASONS.get(reason.decode())
+        code = int(why.grpc) if why is not None else int(reasons.GrpcStatus.UNKNOWN)
+    if reason is not None:
+        fields.append(field(b"x-meshgate-error", reason))
+    return code, message or reason or b"", reason, fields
+
+
+class _Rpc(_Answer, _h2.Stream):
+    """One call: its stream (the request arriving, the answer leaving) and the engine's
+    Responder for the data plane; a streaming call's messages are its ``reader``'s."""
+
+    __slots__ = (
+        "_gone",
+        "conn",
+        "disconnected",
+        "done",
+        "ended",
+        "expected",
+        "headers",
+        "parts",
+        "reader",
+        "request",
+        "size",
+        "started",
+    )
+
+    def __init__(self, conn: _Connection, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__()
+        self.id = sid
+        self.window = conn._stream_window
+        self.conn = conn
+        self.headers = headers
+        self.parts: list[bytes] = []  # the request message as it arrives (prefix included)
+        self.size = 0
+        self.expected = -1  # the message's length, from its prefix
+        self.ended = False  # the client's END_STREAM arrived
+        self.request: Request | None = None
+        self.started = False
+        self.done = False
+        self.disconnected = False
+        self._gone: list[Callable[[], None]] | None = None
+        self.reader: StreamInfer | None = None  # a streaming call's request messages
+
+    def deliver(
+        self, code: int, message: bytes, reason: bytes | None, fields: list[bytes], body: bytes
+    ) -> None:
+        if code == 0:
+            self.conn.answer(self, b"".join(fields), body)
+        else:
+            self.conn.refuse(self, code, message, fields)
 
 
 class _GrpcRequest(Request):
@@ -440,7 +470,11 @@ class _Connection(_h2.Connection):
             problem = (8, text, reasons.REQUEST_HEADER_TOO_LARGE, 200)
         if problem is not None:
             self._refuse_early(rpc, *problem)
-        elif end_stream:
+            return
+        streaming = self._service.streams.get(rpc.request.target)  # type: ignore[union-attr]
+        if streaming is not None:  # its messages are served as they arrive
+            streaming(rpc.request, rpc)
+        if end_stream:
             self._request_done(rpc)
 
     def _check_head(self, rpc: _Rpc, headers: list[tuple[bytes, bytes]]) -> tuple | None:
@@ -487,7 +521,7 @@ class _Connection(_h2.Connection):
             return (3, f"content-type {shown} is not application/grpc", reasons.BAD_REQUEST, 415)
         if method != b"POST" or path is None:
             return (12, "gRPC calls are POST requests with a :path", reasons.METHOD_NOT_ALLOWED, 200)
-        if path not in self._service.rpcs:
+        if path not in self._service.rpcs and path not in self._service.streams:
             return (12, f"unknown method {path.decode('latin-1')}", reasons.NOT_FOUND, 200)
         if timeout is not None:  # grpc-timeout: the client's deadline (it only shortens the route's)
             metadata.append((_TIMEOUT, b"%d" % timeout))
@@ -500,6 +534,11 @@ class _Connection(_h2.Connection):
     def _on_data(self, stream: _h2.Stream | None, payload: bytes, end_stream: bool) -> None:
         rpc: _Rpc | None = stream  # type: ignore[assignment]
         if rpc is None or rpc.done:
+            return
+        if rpc.reader is not None:  # a streaming call
+            rpc.reader.received(payload)
+            if end_stream:
+                self._request_done(rpc)
             return
         if payload:
             rpc.parts.append(payload)
@@ -528,6 +567,9 @@ class _Connection(_h2.Connection):
     def _request_done(self, rpc: _Rpc) -> None:
         rpc.ended = True
         if rpc.done:
+            return
+        if rpc.reader is not None:
+            rpc.reader.end()
             return
         parts, rpc.parts = rpc.parts, []
         if rpc.expected < 0 or rpc.size != rpc.expected + 5:
@@ -626,6 +668,9 @@ class _Connection(_h2.Connection):
 
     def _sent(self, stream: _h2.Stream) -> None:
         rpc: _Rpc = stream  # type: ignore[assignment]
+        if rpc.more:  # a streaming call's answers so far are out: it goes on
+            rpc.reader.drained()  # type: ignore[union-attr]
+            return
         if not rpc.ended:  # answered before the request ended: the client stops sending (RFC 9113 8.1)
             self._write(frame(_h2.RST_STREAM, 0, rpc.id, _h2.NO_ERROR.to_bytes(4, "big")))
             rpc.ended = True
@@ -670,6 +715,10 @@ class _Service:
         self.rpcs: dict[bytes, Callable[[Request, _Rpc], None]] = {
             f"/{SERVICE}/{name}".encode(): fn for name, fn in method_handlers(self).items()
         }
+        #: the streaming methods, started by the request head (their messages come later)
+        self.streams: dict[bytes, Callable[[Request, _Rpc], None]] = {
+            f"/{SERVICE}/{name}".encode(): getattr(self, attr) for name, attr in STREAM_METHODS.items()
+        }
 
     def server_live(self, request: Request, rpc: _Rpc) -> None:
         rpc.respond(200, (), self._live)
@@ -687,6 +736,12 @@ class _Service:
             self._refuse(rpc, f"not a ModelInferRequest message ({exc})")
             return
         self._plane.grpc_request(request, rpc, name, version or None, "infer")
+
+    def model_stream_infer(self, request: Request, rpc: _Rpc) -> None:
+        """ModelStreamInfer: each request message a ModelInfer of its own (``model_infer``)."""
+        from gateway.grpc.stream_infer import StreamInfer  # it imports this module
+
+        rpc.reader = StreamInfer(rpc, self)
 
     def model_ready(self, request: Request, rpc: _Rpc) -> None:
         self._describe(ModelReadyRequest, request, rpc, "ready")

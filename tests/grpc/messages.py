@@ -7,6 +7,8 @@ import numpy as np
 from models.oip_proto import ModelInferRequest
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+MAX_MESSAGE = 20 * 1024 * 1024  # the gateway's --max-body-bytes: a 16 MB tensor fits, 21 MB does not
 
 
 def infer_request(model: str = "digits", version: str = "", rows: int = 1) -> bytes:

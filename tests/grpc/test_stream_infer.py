@@ -1,0 +1,189 @@
+"""ModelStreamInfer through the gateway's gRPC port: Triton's streaming client
+(``start_stream`` / ``async_stream_infer`` / ``stop_stream``) and raw grpcio streams against
+``meshgate up`` and the reference model servers; the per-stream bound in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from tritonclient.grpc import service_pb2
+
+from gateway.grpc.stream_infer import MAX_OUTSTANDING
+from models.oip_proto import ModelInferRequest, ModelInferResponse
+from tests.support import await_for
+from tests.support.procs import HOST
+from tests.support.wait import wait_for
+
+from .harness import channel_to, upstream
+from .messages import INFER, MAX_MESSAGE, STREAM_INFER, infer_request
+
+
+@pytest.fixture
+def client(mesh):
+    triton = tgrpc.InferenceServerClient(f"{HOST}:{mesh.grpc_port}")
+    yield triton
+    triton.close()
+
+
+def _input(rows: int) -> tgrpc.InferInput:
+    pixels = np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+    tensor = tgrpc.InferInput("pixels", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels)
+    return tensor
+
+
+def _stream(client: tgrpc.InferenceServerClient, calls: list[dict], headers=None) -> dict:
+    """One stream with an async_stream_infer per item of `calls` (its keyword arguments, with
+    ``request_id``); the answers by request id, (result, error) each."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
+    try:
+        for call in calls:
+            client.async_stream_infer(**call)
+        got = [answers.get(timeout=20) for _ in calls]
+    finally:
+        client.stop_stream()
+    by_id = {}
+    for result, error in got:
+        rid = result.get_response().id if result is not None else str(error)
+        by_id[rid] = (result, error)
+    return by_id
+
+
+def test_a_stream_answers_as_unary_calls_do(client):
+    calls = [
+        {"model_name": "digits", "inputs": [_input(rows)], "request_id": f"r{i}", "model_version": version}
+        for i, (rows, version) in enumerate([(1, ""), (3, "v1"), (5, "v2"), (2, "v1"), (7, "v2"), (4, "")])
+    ]
+    answers = _stream(client, calls)
+    assert sorted(answers) == [call["request_id"] for call in calls]  # each id echoed, once
+    for call in calls:
+        result, error = answers[call["request_id"]]
+        assert error is None
+        if call["model_version"]:  # pinned
+            assert result.get_response().model_version == call["model_version"]
+        want = client.infer("digits", call["inputs"], model_version=result.get_response().model_version)
+        for name in ("label", "probabilities"):
+            np.testing.assert_array_equal(result.as_numpy(name), want.as_numpy(name))
+
+
+def test_an_unknown_model_fails_its_message_and_the_others_succeed(client):
+    calls = [{"model_name": "digits", "inputs": [_input(2)], "request_id": f"ok{i}"} for i in range(4)]
+    calls.insert(2, {"model_name": "nope", "inputs": [_input(2)], "request_id": "bad"})
+    answers = _stream(client, calls)
+    errors = [str(error) for result, error in answers.values() if error is not None]
+    assert len(errors) == 1 and "model_not_found" in errors[0] and "nope" in errors[0], errors
+    assert sorted(rid for rid, (result, _) in answers.items() if result is not None) == [
+        "ok0",
+        "ok1",
+        "ok2",
+        "ok3",
+    ]
+
+
+def _responses(channel: grpc.Channel, messages: list[bytes], **kwargs) -> list:
+    call = channel.stream_stream(STREAM_INFER)(iter(messages), **kwargs)
+    return [service_pb2.ModelStreamInferResponse.FromString(raw) for raw in call]
+
+
+def _with_id(message: bytes, rid: str) -> bytes:
+    request = ModelInferRequest.FromString(message)
+    request.id = rid
+    return request.SerializeToString()
+
+
+def test_a_malformed_message_is_answered_with_its_error_and_the_stream_goes_on(mesh):
+    good = _with_id(infer_request(rows=2), "good")
+    with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as channel:
+        answers = _responses(channel, [good, b"\x0a\xff\xff", good], timeout=20)
+        assert len(answers) == 3
+        errors = [a.error_message for a in answers if a.error_message]
+        assert len(errors) == 1 and errors[0].startswith("bad_request: ") and "ModelInferRequest" in errors[0]
+        assert [a.infer_response.id for a in answers if not a.error_message] == ["good", "good"]
+        # the stream itself ended OK; a message above the limit ends one with RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.RpcError) as info:
+            _responses(channel, [good, infer_request(rows=MAX_MESSAGE // 256 + 1)], timeout=20)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert dict(info.value.trailing_metadata())["x-meshgate-error"] == "payload_too_large"
+        assert ModelInferResponse.FromString(channel.unary_unary(INFER)(good, timeout=10)).id == "good"
+
+
+def test_an_experiment_splits_streams_stickily_by_key(mesh, client):
+    body = {"name": "digits-stream-ab", "model": "digits", "arms": {"v1": 50, "v2": 50}, "control": "v1"}
+    assert mesh.admin.post("/v1/experiments", json=body).status_code == 201
+    try:
+        with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as channel:
+
+            def unary_arm(key: str) -> str | None:
+                _, state = channel.unary_unary(INFER).with_call(
+                    infer_request(), metadata=[("x-meshgate-key", key)], timeout=10
+                )
+                return dict(state.initial_metadata()).get("x-meshgate-arm")
+
+            wait_for(lambda: unary_arm("k"), what="the experiment routes gRPC traffic")
+            arms = set()
+            for i in range(16):
+                key = f"user-{i}"
+                calls = [
+                    {"model_name": "digits", "inputs": [_input(1)], "request_id": str(n)} for n in range(3)
+                ]
+                answers = _stream(client, calls, headers={"x-meshgate-key": key})
+                versions = {result.get_response().model_version for result, error in answers.values()}
+                assert versions == {unary_arm(key)}  # every message of the stream: the key's arm
+                arms |= versions
+            assert arms == {"v1", "v2"}
+    finally:
+        mesh.admin.post("/v1/experiments/digits-stream-ab/stop")
+
+
+def _in_flight(mesh, model: str) -> int:
+    health = mesh.admin.get(f"/v1/models/{model}/health").json()
+    return sum(version["limits"]["in_flight"] for version in health["versions"].values())
+
+
+def test_cancelling_a_stream_cancels_its_calls_in_flight(mesh, client):
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for i in range(3):
+        client.async_stream_infer("slow", [_input(1)], request_id=str(i))
+    wait_for(lambda: _in_flight(mesh, "slow"), lambda n: n == 3, what="three calls in flight upstream")
+    client.stop_stream(cancel_requests=True)
+    wait_for(lambda: _in_flight(mesh, "slow"), lambda n: n == 0, what="the upstream calls cancelled")
+    assert client.is_server_live()
+
+
+def test_the_streams_deadline_ends_it_with_deadline_exceeded(mesh):
+    with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _responses(channel, [infer_request(model="slow")], timeout=0.5)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: _in_flight(mesh, "slow"), lambda n: n == 0, what="the upstream call ended")
+
+
+@pytest.mark.anyio
+async def test_a_stream_has_at_most_its_bound_in_flight_and_loses_nothing() -> None:
+    release = asyncio.Event()
+    state = {"now": 0, "most": 0}
+
+    async def infer(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        await release.wait()
+        state["now"] -= 1
+        return ModelInferResponse(id=ModelInferRequest.FromString(body).id).SerializeToString()
+
+    total = MAX_OUTSTANDING * 2 + 5
+    messages = [_with_id(infer_request(model="m"), str(i)) for i in range(total)]
+    async with upstream(infer) as url, channel_to(url) as (_, channel):
+        call = channel.stream_stream(STREAM_INFER)(iter(messages), timeout=30)
+        await await_for(lambda: state["now"] == MAX_OUTSTANDING, what="the stream's bound in flight")
+        release.set()
+        ids = [service_pb2.ModelStreamInferResponse.FromString(raw).infer_response.id async for raw in call]
+        assert await call.code() is grpc.StatusCode.OK
+    assert sorted(ids, key=int) == [str(i) for i in range(total)]
+    assert state["most"] == MAX_OUTSTANDING
