@@ -40,6 +40,9 @@ plane's are (``DataPlane.refused``). Several workers share the port with SO_REUS
     ...
     await server.close()
 
+ModelStreamInfer (Triton's bidirectional stream) is a stream of these ModelInfer calls, one a
+request message: ``gateway.grpc.stream_infer``.
+
 The upstream side is ``gateway.grpc.client`` (``install_client(plane)`` registers it for the
 versions of protocol v2-grpc).
 """
