@@ -25,6 +25,7 @@ the request's ``id`` (as Triton's do): the upstream's ``ModelInferResponse`` byt
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -156,9 +157,9 @@ class StreamInfer:
     def _serve(self, body: bytes) -> None:
         rpc = self.rpc
         metadata = list(self._metadata)
-        if self._deadline is not None:  # what is left of the stream's deadline
-            left = self._deadline - rpc.conn._loop.time()
-            metadata.append((_TIMEOUT, b"%d" % max(1, int(left * 1000))))
+        if self._deadline is not None:  # what is left of the stream's deadline, rounded up:
+            left = self._deadline - rpc.conn._loop.time()  # the stream's own timer comes first
+            metadata.append((_TIMEOUT, b"%d" % max(1, math.ceil(left * 1000))))
         request = _GrpcRequest(b"POST", rpc.request.target, metadata, "2", True, rpc.conn._client)  # type: ignore[union-attr]
         request.body = body
         message = _Message(self, request)
@@ -172,6 +173,9 @@ class StreamInfer:
         self._outstanding.discard(message)
         rpc = self.rpc
         if rpc.disconnected or rpc.done:
+            return
+        if self._deadline is not None and rpc.conn._loop.time() >= self._deadline:
+            self._expired()  # the stream's deadline has passed: it ends with DEADLINE_EXCEEDED
             return
         if code == 0:
             pieces = [memoryview(body)] if body else []
@@ -237,8 +241,10 @@ class StreamInfer:
 
     def _expired(self) -> None:
         """The stream's deadline: the messages in flight are cancelled; DEADLINE_EXCEEDED."""
-        self._timer = None
-        if self.rpc.done or self.rpc.disconnected:
+        if self._timer is not None:  # called by an answer that came at the deadline
+            self._timer.cancel()
+            self._timer = None
+        if self.rpc.done or self.rpc.disconnected or self._problem is not None:
             return
         self._queue.clear()
         self._cancel_messages()
