@@ -315,15 +315,17 @@ def bench(
     return {"rows": rows, "ratios": figures, "goals": goals(figures), "missing_peers": missing}
 
 
+def ms(us: float | None) -> str:
+    """Microseconds as milliseconds for the tables; "-" when not measured."""
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
 def table(results: dict) -> str:
     lines = [
         "| target | stream rps @32 | CPU/req (us) | CPU/event (us) | events/req | CPU/event @1 (us) "
         "| whole rps @32 | CPU/req (us) | TTFT p50 @1 (ms) | TTFT p99 @1 (ms) | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def ms(us: float | None) -> str:
-        return "-" if us is None else f"{us / 1000:.2f}"
 
     for name, row in results["rows"].items():
         s, w, one = row["stream_c32"], row["whole_c32"], row["stream_c1"]

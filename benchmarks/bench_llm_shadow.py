@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.bench_llm import MODES, _pids, measure, median_of, meshgate_process
+from benchmarks.bench_llm import MODES, _pids, measure, median_of, meshgate_process, ms
 from benchmarks.bench_proxy import cpu_split, machine, publish, running
 
 SETTINGS = {"none": None, "shadow": {"version": "v2", "percent": 100}}
@@ -149,9 +149,6 @@ def table(results: dict) -> str:
         "| primary TTFT p50 @1 (ms) | p99 (ms) | upstream CPU s (v1, v2) | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def ms(us: float | None) -> str:
-        return "-" if us is None else f"{us / 1000:.2f}"
 
     def upstream(name: str) -> str:
         """Both upstreams' CPU seconds over every measurement of a setting (all rounds and modes)."""
