@@ -37,6 +37,7 @@ __all__ = [
     "routing_fields",
     "stream_error",
     "stream_response",
+    "string_parameters",
     "version_field",
 ]
 
@@ -226,14 +227,29 @@ def stream_response(infer_response: list) -> list:
     return [b"\x12" + _encode_varint(size), *infer_response]
 
 
-def stream_error(message: bytes, rid: bytes) -> bytes:
+def stream_error(message: bytes, rid: bytes, parameters: bytes = b"") -> bytes:
     """A ``ModelStreamInferResponse`` with ``error_message`` and, as Triton sends it, the
-    request's ``id`` in ``infer_response``."""
+    request's ``id`` in ``infer_response`` (with `parameters`: ``string_parameters`` bytes)."""
     out = b"\x0a" + _encode_varint(len(message)) + message
-    if rid:
-        inner = id_field(rid)
+    inner = (id_field(rid) if rid else b"") + parameters
+    if inner:
         out += b"\x12" + _encode_varint(len(inner)) + inner
     return out
+
+
+def string_parameters(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """``parameters[name] = InferParameter(string_param=value)`` for each pair, on the wire
+    (field 4 of ModelInferResponse, a map: each entry one length-delimited field), to append
+    to a message's bytes: entries merge into the map, a later one replacing an equal key.
+    A value that is not UTF-8 (a string field must be) has its bad bytes replaced."""
+    out = []
+    for name, value in pairs:
+        if not value.isascii():
+            value = value.decode("utf-8", "replace").encode()
+        param = b"\x1a" + _encode_varint(len(value)) + value  # InferParameter.string_param (3)
+        entry = b"\x0a" + _encode_varint(len(name)) + name + b"\x12" + _encode_varint(len(param)) + param
+        out.append(b"\x22" + _encode_varint(len(entry)) + entry)
+    return b"".join(out)
 
 
 def version_field(version: str) -> bytes:

@@ -159,10 +159,10 @@ class _Answer:
             self.deliver(13, b"the gateway failed to encode the answer", None, [], b"")
 
     def deliver(
-        self, code: int, message: bytes, reason: bytes | None, fields: list[bytes], body: bytes
+        self, code: int, message: bytes, reason: bytes | None, metadata: Headers, body: bytes
     ) -> None:
         """The answer: status `code` (0: `body` is the message), the gateway's `reason` when it
-        marks a failure (also in `fields`, the metadata)."""
+        marks a failure (also in `metadata`, the pairs to send back)."""
         raise NotImplementedError
 
     def after_answer(self, fn: Callable[..., None], *args: object) -> None:
@@ -189,11 +189,12 @@ class _Answer:
 
 def answer_status(
     status: int, headers: Headers, body: bytes, extra: Headers, raw: bytes
-) -> tuple[int, bytes, bytes | None, list[bytes]]:
-    """The plane's answer as gRPC's: (status code, message, reason, metadata fields). The upstream's
-    own status and message pass through; a gateway-made answer has its reason's status."""
+) -> tuple[int, bytes, bytes | None, Headers]:
+    """The plane's answer as gRPC's: (status code, message, reason, metadata: the pairs to send
+    back, ``x-meshgate-error`` last). The upstream's own status and message pass through; a
+    gateway-made answer has its reason's status."""
     code = message = reason = None
-    fields: list[bytes] = []
+    metadata: Headers = []
     for pairs in (headers, extra, _raw_headers(raw) if raw else ()):
         for name, value in pairs:
             if name == b"grpc-status":
@@ -203,7 +204,7 @@ def answer_status(
             elif name == b"x-meshgate-error":
                 reason = value
             elif name not in _NOT_SENT_BACK and name[:1] != b":" and not name.startswith(b"grpc-"):
-                fields.append(field(name, _wire_value(name, value)))
+                metadata.append((name, value))
     if code is None:  # the gateway's own answer: its reason says the status
         why = reasons.REASONS.get(reason.decode()) if reason is not None else None
         code = int(why.grpc) if why is not None else (0 if status < 400 else int(reasons.GrpcStatus.UNKNOWN))
@@ -213,8 +214,8 @@ def answer_status(
         why = reasons.REASONS.get(reason.decode())
         code = int(why.grpc) if why is not None else int(reasons.GrpcStatus.UNKNOWN)
     if reason is not None:
-        fields.append(field(b"x-meshgate-error", reason))
-    return code, message or reason or b"", reason, fields
+        metadata.append((b"x-meshgate-error", reason))
+    return code, message or reason or b"", reason, metadata
 
 
 class _Rpc(_Answer, _h2.Stream):
@@ -254,8 +255,9 @@ class _Rpc(_Answer, _h2.Stream):
         self.reader: StreamInfer | None = None  # a streaming call's request messages
 
     def deliver(
-        self, code: int, message: bytes, reason: bytes | None, fields: list[bytes], body: bytes
+        self, code: int, message: bytes, reason: bytes | None, metadata: Headers, body: bytes
     ) -> None:
+        fields = [field(name, _wire_value(name, value)) for name, value in metadata]
         if code == 0:
             self.conn.answer(self, b"".join(fields), body)
         else:

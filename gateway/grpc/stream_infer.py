@@ -9,7 +9,11 @@ per message), with the stream's metadata and a responder of its own (``_Message`
 leaves as a ``ModelStreamInferResponse`` as soon as it is ready, in completion order, carrying
 the request's ``id`` (as Triton's do): the upstream's ``ModelInferResponse`` bytes unchanged
 (the ``id`` field appended, the last occurrence wins), or ``error_message`` (``<reason>:
-<message>``, the gRPC status name when the upstream's own) and the stream carries on.
+<message>``, the gRPC status name when the upstream's own) and the stream carries on. What a
+unary call gets back as metadata, each message gets in its ``infer_response.parameters``
+(``string_param`` values, appended as map entries, so the tensors stay as the upstream encoded
+them): ``x-meshgate-version``, ``-request-id``, ``-experiment``, ``-arm`` (``-flag``,
+``-fallback`` when they apply), and for a failed message ``x-meshgate-error``, its reason.
 
 - The deadline: ``grpc-timeout`` is the stream's as a whole; each message gets what is left of
   it when it is sent (the route's timeout still applies within it). When it passes, the
@@ -31,14 +35,14 @@ from typing import TYPE_CHECKING
 
 from gateway.grpc import _h2
 from gateway.grpc.server import _HEAD, _TIMEOUT, _Answer, _GrpcRequest, _percent_encoded
-from models.oip_proto import id_field, request_id, stream_error, stream_response
+from models.oip_proto import id_field, request_id, stream_error, stream_response, string_parameters
 from router import reasons
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.grpc.server import _Rpc, _Service
-    from gateway.http import Request
+    from gateway.http import Headers, Request
 
 __all__ = ["MAX_OUTSTANDING", "StreamInfer"]
 
@@ -46,6 +50,7 @@ __all__ = ["MAX_OUTSTANDING", "StreamInfer"]
 MAX_OUTSTANDING = 64
 _NOT_PER_MESSAGE = frozenset({_TIMEOUT, b"x-request-id"})  # each message has its own
 _STATUS_NAMES = {int(code): code.name for code in reasons.GrpcStatus}
+_OURS = b"x-meshgate-"  # the metadata a unary call gets back, per message in its parameters
 
 
 class _Message(_Answer):
@@ -62,9 +67,9 @@ class _Message(_Answer):
         self._gone: list[Callable[[], None]] | None = None
 
     def deliver(
-        self, code: int, message: bytes, reason: bytes | None, fields: list[bytes], body: bytes
+        self, code: int, message: bytes, reason: bytes | None, metadata: Headers, body: bytes
     ) -> None:
-        self.call.answered(self, code, message, reason, body)
+        self.call.answered(self, code, message, reason, metadata, body)
 
 
 class StreamInfer:
@@ -167,9 +172,12 @@ class StreamInfer:
         self._service.model_infer(request, message)  # type: ignore[arg-type]
 
     # -- answers out ---------------------------------------------------------------------------
-    def answered(self, message: _Message, code: int, text: bytes, reason: bytes | None, body: bytes) -> None:
+    def answered(
+        self, message: _Message, code: int, text: bytes, reason: bytes | None, metadata: Headers, body: bytes
+    ) -> None:
         """One message's answer, written now (completion order): the ModelInferResponse, or
-        ``error_message``, ``<reason>: <message>`` (the status's name for an upstream's own)."""
+        ``error_message``, ``<reason>: <message>`` (the status's name for an upstream's own);
+        the gateway's metadata of it (``x-meshgate-*``) in its ``parameters``."""
         self._outstanding.discard(message)
         rpc = self.rpc
         if rpc.disconnected or rpc.done:
@@ -177,14 +185,18 @@ class StreamInfer:
         if self._deadline is not None and rpc.conn._loop.time() >= self._deadline:
             self._expired()  # the stream's deadline has passed: it ends with DEADLINE_EXCEEDED
             return
+        parameters = string_parameters([pair for pair in metadata if pair[0].startswith(_OURS)])
         if code == 0:
             pieces = [memoryview(body)] if body else []
             if message.id:
                 pieces.append(id_field(message.id))
+            if parameters:  # appended: the upstream's tensors are not re-encoded
+                pieces.append(parameters)
             pieces = stream_response(pieces)
         else:
             name = reason or _STATUS_NAMES.get(code, str(code)).encode()
-            pieces = [stream_error(name + b": " + text if text and text != reason else name, message.id)]
+            text = name + b": " + text if text and text != reason else name
+            pieces = [stream_error(text, message.id, parameters)]
         self._write(pieces)
         self._pump()
         self._finish()

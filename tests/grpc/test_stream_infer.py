@@ -141,6 +141,60 @@ def test_an_experiment_splits_streams_stickily_by_key(mesh, client):
         mesh.admin.post("/v1/experiments/digits-stream-ab/stop")
 
 
+def _parameters(response) -> dict[str, str]:
+    """A ModelInferResponse's string parameters, as a dict."""
+    return {name: value.string_param for name, value in response.parameters.items()}
+
+
+def test_each_answer_carries_its_routing_metadata_and_feedback_joins_its_request_id(mesh, client):
+    body = {"name": "digits-stream-fb", "model": "digits", "arms": {"v1": 50, "v2": 50}, "control": "v1"}
+    body["metrics"] = [{"name": "accuracy", "kind": "binary"}]  # feedback follows
+    assert mesh.admin.post("/v1/experiments", json=body).status_code == 201
+    try:
+        with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as channel:
+
+            def unary_head(key: str) -> dict:
+                _, state = channel.unary_unary(INFER).with_call(
+                    infer_request(), metadata=[("x-meshgate-key", key)], timeout=10
+                )
+                return dict(state.initial_metadata())
+
+            wait_for(
+                lambda: unary_head("fb").get("x-meshgate-experiment"),
+                lambda name: name == "digits-stream-fb",
+                what="the experiment routes gRPC traffic",
+            )
+            calls = [{"model_name": "digits", "inputs": [_input(3)], "request_id": str(n)} for n in range(3)]
+            answers = _stream(client, calls, headers={"x-meshgate-key": "fb-user"})
+            arm = unary_head("fb-user")["x-meshgate-arm"]
+            rids = set()
+            want = client.infer("digits", [_input(3)], model_version=arm)
+            for result, error in answers.values():
+                assert error is None
+                response = result.get_response()
+                params = _parameters(response)  # tritonclient decodes the appended map entries
+                assert params["x-meshgate-version"] == response.model_version == arm
+                assert params["x-meshgate-experiment"] == "digits-stream-fb"
+                assert params["x-meshgate-arm"] == arm and "x-meshgate-error" not in params
+                rids.add(params["x-meshgate-request-id"])
+                for name in ("label", "probabilities"):  # the upstream's tensors, as it sent them
+                    np.testing.assert_array_equal(result.as_numpy(name), want.as_numpy(name))
+            assert len(rids) == 3  # one request id per message
+            for rid in rids:
+                event = {"request_id": rid, "metric": "accuracy", "value": 1}
+                fb = mesh.data.post("/v1/feedback", json=event)
+                assert fb.status_code == 200 and fb.json()["accepted"] == 1, fb.text
+                assert fb.json()["results"][0]["arm"] == arm
+            # a failed message: its reason among the parameters (a raw stream: tritonclient
+            # hands an error_message to the callback as an exception, without the response)
+            failed = _responses(channel, [_with_id(infer_request(version="v9"), "bad")], timeout=20)
+            assert len(failed) == 1 and failed[0].error_message.startswith("version_not_found: ")
+            assert failed[0].infer_response.id == "bad"
+            assert _parameters(failed[0].infer_response)["x-meshgate-error"] == "version_not_found"
+    finally:
+        mesh.admin.post("/v1/experiments/digits-stream-fb/stop")
+
+
 def _in_flight(mesh, model: str) -> int:
     health = mesh.admin.get(f"/v1/models/{model}/health").json()
     return sum(version["limits"]["in_flight"] for version in health["versions"].values())
