@@ -64,6 +64,7 @@ class ProcessOptions:
     admin_port: int = 8081
     max_body_bytes: int = 64 * 1024 * 1024
     llm_body_bytes: int = LLM_BODY_BYTES  # the LLM routes' bodies (read whole), within max_body_bytes
+    body_timeout_s: float = 60.0  # a request body not read this long after its head: 408 request_timeout
     run_data_plane: bool = True
     run_control_plane: bool = True
     workers: int = 1  # data-plane processes on one port (gateway.supervisor runs them)
@@ -161,7 +162,9 @@ async def _start(opts: ProcessOptions) -> Running:
         running.key_sync = KeySync(plane.key_gate, store)
         running.tasks.append(asyncio.create_task(running.key_sync.run(), name="key-sync"))
         limits = ServerLimits(
-            max_body_bytes=opts.max_body_bytes, buffered_body_bytes=min(1 << 20, opts.max_body_bytes)
+            max_body_bytes=opts.max_body_bytes,
+            buffered_body_bytes=min(1 << 20, opts.max_body_bytes),
+            body_timeout=opts.body_timeout_s,
         )
         opts.gateway_id = opts.gateway_id or new_gateway_id()
         running.mesh = await start_gateway_mesh(
@@ -180,7 +183,13 @@ async def _start(opts: ProcessOptions) -> Running:
         )
         tls = public_tls_context(opts.tls_cert, opts.tls_key) if opts.tls_cert and opts.tls_key else None
         running.data_server = await start_server(
-            plane.handle, opts.host, opts.port, ssl=tls, limits=limits, reuse_port=opts.reuse_port
+            plane.handle,
+            opts.host,
+            opts.port,
+            ssl=tls,
+            limits=limits,
+            reuse_port=opts.reuse_port,
+            refusal=plane.openai_routes.refusal,
         )
         if running.mesh.identity is not None:  # the same identity, with ALPN h2, for gRPC upstreams
             grpc_pool.tls_for(plane.mesh_tls, running.mesh.identity.client_context())

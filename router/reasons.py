@@ -188,7 +188,7 @@ _ALL = (
         False,
         _G.RESOURCE_EXHAUSTED,
     ),
-    Reason(REQUEST_TIMEOUT, 408, "the request head did not arrive in time", True, _G.DEADLINE_EXCEEDED),
+    Reason(REQUEST_TIMEOUT, 408, "the request {what} did not arrive in time", True, _G.DEADLINE_EXCEEDED),
     Reason(MODEL_NOT_FOUND, 404, "model {model!r} is not registered", False, _G.NOT_FOUND),
     Reason(VERSION_NOT_FOUND, 404, "model {model!r} has no version {version!r}", False, _G.NOT_FOUND),
     Reason(

@@ -30,6 +30,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -84,6 +91,13 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
             default=32 * 1024 * 1024,
             help="largest body of the LLM routes (/v1/chat/completions, ...), read whole; larger ones "
             "get 413 in OpenAI's error shape (default 32 MiB; --max-body-bytes caps it)",
+        )
+        p.add_argument(
+            "--body-timeout-s",
+            type=_positive_float,
+            default=60.0,
+            help="a request body not read whole this long after its head gets 408 request_timeout "
+            "(a slow or stalled upload; not while the gateway itself holds the body back; default 60)",
         )
         p.add_argument(
             "--access-log",
@@ -215,6 +229,7 @@ def _options(args: argparse.Namespace, *, data: bool, admin: bool):
         if args.grpc_max_header_list_bytes is not None:
             opts.grpc_max_header_list_bytes = args.grpc_max_header_list_bytes
         opts.llm_body_bytes = args.llm_body_bytes
+        opts.body_timeout_s = args.body_timeout_s
         opts.extra["access_log"] = args.access_log
     if admin:
         opts.admin_host, opts.admin_port = args.admin_host, args.admin_port

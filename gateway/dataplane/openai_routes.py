@@ -13,7 +13,11 @@ an OpenAI error document with ``x-meshgate-error``: 400 for a body the gateway c
 on, 401/403/429 from the key gate, 404 for an unknown model or version (and, on the GET routes,
 for a model the client key may not use: the list does not show it either), 405 for the wrong
 method, 413 for a body above ``plane.llm_body_bytes`` (`LLM_BODY_BYTES` unless the process
-sets it: ``--llm-body-bytes``; the engine's ``--max-body-bytes`` caps every body before that).
+sets it: ``--llm-body-bytes``; the engine's ``--max-body-bytes`` caps every body before that),
+408 (``request_timeout``) for a body that has not arrived within the engine's body timeout
+(``ServerLimits.body_timeout``, ``--body-timeout-s``). The engine refuses those itself, through
+a streamed body's failure or, for a body it holds back until whole, through `refusal` (the
+engine's ``refusal`` hook), which answers in the same shape and counts and logs them the same.
 
 LLM bodies are read whole: the routes must read ``model`` before routing and may replay the
 body on a retry or fallback. One up to the engine's buffered limit (1 MiB) comes whole in
@@ -65,6 +69,7 @@ _KEY_HEADER = b"x-meshgate-key"
 _POST = [(b"allow", b"POST")]
 _GET = [(b"allow", b"GET")]
 _MODELS_PREFIX = "/v1/models/"
+_GENERATE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 _ANY: Callable[[str], bool] = lambda name: True  # noqa: E731
 
 
@@ -125,6 +130,18 @@ class OpenAiRoutes:
         self._generate(request, responder, b"/v1/embeddings", False)
 
     # -- refusals -----------------------------------------------------------------------
+    def refusal(self, request: Request, reason: str, message: str) -> tuple[int, Headers, bytes] | None:
+        """The engine's refusal of a request to a POST route whose head it read (a body too slow
+        or too large: gateway.http.Refusal), in OpenAI's shape, counted and logged as the routes'
+        own; None for another route (the engine answers in its own shape)."""
+        if request.path not in _GENERATE:
+            return None
+        status = reasons.STATUS[reason]
+        problem = "request_too_large" if reason == reasons.PAYLOAD_TOO_LARGE else reason
+        status, headers, body = openai_error(status, reason, message, error_type(status), problem, [])
+        self.plane.refused(request, status, reason)
+        return status, [*headers, date_header()], body
+
     def _refuse(
         self,
         request: Request,

@@ -227,7 +227,8 @@ class DataPlane:
         self._shadows: dict[tuple[str, str, str], Any] = {}  # ShadowStats or LlmShadowStats
         self.llm_body_bytes = LLM_BODY_BYTES  # the LLM routes read bodies whole, up to this
         # /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}]
-        OpenAiRoutes(self).install()
+        self.openai_routes = OpenAiRoutes(self)
+        self.openai_routes.install()
 
     # -- configuration ----------------------------------------------------------------------
     def set_table(self, table: RouteTable) -> None:

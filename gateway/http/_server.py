@@ -71,6 +71,7 @@ class ServerLimits:
     max_body_bytes: int = 1 << 30  # -> 413
     buffered_body_bytes: int = 1 << 20  # bodies up to this are delivered whole (replayable on retry)
     header_timeout: float = 10.0  # from the first byte of a head to its end -> 408
+    body_timeout: float = 60.0  # from the end of a head to the end of its body -> 408 (untimed while paused)
     keepalive_timeout: float = 30.0  # an idle keep-alive connection is closed after this
     write_high_water: int = 256 * 1024  # transport buffer above which writers are told to wait
     max_pipelined: int = 32  # requests awaiting responses before reading pauses
@@ -81,7 +82,7 @@ class ServerLimits:
                 raise ValueError(f"ServerLimits.{name} must be positive")
         if not 0 <= self.buffered_body_bytes <= self.max_body_bytes:
             raise ValueError("ServerLimits.buffered_body_bytes must be between 0 and max_body_bytes")
-        if self.header_timeout <= 0 or self.keepalive_timeout <= 0:
+        if self.header_timeout <= 0 or self.keepalive_timeout <= 0 or self.body_timeout <= 0:
             raise ValueError("ServerLimits timeouts must be positive")
 
 
@@ -369,6 +370,7 @@ class HttpProtocol(asyncio.Protocol):
         "_handler",
         "_header_bytes",
         "_headers",
+        "_in_body",
         "_in_head",
         "_limits",
         "_loop",
@@ -402,8 +404,9 @@ class HttpProtocol(asyncio.Protocol):
         self._write_paused = False
         self._accepting = True
         self._deadline = 0.0  # 0: none; else loop time at which the connection is timed out
-        self._deadline_is_head = False
+        self._deadline_is_head = False  # the deadline is a read deadline (head or body): 408 at expiry
         self._in_head = False
+        self._in_body = False  # the head has been read, the end of its body not yet
         # per-request state, reset in on_message_begin
         self._url = b""
         self._headers: Headers = []
@@ -461,7 +464,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._in_head:
             if not self._deadline_is_head:
                 self._set_deadline(True)
-        elif self._deadline_is_head:
+        elif self._deadline_is_head and not self._in_body:
             self._deadline_is_head = False
             self._deadline = 0.0
 
@@ -510,6 +513,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True  # the body's read deadline (the sweep's coarse clock is precise enough)
+        self._deadline = self._server.now + self._limits.body_timeout
+        self._deadline_is_head = True
         parser = self._parser
         limits = self._limits
         request = Request(
@@ -548,6 +554,9 @@ class HttpProtocol(asyncio.Protocol):
                 stream.feed(chunk)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
+        self._deadline_is_head = False
+        self._deadline = 0.0
         request = self._request
         if request is None:
             return
@@ -647,23 +656,26 @@ class HttpProtocol(asyncio.Protocol):
     def _reject(self, code: str, message: str) -> None:
         """Answer a bad request (after the responses before it) and close the connection."""
         stream = self._stream
-        # refused after its head (a 413, a malformed chunk): the rest of the body may be on its way
+        # refused after its head (a 413, a malformed chunk, a body too slow): the rest of the body
+        # may be on its way
         self._body_refused = self._request is not None
-        if stream is not None and not stream.complete:
-            stream.fail(StreamError(REASONS[code].status, code, message))
         self._stop_reading()
-        self._in_head = False
+        self._in_head = self._in_body = False
         self._deadline_is_head = False
         self._deadline = 0.0
         request = self._request or Request(b"GET", b"", [], "1.1", False, self._client)
-        request.keep_alive = False
+        request.keep_alive = False  # before the stream fails: its handler's answer closes the connection
         if stream is not None:  # its handler was called and answers for it
+            if not stream.complete:
+                stream.fail(StreamError(REASONS[code].status, code, message))
             return
         responder = Responder(self, request)
         if self._responders:
             responder._pending = []
         self._responders.append(responder)
-        responder.respond(*error_response(code, message))
+        refusal = self._server.refusal if self._request is not None else None
+        answer = refusal(request, code, message) if refusal is not None else None
+        responder.respond(*(answer or error_response(code, message)))
 
     def _stop_reading(self) -> None:
         self._accepting = False
@@ -693,8 +705,11 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline_is_head = head
 
     def _expire(self) -> None:
-        if self._deadline_is_head:
-            self._reject(REQUEST_TIMEOUT, REASONS[REQUEST_TIMEOUT].message)
+        if self._in_body and self._paused & _PAUSE_BODY:  # its consumer is the slow one: not timed
+            self._deadline = self._server.now + self._limits.body_timeout
+        elif self._deadline_is_head:  # a streamed body's handler answers (_reject fails its stream)
+            what = "body" if self._in_body else "head"
+            self._reject(REQUEST_TIMEOUT, REASONS[REQUEST_TIMEOUT].text(what=what))
         else:
             self._deadline = 0.0
             self._transport.close()
@@ -714,16 +729,26 @@ class _Reject(Exception):
         self.code = code
 
 
+#: ``refusal(request, reason, message)``: the engine's own answer to a request whose head it
+#: read and then refused (a body too large or too slow, a malformed chunk) in the handler's
+#: shape, as ``(status, headers, body)``; None: the engine's default (`error_response`)
+Refusal = Callable[[Request, str, str], "tuple[int, Headers, bytes] | None"]
+
+
 class Server:
     """A listening engine server: `port` is the bound port (useful with port 0)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limits: ServerLimits) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, limits: ServerLimits, refusal: Refusal | None = None
+    ) -> None:
         self.loop = loop
         self.limits = limits
+        self.refusal = refusal
         self._server: asyncio.Server | None = None
         self._connections: set[HttpProtocol] = set()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._tick = min(max(min(limits.header_timeout, limits.keepalive_timeout) / 4, 0.01), 1.0)
+        shortest = min(limits.header_timeout, limits.keepalive_timeout, limits.body_timeout)
+        self._tick = min(max(shortest / 4, 0.01), 1.0)
         self._all_closed: asyncio.Future[None] | None = None
         self._port = 0
         self.now = loop.time()  # refreshed by every sweep; a coarse clock for idle deadlines
@@ -776,14 +801,16 @@ async def start_server(
     backlog: int = 1024,
     reuse_port: bool = False,
     front: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol] | None = None,
+    refusal: Refusal | None = None,
 ) -> Server:
     """Listen on host:port and call `handler(request, responder)` for every request.
 
     ``front(engine)``, when given, makes each connection's first protocol from the engine's
     protocol factory: it may hand the connection to another protocol (the sidecar's HTTP/2 relay).
+    ``refusal``: see `Refusal`.
     """
     loop = asyncio.get_running_loop()
-    server = Server(loop, limits)
+    server = Server(loop, limits, refusal)
 
     def engine() -> asyncio.Protocol:
         return HttpProtocol(handler, limits, server)

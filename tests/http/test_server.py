@@ -154,6 +154,95 @@ async def test_slow_header_gets_408() -> None:
         assert await at_eof(reader)
 
 
+async def _trickle_until_answered(reader, writer, byte: bytes = b"x", at_most: int = 400):
+    """Send `byte` after each 20 ms without an answer (a slow-loris body); the answer."""
+    answer = asyncio.ensure_future(read_response(reader))
+    for _ in range(at_most):
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), 0.02)
+        except TimeoutError:
+            writer.write(byte)
+    answer.cancel()
+    raise AssertionError(f"no answer after {at_most} trickled bytes")
+
+
+async def test_a_slow_or_stalled_body_gets_408_after_the_body_timeout() -> None:
+    seen = []
+
+    def handler(request: Request, responder: Responder) -> None:
+        seen.append(request.target)
+        echo_handler(request, responder)
+
+    limits = ServerLimits(body_timeout=0.3)
+    async with serving(handler, limits) as server:
+        async with raw_connection(server.port) as (reader, writer):  # a byte at a time, never all
+            writer.write(POST.replace(b"/v2/models/m/infer", b"/slow") % (10_000, b"{"))
+            response = await _trickle_until_answered(reader, writer)
+            assert response.status == 408 and response.reason() == "request_timeout"
+            assert "body" in response.json()["error"] and response.header("connection") == "close"
+            assert await at_eof(reader)
+        async with raw_connection(server.port) as (reader, writer):  # half of it, then nothing
+            writer.write(POST.replace(b"/v2/models/m/infer", b"/half") % (100, b"x" * 50))
+            response = await read_response(reader)
+            assert response.status == 408 and response.reason() == "request_timeout"
+            assert await at_eof(reader)
+        # a body that arrives within the timeout is served, and the next request on the connection
+        # is not timed by its deadline
+        async with raw_connection(server.port) as (reader, writer):
+            writer.write(post(b"y" * 2048))
+            assert (await read_response(reader)).status == 200
+            writer.write(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_response(reader)).status == 200
+    assert b"/slow" not in seen and b"/half" not in seen  # the handler never saw them
+
+
+async def test_a_streamed_body_that_stalls_fails_its_stream_with_408() -> None:
+    ends: list[Exception | None] = []
+
+    def handler(request: Request, responder: Responder) -> None:
+        stream = request.stream
+        assert stream is not None
+
+        def on_end(error: Exception | None) -> None:
+            ends.append(error)
+            code = getattr(error, "code", "ok")
+            responder.respond(getattr(error, "status", 200), [], code.encode())
+
+        stream.start(lambda chunk: None, on_end)
+
+    limits = ServerLimits(body_timeout=0.3, buffered_body_bytes=16)
+    async with serving(handler, limits) as server, raw_connection(server.port) as (reader, writer):
+        writer.write(post(b"z" * 64)[:-32])  # its handler is reading it; the last 32 bytes never come
+        response = await read_response(reader)
+        assert response.status == 408 and response.body == b"request_timeout"
+        assert response.header("connection") == "close" and await at_eof(reader)
+    assert len(ends) == 1 and getattr(ends[0], "code", None) == "request_timeout"
+
+
+async def test_a_body_its_handler_holds_back_is_not_timed() -> None:
+    streams = []
+
+    def handler(request: Request, responder: Responder) -> None:
+        stream = request.stream
+        assert stream is not None
+        streams.append((stream, responder))
+        stream.start(
+            lambda chunk: None, lambda error: responder.respond(200 if error is None else 599, [], b"")
+        )
+        stream.pause()  # a slow consumer (an upstream that reads slowly): the client is not at fault
+
+    limits = ServerLimits(body_timeout=0.2, buffered_body_bytes=16)
+    async with serving(handler, limits) as server, raw_connection(server.port) as (reader, writer):
+        writer.write(post(b"w" * 64)[:-32])
+        ((stream, _responder),) = await await_for(lambda: streams, what="the handler")
+        paused_at = server.now
+        await await_for(lambda: server.now >= paused_at + 5 * 0.2, what="five body timeouts")
+        assert not stream.complete
+        stream.resume()
+        writer.write(b"w" * 32)
+        assert (await read_response(reader)).status == 200
+
+
 async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
     limits = ServerLimits(keepalive_timeout=0.2)
     async with serving(echo_handler, limits) as server, raw_connection(server.port) as (reader, writer):
