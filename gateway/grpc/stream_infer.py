@@ -15,6 +15,13 @@ unary call gets back as metadata, each message gets in its ``infer_response.para
 them): ``x-meshgate-version``, ``-request-id``, ``-experiment``, ``-arm`` (``-flag``,
 ``-fallback`` when they apply), and for a failed message ``x-meshgate-error``, its reason.
 
+- The request id: as a unary call's, the caller's ``x-request-id`` when the stream has one,
+  numbered per message in the order sent (``<x-request-id>.<n>``, the first ``.1``), so each is
+  unique within the stream and the caller can name any of them; else each message gets a fresh
+  one from the gateway (signed with its arm when an experiment with metrics routed it, so
+  feedback needs no join record). The request's ``id`` field is the stream's correlation of
+  answers to requests (clients number it per stream, often from 0 again), never the request
+  id, as on the unary call and over HTTP.
 - The deadline: ``grpc-timeout`` is the stream's as a whole; each message gets what is left of
   it when it is sent (the route's timeout still applies within it). When it passes, the
   messages in flight are cancelled and the stream ends with DEADLINE_EXCEEDED.
@@ -48,7 +55,8 @@ __all__ = ["MAX_OUTSTANDING", "StreamInfer"]
 
 #: request messages of one stream in flight at once (upstream calls); more wait, unread
 MAX_OUTSTANDING = 64
-_NOT_PER_MESSAGE = frozenset({_TIMEOUT, b"x-request-id"})  # each message has its own
+_REQUEST_ID = b"x-request-id"
+_NOT_PER_MESSAGE = frozenset({_TIMEOUT, _REQUEST_ID})  # each message has its own
 _STATUS_NAMES = {int(code): code.name for code in reasons.GrpcStatus}
 _OURS = b"x-meshgate-"  # the metadata a unary call gets back, per message in its parameters
 
@@ -86,6 +94,8 @@ class StreamInfer:
         "_problem",
         "_pumping",
         "_queue",
+        "_request_id",
+        "_sent",
         "_service",
         "_timer",
         "rpc",
@@ -104,6 +114,8 @@ class StreamInfer:
         request = rpc.request
         assert request is not None
         self._metadata = [pair for pair in request.headers if pair[0] not in _NOT_PER_MESSAGE]
+        self._request_id = request.header(_REQUEST_ID)  # the caller's: message n's is "<it>.<n>"
+        self._sent = 0  # request messages so far (served, or refused by the service)
         loop = rpc.conn._loop
         timeout = request.header(_TIMEOUT)
         self._deadline = loop.time() + int(timeout) / 1000 if timeout is not None else None
@@ -162,6 +174,9 @@ class StreamInfer:
     def _serve(self, body: bytes) -> None:
         rpc = self.rpc
         metadata = list(self._metadata)
+        self._sent += 1
+        if self._request_id is not None:
+            metadata.append((_REQUEST_ID, b"%b.%d" % (self._request_id, self._sent)))
         if self._deadline is not None:  # what is left of the stream's deadline, rounded up:
             left = self._deadline - rpc.conn._loop.time()  # the stream's own timer comes first
             metadata.append((_TIMEOUT, b"%d" % max(1, math.ceil(left * 1000))))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 
 import grpc
@@ -146,53 +147,84 @@ def _parameters(response) -> dict[str, str]:
     return {name: value.string_param for name, value in response.parameters.items()}
 
 
-def test_each_answer_carries_its_routing_metadata_and_feedback_joins_its_request_id(mesh, client):
-    body = {"name": "digits-stream-fb", "model": "digits", "arms": {"v1": 50, "v2": 50}, "control": "v1"}
-    body["metrics"] = [{"name": "accuracy", "kind": "binary"}]  # feedback follows
+_experiments = itertools.count()
+
+
+@pytest.fixture
+def measured(mesh):
+    """A 50/50 experiment on digits with a metric (feedback joins its arms) routing gRPC
+    traffic; yields (its name, the arm of a routing key as a unary call gets it)."""
+    name = f"digits-stream-fb{next(_experiments)}"
+    body = {"name": name, "model": "digits", "arms": {"v1": 50, "v2": 50}, "control": "v1"}
+    body["metrics"] = [{"name": "accuracy", "kind": "binary"}]
     assert mesh.admin.post("/v1/experiments", json=body).status_code == 201
     try:
         with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as channel:
 
-            def unary_head(key: str) -> dict:
+            def arm_of(key: str) -> str | None:
                 _, state = channel.unary_unary(INFER).with_call(
                     infer_request(), metadata=[("x-meshgate-key", key)], timeout=10
                 )
-                return dict(state.initial_metadata())
+                head = dict(state.initial_metadata())
+                return head["x-meshgate-arm"] if head.get("x-meshgate-experiment") == name else None
 
-            wait_for(
-                lambda: unary_head("fb").get("x-meshgate-experiment"),
-                lambda name: name == "digits-stream-fb",
-                what="the experiment routes gRPC traffic",
-            )
-            calls = [{"model_name": "digits", "inputs": [_input(3)], "request_id": str(n)} for n in range(3)]
-            answers = _stream(client, calls, headers={"x-meshgate-key": "fb-user"})
-            arm = unary_head("fb-user")["x-meshgate-arm"]
-            rids = set()
-            want = client.infer("digits", [_input(3)], model_version=arm)
-            for result, error in answers.values():
-                assert error is None
-                response = result.get_response()
-                params = _parameters(response)  # tritonclient decodes the appended map entries
-                assert params["x-meshgate-version"] == response.model_version == arm
-                assert params["x-meshgate-experiment"] == "digits-stream-fb"
-                assert params["x-meshgate-arm"] == arm and "x-meshgate-error" not in params
-                rids.add(params["x-meshgate-request-id"])
-                for name in ("label", "probabilities"):  # the upstream's tensors, as it sent them
-                    np.testing.assert_array_equal(result.as_numpy(name), want.as_numpy(name))
-            assert len(rids) == 3  # one request id per message
-            for rid in rids:
-                event = {"request_id": rid, "metric": "accuracy", "value": 1}
-                fb = mesh.data.post("/v1/feedback", json=event)
-                assert fb.status_code == 200 and fb.json()["accepted"] == 1, fb.text
-                assert fb.json()["results"][0]["arm"] == arm
-            # a failed message: its reason among the parameters (a raw stream: tritonclient
-            # hands an error_message to the callback as an exception, without the response)
-            failed = _responses(channel, [_with_id(infer_request(version="v9"), "bad")], timeout=20)
-            assert len(failed) == 1 and failed[0].error_message.startswith("version_not_found: ")
-            assert failed[0].infer_response.id == "bad"
-            assert _parameters(failed[0].infer_response)["x-meshgate-error"] == "version_not_found"
+            wait_for(lambda: arm_of("probe"), what="the experiment routes gRPC traffic")
+            yield name, arm_of
     finally:
-        mesh.admin.post("/v1/experiments/digits-stream-fb/stop")
+        mesh.admin.post(f"/v1/experiments/{name}/stop")
+
+
+def _joined(mesh, rid: str) -> str:
+    """POST /v1/feedback for request `rid`: the arm it joined."""
+    fb = mesh.data.post("/v1/feedback", json={"request_id": rid, "metric": "accuracy", "value": 1})
+    assert fb.status_code == 200 and fb.json()["accepted"] == 1, fb.text
+    return fb.json()["results"][0]["arm"]
+
+
+def test_each_answer_carries_its_routing_metadata_and_feedback_joins_its_request_id(mesh, client, measured):
+    experiment, arm_of = measured
+    calls = [{"model_name": "digits", "inputs": [_input(3)], "request_id": str(n)} for n in range(3)]
+    answers = _stream(client, calls, headers={"x-meshgate-key": "fb-user"})
+    arm = arm_of("fb-user")
+    rids = set()
+    want = client.infer("digits", [_input(3)], model_version=arm)
+    for result, error in answers.values():
+        assert error is None
+        response = result.get_response()
+        params = _parameters(response)  # tritonclient decodes the appended map entries
+        assert params["x-meshgate-version"] == response.model_version == arm
+        assert params["x-meshgate-experiment"] == experiment
+        assert params["x-meshgate-arm"] == arm and "x-meshgate-error" not in params
+        rids.add(params["x-meshgate-request-id"])
+        for name in ("label", "probabilities"):  # the upstream's tensors, as it sent them
+            np.testing.assert_array_equal(result.as_numpy(name), want.as_numpy(name))
+    assert len(rids) == 3  # one request id per message: the gateway's, signed with the arm
+    assert all(_joined(mesh, rid) == arm for rid in rids)
+    # a failed message: its reason among the parameters (a raw stream: tritonclient hands an
+    # error_message to the callback as an exception, without the response)
+    with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as channel:
+        failed = _responses(channel, [_with_id(infer_request(version="v9"), "bad")], timeout=20)
+    assert len(failed) == 1 and failed[0].error_message.startswith("version_not_found: ")
+    assert failed[0].infer_response.id == "bad"
+    assert _parameters(failed[0].infer_response)["x-meshgate-error"] == "version_not_found"
+
+
+def test_a_streams_x_request_id_is_each_messages_numbered_in_order(mesh, client, measured):
+    _, arm_of = measured
+    calls = [{"model_name": "digits", "inputs": [_input(2)], "request_id": str(n)} for n in range(3)]
+    calls.insert(1, {"model_name": "nope", "inputs": [_input(2)], "request_id": "lost"})
+    answers = _stream(client, calls, headers={"x-meshgate-key": "rid-user", "x-request-id": "strm-42"})
+    arm = arm_of("rid-user")
+    got = {rid: _parameters(result.get_response()) for rid, (result, _) in answers.items() if result}
+    # the message refused (an unknown model) was the second: numbered, so the others keep theirs
+    assert {rid: params["x-meshgate-request-id"] for rid, params in got.items()} == {
+        "0": "strm-42.1",
+        "1": "strm-42.3",
+        "2": "strm-42.4",
+    }
+    assert _joined(mesh, "strm-42.3") == arm  # the caller's own id: joined through its record
+    log = wait_for(mesh.proc.output, lambda out: '"request_id":"strm-42.4"' in out, what="the log line")
+    assert '"request_id":"strm-42.2"' in log and '"request_id":"strm-42"' not in log
 
 
 def _in_flight(mesh, model: str) -> int:
