@@ -34,6 +34,7 @@ __all__ = ["Endpoint", "PeerVerifier", "UpstreamPool"]
 # Who answered a TLS handshake: the verified certificate (`SSLObject.getpeercert()`, None over
 # plaintext) -> None to accept the connection, or the error every waiting request fails with.
 PeerVerifier = Callable[[dict | None], UpstreamError | None]
+_new = object.__new__
 
 
 class _Resuming:
@@ -122,8 +123,19 @@ class Endpoint:
         `timeout` covers waiting for a connection, connecting and the response head.
         """
         framing = extra_head + b"content-length: %d\r\n\r\n" % len(body)
-        head = _request_head(method, target, self.host_header, headers, framing)
-        exchange = Handle(self, head, body, callback, method == b"HEAD", None)
+        # Handle(...) without the call to __init__ (CPython 3.11 runs a class's Python __init__
+        # through a slow generic call): once per upstream exchange; every slot is set here
+        exchange = _new(Handle)
+        exchange._endpoint = self
+        exchange._head = _request_head(method, target, self.host_header, headers, framing)
+        exchange._body = body
+        exchange._callback = callback
+        exchange._head_only = method == b"HEAD"
+        exchange._stream_body = None
+        exchange._conn = None
+        exchange._state = _WAITING
+        exchange._retried = False
+        exchange._bucket = None
         self._start(exchange, timeout)
         return exchange
 
