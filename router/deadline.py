@@ -44,22 +44,33 @@ class Deadline:
 
     __slots__ = ("_now", "expires_at", "per_try_s", "started_at")
 
-    def __init__(self, policy: TimeoutPolicy, now: Callable[[], float], client_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        policy: TimeoutPolicy,
+        now: Callable[[], float],
+        client_ms: int | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        """`started_at`: when the request started, if before now (it waited before routing)."""
         budget_ms = policy.request_ms
         if client_ms is not None and client_ms < budget_ms:
             budget_ms = client_ms
         per_try_ms = policy.per_try_ms
         self._now = now
-        self.started_at = started = now()
+        self.started_at = started = now() if started_at is None else started_at
         self.expires_at = started + budget_ms / 1000.0
         self.per_try_s = None if per_try_ms is None else per_try_ms / 1000.0
 
     @classmethod
     def from_header(
-        cls, policy: TimeoutPolicy, now: Callable[[], float], header: str | bytes | None
+        cls,
+        policy: TimeoutPolicy,
+        now: Callable[[], float],
+        header: str | bytes | None,
+        started_at: float | None = None,
     ) -> Deadline:
         """Start a deadline from the client's header value (None when absent)."""
-        return cls(policy, now, None if header is None else parse_timeout_header(header))
+        return cls(policy, now, None if header is None else parse_timeout_header(header), started_at)
 
     def remaining_s(self) -> float:
         remaining = self.expires_at - self._now()

@@ -32,7 +32,8 @@ CHARS_PER_TOKEN = 4
 @dataclass(slots=True)
 class LlmUsage:
     streamed: bool
-    #: request start to the first content event reaching the client (streams only)
+    #: from when the gateway received the request (a wait for its key's first lease included)
+    #: to the first content event reaching the client (streams only)
     ttft_s: float | None = None
     #: mean gap between content events after the first (streams with two or more events)
     inter_token_s: float | None = None

@@ -8,7 +8,9 @@ but its method, so a caller without a good key gets 401 whatever its body; then 
 read (``openai_body``: ``model``, ``stream``, ``stream_options``), the request admitted by the
 gate (allowed model, rate limits), routed like an OIP request (a ``model/version`` or
 an ``x-meshgate-version`` header pins the version; else flags, then the experiment, then the
-default version) and run by an ``LlmExchange`` on the same attempt machine. Every refusal is
+default version) and run by an ``LlmExchange`` on the same attempt machine. The request's start
+(its deadline's, and where its latency and time to first token are measured from) is when the
+route received it: a wait for its key's first lease (on shared limits) counts. Every refusal is
 an OpenAI error document with ``x-meshgate-error``: 400 for a body the gateway cannot route
 on, 401/403/429 from the key gate, 404 for an unknown model or version (and, on the GET routes,
 for a model the client key may not use: the list does not show it either), 405 for the wrong
@@ -210,8 +212,9 @@ class OpenAiRoutes:
 
     def _generate(self, request: Request, responder: Responder, path: bytes, streams: bool) -> None:
         plane = self.plane
-        route = path.decode()
+        received = plane.now()  # the request's start (module docstring)
         if request.method != b"POST":
+            route = path.decode()
             self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, f"{route} takes POST", more=_POST)
             return
         # the key first, as OpenAI and LiteLLM answer: the body of a caller without a good
@@ -221,9 +224,9 @@ class OpenAiRoutes:
             self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
             return
         if request.body is not None:
-            self._route(request, responder, path, streams, caller.key, request.body)
+            self._route(request, responder, path, streams, caller.key, request.body, received)
         else:
-            self._read_whole(request, responder, path, streams, caller.key)
+            self._read_whole(request, responder, path, streams, caller.key, received)
 
     def _too_large(self, request: Request, responder: Responder) -> None:
         limit = self.plane.llm_body_bytes
@@ -231,7 +234,13 @@ class OpenAiRoutes:
         self._refuse(request, responder, reasons.PAYLOAD_TOO_LARGE, message, code="request_too_large")
 
     def _read_whole(
-        self, request: Request, responder: Responder, path: bytes, streams: bool, key: ClientKey | None
+        self,
+        request: Request,
+        responder: Responder,
+        path: bytes,
+        streams: bool,
+        key: ClientKey | None,
+        received: float,
     ) -> None:
         """A body above the engine's buffered limit, from ``request.stream``: its chunks as they
         come, joined once at its end (see the module docstring)."""
@@ -256,7 +265,7 @@ class OpenAiRoutes:
             if chunks is None:
                 return
             if error is None:
-                self._route(request, responder, path, streams, key, b"".join(chunks))
+                self._route(request, responder, path, streams, key, b"".join(chunks), received)
                 return
             # the client left mid-upload (nobody hears the answer: it is counted and logged), or
             # the engine refused the rest (above --max-body-bytes, a malformed chunk)
@@ -274,6 +283,7 @@ class OpenAiRoutes:
         streams: bool,
         client_key: ClientKey | None,
         raw: bytes,
+        received: float,
     ) -> None:
         """Read the body, then admit the request."""
         try:
@@ -281,7 +291,7 @@ class OpenAiRoutes:
         except BodyProblem as problem:
             self._refuse(request, responder, reasons.BAD_REQUEST, str(problem), problem.param, problem.code)
             return
-        self._admit(request, responder, path, client_key, body, True)
+        self._admit(request, responder, path, client_key, body, received, True)
 
     def _admit(
         self,
@@ -290,16 +300,20 @@ class OpenAiRoutes:
         path: bytes,
         client_key: ClientKey | None,
         body: LlmBody,
+        received: float,
         may_wait: bool,
     ) -> None:
         """Admit the request for its model (or wait for its key's first lease: KeyGate), route
-        it and start its exchange."""
+        it and start its exchange (`may_wait` False: again, once that lease came)."""
         plane = self.plane
+        if not may_wait and responder.disconnected:  # it left while waiting: nothing admitted or sent
+            plane.refused(request, reasons.STATUS[reasons.CLIENT_CLOSED], reasons.CLIENT_CLOSED)
+            return
         adm = plane.key_gate.admit_key(client_key, body.model, may_wait)
         if adm.waits:
             plane.key_gate.after_sync(
                 adm.key_id,  # type: ignore[arg-type]
-                partial(self._admit_later, request, responder, path, client_key, body),
+                partial(self._admit, request, responder, path, client_key, body, received, False),
             )
             return
         if adm.refusal is not None:
@@ -355,7 +369,7 @@ class OpenAiRoutes:
                 return
             state = states[choice.version]
         try:
-            deadline = Deadline.from_header(state.route.policy.timeouts, plane.now, timeout)
+            deadline = Deadline.from_header(state.route.policy.timeouts, plane.now, timeout, received)
         except DeadlineHeaderError as exc:
             self._refuse(request, responder, reasons.BAD_REQUEST, str(exc), "x-meshgate-timeout-ms")
             return
@@ -371,14 +385,6 @@ class OpenAiRoutes:
         for hook in plane.on_start:
             hook(ex)
         ex.start()
-
-    def _admit_later(
-        self, request: Request, responder: Responder, path: bytes, client_key: ClientKey | None, body: LlmBody
-    ) -> None:
-        if responder.disconnected:  # it left while waiting: nothing was admitted or sent
-            self.plane.refused(request, reasons.STATUS[reasons.CLIENT_CLOSED], reasons.CLIENT_CLOSED)
-        else:
-            self._admit(request, responder, path, client_key, body, False)
 
 
 def _absent(name: str, model: ModelRoute | None) -> str:

@@ -93,10 +93,11 @@ def one_model(
 
 @asynccontextmanager
 async def gateway(
-    table: RouteTable, limits: ServerLimits | None = None
+    table: RouteTable, limits: ServerLimits | None = None, now: Callable[[], float] = time.monotonic
 ) -> AsyncIterator[tuple[DataPlane, int]]:
-    """The data plane on `table`, served on a free loopback port: yields (plane, port)."""
-    plane = DataPlane(UpstreamPool())
+    """The data plane on `table` (on the clock `now`), served on a free loopback port: yields
+    (plane, port)."""
+    plane = DataPlane(UpstreamPool(), now=now)
     plane.set_table(table)
     server = await start_server(plane.handle, HOST, 0, limits=limits or ServerLimits())
     try:
