@@ -77,6 +77,7 @@ class ProcessOptions:
     grpc_port: int | None = None  # inference.GRPCInferenceService on the data plane (off by default)
     grpc_idle_timeout_s: float = 3600.0  # a gRPC connection without calls is closed after it (0: never)
     grpc_max_header_list_bytes: int = 16 * 1024  # a gRPC call's metadata above it: RESOURCE_EXHAUSTED
+    grpc_stream_max_in_flight: int = 64  # a ModelStreamInfer's messages served at once; more wait, unread
     join_token: str | None = None  # a gateway without the CA in-process gets its identity with it
     control_url: str | None = None  # ... from this control plane
     tls_cert: str | None = None  # TLS for plain clients on the data port (ordinary certificate)
@@ -204,6 +205,7 @@ async def _start(opts: ProcessOptions) -> Running:
                 max_message_bytes=opts.max_body_bytes,
                 idle_timeout_s=opts.grpc_idle_timeout_s,
                 max_header_list_bytes=opts.grpc_max_header_list_bytes,
+                stream_max_in_flight=opts.grpc_stream_max_in_flight,
                 tls=public_tls_context(opts.tls_cert, opts.tls_key)
                 if tls is not None
                 else None,  # its own: ALPN h2

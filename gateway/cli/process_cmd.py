@@ -80,6 +80,13 @@ def _process_options(p: argparse.ArgumentParser, *, data: bool, admin: bool) -> 
             "RESOURCE_EXHAUSTED (default 16384, as grpc-go)",
         )
         p.add_argument(
+            "--grpc-stream-max-in-flight",
+            type=_positive_int,
+            default=None,
+            help="request messages of one ModelStreamInfer stream served at once; the next wait and "
+            "the stream is not read meanwhile (backpressure to the client; default 64)",
+        )
+        p.add_argument(
             "--max-body-bytes",
             type=_positive_int,
             default=64 * 1024 * 1024,
@@ -228,6 +235,8 @@ def _options(args: argparse.Namespace, *, data: bool, admin: bool):
             opts.grpc_idle_timeout_s = args.grpc_idle_timeout_s
         if args.grpc_max_header_list_bytes is not None:
             opts.grpc_max_header_list_bytes = args.grpc_max_header_list_bytes
+        if args.grpc_stream_max_in_flight is not None:
+            opts.grpc_stream_max_in_flight = args.grpc_stream_max_in_flight
         opts.llm_body_bytes = args.llm_body_bytes
         opts.body_timeout_s = args.body_timeout_s
         opts.extra["access_log"] = args.access_log

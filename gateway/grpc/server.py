@@ -82,7 +82,13 @@ from router import reasons
 if TYPE_CHECKING:
     from gateway.grpc.stream_infer import StreamInfer
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_HEADER_LIST_BYTES", "GrpcGateway", "start_grpc_gateway"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_MAX_HEADER_LIST_BYTES",
+    "DEFAULT_STREAM_MAX_IN_FLIGHT",
+    "GrpcGateway",
+    "start_grpc_gateway",
+]
 
 log = logging.getLogger("meshgate.grpc")
 
@@ -112,6 +118,8 @@ DEFAULT_MAX_HEADER_LIST_BYTES = 16 * 1024
 #: a connection with no call open this long is closed (GOAWAY NO_ERROR: clients reconnect when
 #: they next call); Envoy's default idle_timeout, gRPC's max_connection_idle does the same
 DEFAULT_IDLE_TIMEOUT_S = 3600.0
+#: request messages of one ModelStreamInfer in flight at once (upstream calls); more wait, unread
+DEFAULT_STREAM_MAX_IN_FLIGHT = 64
 _DRAIN_PING = b"idle\x00\x00\x00\x00"  # the PING that follows an idle connection's first GOAWAY
 _DRAIN_GRACE_S = 5.0  # how long its ack may take before the final GOAWAY goes anyway
 _ALL_STREAMS = (1 << 31) - 1
@@ -779,12 +787,18 @@ class GrpcGateway:
         max_message_bytes: int,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         max_header_list_bytes: int = DEFAULT_MAX_HEADER_LIST_BYTES,
+        stream_max_in_flight: int = DEFAULT_STREAM_MAX_IN_FLIGHT,
     ) -> None:
         if idle_timeout_s < 0:
             raise ValueError(f"the gRPC idle timeout must be 0 (never) or positive, not {idle_timeout_s}")
         if max_header_list_bytes < 1:
             raise ValueError(f"the gRPC header list limit must be positive, not {max_header_list_bytes}")
+        if stream_max_in_flight < 1:
+            raise ValueError(
+                f"the messages in flight per gRPC stream must be at least 1, not {stream_max_in_flight}"
+            )
         self.max_header_list_bytes = max_header_list_bytes
+        self.stream_max_in_flight = stream_max_in_flight
         self.plane = plane
         self.service = _Service(plane)
         self.max_message_bytes = max_message_bytes
@@ -828,17 +842,21 @@ async def start_grpc_gateway(
     tls: ssl.SSLContext | None = None,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     max_header_list_bytes: int = DEFAULT_MAX_HEADER_LIST_BYTES,
+    stream_max_in_flight: int = DEFAULT_STREAM_MAX_IN_FLIGHT,
 ) -> GrpcGateway:
     """Serve `plane` over gRPC on host:port (0: a free one); installs the gRPC client too.
     `tls`: a server context of its own (the data port's public certificate, ``--tls-cert``); it
     gets ALPN h2. `idle_timeout_s`: a connection without calls that long is closed with GOAWAY
     NO_ERROR (0: never). `max_header_list_bytes`: SETTINGS_MAX_HEADER_LIST_SIZE, announced and
-    enforced (a call above it: RESOURCE_EXHAUSTED)."""
+    enforced (a call above it: RESOURCE_EXHAUSTED). `stream_max_in_flight`: a ModelStreamInfer's
+    request messages served at once; the next wait, and the stream is not read meanwhile."""
     if "v2-grpc" not in plane.upstreams.pools:
         install_client(plane, GrpcPool(max_message_bytes))
     if tls is not None:
         tls.set_alpn_protocols(["h2"])
-    gateway = GrpcGateway(plane, max_message_bytes, idle_timeout_s, max_header_list_bytes)
+    gateway = GrpcGateway(
+        plane, max_message_bytes, idle_timeout_s, max_header_list_bytes, stream_max_in_flight
+    )
     loop = asyncio.get_running_loop()
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -25,7 +25,8 @@ them): ``x-meshgate-version``, ``-request-id``, ``-experiment``, ``-arm`` (``-fl
 - The deadline: ``grpc-timeout`` is the stream's as a whole; each message gets what is left of
   it when it is sent (the route's timeout still applies within it). When it passes, the
   messages in flight are cancelled and the stream ends with DEADLINE_EXCEEDED.
-- Backpressure: at most ``MAX_OUTSTANDING`` messages of a stream are in flight; beyond that,
+- Backpressure: at most ``stream_max_in_flight`` messages of a stream are in flight (the
+  port's option, ``--grpc-stream-max-in-flight``, default 64); beyond that,
   and while answers wait for the client's window, the messages already received wait and no
   WINDOW_UPDATE goes out for the stream, so the client stops sending when its window is spent.
 - The end: after the client's half-close, once every answer is out, OK trailers. A compressed
@@ -51,10 +52,8 @@ if TYPE_CHECKING:
     from gateway.grpc.server import _Rpc, _Service
     from gateway.http import Headers, Request
 
-__all__ = ["MAX_OUTSTANDING", "StreamInfer"]
+__all__ = ["StreamInfer"]
 
-#: request messages of one stream in flight at once (upstream calls); more wait, unread
-MAX_OUTSTANDING = 64
 _REQUEST_ID = b"x-request-id"
 _NOT_PER_MESSAGE = frozenset({_TIMEOUT, _REQUEST_ID})  # each message has its own
 _STATUS_NAMES = {int(code): code.name for code in reasons.GrpcStatus}
@@ -89,6 +88,7 @@ class StreamInfer:
         "_deadline",
         "_ended",
         "_headed",
+        "_max_in_flight",
         "_metadata",
         "_outstanding",
         "_problem",
@@ -107,6 +107,7 @@ class StreamInfer:
         self._buf = bytearray()  # request bytes not yet a whole message
         self._queue: deque[bytes] = deque()  # whole messages waiting for a slot
         self._outstanding: set[_Message] = set()
+        self._max_in_flight = rpc.conn._server.stream_max_in_flight
         self._ended = False  # the client half-closed
         self._headed = False  # the response headers are out
         self._pumping = False  # serving waiting messages (an answer given at once pumps no deeper)
@@ -158,14 +159,14 @@ class StreamInfer:
         if self._pumping:
             return
         rpc = self.rpc
-        queue, outstanding = self._queue, self._outstanding
+        queue, outstanding, most = self._queue, self._outstanding, self._max_in_flight
         self._pumping = True
         try:
-            while queue and len(outstanding) < MAX_OUTSTANDING and not rpc.sending and not rpc.done:
+            while queue and len(outstanding) < most and not rpc.sending and not rpc.done:
                 self._serve(queue.popleft())
         finally:
             self._pumping = False
-        held = bool(queue) or len(outstanding) >= MAX_OUTSTANDING or rpc.sending
+        held = bool(queue) or len(outstanding) >= most or rpc.sending
         if held:
             rpc.held = True
         elif rpc.held:

@@ -69,10 +69,10 @@ async def serving(endpoint: str, **options: object) -> AsyncIterator[tuple[DataP
 
 
 @asynccontextmanager
-async def channel_to(endpoint: str) -> AsyncIterator[tuple[DataPlane, grpc.aio.Channel]]:
-    """``serving(endpoint)`` with a grpcio channel to the port."""
+async def channel_to(endpoint: str, **options: object) -> AsyncIterator[tuple[DataPlane, grpc.aio.Channel]]:
+    """``serving(endpoint, **options)`` with a grpcio channel to the port."""
     async with (
-        serving(endpoint) as (plane, gateway),
+        serving(endpoint, **options) as (plane, gateway),
         grpc.aio.insecure_channel(f"{HOST}:{gateway.port}") as channel,
     ):
         yield plane, channel

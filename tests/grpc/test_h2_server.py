@@ -486,6 +486,11 @@ async def test_a_negative_idle_timeout_is_refused() -> None:
         GrpcGateway(DataPlane(UpstreamPool()), 1 << 20, idle_timeout_s=-1)
 
 
+async def test_a_stream_bound_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="messages in flight per gRPC stream must be at least 1, not 0"):
+        GrpcGateway(DataPlane(UpstreamPool()), 1 << 20, stream_max_in_flight=0)
+
+
 async def test_the_calls_the_port_refuses_are_logged_and_counted_as_the_planes_refusals() -> None:
     out = io.StringIO()
     access_log, metrics = AccessLog(out), Metrics(multiproc_dir="")

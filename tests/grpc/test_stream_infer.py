@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.grpc import service_pb2
 
-from gateway.grpc.stream_infer import MAX_OUTSTANDING
+from gateway.grpc.server import DEFAULT_STREAM_MAX_IN_FLIGHT
 from models.oip_proto import ModelInferRequest, ModelInferResponse
 from tests.support import await_for
 from tests.support.procs import HOST
@@ -252,7 +252,8 @@ def test_the_streams_deadline_ends_it_with_deadline_exceeded(mesh):
 
 
 @pytest.mark.anyio
-async def test_a_stream_has_at_most_its_bound_in_flight_and_loses_nothing() -> None:
+@pytest.mark.parametrize("bound", [None, 3])
+async def test_a_stream_has_at_most_its_bound_in_flight_and_loses_nothing(bound: int | None) -> None:
     release = asyncio.Event()
     state = {"now": 0, "most": 0}
 
@@ -263,13 +264,15 @@ async def test_a_stream_has_at_most_its_bound_in_flight_and_loses_nothing() -> N
         state["now"] -= 1
         return ModelInferResponse(id=ModelInferRequest.FromString(body).id).SerializeToString()
 
-    total = MAX_OUTSTANDING * 2 + 5
+    most = bound or DEFAULT_STREAM_MAX_IN_FLIGHT  # None: the port's default
+    total = most * 2 + 5
     messages = [_with_id(infer_request(model="m"), str(i)) for i in range(total)]
-    async with upstream(infer) as url, channel_to(url) as (_, channel):
+    options = {"stream_max_in_flight": bound} if bound else {}
+    async with upstream(infer) as url, channel_to(url, **options) as (_, channel):
         call = channel.stream_stream(STREAM_INFER)(iter(messages), timeout=30)
-        await await_for(lambda: state["now"] == MAX_OUTSTANDING, what="the stream's bound in flight")
+        await await_for(lambda: state["now"] == most, what="the stream's bound in flight")
         release.set()
         ids = [service_pb2.ModelStreamInferResponse.FromString(raw).infer_response.id async for raw in call]
         assert await call.code() is grpc.StatusCode.OK
     assert sorted(ids, key=int) == [str(i) for i in range(total)]
-    assert state["most"] == MAX_OUTSTANDING
+    assert state["most"] == most
