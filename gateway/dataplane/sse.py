@@ -27,16 +27,17 @@ _decode = json.JSONDecoder().raw_decode
 class SseEvents:
     """Splits a byte stream into whole events."""
 
-    __slots__ = ("_rest",)
+    __slots__ = ("rest",)
 
     def __init__(self) -> None:
-        self._rest = b""
+        #: the start of an event waiting for the rest of it (b"": none; read it, never set it)
+        self.rest = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
         # Line by line with a one-byte search (memchr: a token's event is one line, one search),
         # never a two-byte one (CPython's is a slower loop); an event ends at the first blank
         # line, "\n\n" or "\r\n\r\n" (the elif).
-        data = self._rest + chunk if self._rest else chunk
+        data = self.rest + chunk if self.rest else chunk
         events: list[bytes] = []
         start = at = 0
         n = len(data)
@@ -53,13 +54,8 @@ class SseEvents:
                 continue
             events.append(data if start == 0 and end == n else data[start:end])
             start = at = end
-        self._rest = data[start:] if start < n else b""
+        self.rest = data[start:] if start < n else b""
         return events
-
-    @property
-    def pending(self) -> bool:
-        """Part of an event is waiting for the rest of it."""
-        return bool(self._rest)
 
 
 def usage_of(event: bytes) -> dict[str, Any] | None:

@@ -81,7 +81,7 @@ def test_events_are_whole_whatever_the_chunks():
         events = SseEvents()
         got = [e for i in range(0, len(wire), size) for e in events.feed(wire[i : i + size])]
         assert got == [b'data: {"a":1}\n\n', b'data: {"b":2}\r\n\r\n', b": comment\n\n", b"data: [DONE]\n\n"]
-        assert not events.pending
+        assert not events.rest
 
 
 def test_usage_model_and_error_events():
