@@ -499,8 +499,11 @@ class DataPlane:
         message: str,
         ex: Exchange | None = None,
         more: Headers = (),  # type: ignore[assignment]
+        *,
+        counted: bool = True,
     ) -> None:
-        """A gateway-made error; `more`: headers that say more (``retry-after``, ``allow``)."""
+        """A gateway-made error; `more`: headers that say more (``retry-after``, ``allow``);
+        `counted`: as ``refused``'s, for a request refused before routing."""
         extra = response_headers(ex) if ex else []
         if reason == reasons.OVERLOADED:  # shed load: ask the client to come back (Envoy sends none; we do)
             extra.append(_RETRY_AFTER)
@@ -508,14 +511,26 @@ class DataPlane:
         status, headers, body = error_response(reason, message, extra)
         responder.respond(status, headers, body)
         if ex is None:  # refused before routing: no exchange, so the observers never see it
-            self.refused(responder.request, status, reason)
+            self.refused(responder.request, status, reason, counted=counted)
         else:
             self.stats.errors += 1
 
-    def refused(self, request: Request, status: int, reason: str, grpc_status: int | None = None) -> None:
+    def refused(
+        self,
+        request: Request,
+        status: int,
+        reason: str,
+        grpc_status: int | None = None,
+        *,
+        counted: bool = True,
+    ) -> None:
         """Count and log a request refused before routing (by the plane, the OpenAI routes, or a
         front end itself: the gRPC port's refusals), as its refusal observers see them;
-        `grpc_status`: the status a gRPC caller was answered with, when not its reason's."""
+        `grpc_status`: the status a gRPC caller was answered with, when not its reason's.
+        `counted=False`: a front end refused it before handing it to the plane (``handle``,
+        ``grpc_request``), so it is counted among the requests here, as those count theirs."""
+        if not counted:
+            self.stats.requests += 1
         self.stats.errors += 1
         self.rejected[reason] = self.rejected.get(reason, 0) + 1  # telemetry publishes the tally
         for refused in self.refusal_observers:

@@ -32,8 +32,9 @@ length prefix arrives), metadata above SETTINGS_MAX_HEADER_LIST_SIZE (16 KiB by 
 grpc-go's: RESOURCE_EXHAUSTED, ``request_header_too_large``; the connection goes on), a
 compressed message (UNIMPLEMENTED), another content-type (HTTP 415, INVALID_ARGUMENT), an
 unknown method (UNIMPLEMENTED), HTTP/1.1 spoken to the port (an HTTP/1.1 400 saying where HTTP
-goes), anything else that is not HTTP/2 (GOAWAY). Each refusal is counted and logged as the
-plane's are (``DataPlane.refused``). Several workers share the port with SO_REUSEPORT
+goes), anything else that is not HTTP/2 (GOAWAY). Each refusal is counted among the plane's requests
+and errors and logged as the plane's are (``DataPlane.refused(..., counted=False)``; the
+HTTP/1.1 one with protocol ``"http/1.1"``). Several workers share the port with SO_REUSEPORT
 (``reuse_port=True``); with ``tls`` it is TLS with ALPN h2::
 
     server = await start_grpc_gateway(plane, "127.0.0.1", 8001)   # meshgate up --grpc-port 8001
@@ -279,6 +280,13 @@ class _GrpcRequest(Request):
     protocol = "grpc"
 
 
+class _Http1Request(Request):
+    """An HTTP/1.1 request spoken to the gRPC port: refused (logged as what it was)."""
+
+    __slots__ = ()
+    protocol = "http/1.1"
+
+
 def _raw_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
     out = []
     for line in raw.split(b"\r\n"):
@@ -404,9 +412,8 @@ class _Connection(_h2.Connection):
                 reasons.BAD_REQUEST, reasons.REASONS[reasons.BAD_REQUEST].text(detail=_HTTP1_REFUSAL)
             )
             target = line[1] if len(line) > 1 else b""
-            self._plane.refused(
-                _GrpcRequest(line[0], target, [], "1.1", False, self._client), status, reasons.BAD_REQUEST
-            )
+            request = _Http1Request(line[0], target, [], "1.1", False, self._client)
+            self._plane.refused(request, status, reasons.BAD_REQUEST, counted=False)
             head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
             transport.write(
                 status_line(status)
@@ -675,9 +682,8 @@ class _Connection(_h2.Connection):
         self._sent(rpc)
         request = rpc.request
         assert request is not None
-        self._plane.refused(
-            request, http_status if http_status != 200 else reasons.STATUS[reason], reason, code
-        )
+        status = http_status if http_status != 200 else reasons.STATUS[reason]
+        self._plane.refused(request, status, reason, code, counted=False)
 
     def _sent(self, stream: _h2.Stream) -> None:
         rpc: _Rpc = stream  # type: ignore[assignment]
@@ -773,9 +779,9 @@ class _Service:
         self._plane.grpc_request(request, rpc, msg.name, msg.version or None, action)
 
     def _refuse(self, rpc: _Rpc, message: str) -> None:
-        self._plane.reply_error(
-            rpc, reasons.BAD_REQUEST, reasons.REASONS[reasons.BAD_REQUEST].text(detail=message)
-        )
+        """A message the plane is not handed (unreadable): refused, and counted as a request."""
+        why = reasons.REASONS[reasons.BAD_REQUEST].text(detail=message)
+        self._plane.reply_error(rpc, reasons.BAD_REQUEST, why, counted=False)
 
 
 class GrpcGateway:

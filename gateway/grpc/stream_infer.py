@@ -256,15 +256,16 @@ class StreamInfer:
         rpc.tail = _h2.header_frames(rpc.id, b"".join(block), True, conn._max_frame)
         conn.send(rpc, [])
 
-    def _fail(self, code: int, text: str, reason: str) -> None:
+    def _fail(self, code: int, text: str, reason: str, message: bool = True) -> None:
         """The stream cannot go on: nothing more is read; it ends with this status once the
-        answers of the messages before are out (counted and logged as a refusal)."""
+        answers of the messages before are out (logged as a refusal; with `message`, of a
+        request message the plane never had: counted among the requests too)."""
         self._problem = (code, text, reason)
         self._buf.clear()
         self._ended = True
         request = self.rpc.request
         assert request is not None
-        self._service._plane.refused(request, reasons.STATUS[reason], reason, code)
+        self._service._plane.refused(request, reasons.STATUS[reason], reason, code, counted=not message)
         self._finish()
 
     def _expired(self) -> None:
@@ -276,7 +277,7 @@ class StreamInfer:
             return
         self._queue.clear()
         self._cancel_messages()
-        self._fail(4, "the stream's deadline (grpc-timeout) passed", reasons.DEADLINE_EXCEEDED)
+        self._fail(4, "the stream's deadline (grpc-timeout) passed", reasons.DEADLINE_EXCEEDED, False)
 
     def _cancel(self) -> None:
         """RST_STREAM or the connection closed: the messages in flight are cancelled."""

@@ -6,7 +6,8 @@ Fields: ``time`` (UTC, RFC 3339, ms), ``request_id``, ``trace_id`` (null when un
 (upstream attempts), ``fallback``. A request on the OpenAI-compatible routes adds what the
 gateway measured of it (``ex.llm``): ``stream``, ``ttft_ms`` and ``inter_token_ms`` (streams),
 ``prompt_tokens``, ``completion_tokens``, ``cost_usd`` (null when unknown) and ``broken``
-(the stream ended midway). ``protocol`` is ``"http"`` or ``"grpc"``; a gRPC line (a call on the
+(the stream ended midway). ``protocol`` is ``"http"`` or ``"grpc"`` (``"http/1.1"``: an
+HTTP/1.1 request spoken to the gRPC port, refused); a gRPC line (a call on the
 gateway's gRPC port) adds ``grpc_status`` and ``grpc_status_name``, the status the caller got
 (``7``, ``"PERMISSION_DENIED"``): the upstream's own, or the one of meshgate's reason, as the
 gRPC port answers it. ``status`` stays the HTTP-equivalent (``403``), so one query spans both.
@@ -16,8 +17,9 @@ A request refused before routing (404 for an unknown model, 405, a bad
 version null, its ``path`` (without the query; a gRPC call's is its method) and the caller's
 ``x-request-id`` if it sent one. So do the calls the gRPC port refuses before the plane sees
 them (an unknown method, a compressed, oversize or incomplete message, another content-type,
-HTTP/1.1 spoken to the port: ``protocol`` ``"grpc"``, its HTTP path, ``bad_request``), with
-the gRPC status they were sent. Never a header value other than the request id and trace id,
+``protocol`` ``"grpc"``), with the gRPC status they were sent, and HTTP/1.1 spoken to the
+gRPC port (``protocol`` ``"http/1.1"``, its HTTP path, ``bad_request``, no gRPC status: it
+was answered in HTTP/1.1). Never a header value other than the request id and trace id,
 never a body: tokens and payloads cannot leak through it.
 
 Lines are buffered in memory and written in one call every ``flush_interval_s`` (and every
@@ -76,9 +78,9 @@ def grpc_status(status: int, reason: str | None, response: UpstreamResponse | No
     return code
 
 
-def _grpc_fields(code: int | None) -> str:
-    if code is None:
-        return ',"protocol":"http"'
+def _grpc_fields(code: int | None, protocol: str = "http") -> str:
+    if code is None:  # not answered in gRPC: the data port's, or HTTP/1.1 spoken to the gRPC port
+        return ',"protocol":"http"' if protocol == "http" else f',"protocol":{_q(protocol)}'
     return (
         f',"protocol":"grpc","grpc_status":{code:d},"grpc_status_name":{_GRPC_NAMES.get(code, _q(str(code)))}'
     )
@@ -202,13 +204,15 @@ class AccessLog:
         request id when it sent one. `answered`: the gRPC status sent, when not the reason's."""
         rid = request.header(b"x-request-id")
         code = None
-        if request.protocol == "grpc":
+        protocol = request.protocol
+        if protocol == "grpc":
             code = grpc_status(status, reason, None) if answered is None else answered
         self._add(
             f"{self._time()}{'null' if rid is None else _q(rid.decode('latin-1'))},"
             f'"trace_id":{_opt(caller_trace_id(request.headers))},"model":null,"version":null,'
             f'"experiment":null,"arm":null,"status":{status:d},"reason":{_q(reason)},'
-            f'"duration_ms":null,"attempts":0,"fallback":false{_grpc_fields(code)},"path":{_q(request.path)}}}'
+            f'"duration_ms":null,"attempts":0,"fallback":false{_grpc_fields(code, protocol)},'
+            f'"path":{_q(request.path)}}}'
         )
 
     def _time(self) -> str:

@@ -149,7 +149,13 @@ def test_a_dead_endpoint_is_ejected_and_calls_keep_succeeding(channel):
     assert ok >= 198, f"{ok}/200 succeeded"
 
 
+def _requests(mesh) -> int:
+    """The gateway's requests so far (the health view's count: plane.stats.requests)."""
+    return mesh.admin.get("/v1/models/digits/health").json()["gateway"]["requests"]
+
+
 def test_bad_input_gets_a_clear_status_and_the_port_keeps_serving(mesh, channel):
+    before = _requests(mesh)
     error = _error(channel, b"\x0a\xff\xff")  # a length running past the end
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert _trailers(error)["x-meshgate-error"] == "bad_request"
@@ -161,6 +167,8 @@ def test_bad_input_gets_a_clear_status_and_the_port_keeps_serving(mesh, channel)
     assert answer[b"x-meshgate-error"] == b"bad_request" and b"application/json" in answer[b"grpc-message"]
     http1 = _raw_bytes(mesh.grpc_port, b"POST /x HTTP/1.1\r\nhost: g\r\ncontent-length: 0\r\n\r\n")
     assert b"HTTP/1.1 200" not in http1  # refused (closed or a protocol error), never served
+    assert _requests(mesh) == before + 4  # each refused call is one of the gateway's requests
+    wait_for(mesh.proc.output, lambda out: '"protocol":"http/1.1","path":"/x"' in out, what="its log line")
     live = channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=5)
     assert ServerLiveResponse.FromString(live).live
     with urllib.request.urlopen(f"{mesh.url}/v2/health/live", timeout=5) as resp:

@@ -26,7 +26,7 @@ from models.oip_proto import SERVICE, ModelInferResponse, ServerLiveResponse
 from tests.support import HOST, await_for
 
 from .harness import channel_to, scripted, serving, upstream
-from .messages import INFER, infer_request
+from .messages import INFER, STREAM_INFER, infer_request
 
 LIVE = f"/{SERVICE}/ServerLive"
 pytestmark = pytest.mark.anyio
@@ -364,7 +364,7 @@ async def test_oversize_messages_are_refused_as_soon_as_their_length_arrives() -
             assert trailers[b"x-meshgate-error"] == b"payload_too_large"
             _, _, _, code = await raw.until(_h2.RST_STREAM, 1)  # stop sending (RFC 9113 8.1)
             assert int.from_bytes(code, "big") == 0
-            assert plane.stats.requests == 0
+            assert plane.rejected == {"payload_too_large": 1} and plane.stats.requests == 1  # never routed
             # a compressed message, an unknown method: UNIMPLEMENTED, the connection goes on
             raw.send(
                 _h2.frame(_h2.HEADERS, _h2.END_HEADERS, 3, _block(INFER, gateway.port)),
@@ -504,6 +504,9 @@ async def test_the_calls_the_port_refuses_are_logged_and_counted_as_the_planes_r
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await channel.unary_unary(path)(body, timeout=10, metadata=(("x-request-id", "r-1"),))
                 assert info.value.code() is code
+            await channel.unary_unary(INFER)(infer_request(model="m"), timeout=10)  # served
+            stream = channel.stream_stream(STREAM_INFER)(iter([b"\xff\xff\xff"]), timeout=10)
+            assert [raw async for raw in stream] and await stream.code() is grpc.StatusCode.OK
         raw = await _Raw.open(gateway.port)
         try:
             raw.send(
@@ -529,24 +532,25 @@ async def test_the_calls_the_port_refuses_are_logged_and_counted_as_the_planes_r
             raw.close()
         access_log.flush()
         rows = [json.loads(line) for line in out.getvalue().splitlines()]
-        got = [
-            (r["protocol"], r["path"], r["status"], r["reason"], r["grpc_status"], r["grpc_status_name"])
-            for r in rows
-        ]
+        keys = ("protocol", "path", "status", "reason", "grpc_status", "grpc_status_name")
+        got = [tuple(r.get(key) for key in keys) for r in rows if r["reason"] is not None]  # not the served
         assert got == [
             ("grpc", "/inference.GRPCInferenceService/Nope", 404, "not_found", 12, "UNIMPLEMENTED"),
             ("grpc", INFER, 400, "bad_request", 3, "INVALID_ARGUMENT"),
+            ("grpc", STREAM_INFER, 400, "bad_request", 3, "INVALID_ARGUMENT"),  # a stream's message
             ("grpc", INFER, 413, "payload_too_large", 8, "RESOURCE_EXHAUSTED"),
             ("grpc", INFER, 400, "bad_request", 12, "UNIMPLEMENTED"),  # compressed: as it was answered
             ("grpc", INFER, 415, "bad_request", 3, "INVALID_ARGUMENT"),
-            ("grpc", "/v2/models/m", 400, "bad_request", 3, "INVALID_ARGUMENT"),  # HTTP/1.1: no query
+            ("http/1.1", "/v2/models/m", 400, "bad_request", None, None),  # answered in HTTP/1.1; no query
         ]
         assert [r["request_id"] for r in rows[:2]] == ["r-1", "r-1"] and rows[0]["model"] is None
-        assert plane.rejected == {"not_found": 1, "bad_request": 4, "payload_too_large": 1}
+        assert plane.rejected == {"not_found": 1, "bad_request": 5, "payload_too_large": 1}
+        # every refusal is a request of the plane's, as the HTTP port's are, beside the one served
+        assert (plane.stats.requests, plane.stats.errors) == (8, 7)
         exposition = metrics.render().decode()
         for code, reason, n in (
             ("404", "not_found", 1),
-            ("400", "bad_request", 4),
+            ("400", "bad_request", 5),
             ("413", "payload_too_large", 1),
         ):
             sample = f'meshgate_requests_total{{code="{code}",model="",reason="{reason}",version=""}} {n}.0'
