@@ -40,9 +40,10 @@ def scripted(script: list[grpc.StatusCode | None], hold: asyncio.Event | None = 
 @asynccontextmanager
 async def upstream(infer: Infer) -> AsyncIterator[str]:
     """A grpcio server whose ModelInfer is `infer`; its URL."""
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    )
+    # metadata up to the gateway's own limit (16 KiB): above grpcio's soft limit (8 KiB) a call
+    # is refused at random (RESOURCE_EXHAUSTED, 'exceeds soft limit'), and the gateway forwards it
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    server = grpc.aio.server(options=[*options, ("grpc.max_metadata_size", 64 << 10)])
     server.add_generic_rpc_handlers((generic_service({"ModelInfer": infer}),))
     port = server.add_insecure_port(f"{HOST}:0")
     await server.start()
