@@ -1,10 +1,20 @@
-"""The gRPC wire helpers that append to encoded messages instead of re-encoding them."""
+"""The gRPC wire helpers: reading the routing fields only, and appending to encoded messages
+instead of re-encoding them."""
 
 from __future__ import annotations
 
+import pytest
 from tritonclient.grpc.service_pb2 import ModelStreamInferResponse
 
-from models.oip_proto import ModelInferResponse, stream_error, string_parameters
+from models.oip_proto import (
+    ModelInferRequest,
+    ModelInferResponse,
+    WireError,
+    request_id,
+    routing_fields,
+    stream_error,
+    string_parameters,
+)
 
 
 def test_string_parameters_are_the_map_entries_protobuf_encodes() -> None:
@@ -35,3 +45,23 @@ def test_a_stream_error_carries_the_id_and_the_parameters() -> None:
     assert got.error_message == "version_not_found: no v9" and got.infer_response.id == "bad"
     assert got.infer_response.parameters["x-meshgate-error"].string_param == "nf"
     assert ModelStreamInferResponse.FromString(stream_error(b"e", b"")).HasField("infer_response") is False
+
+
+def test_routing_fields_reads_long_varints_and_refuses_truncated_messages() -> None:
+    msg = ModelInferRequest(model_name="m" * 200, model_version="v1", id="r")  # a 2-byte length
+    msg.parameters["p"].string_param = "x" * 300  # field 4: skipped by its length
+    msg.raw_input_contents.append(b"\x00" * 70_000)  # field 7, a 3-byte length
+    raw = msg.SerializeToString()
+    assert routing_fields(raw) == ("m" * 200, "v1") and request_id(raw) == b"r"
+    assert routing_fields(b"\x98\x01\x05" + raw) == ("m" * 200, "v1")  # field 19 (a 2-byte key), varint
+    for bad, why in (
+        (raw[:-1], "runs past the end"),
+        (b"\x0a", "truncated varint"),  # a key, then no length
+        (b"\x0a\x80", "truncated varint"),  # a length cut inside its varint
+        (b"\x08", "truncated varint"),  # a varint field without its value
+        (b"\x02\x00", "field number 0"),
+        (b"\x0b", "unsupported wire type 3"),
+        (b"\x0d\x00", "fixed-width field runs past the end"),
+    ):
+        with pytest.raises(WireError, match=why):
+            routing_fields(bad)
