@@ -263,6 +263,23 @@ class _Rpc(_Answer, _h2.Stream):
         self._gone: list[Callable[[], None]] | None = None
         self.reader: StreamInfer | None = None  # a streaming call's request messages
 
+    def respond(
+        self, status: int, headers: Headers, body: bytes, extra: Headers = (), raw: bytes = b""
+    ) -> None:  # type: ignore[assignment]
+        """The common answer first: the upstream's OK with the gateway's header lines, its
+        metadata encoded in one pass; anything else is mapped by ``answer_status``."""
+        fields = _ok_fields(headers, raw) if status == 200 and not extra else None
+        if fields is None or self.done or self.disconnected:
+            _Answer.respond(self, status, headers, body, extra, raw)
+            return
+        self.started = self.done = True
+        self._gone = None
+        try:
+            self.conn.answer(self, fields, body)
+        except Exception:  # never into the upstream client's callback: the call fails, said so
+            log.exception("gRPC answer failed for %r", self.request)
+            self.deliver(13, b"the gateway failed to encode the answer", None, [], b"")
+
     def deliver(
         self, code: int, message: bytes, reason: bytes | None, metadata: Headers, body: bytes
     ) -> None:
@@ -271,6 +288,27 @@ class _Rpc(_Answer, _h2.Stream):
             self.conn.answer(self, b"".join(fields), body)
         else:
             self.conn.refuse(self, code, message, fields)
+
+
+def _ok_fields(headers: Headers, raw: bytes) -> bytes | None:
+    """The metadata of an answer that ``answer_status`` maps to OK (grpc-status 0 or none, no
+    ``x-meshgate-error``), encoded, in its order: `headers` then the `raw` lines; None otherwise."""
+    out = []
+    for name, value in headers:
+        if name[:5] == b"grpc-":
+            if name == b"grpc-status" and value != b"0":
+                return None
+        elif name == b"x-meshgate-error":
+            return None
+        elif name not in _NOT_SENT_BACK and name[:1] != b":":
+            out.append(field(name, _wire_value(name, value)))
+    for line in raw.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            if name == b"x-meshgate-error" or name[:5] == b"grpc-":
+                return None
+            out.append(field(name, _wire_value(name, value)))
+    return b"".join(out)
 
 
 class _GrpcRequest(Request):
