@@ -366,7 +366,7 @@ class HttpProtocol(asyncio.Protocol):
         "_client",
         "_content_length",
         "_deadline",
-        "_deadline_is_head",
+        "_deadline_is_read",
         "_expect_continue",
         "_handler",
         "_header_bytes",
@@ -405,7 +405,7 @@ class HttpProtocol(asyncio.Protocol):
         self._write_paused = False
         self._accepting = True
         self._deadline = 0.0  # 0: none; else loop time at which the connection is timed out
-        self._deadline_is_head = False  # the deadline is a read deadline (head or body): 408 at expiry
+        self._deadline_is_read = False  # a head or body read deadline: 408 at expiry (else idle: close)
         self._in_head = False
         self._in_body = False  # the head has been read, the end of its body not yet
         # per-request state, reset in on_message_begin
@@ -449,7 +449,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._accepting:
             return
-        if not self._deadline_is_head:
+        if not self._deadline_is_read:
             self._deadline = 0.0
         try:
             self._parser.feed_data(data)
@@ -463,10 +463,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(BAD_REQUEST, f"malformed HTTP request: {exc}")
             return
         if self._in_head:
-            if not self._deadline_is_head:
+            if not self._deadline_is_read:
                 self._set_deadline(True)
-        elif self._deadline_is_head and not self._in_body:
-            self._deadline_is_head = False
+        elif self._deadline_is_read and not self._in_body:
+            self._deadline_is_read = False
             self._deadline = 0.0
 
     def eof_received(self) -> bool | None:
@@ -516,7 +516,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._in_body = True  # the body's read deadline (the sweep's coarse clock is precise enough)
         self._deadline = self._server.now + self._limits.body_timeout
-        self._deadline_is_head = True
+        self._deadline_is_read = True
         parser = self._parser
         limits = self._limits
         # Request(...) without the call to __init__ (CPython 3.11 runs a class's Python __init__
@@ -559,7 +559,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
-        self._deadline_is_head = False
+        self._deadline_is_read = False
         self._deadline = 0.0
         request = self._request
         if request is None:
@@ -649,7 +649,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._resume(_PAUSE_PIPELINE)
             if not self._in_head and self._accepting:
                 self._deadline = self._server.now + self._limits.keepalive_timeout
-                self._deadline_is_head = False
+                self._deadline_is_read = False
 
     def _close_after_response(self) -> None:
         """Close once the last response is written; while the client is still sending a body,
@@ -674,7 +674,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_refused = self._request is not None
         self._stop_reading()
         self._in_head = self._in_body = False
-        self._deadline_is_head = False
+        self._deadline_is_read = False
         self._deadline = 0.0
         request = self._request or Request(b"GET", b"", [], "1.1", False, self._client)
         request.keep_alive = False  # before the stream fails: its handler's answer closes the connection
@@ -715,12 +715,12 @@ class HttpProtocol(asyncio.Protocol):
             self._deadline = self._loop.time() + self._limits.header_timeout
         else:  # on every response: the sweep's clock is precise enough and costs nothing
             self._deadline = self._server.now + self._limits.keepalive_timeout
-        self._deadline_is_head = head
+        self._deadline_is_read = head
 
     def _expire(self) -> None:
         if self._in_body and self._paused & _PAUSE_BODY:  # its consumer is the slow one: not timed
             self._deadline = self._server.now + self._limits.body_timeout
-        elif self._deadline_is_head:  # a streamed body's handler answers (_reject fails its stream)
+        elif self._deadline_is_read:  # a streamed body's handler answers (_reject fails its stream)
             what = "body" if self._in_body else "head"
             self._reject(REQUEST_TIMEOUT, REASONS[REQUEST_TIMEOUT].text(what=what))
         else:
