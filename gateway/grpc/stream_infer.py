@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["StreamInfer"]
 
 _REQUEST_ID = b"x-request-id"
+_OUR_REQUEST_ID = b"x-meshgate-request-id"
 _NOT_PER_MESSAGE = frozenset({_TIMEOUT, _REQUEST_ID})  # each message has its own
 _STATUS_NAMES = {int(code): code.name for code in reasons.GrpcStatus}
 _OURS = b"x-meshgate-"  # the metadata a unary call gets back, per message in its parameters
@@ -111,7 +112,8 @@ class StreamInfer:
         self._ended = False  # the client half-closed
         self._headed = False  # the response headers are out
         self._pumping = False  # serving waiting messages (an answer given at once pumps no deeper)
-        self._problem: tuple[int, str, str] | None = None  # the stream's end status, not OK
+        # the stream's end status, not OK: (code, message, reason, a refused message's id)
+        self._problem: tuple[int, str, str, bytes | None] | None = None
         request = rpc.request
         assert request is not None
         self._metadata = [pair for pair in request.headers if pair[0] not in _NOT_PER_MESSAGE]
@@ -173,6 +175,15 @@ class StreamInfer:
             rpc.conn.resume_reading(rpc)
 
     def _serve(self, body: bytes) -> None:
+        request = self._next_request()
+        request.body = body
+        message = _Message(self, request)
+        self._outstanding.add(message)
+        self._service.model_infer(request, message)  # type: ignore[arg-type]
+
+    def _next_request(self) -> _GrpcRequest:
+        """The next request message's request: the stream's metadata, its numbered
+        ``x-request-id`` (when the stream has one) and what is left of the stream's deadline."""
         rpc = self.rpc
         metadata = list(self._metadata)
         self._sent += 1
@@ -181,11 +192,7 @@ class StreamInfer:
         if self._deadline is not None:  # what is left of the stream's deadline, rounded up:
             left = self._deadline - rpc.conn._loop.time()  # the stream's own timer comes first
             metadata.append((_TIMEOUT, b"%d" % max(1, math.ceil(left * 1000))))
-        request = _GrpcRequest(b"POST", rpc.request.target, metadata, "2", True, rpc.conn._client)  # type: ignore[union-attr]
-        request.body = body
-        message = _Message(self, request)
-        self._outstanding.add(message)
-        self._service.model_infer(request, message)  # type: ignore[arg-type]
+        return _GrpcRequest(b"POST", rpc.request.target, metadata, "2", True, rpc.conn._client)  # type: ignore[union-attr]
 
     # -- answers out ---------------------------------------------------------------------------
     def answered(
@@ -201,8 +208,9 @@ class StreamInfer:
         if self._deadline is not None and rpc.conn._loop.time() >= self._deadline:
             self._expired()  # the stream's deadline has passed: it ends with DEADLINE_EXCEEDED
             return
-        parameters = string_parameters([pair for pair in metadata if pair[0].startswith(_OURS)])
+        ours = [pair for pair in metadata if pair[0].startswith(_OURS)]
         if code == 0:
+            parameters = string_parameters(ours)
             pieces = [memoryview(body)] if body else []
             if message.id:
                 pieces.append(id_field(message.id))
@@ -210,9 +218,12 @@ class StreamInfer:
                 pieces.append(parameters)
             pieces = stream_response(pieces)
         else:
+            rid = message.request.header(_REQUEST_ID)
+            if rid is not None and not any(name == _OUR_REQUEST_ID for name, _ in ours):
+                ours.append((_OUR_REQUEST_ID, rid))  # refused before routing: its numbered id
             name = reason or _STATUS_NAMES.get(code, str(code)).encode()
             text = name + b": " + text if text and text != reason else name
-            pieces = [stream_error(text, message.id, parameters)]
+            pieces = [stream_error(text, message.id, string_parameters(ours))]
         self._write(pieces)
         self._pump()
         self._finish()
@@ -242,29 +253,31 @@ class StreamInfer:
         if not self._ended or self._outstanding or self._queue or rpc.sending or rpc.done:
             return
         self._close()
-        code, text, reason = self._problem or (0, "", "")
+        code, text, reason, rid = self._problem or (0, "", "", None)
         conn = rpc.conn
+        fields = [_h2.field(b"x-meshgate-error", reason.encode())] if reason else []
+        if rid is not None:  # the refused request message's numbered id
+            fields.append(_h2.field(_OUR_REQUEST_ID, rid))
         if not self._headed:  # no answer at all: trailers only
-            fields = [_h2.field(b"x-meshgate-error", reason.encode())] if reason else []
             conn.refuse(rpc, code, text.encode(), fields)
             return
         block = [_h2.field(b"grpc-status", b"%d" % code)]
         if text:
             block.append(_h2.field(b"grpc-message", _percent_encoded(text.encode())))
-        if reason:
-            block.append(_h2.field(b"x-meshgate-error", reason.encode()))
+        block += fields
         rpc.tail = _h2.header_frames(rpc.id, b"".join(block), True, conn._max_frame)
         conn.send(rpc, [])
 
     def _fail(self, code: int, text: str, reason: str, message: bool = True) -> None:
         """The stream cannot go on: nothing more is read; it ends with this status once the
         answers of the messages before are out (logged as a refusal; with `message`, of a
-        request message the plane never had: counted among the requests too)."""
-        self._problem = (code, text, reason)
+        request message the plane never had: counted among the requests too, numbered as the
+        stream's messages are, so its line and the trailers carry ``<x-request-id>.<n>``)."""
+        request = self._next_request() if message else self.rpc.request
+        assert request is not None
+        self._problem = (code, text, reason, request.header(_REQUEST_ID) if message else None)
         self._buf.clear()
         self._ended = True
-        request = self.rpc.request
-        assert request is not None
         self._service._plane.refused(request, reasons.STATUS[reason], reason, code, counted=not message)
         self._finish()
 

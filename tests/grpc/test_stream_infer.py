@@ -227,6 +227,33 @@ def test_a_streams_x_request_id_is_each_messages_numbered_in_order(mesh, client,
     assert '"request_id":"strm-42.2"' in log and '"request_id":"strm-42"' not in log
 
 
+def test_messages_the_port_refuses_carry_their_numbered_request_id(mesh):
+    """An unreadable message (refused by the service) and an oversize one (refused by the port
+    before the plane, ending the stream): each has its number, in its answer and its line."""
+    good = _with_id(infer_request(rows=2), "good")
+    messages = [good, b"\x0a\xff\xff", infer_request(rows=MAX_MESSAGE // 256 + 1)]
+    with grpc.insecure_channel(f"{HOST}:{mesh.grpc_port}") as channel:
+        metadata = [("x-request-id", "rf-7")]
+        call = channel.stream_stream(STREAM_INFER)(iter(messages), metadata=metadata, timeout=20)
+        answers = []
+        with pytest.raises(grpc.RpcError) as info:
+            for raw in call:
+                answers.append(service_pb2.ModelStreamInferResponse.FromString(raw))
+    by_rid = {_parameters(a.infer_response)["x-meshgate-request-id"]: a for a in answers}  # completion order
+    assert sorted(by_rid) == ["rf-7.1", "rf-7.2"]
+    assert not by_rid["rf-7.1"].error_message and by_rid["rf-7.2"].error_message.startswith("bad_request: ")
+    assert _parameters(by_rid["rf-7.2"].infer_response)["x-meshgate-error"] == "bad_request"
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailers = dict(info.value.trailing_metadata())
+    assert trailers["x-meshgate-error"] == "payload_too_large"
+    assert trailers["x-meshgate-request-id"] == "rf-7.3"
+    log = wait_for(mesh.proc.output, lambda out: '"request_id":"rf-7.3"' in out, what="the refusal's line")
+    ours = [line for line in log.splitlines() if '"request_id":"rf-7' in line]
+    lines = {line.split('"request_id":"')[1].split('"')[0]: line for line in ours}
+    assert sorted(lines) == ["rf-7.1", "rf-7.2", "rf-7.3"]  # the stream's own id on none
+    assert '"reason":"bad_request"' in lines["rf-7.2"] and '"reason":"payload_too_large"' in lines["rf-7.3"]
+
+
 def _in_flight(mesh, model: str) -> int:
     health = mesh.admin.get(f"/v1/models/{model}/health").json()
     return sum(version["limits"]["in_flight"] for version in health["versions"].values())
