@@ -24,10 +24,21 @@ A caller the sidecar refuses outright gets an answer, not a dropped connection: 
 speaks the few frames needed to answer each stream with a trailers-only gRPC status and
 ``x-meshgate-error`` (HPACK literals without Huffman coding, which every decoder reads).
 
-Each side pauses reading while the other side's write buffer is over its high-water mark, and
-a side that closes closes the other after its buffered bytes are written: over TLS without
-waiting for the peer's close_notify, which gRPC clients never send (a model server that dies
-mid-call fails its relayed calls as UNAVAILABLE at once, not at their deadline).
+Each side pauses reading while the other side's write buffer is over its high-water mark.
+
+Closing is HTTP/2's, not a guess about sockets. Both sides of every relay follow frame
+boundaries (:class:`_Opener` notes the streams the caller opens and resets, :class:`_Answers`
+the ones the upstream ends), so when the upstream's connection ends, by a close or a half-close
+(a model server that stops or dies), the caller is told in frames after the last whole frame it
+got: each stream still open ends with UNAVAILABLE and ``x-meshgate-error: upstream_reset``
+(trailers, or a trailers-only answer if it had no headers yet), then GOAWAY unless the upstream
+sent its own, then the connection closes after those bytes. A gRPC client fails those calls at
+once and closes the connection itself (GOAWAY, no stream left), which ends the TLS close that
+waits for its reply (close_notify, which gRPC clients never send, so the sidecar used to drop
+the socket once its buffer looked empty). Nothing the upstream answered is lost to a reset: the
+only abort is a connection cut inside a frame, which no frame can follow. The caller's
+half-close goes on to a plaintext upstream as one (its answers still come back); over TLS, which
+cannot half-close, the relay ends once the caller's open streams are answered.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from gateway.grpc._hpack import STATIC, HeaderDecoder, HpackError
-from router.reasons import REASONS, UPSTREAM_UNREACHABLE
+from router.reasons import REASONS, UPSTREAM_RESET, UPSTREAM_UNREACHABLE
 
 __all__ = ["PREFACE", "Front", "HeaderDecoder", "HpackError", "Refusal", "Relay", "Relays"]
 
@@ -49,7 +60,6 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HIGH_WATER = 1024 * 1024  # per side: a 16 MB message flows through without a pause per frame
 _MAX_FRAME = 16_384  # SETTINGS_MAX_FRAME_SIZE's default: what a Refusal accepts
 _REFUSAL_IDLE_S = 30.0  # a refused caller that sends nothing more is closed after this
-_HANG_UP_S = 0.25  # after a relay's TLS close: how often to look whether its bytes are out
 
 _MAX_HEADER_BLOCK = 256 * 1024  # a guarded relay's bound on one request header block
 _MAX_TABLE = 64 * 1024  # the largest HPACK dynamic table a guarded relay keeps for a caller
@@ -115,7 +125,14 @@ def trailers_only(reason: str, message: str) -> bytes:
     return (
         b"\x88"  # :status 200 (static table index 8)
         + _literal(b"content-type", b"application/grpc")
-        + _literal(b"grpc-status", str(int(REASONS[reason].grpc)).encode())
+        + trailers(reason, message)
+    )
+
+
+def trailers(reason: str, message: str) -> bytes:
+    """The header block of a gRPC answer's trailers: status for ``reason``, its message, its code."""
+    return (
+        _literal(b"grpc-status", str(int(REASONS[reason].grpc)).encode())
         + _literal(b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())
         + _literal(b"x-meshgate-error", reason.encode())
     )
@@ -263,24 +280,11 @@ class _End(asyncio.Protocol):
             other.transport.resume_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
-        return False  # close: the other side is closed after what it has buffered is written
+        return self.relay.ended(self)  # True: half-closed, the other way goes on
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.relay.close()
-
-    def hang_up(self) -> None:
-        """After a TLS close: end the connection once what it buffered is written, not when the
-        peer's close_notify comes. gRPC clients send none and read ours as "more data wanted"
-        (grpc core), so they would keep the connection, and the calls on it, until the TLS
-        shutdown timeout (30 s) instead of failing them as UNAVAILABLE and reconnecting."""
-        transport = self.transport
-        if self.lost or transport is None:
-            return
-        if transport.get_write_buffer_size():  # still writing: look again
-            asyncio.get_running_loop().call_later(_HANG_UP_S, self.hang_up)
-        else:
-            transport.abort()
+        self.relay.ended(self)
 
 
 Authorize = Callable[[object, str], tuple[str, str] | None]
@@ -391,6 +395,8 @@ class _Caller(_Framed):
             if kind == _DATA:
                 self._credit += length
             return _DROP
+        if kind == _RST_STREAM:
+            self.relay.open.pop(stream, None)
         return _PASS
 
     def _collected(self, out: list[bytes]) -> bool:
@@ -430,11 +436,13 @@ class _Caller(_Framed):
         if stream in self._refused:
             refusal = ("", "")  # trailers of a refused stream: decoded for the table, not sent
         elif stream > self._last_stream:
-            self._last_stream = stream
+            self._last_stream = self.relay.last_stream = stream
             path = next((value for name, value in fields if name == b":path"), b"")
             refusal = self._authorize(self.relay.caller, path.decode("latin-1"))
             if refusal is not None:
                 self._refuse(stream, refusal)
+            else:
+                self.relay.open[stream] = False
         if refusal is not None:
             self._in_sync = self._in_sync and not changed
         elif self._in_sync:
@@ -477,10 +485,47 @@ def _header_frames(stream: int, end_stream: int, block: bytes) -> bytes:
     )
 
 
+class _Opener(_Framed):
+    """The caller's side of a byte relay: relayed unchanged as read; the frame heads are followed
+    for the streams the caller opens (HEADERS on a new stream) and resets."""
+
+    __slots__ = ("_rest", "_skip")
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        self._skip = len(PREFACE)  # bytes still to come before the next frame head
+        self._rest = b""  # a frame head split across reads
+
+    def forward(self, data: bytes) -> None:
+        self.other.transport.write(data)  # type: ignore[union-attr]
+        if self._rest:  # the skip is 0: a frame head began at the end of the last read
+            data, self._rest = self._rest + data, b""
+        pos, end = self._skip, len(data)
+        if pos >= end:
+            self._skip = pos - end
+            return
+        relay = self.relay
+        while end - pos >= 9:
+            kind = data[pos + 3]
+            if kind in (_HEADERS, _RST_STREAM):
+                stream = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFF_FFFF
+                if kind == _RST_STREAM:
+                    relay.open.pop(stream, None)
+                elif stream > relay.last_stream:
+                    relay.last_stream = stream
+                    relay.open[stream] = False
+            pos += 9 + int.from_bytes(data[pos : pos + 3], "big")
+        if pos < end:
+            self._rest, self._skip = data[pos:], 0
+        else:
+            self._skip = pos - end
+
+
 class _Answers(_Framed):
-    """The upstream's side of a guarded relay: relayed unchanged, its frame boundaries followed so
-    that the relay's own frames go to the caller between the upstream's frames, after its first
-    (the server preface's SETTINGS) and never inside a header block."""
+    """The upstream's side of a relay: relayed unchanged, its frame boundaries followed so that
+    the relay's own frames go to the caller between the upstream's frames, after its first (the
+    server preface's SETTINGS) and never inside a header block; the streams it ends (HEADERS with
+    END_STREAM, RST_STREAM) and its GOAWAY are noted for :meth:`Relay.ended`."""
 
     __slots__ = ("_block", "_left", "_queue", "_rest", "_started")
 
@@ -503,6 +548,7 @@ class _Answers(_Framed):
         if self._rest:
             data, self._rest = self._rest + data, b""
         pos, end, run = 0, len(data), 0
+        relay = self.relay
         while True:
             if self._left:
                 step = min(self._left, end - pos)
@@ -521,26 +567,55 @@ class _Answers(_Framed):
             kind, flags = data[pos + 3], data[pos + 4]
             if kind in (_HEADERS, _CONTINUATION):
                 self._block = not flags & _END_HEADERS
+                if kind == _HEADERS:
+                    stream = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFF_FFFF
+                    if flags & _END_STREAM:
+                        relay.answered(stream)
+                    elif stream in relay.open:
+                        relay.open[stream] = True  # its headers are out: trailers end it
+            elif kind == _RST_STREAM:
+                relay.answered(int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFF_FFFF)
+            elif kind == _GOAWAY:
+                relay.goaway = True
             self._left = int.from_bytes(data[pos : pos + 3], "big")
             self._started = True
             pos += 9
         if run < end:
             write(data[run:end])
 
+    def at_boundary(self) -> bool:
+        """Between two frames (and not inside a header block): the relay's frames may follow."""
+        return not (self._left or self._rest or self._block)
+
+    def held(self) -> bytes:
+        """What the caller must get before the relay's own last frames: the server preface's
+        SETTINGS if the upstream sent none, the frames injected meanwhile."""
+        head = b"" if self._started else _frame(_SETTINGS, 0, 0)
+        queued, self._queue = self._queue, []
+        return head + b"".join(queued)
+
 
 class Relay:
     """A caller's HTTP/2 connection joined to an upstream one (made by :meth:`Relays.open`)."""
 
-    __slots__ = ("_closed", "_connect", "_relays", "caller", "client", "guarded", "upstream")
+    __slots__ = (
+        "_closed", "_connect", "_early_eof", "_relays", "caller", "client", "goaway", "guarded",
+        "half_closed", "last_stream", "open", "upstream",
+    )  # fmt: skip
 
     def __init__(self, relays: Relays, caller: object, authorize: Authorize | None = None) -> None:
         self._relays = relays
         self.caller = caller  # what the sidecar authorized (re-checked when the policy changes)
         self.guarded = authorize is not None  # each stream's :path is authorized
-        self.client = _End(self) if authorize is None else _Caller(self, authorize)
-        self.upstream = _End(self) if authorize is None else _Answers(self)
+        self.client: _Framed = _Opener(self) if authorize is None else _Caller(self, authorize)
+        self.upstream = _Answers(self)
         self._connect: asyncio.Task | None = None
         self._closed = False
+        self.open: dict[int, bool] = {}  # the caller's streams the upstream has not ended: headers out?
+        self.last_stream = 0  # the highest stream the caller opened
+        self.goaway = False  # the upstream said GOAWAY
+        self.half_closed = False  # the caller half-closed, the upstream could not be told so
+        self._early_eof = False  # the caller half-closed before the relay was linked
 
     def link(self) -> None:
         """Both sides may talk: what each side sent meanwhile goes out first."""
@@ -550,17 +625,71 @@ class Relay:
             if side.pending:
                 pending, side.pending = b"".join(side.pending), []
                 side.forward(pending)
+        if self._early_eof:
+            self.ended(client)
+
+    def ended(self, side: _End) -> bool:
+        """`side`'s connection ended (closed, lost, or half-closed: EOF); True keeps it open for
+        writing (a half-close that the relay passes on)."""
+        if self._closed:
+            return False
+        if side is self.upstream:
+            self._upstream_ended()
+            return False
+        if side.other is None and not side.lost:  # before the link: once what it sent is out
+            self._early_eof = True
+            return True
+        upstream = self.upstream.transport
+        if side.lost or not side.transport.can_write_eof() or upstream is None:  # type: ignore[union-attr]
+            self.close()  # the caller is gone (a TLS close_notify is an end, not a half-close)
+            return False
+        if upstream.can_write_eof():  # plaintext: the upstream hears the half-close
+            upstream.write_eof()
+        elif self.open:
+            self.half_closed = True  # over TLS: ends once its open streams are answered
+        else:
+            self.close()
+            return False
+        return True
+
+    def answered(self, stream: int) -> None:
+        """The upstream ended `stream` (its last frame read; what was read is written)."""
+        if self.open.pop(stream, None) is not None and self.half_closed and not self.open:
+            asyncio.get_running_loop().call_soon(self.close)  # after the frame is written
+
+    def _upstream_ended(self) -> None:
+        """The upstream's connection ended: the caller's open streams end with UNAVAILABLE
+        (``upstream_reset``), then GOAWAY (unless the upstream sent one), then the close."""
+        client, answers = self.client, self.upstream
+        transport = client.transport
+        if client.lost or client.other is None or transport is None or transport.is_closing():
+            self.close()
+            return
+        if not answers.at_boundary():  # cut inside a frame: nothing valid can follow
+            log.warning("an HTTP/2 upstream's connection ended inside a frame; the caller's is reset")
+            self.close(abort=True)
+            return
+        out = [answers.held()]
+        why = "the upstream closed the connection before the call ended"
+        for stream, headed in self.open.items():
+            block = trailers(UPSTREAM_RESET, why) if headed else trailers_only(UPSTREAM_RESET, why)
+            out.append(_frame(_HEADERS, _END_STREAM | _END_HEADERS, stream, block))
+            out.append(_frame(_RST_STREAM, 0, stream, b"\0\0\0\0"))  # "stop sending the request"
+        self.open.clear()
+        if not self.goaway:
+            out.append(_frame(_GOAWAY, 0, 0, self.last_stream.to_bytes(4, "big") + b"\0\0\0\0"))
+        transport.write(b"".join(out))
+        self.close()
 
     def close(self, *, abort: bool = False) -> None:
-        """Close both sides once what they buffered is written; ``abort``: at once, which a caller
-        over TLS notices at once too (a TLS close waits for the peer's close_notify, which a gRPC
-        client may never send, and meanwhile keeps writing calls to the dead connection)."""
+        """Close both sides once what they buffered is written; ``abort``: at once (a TLS close
+        waits for the peer's close_notify: a gRPC client sends none, but closes a connection
+        that said GOAWAY once its streams have ended, which :meth:`_upstream_ended` sees to)."""
         if self._closed:
             return
         self._closed = True
         if self._connect is not None:
             self._connect.cancel()
-        loop = asyncio.get_running_loop()
         for side in (self.client, self.upstream):
             transport = side.transport
             if transport is not None and not transport.is_closing():
@@ -568,8 +697,6 @@ class Relay:
                     transport.abort()
                 else:
                     transport.close()
-                    if transport.get_extra_info("sslcontext") is not None:  # TLS: see _End.hang_up
-                        loop.call_later(_HANG_UP_S, side.hang_up)  # what the socket holds goes first
         self._relays.forget(self)
 
 

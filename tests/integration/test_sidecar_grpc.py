@@ -412,10 +412,11 @@ def _killable_model(tmp: Path, grpc_port: int, *extra: str) -> Iterator[Proc]:
 def test_a_model_server_that_dies_mid_call_fails_the_relayed_call_at_once_and_new_calls_reconnect(
     mesh, tmp, certs
 ) -> None:
-    """The relay closes the caller's connection when the model's closes, and over TLS a gRPC
-    client reads only the TCP close as one (grpc core takes a close_notify for "more data
-    wanted"): before, the relay's TLS close waited for the caller's close_notify and the call
-    for its deadline."""
+    """When the model's connection closes the relay ends the caller's open calls itself
+    (UNAVAILABLE, upstream_reset) and says GOAWAY, and the client closes its connection: over
+    TLS a relay's close cannot end it (a TLS close waits for the caller's close_notify, which
+    grpc core never sends), so before f6d4a5e the call ran into its deadline, and until now the
+    relay dropped the socket once its buffer looked empty."""
     grpc_port = free_port()
     upstream = ("--grpc-upstream", f"http://{HOST}:{grpc_port}")
     with (
@@ -423,6 +424,7 @@ def test_a_model_server_that_dies_mid_call_fails_the_relayed_call_at_once_and_ne
         sidecar(mesh, tmp, "digits", "v1", "http://127.0.0.1:9", *upstream) as s,
         _channel(s, certs, "gateway") as channel,
     ):
+        idle = _fds(s.proc.popen.pid)
         assert ServerLiveResponse.FromString(
             channel.unary_unary(f"/{SERVICE}/ServerLive")(b"", timeout=10)
         ).live
@@ -434,6 +436,9 @@ def test_a_model_server_that_dies_mid_call_fails_the_relayed_call_at_once_and_ne
         with pytest.raises(grpc.RpcError) as info:
             call.result()
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value  # not DEADLINE_EXCEEDED
+        assert ("x-meshgate-error", "upstream_reset") in info.value.trailing_metadata()  # the relay's end
+        # the client closed the old connection (GOAWAY, no call left): both of the relay's sockets go
+        wait_for(lambda: _fds(s.proc.popen.pid), lambda n: n <= idle, what=f"the sidecar back to {idle} fds")
         with _killable_model(tmp, grpc_port):  # restarted: the next call gets a new relay
             answer = infer(infer_request(model="digits"), timeout=60, wait_for_ready=True)
             assert ModelInferResponse.FromString(answer).model_version == "v1"

@@ -425,3 +425,117 @@ def test_the_decoder_reads_what_hpack_encodes_across_blocks_and_table_sizes():
 def test_the_decoder_refuses_bad_blocks_with_the_reason(block, words):
     with pytest.raises(HpackError, match=words):
         HeaderDecoder(limit=65536).decode(block)
+
+
+# -- closing: the upstream's end told to the caller in frames, half-closes passed on -------------
+async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 10):
+        data += chunk
+    return data
+
+
+@pytest.fixture
+async def plain() -> AsyncIterator[tuple[Relays, list[_Server], int]]:
+    async with _serving(_Server) as serving:
+        yield serving
+
+
+@pytest.mark.parametrize("guard", [False, True])
+async def test_an_upstream_that_closes_ends_the_callers_open_streams_then_says_goaway(guard):
+    """Stream 1 answered whole, 3 with headers and part of a message, 5 not at all: after the
+    upstream's last frame, 3 gets trailers and 5 a trailers-only UNAVAILABLE, then GOAWAY."""
+    encoder = Encoder()
+    request = _request(INFER)
+    async with _serving(_Server, {INFER.decode()} if guard else None) as (relays, upstreams, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREFACE + SETTINGS)
+        for stream in (1, 3, 5):
+            writer.write(_frame(1, 0x4, stream, encoder.encode(request)) + _frame(0, 0x1, stream, b"\0" * 5))
+        await await_for(lambda: upstreams and upstreams[0].frames(), lambda f: len(f) >= 7, what="3 calls up")
+        answer = Encoder()
+        head = answer.encode([(":status", "200"), ("content-type", "application/grpc")])
+        upstreams[0].transport.write(
+            _frame(1, 0x4, 1, head)
+            + _frame(0, 0, 1, b"\0\0\0\0\0")
+            + _frame(1, 0x5, 1, answer.encode([("grpc-status", "0")]))
+            + _frame(1, 0x4, 3, head)
+            + _frame(0, 0, 3, b"\0\0\0\0\x09part")
+        )
+        upstreams[0].transport.close()  # the model server goes
+        frames = _whole_frames(await _read_to_eof(reader))  # the caller closes once told
+        writer.close()
+        await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay forgotten")
+    kinds = [(kind, flags, stream) for kind, flags, stream, _ in frames]
+    assert kinds[:6] == [(4, 0, 0), (1, 4, 1), (0, 0, 1), (1, 5, 1), (1, 4, 3), (0, 0, 3)]  # as sent
+    assert kinds[6:] == [(1, 5, 3), (3, 0, 3), (1, 5, 5), (3, 0, 5), (7, 0, 0)]
+    decoder = Decoder()
+    for payload in (frames[1][3], frames[3][3], frames[4][3]):
+        decoder.decode(payload)  # the upstream's blocks first: the caller's table as the upstream's
+    trailers = dict(decoder.decode(frames[6][3]))
+    assert trailers["grpc-status"] == "14" and trailers["x-meshgate-error"] == "upstream_reset"
+    assert ":status" not in trailers  # trailers: its headers were out
+    only = dict(decoder.decode(frames[8][3]))
+    assert only[":status"] == "200" and only["grpc-status"] == "14"
+    assert frames[-1][3] == (5).to_bytes(4, "big") + b"\0\0\0\0"  # GOAWAY NO_ERROR, last stream 5
+
+
+async def test_an_upstream_that_says_goaway_itself_gets_no_second_one(plain):
+    relays, upstreams, port = plain
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(PREFACE + SETTINGS)
+    await await_for(
+        lambda: upstreams and upstreams[0].received, lambda r: len(r) >= 33, what="the preface up"
+    )
+    upstreams[0].transport.write(_frame(7, 0, 0, b"\0" * 8))
+    upstreams[0].transport.close()
+    frames = _whole_frames(await _read_to_eof(reader))
+    writer.close()
+    assert [kind for kind, *_ in frames] == [4, 7]  # SETTINGS, the upstream's GOAWAY
+    await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay forgotten")
+
+
+async def test_an_upstream_cut_inside_a_frame_ends_the_caller_without_frames_of_ours(plain):
+    relays, upstreams, port = plain
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(PREFACE + SETTINGS + _frame(1, 0x4, 1, Encoder().encode(_request(INFER))))
+    await await_for(lambda: upstreams and upstreams[0].received, lambda r: len(r) > 33, what="the call up")
+    upstreams[0].transport.write(_frame(0, 0, 1, b"x" * 100)[:50])  # half a DATA frame
+    upstreams[0].transport.close()
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):
+            data += chunk
+    except ConnectionResetError:  # aborted: a reset if the caller's bytes were still unread
+        pass
+    writer.close()
+    assert (SETTINGS + _frame(0, 0, 1, b"x" * 100)[:50]).startswith(data)  # nothing after the cut
+    await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay forgotten")
+
+
+class _HalfClosed(_Server):
+    """An upstream that hears a half-close and keeps its connection for the answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eof = asyncio.get_running_loop().create_future()
+
+    def eof_received(self) -> bool:
+        self.eof.set_result(True)
+        return True
+
+
+async def test_the_callers_half_close_reaches_a_plaintext_upstream_and_the_answer_comes_back():
+    async with _serving(_HalfClosed) as (relays, upstreams, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREFACE + SETTINGS + _frame(1, 0x5, 1, Encoder().encode(_request(INFER))))
+        writer.write_eof()
+        upstream = await await_for(lambda: upstreams and upstreams[0], what="the upstream connection")
+        await asyncio.wait_for(upstream.eof, 10)  # the caller's half-close, passed on
+        answer = _frame(1, 0x5, 1, Encoder().encode([(":status", "200"), ("grpc-status", "0")]))
+        upstream.transport.write(answer)
+        upstream.transport.close()
+        frames = _whole_frames(await _read_to_eof(reader))
+        writer.close()
+        await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay forgotten")
+    assert [(kind, flags, stream) for kind, flags, stream, _ in frames] == [(4, 0, 0), (1, 5, 1), (7, 0, 0)]
