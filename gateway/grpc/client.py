@@ -5,7 +5,10 @@ verifies the version's workload identity when the connection is made, before any
 written) and it keeps its own TLS stack apart from the mesh contexts that follow rotation.
 This client is the engine's upstream pool in HTTP/2: one multiplexed connection per endpoint
 (a new one after GOAWAY or a failure), callbacks and no coroutine per call, flow control
-both ways, the peer check on every new TLS connection.
+both ways, the peer check on every new TLS connection. A call's timeout is an entry in the
+pool's ``DeadlineWheel`` (the HTTP pool's: one loop timer per 10 ms tick for all calls, not a
+loop timer armed and cancelled per call), so it fires up to one tick late, never early; the
+``grpc-timeout`` sent upstream is the exact one.
 
 Two faces, one implementation:
 
@@ -59,6 +62,7 @@ from gateway.http import (
     UpstreamError,
     UpstreamResponse,
 )
+from gateway.http._deadlines import DeadlineWheel
 from models.oip_proto import (
     SERVICE,
     ModelMetadataRequest,
@@ -139,7 +143,7 @@ Callback = Callable[[UpstreamResponse | None, UpstreamError | None], None]
 class _Call(_h2.Stream):
     """One stream: what is left to send, what arrived, how it ends. ``cancel()`` ends it."""
 
-    __slots__ = ("_conn", "_endpoint", "done", "headers", "kind", "on_done", "received", "timer", "trailers")
+    __slots__ = ("_conn", "_endpoint", "bucket", "done", "headers", "kind", "on_done", "received", "trailers")
 
     def __init__(
         self, endpoint: GrpcEndpoint, head: bytes, chunks: deque, left: int, on_done: Callable, kind: str
@@ -155,7 +159,7 @@ class _Call(_h2.Stream):
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.on_done = on_done  # (call, reply | None, error | None)
         self.kind = kind
-        self.timer: asyncio.TimerHandle | None = None
+        self.bucket: set | None = None  # its deadline-wheel bucket while armed
         self.done = False
 
     def cancel(self) -> None:
@@ -163,8 +167,9 @@ class _Call(_h2.Stream):
         if not self.done:
             self._finish(None, UpstreamError(CANCELLED, "the call was cancelled"), notify=False)
 
-    def expire(self) -> None:
-        self.timer = None
+    def _on_timeout(self) -> None:
+        """The call's timeout (the endpoint's DeadlineWheel, up to a tick late): it fails."""
+        self.bucket = None
         if not self.done:
             self._finish(
                 None, UpstreamError(UPSTREAM_TIMEOUT, f"no response from {self._endpoint.url} in time")
@@ -172,9 +177,10 @@ class _Call(_h2.Stream):
 
     def _finish(self, reply: GrpcReply | None, error: UpstreamError | None, notify: bool = True) -> None:
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        bucket = self.bucket
+        if bucket is not None:
+            bucket.discard(self)
+            self.bucket = None
         conn = self._conn
         if conn is not None:
             conn.drop(self, reset=error is not None)
@@ -347,7 +353,10 @@ class GrpcEndpoint:
         ssl: _ssl.SSLContext | None,
         verify_peer: Callable[[dict | None], UpstreamError | None] | None,
         max_message_bytes: int,
+        wheel: Callable[[], DeadlineWheel] | None = None,
     ) -> None:
+        """`wheel`: gives the deadline wheel that times the calls (a pool's, shared by its
+        endpoints), asked on the first call; by default the endpoint's own."""
         parts = urlsplit(url)
         self.url = url
         self.host = parts.hostname or "127.0.0.1"
@@ -371,6 +380,8 @@ class GrpcEndpoint:
         self._connecting: asyncio.Task | None = None
         self.waiting: list[_Call] = []
         self.closed = False
+        self._wheel_of = wheel
+        self._wheel_ref: DeadlineWheel | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._conn is not None and self._conn.open else "idle"
@@ -433,7 +444,7 @@ class GrpcEndpoint:
             block.append(field(name, value))
         data = deque([memoryview(b"\x00" + size.to_bytes(4, "big")), *chunks])
         call = _Call(self, b"".join(block), data, size + 5, on_done, rpc)
-        call.timer = asyncio.get_running_loop().call_later(timeout, call.expire)
+        call.bucket = (self._wheel_ref or self._first_wheel()).add(call, timeout)
         if size > self._max:
             call._finish(None, UpstreamError(UPSTREAM_BAD_RESPONSE, f"the message exceeds {self._max} bytes"))
             return call
@@ -445,6 +456,11 @@ class GrpcEndpoint:
             if self._connecting is None:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
         return call
+
+    def _first_wheel(self) -> DeadlineWheel:
+        wheel = self._wheel_of() if self._wheel_of is not None else DeadlineWheel(asyncio.get_running_loop())
+        self._wheel_ref = wheel
+        return wheel
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -547,6 +563,12 @@ class GrpcPool:
         self._max = max_message_bytes
         self._endpoints: dict[tuple, GrpcEndpoint] = {}
         self._h2: dict[_ssl.SSLContext, _ssl.SSLContext] = {}
+        self._wheel_ref: DeadlineWheel | None = None  # times every endpoint's calls (made on first use)
+
+    def _wheel(self) -> DeadlineWheel:
+        if self._wheel_ref is None:
+            self._wheel_ref = DeadlineWheel(asyncio.get_running_loop())
+        return self._wheel_ref
 
     def tls_for(self, context: _ssl.SSLContext, h2_context: _ssl.SSLContext) -> None:
         """Use `h2_context` (ALPN h2, same identity) wherever `context` is given."""
@@ -569,13 +591,16 @@ class GrpcPool:
         key = (url, ssl, verify_peer)
         ep = self._endpoints.get(key)
         if ep is None:
-            ep = self._endpoints[key] = GrpcEndpoint(url, ssl, verify_peer, self._max)
+            ep = self._endpoints[key] = GrpcEndpoint(url, ssl, verify_peer, self._max, self._wheel)
         return ep
 
     async def aclose(self) -> None:
         for ep in self._endpoints.values():
             ep.close()
         self._endpoints.clear()
+        if self._wheel_ref is not None:
+            self._wheel_ref.close()
+            self._wheel_ref = None
 
 
 def install_client(plane: DataPlane, pool: GrpcPool | None = None) -> GrpcPool:

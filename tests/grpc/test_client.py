@@ -81,3 +81,27 @@ async def test_a_server_that_never_answers_times_out() -> None:
 async def test_an_https_endpoint_without_a_mesh_context_still_speaks_tls() -> None:
     error = await _call_against(_closes, scheme="https")  # the ClientHello meets a plain server
     assert error.reason == UPSTREAM_UNREACHABLE and "cannot connect" in error.message
+
+
+@pytest.mark.anyio
+async def test_calls_of_a_pool_share_one_deadline_wheel_and_a_finished_call_leaves_it() -> None:
+    """The per-call timer is a bucket of the pool's DeadlineWheel: a call that fails at once
+    (refused) is disarmed, one that times out fired from it; no bucket keeps a finished call."""
+    server = await asyncio.start_server(_silent, HOST, 0)
+    pool = GrpcPool()
+    try:
+        silent = pool.endpoint(f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
+        dead = pool.endpoint(f"http://{HOST}:{free_port()}")
+        results = await asyncio.gather(
+            silent.call("ModelInfer", infer_request(), timeout=0.2),
+            dead.call("ModelInfer", infer_request(), timeout=30.0),
+            return_exceptions=True,
+        )
+        assert [error.reason for error in results] == [UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE]
+        wheel = pool._wheel_ref
+        assert wheel is not None and silent._wheel_ref is wheel and dead._wheel_ref is wheel
+        assert not any(wheel._buckets.values())  # both calls disarmed or fired
+    finally:
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()
