@@ -463,7 +463,7 @@ class _Caller(_Framed):
 
     def _fail(self, why: str) -> None:
         log.warning("closed a gRPC connection that broke HTTP/2: %s", why)
-        self.relay.close()
+        self.relay.broken()
 
     def _broken(self, why: str) -> bool:
         self._fail(why)
@@ -680,6 +680,20 @@ class Relay:
             out.append(_frame(_GOAWAY, 0, 0, self.last_stream.to_bytes(4, "big") + b"\0\0\0\0"))
         transport.write(b"".join(out))
         self.close()
+
+    def broken(self) -> None:
+        """The caller broke HTTP/2: GOAWAY PROTOCOL_ERROR after the upstream's last whole frame
+        (its client closes the connection on it, which a TLS close alone would not make it do),
+        then the close; inside an upstream frame, the reset."""
+        transport, answers = self.client.transport, self.upstream
+        if self._closed or transport is None or transport.is_closing():
+            self.close()
+        elif not answers.at_boundary():
+            self.close(abort=True)
+        else:
+            last = self.last_stream.to_bytes(4, "big")
+            transport.write(answers.held() + _frame(_GOAWAY, 0, 0, last + b"\0\0\0\x01"))  # PROTOCOL_ERROR
+            self.close()
 
     def close(self, *, abort: bool = False) -> None:
         """Close both sides once what they buffered is written; ``abort``: at once (a TLS close

@@ -387,7 +387,8 @@ async def test_a_header_block_that_does_not_decode_closes_the_connection(guarded
     relays, upstreams, port = guarded
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(PREFACE + SETTINGS + _frame(1, 0x4, 1, b"\xff\xff\xff\xff\xff\xff\x7f"))  # index past 2^28
-    assert await asyncio.wait_for(reader.read(), 10) == SETTINGS  # then closed
+    # the upstream's SETTINGS, then GOAWAY PROTOCOL_ERROR (last stream 0: stream 1 never went up), closed
+    assert await _read_to_eof(reader) == SETTINGS + _frame(7, 0, 0, b"\0\0\0\0\0\0\0\x01")
     await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay closed")
     assert b"\xff\xff\xff" not in upstreams[0].received  # the bad block went nowhere
     writer.close()
@@ -539,3 +540,35 @@ async def test_the_callers_half_close_reaches_a_plaintext_upstream_and_the_answe
         writer.close()
         await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay forgotten")
     assert [(kind, flags, stream) for kind, flags, stream, _ in frames] == [(4, 0, 0), (1, 5, 1), (7, 0, 0)]
+
+
+class _NoHalfClose:
+    """An upstream transport that cannot half-close (as a TLS one cannot), the rest delegated."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+async def test_a_half_close_an_upstream_cannot_take_ends_the_relay_once_its_streams_are_answered(plain):
+    relays, upstreams, port = plain
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(PREFACE + SETTINGS + _frame(1, 0x5, 1, Encoder().encode(_request(INFER))))
+    await await_for(lambda: upstreams and upstreams[0].received, lambda r: len(r) > 33, what="the call up")
+    (relay,) = relays.open_relays
+    relay.upstream.transport = _NoHalfClose(relay.upstream.transport)
+    writer.write_eof()
+    await await_for(lambda: relay.half_closed, what="the half-close held")
+    assert relay in relays.open_relays  # stream 1 is still open: its answer must come back
+    upstreams[0].transport.write(
+        _frame(1, 0x5, 1, Encoder().encode([(":status", "200"), ("grpc-status", "0")]))
+    )
+    frames = _whole_frames(await _read_to_eof(reader))  # the answer, then the relay's close
+    writer.close()
+    assert [(kind, flags, stream) for kind, flags, stream, _ in frames] == [(4, 0, 0), (1, 5, 1)]
+    await await_for(lambda: relays.open_relays, lambda s: not s, what="the relay forgotten")
