@@ -4,6 +4,8 @@ the mesh key's creation, and feedback joined through them with no join record.""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import re
 import string
 import threading
@@ -62,6 +64,74 @@ def test_round_trip_and_format(ids):
     assert ids.verify(rid, TTL) == ("ab.test-1", "v2.1")
     minted = {ids.mint_request_id(_route(), ARM) for _ in range(5000)}  # the same second, all distinct
     assert len(minted) == 5000 and all(ids.verify(r, TTL) == ("ab.test-1", "v2.1") for r in minted)
+
+
+def _raw(rid: str) -> bytes:
+    body = rid.rsplit("~", 1)[1]
+    return base64.urlsafe_b64decode(body + "==")
+
+
+def _spell(head: str, raw: bytes) -> str:
+    return f"{head}~{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
+
+
+def test_ids_are_minted_five_to_a_mac_and_each_verifies():
+    clock = FakeClock(1_800_000_000.0)
+    ids = FeedbackIds(KEY, now=clock)
+    minted = [ids.mint_request_id(_route(), ARM) for _ in range(12)]
+    raws = [_raw(r) for r in minted]
+    assert len(set(minted)) == 12 and all(ids.verify(r, TTL) == ("ab.test-1", "v2.1") for r in minted)
+    # a batch shares random | issued: 5, 5, then the third batch's first 2
+    assert [len({r[:16] for r in raws[i : i + 5]}) for i in (0, 5, 10)] == [1, 1, 1]
+    assert len({r[:16] for r in raws}) == 3
+    # its MACs are the five 12-byte parts of one keyed 60-byte BLAKE2b
+    mac = hashlib.blake2b(b"ab.test-1~v2.1~" + raws[0][:16], key=KEY, digest_size=60).digest()
+    assert [r[16:] for r in raws[:5]] == [mac[i : i + 12] for i in range(0, 60, 12)]
+    # another (experiment, arm) has batches of its own
+    other = ids.mint_request_id(_route(), Choice("v1", "ab.test-1", "v1"))
+    assert _raw(other)[:16] != raws[10][:16] and ids.verify(other, TTL) == ("ab.test-1", "v1")
+
+
+def test_a_batch_does_not_outlive_its_second():
+    clock = FakeClock(1_800_000_000.5)
+    ids = FeedbackIds(KEY, now=clock)
+    first = _raw(ids.mint_request_id(_route(), ARM))
+    clock.advance(0.6)  # the next second, batch not used up
+    second = _raw(ids.mint_request_id(_route(), ARM))
+    assert first[:12] != second[:12]
+    assert int.from_bytes(first[12:16], "big") == 1_800_000_000
+    assert int.from_bytes(second[12:16], "big") == 1_800_000_001
+
+
+def test_ids_minted_one_per_mac_before_batches_still_verify(ids):
+    """A rolling upgrade: ids of the older release (one MAC per id, digest_size 12, the same
+    layout) verify; forged ones in either scheme do not."""
+    head = "ab.test-1~v2.1"
+    signed = bytes(range(12)) + (1_800_000_000).to_bytes(4, "big")
+    old = hashlib.blake2b(f"{head}~".encode() + signed, key=KEY, digest_size=12).digest()
+    assert ids.verify(_spell(head, signed + old), TTL) == ("ab.test-1", "v2.1")
+    assert ids.verify(_spell("ab.test-1~v1", signed + old), TTL) is None  # moved to another arm
+    assert ids.verify(_spell(head, signed[:-1] + b"\x01" + old), TTL) is None  # another time
+    assert FeedbackIds(bytes(32), now=lambda: 1_800_000_000.0).verify(_spell(head, signed + old), TTL) is None
+    flipped = bytes([old[0] ^ 1]) + old[1:]
+    assert ids.verify(_spell(head, signed + flipped), TTL) is None
+
+
+def test_a_batch_s_macs_do_not_verify_other_ids(ids):
+    """Knowing ids of a batch gives no other valid id: a sibling's MAC on another random or
+    time, a MAC of a 60-byte digest past the five, a truncated one: all refused."""
+    raws = [_raw(ids.mint_request_id(_route(), ARM)) for _ in range(10)]
+    head = "ab.test-1~v2.1"
+    a, b = raws[0], raws[5]  # two batches
+    assert ids.verify(_spell(head, a[:16] + b[16:]), TTL) is None
+    assert ids.verify(_spell(head, b[:16] + a[16:]), TTL) is None
+    for tamper in range(16):
+        forged = bytearray(a)
+        forged[tamper] ^= 0x80
+        assert ids.verify(_spell(head, bytes(forged)), TTL) is None
+    full = hashlib.blake2b(b"ab.test-1~v2.1~" + a[:16], key=KEY, digest_size=64).digest()
+    assert ids.verify(_spell(head, a[:16] + full[48:60]), TTL) is None  # not this batch's digest
+    assert ids.verify(_spell(head, a[:16] + bytes(12)), TTL) is None
 
 
 @pytest.mark.parametrize(
