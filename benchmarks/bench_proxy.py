@@ -46,6 +46,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -92,6 +93,21 @@ def cpu_split(pids: list[int]) -> tuple[float, float]:
             user += int(fields[11])
             system += int(fields[12])
     return user / CLOCK_TICK, system / CLOCK_TICK
+
+
+def switches(pids: list[int]) -> tuple[int, int]:
+    """Voluntary (it slept: each is a wake-up later) and involuntary (preempted) context switches
+    of `pids`, summed over their threads."""
+    voluntary = involuntary = 0
+    for pid in pids:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            with suppress(OSError):
+                for line in status.read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+    return voluntary, involuntary
 
 
 def with_children(pid: int) -> list[int]:
@@ -226,11 +242,23 @@ def _wait_split(url: str, process: subprocess.Popen, timeout: float = 20.0) -> N
     raise TimeoutError(f"{url} is not split by the experiment after {timeout}s")
 
 
-def measure(url: str, pids: list[int], connections: int, duration: float) -> dict:
+# context switches per request: of the proxy (voluntary, involuntary), of the load generator
+# (wrk, a child: from getrusage) and of the upstream processes (voluntary: how often each
+# request's writes woke them)
+SWITCHES = ("proxy_vcsw", "proxy_ivcsw", "client_vcsw", "client_ivcsw", "upstream_vcsw")
+
+
+def measure(
+    url: str, pids: list[int], connections: int, duration: float, upstream_pids: list[int] = ()
+) -> dict:
     load = {"method": "POST", "body": BODY, "connections": connections, "key_header": KEY_HEADER}
     run_load(url, duration=1, **load)  # warm-up
     user_before, system_before = cpu_split(pids)
+    proxy_before, upstream_before = switches(pids), switches(list(upstream_pids))
+    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = run_load(url, duration=duration, **load)
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proxy_after, upstream_after = switches(pids), switches(list(upstream_pids))
     user_after, system_after = cpu_split(pids)
     per_request = 1e6 / result["requests"] if result["requests"] else None
     for key, spent in (
@@ -239,6 +267,15 @@ def measure(url: str, pids: list[int], connections: int, duration: float) -> dic
         ("system_us_per_request", system_after - system_before),
     ):
         result[key] = round(spent * per_request, 1) if per_request else None
+    counts = (
+        proxy_after[0] - proxy_before[0],
+        proxy_after[1] - proxy_before[1],
+        client_after.ru_nvcsw - client_before.ru_nvcsw,
+        client_after.ru_nivcsw - client_before.ru_nivcsw,
+        upstream_after[0] - upstream_before[0],
+    )
+    for key, count in zip(SWITCHES, counts, strict=True):
+        result[key] = round(count / result["requests"], 3) if result["requests"] else None
     return result
 
 
@@ -246,9 +283,9 @@ def median_of(runs: list[dict]) -> dict:
     """Median of each figure over rounds (errors and requests summed), keeping every round's rps."""
     out = dict(runs[0])
     cpu = ("cpu_us_per_request", "user_us_per_request", "system_us_per_request")
-    for key in ("rps", "p50_us", "p99_us", *cpu, "duration_s"):
+    for key in ("rps", "p50_us", "p99_us", *cpu, "duration_s", *(k for k in SWITCHES if k in out)):
         values = [run[key] for run in runs if run[key] is not None]
-        out[key] = round(statistics.median(values), 1) if values else None
+        out[key] = round(statistics.median(values), 3 if key in SWITCHES else 1) if values else None
     for key in ("requests", "non_2xx", "socket_errors", "errors"):
         out[key] = sum(run[key] for run in runs)
     out["rounds_rps"] = [run["rps"] for run in runs]
@@ -257,15 +294,17 @@ def median_of(runs: list[dict]) -> dict:
 
 def start_targets(
     stack: ExitStack, kinds: list[str], wanted: list[str], ref_tree: Path | None = None
-) -> tuple[dict[tuple[str, str], tuple[str, list[int]]], dict[str, int], str | None]:
-    """Every process, started once: {(kind, target): (url, pids)}, meshgate pids by name, and a note
-    naming the peers that are not installed."""
+) -> tuple[dict[tuple[str, str], tuple[str, list[int]]], dict[str, int], str | None, dict[str, list[int]]]:
+    """Every process, started once: {(kind, target): (url, pids)}, meshgate pids by name, a note
+    naming the peers that are not installed, and each kind's upstream pids."""
     upstreams: dict[str, list[str]] = {}
+    upstream_pids: dict[str, list[int]] = {}
     targets: dict[tuple[str, str], tuple[str, list[int]]] = {}
     missing: dict[str, str] = {}
     for kind in kinds:
         procs = [stack.enter_context(running(*upstream_command(kind, v))) for v, _ in WEIGHTS]
         upstreams[kind] = [url for _, url in procs]
+        upstream_pids[kind] = [process.pid for process, _ in procs]
         path = f"/v2/models/{MODEL_OF[kind]}/infer"
         if "direct" in wanted:
             targets[(kind, "direct")] = (upstreams[kind][0] + path, [procs[0][0].pid])
@@ -300,7 +339,7 @@ def start_targets(
         gateways[name] = process.pid
         for kind in kinds:
             targets[(kind, name)] = (f"{url}/v2/models/{MODEL_OF[kind]}/infer", with_children(process.pid))
-    return targets, gateways, "; ".join(sorted(set(missing.values()))) or None
+    return targets, gateways, "; ".join(sorted(set(missing.values()))) or None, upstream_pids
 
 
 def bench(
@@ -312,12 +351,12 @@ def bench(
     ref_tree: Path | None = None,
 ) -> dict:
     with ExitStack() as stack:
-        targets, gateways, missing_note = start_targets(stack, kinds, wanted, ref_tree)
+        targets, gateways, missing_note, upstream_pids = start_targets(stack, kinds, wanted, ref_tree)
         runs: dict[tuple[str, str], dict[str, list[dict]]] = {key: {"c32": [], "c1": []} for key in targets}
         for i in range(rounds):
             for (kind, name), (url, pids) in targets.items():
                 for label, connections in (("c32", 32), ("c1", 1)):
-                    result = measure(url, pids, connections, duration)
+                    result = measure(url, pids, connections, duration, upstream_pids[kind])
                     runs[(kind, name)][label].append(result)
                     print(f"[round {i + 1}] {kind} {name} {label}: {json.dumps(result)}", file=sys.stderr)
         profile_path = None
@@ -385,8 +424,9 @@ def profile_meshgate(url: str, pid: int, duration: float) -> str | None:
 def table(results: dict) -> str:
     lines = [
         "| upstream | target | rps @32 | p50 @32 (us) | p99 @32 (us) | CPU/req @32 (us) | user + sys (us) "
+        "| switches/req @32: proxy vol + invol, wrk vol + invol, upstream vol "
         "| errors @32 | rps @1 | p50 @1 (us) | p99 @1 (us) | errors @1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, result in results["kinds"].items():
         for name, row in result["rows"].items():
@@ -396,6 +436,8 @@ def table(results: dict) -> str:
                 f"| {kind} | {label} | {c32['rps']:,.0f} | {c32['p50_us']:,.0f} | {c32['p99_us']:,.0f} "
                 f"| {c32['cpu_us_per_request']} "
                 f"| {c32['user_us_per_request']} + {c32['system_us_per_request']} "
+                f"| {c32['proxy_vcsw']} + {c32['proxy_ivcsw']}, {c32['client_vcsw']} + "
+                f"{c32['client_ivcsw']}, {c32['upstream_vcsw']} "
                 f"| {c32['errors']} | {c1['rps']:,.0f} | {c1['p50_us']:,.0f} "
                 f"| {c1['p99_us']:,.0f} | {c1['errors']} |"
             )

@@ -31,7 +31,7 @@ from gateway.dataplane.measure import Measurement
 from gateway.dataplane.openai_routes import LLM_BODY_BYTES
 from gateway.dataplane.plane import DataPlane
 from gateway.grpc.client import install_client
-from gateway.http import Server, ServerLimits, UpstreamPool, start_server, tune_gc
+from gateway.http import Server, ServerLimits, UpstreamPool, WriteBatch, start_server, tune_gc
 from gateway.meshport import GatewayMesh, open_ca, public_tls_context, start_gateway_mesh
 from gateway.registration import (
     GatewayIdentity,
@@ -143,7 +143,10 @@ async def _start(opts: ProcessOptions) -> Running:
     running = Running(opts, store)
     ca = open_ca(opts.data_dir, store, opts.trust_domain) if opts.run_control_plane else None
     if opts.run_data_plane:
-        pool = UpstreamPool()
+        # the data port's answers and the upstream requests of one loop pass go out together
+        # (gateway/http/_writes.py: fewer wake-ups of the clients and the upstreams)
+        writes = WriteBatch()
+        pool = UpstreamPool(writes=writes)
         plane = DataPlane(pool)
         plane.llm_body_bytes = opts.llm_body_bytes
         running.plane = plane
@@ -191,6 +194,7 @@ async def _start(opts: ProcessOptions) -> Running:
             limits=limits,
             reuse_port=opts.reuse_port,
             refusal=plane.openai_routes.refusal,
+            writes=writes,
         )
         if running.mesh.identity is not None:  # the same identity, with ALPN h2, for gRPC upstreams
             grpc_pool.tls_for(plane.mesh_tls, running.mesh.identity.client_context())

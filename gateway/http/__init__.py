@@ -43,6 +43,7 @@ from ._relay import relay
 from ._runtime import new_event_loop, tune_gc
 from ._server import Handler, Request, Responder, Server, ServerLimits, start_server, status_line
 from ._stream import BodyStream, StreamError, pipe
+from ._writes import WriteBatch
 
 __all__ = [
     "CANCELLED",
@@ -68,6 +69,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamPool",
     "UpstreamResponse",
+    "WriteBatch",
     "date_header",
     "error_response",
     "json_response",

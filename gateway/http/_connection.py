@@ -228,7 +228,8 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        writes = self.endpoint.pool.writes
+        self.transport = transport if writes is None else writes.wrap(transport)  # type: ignore[assignment,arg-type]
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.peer_cert = ssl_object.getpeercert() or None

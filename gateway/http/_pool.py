@@ -25,6 +25,7 @@ from ._errors import CANCELLED, UPSTREAM_UNREACHABLE, UpstreamError, upstream_er
 from ._headers import Headers
 from ._relay import relay
 from ._stream import StreamError
+from ._writes import WriteBatch
 
 if TYPE_CHECKING:
     from ._server import Request, Responder
@@ -353,6 +354,7 @@ class UpstreamPool:
         connect_timeout: float = 2.0,
         max_buffered_response: int = 1 << 20,
         tls_session_reuse: bool = True,
+        writes: WriteBatch | None = None,
     ) -> None:
         if max_connections_per_endpoint < 1:
             raise ValueError("max_connections_per_endpoint must be at least 1")
@@ -362,6 +364,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_buffered_response = max_buffered_response
         self.tls_session_reuse = tls_session_reuse  # offer each endpoint's last TLS session again
+        self.writes = writes  # batch the connections' writes within a loop pass (None: at once)
         # by (url, ssl, verify_peer); (url, None, verify_peer) is the URL's current endpoint
         self._endpoints: dict[tuple[str, ssl_module.SSLContext | None, PeerVerifier | None], Endpoint] = {}
         self._retired: set[Endpoint] = set()  # replaced, still with connections open

@@ -31,6 +31,7 @@ from router.reasons import (
 from ._errors import error_response
 from ._headers import Headers
 from ._stream import BodyStream, StreamError
+from ._writes import WriteBatch
 
 log = logging.getLogger("meshgate.http")
 
@@ -422,8 +423,9 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=self._limits.write_high_water)  # type: ignore[attr-defined]
+        writes = self._server.writes
+        self._transport = transport if writes is None else writes.wrap(transport)  # type: ignore[assignment,arg-type]
         peer = transport.get_extra_info("peername")
         if peer:
             self._client = (peer[0], peer[1])
@@ -752,11 +754,16 @@ class Server:
     """A listening engine server: `port` is the bound port (useful with port 0)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, limits: ServerLimits, refusal: Refusal | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limits: ServerLimits,
+        refusal: Refusal | None = None,
+        writes: WriteBatch | None = None,
     ) -> None:
         self.loop = loop
         self.limits = limits
         self.refusal = refusal
+        self.writes = writes
         self._server: asyncio.Server | None = None
         self._connections: set[HttpProtocol] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -815,15 +822,17 @@ async def start_server(
     reuse_port: bool = False,
     front: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol] | None = None,
     refusal: Refusal | None = None,
+    writes: WriteBatch | None = None,
 ) -> Server:
     """Listen on host:port and call `handler(request, responder)` for every request.
 
     ``front(engine)``, when given, makes each connection's first protocol from the engine's
     protocol factory: it may hand the connection to another protocol (the sidecar's HTTP/2 relay).
-    ``refusal``: see `Refusal`.
+    ``refusal``: see `Refusal`. ``writes``: batch the connections' writes within a loop pass
+    (`WriteBatch`; None: every write goes out at once).
     """
     loop = asyncio.get_running_loop()
-    server = Server(loop, limits, refusal)
+    server = Server(loop, limits, refusal, writes)
 
     def engine() -> asyncio.Protocol:
         return HttpProtocol(handler, limits, server)

@@ -1,8 +1,13 @@
-"""Engine tests run on uvloop through anyio's pytest plugin (async tests and fixtures)."""
+"""Engine tests run on uvloop through anyio's pytest plugin (async tests and fixtures), each
+twice: with writes going out at once, and batched within a loop pass (`write_modes`)."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.support.engine import WRITE_MODES, write_modes
+
+write_mode = pytest.fixture(autouse=True, params=WRITE_MODES)(write_modes)
 
 
 @pytest.fixture

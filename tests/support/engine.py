@@ -7,12 +7,29 @@ import asyncio
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
-from gateway.http import Request, Responder, Server, ServerLimits, start_server
+import pytest
+
+from gateway.http import Request, Responder, Server, ServerLimits, UpstreamPool, WriteBatch, start_server
 
 HOST = "127.0.0.1"
+
+
+WRITE_MODES = ("direct", "batched")
+
+
+def write_modes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The body of a conftest's ``write_mode`` fixture (params `WRITE_MODES`, autouse): each test
+    twice, with writes at once, and ``batched``: every server and pool the test makes (itself,
+    through these helpers or benchmarks.proxy_app) shares one fresh `WriteBatch`, as if built
+    with ``writes=`` (as the gateway's data port and upstream pool run)."""
+    if request.param == "batched":
+        writes = WriteBatch()
+        monkeypatch.setitem(start_server.__kwdefaults__, "writes", writes)
+        monkeypatch.setitem(UpstreamPool.__init__.__kwdefaults__, "writes", writes)
+    yield request.param
 
 
 @asynccontextmanager
