@@ -203,6 +203,7 @@ def register_gateway(
             "requests": plane.stats.requests,
             "models": len(plane.table.models),
             "measurement": measurement.snapshot(),
+            "client_key_lookups": dict(plane.key_gate.lookups),  # the miss path's outcomes
         }
 
     registration = Registration(store, identity, status)

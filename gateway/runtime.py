@@ -15,12 +15,14 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from gateway.clientkeys import KeySync
+from gateway.clientkeys.lookup import fetch_key
 from gateway.config_sync import ConfigSync
 from gateway.control.app import ControlPlane, create_admin_app
 from gateway.control.auth import load_or_create_token
@@ -163,6 +165,8 @@ async def _start(opts: ProcessOptions) -> Running:
         running.tasks.append(asyncio.create_task(measurement.run_flusher(), name="flusher"))
         running.tasks.append(asyncio.create_task(HealthChecker(plane).run(), name="health-checks"))
         plane.key_gate.shared = shares_limits(store, opts)
+        if plane.key_gate.shared:  # other processes create keys too: look up the ones not seen yet
+            plane.key_gate.fetch = partial(fetch_key, store)
         running.key_sync = KeySync(plane.key_gate, store)
         running.tasks.append(asyncio.create_task(running.key_sync.run(), name="key-sync"))
         limits = ServerLimits(

@@ -6,8 +6,9 @@ findable prefix. The store keeps only the SHA-256 of the whole key: a fast hash 
 256-bit secret (no dictionary to attack), so nothing stored lets anyone call with it. A lookup
 finds the key by its id and compares digests with ``hmac.compare_digest`` (constant time).
 
-The table is compiled with the route table whenever the config version moves; gateways never
-read the store to authenticate.
+The table is compiled with the route table whenever the config version moves; a gateway reads
+the store to authenticate only a well-formed key whose id its table lacks (``UNKNOWN``: a key
+created since, ``gateway.clientkeys.lookup``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from router.ratelimit import Limits
 
-__all__ = ["PREFIX", "ClientKey", "KeyCheck", "KeyTable", "digest", "mint", "parse_token"]
+__all__ = ["PREFIX", "ClientKey", "KeyCheck", "KeyTable", "digest", "mint", "parse_token", "token_id"]
 
 PREFIX = "mg-"
 _ID_CHARS = 12
@@ -39,6 +40,12 @@ def mint() -> tuple[str, str]:
     """A new key: ``(id, key)``; the key is shown once, only its digest is kept."""
     key_id = secrets.token_hex(_ID_CHARS // 2)
     return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def token_id(token: str) -> str | None:
+    """The public id of a well-formed key, None for anything else."""
+    match = _TOKEN_RE.fullmatch(token)
+    return match.group(1) if match else None
 
 
 def parse_token(authorization: str | None) -> str | None:
@@ -57,6 +64,8 @@ class KeyCheck(Enum):
     OK = "ok"
     MISSING = "missing"
     INVALID = "invalid"
+    #: well-formed, but no key of this table has its id (the store may know it: a new key)
+    UNKNOWN = "unknown"
     REVOKED = "revoked"
 
 
@@ -101,7 +110,11 @@ class KeyTable:
         if token is None:
             return KeyCheck.MISSING, None
         match = _TOKEN_RE.fullmatch(token)
-        key = self.by_id.get(match.group(1)) if match else None
-        if key is None or not hmac.compare_digest(key.digest, digest(token)):
+        if match is None:
+            return KeyCheck.INVALID, None
+        key = self.by_id.get(match.group(1))
+        if key is None:
+            return KeyCheck.UNKNOWN, None
+        if not hmac.compare_digest(key.digest, digest(token)):
             return KeyCheck.INVALID, None
         return (KeyCheck.REVOKED if key.revoked else KeyCheck.OK), key

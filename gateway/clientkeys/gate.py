@@ -1,8 +1,9 @@
 """The gate in front of the LLM routes: client key, allowed model, rate limits.
 
-One ``KeyGate`` per gateway process (``plane.key_gate``). It reads only the route table's
-compiled key table and its own meters: nothing here awaits or touches the store (the
-``KeySync`` task shares the counts in the background). The whole API::
+One ``KeyGate`` per gateway process (``plane.key_gate``). It reads the route table's compiled
+key table and its own meters: nothing here awaits or touches the store (the ``KeySync`` task
+shares the counts in the background), but for ``look_up``, the miss path below, which reads a
+key the table does not have yet on threads of its own. The whole API::
 
     caller = plane.key_gate.authenticate(authorization)
     #   authorization: the request's Authorization header (str, bytes or None)
@@ -43,6 +44,13 @@ next request skips the parse and the SHA-256: the lookup of an unknown value cos
 costs for any value (a dict keyed by the process's randomised string hash; refusals are never
 remembered, so callers sending wrong keys cannot grow it; at most `KeyGate.REMEMBERED`).
 
+A well-formed key whose id the table does not hold (a key created since the table was compiled)
+is refused ``unknown`` when the gate has a ``fetch`` (shared store): ``look_up(authorization,
+then)`` then asks the store before the refusal is sent. True: ``then(caller)`` is called on the
+event loop with the answer (the key, or the refusal to send); False: a bound said no, send the
+refusal now (``gateway.clientkeys.lookup`` has the bounds and why a revoked key is never
+revived). ``lookups`` counts them by outcome.
+
 ``record`` may be called with ``None`` (open gateway, or tokens unknown) and is then a no-op;
 a token budget that goes negative blocks later requests until the window slides past it.
 Headers are lowercase ``(bytes, bytes)`` pairs, as ``gateway.http`` takes them; each refusal
@@ -51,14 +59,17 @@ carries ``x-meshgate-error`` with its ``router.reasons`` code, and ``gate.refuse
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
-from router.client_keys import ClientKey, KeyCheck, KeyTable
+from router.client_keys import ClientKey, KeyCheck, KeyTable, digest, parse_token, token_id
 from router.ratelimit import Meter, Verdict, go_duration
 from router.reasons import INVALID_API_KEY, MODEL_NOT_ALLOWED, RATE_LIMITED
 
@@ -76,6 +87,8 @@ class Caller(NamedTuple):
 
     key: ClientKey | None
     refusal: Refusal | None = None
+    #: refused as a key the route table does not know, which the store may: ``look_up``
+    unknown: bool = False
 
 
 class Admission(NamedTuple):
@@ -128,6 +141,14 @@ class KeyGate:
 
     #: the most ``Authorization`` values remembered as authenticated (then they are forgotten)
     REMEMBERED = 4096
+    #: the miss path's bounds (``gateway.clientkeys.lookup``): lookups per second and burst,
+    #: lookups at once, their threads, how long and how many digests the store lacked are kept
+    RATE = 20.0
+    BURST = 20
+    IN_FLIGHT = 8
+    THREADS = 2
+    ABSENT_S = 10.0
+    ABSENT_MAX = 4096
 
     def __init__(
         self,
@@ -150,6 +171,15 @@ class KeyGate:
         #: Authorization value -> its authenticated caller, for the key table `_known_of`
         self._known: dict[str | bytes, Caller] = {}
         self._known_of: KeyTable | None = None
+        #: the miss path (``gateway.clientkeys.lookup``): digest -> the key as the store has it
+        #: (blocking, run on the gate's threads); None: keys come with the route table only
+        self.fetch: Callable[[str], ClientKey | None] | None = None
+        self.lookups: dict[str, int] = {}  # by outcome, for /v1/gateway and tests
+        self._absent: dict[str, float] = {}  # digest -> until when it is not asked again
+        self._pending: dict[str, list[tuple[str | bytes, Callable[[Caller], None]]]] = {}
+        self._bucket = float(self.BURST)
+        self._bucket_at = now()
+        self._threads: ThreadPoolExecutor | None = None
 
     def _meter(self, key: ClientKey) -> Meter:
         meter = self.meters.get(key.id)
@@ -167,11 +197,14 @@ class KeyGate:
         """``authenticate`` and ``admit_key`` in one step."""
         caller = self.authenticate(authorization)
         if caller.refusal is not None:
+            if caller.unknown:  # no lookup here (it would be asynchronous): refused as unknown
+                self._refused_unknown()
             return Admission(None, [], caller.refusal)
         return self.admit_key(caller.key, model)
 
     def authenticate(self, authorization: str | bytes | None) -> Caller:
-        """The key an ``Authorization`` header presents, or the 401 that refuses it."""
+        """The key an ``Authorization`` header presents, or the 401 that refuses it (``unknown``:
+        the store may know it, ``look_up``)."""
         table = self._keys()
         if table.open:
             return Caller(None)
@@ -211,7 +244,100 @@ class KeyGate:
                 "invalid_api_key",
                 [(b"www-authenticate", b'Bearer error="invalid_token"')],
             )
+        if check is KeyCheck.UNKNOWN and self.fetch is not None:
+            return Caller(None, refusal, True)  # counted when it is sent (look_up)
         return Caller(None, self._refuse(INVALID_API_KEY, refusal))
+
+    # -- the miss path (gateway.clientkeys.lookup) -------------------------------------------
+    def look_up(self, authorization: str | bytes, then: Callable[[Caller], None]) -> bool:
+        """Ask the store about a key ``authenticate`` refused as ``unknown``, unless a bound says
+        no (False: send the refusal now). True: `then(caller)` gets the answer, on the loop."""
+        table = self._keys()
+        text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization
+        token = parse_token(text)
+        if token is None or token_id(token) is None or self.fetch is None:
+            return self._refused_unknown()
+        given = authorization
+        wanted = digest(token)
+        now = self.now()
+        until = self._absent.get(wanted)
+        if until is not None:
+            if until > now:
+                self._count("absent_cached")
+                return self._refused_unknown()
+            del self._absent[wanted]
+        waiters = self._pending.get(wanted)
+        if waiters is not None:  # the same key asked by requests at once: one lookup
+            waiters.append((given, then))
+            return True
+        self._bucket = min(float(self.BURST), self._bucket + max(0.0, now - self._bucket_at) * self.RATE)
+        self._bucket_at = now
+        if len(self._pending) >= self.IN_FLIGHT or self._bucket < 1.0:
+            self._count("limited")
+            return self._refused_unknown()
+        self._bucket -= 1.0
+        self._pending[wanted] = [(given, then)]
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.THREADS, thread_name_prefix="key-lookup")
+        self._count("asked")
+        loop = asyncio.get_running_loop()
+        fut = self._threads.submit(self.fetch, wanted)  # type: ignore[arg-type]
+        fut.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._looked_up, wanted, token_id(token), table, f)
+        )
+        return True
+
+    def _looked_up(self, wanted: str, key_id: str, table: KeyTable, fut: Future) -> None:
+        waiters = self._pending.pop(wanted, [])
+        try:
+            key = fut.result()
+        except Exception as exc:  # the store is down: refused as unknown, not asked again soon
+            log.warning("client key %s not looked up in the store: %s: %s", key_id, type(exc).__name__, exc)
+            key = None
+        if self._keys() is not table:  # swapped meanwhile: the answer may predate the change
+            self._count("stale")
+            for given, then in waiters:
+                self._answer(given, then, again=True)
+            return
+        good = key is not None and key.id == key_id and hmac.compare_digest(key.digest, wanted)
+        if good and not key.revoked:  # type: ignore[union-attr]
+            self._count("adopted")
+            known = self._known
+            if self._known_of is not table:
+                known.clear()
+                self._known_of = table
+            for given, _ in waiters:  # remembered for this table only: forgotten at its swap
+                if len(known) >= self.REMEMBERED:
+                    known.clear()
+                known[given] = Caller(key)
+        else:
+            self._count("absent")
+            absent = self._absent
+            if len(absent) >= self.ABSENT_MAX:
+                del absent[next(iter(absent))]  # the oldest
+            absent[wanted] = self.now() + self.ABSENT_S
+        for given, then in waiters:
+            self._answer(given, then, again=False)
+
+    def _answer(self, given: str | bytes, then: Callable[[Caller], None], again: bool) -> None:
+        """The waiter's answer from the table as it is now (`again`: a key still unknown is
+        looked up once more, its lookup having raced a table swap)."""
+        try:
+            answer = self.authenticate(given)
+            if answer.unknown:
+                if again and self.look_up(given, then):
+                    return
+                answer = Caller(None, self._refuse(INVALID_API_KEY, answer.refusal))  # type: ignore[arg-type]
+            then(answer)
+        except Exception:  # one request's failure is its own
+            log.exception("a request waiting for the lookup of its client key failed")
+
+    def _refused_unknown(self) -> bool:
+        self.refused[INVALID_API_KEY] = self.refused.get(INVALID_API_KEY, 0) + 1
+        return False
+
+    def _count(self, outcome: str) -> None:
+        self.lookups[outcome] = self.lookups.get(outcome, 0) + 1
 
     def admit_key(self, key: ClientKey | None, model: str, may_wait: bool = False) -> Admission:
         """Admit an authenticated caller's request for ``model`` (the allowed models, then the

@@ -4,7 +4,9 @@ limits, revoke.
 Collection ``keys``, key = the key's name, document ``{id, name, digest, rpm, tpm, models,
 created_at, revoked, revoked_at}``: only the SHA-256 digest of the key is stored. A write is a
 config change like any other, so every gateway compiles it into its route table
-(``router.client_keys``) and never reads the store to authenticate. Revoking keeps the document
+(``router.client_keys``); a gateway reads the store only for a key its table does not have yet,
+found by its digest in collection ``key-digests`` (digest -> name, written in the same commit:
+``gateway.clientkeys.lookup``). Revoking keeps the document
 (``revoked: true``) so the key's callers are told it was revoked and its usage stays visible;
 creating a key under a revoked key's name replaces it (a new id, usage from zero).
 
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.clientkeys.lookup import DIGESTS
 from gateway.clientkeys.sync import NAMESPACE, TOTALS_PREFIX, WINDOW_TTL_S, window_group
 from gateway.control.errors import ApiError
 from gateway.control.transact import transact
@@ -99,8 +102,10 @@ def usage_of(store: Store, docs: Iterable[Mapping[str, Any]], now: float | None 
 
 def plan_create(
     snap: Mapping[str, Mapping[str, dict]], name: str, spec: KeySpec, now: float
-) -> tuple[Write, str]:
-    """The write creating key ``name`` and the key itself (to show once)."""
+) -> tuple[list[Write], str]:
+    """The writes creating key ``name`` (its document, and its digest's entry in
+    ``key-digests``, by which a gateway that has not seen the key yet finds it:
+    ``gateway.clientkeys.lookup``) and the key itself (to show once)."""
     old = snap.get(COLLECTION, {}).get(name)
     if old is not None and not old.get("revoked"):
         raise ApiError.conflict(f"key {name!r} already exists: revoke it first, or pick another name")
@@ -116,7 +121,10 @@ def plan_create(
         "revoked": False,
         "revoked_at": None,
     }
-    return Write(COLLECTION, name, doc), token
+    writes = [Write(COLLECTION, name, doc), Write(DIGESTS, doc["digest"], {"name": name})]
+    if old is not None and old.get("digest"):  # a revoked key's name again: its index entry goes
+        writes.append(Write(DIGESTS, old["digest"], None))
+    return writes, token
 
 
 def plan_update(
@@ -144,8 +152,8 @@ class KeyService:
         now = time.time()
 
         def plan(snap: dict) -> tuple[list[Write], tuple[dict, str]]:
-            write, token = plan_create(snap, name, spec, now)
-            return [write], (public(write.doc or {}), token)
+            writes, token = plan_create(snap, name, spec, now)
+            return writes, (public(writes[0].doc or {}), token)
 
         return transact(self.store, _COLLS, plan)
 

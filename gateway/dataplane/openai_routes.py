@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.clientkeys.gate import openai_error
+from gateway.clientkeys.gate import Caller, openai_error
 from gateway.dataplane.openai_body import BodyProblem, LlmBody, read_body
 from gateway.dataplane.openai_exchange import LlmExchange, error_type
 from gateway.dataplane.requests import DROP_UPSTREAM, REQUEST_ID_HEADER, routing_headers
@@ -166,25 +166,48 @@ class OpenAiRoutes:
         plane.refused(request, status, reason)
 
     # -- routes ----------------------------------------------------------------------------
-    def _readable(self, request: Request, responder: Responder, route: str) -> Callable[[str], bool] | None:
-        """The GET routes' gate: which model names the caller may see (with client keys, the
-        ones its key allows), or None when it was refused (the refusal is sent)."""
+    def _unauthenticated(
+        self, request: Request, responder: Responder, caller: Caller, then: Callable[[Caller], None]
+    ) -> None:
+        """A request whose key `caller` refuses: the refusal is sent, unless the key is one the
+        route table does not know yet (created since): it is looked up in the store first
+        (``KeyGate.look_up``), and `then(caller)` runs if it is good and the client stayed."""
+        gate = self.plane.key_gate
+        look = partial(self._looked_up, request, responder, then)
+        if not (caller.unknown and gate.look_up(request.header(b"authorization"), look)):  # type: ignore[arg-type]
+            self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
+
+    def _looked_up(
+        self, request: Request, responder: Responder, then: Callable[[Caller], None], caller: Caller
+    ) -> None:
+        if responder.disconnected:  # it left while its key was looked up
+            self.plane.refused(request, reasons.STATUS[reasons.CLIENT_CLOSED], reasons.CLIENT_CLOSED)
+        elif caller.refusal is not None:
+            self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
+        else:
+            then(caller)
+
+    def _readable(
+        self, request: Request, responder: Responder, route: str, then: Callable[..., None]
+    ) -> None:
+        """The GET routes' gate: `then(allowed)` with which model names the caller may see (with
+        client keys, the ones its key allows), unless it was refused (the refusal is sent)."""
         if request.method not in (b"GET", b"HEAD"):
             self._refuse(request, responder, reasons.METHOD_NOT_ALLOWED, f"{route} takes GET", more=_GET)
-            return None
+            return
         caller = self.plane.key_gate.authenticate(request.header(b"authorization"))
         if caller.refusal is not None:
-            self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
-            return None
-        return _ANY if caller.key is None else caller.key.allows
+            self._unauthenticated(request, responder, caller, lambda c: then(c.key.allows))
+        else:
+            then(_ANY if caller.key is None else caller.key.allows)
 
     def models(self, request: Request, responder: Responder) -> None:
         """``GET /v1/models``: the models of protocol openai (the ones a client key allows).
         Versions are not listed: a list is what pickers show, and a model's name is what goes
         through its experiment; ``GET /v1/models/{model}/{version}`` answers for a pin."""
-        allowed = self._readable(request, responder, "/v1/models")
-        if allowed is None:
-            return
+        self._readable(request, responder, "/v1/models", partial(self._models, responder))
+
+    def _models(self, responder: Responder, allowed: Callable[[str], bool]) -> None:
         data = [
             _card(name) for name, route in sorted(self.plane.table.models.items())
             if _speaks_openai(route) and allowed(name)
@@ -195,9 +218,9 @@ class OpenAiRoutes:
         """``GET /v1/models/{id}`` (OpenAI's retrieve model): the model of protocol openai named
         `id`, or a version of it pinned as ``model/version`` (every name a request body's
         ``model`` takes: its card has ``parent``, as vLLM's for an adapter of a base model)."""
-        allowed = self._readable(request, responder, "/v1/models/{model}")
-        if allowed is None:
-            return
+        self._readable(request, responder, "/v1/models/{model}", partial(self._model, request, responder))
+
+    def _model(self, request: Request, responder: Responder, allowed: Callable[[str], bool]) -> None:
         ident = request.path[len(_MODELS_PREFIX) :]
         name, _, pinned = ident.partition("/")
         route = self.plane.table.models.get(name)
@@ -221,8 +244,19 @@ class OpenAiRoutes:
         # key is never looked at (nor is it told how the gateway reads bodies)
         caller = plane.key_gate.authenticate(request.header(b"authorization"))
         if caller.refusal is not None:
-            self._refused(request, responder, reasons.INVALID_API_KEY, caller.refusal)
+            then = partial(self._body, request, responder, path, streams, received)
+            self._unauthenticated(request, responder, caller, then)
             return
+        if request.body is not None:
+            self._route(request, responder, path, streams, caller.key, request.body, received)
+        else:
+            self._read_whole(request, responder, path, streams, caller.key, received)
+
+    def _body(
+        self, request: Request, responder: Responder, path: bytes, streams: bool, received: float,
+        caller: Caller,
+    ) -> None:  # fmt: skip
+        """`_generate`'s rest, for a key that was looked up in the store."""
         if request.body is not None:
             self._route(request, responder, path, streams, caller.key, request.body, received)
         else:

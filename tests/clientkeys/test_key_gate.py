@@ -41,7 +41,7 @@ def test_no_active_key_means_open():
     adm = gate.admit(None, "chat")
     assert adm.refusal is None and adm.key_id is None and adm.headers == []
     gate.record(None, 50)  # a no-op
-    assert gate.authenticate(None) == (None, None) and gate.admit_key(None, "chat").refusal is None
+    assert gate.authenticate(None) == (None, None, False) and gate.admit_key(None, "chat").refusal is None
 
 
 def test_authenticate_needs_no_model_and_admit_key_checks_it():

@@ -35,6 +35,7 @@ def test_check_finds_the_key_and_refuses_everything_else():
     tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
     for bad in (tampered, "mg-nothex", token + "x", f"mg-{key_id}_" + "a" * 43, "sk-anything"):
         assert table.check(f"Bearer {bad}") == (KeyCheck.INVALID, None)
+    assert table.check(f"Bearer {mint()[1]}") == (KeyCheck.UNKNOWN, None)  # well-formed, not here
 
 
 def test_a_table_of_revoked_keys_only_is_open():
