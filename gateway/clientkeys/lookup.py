@@ -8,7 +8,8 @@ its table does not hold (``KeyGate.authenticate(..., then)``) before refusing it
 * **By its hash.** The collection ``key-digests`` maps the SHA-256 digest of a key (the form
   the store keeps) to its name, written in the same commit as the key's document; the key's
   document (``keys/<name>``) is then read and its digest compared in constant time. A key the
-  store does not have costs one read, a known one two.
+  store does not have costs one read, a known one two. Keys created before the index existed
+  have no entry: they are in every gateway's table already.
 * **Bounded.** Only well-formed keys whose id is not in the table are looked up (a wrong
   secret for a known id, a malformed key or an unknown bearer never are); a digest the store
   did not have (or had revoked) is not asked again for `ABSENT_S` (at most `ABSENT_MAX` such
