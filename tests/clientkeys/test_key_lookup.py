@@ -12,8 +12,11 @@ from gateway.clientkeys import KeyGate
 from gateway.clientkeys.lookup import DIGESTS, fetch_key
 from gateway.control.keys_service import KeyService, KeySpec
 from gateway.store.memory import MemoryStore
-from router.client_keys import KeyTable, mint
+from router.client_keys import KeyTable, digest, mint
 from tests.support import FakeClock, await_for
+from tests.support.stores import store
+
+__all__ = ["store"]
 
 
 class Mesh:
@@ -183,3 +186,17 @@ def test_without_fetch_nothing_changes():
     _, key = m.keys.create("team-a", KeySpec())
     caller = m.gate.authenticate(f"Bearer {key}")
     assert caller.refusal[0] == 401 and not caller.unknown and m.gate.refused == {"invalid_api_key": 1}
+
+
+def test_the_index_on_every_backend(store):
+    """The digest index is written with the key, and a name created again drops the old entry."""
+    keys = KeyService(store)
+    _, first = keys.create("team-a", KeySpec(rpm=7))
+    found = fetch_key(store, digest(first))
+    assert found is not None and found.name == "team-a" and found.limits.rpm == 7
+    assert fetch_key(store, digest(mint()[1])) is None
+    keys.revoke("team-a")
+    assert fetch_key(store, digest(first)).revoked
+    _, second = keys.create("team-a", KeySpec())
+    assert fetch_key(store, digest(first)) is None  # its entry went with the new key
+    assert fetch_key(store, digest(second)).id != found.id
