@@ -350,6 +350,18 @@ class LlmExchange(Exchange):
         self._over(200, reason, None)
 
 
+def _plain(chunk: bytes) -> bool:
+    """A chunk the relay forwards as read, after a few C searches: one whole single-line event
+    (its only newlines the two that end it), not [DONE], with no usage object (`usage_of`'s
+    test: the last "usage" has no "{" after it)."""
+    return (
+        chunk.find(b"\n") == len(chunk) - 2
+        and chunk[-1] == 10
+        and chunk != DONE_EVENT
+        and ((at := chunk.rfind(_USAGE)) < 0 or chunk.find(b"{", at + 7, at + 11) < 0)
+    )
+
+
 class SseRelay:
     """An upstream's Server-Sent Events to the client, whole events only, as they come."""
 
@@ -360,6 +372,7 @@ class SseRelay:
         "_keep",
         "_last_at",
         "_live",
+        "_raw",
         "_response",
         "_stream",
         "_strip_usage",
@@ -377,11 +390,12 @@ class SseRelay:
         self._keep = shadow.keep if shadow is not None else None  # type: ignore[attr-defined]  # the answer, for its comparison
         self._first_at: float | None = None
         self._last_at = 0.0
+        self._raw = False  # the client's answer began, chunked: the upstream's chunks go as they came
         plane = ex._plane
         first = ex._state.route.policy.timeouts.first_token_ms / 1000.0
         wait = min(ex._sent_at + first, ex.deadline.expires_at) - plane.now()
         ex._timer = plane.call_later(max(0.0, wait), self._watch)
-        stream.start(self._on_data, self._on_end)
+        stream.start(self._on_data, self._on_end, self._on_framed)
 
     def stop(self) -> None:
         """No more of this stream reaches the exchange (the client left, or it was abandoned)."""
@@ -392,46 +406,70 @@ class SseRelay:
             return
         ex = self._ex
         splitter = self._events
-        # The common chunk, forwarded as read after a few C searches: one whole single-line event
-        # (its only newlines the two that end it), no part of an event held back before it, not
-        # [DONE], with no usage object (`usage_of`'s test: the last "usage" has no "{" after
-        # it), and no shadow keeping the events. Anything else goes through the splitter.
-        if (
-            not splitter.rest
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk[-1] == 10
-            and chunk != DONE_EVENT
-            and ((at := chunk.rfind(_USAGE)) < 0 or chunk.find(b"{", at + 7, at + 11) < 0)
-            and self._keep is None
-        ):
-            content = 1
-            out = first = chunk
+        # The common chunk, forwarded as read after a few C searches: one plain event (`_plain`)
+        # with no part of an event held back before it and no shadow keeping the events.
+        # Anything else goes through the splitter.
+        if not splitter.rest and _plain(chunk) and self._keep is None:
+            self._forward(chunk, chunk, 1)
+            return
+        whole = not splitter.rest  # no part of an event held back from the previous chunk
+        events = splitter.feed(chunk)
+        if not events:
+            return
+        if self._keep is not None:
+            self._keep(events)
+        content = 0
+        strip: bytes | None = None  # the usage chunk to keep from the client
+        for event in events:
+            if event == DONE_EVENT:
+                continue
+            usage = usage_of(event)
+            if usage is None:
+                content += 1
+                continue
+            ex._count(usage)
+            if self._strip_usage and is_usage_chunk(event):
+                strip = event
+        if strip is not None:
+            out = b"".join([event for event in events if event is not strip])
+        elif whole and not splitter.rest:
+            out = chunk  # the events are the chunk itself: no copy
         else:
-            whole = not splitter.rest  # no part of an event held back from the previous chunk
-            events = splitter.feed(chunk)
-            if not events:
+            out = b"".join(events)
+        self._forward(out, events[0], content)
+
+    def _on_framed(self, data: bytes, chunks: list[bytes]) -> None:
+        """What one read brought, whole chunks of the upstream's chunked body with their framing
+        (`chunks`: their data). When each is one plain event (`_plain`), the client's answer is
+        chunked and has begun, and no part of an event is held back, the read goes to the client
+        as it came, in one write, without framing it again; else its data goes the way of any
+        chunk. Events that came in one read are counted one by one, at the read's time (so the
+        mean gap between events is between their arrivals at the gateway, 0 within one read)."""
+        if self._raw and self._live and not self._events.rest:
+            for chunk in chunks:  # `_plain`, inline (a call costs as much as its searches)
+                if not (
+                    chunk.find(b"\n") == len(chunk) - 2
+                    and chunk[-1] == 10
+                    and chunk != DONE_EVENT
+                    and ((at := chunk.rfind(_USAGE)) < 0 or chunk.find(b"{", at + 7, at + 11) < 0)
+                ):
+                    break
+            else:  # `_forward` for a begun answer, inline: once per read
+                ex = self._ex
+                llm = ex.llm
+                llm.events += len(chunks)  # type: ignore[union-attr]
+                self._last_at = ex._plane.now()
+                if not ex._responder.write_chunked(data):
+                    stream = self._stream
+                    stream.pause()
+                    ex._responder.on_writable(stream.resume)
                 return
-            if self._keep is not None:
-                self._keep(events)
-            content = 0
-            strip: bytes | None = None  # the usage chunk to keep from the client
-            for event in events:
-                if event == DONE_EVENT:
-                    continue
-                usage = usage_of(event)
-                if usage is None:
-                    content += 1
-                    continue
-                ex._count(usage)
-                if self._strip_usage and is_usage_chunk(event):
-                    strip = event
-            if strip is not None:
-                out = b"".join([event for event in events if event is not strip])
-            elif whole and not splitter.rest:
-                out = chunk  # the events are the chunk itself: no copy
-            else:
-                out = b"".join(events)
-            first = events[0]
+        self._on_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _forward(self, out: bytes, first: bytes, content: int) -> None:
+        """Count `content` events (`first` the first of them) and send `out` to the client,
+        pausing the upstream while it is slow."""
+        ex = self._ex
         llm = ex.llm
         now = ex._plane.now()
         if content:
@@ -447,6 +485,7 @@ class SseRelay:
             ex.attempt.commit()
             if responder.disconnected:
                 return
+            self._raw = self._keep is None and responder.chunked
             self._rearm(now)
         if out and not responder.write(out):
             stream = self._stream

@@ -175,6 +175,7 @@ class _Connection(asyncio.Protocol):
         "_body_size",
         "_chunked",
         "_chunked_request",
+        "_frame_at",
         "_headers",
         "_held",
         "_keep_alive",
@@ -225,6 +226,7 @@ class _Connection(asyncio.Protocol):
         self._stream: BodyStream | None = None
         self._keep_alive = False
         self._sse = False
+        self._frame_at = -1  # an event stream's chunk framing, followed (_deliver_held); -1: not
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -271,6 +273,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _Stop):
                 return
+            self._frame_at = -1  # what was held goes as data, never as the framing it came in
             if self._deliver_held():
                 self._bad_response(f"malformed response: {exc}")
             return
@@ -278,18 +281,38 @@ class _Connection(asyncio.Protocol):
             self._bad_response(f"unrequested protocol switch ({self._status} from {self.endpoint.url})")
             return
         if self._held:
-            self._deliver_held()
+            self._deliver_held(data)
+        elif self._frame_at != -1:  # a read without chunk data (a chunk-size line, the head)
+            self._frame_at = _next_chunk(data, self._frame_at, [])
 
-    def _deliver_held(self) -> bool:
+    def _deliver_held(self, data: bytes | None = None) -> bool:
         """An event stream gets what one read brought as one chunk: its chunked encoding makes
         each event a body callback, and one delivery lets the relay write them to its client in
         one send (at 32 streams ~2 events arrive per read: about half the client writes saved).
-        False: the consumer failed (`_consumer_failed`)."""
+        A read that is whole chunks, `data` (the common case: it began where a chunk begins, and
+        `_whole_chunks` shows it ends where one ends), goes to a consumer that forwards the
+        framing as it came (`BodyStream.on_framed`) with the chunks' data. False: the consumer
+        failed (`_consumer_failed`)."""
         held, stream = self._held, self._stream
         if held and stream is not None:
-            chunk = held[0] if len(held) == 1 else b"".join(held)
-            held.clear()
             try:
+                at = self._frame_at
+                on_framed = stream.on_framed
+                if at == 0 and on_framed is not None:
+                    if len(held) == 1:  # _whole_chunks, inline for the common read of one chunk
+                        n = len(held[0])
+                        digits = (n.bit_length() + 3) >> 2
+                        whole = len(data) == n + digits + 4 and data.startswith(b"\r\n", digits)  # type: ignore[union-attr,arg-type]
+                    else:
+                        whole = _whole_chunks(data, held)  # type: ignore[arg-type]
+                    if whole:
+                        on_framed(data, held)  # type: ignore[arg-type]
+                        held.clear()
+                        return True
+                if at != -1:  # (data is None only at the body's end or a parse error: -1 there)
+                    self._frame_at = _next_chunk(data, at, held)  # type: ignore[arg-type]
+                chunk = held[0] if len(held) == 1 else b"".join(held)
+                held.clear()
                 stream.feed(chunk)
             except Exception:
                 self._consumer_failed("body")
@@ -419,6 +442,8 @@ class _Connection(asyncio.Protocol):
             raise _Stop
         length = self._length
         big = length is not None and length > self.endpoint.pool.max_buffered_response
+        if self._sse and self._chunked:
+            self._frame_at = _HEAD_READ  # the body's first chunk begins after the head, in this read
         if (self._sse or big) and self._open_stream(exchange) is None:
             raise _Stop
 
@@ -454,6 +479,7 @@ class _Connection(asyncio.Protocol):
             return
         stream = self._stream
         if stream is not None:
+            self._frame_at = -1
             if not self._deliver_held():
                 raise _Stop
             self._stream = None
@@ -524,6 +550,56 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.transport.close()
+
+
+_HEAD_READ = -2  # _frame_at: the body begins in this read, after the response's head
+
+
+def _whole_chunks(data: bytes, held: list[bytes]) -> bool:
+    """Whether a read that began where a chunk begins is exactly the chunks whose data the
+    parser delivered, `held`: each ``size CRLF data CRLF`` with the size in the fewest hex
+    digits and no extension (so the read ends where a chunk ends, and may be forwarded whole).
+    The CRLF right after the digits shows the size line is exactly those digits; the total
+    length, that the last chunk is whole. One search per chunk, no parsing."""
+    at = 0
+    for body in held:
+        n = len(body)
+        digits = (n.bit_length() + 3) >> 2
+        if not data.startswith(b"\r\n", at + digits):
+            return False
+        at += digits + n + 4
+    return at == len(data)
+
+
+def _next_chunk(data: bytes, at: int, held: list[bytes]) -> int:
+    """Where the next chunk-size line begins in the read after `data`, an event stream's read
+    that `_whole_chunks` did not take: its offset there (0: at the start, as in the common
+    case; more: what is left of a chunk's data and CRLF), or -1 when that cannot be known any
+    more (the read ends inside a size line, reaches the last chunk, or the chunks found here
+    are not what the parser delivered, `held`); the rest of that body is then delivered as
+    data only. `at`: where this read's first size line begins (what the previous read left;
+    `_HEAD_READ`: after the head, which ends in this read)."""
+    n = len(data)
+    start = 0
+    if at == _HEAD_READ:
+        start = at = data.find(b"\r\n\r\n") + 4
+        if start == 3:
+            return -1
+    found = [data[start : min(at - 2, n)]] if at - 2 > start else []
+    while at < n:
+        i = data.find(b"\n", at)
+        if i < 0:
+            return -1
+        try:
+            size = int(data[at:i].partition(b";")[0], 16)
+        except ValueError:
+            return -1
+        if size == 0:
+            return -1
+        at = i + 1 + size + 2
+        if i + 1 < n:
+            found.append(data[i + 1 : min(at - 2, n)])
+    return at - n if found == held else -1
 
 
 class _Stop(Exception):

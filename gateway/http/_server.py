@@ -301,6 +301,26 @@ class Responder:
         self._pending_bytes += len(data)
         return self._pending_bytes < conn._limits.write_high_water
 
+    @property
+    def chunked(self) -> bool:
+        """This streamed response goes out in HTTP/1.1 chunked encoding (so `write_chunked` may be used)."""
+        return self._chunked and not self._head_only
+
+    def write_chunked(self, data: bytes) -> bool:
+        """Send bytes already in chunked encoding, whole chunks (a relay forwarding an upstream's
+        chunks as they came, without framing them again), on a response that is `chunked`;
+        what `write` returns."""
+        if self._state != _STREAMING or not self._chunked:
+            raise RuntimeError("write_chunked() outside a chunked start()/end()")
+        if self.disconnected or self._head_only:
+            return not self.disconnected
+        conn = self._conn
+        if self._pending is None:  # _emit, inline
+            conn._transport.write(data)
+            return not conn._write_paused
+        self._emit(data)
+        return self._pending_bytes < conn._limits.write_high_water
+
     def end(self) -> None:
         if self._state != _STREAMING:
             raise RuntimeError("end() without start()")

@@ -51,6 +51,7 @@ class BodyStream:
         "_resume_producer",
         "_waiter",
         "length",
+        "on_framed",
         "received",
     )
 
@@ -72,6 +73,11 @@ class BodyStream:
         self._resume_producer = resume_producer
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        #: the consumer's taker of whole chunks as they came, framing included, if it has one
+        #: (`start(on_framed=)`): a producer reading chunked encoding calls it directly with the
+        #: bytes and the chunks' data (its own list: valid during the call only), instead of
+        #: `feed`; those chunks are not counted in `received`
+        self.on_framed: Callable[[bytes, list[bytes]], None] | None = None
 
     @property
     def complete(self) -> bool:
@@ -120,8 +126,15 @@ class BodyStream:
             self._paused = False
             self._resume_producer()
 
-    def start(self, on_data: Callable[[bytes], None], on_end: Callable[[Exception | None], None]) -> None:
-        """Push mode: hand over what is buffered, then every chunk as it comes, then `on_end(error)`."""
+    def start(
+        self,
+        on_data: Callable[[bytes], None],
+        on_end: Callable[[Exception | None], None],
+        on_framed: Callable[[bytes, list[bytes]], None] | None = None,
+    ) -> None:
+        """Push mode: hand over what is buffered, then every chunk as it comes, then `on_end(error)`.
+        With `on_framed`, a producer that reads chunked encoding may hand over whole chunks as
+        they came instead: `on_framed(data, chunks)` (see the attribute)."""
         if self._on_data is not None:
             raise RuntimeError("body stream already started")
         self._on_data = on_data
@@ -129,6 +142,7 @@ class BodyStream:
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         for chunk in chunks:
             on_data(chunk)
+        self.on_framed = on_framed
         if self._done:
             on_end(self._error)
         elif self._paused and self._buffered == 0:
