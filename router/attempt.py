@@ -363,8 +363,8 @@ class Attempts:
             rt = self.runtime
             latency = now - self.started_at
             ep = self.ep
-            rt.balancer.finish(ep, latency)
-            rt.breaker.record(False, latency)
+            rt.balancer.finish(ep, latency, now)  # the same clock: one read for the three
+            rt.breaker.record(False, latency, now)
             rt.outlier.record(ep, False)
             self.done = True
             self._waiter = None  # type: ignore[assignment]
@@ -469,9 +469,9 @@ class Attempts:
         rt = self.runtime
         balancer = rt.balancer  # rt.pick and rt.begin, one call each fewer
         tried = self._tried
-        ep = balancer.pick(tried)
+        ep = balancer.pick(tried, now)  # the same clock: the pick's time is the attempt's start
         if ep is None and tried:
-            ep = balancer.pick(())  # every endpoint tried once: a second try may still land
+            ep = balancer.pick((), now)  # every endpoint tried once: a second try may still land
         if ep is None:
             return self._version_failed(NO_HEALTHY_ENDPOINT, self._text(NO_HEALTHY_ENDPOINT))
         self.ep = ep

@@ -80,7 +80,8 @@ class Balancer:
     def endpoints(self) -> list[EndpointLoad]:
         return self._eps
 
-    def pick(self, exclude: Collection[int] = ()) -> int | None:
+    def pick(self, exclude: Collection[int] = (), now: float | None = None) -> int | None:
+        """An available endpoint not in `exclude` (`now`: the caller's reading of the clock)."""
         raise NotImplementedError
 
     def begin(self, i: int) -> None:
@@ -90,10 +91,13 @@ class Balancer:
         """The attempt ended without a verdict on the endpoint (the client went away)."""
         self._eps[i].in_flight -= 1
 
-    def finish(self, i: int, latency_s: float) -> None:
+    def finish(self, i: int, latency_s: float, now: float | None = None) -> None:
+        """The attempt on `i` ended after `latency_s` (`now`: the caller's reading of the
+        balancer's clock, if it has one)."""
         e = self._eps[i]
         e.in_flight -= 1
-        now = self._now()
+        if now is None:
+            now = self._now()
         if not e.measured:
             e.cost = latency_s
             e.measured = True
@@ -121,10 +125,11 @@ class P2CEwmaBalancer(Balancer):
 
     __slots__ = ()
 
-    def pick(self, exclude: Collection[int] = ()) -> int | None:
+    def pick(self, exclude: Collection[int] = (), now: float | None = None) -> int | None:
         eps = self._eps
         n = len(eps)
-        now = self._now()
+        if now is None:
+            now = self._now()
         if n == 1:  # the only endpoint, excluded or not (a retry in place), if available
             return 0 if self._available(0, now) else None
         rand = self.rng.random
@@ -161,9 +166,10 @@ class RoundRobinBalancer(Balancer):
 
     __slots__ = ()
 
-    def pick(self, exclude: Collection[int] = ()) -> int | None:
+    def pick(self, exclude: Collection[int] = (), now: float | None = None) -> int | None:
         n = len(self._eps)
-        now = self._now()
+        if now is None:
+            now = self._now()
         ok = self._available
         for step in range(n):
             i = (self._cursor + step) % n
