@@ -121,7 +121,9 @@ class Exchange:
         self._method = request.method if request.method != b"HEAD" else b"GET"  # the responder drops the body
         self._target = target
         self.headers = headers  # sent upstream; start hooks may add to it (traceparent)
-        self.trace: object = None  # set by a tracing hook
+        #: set by a tracing hook; False (set by the plane): no trace, the caller sent no
+        #: traceparent; None: not known without reading the caller's headers
+        self.trace: object = None
         self.llm: LlmUsage | None = None  # what an LLM route measured (gateway.dataplane.llm_usage)
         self._body = request.body  # None: streamed (larger than the engine's buffered limit)
         self.request_id = request_id

@@ -367,7 +367,7 @@ class OpenAiRoutes:
             )
             return
         split = model.split
-        key, rid, timeout, attrs = routing_headers(
+        key, rid, timeout, attrs, _ = routing_headers(
             request, split.key_header if split is not None else _KEY_HEADER
         )
         pinned = body.pinned

@@ -385,7 +385,9 @@ class DataPlane:
             )
             return
         split = model.split
-        key, rid, timeout, attrs = routing_headers(request, split.key_header if split is not None else _KEY)
+        key, rid, timeout, attrs, traced = routing_headers(
+            request, split.key_header if split is not None else _KEY
+        )
         states = self._versions[name]
         if pinned is not None:
             state = states.get(pinned)
@@ -423,6 +425,8 @@ class DataPlane:
         else:
             headers = proxy_headers(request, (), DROP_UPSTREAM)
         ex = Exchange(self, request, responder, model, choice, target, headers, deadline, rid, state)
+        if not traced:
+            ex.trace = False  # no caller's trace: the access log need not look for one
         if state.runtime.shadow is not None and action == "infer" and request.body is not None:
             shadow = ex.attempt.shadow()
             if shadow is not None:

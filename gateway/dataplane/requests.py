@@ -6,7 +6,8 @@ version is ``router.choose.choose_version``'s choice):
 - `parse_target(path)`: a model path as ``(model, pinned version, action)``, else the path;
 - `method_problem(action, method)`: why the method does not fit the route (405), if it does not;
 - `routing_headers(request, split_header)`: the routing key, the caller's request id, the
-  timeout header(s) and the flag attributes, in one pass over the headers;
+  timeout header(s), the flag attributes and whether a ``traceparent`` came, in one pass over
+  the headers;
 - `DROP_UPSTREAM`: what ``proxy_headers`` leaves out of the headers sent upstream.
 """
 
@@ -29,6 +30,7 @@ ATTR_PREFIX = b"x-meshgate-attr-"
 KEY_HEADER = b"x-meshgate-key"
 REQUEST_ID_HEADER = b"x-request-id"
 TIMEOUT_HEADER = b"x-meshgate-timeout-ms"
+TRACEPARENT = b"traceparent"
 _ACTIONS = ("infer", "", "ready")
 _NO_ATTRS: dict[str, str] = {}  # shared empty attributes: never written to
 # Not forwarded: hop-by-hop and framing fields, and the client's timeout (the exchange sends the
@@ -63,18 +65,24 @@ def method_problem(path: str, action: str, method: bytes) -> tuple[str, bytes] |
 
 def routing_headers(
     request: Request, split_header: bytes
-) -> tuple[str | None, str | None, bytes | None, dict[str, str]]:
-    """``(key, request id, timeout, attributes)`` from one pass over the headers.
+) -> tuple[str | None, str | None, bytes | None, dict[str, str], bool]:
+    """``(key, request id, timeout, attributes, traceparent sent)`` from one pass over the headers.
 
     The key is ``x-meshgate-key``, else the model's split header; repeated timeout headers all
     count (joined with commas: the shortest wins); ``x-meshgate-attr-<name>`` are flag attributes.
+    The last is whether the caller sent a ``traceparent`` (the access log then need not look).
     """
     key = rid = timeout = None
     attrs = _NO_ATTRS
-    x_only = split_header.startswith(b"x-")  # then every header read here starts with x-
+    traced = False
+    x_only = split_header.startswith(b"x-")  # then every other header read here starts with x-
     for hname, value in request.headers:
-        if x_only and hname[0] != 120:  # not b"x...": an index, not a startswith() call
-            continue
+        if hname[0] != 120:  # not b"x...": an index, not a startswith() call
+            if hname == TRACEPARENT:
+                traced = True
+                continue
+            if x_only:
+                continue
         if hname == KEY_HEADER or (hname == split_header and key is None):
             key = value.decode("latin-1")
         elif hname == REQUEST_ID_HEADER:
@@ -85,4 +93,4 @@ def routing_headers(
             if attrs is _NO_ATTRS:
                 attrs = {}
             attrs[hname[len(ATTR_PREFIX) :].decode("latin-1")] = value.decode("latin-1")
-    return key, rid, timeout, attrs
+    return key, rid, timeout, attrs, traced

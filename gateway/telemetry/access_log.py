@@ -181,8 +181,11 @@ class AccessLog:
             grpc_status(status, reason, response) if ex.request.protocol == "grpc" else None,
         )
         middle = self._middles.get(key) or self._middle(key)
-        tr = ex.trace  # untraced here: only the caller's traceparent can name a trace
-        trace_id = caller_trace_id(ex.request.headers) if tr is None else trace_id_of(ex)
+        tr = ex.trace  # None: untraced here, only the caller's traceparent can name a trace
+        if tr is False:  # the plane saw no traceparent and no trace was started
+            trace_id = None
+        else:
+            trace_id = caller_trace_id(ex.request.headers) if tr is None else trace_id_of(ex)
         llm = ex.llm
         ms = int(self._wall() * 1000.0) - self._second_ms  # _time() and _add(), inline
         if not 0 <= ms < 1000:

@@ -349,7 +349,7 @@ class Tracing:
         end: float,
     ) -> None:
         tr = ex.trace
-        if tr is None or tr.span is None:
+        if not tr or tr.span is None:  # False: untraced, no caller's trace
             return  # not sampled: nothing read, nothing built
         version, label = ex.version, outcome.value
         reason = error.reason if error is not None else None
@@ -388,7 +388,7 @@ class Tracing:
         self, ex: Exchange, status: int, reason: str | None, response: UpstreamResponse | None
     ) -> None:
         tr = ex.trace
-        if tr is None or tr.span is None:
+        if not tr or tr.span is None:  # False: untraced, no caller's trace
             return
         span = tr.span
         span.set_attributes(
