@@ -33,6 +33,12 @@ class _Transport(asyncio.Transport):
     def write(self, data: bytes) -> None:
         pass
 
+    def get_write_buffer_limits(self) -> tuple[int, int]:  # these two: read by the batched write mode
+        return (16384, 65536)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
 
