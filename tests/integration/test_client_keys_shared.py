@@ -63,7 +63,7 @@ def test_two_gateways_share_the_requests_per_minute(tmp_path, shared_prefix):
     results, usage = _run(tmp_path, shared_prefix, KeySpec(rpm=rpm), tokens=0)
     admitted = sum(r["admitted"] for r in results)
     tried = admitted + sum(r["refused"] for r in results)
-    print(f"rpm {rpm}: {tried} tried, admitted {[r['admitted'] for r in results]} = {admitted}")
+    print(f"rpm {rpm}: {tried} tried, admitted {admitted}, per gateway {results}")
     assert tried > 10 * rpm  # the load really was far over the limit, on both gateways
     assert all(r["admitted"] > 0 and r["syncs"] > 5 for r in results)
     assert admitted <= rpm + GATEWAYS  # the stated bound: one unleased request per gateway
