@@ -244,19 +244,16 @@ class OpenAiRoutes:
         # key is never looked at (nor is it told how the gateway reads bodies)
         caller = plane.key_gate.authenticate(request.header(b"authorization"))
         if caller.refusal is not None:
-            then = partial(self._body, request, responder, path, streams, received)
+            then = partial(self._keyed, request, responder, path, streams, received)
             self._unauthenticated(request, responder, caller, then)
-            return
-        if request.body is not None:
-            self._route(request, responder, path, streams, caller.key, request.body, received)
         else:
-            self._read_whole(request, responder, path, streams, caller.key, received)
+            self._keyed(request, responder, path, streams, received, caller)
 
-    def _body(
+    def _keyed(
         self, request: Request, responder: Responder, path: bytes, streams: bool, received: float,
         caller: Caller,
     ) -> None:  # fmt: skip
-        """`_generate`'s rest, for a key that was looked up in the store."""
+        """`_generate`'s rest, once the caller's key is good (at once, or looked up in the store)."""
         if request.body is not None:
             self._route(request, responder, path, streams, caller.key, request.body, received)
         else:

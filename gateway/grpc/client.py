@@ -59,10 +59,10 @@ from gateway.http import (
     UPSTREAM_RESET,
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNREACHABLE,
+    DeadlineWheel,
     UpstreamError,
     UpstreamResponse,
 )
-from gateway.http._deadlines import DeadlineWheel
 from models.oip_proto import (
     SERVICE,
     ModelMetadataRequest,

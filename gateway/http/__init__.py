@@ -25,6 +25,7 @@ request; the upstream pool answers through `callback(response, error)`.
 """
 
 from ._connection import Handle, UpstreamResponse
+from ._deadlines import DeadlineWheel
 from ._errors import (
     CANCELLED,
     REASON_STATUS,
@@ -56,6 +57,7 @@ __all__ = [
     "UPSTREAM_TIMEOUT",
     "UPSTREAM_UNREACHABLE",
     "BodyStream",
+    "DeadlineWheel",
     "Endpoint",
     "Handle",
     "Handler",
